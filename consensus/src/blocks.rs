@@ -1,0 +1,274 @@
+//! Blocks, PARSEC-style: votes are tallied in consensus order; an observation becomes a block
+//! when a supermajority of members voted for it (or at its first vote in `Single` mode), and
+//! the block carries those votes as a proof anyone with the member list can check.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BlockMode, is_supermajority};
+use crate::event::{Observation, SignedHeader, Vote};
+use crate::graph::EventNode;
+use crate::ids::{HashMapPrehashed, ObservationHash, PeerId};
+use crate::merkle::{MerklePath, Tree};
+
+/// One member's signed vote for an observation: the header of the event that carried it
+/// (signed by the voter) and the Merkle path from the observation hash to the header's root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteProof {
+    /// Header and signature of the voting event.
+    pub event: Arc<SignedHeader>,
+    /// Path from the observation hash to `event.header.votes_root`.
+    pub path: MerklePath,
+}
+
+/// An agreed observation with its place in the order and its proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// Position of the block in this group's block sequence, from 0.
+    pub sequence: u64,
+    /// What was agreed.
+    pub observation: Observation,
+    /// Its hash, which the proof's votes name.
+    pub observation_hash: ObservationHash,
+    /// Round in which the completing vote was received.
+    pub round_received: u64,
+    /// Consensus timestamp of the completing vote (median of famous witnesses' clocks): the
+    /// agreed time of the block, never a local clock.
+    pub timestamp_ms: u64,
+    /// The votes that made the block: a supermajority of distinct members in `Supermajority`
+    /// mode, the first vote in `Single` mode.
+    pub proof: Vec<VoteProof>,
+}
+
+/// Why a block's proof does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// The observation does not hash to `observation_hash`.
+    #[error("observation does not match its hash")]
+    ObservationMismatch,
+    /// A voter is not in the member list.
+    #[error("voter {0} is not a member")]
+    NotAMember(PeerId),
+    /// A member appears twice.
+    #[error("voter {0} counted twice")]
+    DuplicateVoter(PeerId),
+    /// A signature is invalid.
+    #[error("bad signature by {0}")]
+    BadSignature(PeerId),
+    /// A Merkle path does not lead to the signed root.
+    #[error("vote by {0} is not in the signed event")]
+    NotInEvent(PeerId),
+    /// Too few votes for the mode.
+    #[error("{votes} votes of {members} members are not enough")]
+    TooFewVotes {
+        /// Valid votes counted.
+        votes: usize,
+        /// Members in the group.
+        members: usize,
+    },
+}
+
+impl Block {
+    /// Checks the proof against a member list: every vote signed by a distinct member and
+    /// committed in its event, and enough of them for the mode.
+    pub fn verify(&self, members: &[PeerId], mode: BlockMode) -> Result<(), ProofError> {
+        if self.observation.hash() != self.observation_hash {
+            return Err(ProofError::ObservationMismatch);
+        }
+        let mut voters: Vec<PeerId> = Vec::with_capacity(self.proof.len());
+        for vote in &self.proof {
+            let voter = vote.event.header.creator;
+            if !members.contains(&voter) {
+                return Err(ProofError::NotAMember(voter));
+            }
+            if voters.contains(&voter) {
+                return Err(ProofError::DuplicateVoter(voter));
+            }
+            vote.event
+                .verify()
+                .map_err(|_| ProofError::BadSignature(voter))?;
+            let header = &vote.event.header;
+            if !vote.path.verify(
+                &self.observation_hash.0,
+                header.vote_count,
+                &header.votes_root,
+            ) {
+                return Err(ProofError::NotInEvent(voter));
+            }
+            voters.push(voter);
+        }
+        let enough = match mode {
+            BlockMode::Supermajority => is_supermajority(voters.len(), members.len()),
+            BlockMode::Single => !voters.is_empty(),
+        };
+        if !enough {
+            return Err(ProofError::TooFewVotes {
+                votes: voters.len(),
+                members: members.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Votes counted so far for one observation.
+struct Tally {
+    observation: Option<Observation>,
+    voters: Vec<bool>,
+    voter_count: usize,
+    proof: Vec<VoteProof>,
+}
+
+/// The tally of all observations not yet decided, and the memory of decided ones.
+pub(crate) struct Tallies {
+    mode: BlockMode,
+    member_count: usize,
+    window_rounds: u64,
+    pending: HashMapPrehashed<ObservationHash, Tally>,
+    /// (round first voted, hash), oldest first, to forget tallies that never complete.
+    pending_since: VecDeque<(u64, ObservationHash)>,
+    decided: HashMapPrehashed<ObservationHash, u64>,
+    decided_since: VecDeque<(u64, ObservationHash)>,
+    next_sequence: u64,
+}
+
+impl Tallies {
+    pub fn new(mode: BlockMode, member_count: usize, window_rounds: u64) -> Self {
+        Self {
+            mode,
+            member_count,
+            window_rounds,
+            pending: HashMapPrehashed::default(),
+            pending_since: VecDeque::new(),
+            decided: HashMapPrehashed::default(),
+            decided_since: VecDeque::new(),
+            next_sequence: 0,
+        }
+    }
+
+    pub fn is_decided(&self, hash: &ObservationHash) -> bool {
+        self.decided.contains_key(hash)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn decided_remembered(&self) -> usize {
+        self.decided.len()
+    }
+
+    /// Tallies the votes of one event in consensus order; returns the blocks they complete.
+    /// A vote by hash counts only if the observation was carried by an event earlier in the
+    /// order (or earlier in this event): the order is topological and honest members vote by
+    /// hash only for observations among their ancestors, so honest votes always count.
+    pub fn tally_event(
+        &mut self,
+        event: &EventNode,
+        round_received: u64,
+        timestamp_ms: u64,
+    ) -> Vec<Block> {
+        let mut blocks = Vec::new();
+        if event.observation_hashes.is_empty() {
+            return blocks;
+        }
+        let mut tree: Option<Tree> = None;
+        let mut signed_header: Option<Arc<SignedHeader>> = None;
+        for (position, (vote, hash)) in event
+            .event
+            .votes
+            .iter()
+            .zip(&event.observation_hashes)
+            .enumerate()
+        {
+            if self.decided.contains_key(hash) {
+                continue;
+            }
+            let tally = match self.pending.get_mut(hash) {
+                Some(tally) => tally,
+                None => {
+                    self.pending_since.push_back((round_received, *hash));
+                    self.pending.entry(*hash).or_insert_with(|| Tally {
+                        observation: None,
+                        voters: vec![false; self.member_count],
+                        voter_count: 0,
+                        proof: Vec::new(),
+                    })
+                }
+            };
+            if tally.observation.is_none() {
+                if let Vote::Full(observation) = vote {
+                    tally.observation = Some(observation.clone());
+                }
+            }
+            if tally.observation.is_none() || tally.voters[event.creator] {
+                continue;
+            }
+            tally.voters[event.creator] = true;
+            tally.voter_count += 1;
+            let tree = tree.get_or_insert_with(|| {
+                Tree::build(event.observation_hashes.iter().map(|hash| hash.0).collect())
+            });
+            let header = signed_header.get_or_insert_with(|| Arc::new(event.event.signed_header()));
+            tally.proof.push(VoteProof {
+                event: Arc::clone(header),
+                path: tree.path(position),
+            });
+            let complete = match self.mode {
+                BlockMode::Single => true,
+                BlockMode::Supermajority => is_supermajority(tally.voter_count, self.member_count),
+            };
+            if complete {
+                if let Some(tally) = self.pending.remove(hash) {
+                    blocks.push(self.make_block(*hash, tally, round_received, timestamp_ms));
+                }
+            }
+        }
+        blocks
+    }
+
+    fn make_block(
+        &mut self,
+        hash: ObservationHash,
+        tally: Tally,
+        round_received: u64,
+        timestamp_ms: u64,
+    ) -> Block {
+        self.decided.insert(hash, round_received);
+        self.decided_since.push_back((round_received, hash));
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        Block {
+            sequence,
+            // A tally completes only once its observation is known.
+            observation: tally
+                .observation
+                .unwrap_or(Observation::Payload(Vec::new())),
+            observation_hash: hash,
+            round_received,
+            timestamp_ms,
+            proof: tally.proof,
+        }
+    }
+
+    /// Forgets tallies and decided hashes older than the window, as of `round`.
+    pub fn expire(&mut self, round: u64) {
+        let horizon = round.saturating_sub(self.window_rounds);
+        while let Some(&(since, hash)) = self.pending_since.front() {
+            if since >= horizon {
+                break;
+            }
+            self.pending_since.pop_front();
+            self.pending.remove(&hash);
+        }
+        while let Some(&(since, hash)) = self.decided_since.front() {
+            if since >= horizon {
+                break;
+            }
+            self.decided_since.pop_front();
+            self.decided.remove(&hash);
+        }
+    }
+}

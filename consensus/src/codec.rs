@@ -1,0 +1,62 @@
+//! The one place where bytes are produced and parsed: canonical encodings for hashing and the
+//! versioned wire format of sync messages. bincode is pinned to 2.x and used nowhere else.
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::SYNC_BYTES_MAX;
+use crate::error::DecodeError;
+
+/// Version byte in front of every wire message; bump it when the encoding changes.
+pub const WIRE_VERSION: u8 = 1;
+
+type CanonicalConfig = Configuration<LittleEndian, Varint, bincode::config::NoLimit>;
+type LimitedConfig = Configuration<LittleEndian, Varint, Limit<SYNC_BYTES_MAX>>;
+
+const CANONICAL: CanonicalConfig = bincode::config::standard();
+const LIMITED: LimitedConfig = bincode::config::standard().with_limit::<SYNC_BYTES_MAX>();
+
+/// The canonical encoding of a value whose hash is signed (event headers). Deterministic:
+/// fixed field order, varint integers, no maps.
+pub(crate) fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain structs of integers and byte arrays into a Vec cannot fail; if it ever
+    // did, an empty encoding would only make every signature check fail, never pass.
+    bincode::serde::encode_to_vec(value, CANONICAL).unwrap_or_default()
+}
+
+/// Encodes a wire message: one version byte, then the bincode body.
+pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, DecodeError> {
+    let mut bytes = vec![WIRE_VERSION];
+    let body = bincode::serde::encode_to_vec(message, LIMITED)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if body.len() + 1 > SYNC_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            bytes: body.len() + 1,
+            max: SYNC_BYTES_MAX,
+        });
+    }
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Decodes a wire message from untrusted bytes: checks the size limit and version first, and
+/// refuses trailing bytes, so one message has exactly one encoding.
+pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > SYNC_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            bytes: bytes.len(),
+            max: SYNC_BYTES_MAX,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (message, read) = bincode::serde::decode_from_slice(body, LIMITED)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if read != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - read));
+    }
+    Ok(message)
+}

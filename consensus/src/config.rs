@@ -1,0 +1,110 @@
+//! Limits and tunables. Every queue, batch, message and cache has a named limit here.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest encoded gossip event accepted from a peer, in bytes.
+pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest encoded sync message (request or response) accepted from a peer, in bytes.
+pub const SYNC_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest encoded observation payload, in bytes.
+pub const OBSERVATION_BYTES_MAX: usize = 1024 * 1024;
+/// Most votes one gossip event may carry.
+pub const VOTES_PER_EVENT_MAX: usize = 65_536;
+/// Most members a group may have; sections split long before this.
+pub const MEMBERS_MAX: usize = 1024;
+
+const _: () = assert!(OBSERVATION_BYTES_MAX < EVENT_BYTES_MAX);
+const _: () = assert!(EVENT_BYTES_MAX < SYNC_BYTES_MAX);
+
+/// How blocks are formed from the votes tallied in consensus order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockMode {
+    /// A block when strictly more than 2/3 of members voted for the same observation; the
+    /// block carries those votes as its proof.
+    Supermajority,
+    /// The first vote for an observation makes its block.
+    Single,
+}
+
+/// Tunables of one consensus instance. `Config::default()` suits a group of 4 to 64 members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Block formation rule.
+    pub block_mode: BlockMode,
+    /// Most events a sync response carries; a lagging peer catches up over several syncs.
+    pub events_per_sync_max: usize,
+    /// Most votes the node puts into one of its own gossip events; the rest wait for the next.
+    pub votes_per_event_max: usize,
+    /// Most own votes waiting for an event; `vote_for` refuses more (back-pressure).
+    pub votes_pending_max: usize,
+    /// Interval between the sync requests `tick` emits, in milliseconds.
+    pub gossip_interval_ms: u64,
+    /// Events of rounds older than `decided round - prune_window_rounds` are dropped from
+    /// memory. Larger windows tolerate members that lag further behind.
+    pub prune_window_rounds: u64,
+    /// How long an observation stays remembered (pending or decided), in rounds: votes for an
+    /// observation decided within this window are never turned into a second block, and
+    /// pending observations that gather no supermajority within it are forgotten.
+    pub observation_window_rounds: u64,
+    /// Every `coin_round_period`-th voting round of a fame election is a coin round (>= 3).
+    pub coin_round_period: u64,
+    /// Most undrained items kept in each output queue (blocks excepted: blocks are never
+    /// dropped, the caller must drain them).
+    pub output_queue_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            block_mode: BlockMode::Supermajority,
+            events_per_sync_max: 2_000,
+            votes_per_event_max: 4_096,
+            votes_pending_max: 1_000_000,
+            gossip_interval_ms: 5,
+            prune_window_rounds: 16,
+            observation_window_rounds: 256,
+            coin_round_period: 10,
+            output_queue_max: 100_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the relations between limits; a bad configuration is an error, not a panic.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.events_per_sync_max == 0 {
+            return Err("events_per_sync_max must be at least 1".into());
+        }
+        if self.votes_per_event_max == 0 || self.votes_per_event_max > VOTES_PER_EVENT_MAX {
+            return Err(format!(
+                "votes_per_event_max must be in 1..={VOTES_PER_EVENT_MAX}"
+            ));
+        }
+        if self.votes_pending_max < self.votes_per_event_max {
+            return Err("votes_pending_max must be at least votes_per_event_max".into());
+        }
+        if self.coin_round_period < 3 {
+            return Err("coin_round_period must be at least 3".into());
+        }
+        if self.prune_window_rounds < 4 {
+            return Err("prune_window_rounds must be at least 4".into());
+        }
+        if self.observation_window_rounds < self.prune_window_rounds {
+            return Err("observation_window_rounds must be at least prune_window_rounds".into());
+        }
+        if self.output_queue_max == 0 {
+            return Err("output_queue_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// "Strictly more than two thirds of `member_count`": the supermajority rule.
+pub fn is_supermajority(count: usize, member_count: usize) -> bool {
+    3 * count > 2 * member_count
+}
+
+/// The largest number of faulty members a group of `member_count` tolerates: (n - 1) / 3.
+pub fn faulty_max(member_count: usize) -> usize {
+    member_count.saturating_sub(1) / 3
+}

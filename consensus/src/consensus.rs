@@ -1,0 +1,639 @@
+//! The sans-IO state machine of one member in one group.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
+use tracing::{debug, warn};
+
+use crate::blocks::{Block, Tallies};
+use crate::config::{Config, MEMBERS_MAX, OBSERVATION_BYTES_MAX};
+use crate::error::{EventError, SetupError, SyncError, VoteError};
+use crate::event::{CheckedBody, Observation, SignedEvent, Vote, verify_signatures};
+use crate::evidence::ForkEvidence;
+use crate::fame::Fame;
+use crate::graph::{Graph, Slot};
+use crate::ids::{HashMapPrehashed, HashSetPrehashed, ObservationHash, PeerId};
+use crate::order::Order;
+use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
+
+/// One member's consensus on one group: a gossip graph, virtual voting on it, and the blocks
+/// it yields. It does no IO, reads no clock and draws no randomness of its own.
+///
+/// # Call order
+///
+/// 1. `Consensus::new(config, key, members, now_ms)` creates the member's first event.
+/// 2. Drive it with inputs, in any order:
+///    - `vote_for(observation)` queues a vote; it rides in our next event.
+///    - `tick(now_ms, rng)` emits a sync request every `gossip_interval_ms`.
+///    - `handle_sync_request(from, request)` answers a peer (a pure read).
+///    - `handle_sync_response(now_ms, from, response)` inserts what a peer sent, runs the
+///      virtual voting and may create a new event of ours.
+/// 3. After every input, drain the outputs:
+///    - `poll_unpersisted()`: our own new events. Make each durable, then call
+///      `handle_persisted(index)`. Our events are never served to peers before that, so a
+///      crash cannot make us fork our own chain.
+///    - `poll_transmit()`: sync requests to send. Deliver the answer to
+///      `handle_sync_response`; a lost one is simply forgotten.
+///    - `poll_block()`: agreed blocks, in order. Never dropped: drain them.
+///    - `poll_evidence()`: proofs that a member forked (we also vote to accuse it).
+///    - `poll_observation()`: observations others introduced, so the caller can vote too.
+pub struct Consensus {
+    config: Config,
+    key: SigningKey,
+    me: usize,
+    members: Vec<PeerId>,
+    member_index: HashMapPrehashed<PeerId, usize>,
+    graph: Graph,
+    fame: Fame,
+    order: Order,
+    tallies: Tallies,
+    /// Votes waiting for our next event, oldest first.
+    pending_votes: VecDeque<Observation>,
+    pending_vote_hashes: HashSetPrehashed<ObservationHash>,
+    /// For observations carried in full by some event in the graph: the first carrier. Lets
+    /// us vote by hash when the carrier is among our new event's ancestors.
+    carriers: HashMapPrehashed<ObservationHash, Slot>,
+    /// Events in the graph that carry votes and are not ordered yet: while any exist, we keep
+    /// creating events so the rounds that order them get built.
+    unordered_vote_events: HashSet<Slot>,
+    /// Index of our highest durable event; higher ones are not served to peers.
+    durable_index: Option<u64>,
+    unpersisted: VecDeque<Arc<SignedEvent>>,
+    transmits: VecDeque<Transmit>,
+    blocks: VecDeque<Block>,
+    evidence: VecDeque<ForkEvidence>,
+    observations: VecDeque<Observation>,
+    accused: HashSet<usize>,
+    next_gossip_ms: u64,
+    stats: Stats,
+}
+
+/// Counters and gauges, for benchmarks, metrics and the memory-bound test.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events currently held in memory.
+    pub events_held: usize,
+    /// Events inserted since start (ours included).
+    pub events_inserted: u64,
+    /// Events of ours created since start.
+    pub events_created: u64,
+    /// Events pruned since start.
+    pub events_pruned: u64,
+    /// Events rejected since start.
+    pub events_rejected: u64,
+    /// Events declared stale (never ordered) since start.
+    pub events_stale: u64,
+    /// Blocks produced since start.
+    pub blocks: u64,
+    /// Highest round seen.
+    pub max_round: u64,
+    /// Lowest round whose fame is undecided.
+    pub undecided_round: u64,
+    /// Events waiting for a round that receives them.
+    pub events_unordered: usize,
+    /// Observations with votes but no block yet.
+    pub observations_pending: usize,
+    /// Decided observation hashes remembered for de-duplication.
+    pub observations_remembered: usize,
+    /// Own votes waiting for an event.
+    pub votes_pending: usize,
+    /// Fame votes held by open elections.
+    pub fame_votes_held: usize,
+}
+
+impl Consensus {
+    /// Creates the member `key` of a group with `members` (order is irrelevant; it is sorted),
+    /// and its first event at `now_ms`.
+    pub fn new(
+        config: Config,
+        key: SigningKey,
+        members: &[PeerId],
+        now_ms: u64,
+    ) -> Result<Self, SetupError> {
+        config.validate().map_err(SetupError::Config)?;
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        if members.is_empty() || members.len() > MEMBERS_MAX {
+            return Err(SetupError::Members(format!(
+                "{} members; expected 1..={MEMBERS_MAX}",
+                members.len()
+            )));
+        }
+        if members.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(SetupError::Members("duplicate member".into()));
+        }
+        for member in &members {
+            let weak = ed25519_dalek::VerifyingKey::from_bytes(&member.0)
+                .map_or(true, |key| key.is_weak());
+            if weak {
+                return Err(SetupError::Members(format!(
+                    "{member} is not a valid ed25519 key"
+                )));
+            }
+        }
+        let our_id = PeerId(key.verifying_key().to_bytes());
+        let me = members
+            .binary_search(&our_id)
+            .map_err(|_| SetupError::NotAMember(our_id))?;
+        let member_index = members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| (*member, index))
+            .collect();
+        let member_count = members.len();
+        let mut consensus = Self {
+            graph: Graph::new(member_count),
+            fame: Fame::new(config.coin_round_period),
+            order: Order::new(),
+            tallies: Tallies::new(
+                config.block_mode,
+                member_count,
+                config.observation_window_rounds,
+            ),
+            config,
+            key,
+            me,
+            members,
+            member_index,
+            pending_votes: VecDeque::new(),
+            pending_vote_hashes: HashSetPrehashed::default(),
+            carriers: HashMapPrehashed::default(),
+            unordered_vote_events: HashSet::new(),
+            durable_index: None,
+            unpersisted: VecDeque::new(),
+            transmits: VecDeque::new(),
+            blocks: VecDeque::new(),
+            evidence: VecDeque::new(),
+            observations: VecDeque::new(),
+            accused: HashSet::new(),
+            next_gossip_ms: now_ms,
+            stats: Stats::default(),
+        };
+        consensus.create_event(now_ms, None);
+        Ok(consensus)
+    }
+
+    /// Our member id.
+    pub fn our_id(&self) -> PeerId {
+        self.members[self.me]
+    }
+
+    /// The group's members, sorted.
+    pub fn members(&self) -> &[PeerId] {
+        &self.members
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Queues our vote for `observation`; it rides in our next event. Voting twice for the
+    /// same observation while the first vote is still queued is a no-op.
+    pub fn vote_for(&mut self, observation: Observation) -> Result<ObservationHash, VoteError> {
+        if observation.payload_len() > OBSERVATION_BYTES_MAX {
+            return Err(VoteError::TooLarge {
+                bytes: observation.payload_len(),
+                max: OBSERVATION_BYTES_MAX,
+            });
+        }
+        if self.pending_votes.len() >= self.config.votes_pending_max {
+            return Err(VoteError::Backpressure(self.pending_votes.len()));
+        }
+        let hash = observation.hash();
+        if self.pending_vote_hashes.insert(hash) {
+            self.pending_votes.push_back(observation);
+        }
+        Ok(hash)
+    }
+
+    /// Our vector clock: what to send a peer to learn what we lack.
+    pub fn sync_request(&self) -> SyncRequest {
+        let known = (0..self.members.len())
+            .map(|creator| {
+                self.graph
+                    .head(creator)
+                    .map_or(0, |slot| self.graph.get(slot).index + 1)
+            })
+            .collect();
+        SyncRequest { known }
+    }
+
+    /// Time has passed: every `gossip_interval_ms`, queue a sync request to a random peer.
+    pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
+        if now_ms < self.next_gossip_ms || self.members.len() < 2 {
+            return;
+        }
+        self.next_gossip_ms = now_ms + self.config.gossip_interval_ms;
+        let peer = self.random_peer(rng);
+        if self.transmits.len() < self.config.output_queue_max {
+            self.transmits.push_back(Transmit {
+                to: self.members[peer],
+                request: self.sync_request(),
+            });
+        }
+    }
+
+    /// A uniformly random member other than us.
+    pub fn random_peer_id(&self, rng: &mut impl RngCore) -> Option<PeerId> {
+        (self.members.len() >= 2).then(|| self.members[self.random_peer(rng)])
+    }
+
+    fn random_peer(&self, rng: &mut impl RngCore) -> usize {
+        let others = self.members.len() as u64 - 1;
+        let pick = (rng.next_u64() % others) as usize;
+        if pick >= self.me { pick + 1 } else { pick }
+    }
+
+    /// Answers a peer's sync request with the events it lacks, parents first, at most
+    /// `events_per_sync_max`. A pure read: nothing changes.
+    pub fn handle_sync_request(
+        &self,
+        from: &PeerId,
+        request: &SyncRequest,
+    ) -> Result<SyncResponse, SyncError> {
+        if !self.member_index.contains_key(from) {
+            return Err(SyncError::NotAMember(*from));
+        }
+        if request.known.len() != self.members.len() {
+            return Err(SyncError::WrongClockLength {
+                got: request.known.len(),
+                expected: self.members.len(),
+            });
+        }
+        let limit = self.config.events_per_sync_max;
+        let mut slots: Vec<Slot> = Vec::new();
+        for (creator, &known) in request.known.iter().enumerate() {
+            let mut from_creator = self.graph.slots_of_creator_from(creator, known, limit);
+            if creator == self.me {
+                let durable = self.durable_index;
+                from_creator.retain(|&slot| {
+                    durable.is_some_and(|durable| self.graph.get(slot).index <= durable)
+                });
+            }
+            slots.extend(from_creator);
+        }
+        // Slots are in insertion order, which is topological: sorting and cutting keeps
+        // every sent event's missing parents before it (see ARCHITECTURE.md, "Sync").
+        slots.sort_unstable();
+        slots.truncate(limit);
+        let events = slots
+            .into_iter()
+            .map(|slot| Arc::clone(&self.graph.get(slot).event))
+            .collect();
+        Ok(SyncResponse { events })
+    }
+
+    /// Inserts the events a peer sent (checking each), runs the virtual voting, and, if there
+    /// is anything to agree on, creates our next event with the peer's latest as other-parent.
+    pub fn handle_sync_response(
+        &mut self,
+        now_ms: u64,
+        from: &PeerId,
+        response: SyncResponse,
+    ) -> Result<SyncReport, SyncError> {
+        let Some(&from_index) = self.member_index.get(from) else {
+            return Err(SyncError::NotAMember(*from));
+        };
+        if response.events.len() > self.config.events_per_sync_max {
+            warn!(peer = %from, events = response.events.len(), "sync response exceeds events_per_sync_max");
+            return Err(SyncError::TooManyEvents {
+                got: response.events.len(),
+                max: self.config.events_per_sync_max,
+            });
+        }
+        let mut report = SyncReport::default();
+        let mut checked: Vec<(Arc<SignedEvent>, usize, CheckedBody)> = Vec::new();
+        let mut batch_hashes = HashSetPrehashed::default();
+        for event in response.events {
+            match self.check_received(&event) {
+                Ok(None) => report.duplicates += 1,
+                Ok(Some((creator, body))) => {
+                    if batch_hashes.insert(body.hash) {
+                        checked.push((event, creator, body));
+                    } else {
+                        report.duplicates += 1;
+                    }
+                }
+                Err(error) => report.rejected.push(error),
+            }
+        }
+        let items: Vec<_> = checked
+            .iter()
+            .map(|(event, _, body)| (event.as_ref(), body.hash))
+            .collect();
+        let valid = verify_signatures(&items);
+        let mut new_witness = false;
+        for ((event, creator, body), signature_ok) in checked.into_iter().zip(valid) {
+            if !signature_ok {
+                report.rejected.push(EventError::BadSignature(body.hash));
+                continue;
+            }
+            match self.insert(event, creator, body) {
+                Ok(is_witness) => {
+                    report.inserted += 1;
+                    new_witness |= is_witness;
+                }
+                Err(error) => report.rejected.push(error),
+            }
+        }
+        for error in &report.rejected {
+            self.stats.events_rejected += 1;
+            if error.is_misbehaviour() {
+                warn!(peer = %from, %error, "peer sent an invalid event");
+            } else {
+                debug!(peer = %from, %error, "event not inserted");
+            }
+        }
+        if new_witness {
+            self.advance_consensus();
+        }
+        if self.wants_new_event() {
+            if let Some(other_parent) = self.graph.head(from_index) {
+                self.create_event(now_ms, Some(other_parent));
+                report.created_event = true;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stateless checks and membership; `Ok(None)` for an event we already hold.
+    fn check_received(
+        &self,
+        event: &SignedEvent,
+    ) -> Result<Option<(usize, CheckedBody)>, EventError> {
+        let hash = event.header.hash();
+        if self.graph.contains(&hash) {
+            return Ok(None);
+        }
+        let creator = *self
+            .member_index
+            .get(&event.header.creator)
+            .ok_or(EventError::NotAMember(event.header.creator))?;
+        let body = event.check_body()?;
+        Ok(Some((creator, body)))
+    }
+
+    /// Inserts a checked event; returns whether it is a witness.
+    fn insert(
+        &mut self,
+        event: Arc<SignedEvent>,
+        creator: usize,
+        body: CheckedBody,
+    ) -> Result<bool, EventError> {
+        let has_votes = !event.votes.is_empty();
+        let inserted = self.graph.insert(
+            Arc::clone(&event),
+            body.hash,
+            creator,
+            body.observation_hashes,
+        )?;
+        let slot = inserted.slot;
+        self.stats.events_inserted += 1;
+        if let Some(fork) = inserted.fork {
+            self.on_fork(creator, fork);
+        }
+        for vote in &event.votes {
+            if let Vote::Full(observation) = vote {
+                let hash = observation.hash();
+                if self.tallies.is_decided(&hash) || self.carriers.contains_key(&hash) {
+                    continue;
+                }
+                self.carriers.insert(hash, slot);
+                if creator != self.me && self.observations.len() < self.config.output_queue_max {
+                    self.observations.push_back(observation.clone());
+                }
+            }
+        }
+        if has_votes {
+            self.unordered_vote_events.insert(slot);
+        }
+        self.order.add_pending(slot);
+        Ok(self.graph.get(slot).is_witness)
+    }
+
+    fn on_fork(&mut self, creator: usize, fork: ForkEvidence) {
+        warn!(offender = %self.members[creator], index = fork.first.header.index, "member forked its chain");
+        if self.accused.insert(creator) {
+            let offender = self.members[creator];
+            if self.evidence.len() < self.config.output_queue_max {
+                self.evidence.push_back(fork);
+            }
+            // Our own input: the queue bound is the only possible refusal, and an accusation
+            // is worth exceeding it by one.
+            let observation = Observation::Accusation { offender };
+            if self.pending_vote_hashes.insert(observation.hash()) {
+                self.pending_votes.push_back(observation);
+            }
+        }
+    }
+
+    /// We create an event when we have votes to send, or when the graph holds votes that are
+    /// not ordered yet (someone has to build the rounds that order them). Otherwise we stay
+    /// quiet, so an idle group stops growing its graph.
+    fn wants_new_event(&self) -> bool {
+        !self.pending_votes.is_empty() || !self.unordered_vote_events.is_empty()
+    }
+
+    /// Creates, signs and inserts our next event.
+    fn create_event(&mut self, now_ms: u64, other_parent: Option<Slot>) {
+        let self_parent = self.graph.head(self.me);
+        let (index, created_at_ms, self_parent_hash) =
+            match self_parent.map(|slot| self.graph.get(slot)) {
+                Some(parent) => (
+                    parent.index + 1,
+                    now_ms.max(parent.created_at_ms()),
+                    Some(parent.hash),
+                ),
+                None => (0, now_ms, None),
+            };
+        let votes = if self_parent.is_some() {
+            self.take_votes(self_parent, other_parent)
+        } else {
+            Vec::new()
+        };
+        let other_parent_hash = other_parent.map(|slot| self.graph.get(slot).hash);
+        let (event, body) = SignedEvent::create(
+            &self.key,
+            index,
+            self_parent_hash,
+            other_parent_hash,
+            created_at_ms,
+            votes,
+        );
+        let event = Arc::new(event);
+        match self.insert(Arc::clone(&event), self.me, body) {
+            Ok(is_witness) => {
+                self.stats.events_created += 1;
+                self.unpersisted.push_back(event);
+                if is_witness {
+                    self.advance_consensus();
+                }
+            }
+            // Our own event built on our own graph cannot fail the graph checks; if it did,
+            // dropping it is the safe answer (nothing was sent).
+            Err(error) => debug_assert!(false, "own event rejected: {error}"),
+        }
+    }
+
+    /// Takes up to `votes_per_event_max` pending votes; votes by hash where the observation's
+    /// carrier is an ancestor of the new event (so the vote is sure to count).
+    fn take_votes(&mut self, self_parent: Option<Slot>, other_parent: Option<Slot>) -> Vec<Vote> {
+        let count = self
+            .pending_votes
+            .len()
+            .min(self.config.votes_per_event_max);
+        let mut votes = Vec::with_capacity(count);
+        for observation in self.pending_votes.drain(..count) {
+            let hash = observation.hash();
+            self.pending_vote_hashes.remove(&hash);
+            let carried_by_ancestor = self
+                .carriers
+                .get(&hash)
+                .and_then(|&carrier| self.graph.node(carrier))
+                .is_some_and(|carrier| {
+                    !self.graph.is_forked(carrier.creator)
+                        && [self_parent, other_parent]
+                            .into_iter()
+                            .flatten()
+                            .any(|parent| self.graph.is_ancestor(self.graph.get(parent), carrier))
+                });
+            votes.push(if carried_by_ancestor {
+                Vote::ByHash(hash)
+            } else {
+                Vote::Full(observation)
+            });
+        }
+        votes
+    }
+
+    /// Runs fame elections; orders the events of newly decided rounds, tallies their votes
+    /// into blocks, and prunes what no future decision needs.
+    fn advance_consensus(&mut self) {
+        let decided_rounds = self.fame.update(&self.graph);
+        if decided_rounds.is_empty() {
+            return;
+        }
+        for decided in &decided_rounds {
+            for &(slot, famous) in &decided.fame {
+                if let Some(node) = self.graph.node_mut(slot) {
+                    node.famous = Some(famous);
+                }
+            }
+            let (ordered, stale) = self.order.receive(&self.graph, decided);
+            for slot in stale {
+                self.on_stale(slot);
+            }
+            for ordered_event in ordered {
+                self.unordered_vote_events.remove(&ordered_event.slot);
+                let node = self.graph.get(ordered_event.slot);
+                let blocks = self.tallies.tally_event(
+                    node,
+                    ordered_event.round_received,
+                    ordered_event.timestamp_ms,
+                );
+                for block in blocks {
+                    self.carriers.remove(&block.observation_hash);
+                    self.stats.blocks += 1;
+                    self.blocks.push_back(block);
+                }
+                if let Some(node) = self.graph.node_mut(ordered_event.slot) {
+                    node.round_received = Some(ordered_event.round_received);
+                }
+            }
+            self.tallies.expire(decided.round);
+        }
+        let last_decided = self.fame.next_round.saturating_sub(1);
+        self.prune(last_decided);
+    }
+
+    /// An event no round will ever receive: its votes never count. If it is ours, vote again.
+    fn on_stale(&mut self, slot: Slot) {
+        self.stats.events_stale += 1;
+        self.unordered_vote_events.remove(&slot);
+        let node = self.graph.get(slot);
+        debug!(event = %node.hash, round = node.round, "event is stale and will never be ordered");
+        if node.creator == self.me {
+            let event = Arc::clone(&node.event);
+            for vote in &event.votes {
+                if let Vote::Full(observation) = vote {
+                    let _ = self.vote_for(observation.clone());
+                }
+            }
+        }
+    }
+
+    fn prune(&mut self, last_decided: u64) {
+        let cutoff = last_decided.saturating_sub(self.config.prune_window_rounds);
+        if cutoff <= self.graph.pruned_below_round {
+            return;
+        }
+        let forget_below = cutoff.saturating_sub(self.config.prune_window_rounds);
+        let dropped = self.graph.prune_below(cutoff, forget_below);
+        self.stats.events_pruned += dropped as u64;
+        let graph = &self.graph;
+        self.carriers.retain(|_, slot| graph.node(*slot).is_some());
+        self.unordered_vote_events
+            .retain(|slot| graph.node(*slot).is_some());
+    }
+
+    /// Marks our own events up to `index` durable: from now on they may be sent to peers.
+    pub fn handle_persisted(&mut self, index: u64) {
+        self.durable_index = Some(
+            self.durable_index
+                .map_or(index, |durable| durable.max(index)),
+        );
+    }
+
+    /// Our next own event to make durable (then call `handle_persisted`).
+    pub fn poll_unpersisted(&mut self) -> Option<Arc<SignedEvent>> {
+        self.unpersisted.pop_front()
+    }
+
+    /// The next sync request to deliver.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next agreed block, in order.
+    pub fn poll_block(&mut self) -> Option<Block> {
+        self.blocks.pop_front()
+    }
+
+    /// The next piece of fork evidence found.
+    pub fn poll_evidence(&mut self) -> Option<ForkEvidence> {
+        self.evidence.pop_front()
+    }
+
+    /// The next observation another member introduced (carried in full for the first time).
+    pub fn poll_observation(&mut self) -> Option<Observation> {
+        self.observations.pop_front()
+    }
+
+    /// True when nothing is left to agree on: no pending votes, no unordered votes.
+    pub fn is_quiet(&self) -> bool {
+        !self.wants_new_event() && self.unpersisted.is_empty()
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            events_held: self.graph.event_count(),
+            max_round: self.graph.max_round(),
+            undecided_round: self.fame.next_round,
+            events_unordered: self.order.pending_count(),
+            observations_pending: self.tallies.pending_count(),
+            observations_remembered: self.tallies.decided_remembered(),
+            votes_pending: self.pending_votes.len(),
+            fame_votes_held: self.fame.votes_held(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The graph in Graphviz dot, for the last `rounds` rounds (all held rounds if `None`).
+    pub fn to_dot(&self, rounds: Option<u64>) -> String {
+        crate::dot::render(&self.graph, &self.members, rounds)
+    }
+}

@@ -1,0 +1,620 @@
+//! The gossip graph: storage of events, ancestry queries ("sees", "strongly sees"), fork
+//! detection, rounds and witnesses, and pruning.
+//!
+//! Events live in slots numbered in insertion order, which is a topological order (parents are
+//! always inserted first). Per event we keep, for every creator, the highest ancestor by that
+//! creator (a vector clock, by slot and by index) and whether the event's ancestors contain a
+//! fork by that creator. With those, "x sees y" and "x strongly sees y" are O(1) and O(n)
+//! instead of graph walks (consensus-notes.md, "Making it fast").
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::config::is_supermajority;
+use crate::error::EventError;
+use crate::event::{SignedEvent, SignedHeader};
+use crate::evidence::ForkEvidence;
+use crate::ids::{EventHash, HashMapPrehashed, ObservationHash};
+
+/// Position of an event in insertion order; never reused.
+pub(crate) type Slot = u64;
+
+/// Marks "no ancestor by this creator" in a vector clock.
+pub(crate) const NO_SLOT: Slot = Slot::MAX;
+
+/// One event in the graph with everything derived from its ancestry.
+pub(crate) struct EventNode {
+    pub event: Arc<SignedEvent>,
+    pub hash: EventHash,
+    pub creator: usize,
+    pub index: u64,
+    pub self_parent: Option<Slot>,
+    pub other_parent: Option<Slot>,
+    /// Lamport height: 0 for a first event, else 1 + the larger parent height. Strictly
+    /// increases along every ancestry path, which keeps the consensus order topological.
+    pub height: u64,
+    /// Per creator: slot of the highest-index ancestor by that creator (or `NO_SLOT`).
+    pub last_slot: Box<[Slot]>,
+    /// Per creator: index + 1 of that ancestor (0 when there is none).
+    pub last_index_plus_one: Box<[u64]>,
+    /// Per creator: true when the ancestors contain a fork by that creator. `None` when no
+    /// fork at all is among the ancestors (the common case, so no allocation).
+    pub fork_seen: Option<Box<[bool]>>,
+    pub round: u64,
+    pub is_witness: bool,
+    /// Fame of a witness once decided (for the dot dump).
+    pub famous: Option<bool>,
+    pub observation_hashes: Vec<ObservationHash>,
+    /// Set once the event has its place in the consensus order.
+    pub round_received: Option<u64>,
+}
+
+impl EventNode {
+    fn fork_seen(&self, creator: usize) -> bool {
+        self.fork_seen.as_ref().is_some_and(|forks| forks[creator])
+    }
+
+    /// The consensus timestamp input: the creator's clock at creation.
+    pub fn created_at_ms(&self) -> u64 {
+        self.event.header.created_at_ms
+    }
+}
+
+/// The result of inserting an event.
+pub(crate) struct Inserted {
+    pub slot: Slot,
+    /// Set when this event and an earlier one by the same creator share an index.
+    pub fork: Option<ForkEvidence>,
+}
+
+/// The graph of one group.
+pub(crate) struct Graph {
+    member_count: usize,
+    /// Slot `base + i` lives at `nodes[i]`; pruned slots are `None`.
+    nodes: VecDeque<Option<EventNode>>,
+    base: Slot,
+    by_hash: HashMapPrehashed<EventHash, Slot>,
+    /// Hashes of pruned events with the round they had, so that an event building on them is
+    /// recognised as stale instead of "unknown parent"; forgotten one window later.
+    pruned: HashMapPrehashed<EventHash, u64>,
+    /// Per creator: index -> slot of the first event seen at that index.
+    chains: Vec<BTreeMap<u64, Slot>>,
+    /// Extra events at an index already taken (forks), per (creator, index).
+    fork_slots: BTreeMap<(usize, u64), Vec<Slot>>,
+    /// Per creator: true once the graph holds a fork by it.
+    forked: Vec<bool>,
+    /// Per creator: the lowest index at which the graph holds two events. Every event by that
+    /// creator below it is on the one trunk all branches share.
+    first_fork_index: Vec<u64>,
+    /// Per creator: slot of the highest-index event held (any branch).
+    heads: Vec<Option<Slot>>,
+    /// Round -> witnesses of that round, in insertion order.
+    witnesses: BTreeMap<u64, Vec<Slot>>,
+    /// Round -> all events of that round (for pruning).
+    events_by_round: BTreeMap<u64, Vec<Slot>>,
+    /// Rounds below this were pruned (their witnesses are gone).
+    pub pruned_below_round: u64,
+    max_round: u64,
+}
+
+impl Graph {
+    pub fn new(member_count: usize) -> Self {
+        Self {
+            member_count,
+            nodes: VecDeque::new(),
+            base: 0,
+            by_hash: HashMapPrehashed::default(),
+            pruned: HashMapPrehashed::default(),
+            chains: vec![BTreeMap::new(); member_count],
+            fork_slots: BTreeMap::new(),
+            forked: vec![false; member_count],
+            first_fork_index: vec![u64::MAX; member_count],
+            heads: vec![None; member_count],
+            witnesses: BTreeMap::new(),
+            events_by_round: BTreeMap::new(),
+            pruned_below_round: 0,
+            max_round: 0,
+        }
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.member_count
+    }
+
+    pub fn node(&self, slot: Slot) -> Option<&EventNode> {
+        let offset = slot.checked_sub(self.base)?;
+        self.nodes.get(usize::try_from(offset).ok()?)?.as_ref()
+    }
+
+    pub fn node_mut(&mut self, slot: Slot) -> Option<&mut EventNode> {
+        let offset = slot.checked_sub(self.base)?;
+        self.nodes.get_mut(usize::try_from(offset).ok()?)?.as_mut()
+    }
+
+    /// Node at a slot the caller knows is live (our own bookkeeping, not peer input).
+    pub fn get(&self, slot: Slot) -> &EventNode {
+        match self.node(slot) {
+            Some(node) => node,
+            None => panic!("slot {slot} is not live: graph bookkeeping is broken"),
+        }
+    }
+
+    pub fn slot_of(&self, hash: &EventHash) -> Option<Slot> {
+        self.by_hash.get(hash).copied()
+    }
+
+    pub fn contains(&self, hash: &EventHash) -> bool {
+        self.by_hash.contains_key(hash)
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_forked(&self, creator: usize) -> bool {
+        self.forked[creator]
+    }
+
+    pub fn head(&self, creator: usize) -> Option<Slot> {
+        self.heads[creator]
+    }
+
+    pub fn max_round(&self) -> u64 {
+        self.max_round
+    }
+
+    pub fn witnesses(&self, round: u64) -> &[Slot] {
+        self.witnesses
+            .get(&round)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Live slots in insertion (topological) order.
+    pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| node.is_some())
+            .map(|(offset, _)| self.base + offset as u64)
+    }
+
+    /// Events by `creator` with index >= `from_index`, plus every event of a forked creator
+    /// from the first forked index on (a peer may hold only one branch).
+    pub fn slots_of_creator_from(
+        &self,
+        creator: usize,
+        from_index: u64,
+        limit: usize,
+    ) -> Vec<Slot> {
+        let mut from = from_index;
+        if self.forked[creator] {
+            if let Some((&(_, index), _)) =
+                self.fork_slots.range((creator, 0)..(creator + 1, 0)).next()
+            {
+                from = from.min(index);
+            }
+        }
+        let mut slots = Vec::new();
+        for (&index, &slot) in self.chains[creator].range(from..) {
+            if slots.len() >= limit {
+                break;
+            }
+            slots.push(slot);
+            if let Some(extra) = self.fork_slots.get(&(creator, index)) {
+                slots.extend(extra.iter().copied());
+            }
+        }
+        slots
+    }
+
+    /// Checks an event against the graph (parents, creator chain, time) and inserts it.
+    /// The caller has already checked the body, signature and membership.
+    pub fn insert(
+        &mut self,
+        event: Arc<SignedEvent>,
+        hash: EventHash,
+        creator: usize,
+        observation_hashes: Vec<ObservationHash>,
+    ) -> Result<Inserted, EventError> {
+        debug_assert!(!self.contains(&hash));
+        let header = &event.header;
+        let self_parent = self.parent_slot(hash, header.self_parent.as_ref())?;
+        let other_parent = self.parent_slot(hash, header.other_parent.as_ref())?;
+        let expected_index = match self_parent {
+            None => 0,
+            Some(parent) => {
+                let parent = self.get(parent);
+                if parent.creator != creator {
+                    return Err(EventError::ForeignSelfParent(hash));
+                }
+                if header.created_at_ms < parent.created_at_ms() {
+                    return Err(EventError::TimeRegressed(hash));
+                }
+                parent.index + 1
+            }
+        };
+        if header.index != expected_index {
+            return Err(EventError::WrongIndex {
+                event: hash,
+                index: header.index,
+                expected: expected_index,
+            });
+        }
+        if let Some(parent) = other_parent {
+            if self.get(parent).creator == creator {
+                return Err(EventError::MalformedParents(hash));
+            }
+        }
+
+        // From here on the event is valid and goes in: no more errors.
+        let index = header.index;
+        let fork = self.record_in_chain(creator, index, hash, &event);
+        let slot = self.base + self.nodes.len() as u64;
+        let node = self.derive_node(
+            event,
+            hash,
+            creator,
+            self_parent,
+            other_parent,
+            observation_hashes,
+            slot,
+        );
+        let round = node.round;
+        if node.is_witness {
+            self.witnesses.entry(round).or_default().push(slot);
+        }
+        self.events_by_round.entry(round).or_default().push(slot);
+        self.max_round = self.max_round.max(round);
+        let head_index = self.heads[creator].map(|head| self.get(head).index);
+        if head_index.is_none_or(|head_index| index > head_index) {
+            self.heads[creator] = Some(slot);
+        }
+        self.nodes.push_back(Some(node));
+        self.by_hash.insert(hash, slot);
+        Ok(Inserted { slot, fork })
+    }
+
+    fn parent_slot(
+        &self,
+        event: EventHash,
+        parent: Option<&EventHash>,
+    ) -> Result<Option<Slot>, EventError> {
+        let Some(parent) = parent else {
+            return Ok(None);
+        };
+        if let Some(slot) = self.slot_of(parent) {
+            return Ok(Some(slot));
+        }
+        if self.pruned.contains_key(parent) {
+            return Err(EventError::StaleParent {
+                event,
+                parent: *parent,
+            });
+        }
+        Err(EventError::UnknownParent {
+            event,
+            parent: *parent,
+        })
+    }
+
+    /// Adds the event to its creator's chain; returns fork evidence if the index was taken.
+    fn record_in_chain(
+        &mut self,
+        creator: usize,
+        index: u64,
+        hash: EventHash,
+        event: &SignedEvent,
+    ) -> Option<ForkEvidence> {
+        let slot = self.base + self.nodes.len() as u64;
+        match self.chains[creator].get(&index) {
+            None => {
+                self.chains[creator].insert(index, slot);
+                None
+            }
+            Some(&first) => {
+                self.forked[creator] = true;
+                self.first_fork_index[creator] = self.first_fork_index[creator].min(index);
+                self.fork_slots
+                    .entry((creator, index))
+                    .or_default()
+                    .push(slot);
+                let first = self.get(first);
+                debug_assert_ne!(first.hash, hash);
+                Some(ForkEvidence::new(
+                    first.event.signed_header(),
+                    SignedHeader {
+                        header: event.header.clone(),
+                        signature: event.signature,
+                    },
+                ))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn derive_node(
+        &self,
+        event: Arc<SignedEvent>,
+        hash: EventHash,
+        creator: usize,
+        self_parent: Option<Slot>,
+        other_parent: Option<Slot>,
+        observation_hashes: Vec<ObservationHash>,
+        slot: Slot,
+    ) -> EventNode {
+        let n = self.member_count;
+        let index = event.header.index;
+        let mut last_slot = vec![NO_SLOT; n].into_boxed_slice();
+        let mut last_index_plus_one = vec![0u64; n].into_boxed_slice();
+        let mut fork_seen: Option<Box<[bool]>> = None;
+        let mark_fork = |creator: usize, forks: &mut Option<Box<[bool]>>| {
+            forks.get_or_insert_with(|| vec![false; n].into_boxed_slice())[creator] = true;
+        };
+        let sp = self_parent.map(|slot| self.get(slot));
+        let op = other_parent.map(|slot| self.get(slot));
+        for parent in [sp, op].into_iter().flatten() {
+            if let Some(forks) = &parent.fork_seen {
+                for (creator, &seen) in forks.iter().enumerate() {
+                    if seen {
+                        mark_fork(creator, &mut fork_seen);
+                    }
+                }
+            }
+        }
+        for k in 0..n {
+            let a = sp.map_or(NO_SLOT, |node| node.last_slot[k]);
+            let b = op.map_or(NO_SLOT, |node| node.last_slot[k]);
+            let (ia, ib) = (
+                sp.map_or(0, |node| node.last_index_plus_one[k]),
+                op.map_or(0, |node| node.last_index_plus_one[k]),
+            );
+            let (high, high_index, low, low_index) = if ia >= ib {
+                (a, ia, b, ib)
+            } else {
+                (b, ib, a, ia)
+            };
+            last_slot[k] = high;
+            last_index_plus_one[k] = high_index;
+            if self.forked[k]
+                && low != NO_SLOT
+                && !self.is_self_ancestor(k, (high, high_index - 1), (low, low_index - 1))
+            {
+                mark_fork(k, &mut fork_seen);
+            }
+        }
+        // The event itself is its creator's highest ancestor. Anything by the creator that
+        // arrived through the other-parent must be on its own chain, or the creator forked.
+        if self.forked[creator] {
+            let theirs = op.map_or(NO_SLOT, |node| node.last_slot[creator]);
+            let theirs_index = op.map_or(0, |node| node.last_index_plus_one[creator]);
+            let on_own_chain = match (self_parent, sp) {
+                (Some(parent), Some(sp)) => self.is_self_ancestor(
+                    creator,
+                    (parent, sp.index),
+                    (theirs, theirs_index.wrapping_sub(1)),
+                ),
+                _ => false,
+            };
+            if theirs != NO_SLOT && !on_own_chain {
+                mark_fork(creator, &mut fork_seen);
+            }
+        }
+        last_slot[creator] = slot;
+        last_index_plus_one[creator] = index + 1;
+
+        let height = [sp, op]
+            .into_iter()
+            .flatten()
+            .map(|node| node.height + 1)
+            .max()
+            .unwrap_or(0);
+        let mut node = EventNode {
+            event,
+            hash,
+            creator,
+            index,
+            self_parent,
+            other_parent,
+            height,
+            last_slot,
+            last_index_plus_one,
+            fork_seen,
+            round: 0,
+            is_witness: false,
+            famous: None,
+            observation_hashes,
+            round_received: None,
+        };
+        let parent_round = [sp, op].into_iter().flatten().map(|node| node.round).max();
+        node.round = match parent_round {
+            None => 0,
+            Some(round) if self.strongly_sees_supermajority_of_round(&node, round) => round + 1,
+            Some(round) => round,
+        };
+        node.is_witness = sp.is_none_or(|parent| parent.round < node.round);
+        node
+    }
+
+    /// True when the event `ancestor` (slot, index) is the event `descendant` (slot, index) or
+    /// one of its self-ancestors; both are by `creator`.
+    ///
+    /// Exact, pruning included: pruning never drops an event of a creator once the graph holds
+    /// a fork by it, and every event pruned before that lies below the first fork index, on the
+    /// trunk that all branches share. So a pruned event is decided by its index alone, and a
+    /// walk only ever crosses live events.
+    pub fn is_self_ancestor(
+        &self,
+        creator: usize,
+        descendant: (Slot, u64),
+        ancestor: (Slot, u64),
+    ) -> bool {
+        let ((high_slot, high_index), (low_slot, low_index)) = (descendant, ancestor);
+        if high_index < low_index {
+            return false;
+        }
+        if !self.forked[creator] || low_index < self.first_fork_index[creator] {
+            return true;
+        }
+        if high_slot == low_slot {
+            return true;
+        }
+        let (Some(mut current), Some(low)) = (self.node(high_slot), self.node(low_slot)) else {
+            debug_assert!(false, "events at or above a fork index are never pruned");
+            return false;
+        };
+        while current.index > low.index {
+            let Some(parent) = current.self_parent.and_then(|slot| self.node(slot)) else {
+                return false;
+            };
+            current = parent;
+        }
+        current.hash == low.hash
+    }
+
+    /// `y` is an ancestor of `x` (or `x` itself). Exact for forked creators too.
+    pub fn is_ancestor(&self, x: &EventNode, y: &EventNode) -> bool {
+        let highest = x.last_index_plus_one[y.creator];
+        if highest < y.index + 1 {
+            return false;
+        }
+        if !self.forked[y.creator] {
+            return true;
+        }
+        // With a fork in the graph, only a walk tells which branch x descends from. If x's
+        // ancestors hold both branches, `sees` is false anyway; `is_ancestor` then errs on the
+        // side of "no", which only `sees` relies on.
+        let Some(y_slot) = self.slot_of(&y.hash) else {
+            return false;
+        };
+        self.is_self_ancestor(
+            y.creator,
+            (x.last_slot[y.creator], highest - 1),
+            (y_slot, y.index),
+        )
+    }
+
+    /// `x sees y`: y is an ancestor of x and x's ancestors hold no fork by y's creator
+    /// (Baird 2016, section 2 "see").
+    pub fn sees(&self, x: &EventNode, y: &EventNode) -> bool {
+        !x.fork_seen(y.creator) && self.is_ancestor(x, y)
+    }
+
+    /// `x strongly sees y`: x sees y, and events by a supermajority of creators lie on paths
+    /// from y to x (Baird 2016, section 2 "strongly see"). For each creator m the best
+    /// intermediate is x's highest ancestor by m: if it does not have y as an ancestor, no
+    /// lower event by m does.
+    pub fn strongly_sees(&self, x: &EventNode, y: &EventNode) -> bool {
+        if !self.sees(x, y) {
+            return false;
+        }
+        let mut count = 0;
+        for m in 0..self.member_count {
+            if x.fork_seen(m) {
+                continue;
+            }
+            let Some(intermediate) = self.node_for_clock(x, m) else {
+                continue;
+            };
+            if self.is_ancestor(intermediate, y) {
+                count += 1;
+                if is_supermajority(count, self.member_count) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// x's highest ancestor by creator m (x itself for its own creator).
+    fn node_for_clock<'a>(&'a self, x: &'a EventNode, m: usize) -> Option<&'a EventNode> {
+        if m == x.creator {
+            return Some(x);
+        }
+        match x.last_slot[m] {
+            NO_SLOT => None,
+            slot => self.node(slot),
+        }
+    }
+
+    /// True when `x` strongly sees round-`round` witnesses by a supermajority of creators.
+    fn strongly_sees_supermajority_of_round(&self, x: &EventNode, round: u64) -> bool {
+        let mut creators = vec![false; self.member_count];
+        let mut count = 0;
+        for &witness in self.witnesses(round) {
+            let Some(witness) = self.node(witness) else {
+                continue;
+            };
+            if creators[witness.creator] || !self.strongly_sees(x, witness) {
+                continue;
+            }
+            creators[witness.creator] = true;
+            count += 1;
+            if is_supermajority(count, self.member_count) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops every event of rounds below `round`, except each creator's head (a lagging
+    /// member can always build on the last event of its own we hold) and the events of
+    /// creators with a fork in the graph (until they are removed from the group). Forgets the
+    /// hashes of
+    /// events pruned long ago. Returns the number of events dropped.
+    pub fn prune_below(&mut self, round: u64, forget_below_round: u64) -> usize {
+        let mut dropped = 0;
+        let rounds: Vec<u64> = self
+            .events_by_round
+            .range(..round)
+            .map(|(&round, _)| round)
+            .collect();
+        for old_round in rounds {
+            let slots = self.events_by_round.remove(&old_round).unwrap_or_default();
+            let mut kept = Vec::new();
+            for slot in slots {
+                let Some(node) = self.node(slot) else {
+                    continue;
+                };
+                // Heads stay so a lagging member can build on them; a forked creator's events
+                // stay so fork checks stay exact (see `is_self_ancestor`).
+                if self.heads[node.creator] == Some(slot) || self.forked[node.creator] {
+                    kept.push(slot);
+                    continue;
+                }
+                let (hash, creator, index) = (node.hash, node.creator, node.index);
+                self.by_hash.remove(&hash);
+                self.pruned.insert(hash, old_round);
+                if self.chains[creator].get(&index) == Some(&slot) {
+                    self.chains[creator].remove(&index);
+                }
+                if let Some(offset) = slot.checked_sub(self.base) {
+                    if let Some(entry) = self.nodes.get_mut(offset as usize) {
+                        *entry = None;
+                    }
+                }
+                dropped += 1;
+            }
+            if !kept.is_empty() {
+                self.events_by_round.insert(old_round, kept);
+            }
+            self.witnesses.remove(&old_round);
+        }
+        self.fork_slots.retain(|_, slots| {
+            slots.retain(|slot| {
+                self.nodes
+                    .get(slot.wrapping_sub(self.base) as usize)
+                    .is_some_and(Option::is_some)
+            });
+            !slots.is_empty()
+        });
+        while matches!(self.nodes.front(), Some(None)) {
+            self.nodes.pop_front();
+            self.base += 1;
+        }
+        self.pruned
+            .retain(|_, pruned_round| *pruned_round >= forget_below_round);
+        self.pruned_below_round = self.pruned_below_round.max(round);
+        dropped
+    }
+}
