@@ -10,6 +10,9 @@ pub const SYNC_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const OBSERVATION_BYTES_MAX: usize = 1024 * 1024;
 /// Most votes one gossip event may carry.
 pub const VOTES_PER_EVENT_MAX: usize = 65_536;
+/// Most event hashes a sync request may ask for by name (parents that a peer's events named
+/// but that index-based sync could not deliver, which happens when a creator forked).
+pub const WANTED_PER_SYNC_MAX: usize = 64;
 /// Most members a group may have; sections split long before this.
 pub const MEMBERS_MAX: usize = 1024;
 

@@ -8,13 +8,13 @@ use rand::RngCore;
 use tracing::{debug, warn};
 
 use crate::blocks::{Block, Tallies};
-use crate::config::{Config, MEMBERS_MAX, OBSERVATION_BYTES_MAX};
+use crate::config::{Config, MEMBERS_MAX, OBSERVATION_BYTES_MAX, WANTED_PER_SYNC_MAX};
 use crate::error::{EventError, SetupError, SyncError, VoteError};
 use crate::event::{CheckedBody, Observation, SignedEvent, Vote, verify_signatures};
 use crate::evidence::ForkEvidence;
 use crate::fame::Fame;
 use crate::graph::{Graph, Slot};
-use crate::ids::{HashMapPrehashed, HashSetPrehashed, ObservationHash, PeerId};
+use crate::ids::{EventHash, HashMapPrehashed, HashSetPrehashed, ObservationHash, PeerId};
 use crate::order::Order;
 use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
 
@@ -58,6 +58,8 @@ pub struct Consensus {
     /// Events in the graph that carry votes and are not ordered yet: while any exist, we keep
     /// creating events so the rounds that order them get built.
     unordered_vote_events: HashSet<Slot>,
+    /// Parents that peers' events named but we lack, to ask for by hash (oldest first).
+    wanted: VecDeque<EventHash>,
     /// Index of our highest durable event; higher ones are not served to peers.
     durable_index: Option<u64>,
     unpersisted: VecDeque<Arc<SignedEvent>>,
@@ -161,6 +163,7 @@ impl Consensus {
             pending_vote_hashes: HashSetPrehashed::default(),
             carriers: HashMapPrehashed::default(),
             unordered_vote_events: HashSet::new(),
+            wanted: VecDeque::new(),
             durable_index: None,
             unpersisted: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -218,7 +221,10 @@ impl Consensus {
                     .map_or(0, |slot| self.graph.get(slot).index + 1)
             })
             .collect();
-        SyncRequest { known }
+        SyncRequest {
+            known,
+            wanted: self.wanted.iter().copied().collect(),
+        }
     }
 
     /// Time has passed: every `gossip_interval_ms`, queue a sync request to a random peer.
@@ -263,8 +269,18 @@ impl Consensus {
                 expected: self.members.len(),
             });
         }
+        if request.wanted.len() > WANTED_PER_SYNC_MAX {
+            return Err(SyncError::TooManyWanted {
+                got: request.wanted.len(),
+                max: WANTED_PER_SYNC_MAX,
+            });
+        }
         let limit = self.config.events_per_sync_max;
-        let mut slots: Vec<Slot> = Vec::new();
+        let mut slots: Vec<Slot> = request
+            .wanted
+            .iter()
+            .filter_map(|hash| self.graph.slot_of(hash))
+            .collect();
         for (creator, &known) in request.known.iter().enumerate() {
             let mut from_creator = self.graph.slots_of_creator_from(creator, known, limit);
             if creator == self.me {
@@ -278,6 +294,7 @@ impl Consensus {
         // Slots are in insertion order, which is topological: sorting and cutting keeps
         // every sent event's missing parents before it (see ARCHITECTURE.md, "Sync").
         slots.sort_unstable();
+        slots.dedup();
         slots.truncate(limit);
         let events = slots
             .into_iter()
@@ -341,6 +358,9 @@ impl Consensus {
         }
         for error in &report.rejected {
             self.stats.events_rejected += 1;
+            if let EventError::UnknownParent { parent, .. } = error {
+                self.want(*parent);
+            }
             if error.is_misbehaviour() {
                 warn!(peer = %from, %error, "peer sent an invalid event");
             } else {
@@ -357,6 +377,17 @@ impl Consensus {
             }
         }
         Ok(report)
+    }
+
+    /// Remembers a missing parent to ask for by hash; the oldest wish makes room.
+    fn want(&mut self, hash: EventHash) {
+        if self.wanted.contains(&hash) {
+            return;
+        }
+        if self.wanted.len() >= WANTED_PER_SYNC_MAX {
+            self.wanted.pop_front();
+        }
+        self.wanted.push_back(hash);
     }
 
     /// Stateless checks and membership; `Ok(None)` for an event we already hold.
@@ -384,6 +415,7 @@ impl Consensus {
         body: CheckedBody,
     ) -> Result<bool, EventError> {
         let has_votes = !event.votes.is_empty();
+        let body_hash = body.hash;
         let inserted = self.graph.insert(
             Arc::clone(&event),
             body.hash,
@@ -392,6 +424,9 @@ impl Consensus {
         )?;
         let slot = inserted.slot;
         self.stats.events_inserted += 1;
+        if !self.wanted.is_empty() {
+            self.wanted.retain(|wanted| *wanted != body_hash);
+        }
         if let Some(fork) = inserted.fork {
             self.on_fork(creator, fork);
         }

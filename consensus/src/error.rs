@@ -141,6 +141,14 @@ pub enum SyncError {
         /// Members in the group.
         expected: usize,
     },
+    /// The request asks for more events by hash than allowed.
+    #[error("request wants {got} events by hash, more than {max}")]
+    TooManyWanted {
+        /// Hashes in the request.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The response carries more events than allowed.
     #[error("response carries {got} events, more than {max}")]
     TooManyEvents {

@@ -472,8 +472,12 @@ impl Graph {
         current.hash == low.hash
     }
 
-    /// `y` is an ancestor of `x` (or `x` itself). Exact for forked creators too.
+    /// `y` is an ancestor of `x` (or `x` itself). Exact for forked creators too. `x` may be
+    /// an event under construction (not inserted yet).
     pub fn is_ancestor(&self, x: &EventNode, y: &EventNode) -> bool {
+        if x.hash == y.hash {
+            return true;
+        }
         let highest = x.last_index_plus_one[y.creator];
         if highest < y.index + 1 {
             return false;
@@ -487,6 +491,13 @@ impl Graph {
         let Some(y_slot) = self.slot_of(&y.hash) else {
             return false;
         };
+        if x.creator == y.creator {
+            // Start from the self-parent: x itself may not be in the graph yet.
+            let Some(self_parent) = x.self_parent else {
+                return false;
+            };
+            return self.is_self_ancestor(y.creator, (self_parent, x.index - 1), (y_slot, y.index));
+        }
         self.is_self_ancestor(
             y.creator,
             (x.last_slot[y.creator], highest - 1),

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::consensus::Consensus;
 use crate::error::{SetupError, SyncError};
 use crate::event::Observation;
+use crate::evidence::ForkEvidence;
 use crate::ids::PeerId;
 use crate::sync::SyncReport;
 
@@ -28,6 +29,8 @@ pub struct Cluster {
     pub ids: Vec<PeerId>,
     /// Blocks each member has output so far.
     pub blocks: Vec<Vec<Block>>,
+    /// Fork evidence each member has output so far.
+    pub evidence: Vec<Vec<ForkEvidence>>,
     /// When set, members vote for every observation they learn from others (so that, in
     /// `Supermajority` mode, everything proposed gets agreed).
     pub echo_votes: bool,
@@ -49,6 +52,7 @@ impl Cluster {
             nodes,
             ids,
             blocks: vec![Vec::new(); count],
+            evidence: vec![Vec::new(); count],
             echo_votes: true,
         };
         for index in 0..count {
@@ -82,7 +86,9 @@ impl Cluster {
         while let Some(block) = node.poll_block() {
             self.blocks[index].push(block);
         }
-        while node.poll_evidence().is_some() {}
+        while let Some(evidence) = node.poll_evidence() {
+            self.evidence[index].push(evidence);
+        }
         while let Some(observation) = node.poll_observation() {
             if self.echo_votes {
                 // Back-pressure only drops an echo; the proposer's own vote still stands.

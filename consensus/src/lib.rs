@@ -34,7 +34,7 @@ mod sync;
 pub use blocks::{Block, ProofError, VoteProof};
 pub use config::{
     BlockMode, Config, EVENT_BYTES_MAX, MEMBERS_MAX, OBSERVATION_BYTES_MAX, SYNC_BYTES_MAX,
-    VOTES_PER_EVENT_MAX, faulty_max, is_supermajority,
+    VOTES_PER_EVENT_MAX, WANTED_PER_SYNC_MAX, faulty_max, is_supermajority,
 };
 pub use consensus::{Consensus, Stats};
 pub use error::{DecodeError, EventError, SetupError, SyncError, VoteError};

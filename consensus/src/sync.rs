@@ -7,14 +7,24 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::SignedEvent;
-use crate::ids::PeerId;
+use crate::ids::{EventHash, PeerId};
 
 /// "Send me what I lack": per member (in member-list order), the number of events of that
-/// member's chain the requester holds (its next expected index).
+/// member's chain the requester holds (its next expected index), plus events asked for by
+/// hash.
+///
+/// Indices alone cannot describe a forked chain: a requester holding one branch up to index
+/// 9 looks complete to a responder holding the other branch up to 7. Events that name a
+/// parent the requester lacks are therefore rejected as `UnknownParent`, and the requester
+/// asks for that parent by hash in its next request; each such round trip fetches one more
+/// level of the missing branch, and the normal index-based sync re-sends the rejected
+/// children afterwards.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     /// Entry `i` is the next index the requester expects from member `i`.
     pub known: Vec<u64>,
+    /// Events wanted by hash, at most `WANTED_PER_SYNC_MAX`.
+    pub wanted: Vec<EventHash>,
 }
 
 /// The events the requester lacks, parents before children, at most `events_per_sync_max`.
