@@ -72,6 +72,25 @@ pub struct Consensus {
     stats: Stats,
 }
 
+/// The consensus view of one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventInfo {
+    /// Its creator.
+    pub creator: PeerId,
+    /// Its index in the creator's chain.
+    pub index: u64,
+    /// Its round created.
+    pub round: u64,
+    /// Whether it is its creator's first event in its round.
+    pub is_witness: bool,
+    /// For a witness, its fame once decided.
+    pub famous: Option<bool>,
+    /// The round that received it, once ordered.
+    pub round_received: Option<u64>,
+    /// Creators with a fork among the event's ancestors (it sees none of their events).
+    pub sees_fork_by: Vec<PeerId>,
+}
+
 /// Counters and gauges, for benchmarks, metrics and the memory-bound test.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -665,6 +684,40 @@ impl Consensus {
             fame_votes_held: self.fame.votes_held(),
             ..self.stats.clone()
         }
+    }
+
+    /// What the graph says about one event (for debugging, tests and UIs).
+    pub fn event_info(&self, hash: &EventHash) -> Option<EventInfo> {
+        let node = self.graph.get(self.graph.slot_of(hash)?);
+        Some(EventInfo {
+            creator: self.members[node.creator],
+            index: node.index,
+            round: node.round,
+            is_witness: node.is_witness,
+            famous: node.famous,
+            round_received: node.round_received,
+            sees_fork_by: node
+                .fork_seen
+                .iter()
+                .flat_map(|forks| {
+                    forks
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, seen)| **seen)
+                        .map(|(creator, _)| self.members[creator])
+                })
+                .collect(),
+        })
+    }
+
+    /// Our own event at `index`, if still held (for recovery and tests).
+    pub fn own_event(&self, index: u64) -> Option<Arc<SignedEvent>> {
+        let head = self.graph.head(self.me)?;
+        let mut node = self.graph.node(head)?;
+        while node.index > index {
+            node = self.graph.node(node.self_parent?)?;
+        }
+        (node.index == index).then(|| Arc::clone(&node.event))
     }
 
     /// The graph in Graphviz dot, for the last `rounds` rounds (all held rounds if `None`).

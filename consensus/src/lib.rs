@@ -36,7 +36,7 @@ pub use config::{
     BlockMode, Config, EVENT_BYTES_MAX, MEMBERS_MAX, OBSERVATION_BYTES_MAX, SYNC_BYTES_MAX,
     VOTES_PER_EVENT_MAX, WANTED_PER_SYNC_MAX, faulty_max, is_supermajority,
 };
-pub use consensus::{Consensus, Stats};
+pub use consensus::{Consensus, EventInfo, Stats};
 pub use error::{DecodeError, EventError, SetupError, SyncError, VoteError};
 pub use event::{EventHeader, Observation, SignedEvent, SignedHeader, Vote, votes_root};
 pub use evidence::{EvidenceError, ForkEvidence};
