@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BlockMode, is_supermajority};
-use crate::event::{Observation, SignedHeader, Vote};
+use crate::event::{Observation, SignedEvent, SignedHeader, Vote};
 use crate::graph::EventNode;
 use crate::ids::{HashMapPrehashed, ObservationHash, PeerId};
-use crate::merkle::{MerklePath, Tree};
+use crate::merkle::MerklePath;
 
 /// One member's signed vote for an observation: the header of the event that carried it
 /// (signed by the voter) and the Merkle path from the observation hash to the header's root.
@@ -115,8 +115,11 @@ impl Block {
 
 /// Votes counted so far for one observation.
 struct Tally {
-    observation: Option<Observation>,
-    voters: Vec<bool>,
+    /// The event that carried the observation in full, and the vote's position in it; the
+    /// observation is copied out only when the block is made.
+    carrier: Option<(Arc<SignedEvent>, usize)>,
+    /// Bitset of members who voted.
+    voters: Box<[u64]>,
     voter_count: usize,
     proof: Vec<VoteProof>,
 }
@@ -171,46 +174,37 @@ impl Tallies {
         timestamp_ms: u64,
     ) -> Vec<Block> {
         let mut blocks = Vec::new();
-        if event.observation_hashes.is_empty() {
+        let Some(tree) = &event.votes_tree else {
             return blocks;
-        }
-        let mut tree: Option<Tree> = None;
+        };
         let mut signed_header: Option<Arc<SignedHeader>> = None;
-        for (position, (vote, hash)) in event
-            .event
-            .votes
-            .iter()
-            .zip(&event.observation_hashes)
-            .enumerate()
-        {
-            if self.decided.contains_key(hash) {
+        let words = self.member_count.div_ceil(64);
+        let (word, bit) = (event.creator / 64, 1u64 << (event.creator % 64));
+        for (position, (vote, leaf)) in event.event.votes.iter().zip(tree.leaves()).enumerate() {
+            let hash = ObservationHash(*leaf);
+            if self.decided.contains_key(&hash) {
                 continue;
             }
-            let tally = match self.pending.get_mut(hash) {
+            let tally = match self.pending.get_mut(&hash) {
                 Some(tally) => tally,
                 None => {
-                    self.pending_since.push_back((round_received, *hash));
-                    self.pending.entry(*hash).or_insert_with(|| Tally {
-                        observation: None,
-                        voters: vec![false; self.member_count],
+                    self.pending_since.push_back((round_received, hash));
+                    self.pending.entry(hash).or_insert_with(|| Tally {
+                        carrier: None,
+                        voters: vec![0; words].into_boxed_slice(),
                         voter_count: 0,
                         proof: Vec::new(),
                     })
                 }
             };
-            if tally.observation.is_none() {
-                if let Vote::Full(observation) = vote {
-                    tally.observation = Some(observation.clone());
-                }
+            if tally.carrier.is_none() && matches!(vote, Vote::Full(_)) {
+                tally.carrier = Some((Arc::clone(&event.event), position));
             }
-            if tally.observation.is_none() || tally.voters[event.creator] {
+            if tally.carrier.is_none() || tally.voters[word] & bit != 0 {
                 continue;
             }
-            tally.voters[event.creator] = true;
+            tally.voters[word] |= bit;
             tally.voter_count += 1;
-            let tree = tree.get_or_insert_with(|| {
-                Tree::build(event.observation_hashes.iter().map(|hash| hash.0).collect())
-            });
             let header = signed_header.get_or_insert_with(|| Arc::new(event.event.signed_header()));
             tally.proof.push(VoteProof {
                 event: Arc::clone(header),
@@ -221,8 +215,8 @@ impl Tallies {
                 BlockMode::Supermajority => is_supermajority(tally.voter_count, self.member_count),
             };
             if complete {
-                if let Some(tally) = self.pending.remove(hash) {
-                    blocks.push(self.make_block(*hash, tally, round_received, timestamp_ms));
+                if let Some(tally) = self.pending.remove(&hash) {
+                    blocks.push(self.make_block(hash, tally, round_received, timestamp_ms));
                 }
             }
         }
@@ -240,12 +234,18 @@ impl Tallies {
         self.decided_since.push_back((round_received, hash));
         let sequence = self.next_sequence;
         self.next_sequence += 1;
+        // A tally completes only once its carrier is known, and the carrier's vote at that
+        // position is a full one.
+        let observation = match &tally.carrier {
+            Some((event, position)) => match event.votes.get(*position) {
+                Some(Vote::Full(observation)) => observation.clone(),
+                _ => Observation::Payload(Vec::new()),
+            },
+            None => Observation::Payload(Vec::new()),
+        };
         Block {
             sequence,
-            // A tally completes only once its observation is known.
-            observation: tally
-                .observation
-                .unwrap_or(Observation::Payload(Vec::new())),
+            observation,
             observation_hash: hash,
             round_received,
             timestamp_ms,

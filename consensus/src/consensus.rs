@@ -13,7 +13,7 @@ use crate::error::{EventError, SetupError, SyncError, VoteError};
 use crate::event::{CheckedBody, Observation, SignedEvent, Vote, verify_signatures};
 use crate::evidence::ForkEvidence;
 use crate::fame::Fame;
-use crate::graph::{Graph, Slot};
+use crate::graph::{EventNode, Graph, Slot};
 use crate::ids::{EventHash, HashMapPrehashed, HashSetPrehashed, ObservationHash, PeerId};
 use crate::order::Order;
 use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
@@ -50,7 +50,7 @@ pub struct Consensus {
     order: Order,
     tallies: Tallies,
     /// Votes waiting for our next event, oldest first.
-    pending_votes: VecDeque<Observation>,
+    pending_votes: VecDeque<PendingVote>,
     pending_vote_hashes: HashSetPrehashed<ObservationHash>,
     /// For observations carried in full by some event in the graph: the first carrier. Lets
     /// us vote by hash when the carrier is among our new event's ancestors.
@@ -66,10 +66,26 @@ pub struct Consensus {
     transmits: VecDeque<Transmit>,
     blocks: VecDeque<Block>,
     evidence: VecDeque<ForkEvidence>,
-    observations: VecDeque<Observation>,
+    observations: VecDeque<(ObservationHash, Observation)>,
     accused: HashSet<usize>,
     next_gossip_ms: u64,
     stats: Stats,
+}
+
+/// A vote waiting for our next event.
+enum PendingVote {
+    /// We hold the observation (the caller gave it to us).
+    Full(ObservationHash, Observation),
+    /// An observation some event in our graph carries.
+    Known(ObservationHash),
+}
+
+impl PendingVote {
+    fn hash(&self) -> ObservationHash {
+        match self {
+            Self::Full(hash, _) | Self::Known(hash) => *hash,
+        }
+    }
 }
 
 /// The consensus view of one event.
@@ -226,9 +242,29 @@ impl Consensus {
         }
         let hash = observation.hash();
         if self.pending_vote_hashes.insert(hash) {
-            self.pending_votes.push_back(observation);
+            self.pending_votes
+                .push_back(PendingVote::Full(hash, observation));
         }
         Ok(hash)
+    }
+
+    /// Queues our vote for an observation that an event in our graph carries (one that
+    /// `poll_observation` reported): the cheap way to second another member's proposal, since
+    /// the vote usually goes out by hash.
+    pub fn vote_for_hash(&mut self, hash: ObservationHash) -> Result<(), VoteError> {
+        if self.tallies.is_decided(&hash) {
+            return Ok(());
+        }
+        if !self.carriers.contains_key(&hash) {
+            return Err(VoteError::UnknownObservation(hash));
+        }
+        if self.pending_votes.len() >= self.config.votes_pending_max {
+            return Err(VoteError::Backpressure(self.pending_votes.len()));
+        }
+        if self.pending_vote_hashes.insert(hash) {
+            self.pending_votes.push_back(PendingVote::Known(hash));
+        }
+        Ok(())
     }
 
     /// Our vector clock: what to send a peer to learn what we lack.
@@ -433,32 +469,36 @@ impl Consensus {
         creator: usize,
         body: CheckedBody,
     ) -> Result<bool, EventError> {
+        let CheckedBody { hash, votes_tree } = body;
         let has_votes = !event.votes.is_empty();
-        let body_hash = body.hash;
-        let inserted = self.graph.insert(
-            Arc::clone(&event),
-            body.hash,
-            creator,
-            body.observation_hashes,
-        )?;
+        // Observations carried in full for the first time: remember the carrier (for votes
+        // by hash) and tell the caller (so it can second them).
+        let mut first_carried = Vec::new();
+        for (vote, leaf) in event.votes.iter().zip(votes_tree.leaves()) {
+            let observation_hash = ObservationHash(*leaf);
+            if let Vote::Full(observation) = vote {
+                if !self.tallies.is_decided(&observation_hash)
+                    && !self.carriers.contains_key(&observation_hash)
+                {
+                    first_carried.push((observation_hash, observation));
+                }
+            }
+        }
+        let tree = has_votes.then_some(votes_tree);
+        let inserted = self.graph.insert(Arc::clone(&event), hash, creator, tree)?;
         let slot = inserted.slot;
         self.stats.events_inserted += 1;
         if !self.wanted.is_empty() {
-            self.wanted.retain(|wanted| *wanted != body_hash);
+            self.wanted.retain(|wanted| *wanted != hash);
         }
         if let Some(fork) = inserted.fork {
             self.on_fork(creator, fork);
         }
-        for vote in &event.votes {
-            if let Vote::Full(observation) = vote {
-                let hash = observation.hash();
-                if self.tallies.is_decided(&hash) || self.carriers.contains_key(&hash) {
-                    continue;
-                }
-                self.carriers.insert(hash, slot);
-                if creator != self.me && self.observations.len() < self.config.output_queue_max {
-                    self.observations.push_back(observation.clone());
-                }
+        for (observation_hash, observation) in first_carried {
+            self.carriers.insert(observation_hash, slot);
+            if creator != self.me && self.observations.len() < self.config.output_queue_max {
+                self.observations
+                    .push_back((observation_hash, observation.clone()));
             }
         }
         if has_votes {
@@ -478,8 +518,10 @@ impl Consensus {
             // Our own input: the queue bound is the only possible refusal, and an accusation
             // is worth exceeding it by one.
             let observation = Observation::Accusation { offender };
-            if self.pending_vote_hashes.insert(observation.hash()) {
-                self.pending_votes.push_back(observation);
+            let hash = observation.hash();
+            if self.pending_vote_hashes.insert(hash) {
+                self.pending_votes
+                    .push_back(PendingVote::Full(hash, observation));
             }
         }
     }
@@ -503,19 +545,20 @@ impl Consensus {
                 ),
                 None => (0, now_ms, None),
             };
-        let votes = if self_parent.is_some() {
+        let (votes, hashes) = if self_parent.is_some() {
             self.take_votes(self_parent, other_parent)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let other_parent_hash = other_parent.map(|slot| self.graph.get(slot).hash);
-        let (event, body) = SignedEvent::create(
+        let (event, body) = SignedEvent::create_hashed(
             &self.key,
             index,
             self_parent_hash,
             other_parent_hash,
             created_at_ms,
             votes,
+            hashes,
         );
         let event = Arc::new(event);
         match self.insert(Arc::clone(&event), self.me, body) {
@@ -534,33 +577,55 @@ impl Consensus {
 
     /// Takes up to `votes_per_event_max` pending votes; votes by hash where the observation's
     /// carrier is an ancestor of the new event (so the vote is sure to count).
-    fn take_votes(&mut self, self_parent: Option<Slot>, other_parent: Option<Slot>) -> Vec<Vote> {
+    fn take_votes(
+        &mut self,
+        self_parent: Option<Slot>,
+        other_parent: Option<Slot>,
+    ) -> (Vec<Vote>, Vec<ObservationHash>) {
         let count = self
             .pending_votes
             .len()
             .min(self.config.votes_per_event_max);
         let mut votes = Vec::with_capacity(count);
-        for observation in self.pending_votes.drain(..count) {
-            let hash = observation.hash();
+        let mut hashes = Vec::with_capacity(count);
+        let pending: Vec<PendingVote> = self.pending_votes.drain(..count).collect();
+        let graph = &self.graph;
+        let parents: Vec<&EventNode> = [self_parent, other_parent]
+            .into_iter()
+            .flatten()
+            .map(|slot| graph.get(slot))
+            .collect();
+        for pending_vote in pending {
+            let hash = pending_vote.hash();
             self.pending_vote_hashes.remove(&hash);
-            let carried_by_ancestor = self
+            let carrier = self
                 .carriers
                 .get(&hash)
-                .and_then(|&carrier| self.graph.node(carrier))
-                .is_some_and(|carrier| {
-                    !self.graph.is_forked(carrier.creator)
-                        && [self_parent, other_parent]
-                            .into_iter()
-                            .flatten()
-                            .any(|parent| self.graph.is_ancestor(self.graph.get(parent), carrier))
-                });
-            votes.push(if carried_by_ancestor {
+                .and_then(|&carrier| graph.node(carrier));
+            let carried_by_ancestor = carrier.is_some_and(|carrier| {
+                !graph.is_forked(carrier.creator)
+                    && parents
+                        .iter()
+                        .any(|parent| graph.is_ancestor(parent, carrier))
+            });
+            let vote = if carried_by_ancestor {
                 Vote::ByHash(hash)
             } else {
-                Vote::Full(observation)
-            });
+                match pending_vote {
+                    PendingVote::Full(_, observation) => Vote::Full(observation),
+                    PendingVote::Known(_) => {
+                        match carrier.and_then(|carrier| carried_observation(carrier, &hash)) {
+                            Some(observation) => Vote::Full(observation),
+                            // Decided or pruned meanwhile: nothing left to vote for.
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            votes.push(vote);
+            hashes.push(hash);
         }
-        votes
+        (votes, hashes)
     }
 
     /// Runs fame elections; orders the events of newly decided rounds, tallies their votes
@@ -588,13 +653,15 @@ impl Consensus {
                     ordered_event.round_received,
                     ordered_event.timestamp_ms,
                 );
+                if let Some(node) = self.graph.node_mut(ordered_event.slot) {
+                    node.round_received = Some(ordered_event.round_received);
+                    // Tallied: the proofs are cut, the tree is no longer needed.
+                    node.votes_tree = None;
+                }
                 for block in blocks {
                     self.carriers.remove(&block.observation_hash);
                     self.stats.blocks += 1;
                     self.blocks.push_back(block);
-                }
-                if let Some(node) = self.graph.node_mut(ordered_event.slot) {
-                    node.round_received = Some(ordered_event.round_received);
                 }
             }
             self.tallies.expire(decided.round);
@@ -612,9 +679,12 @@ impl Consensus {
         if node.creator == self.me {
             let event = Arc::clone(&node.event);
             for vote in &event.votes {
-                if let Vote::Full(observation) = vote {
-                    let _ = self.vote_for(observation.clone());
-                }
+                // Back-pressure can refuse a re-vote; the observation is then as lost as if
+                // we had never voted, which the caller's own retry logic covers.
+                let _ = match vote {
+                    Vote::Full(observation) => self.vote_for(observation.clone()).map(|_| ()),
+                    Vote::ByHash(hash) => self.vote_for_hash(*hash),
+                };
             }
         }
     }
@@ -661,8 +731,9 @@ impl Consensus {
         self.evidence.pop_front()
     }
 
-    /// The next observation another member introduced (carried in full for the first time).
-    pub fn poll_observation(&mut self) -> Option<Observation> {
+    /// The next observation another member introduced (carried in full for the first time),
+    /// with its hash for `vote_for_hash`.
+    pub fn poll_observation(&mut self) -> Option<(ObservationHash, Observation)> {
         self.observations.pop_front()
     }
 
@@ -724,4 +795,12 @@ impl Consensus {
     pub fn to_dot(&self, rounds: Option<u64>) -> String {
         crate::dot::render(&self.graph, &self.members, rounds)
     }
+}
+
+/// The observation `carrier` carries in full under `hash`, if any.
+fn carried_observation(carrier: &EventNode, hash: &ObservationHash) -> Option<Observation> {
+    carrier.event.votes.iter().find_map(|vote| match vote {
+        Vote::Full(observation) if observation.hash() == *hash => Some(observation.clone()),
+        _ => None,
+    })
 }

@@ -117,6 +117,9 @@ pub enum VoteError {
     /// Too many votes are waiting for an event (`votes_pending_max`); retry after gossip.
     #[error("{0} votes already pending")]
     Backpressure(usize),
+    /// `vote_for_hash` names an observation no event in our graph carries.
+    #[error("no event in the graph carries observation {0}")]
+    UnknownObservation(crate::ids::ObservationHash),
     /// The observation is larger than `OBSERVATION_BYTES_MAX`.
     #[error("observation of {bytes} bytes exceeds the limit of {max}")]
     TooLarge {

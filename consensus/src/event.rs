@@ -7,7 +7,7 @@ use crate::codec;
 use crate::config::{EVENT_BYTES_MAX, OBSERVATION_BYTES_MAX, VOTES_PER_EVENT_MAX};
 use crate::error::EventError;
 use crate::ids::{EventHash, ObservationHash, PeerId};
-use crate::merkle;
+use crate::merkle::{self, Tree};
 
 const EVENT_DOMAIN: &[u8] = b"chorus/event/v1";
 const OBSERVATION_DOMAIN: &[u8] = b"chorus/observation/v1";
@@ -139,8 +139,9 @@ pub struct SignedEvent {
 pub struct CheckedBody {
     /// The event hash (what the signature must cover).
     pub hash: EventHash,
-    /// Observation hash of each vote, in order (the Merkle leaves).
-    pub observation_hashes: Vec<ObservationHash>,
+    /// The Merkle tree over the votes' observation hashes (leaves in vote order); kept until
+    /// the event is tallied, to cut vote proofs from.
+    pub votes_tree: Tree,
 }
 
 impl SignedEvent {
@@ -153,8 +154,31 @@ impl SignedEvent {
         created_at_ms: u64,
         votes: Vec<Vote>,
     ) -> (Self, CheckedBody) {
-        let observation_hashes: Vec<ObservationHash> =
-            votes.iter().map(Vote::observation_hash).collect();
+        let hashes = votes.iter().map(Vote::observation_hash).collect();
+        Self::create_hashed(
+            key,
+            index,
+            self_parent,
+            other_parent,
+            created_at_ms,
+            votes,
+            hashes,
+        )
+    }
+
+    /// `create` with the votes' observation hashes already computed (`hashes[i]` is the hash
+    /// of `votes[i]`'s observation), to avoid hashing payloads twice.
+    pub fn create_hashed(
+        key: &SigningKey,
+        index: u64,
+        self_parent: Option<EventHash>,
+        other_parent: Option<EventHash>,
+        created_at_ms: u64,
+        votes: Vec<Vote>,
+        hashes: Vec<ObservationHash>,
+    ) -> (Self, CheckedBody) {
+        debug_assert_eq!(votes.len(), hashes.len());
+        let votes_tree = Tree::build(hashes.into_iter().map(|hash| hash.0).collect());
         let header = EventHeader {
             creator: PeerId(key.verifying_key().to_bytes()),
             index,
@@ -162,7 +186,7 @@ impl SignedEvent {
             other_parent,
             created_at_ms,
             vote_count: votes.len() as u32,
-            votes_root: votes_root(&observation_hashes),
+            votes_root: votes_tree.root(),
         };
         let hash = header.hash();
         let signature = key.sign(&hash.0);
@@ -172,10 +196,7 @@ impl SignedEvent {
                 votes,
                 signature,
             },
-            CheckedBody {
-                hash,
-                observation_hashes,
-            },
+            CheckedBody { hash, votes_tree },
         )
     }
 
@@ -241,15 +262,16 @@ impl SignedEvent {
         if self.header.vote_count as usize != self.votes.len() {
             return Err(EventError::VotesMismatch(hash));
         }
-        let observation_hashes: Vec<ObservationHash> =
-            self.votes.iter().map(Vote::observation_hash).collect();
-        if votes_root(&observation_hashes) != self.header.votes_root {
+        let leaves = self
+            .votes
+            .iter()
+            .map(|vote| vote.observation_hash().0)
+            .collect();
+        let votes_tree = Tree::build(leaves);
+        if votes_tree.root() != self.header.votes_root {
             return Err(EventError::VotesMismatch(hash));
         }
-        Ok(CheckedBody {
-            hash,
-            observation_hashes,
-        })
+        Ok(CheckedBody { hash, votes_tree })
     }
 }
 

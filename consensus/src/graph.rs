@@ -14,7 +14,8 @@ use crate::config::is_supermajority;
 use crate::error::EventError;
 use crate::event::{SignedEvent, SignedHeader};
 use crate::evidence::ForkEvidence;
-use crate::ids::{EventHash, HashMapPrehashed, ObservationHash};
+use crate::ids::{EventHash, HashMapPrehashed};
+use crate::merkle::Tree;
 
 /// Position of an event in insertion order; never reused.
 pub(crate) type Slot = u64;
@@ -44,7 +45,8 @@ pub(crate) struct EventNode {
     pub is_witness: bool,
     /// Fame of a witness once decided (for the dot dump).
     pub famous: Option<bool>,
-    pub observation_hashes: Vec<ObservationHash>,
+    /// Merkle tree over the votes' observation hashes; dropped once the votes are tallied.
+    pub votes_tree: Option<Tree>,
     /// Set once the event has its place in the consensus order.
     pub round_received: Option<u64>,
 }
@@ -215,7 +217,7 @@ impl Graph {
         event: Arc<SignedEvent>,
         hash: EventHash,
         creator: usize,
-        observation_hashes: Vec<ObservationHash>,
+        votes_tree: Option<Tree>,
     ) -> Result<Inserted, EventError> {
         debug_assert!(!self.contains(&hash));
         let header = &event.header;
@@ -257,7 +259,7 @@ impl Graph {
             creator,
             self_parent,
             other_parent,
-            observation_hashes,
+            votes_tree,
             slot,
         );
         let round = node.round;
@@ -340,7 +342,7 @@ impl Graph {
         creator: usize,
         self_parent: Option<Slot>,
         other_parent: Option<Slot>,
-        observation_hashes: Vec<ObservationHash>,
+        votes_tree: Option<Tree>,
         slot: Slot,
     ) -> EventNode {
         let n = self.member_count;
@@ -423,7 +425,7 @@ impl Graph {
             round: 0,
             is_witness: false,
             famous: None,
-            observation_hashes,
+            votes_tree,
             round_received: None,
         };
         let parent_round = [sp, op].into_iter().flatten().map(|node| node.round).max();

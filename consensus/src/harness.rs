@@ -89,10 +89,10 @@ impl Cluster {
         while let Some(evidence) = node.poll_evidence() {
             self.evidence[index].push(evidence);
         }
-        while let Some(observation) = node.poll_observation() {
+        while let Some((hash, _)) = node.poll_observation() {
             if self.echo_votes {
                 // Back-pressure only drops an echo; the proposer's own vote still stands.
-                let _ = node.vote_for(observation);
+                let _ = node.vote_for_hash(hash);
             }
         }
     }

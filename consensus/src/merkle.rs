@@ -5,20 +5,21 @@
 //! proof small and checkable without the rest of the event.
 //!
 //! Shape: leaves are the observation hashes themselves (already domain-separated blake3
-//! values); an inner node is `blake3("chorus/merkle/v1" || left || right)`; an odd node at the
-//! end of a level is promoted unchanged. An empty tree has a fixed root.
+//! values); an inner node is `blake3::keyed_hash(NODE_KEY, left || right)` (the key separates
+//! inner nodes from every other hash, and a 64-byte input costs one compression); an odd node
+//! at the end of a level is promoted unchanged. An empty tree has a fixed root.
 
 use serde::{Deserialize, Serialize};
 
-const NODE_DOMAIN: &[u8] = b"chorus/merkle/v1";
+/// Key of inner-node hashes: 32 fixed bytes naming the purpose and version.
+const NODE_KEY: &[u8; 32] = b"chorus/merkle/inner-node/v1\0\0\0\0\0";
 const EMPTY_DOMAIN: &[u8] = b"chorus/merkle/empty/v1";
 
 fn combine(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(NODE_DOMAIN);
-    hasher.update(left);
-    hasher.update(right);
-    *hasher.finalize().as_bytes()
+    let mut input = [0u8; 64];
+    input[..32].copy_from_slice(left);
+    input[32..].copy_from_slice(right);
+    *blake3::keyed_hash(NODE_KEY, &input).as_bytes()
 }
 
 fn empty_root() -> [u8; 32] {
@@ -66,6 +67,11 @@ impl Tree {
             levels.push(above);
         }
         Self { levels }
+    }
+
+    /// The leaves, in order.
+    pub fn leaves(&self) -> &[[u8; 32]] {
+        self.levels.first().map(Vec::as_slice).unwrap_or_default()
     }
 
     /// The root of the tree (the fixed empty root when there are no leaves).
