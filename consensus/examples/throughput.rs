@@ -108,7 +108,7 @@ fn main() -> Result<(), String> {
             .saturating_sub(pending[requester].len())
             .min(args.batch);
         for _ in 0..room {
-            let observation = Observation::Payload(payload(
+            let observation = Observation::payload(payload(
                 requester,
                 next_payload[requester],
                 args.payload_bytes,

@@ -239,9 +239,9 @@ impl Tallies {
         let observation = match &tally.carrier {
             Some((event, position)) => match event.votes.get(*position) {
                 Some(Vote::Full(observation)) => observation.clone(),
-                _ => Observation::Payload(Vec::new()),
+                _ => Observation::Payload(Default::default()),
             },
-            None => Observation::Payload(Vec::new()),
+            None => Observation::Payload(Default::default()),
         };
         Block {
             sequence,

@@ -1,5 +1,6 @@
 //! Gossip events: what a member signs and sends, and the stateless checks on receipt.
 
+use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +16,9 @@ const OBSERVATION_DOMAIN: &[u8] = b"chorus/observation/v1";
 /// Something members vote on. A block is made of one observation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Observation {
-    /// Opaque application bytes (for the engine: an encoded proposal).
-    Payload(Vec<u8>),
+    /// Opaque application bytes (for the engine: an encoded proposal). `Bytes` so that the
+    /// many holders of one payload (events, tallies, blocks, the caller) share one buffer.
+    Payload(Bytes),
     /// "This member forked its chain": voted by members that hold fork evidence.
     Accusation {
         /// The member accused.
@@ -42,6 +44,11 @@ impl Observation {
             }
         }
         ObservationHash(*hasher.finalize().as_bytes())
+    }
+
+    /// An application payload.
+    pub fn payload(bytes: impl Into<Bytes>) -> Self {
+        Self::Payload(bytes.into())
     }
 
     /// Size of the payload in bytes (what the size limit applies to).

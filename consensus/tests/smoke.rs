@@ -8,7 +8,7 @@ fn four_members_agree_on_a_few_payloads() {
     let mut cluster = Cluster::new(4, &config, 1, 0).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for i in 0..20u8 {
-        cluster.vote((i % 4) as usize, Observation::Payload(vec![i]));
+        cluster.vote((i % 4) as usize, Observation::payload(vec![i]));
     }
     let mut now = 0;
     for _ in 0..400 {

@@ -85,7 +85,7 @@ impl Scenario {
             if votes_cast < total_votes && (steps >= self.voting_steps || rng.gen_bool(0.3)) {
                 let member = honest[votes_cast % honest.len()];
                 let payload = format!("seed {} member {member} payload {votes_cast}", self.seed);
-                let observation = Observation::Payload(payload.into_bytes());
+                let observation = Observation::payload(payload.into_bytes());
                 proposed[member].push(observation.hash());
                 cluster.vote(member, observation);
                 votes_cast += 1;
@@ -183,7 +183,7 @@ fn inject_fork(
         .events
         .retain(|event| event.header.hash() != latest.header.hash());
     let key = member_key(seed, member);
-    let fork_vote = Vote::Full(Observation::Payload(format!("fork {nonce}").into_bytes()));
+    let fork_vote = Vote::Full(Observation::payload(format!("fork {nonce}").into_bytes()));
     let (fork, _) = SignedEvent::create(
         &key,
         latest.header.index,
