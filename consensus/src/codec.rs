@@ -1,7 +1,7 @@
 //! The one place where bytes are produced and parsed: canonical encodings for hashing and the
 //! versioned wire format of sync messages. bincode is pinned to 2.x and used nowhere else.
 
-use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -11,14 +11,23 @@ use crate::error::DecodeError;
 /// Version byte in front of every wire message; bump it when the encoding changes.
 pub const WIRE_VERSION: u8 = 1;
 
-type CanonicalConfig = Configuration<LittleEndian, Varint, bincode::config::NoLimit>;
-type LimitedConfig = Configuration<LittleEndian, Varint, Limit<SYNC_BYTES_MAX>>;
+const _: () = assert!(
+    WIRE_VERSION == 1,
+    "bump deliberately, with a migration note"
+);
 
-const CANONICAL: CanonicalConfig = bincode::config::standard();
-const LIMITED: LimitedConfig = bincode::config::standard().with_limit::<SYNC_BYTES_MAX>();
+type CanonicalConfig = Configuration<LittleEndian, Fixint, bincode::config::NoLimit>;
+type LimitedConfig = Configuration<LittleEndian, Fixint, Limit<SYNC_BYTES_MAX>>;
+
+// Fixed-width integers, not varints: a varint decoder accepts over-long forms of one value,
+// and a message must have exactly one encoding.
+const CANONICAL: CanonicalConfig = bincode::config::standard().with_fixed_int_encoding();
+const LIMITED: LimitedConfig = bincode::config::standard()
+    .with_fixed_int_encoding()
+    .with_limit::<SYNC_BYTES_MAX>();
 
 /// The canonical encoding of a value whose hash is signed (event headers). Deterministic:
-/// fixed field order, varint integers, no maps.
+/// fixed field order, fixed-width integers, no maps.
 pub(crate) fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain structs of integers and byte arrays into a Vec cannot fail; if it ever
     // did, an empty encoding would only make every signature check fail, never pass.

@@ -378,17 +378,10 @@ impl Consensus {
         }
         let mut report = SyncReport::default();
         let mut checked: Vec<(Arc<SignedEvent>, usize, CheckedBody)> = Vec::new();
-        let mut batch_hashes = HashSetPrehashed::default();
         for event in response.events {
             match self.check_received(&event) {
                 Ok(None) => report.duplicates += 1,
-                Ok(Some((creator, body))) => {
-                    if batch_hashes.insert(body.hash) {
-                        checked.push((event, creator, body));
-                    } else {
-                        report.duplicates += 1;
-                    }
-                }
+                Ok(Some((creator, body))) => checked.push((event, creator, body)),
                 Err(error) => report.rejected.push(error),
             }
         }
@@ -401,6 +394,12 @@ impl Consensus {
         for ((event, creator, body), signature_ok) in checked.into_iter().zip(valid) {
             if !signature_ok {
                 report.rejected.push(EventError::BadSignature(body.hash));
+                continue;
+            }
+            // A second copy in the same response (checked only after the signature, so a
+            // forged copy sent first cannot shadow the genuine one).
+            if self.graph.contains(&body.hash) {
+                report.duplicates += 1;
                 continue;
             }
             match self.insert(event, creator, body) {
