@@ -29,9 +29,13 @@ struct Args {
     /// Bytes per payload.
     #[arg(long, default_value_t = 256)]
     payload_bytes: usize,
-    /// Wall-clock seconds to run (after setup).
+    /// Wall-clock seconds to measure, after the warm-up.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Wall-clock seconds to run before measuring (the pipeline fills: the first blocks take
+    /// one vote-to-block latency to appear).
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
     /// Own proposals each member keeps in flight (voted, not yet in a block).
     #[arg(long, default_value_t = 4096)]
     window: usize,
@@ -82,8 +86,8 @@ fn main() -> Result<(), String> {
     cluster.echo_votes = mode == BlockMode::Supermajority;
     let mut rng = StdRng::seed_from_u64(args.seed);
     println!(
-        "throughput: {} nodes, {}-byte payloads, {:?} mode, {} s, window {} per node",
-        args.nodes, args.payload_bytes, mode, args.seconds, args.window
+        "throughput: {} nodes, {}-byte payloads, {:?} mode, {} s after {} s warm-up, window {} per node",
+        args.nodes, args.payload_bytes, mode, args.seconds, args.warmup_seconds, args.window
     );
 
     let mut pending: Vec<HashMap<ObservationHash, Pending>> =
@@ -96,11 +100,28 @@ fn main() -> Result<(), String> {
     let mut syncs: u64 = 0;
     let mut peak_events_held = 0usize;
 
-    let cpu_start = cpu_seconds();
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.seconds);
+    let warmup_end = start + Duration::from_secs(args.warmup_seconds);
+    let deadline = warmup_end + Duration::from_secs(args.seconds);
     let mut next_report = start + Duration::from_secs(1);
+    // Figures at the end of the warm-up: (wall instant, cpu seconds, agreed blocks, events).
+    let mut measure_from: Option<(Instant, Option<f64>, usize, u64)> = None;
     while Instant::now() < deadline {
+        if measure_from.is_none() && Instant::now() >= warmup_end {
+            let events: u64 = cluster
+                .nodes
+                .iter()
+                .map(|node| node.stats().events_created)
+                .sum();
+            measure_from = Some((
+                Instant::now(),
+                cpu_seconds(),
+                consumed.iter().min().copied().unwrap_or(0),
+                events,
+            ));
+            latencies_ms.clear();
+            latencies_rounds.clear();
+        }
         let requester = (syncs as usize) % args.nodes;
         // Top up the requester's own proposals.
         let room = args
@@ -176,14 +197,17 @@ fn main() -> Result<(), String> {
             );
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds().map(|end| end - cpu_start.unwrap_or(0.0));
-    let agreed = consumed.iter().min().copied().unwrap_or(0) as f64;
+    let (measured_at, cpu_at, agreed_at, events_at) =
+        measure_from.unwrap_or((start, Some(0.0), 0, 0));
+    let elapsed = measured_at.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().map(|end| end - cpu_at.unwrap_or(0.0));
+    let agreed = (consumed.iter().min().copied().unwrap_or(0) - agreed_at) as f64;
     let events_created: u64 = cluster
         .nodes
         .iter()
         .map(|node| node.stats().events_created)
-        .sum();
+        .sum::<u64>()
+        - events_at;
     let payloads_per_second = agreed / elapsed;
     let events_per_block = if agreed > 0.0 {
         events_created as f64 / agreed
@@ -202,7 +226,7 @@ fn main() -> Result<(), String> {
     let cpu_us_per_payload = cpu.filter(|_| agreed > 0.0).map(|cpu| cpu * 1e6 / agreed);
 
     println!("{payloads_per_second:.0} payloads/s");
-    println!("agreed payloads: {agreed:.0} in {elapsed:.2} s ({syncs} syncs)");
+    println!("agreed payloads: {agreed:.0} in {elapsed:.2} s measured ({syncs} syncs in all)");
     println!("gossip events per block: {events_per_block:.4} ({events_created} events)");
     println!(
         "vote-to-block latency: p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms; p50 {p50_rounds:.1} sync rounds, p99 {p99_rounds:.1}"
@@ -217,10 +241,15 @@ fn main() -> Result<(), String> {
         fmt_opt(cpu_us_per_payload)
     );
     println!(
-        "{{\"benchmark\":\"consensus_throughput\",\"nodes\":{},\"payload_bytes\":{},\"mode\":\"{:?}\",\"seconds\":{elapsed:.3},\"payloads_per_s\":{payloads_per_second:.1},\"agreed_payloads\":{agreed},\"events_per_block\":{events_per_block:.5},\"latency_p50_ms\":{p50_ms:.3},\"latency_p99_ms\":{p99_ms:.3},\"latency_p50_sync_rounds\":{p50_rounds:.2},\"latency_p99_sync_rounds\":{p99_rounds:.2},\"peak_rss_mib\":{},\"peak_events_held\":{peak_events_held},\"cpu_s\":{},\"cpu_us_per_payload\":{}}}",
+        "{{\"benchmark\":\"consensus_throughput\",\"nodes\":{},\"payload_bytes\":{},\"mode\":\"{:?}\",\"seconds\":{elapsed:.3},\"payloads_per_s\":{payloads_per_second:.1},\"agreed_payloads\":{agreed},\"events_per_block\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p50_sync_rounds\":{},\"latency_p99_sync_rounds\":{},\"peak_rss_mib\":{},\"peak_events_held\":{peak_events_held},\"cpu_s\":{},\"cpu_us_per_payload\":{}}}",
         args.nodes,
         args.payload_bytes,
         mode,
+        json_num(events_per_block),
+        json_num(p50_ms),
+        json_num(p99_ms),
+        json_num(p50_rounds),
+        json_num(p99_rounds),
         json_opt(peak_rss_mb),
         json_opt(cpu),
         json_opt(cpu_us_per_payload),
@@ -264,5 +293,12 @@ fn fmt_opt(value: Option<f64>) -> String {
 }
 
 fn json_opt(value: Option<f64>) -> String {
-    value.map_or_else(|| "null".into(), |value| format!("{value:.3}"))
+    value
+        .filter(|value| value.is_finite())
+        .map_or_else(|| "null".into(), |value| format!("{value:.3}"))
+}
+
+/// A JSON number, or `null` for NaN and infinities (which JSON cannot express).
+fn json_num(value: f64) -> String {
+    json_opt(Some(value))
 }

@@ -124,16 +124,39 @@ struct Tally {
     proof: Vec<VoteProof>,
 }
 
-/// The tally of all observations not yet decided, and the memory of decided ones.
+/// What we know of one observation.
+enum Entry {
+    /// Votes are being counted.
+    Pending(Tally),
+    /// A block was made in this round; later votes are ignored.
+    Decided { round: u64 },
+}
+
+/// When an entry was created or decided, for expiry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Since {
+    FirstVote(u64),
+    Decided(u64),
+}
+
+impl Since {
+    fn round(self) -> u64 {
+        match self {
+            Self::FirstVote(round) | Self::Decided(round) => round,
+        }
+    }
+}
+
+/// The tally of all observations not yet decided, and the memory of decided ones: one map, so
+/// counting a vote costs one lookup (the map is large and its probes miss the cache).
 pub(crate) struct Tallies {
     mode: BlockMode,
     member_count: usize,
     window_rounds: u64,
-    pending: HashMapPrehashed<ObservationHash, Tally>,
-    /// (round first voted, hash), oldest first, to forget tallies that never complete.
-    pending_since: VecDeque<(u64, ObservationHash)>,
-    decided: HashMapPrehashed<ObservationHash, u64>,
-    decided_since: VecDeque<(u64, ObservationHash)>,
+    entries: HashMapPrehashed<ObservationHash, Entry>,
+    /// Oldest first, to forget entries older than the window.
+    since: VecDeque<(Since, ObservationHash)>,
+    pending_count: usize,
     next_sequence: u64,
 }
 
@@ -143,24 +166,23 @@ impl Tallies {
             mode,
             member_count,
             window_rounds,
-            pending: HashMapPrehashed::default(),
-            pending_since: VecDeque::new(),
-            decided: HashMapPrehashed::default(),
-            decided_since: VecDeque::new(),
+            entries: HashMapPrehashed::default(),
+            since: VecDeque::new(),
+            pending_count: 0,
             next_sequence: 0,
         }
     }
 
     pub fn is_decided(&self, hash: &ObservationHash) -> bool {
-        self.decided.contains_key(hash)
+        matches!(self.entries.get(hash), Some(Entry::Decided { .. }))
     }
 
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.pending_count
     }
 
     pub fn decided_remembered(&self) -> usize {
-        self.decided.len()
+        self.entries.len() - self.pending_count
     }
 
     /// Tallies the votes of one event in consensus order; returns the blocks they complete.
@@ -179,23 +201,23 @@ impl Tallies {
         };
         let mut signed_header: Option<Arc<SignedHeader>> = None;
         let words = self.member_count.div_ceil(64);
+        let proof_capacity = self.member_count * 2 / 3 + 1;
         let (word, bit) = (event.creator / 64, 1u64 << (event.creator % 64));
         for (position, (vote, leaf)) in event.event.votes.iter().zip(tree.leaves()).enumerate() {
             let hash = ObservationHash(*leaf);
-            if self.decided.contains_key(&hash) {
+            let entry = self.entries.entry(hash).or_insert_with(|| {
+                self.since
+                    .push_back((Since::FirstVote(round_received), hash));
+                self.pending_count += 1;
+                Entry::Pending(Tally {
+                    carrier: None,
+                    voters: vec![0; words].into_boxed_slice(),
+                    voter_count: 0,
+                    proof: Vec::with_capacity(proof_capacity),
+                })
+            });
+            let Entry::Pending(tally) = entry else {
                 continue;
-            }
-            let tally = match self.pending.get_mut(&hash) {
-                Some(tally) => tally,
-                None => {
-                    self.pending_since.push_back((round_received, hash));
-                    self.pending.entry(hash).or_insert_with(|| Tally {
-                        carrier: None,
-                        voters: vec![0; words].into_boxed_slice(),
-                        voter_count: 0,
-                        proof: Vec::new(),
-                    })
-                }
             };
             if tally.carrier.is_none() && matches!(vote, Vote::Full(_)) {
                 tally.carrier = Some((Arc::clone(&event.event), position));
@@ -215,9 +237,17 @@ impl Tallies {
                 BlockMode::Supermajority => is_supermajority(tally.voter_count, self.member_count),
             };
             if complete {
-                if let Some(tally) = self.pending.remove(&hash) {
-                    blocks.push(self.make_block(hash, tally, round_received, timestamp_ms));
-                }
+                let Entry::Pending(tally) = std::mem::replace(
+                    entry,
+                    Entry::Decided {
+                        round: round_received,
+                    },
+                ) else {
+                    continue;
+                };
+                self.pending_count -= 1;
+                self.since.push_back((Since::Decided(round_received), hash));
+                blocks.push(self.make_block(hash, tally, round_received, timestamp_ms));
             }
         }
         blocks
@@ -230,8 +260,6 @@ impl Tallies {
         round_received: u64,
         timestamp_ms: u64,
     ) -> Block {
-        self.decided.insert(hash, round_received);
-        self.decided_since.push_back((round_received, hash));
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         // A tally completes only once its carrier is known, and the carrier's vote at that
@@ -253,22 +281,28 @@ impl Tallies {
         }
     }
 
-    /// Forgets tallies and decided hashes older than the window, as of `round`.
+    /// Forgets pending tallies first voted, and decided observations decided, more than the
+    /// window before `round`. Deterministic: it depends on rounds received only.
     pub fn expire(&mut self, round: u64) {
         let horizon = round.saturating_sub(self.window_rounds);
-        while let Some(&(since, hash)) = self.pending_since.front() {
-            if since >= horizon {
+        while let Some(&(since, hash)) = self.since.front() {
+            if since.round() >= horizon {
                 break;
             }
-            self.pending_since.pop_front();
-            self.pending.remove(&hash);
-        }
-        while let Some(&(since, hash)) = self.decided_since.front() {
-            if since >= horizon {
-                break;
+            self.since.pop_front();
+            let expired = match (since, self.entries.get(&hash)) {
+                (Since::FirstVote(_), Some(Entry::Pending(_))) => {
+                    self.pending_count -= 1;
+                    true
+                }
+                (Since::Decided(round), Some(Entry::Decided { round: decided })) => {
+                    round == *decided
+                }
+                _ => false,
+            };
+            if expired {
+                self.entries.remove(&hash);
             }
-            self.decided_since.pop_front();
-            self.decided.remove(&hash);
         }
     }
 }

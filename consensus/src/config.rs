@@ -65,7 +65,7 @@ impl Default for Config {
             votes_pending_max: 1_000_000,
             gossip_interval_ms: 5,
             prune_window_rounds: 16,
-            observation_window_rounds: 256,
+            observation_window_rounds: 64,
             coin_round_period: 10,
             output_queue_max: 100_000,
         }
