@@ -52,8 +52,9 @@ struct Args {
     /// `supermajority` or `single`.
     #[arg(long, default_value = "supermajority")]
     mode: String,
-    /// Most votes per gossip event.
-    #[arg(long, default_value_t = 4096)]
+    /// Most votes per gossip event (larger events cost more than they save: their buffers
+    /// outgrow the allocator's heap and every event maps fresh pages).
+    #[arg(long, default_value_t = 1024)]
     votes_per_event: usize,
     /// Seed for keys and partner choice.
     #[arg(long, default_value_t = 1)]

@@ -61,7 +61,7 @@ impl Default for Config {
         Self {
             block_mode: BlockMode::Supermajority,
             events_per_sync_max: 2_000,
-            votes_per_event_max: 4_096,
+            votes_per_event_max: 1_024,
             votes_pending_max: 1_000_000,
             gossip_interval_ms: 5,
             prune_window_rounds: 16,
