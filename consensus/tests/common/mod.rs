@@ -172,8 +172,10 @@ fn inject_fork(
         return false;
     };
     // The latest event of the forker that the target is about to receive or already has.
-    let latest_index = cluster.nodes[member].sync_request().known[sorted_position(cluster, member)];
-    let Some(latest) = latest_event(cluster, member, latest_index.saturating_sub(1)) else {
+    let forker = &cluster.nodes[member];
+    let head_index =
+        forker.sync_request().known[sorted_position(cluster, member)].saturating_sub(1);
+    let Some(latest) = forker.own_event(head_index) else {
         return false;
     };
     if latest.header.index == 0 {
@@ -211,34 +213,6 @@ fn sorted_position(cluster: &Cluster, member: usize) -> usize {
         .iter()
         .position(|id| *id == cluster.ids[member])
         .expect("member")
-}
-
-/// The member's own event at `index`, fetched through its sync interface.
-fn latest_event(cluster: &Cluster, member: usize, index: u64) -> Option<Arc<SignedEvent>> {
-    let position = sorted_position(cluster, member);
-    let mut known = vec![u64::MAX; cluster.members_len()];
-    known[position] = index;
-    let request = chorus_consensus::SyncRequest {
-        known,
-        wanted: Vec::new(),
-    };
-    let response = cluster.nodes[member]
-        .handle_sync_request(&cluster.ids[(member + 1) % cluster.members_len()], &request)
-        .ok()?;
-    response
-        .events
-        .into_iter()
-        .find(|event| event.header.creator == cluster.ids[member] && event.header.index == index)
-}
-
-trait MembersLen {
-    fn members_len(&self) -> usize;
-}
-
-impl MembersLen for Cluster {
-    fn members_len(&self) -> usize {
-        self.ids.len()
-    }
 }
 
 /// Block hashes of a member, in order.
