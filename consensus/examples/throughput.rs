@@ -248,7 +248,7 @@ fn main() -> Result<(), String> {
         fmt_opt(cpu_us_per_payload)
     );
     println!(
-        "{{\"benchmark\":\"consensus_throughput\",\"nodes\":{},\"payload_bytes\":{},\"mode\":\"{:?}\",\"threads\":{threads},\"seconds\":{elapsed:.3},\"payloads_per_s\":{payloads_per_second:.1},\"agreed_payloads\":{agreed_payloads},\"events_per_block\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p50_sync_rounds\":{},\"latency_p99_sync_rounds\":{},\"peak_rss_mib\":{},\"events_held_max\":{peak_events_held},\"cpu_s\":{},\"cpu_us_per_payload\":{}}}",
+        "{{\"benchmark\":\"consensus_throughput\",\"nodes\":{},\"payload_bytes\":{},\"mode\":\"{:?}\",\"threads\":{threads},\"seconds\":{elapsed:.3},\"payloads_per_s\":{payloads_per_second:.1},\"agreed_payloads\":{agreed_payloads},\"events_per_block\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p50_sync_rounds\":{},\"latency_p99_sync_rounds\":{},\"peak_rss_mib\":{},\"events_held_max\":{peak_events_held},\"cpu_s\":{},\"cpu_us_per_payload\":{},\"cpu_s_per_payload\":{}}}",
         args.nodes,
         args.payload_bytes,
         mode,
@@ -260,6 +260,9 @@ fn main() -> Result<(), String> {
         json(peak_rss_mb),
         json(cpu),
         json(cpu_us_per_payload),
+        cpu_us_per_payload
+            .filter(|value| value.is_finite())
+            .map_or_else(|| "null".into(), |value| format!("{:.9}", value / 1e6)),
     );
     Ok(())
 }
