@@ -2,7 +2,7 @@
 //! when a supermajority of members voted for it (or at its first vote in `Single` mode), and
 //! the block carries those votes as a proof anyone with the member list can check.
 
-use std::collections::VecDeque;
+use std::collections::{VecDeque, hash_map};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -115,9 +115,11 @@ impl Block {
 
 /// Votes counted so far for one observation.
 struct Tally {
-    /// The event that carried the observation in full, and the vote's position in it; the
-    /// observation is copied out only when the block is made.
-    carrier: Option<(Arc<SignedEvent>, usize)>,
+    /// The event that carried the observation in full (its first counted vote), and the
+    /// vote's position in it; the observation is copied out only when the block is made.
+    carrier: (Arc<SignedEvent>, usize),
+    /// The member whose full vote opened the tally (for the per-member bound).
+    opener: usize,
     /// Bitset of members who voted.
     voters: Box<[u64]>,
     voter_count: usize,
@@ -153,22 +155,32 @@ pub(crate) struct Tallies {
     mode: BlockMode,
     member_count: usize,
     window_rounds: u64,
+    pending_per_member_max: usize,
     entries: HashMapPrehashed<ObservationHash, Entry>,
     /// Oldest first, to forget entries older than the window.
     since: VecDeque<(Since, ObservationHash)>,
     pending_count: usize,
+    /// Per member: pending tallies its full votes opened.
+    opened_by: Vec<usize>,
     next_sequence: u64,
 }
 
 impl Tallies {
-    pub fn new(mode: BlockMode, member_count: usize, window_rounds: u64) -> Self {
+    pub fn new(
+        mode: BlockMode,
+        member_count: usize,
+        window_rounds: u64,
+        pending_per_member_max: usize,
+    ) -> Self {
         Self {
             mode,
             member_count,
             window_rounds,
+            pending_per_member_max,
             entries: HashMapPrehashed::default(),
             since: VecDeque::new(),
             pending_count: 0,
+            opened_by: vec![0; member_count],
             next_sequence: 0,
         }
     }
@@ -186,9 +198,13 @@ impl Tallies {
     }
 
     /// Tallies the votes of one event in consensus order; returns the blocks they complete.
-    /// A vote by hash counts only if the observation was carried by an event earlier in the
-    /// order (or earlier in this event): the order is topological and honest members vote by
-    /// hash only for observations among their ancestors, so honest votes always count.
+    ///
+    /// Only a full vote opens a tally, so a vote by hash counts only if a full vote for the
+    /// observation was counted earlier in the order (or earlier in this event). Honest members
+    /// vote by hash only for observations among their ancestors, which the topological order
+    /// counts first, so honest votes always count; votes by hash for unknown observations cost
+    /// nothing to ignore. A member may keep at most `pending_per_member_max` tallies open.
+    /// Every rule here reads the consensus order only, so every member decides alike.
     pub fn tally_event(
         &mut self,
         event: &EventNode,
@@ -201,28 +217,35 @@ impl Tallies {
         };
         let mut signed_header: Option<Arc<SignedHeader>> = None;
         let words = self.member_count.div_ceil(64);
-        let proof_capacity = self.member_count * 2 / 3 + 1;
-        let (word, bit) = (event.creator / 64, 1u64 << (event.creator % 64));
+        let voter = event.creator;
+        let (word, bit) = (voter / 64, 1u64 << (voter % 64));
         for (position, (vote, leaf)) in event.event.votes.iter().zip(tree.leaves()).enumerate() {
             let hash = ObservationHash(*leaf);
-            let entry = self.entries.entry(hash).or_insert_with(|| {
-                self.since
-                    .push_back((Since::FirstVote(round_received), hash));
-                self.pending_count += 1;
-                Entry::Pending(Tally {
-                    carrier: None,
-                    voters: vec![0; words].into_boxed_slice(),
-                    voter_count: 0,
-                    proof: Vec::with_capacity(proof_capacity),
-                })
-            });
+            let entry = match self.entries.entry(hash) {
+                hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+                hash_map::Entry::Vacant(vacant) => {
+                    if !matches!(vote, Vote::Full(_))
+                        || self.opened_by[voter] >= self.pending_per_member_max
+                    {
+                        continue;
+                    }
+                    self.opened_by[voter] += 1;
+                    self.pending_count += 1;
+                    self.since
+                        .push_back((Since::FirstVote(round_received), hash));
+                    vacant.insert(Entry::Pending(Tally {
+                        carrier: (Arc::clone(&event.event), position),
+                        opener: voter,
+                        voters: vec![0; words].into_boxed_slice(),
+                        voter_count: 0,
+                        proof: Vec::new(),
+                    }))
+                }
+            };
             let Entry::Pending(tally) = entry else {
                 continue;
             };
-            if tally.carrier.is_none() && matches!(vote, Vote::Full(_)) {
-                tally.carrier = Some((Arc::clone(&event.event), position));
-            }
-            if tally.carrier.is_none() || tally.voters[word] & bit != 0 {
+            if tally.voters[word] & bit != 0 {
                 continue;
             }
             tally.voters[word] |= bit;
@@ -246,6 +269,7 @@ impl Tallies {
                     continue;
                 };
                 self.pending_count -= 1;
+                self.opened_by[tally.opener] -= 1;
                 self.since.push_back((Since::Decided(round_received), hash));
                 blocks.push(self.make_block(hash, tally, round_received, timestamp_ms));
             }
@@ -262,14 +286,11 @@ impl Tallies {
     ) -> Block {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        // A tally completes only once its carrier is known, and the carrier's vote at that
-        // position is a full one.
-        let observation = match &tally.carrier {
-            Some((event, position)) => match event.votes.get(*position) {
-                Some(Vote::Full(observation)) => observation.clone(),
-                _ => Observation::Payload(Default::default()),
-            },
-            None => Observation::Payload(Default::default()),
+        // The carrier's vote at that position is a full one: only full votes open tallies.
+        let (carrier, position) = &tally.carrier;
+        let observation = match carrier.votes.get(*position) {
+            Some(Vote::Full(observation)) => observation.clone(),
+            _ => Observation::Payload(Default::default()),
         };
         Block {
             sequence,
@@ -291,8 +312,9 @@ impl Tallies {
             }
             self.since.pop_front();
             let expired = match (since, self.entries.get(&hash)) {
-                (Since::FirstVote(_), Some(Entry::Pending(_))) => {
+                (Since::FirstVote(_), Some(Entry::Pending(tally))) => {
                     self.pending_count -= 1;
+                    self.opened_by[tally.opener] -= 1;
                     true
                 }
                 (Since::Decided(round), Some(Entry::Decided { round: decided })) => {

@@ -51,6 +51,10 @@ pub struct Config {
     pub observation_window_rounds: u64,
     /// Every `coin_round_period`-th voting round of a fame election is a coin round (>= 3).
     pub coin_round_period: u64,
+    /// Most observations one member's full votes may have pending (voted, no block yet) at
+    /// once; further full votes by that member open nothing until some resolve. Bounds what a
+    /// Byzantine member can make every other member remember.
+    pub pending_observations_per_member_max: usize,
     /// Most undrained items kept in each output queue (blocks excepted: blocks are never
     /// dropped, the caller must drain them).
     pub output_queue_max: usize,
@@ -67,6 +71,7 @@ impl Default for Config {
             prune_window_rounds: 16,
             observation_window_rounds: 64,
             coin_round_period: 10,
+            pending_observations_per_member_max: 200_000,
             output_queue_max: 100_000,
         }
     }
@@ -89,11 +94,21 @@ impl Config {
         if self.coin_round_period < 3 {
             return Err("coin_round_period must be at least 3".into());
         }
-        if self.prune_window_rounds < 4 {
-            return Err("prune_window_rounds must be at least 4".into());
+        // Pending events are judged stale STALE_ROUNDS after their round; pruning must not
+        // drop them before that judgement (ARCHITECTURE.md, "Pruning").
+        let prune_window_min = crate::order::STALE_ROUNDS + 2;
+        if self.prune_window_rounds < prune_window_min {
+            return Err(format!(
+                "prune_window_rounds must be at least {prune_window_min}"
+            ));
         }
         if self.observation_window_rounds < self.prune_window_rounds {
             return Err("observation_window_rounds must be at least prune_window_rounds".into());
+        }
+        if self.pending_observations_per_member_max < self.votes_per_event_max {
+            return Err(
+                "pending_observations_per_member_max must be at least votes_per_event_max".into(),
+            );
         }
         if self.output_queue_max == 0 {
             return Err("output_queue_max must be at least 1".into());

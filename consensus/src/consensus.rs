@@ -188,6 +188,7 @@ impl Consensus {
                 config.block_mode,
                 member_count,
                 config.observation_window_rounds,
+                config.pending_observations_per_member_max,
             ),
             config,
             key,
@@ -287,7 +288,7 @@ impl Consensus {
         if now_ms < self.next_gossip_ms || self.members.len() < 2 {
             return;
         }
-        self.next_gossip_ms = now_ms + self.config.gossip_interval_ms;
+        self.next_gossip_ms = now_ms.saturating_add(self.config.gossip_interval_ms);
         let peer = self.random_peer(rng);
         if self.transmits.len() < self.config.output_queue_max {
             self.transmits.push_back(Transmit {

@@ -55,6 +55,17 @@ pub enum EventError {
         /// The pruned parent.
         parent: EventHash,
     },
+    /// The creator's events up to `floor` were pruned here: this is a replay of pruned
+    /// history, or a fork below it. Refused either way, so nothing is ordered twice.
+    #[error("event {event} at index {index} is at or below the pruned floor {floor}")]
+    Ancient {
+        /// The refused event.
+        event: EventHash,
+        /// Its index.
+        index: u64,
+        /// The creator's highest pruned index.
+        floor: u64,
+    },
     /// The index is not the self-parent's index plus one.
     #[error("event {event} has index {index}, expected {expected}")]
     WrongIndex {
@@ -107,7 +118,10 @@ impl EventError {
     /// True when the error proves the sender or creator misbehaved (an honest peer never
     /// forwards such an event); false for errors an honest peer can cause by timing.
     pub fn is_misbehaviour(&self) -> bool {
-        !matches!(self, Self::UnknownParent { .. } | Self::StaleParent { .. })
+        !matches!(
+            self,
+            Self::UnknownParent { .. } | Self::StaleParent { .. } | Self::Ancient { .. }
+        )
     }
 }
 

@@ -85,6 +85,10 @@ pub(crate) struct Graph {
     fork_slots: BTreeMap<(usize, u64), Vec<Slot>>,
     /// Per creator: true once the graph holds a fork by it.
     forked: Vec<bool>,
+    /// Per creator: the highest index of a pruned event (`None` before any pruning). Events at
+    /// or below it are refused: a replay of pruned history would otherwise be inserted and
+    /// ordered a second time, and a new event there can only be a fork.
+    pruned_floor: Vec<Option<u64>>,
     /// Per creator: the lowest index at which the graph holds two events. Every event by that
     /// creator below it is on the one trunk all branches share.
     first_fork_index: Vec<u64>,
@@ -111,6 +115,7 @@ impl Graph {
             fork_slots: BTreeMap::new(),
             forked: vec![false; member_count],
             first_fork_index: vec![u64::MAX; member_count],
+            pruned_floor: vec![None; member_count],
             heads: vec![None; member_count],
             witnesses: BTreeMap::new(),
             events_by_round: BTreeMap::new(),
@@ -189,16 +194,11 @@ impl Graph {
         from_index: u64,
         limit: usize,
     ) -> Vec<Slot> {
-        let mut from = from_index;
-        if self.forked[creator] {
-            if let Some((&(_, index), _)) =
-                self.fork_slots.range((creator, 0)..(creator + 1, 0)).next()
-            {
-                from = from.min(index);
-            }
-        }
+        // Only from the requester's index on, even for a forked creator: a branch below it
+        // reaches the requester through `wanted`. Re-sending a forker's history from its
+        // first fork would fill every response with duplicates once that history is long.
         let mut slots = Vec::new();
-        for (&index, &slot) in self.chains[creator].range(from..) {
+        for (&index, &slot) in self.chains[creator].range(from_index..) {
             if slots.len() >= limit {
                 break;
             }
@@ -221,6 +221,15 @@ impl Graph {
     ) -> Result<Inserted, EventError> {
         debug_assert!(!self.contains(&hash));
         let header = &event.header;
+        if let Some(floor) = self.pruned_floor[creator] {
+            if header.index <= floor {
+                return Err(EventError::Ancient {
+                    event: hash,
+                    index: header.index,
+                    floor,
+                });
+            }
+        }
         let self_parent = self.parent_slot(hash, header.self_parent.as_ref())?;
         let other_parent = self.parent_slot(hash, header.other_parent.as_ref())?;
         let expected_index = match self_parent {
@@ -601,6 +610,8 @@ impl Graph {
                 if self.chains[creator].get(&index) == Some(&slot) {
                     self.chains[creator].remove(&index);
                 }
+                let floor = &mut self.pruned_floor[creator];
+                *floor = Some(floor.map_or(index, |floor| floor.max(index)));
                 if let Some(offset) = slot.checked_sub(self.base) {
                     if let Some(entry) = self.nodes.get_mut(offset as usize) {
                         *entry = None;

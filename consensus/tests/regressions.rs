@@ -1,0 +1,285 @@
+//! Regression tests for bugs a review found: each names the attack it pins down.
+
+use std::sync::Arc;
+
+use chorus_consensus::harness::{Cluster, member_key};
+use chorus_consensus::{
+    BlockMode, Config, EventError, Observation, ObservationHash, SignedEvent, SyncRequest,
+    SyncResponse, Vote,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Random syncs with a payload proposed every third step.
+fn run(cluster: &mut Cluster, rng: &mut StdRng, steps: std::ops::Range<u64>) {
+    let members = cluster.nodes.len();
+    for step in steps {
+        let requester = rng.gen_range(0..members);
+        let responder = (requester + rng.gen_range(1..members)) % members;
+        if step % 3 == 0 {
+            cluster.vote(
+                requester,
+                Observation::payload(format!("payload {step}").into_bytes()),
+            );
+        }
+        cluster.sync(requester, responder, step).expect("sync");
+    }
+}
+
+fn hashes(cluster: &Cluster, member: usize) -> Vec<ObservationHash> {
+    cluster.blocks[member]
+        .iter()
+        .map(|block| block.observation_hash)
+        .collect()
+}
+
+// Proves that replaying pruned history (genuine signed events, no key needed) inserts nothing
+// and orders nothing twice, even once the de-duplication window has passed.
+#[test]
+fn replayed_pruned_history_is_refused() {
+    for mode in [BlockMode::Single, BlockMode::Supermajority] {
+        let config = Config {
+            block_mode: mode,
+            prune_window_rounds: 10,
+            observation_window_rounds: 10,
+            ..Config::default()
+        };
+        let mut cluster = Cluster::new(4, &config, 31, 0).expect("cluster");
+        let mut rng = StdRng::seed_from_u64(31);
+        run(&mut cluster, &mut rng, 0..60);
+        let everything = SyncRequest {
+            known: vec![0; 4],
+            wanted: Vec::new(),
+        };
+        let early = cluster.nodes[0]
+            .handle_sync_request(&cluster.ids[1], &everything)
+            .expect("history");
+        assert!(early.events.len() > 40, "too little history captured");
+        run(&mut cluster, &mut rng, 60..3_000);
+        assert!(
+            cluster.nodes[1].stats().events_pruned > 0,
+            "nothing was pruned"
+        );
+
+        let blocks_before = cluster.blocks[1].len();
+        let report = cluster.nodes[1]
+            .handle_sync_response(5_000, &cluster.ids[0], early)
+            .expect("response");
+        assert_eq!(
+            report.inserted, 0,
+            "{mode:?}: pruned history went back into the graph"
+        );
+        assert!(
+            report
+                .rejected
+                .iter()
+                .all(|error| matches!(error, EventError::Ancient { .. })),
+            "{:?}",
+            report.rejected
+        );
+        cluster.drain(1);
+        run(&mut cluster, &mut rng, 3_000..3_600);
+        let sequence = hashes(&cluster, 1);
+        let unique: std::collections::HashSet<_> = sequence.iter().collect();
+        assert_eq!(
+            unique.len(),
+            sequence.len(),
+            "{mode:?}: an observation was output twice"
+        );
+        assert!(
+            sequence.len() > blocks_before,
+            "{mode:?}: member 1 stopped making progress"
+        );
+        let longest = (0..4)
+            .map(|member| hashes(&cluster, member))
+            .max_by_key(Vec::len)
+            .unwrap_or_default();
+        assert_eq!(
+            sequence[..],
+            longest[..sequence.len()],
+            "{mode:?}: member 1 diverged"
+        );
+    }
+}
+
+// Proves that a second first event (index 0) signed after the first was pruned is refused,
+// instead of entering the graph unnoticed as a fork on some members and not others.
+#[test]
+fn a_new_first_event_after_pruning_is_refused() {
+    let config = Config {
+        prune_window_rounds: 10,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, &config, 32, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(32);
+    run(&mut cluster, &mut rng, 0..3_000);
+    assert!(cluster.nodes[1].stats().events_pruned > 0);
+    let (second_genesis, _) =
+        SignedEvent::create(&member_key(32, 0), 0, None, None, 2_999, Vec::new());
+    let hash = second_genesis.header.hash();
+    let report = cluster.nodes[1]
+        .handle_sync_response(
+            3_000,
+            &cluster.ids[0],
+            SyncResponse {
+                events: vec![Arc::new(second_genesis)],
+            },
+        )
+        .expect("response");
+    assert_eq!(report.inserted, 0);
+    assert!(
+        matches!(
+            report.rejected.as_slice(),
+            [EventError::Ancient { index: 0, .. }]
+        ),
+        "{:?}",
+        report.rejected
+    );
+    assert!(cluster.nodes[1].event_info(&hash).is_none());
+}
+
+// Proves that a sync response to a member that holds everything is empty even after a fork:
+// a forker's history is not re-sent on every sync (it would crowd out everything else).
+#[test]
+fn a_forkers_history_is_not_resent_on_every_sync() {
+    let mut cluster = Cluster::new(4, &Config::default(), 33, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(33);
+    run(&mut cluster, &mut rng, 0..200);
+    // Member 0 forks: a second event at its latest index, delivered to member 1.
+    let forker = &cluster.nodes[0];
+    let position = forker
+        .members()
+        .iter()
+        .position(|id| *id == cluster.ids[0])
+        .expect("member");
+    let head_index = forker.sync_request().known[position] - 1;
+    let latest = forker.own_event(head_index).expect("head");
+    let (fork, _) = SignedEvent::create(
+        &member_key(33, 0),
+        latest.header.index,
+        latest.header.self_parent,
+        latest.header.other_parent,
+        latest.header.created_at_ms,
+        vec![Vote::Full(Observation::payload(b"fork".to_vec()))],
+    );
+    // Member 1 gets the fork (with whatever else it lacks), member 2 the original.
+    for target in [1, 2] {
+        let request = cluster.nodes[target].sync_request();
+        let mut response = cluster.nodes[0]
+            .handle_sync_request(&cluster.ids[target], &request)
+            .expect("request");
+        response
+            .events
+            .retain(|event| event.header.hash() != latest.header.hash());
+        response.events.push(if target == 1 {
+            Arc::new(fork.clone())
+        } else {
+            Arc::clone(&latest)
+        });
+        let report = cluster.nodes[target]
+            .handle_sync_response(300, &cluster.ids[0], response)
+            .expect("response");
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        cluster.drain(target);
+    }
+    run(&mut cluster, &mut rng, 200..800);
+    assert!(
+        cluster.evidence.iter().any(|evidence| !evidence.is_empty()),
+        "the fork was never detected"
+    );
+    // Member 2 answers member 3 after 3 pulled everything 2 has: nothing to send.
+    cluster.sync(3, 2, 900).expect("sync");
+    let request = cluster.nodes[3].sync_request();
+    let response = cluster.nodes[2]
+        .handle_sync_request(&cluster.ids[3], &request)
+        .expect("request");
+    assert!(
+        response.events.is_empty(),
+        "{} events re-sent to a member that has them",
+        response.events.len()
+    );
+}
+
+// Proves that votes by hash for observations nobody carried open no tally: a Byzantine event
+// full of them costs the receivers nothing that lasts.
+#[test]
+fn votes_by_hash_for_unknown_observations_are_free() {
+    let mut cluster = Cluster::new(4, &Config::default(), 34, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(34);
+    run(&mut cluster, &mut rng, 0..30);
+    let junk: Vec<Vote> = (0..20_000u32)
+        .map(|index| {
+            Vote::ByHash(ObservationHash(
+                *blake3::hash(&index.to_le_bytes()).as_bytes(),
+            ))
+        })
+        .collect();
+    let byzantine = &cluster.nodes[0];
+    let position = byzantine
+        .members()
+        .iter()
+        .position(|id| *id == cluster.ids[0])
+        .expect("member");
+    let head = byzantine
+        .own_event(byzantine.sync_request().known[position] - 1)
+        .expect("head");
+    let other_parent = cluster.nodes[1]
+        .own_event(0)
+        .expect("genesis")
+        .header
+        .hash();
+    let (event, _) = SignedEvent::create(
+        &member_key(34, 0),
+        head.header.index + 1,
+        Some(head.header.hash()),
+        Some(other_parent),
+        40,
+        junk,
+    );
+    for target in 1..4 {
+        let report = cluster.nodes[target]
+            .handle_sync_response(
+                40,
+                &cluster.ids[0],
+                SyncResponse {
+                    events: vec![Arc::new(event.clone())],
+                },
+            )
+            .expect("response");
+        assert_eq!(report.inserted, 1, "{:?}", report.rejected);
+        cluster.drain(target);
+    }
+    run(&mut cluster, &mut rng, 30..400);
+    for member in 1..4 {
+        let stats = cluster.nodes[member].stats();
+        assert!(
+            stats.observations_pending < 100,
+            "member {member} keeps {} junk tallies",
+            stats.observations_pending
+        );
+        assert!(stats.blocks > 0);
+    }
+}
+
+// Proves that a prune window shorter than the stale horizon is refused: pending events would
+// be pruned before every member agreed they are stale.
+#[test]
+fn prune_window_below_the_stale_horizon_is_refused() {
+    let key = member_key(35, 0);
+    let ids = [chorus_consensus::PeerId(key.verifying_key().to_bytes())];
+    for window in [4, 8, chorus_consensus::STALE_ROUNDS + 1] {
+        let config = Config {
+            prune_window_rounds: window,
+            ..Config::default()
+        };
+        assert!(
+            chorus_consensus::Consensus::new(config, key.clone(), &ids, 0).is_err(),
+            "window {window} accepted"
+        );
+    }
+    let config = Config {
+        prune_window_rounds: chorus_consensus::STALE_ROUNDS + 2,
+        ..Config::default()
+    };
+    assert!(chorus_consensus::Consensus::new(config, key, &ids, 0).is_ok());
+}
