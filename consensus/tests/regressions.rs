@@ -283,3 +283,80 @@ fn prune_window_below_the_stale_horizon_is_refused() {
     };
     assert!(chorus_consensus::Consensus::new(config, key, &ids, 0).is_ok());
 }
+
+// Proves that an event built on an old other-parent (one some members may already have
+// pruned) is refused by every member, whether it still holds that parent or not, so that no
+// member builds on an event the others cannot accept.
+#[test]
+fn an_event_on_an_old_other_parent_is_refused_everywhere() {
+    let config = Config {
+        prune_window_rounds: 10,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, &config, 36, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(36);
+    run(&mut cluster, &mut rng, 0..2_000);
+    // An event member 0 still holds whose round is just above what it prunes.
+    let everything = SyncRequest {
+        known: vec![0; 4],
+        wanted: Vec::new(),
+    };
+    let held = cluster.nodes[0]
+        .handle_sync_request(&cluster.ids[1], &everything)
+        .expect("history");
+    let undecided = cluster.nodes[0].stats().undecided_round;
+    let old = held
+        .events
+        .iter()
+        .find(|event| {
+            let info = cluster.nodes[0]
+                .event_info(&event.header.hash())
+                .expect("held");
+            info.creator != cluster.ids[3] && info.round + 8 < undecided
+        })
+        .expect("an old event that is still held");
+    // Member 3 (Byzantine) builds its next event on it.
+    let byzantine = &cluster.nodes[3];
+    let position = byzantine
+        .members()
+        .iter()
+        .position(|id| *id == cluster.ids[3])
+        .expect("member");
+    let head = byzantine
+        .own_event(byzantine.sync_request().known[position] - 1)
+        .expect("head");
+    let (event, _) = SignedEvent::create(
+        &member_key(36, 3),
+        head.header.index + 1,
+        Some(head.header.hash()),
+        Some(old.header.hash()),
+        head.header.created_at_ms + 1,
+        Vec::new(),
+    );
+    for member in 0..3 {
+        // First everything member 3 holds (its head included), then the event.
+        let request = cluster.nodes[member].sync_request();
+        let mut events = cluster.nodes[3]
+            .handle_sync_request(&cluster.ids[member], &request)
+            .expect("request")
+            .events;
+        events.push(Arc::new(event.clone()));
+        let report = cluster.nodes[member]
+            .handle_sync_response(2_001, &cluster.ids[3], SyncResponse { events })
+            .expect("response");
+        assert!(
+            cluster.nodes[member]
+                .event_info(&event.header.hash())
+                .is_none(),
+            "member {member} accepted an event on an old other-parent"
+        );
+        assert!(
+            matches!(
+                report.rejected.last(),
+                Some(EventError::OtherParentTooOld { .. } | EventError::StaleParent { .. })
+            ),
+            "member {member}: {:?}",
+            report.rejected
+        );
+    }
+}
