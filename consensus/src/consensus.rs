@@ -72,19 +72,6 @@ pub struct Consensus {
     stats: Stats,
 }
 
-/// How far above the pruning horizon an accepted other-parent must be, in rounds: members
-/// whose decided rounds differ by less than this agree on which events to refuse.
-const OTHER_PARENT_MARGIN_ROUNDS: u64 = 4;
-/// Extra margin for the other-parents we build on ourselves, so members slightly ahead of us
-/// still accept our events.
-const OTHER_PARENT_CREATION_MARGIN_ROUNDS: u64 = 2;
-// `Config::validate` keeps prune_window_rounds >= STALE_ROUNDS + 2, so the subtraction in
-// `other_parent_round_min` never underflows.
-const _: () = assert!(
-    OTHER_PARENT_MARGIN_ROUNDS + OTHER_PARENT_CREATION_MARGIN_ROUNDS
-        < crate::order::STALE_ROUNDS + 2
-);
-
 /// A vote waiting for our next event.
 enum PendingVote {
     /// We hold the observation (the caller gave it to us).
@@ -439,31 +426,12 @@ impl Consensus {
             self.advance_consensus();
         }
         if self.wants_new_event() {
-            // Build on the peer's latest event unless it is too old for others to accept
-            // (a peer that was silent for many rounds); the next sync will do.
-            let round_min =
-                self.other_parent_round_min_with_margin(OTHER_PARENT_CREATION_MARGIN_ROUNDS);
-            let recent_enough = |slot: &Slot| self.graph.get(*slot).round >= round_min;
-            if let Some(other_parent) = self.graph.head(from_index).filter(recent_enough) {
+            if let Some(other_parent) = self.graph.head(from_index) {
                 self.create_event(now_ms, Some(other_parent));
                 report.created_event = true;
             }
         }
         Ok(report)
-    }
-
-    /// The lowest other-parent round we accept: `OTHER_PARENT_MARGIN_ROUNDS` above the
-    /// rounds we prune, so that a member a few decided rounds behind or ahead of us refuses
-    /// the same events we do (ARCHITECTURE.md, "Pruning").
-    fn other_parent_round_min(&self) -> u64 {
-        self.other_parent_round_min_with_margin(0)
-    }
-
-    /// `other_parent_round_min`, raised by `extra_rounds` (never above the rounds decided).
-    fn other_parent_round_min_with_margin(&self, extra_rounds: u64) -> u64 {
-        let last_decided = self.fame.next_round.saturating_sub(1);
-        let window = self.config.prune_window_rounds - OTHER_PARENT_MARGIN_ROUNDS - extra_rounds;
-        last_decided.saturating_sub(window)
     }
 
     /// Remembers a missing parent to ask for by hash; the oldest wish makes room.
@@ -517,13 +485,7 @@ impl Consensus {
             }
         }
         let tree = has_votes.then_some(votes_tree);
-        let inserted = self.graph.insert(
-            Arc::clone(&event),
-            hash,
-            creator,
-            tree,
-            self.other_parent_round_min(),
-        )?;
+        let inserted = self.graph.insert(Arc::clone(&event), hash, creator, tree)?;
         let slot = inserted.slot;
         self.stats.events_inserted += 1;
         if !self.wanted.is_empty() {

@@ -66,19 +66,6 @@ pub enum EventError {
         /// The creator's highest pruned index.
         floor: u64,
     },
-    /// The other-parent is from a round close to the pruning horizon. Honest members never
-    /// build on such an event (they take a recent peer's latest event), and members that
-    /// already pruned it could not accept the event at all: refusing it here too keeps
-    /// members' graphs alike.
-    #[error("event {event} has an other-parent of round {round}, below {min}")]
-    OtherParentTooOld {
-        /// The refused event.
-        event: EventHash,
-        /// The other-parent's round.
-        round: u64,
-        /// The lowest round accepted now.
-        min: u64,
-    },
     /// The index is not the self-parent's index plus one.
     #[error("event {event} has index {index}, expected {expected}")]
     WrongIndex {
@@ -133,10 +120,7 @@ impl EventError {
     pub fn is_misbehaviour(&self) -> bool {
         !matches!(
             self,
-            Self::UnknownParent { .. }
-                | Self::StaleParent { .. }
-                | Self::Ancient { .. }
-                | Self::OtherParentTooOld { .. }
+            Self::UnknownParent { .. } | Self::StaleParent { .. } | Self::Ancient { .. }
         )
     }
 }

@@ -218,7 +218,6 @@ impl Graph {
         hash: EventHash,
         creator: usize,
         votes_tree: Option<Tree>,
-        other_parent_round_min: u64,
     ) -> Result<Inserted, EventError> {
         debug_assert!(!self.contains(&hash));
         let header = &event.header;
@@ -254,16 +253,8 @@ impl Graph {
             });
         }
         if let Some(parent) = other_parent {
-            let parent = self.get(parent);
-            if parent.creator == creator {
+            if self.get(parent).creator == creator {
                 return Err(EventError::MalformedParents(hash));
-            }
-            if parent.round < other_parent_round_min {
-                return Err(EventError::OtherParentTooOld {
-                    event: hash,
-                    round: parent.round,
-                    min: other_parent_round_min,
-                });
             }
         }
 
