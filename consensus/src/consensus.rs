@@ -55,6 +55,9 @@ pub struct Consensus {
     /// For observations carried in full by some event in the graph: the first carrier. Lets
     /// us vote by hash when the carrier is among our new event's ancestors.
     carriers: HashMapPrehashed<ObservationHash, Slot>,
+    /// A later event carrying an already-carried observation in full (a re-vote after the
+    /// first carrier went stale): promoted when the carrier goes stale.
+    spare_carriers: HashMapPrehashed<ObservationHash, Slot>,
     /// Events in the graph that carry votes and are not ordered yet: while any exist, we keep
     /// creating events so the rounds that order them get built.
     unordered_vote_events: HashSet<Slot>,
@@ -198,6 +201,7 @@ impl Consensus {
             pending_votes: VecDeque::new(),
             pending_vote_hashes: HashSetPrehashed::default(),
             carriers: HashMapPrehashed::default(),
+            spare_carriers: HashMapPrehashed::default(),
             unordered_vote_events: HashSet::new(),
             wanted: VecDeque::new(),
             durable_index: None,
@@ -474,12 +478,16 @@ impl Consensus {
         // Observations carried in full for the first time: remember the carrier (for votes
         // by hash) and tell the caller (so it can second them).
         let mut first_carried = Vec::new();
+        let mut carried_again = Vec::new();
         for (vote, leaf) in event.votes.iter().zip(votes_tree.leaves()) {
             let observation_hash = ObservationHash(*leaf);
             if let Vote::Full(observation) = vote {
-                if !self.tallies.is_decided(&observation_hash)
-                    && !self.carriers.contains_key(&observation_hash)
-                {
+                if self.tallies.is_decided(&observation_hash) {
+                    continue;
+                }
+                if self.carriers.contains_key(&observation_hash) {
+                    carried_again.push(observation_hash);
+                } else {
                     first_carried.push((observation_hash, observation));
                 }
             }
@@ -493,6 +501,9 @@ impl Consensus {
         }
         if let Some(fork) = inserted.fork {
             self.on_fork(creator, fork);
+        }
+        for observation_hash in carried_again {
+            self.spare_carriers.insert(observation_hash, slot);
         }
         for (observation_hash, observation) in first_carried {
             self.carriers.insert(observation_hash, slot);
@@ -660,6 +671,7 @@ impl Consensus {
                 }
                 for block in blocks {
                     self.carriers.remove(&block.observation_hash);
+                    self.spare_carriers.remove(&block.observation_hash);
                     self.stats.blocks += 1;
                     self.blocks.push_back(block);
                 }
@@ -676,6 +688,36 @@ impl Consensus {
         self.unordered_vote_events.remove(&slot);
         let node = self.graph.get(slot);
         debug!(event = %node.hash, round = node.round, "event is stale and will never be ordered");
+        // Its full votes will never be tallied, so it can no longer carry their observations:
+        // forget it as a carrier (every member does, at the same point of the order), so that
+        // a re-vote goes out in full and is announced again for seconding.
+        // A spare carrier (a re-vote that arrived first) takes over and is announced again.
+        if let Some(tree) = &node.votes_tree {
+            for (vote, leaf) in node.event.votes.iter().zip(tree.leaves()) {
+                let hash = ObservationHash(*leaf);
+                if !matches!(vote, Vote::Full(_)) || self.carriers.get(&hash) != Some(&slot) {
+                    continue;
+                }
+                self.carriers.remove(&hash);
+                let spare = self
+                    .spare_carriers
+                    .remove(&hash)
+                    .filter(|&spare| spare != slot);
+                if let Some(spare) = spare.filter(|&spare| self.graph.node(spare).is_some()) {
+                    self.carriers.insert(hash, spare);
+                    let spare_creator = self.graph.get(spare).creator;
+                    if let (true, Some(observation)) = (
+                        spare_creator != self.me,
+                        carried_observation(self.graph.get(spare), &hash),
+                    ) {
+                        if self.observations.len() < self.config.output_queue_max {
+                            self.observations.push_back((hash, observation));
+                        }
+                    }
+                }
+            }
+        }
+        let node = self.graph.get(slot);
         if node.creator == self.me {
             let event = Arc::clone(&node.event);
             for vote in &event.votes {
@@ -699,6 +741,8 @@ impl Consensus {
         self.stats.events_pruned += dropped as u64;
         let graph = &self.graph;
         self.carriers.retain(|_, slot| graph.node(*slot).is_some());
+        self.spare_carriers
+            .retain(|_, slot| graph.node(*slot).is_some());
         self.unordered_vote_events
             .retain(|slot| graph.node(*slot).is_some());
     }

@@ -57,14 +57,17 @@ impl Order {
             let Some(event) = graph.node(slot) else {
                 return false;
             };
+            // Stale first: an event more than STALE_ROUNDS below the round being decided is
+            // never received, whatever the witnesses say. This keeps every read of the order
+            // within the rounds no member has pruned.
+            if event.round + STALE_ROUNDS < round {
+                stale.push(slot);
+                return false;
+            }
             let is_received =
                 !famous.is_empty() && famous.iter().all(|witness| graph.sees(witness, event));
             if is_received {
                 received.push(slot);
-                return false;
-            }
-            if event.round + STALE_ROUNDS < round {
-                stale.push(slot);
                 return false;
             }
             true

@@ -11,7 +11,8 @@ use rand::{Rng, SeedableRng};
 
 // Proves that a minority (2 of 7) cut off while the majority decides about ten rounds makes
 // no block of its own (it cannot reach a supermajority), agrees with the majority throughout,
-// and after healing catches up and gets its new proposals agreed by everyone.
+// and after healing catches up: every proposal, made during the partition on either side or
+// after it, is agreed by everyone (the minority's stale events are voted again).
 #[test]
 fn a_minority_stalls_safely_and_catches_up_after_heal() {
     let config = Config::default();
@@ -20,6 +21,7 @@ fn a_minority_stalls_safely_and_catches_up_after_heal() {
     let minority = [0usize, 1];
     let same_side = |a: usize, b: usize| minority.contains(&a) == minority.contains(&b);
     let mut step = 0u64;
+    let mut proposed: Vec<ObservationHash> = Vec::new();
     while cluster.nodes[6].stats().undecided_round < 10 {
         step += 1;
         assert!(
@@ -29,10 +31,9 @@ fn a_minority_stalls_safely_and_catches_up_after_heal() {
         let requester = rng.gen_range(0..7);
         let responder = (requester + rng.gen_range(1..7)) % 7;
         if step % 3 == 0 {
-            cluster.vote(
-                requester,
-                Observation::payload(format!("before {step}").into_bytes()),
-            );
+            let observation = Observation::payload(format!("before {step}").into_bytes());
+            proposed.push(observation.hash());
+            cluster.vote(requester, observation);
         }
         if same_side(requester, responder) {
             cluster.sync(requester, responder, step).expect("sync");
@@ -54,6 +55,7 @@ fn a_minority_stalls_safely_and_catches_up_after_heal() {
     let fresh = Observation::payload(b"after heal".to_vec());
     let fresh_hash = fresh.hash();
     cluster.vote(0, fresh);
+    proposed.push(fresh_hash);
     for _ in 0..3_000 {
         step += 1;
         let requester = rng.gen_range(0..7);
@@ -88,6 +90,60 @@ fn a_minority_stalls_safely_and_catches_up_after_heal() {
             unique.len(),
             sequence.len(),
             "member {member} output an observation twice"
+        );
+    }
+}
+
+// Proves that a vote riding in an event nobody pulled before its creator was cut off is not
+// lost: the event goes stale everywhere, its creator votes again in full, and the others
+// second it (regression: the re-vote used to go out by hash and never count).
+#[test]
+fn a_vote_in_an_event_that_went_stale_is_voted_again() {
+    let mut cluster = Cluster::new(4, &Config::default(), 41, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(41);
+    let mut step = 0u64;
+    for _ in 0..50 {
+        step += 1;
+        let requester = rng.gen_range(0..4);
+        cluster
+            .sync(requester, (requester + rng.gen_range(1..4)) % 4, step)
+            .expect("sync");
+    }
+    // Member 0 votes and puts the vote in an event; then it is cut off before anyone pulls it.
+    let lost = Observation::payload(b"voted just before the cut".to_vec());
+    let lost_hash = lost.hash();
+    cluster.vote(0, lost);
+    step += 1;
+    cluster.sync(0, 1, step).expect("sync");
+    let start_round = cluster.nodes[1].stats().undecided_round;
+    while cluster.nodes[1].stats().undecided_round < start_round + 12 {
+        step += 1;
+        assert!(step < 10_000, "no progress without member 0");
+        let requester = 1 + rng.gen_range(0..3);
+        let responder = 1 + (requester - 1 + rng.gen_range(1..3)) % 3;
+        cluster.vote(
+            requester,
+            Observation::payload(format!("load {step}").into_bytes()),
+        );
+        cluster.sync(requester, responder, step).expect("sync");
+    }
+    for _ in 0..2_000 {
+        step += 1;
+        let requester = rng.gen_range(0..4);
+        cluster
+            .sync(requester, (requester + rng.gen_range(1..4)) % 4, step)
+            .expect("sync");
+    }
+    assert!(
+        cluster.nodes[1].stats().events_stale > 0,
+        "the event did not go stale: the test lost its point"
+    );
+    for member in 0..4 {
+        assert!(
+            cluster.blocks[member]
+                .iter()
+                .any(|block| block.observation_hash == lost_hash),
+            "member {member} never agreed on the vote from the stale event"
         );
     }
 }
