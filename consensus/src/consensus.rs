@@ -75,6 +75,9 @@ pub struct Consensus {
     stats: Stats,
 }
 
+/// Most self-ancestors sent along with one wanted event.
+const WANTED_CHAIN_DEPTH_MAX: usize = 64;
+
 /// A vote waiting for our next event.
 enum PendingVote {
     /// We hold the observation (the caller gave it to us).
@@ -336,11 +339,18 @@ impl Consensus {
             });
         }
         let limit = self.config.events_per_sync_max;
-        let mut slots: Vec<Slot> = request
-            .wanted
-            .iter()
-            .filter_map(|hash| self.graph.slot_of(hash))
-            .collect();
+        // A wanted event comes with its self-ancestors (a missing fork branch is usually more
+        // than one level deep); the requester drops the ones it holds.
+        let mut slots: Vec<Slot> = Vec::new();
+        for hash in &request.wanted {
+            let mut next = self.graph.slot_of(hash);
+            let mut depth = 0;
+            while let Some(slot) = next.filter(|_| depth < WANTED_CHAIN_DEPTH_MAX) {
+                slots.push(slot);
+                depth += 1;
+                next = self.graph.node(slot).and_then(|node| node.self_parent);
+            }
+        }
         for (creator, &known) in request.known.iter().enumerate() {
             let mut from_creator = self.graph.slots_of_creator_from(creator, known, limit);
             if creator == self.me {
@@ -383,6 +393,11 @@ impl Consensus {
         }
         let mut report = SyncReport::default();
         let mut checked: Vec<(Arc<SignedEvent>, usize, CheckedBody)> = Vec::new();
+        let sent: HashSetPrehashed<EventHash> = response
+            .events
+            .iter()
+            .map(|event| event.header.hash())
+            .collect();
         for event in response.events {
             match self.check_received(&event) {
                 Ok(None) => report.duplicates += 1,
@@ -417,8 +432,12 @@ impl Consensus {
         }
         for error in &report.rejected {
             self.stats.events_rejected += 1;
+            // Only the roots of what is missing: a parent that was itself in the response (and
+            // failed for want of its own parent) would only crowd the wanted list.
             if let EventError::UnknownParent { parent, .. } = error {
-                self.want(*parent);
+                if !sent.contains(parent) {
+                    self.want(*parent);
+                }
             }
             if error.is_misbehaviour() {
                 warn!(peer = %from, %error, "peer sent an invalid event");

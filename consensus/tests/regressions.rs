@@ -283,3 +283,97 @@ fn prune_window_below_the_stale_horizon_is_refused() {
     };
     assert!(chorus_consensus::Consensus::new(config, key, &ids, 0).is_ok());
 }
+
+// Proves that long fork branches cannot wedge the group: a member that signs two 60-event
+// branches, shows each to different members and goes silent, does not stop the others from
+// fetching both branches, detecting the fork and deciding new rounds.
+#[test]
+fn long_fork_branches_are_fetched_and_do_not_wedge_the_group() {
+    let mut cluster = Cluster::new(4, &Config::default(), 37, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(37);
+    run(&mut cluster, &mut rng, 0..100);
+    let forker = &cluster.nodes[3];
+    let position = forker
+        .members()
+        .iter()
+        .position(|id| *id == cluster.ids[3])
+        .expect("member");
+    let head = forker
+        .own_event(forker.sync_request().known[position] - 1)
+        .expect("head");
+    let key = member_key(37, 3);
+    let branch = |tag: &str| {
+        let mut events = Vec::new();
+        let mut parent = Arc::clone(&head);
+        for step in 0..60u64 {
+            let vote = Vote::Full(Observation::payload(format!("{tag} {step}").into_bytes()));
+            let (event, _) = SignedEvent::create(
+                &key,
+                parent.header.index + 1,
+                Some(parent.header.hash()),
+                head.header.other_parent,
+                parent.header.created_at_ms + 1,
+                vec![vote],
+            );
+            parent = Arc::new(event);
+            events.push(Arc::clone(&parent));
+        }
+        events
+    };
+    let (branch_a, branch_b) = (branch("a"), branch("b"));
+    for (target, branch) in [(0, &branch_a), (1, &branch_b), (2, &branch_b)] {
+        let request = cluster.nodes[target].sync_request();
+        let mut events = cluster.nodes[3]
+            .handle_sync_request(&cluster.ids[target], &request)
+            .expect("request")
+            .events;
+        events.extend(branch.iter().cloned());
+        let report = cluster.nodes[target]
+            .handle_sync_response(1_000, &cluster.ids[3], SyncResponse { events })
+            .expect("response");
+        assert!(
+            report.rejected.is_empty(),
+            "member {target}: {:?}",
+            report.rejected
+        );
+        cluster.drain(target);
+    }
+    // Member 3 goes silent; the others keep gossiping and proposing.
+    let undecided_before = cluster.nodes[0].stats().undecided_round;
+    for step in 100..1_600u64 {
+        let requester = rng.gen_range(0..3);
+        let responder = (requester + rng.gen_range(1..3)) % 3;
+        if step % 3 == 0 {
+            cluster.vote(
+                requester,
+                Observation::payload(format!("payload {step}").into_bytes()),
+            );
+        }
+        cluster
+            .sync(requester, responder, 1_000 + step)
+            .expect("sync");
+    }
+    for member in 0..3 {
+        let stats = cluster.nodes[member].stats();
+        assert!(
+            stats.undecided_round > undecided_before + 5,
+            "member {member} stopped deciding rounds: {stats:?}"
+        );
+        assert!(
+            !cluster.evidence[member].is_empty(),
+            "member {member} never saw the fork"
+        );
+    }
+    let longest = (0..3)
+        .map(|member| hashes(&cluster, member))
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    for member in 0..3 {
+        let sequence = hashes(&cluster, member);
+        assert_eq!(
+            sequence[..],
+            longest[..sequence.len()],
+            "member {member} diverged"
+        );
+    }
+}
