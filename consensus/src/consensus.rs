@@ -393,13 +393,15 @@ impl Consensus {
         }
         let mut report = SyncReport::default();
         let mut checked: Vec<(Arc<SignedEvent>, usize, CheckedBody)> = Vec::new();
-        let sent: HashSetPrehashed<EventHash> = response
+        // Each header is hashed once here; the checks below reuse the hash.
+        let hashes: Vec<EventHash> = response
             .events
             .iter()
             .map(|event| event.header.hash())
             .collect();
-        for event in response.events {
-            match self.check_received(&event) {
+        let sent: HashSetPrehashed<EventHash> = hashes.iter().copied().collect();
+        for (event, hash) in response.events.into_iter().zip(hashes) {
+            match self.check_received(&event, hash) {
                 Ok(None) => report.duplicates += 1,
                 Ok(Some((creator, body))) => checked.push((event, creator, body)),
                 Err(error) => report.rejected.push(error),
@@ -472,8 +474,8 @@ impl Consensus {
     fn check_received(
         &self,
         event: &SignedEvent,
+        hash: EventHash,
     ) -> Result<Option<(usize, CheckedBody)>, EventError> {
-        let hash = event.header.hash();
         if self.graph.contains(&hash) {
             return Ok(None);
         }
@@ -481,7 +483,7 @@ impl Consensus {
             .member_index
             .get(&event.header.creator)
             .ok_or(EventError::NotAMember(event.header.creator))?;
-        let body = event.check_body()?;
+        let body = event.check_body_hashed(hash)?;
         Ok(Some((creator, body)))
     }
 

@@ -241,7 +241,11 @@ impl SignedEvent {
     /// The checks that need no graph: sizes, parent shape, vote commitment. The signature is
     /// checked separately (`verify_signatures`), after these cheap checks have passed.
     pub fn check_body(&self) -> Result<CheckedBody, EventError> {
-        let hash = self.header.hash();
+        self.check_body_hashed(self.header.hash())
+    }
+
+    /// `check_body` for a caller that already computed `hash = self.header.hash()`.
+    pub(crate) fn check_body_hashed(&self, hash: EventHash) -> Result<CheckedBody, EventError> {
         if self.votes.len() > VOTES_PER_EVENT_MAX {
             return Err(EventError::TooManyVotes {
                 count: self.votes.len(),

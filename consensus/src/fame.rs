@@ -120,7 +120,8 @@ impl Fame {
                 let vote = if distance == 1 {
                     graph.sees(voter_node, candidate_node)
                 } else {
-                    let seen = self.strongly_seen_by(graph, voter, voting_round - 1);
+                    let seen =
+                        strongly_seen_by(&mut self.strongly_seen, graph, voter, voting_round - 1);
                     let votes = self.votes.get(&candidate);
                     let yes = seen
                         .iter()
@@ -153,26 +154,6 @@ impl Fame {
         }
     }
 
-    /// The witnesses of `round` that `voter` strongly sees (cached).
-    fn strongly_seen_by(&mut self, graph: &Graph, voter: Slot, round: u64) -> Vec<Slot> {
-        if let Some(seen) = self.strongly_seen.get(&voter) {
-            return seen.clone();
-        }
-        let voter_node = graph.get(voter);
-        let seen: Vec<Slot> = graph
-            .witnesses(round)
-            .iter()
-            .copied()
-            .filter(|&slot| {
-                graph
-                    .node(slot)
-                    .is_some_and(|witness| graph.strongly_sees(voter_node, witness))
-            })
-            .collect();
-        self.strongly_seen.insert(voter, seen.clone());
-        seen
-    }
-
     /// Number of fame votes held (for memory statistics).
     pub fn votes_held(&self) -> usize {
         self.votes.values().map(HashMap::len).sum()
@@ -183,4 +164,27 @@ impl Fame {
 /// nobody can predict before the voter signs (Baird 2016, section 3, "coin round").
 fn coin_bit(signature: [u8; 64]) -> bool {
     signature[32] & 1 == 1
+}
+
+/// The witnesses of `round` that `voter` strongly sees, computed once per voter (its ancestors
+/// are all in the graph when it is inserted, so the answer never changes).
+fn strongly_seen_by<'a>(
+    cache: &'a mut HashMap<Slot, Vec<Slot>>,
+    graph: &Graph,
+    voter: Slot,
+    round: u64,
+) -> &'a [Slot] {
+    cache.entry(voter).or_insert_with(|| {
+        let voter_node = graph.get(voter);
+        graph
+            .witnesses(round)
+            .iter()
+            .copied()
+            .filter(|&slot| {
+                graph
+                    .node(slot)
+                    .is_some_and(|witness| graph.strongly_sees(voter_node, witness))
+            })
+            .collect()
+    })
 }

@@ -10,7 +10,7 @@ use crate::consensus::Consensus;
 use crate::error::{SetupError, SyncError};
 use crate::event::Observation;
 use crate::evidence::ForkEvidence;
-use crate::ids::PeerId;
+use crate::ids::{ObservationHash, PeerId};
 use crate::sync::SyncReport;
 
 /// A deterministic signing key for member `index` of a cluster built from `seed`.
@@ -109,4 +109,42 @@ impl Cluster {
     pub fn is_quiet(&self) -> bool {
         self.nodes.iter().all(Consensus::is_quiet)
     }
+
+    /// The observation hashes of member `index`'s blocks, in order.
+    pub fn block_hashes(&self, index: usize) -> Vec<ObservationHash> {
+        self.blocks[index]
+            .iter()
+            .map(|block| block.observation_hash)
+            .collect()
+    }
+
+    /// Checks that the block sequences of `members` are prefixes of one another (the safety
+    /// property); the error names the first member that disagrees.
+    pub fn check_prefix_agreement(&self, members: &[usize]) -> Result<(), String> {
+        let sequences: Vec<Vec<ObservationHash>> = members
+            .iter()
+            .map(|&member| self.block_hashes(member))
+            .collect();
+        let longest = sequences
+            .iter()
+            .max_by_key(|sequence| sequence.len())
+            .cloned()
+            .unwrap_or_default();
+        for (sequence, member) in sequences.iter().zip(members) {
+            if sequence[..] != longest[..sequence.len()] {
+                return Err(format!(
+                    "member {member} disagrees with the longest block sequence"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A random (requester, responder) pair of distinct members drawn from `members` (at least
+/// two).
+pub fn random_pair(rng: &mut impl rand::Rng, members: &[usize]) -> (usize, usize) {
+    let requester = rng.gen_range(0..members.len());
+    let responder = (requester + rng.gen_range(1..members.len())) % members.len();
+    (members[requester], members[responder])
 }

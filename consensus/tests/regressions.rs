@@ -2,20 +2,19 @@
 
 use std::sync::Arc;
 
-use chorus_consensus::harness::{Cluster, member_key};
+use chorus_consensus::harness::{Cluster, member_key, random_pair};
 use chorus_consensus::{
     BlockMode, Config, EventError, Observation, ObservationHash, SignedEvent, SyncRequest,
     SyncResponse, Vote,
 };
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Random syncs with a payload proposed every third step.
 fn run(cluster: &mut Cluster, rng: &mut StdRng, steps: std::ops::Range<u64>) {
-    let members = cluster.nodes.len();
+    let everyone: Vec<usize> = (0..cluster.nodes.len()).collect();
     for step in steps {
-        let requester = rng.gen_range(0..members);
-        let responder = (requester + rng.gen_range(1..members)) % members;
+        let (requester, responder) = random_pair(rng, &everyone);
         if step % 3 == 0 {
             cluster.vote(
                 requester,
@@ -24,13 +23,6 @@ fn run(cluster: &mut Cluster, rng: &mut StdRng, steps: std::ops::Range<u64>) {
         }
         cluster.sync(requester, responder, step).expect("sync");
     }
-}
-
-fn hashes(cluster: &Cluster, member: usize) -> Vec<ObservationHash> {
-    cluster.blocks[member]
-        .iter()
-        .map(|block| block.observation_hash)
-        .collect()
 }
 
 // Proves that replaying pruned history (genuine signed events, no key needed) inserts nothing
@@ -79,7 +71,7 @@ fn replayed_pruned_history_is_refused() {
         );
         cluster.drain(1);
         run(&mut cluster, &mut rng, 3_000..3_600);
-        let sequence = hashes(&cluster, 1);
+        let sequence = cluster.block_hashes(1);
         let unique: std::collections::HashSet<_> = sequence.iter().collect();
         assert_eq!(
             unique.len(),
@@ -90,15 +82,9 @@ fn replayed_pruned_history_is_refused() {
             sequence.len() > blocks_before,
             "{mode:?}: member 1 stopped making progress"
         );
-        let longest = (0..4)
-            .map(|member| hashes(&cluster, member))
-            .max_by_key(Vec::len)
-            .unwrap_or_default();
-        assert_eq!(
-            sequence[..],
-            longest[..sequence.len()],
-            "{mode:?}: member 1 diverged"
-        );
+        if let Err(disagreement) = cluster.check_prefix_agreement(&[0, 1, 2, 3]) {
+            panic!("{mode:?}: {disagreement}");
+        }
     }
 }
 
@@ -341,8 +327,7 @@ fn long_fork_branches_are_fetched_and_do_not_wedge_the_group() {
     // Member 3 goes silent; the others keep gossiping and proposing.
     let undecided_before = cluster.nodes[0].stats().undecided_round;
     for step in 100..1_600u64 {
-        let requester = rng.gen_range(0..3);
-        let responder = (requester + rng.gen_range(1..3)) % 3;
+        let (requester, responder) = random_pair(&mut rng, &[0, 1, 2]);
         if step % 3 == 0 {
             cluster.vote(
                 requester,
@@ -364,16 +349,7 @@ fn long_fork_branches_are_fetched_and_do_not_wedge_the_group() {
             "member {member} never saw the fork"
         );
     }
-    let longest = (0..3)
-        .map(|member| hashes(&cluster, member))
-        .max_by_key(Vec::len)
-        .unwrap_or_default();
-    for member in 0..3 {
-        let sequence = hashes(&cluster, member);
-        assert_eq!(
-            sequence[..],
-            longest[..sequence.len()],
-            "member {member} diverged"
-        );
+    if let Err(disagreement) = cluster.check_prefix_agreement(&[0, 1, 2]) {
+        panic!("{disagreement}");
     }
 }

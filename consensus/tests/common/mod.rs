@@ -222,21 +222,7 @@ pub fn block_hashes(blocks: &[Block]) -> Vec<ObservationHash> {
 
 /// Asserts that the honest members' block sequences are prefixes of one another.
 pub fn assert_prefix_agreement(outcome: &Outcome) {
-    let sequences: Vec<Vec<ObservationHash>> = outcome
-        .honest
-        .iter()
-        .map(|&member| block_hashes(&outcome.cluster.blocks[member]))
-        .collect();
-    let longest = sequences
-        .iter()
-        .max_by_key(|sequence| sequence.len())
-        .cloned()
-        .unwrap_or_default();
-    for (sequence, member) in sequences.iter().zip(&outcome.honest) {
-        assert_eq!(
-            sequence[..],
-            longest[..sequence.len()],
-            "member {member} disagrees with the longest block sequence"
-        );
+    if let Err(disagreement) = outcome.cluster.check_prefix_agreement(&outcome.honest) {
+        panic!("{disagreement}");
     }
 }
