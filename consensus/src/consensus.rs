@@ -305,11 +305,6 @@ impl Consensus {
         }
     }
 
-    /// A uniformly random member other than us.
-    pub fn random_peer_id(&self, rng: &mut impl RngCore) -> Option<PeerId> {
-        (self.members.len() >= 2).then(|| self.members[self.random_peer(rng)])
-    }
-
     fn random_peer(&self, rng: &mut impl RngCore) -> usize {
         let others = self.members.len() as u64 - 1;
         let pick = (rng.next_u64() % others) as usize;
