@@ -58,6 +58,10 @@ pub struct Config {
     /// Most undrained items kept in each output queue (blocks excepted: blocks are never
     /// dropped, the caller must drain them).
     pub output_queue_max: usize,
+    /// When set, every change to the graph is also output as a [`crate::LogRecord`]
+    /// (`Consensus::poll_log_record`), for a durable log that `Consensus::restore` replays
+    /// after a crash. Off by default: it keeps a reference to every event until drained.
+    pub log_records: bool,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             coin_round_period: 10,
             pending_observations_per_member_max: 200_000,
             output_queue_max: 100_000,
+            log_records: false,
         }
     }
 }

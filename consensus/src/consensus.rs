@@ -15,6 +15,7 @@ use crate::evidence::ForkEvidence;
 use crate::fame::Fame;
 use crate::graph::{EventNode, Graph, Slot};
 use crate::ids::{EventHash, HashMapPrehashed, HashSetPrehashed, ObservationHash, PeerId};
+use crate::log::LogRecord;
 use crate::order::Order;
 use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
 
@@ -39,6 +40,11 @@ use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
 ///    - `poll_block()`: agreed blocks, in order. Never dropped: drain them.
 ///    - `poll_evidence()`: proofs that a member forked (we also vote to accuse it).
 ///    - `poll_observation()`: observations others introduced, so the caller can vote too.
+///    - `poll_log_record()` (with `Config::log_records`): what changed the graph. Append each
+///      record to a durable log, in order; a record holding our new event must be durable
+///      before `handle_persisted` for that event. After a crash,
+///      `Consensus::restore(config, key, members, log, now_ms)` replays the log and re-emits
+///      the blocks from sequence 0 (the caller skips those it already handled).
 pub struct Consensus {
     config: Config,
     key: SigningKey,
@@ -70,6 +76,7 @@ pub struct Consensus {
     blocks: VecDeque<Block>,
     evidence: VecDeque<ForkEvidence>,
     observations: VecDeque<(ObservationHash, Observation)>,
+    log_records: VecDeque<LogRecord>,
     accused: HashSet<usize>,
     next_gossip_ms: u64,
     stats: Stats,
@@ -84,12 +91,18 @@ enum PendingVote {
     Full(ObservationHash, Observation),
     /// An observation some event in our graph carries.
     Known(ObservationHash),
+    /// A vote by hash sent whether or not we know the observation: only Byzantine test
+    /// members do this.
+    #[cfg(feature = "byzantine")]
+    Unseen(ObservationHash),
 }
 
 impl PendingVote {
     fn hash(&self) -> ObservationHash {
         match self {
             Self::Full(hash, _) | Self::Known(hash) => *hash,
+            #[cfg(feature = "byzantine")]
+            Self::Unseen(hash) => *hash,
         }
     }
 }
@@ -155,6 +168,105 @@ impl Consensus {
         members: &[PeerId],
         now_ms: u64,
     ) -> Result<Self, SetupError> {
+        let mut consensus = Self::without_events(config, key, members, now_ms)?;
+        consensus.create_event(now_ms, None, Vec::new());
+        Ok(consensus)
+    }
+
+    /// Rebuilds the member `key` from its replay log (the records `poll_log_record` gave,
+    /// oldest first): every record is checked and replayed as it happened, so the member
+    /// continues its own chain after its last durable event and never forks it. If the log
+    /// holds no event of ours, our first event is created at `now_ms`.
+    ///
+    /// The blocks agreed before the crash are output again from sequence 0, in the same
+    /// order; votes that were queued but in no durable event are lost (vote again). A record
+    /// that does not replay is `SetupError::CorruptLog`.
+    pub fn restore(
+        config: Config,
+        key: SigningKey,
+        members: &[PeerId],
+        log: impl IntoIterator<Item = LogRecord>,
+        now_ms: u64,
+    ) -> Result<Self, SetupError> {
+        let mut consensus = Self::without_events(config, key, members, now_ms)?;
+        for (position, record) in log.into_iter().enumerate() {
+            consensus
+                .replay(record)
+                .map_err(|reason| SetupError::CorruptLog {
+                    record: position,
+                    reason,
+                })?;
+        }
+        if consensus.graph.head(consensus.me).is_none() {
+            consensus.create_event(now_ms, None, Vec::new());
+        }
+        Ok(consensus)
+    }
+
+    /// Replays one log record: the same insertions and consensus steps as when it was
+    /// written.
+    fn replay(&mut self, record: LogRecord) -> Result<(), String> {
+        let mut new_witness = false;
+        for event in record.received {
+            let (creator, body) = self.check_logged(&event)?;
+            if creator == self.me {
+                return Err("our own event logged as received".into());
+            }
+            new_witness |= self
+                .insert(event, creator, body)
+                .map_err(|error| error.to_string())?;
+        }
+        if new_witness {
+            self.advance_consensus();
+        }
+        if let Some(event) = record.created {
+            let (creator, body) = self.check_logged(&event)?;
+            if creator != self.me {
+                return Err(format!("event of {} logged as ours", event.header.creator));
+            }
+            // Its votes were taken from the queue when it was created.
+            let sent: HashSetPrehashed<ObservationHash> = body
+                .votes_tree
+                .leaves()
+                .iter()
+                .map(|leaf| ObservationHash(*leaf))
+                .collect();
+            self.pending_votes
+                .retain(|vote| !sent.contains(&vote.hash()));
+            self.pending_vote_hashes.retain(|hash| !sent.contains(hash));
+            let index = event.header.index;
+            let is_witness = self
+                .insert(event, self.me, body)
+                .map_err(|error| error.to_string())?;
+            self.stats.events_created += 1;
+            self.durable_index = Some(index);
+            if is_witness {
+                self.advance_consensus();
+            }
+        }
+        Ok(())
+    }
+
+    /// The receipt checks, for an event read back from the log.
+    fn check_logged(&self, event: &SignedEvent) -> Result<(usize, CheckedBody), String> {
+        let hash = event.header.hash();
+        let (creator, body) = self
+            .check_received(event, hash)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("event {hash} logged twice"))?;
+        if !verify_signatures(&[(event, body.hash)])[0] {
+            return Err(EventError::BadSignature(body.hash).to_string());
+        }
+        Ok((creator, body))
+    }
+
+    /// A member with an empty graph.
+    fn without_events(
+        config: Config,
+        key: SigningKey,
+        members: &[PeerId],
+        now_ms: u64,
+    ) -> Result<Self, SetupError> {
         config.validate().map_err(SetupError::Config)?;
         let mut members = members.to_vec();
         members.sort_unstable();
@@ -186,7 +298,7 @@ impl Consensus {
             .map(|(index, member)| (*member, index))
             .collect();
         let member_count = members.len();
-        let mut consensus = Self {
+        Ok(Self {
             graph: Graph::new(member_count),
             fame: Fame::new(config.coin_round_period),
             order: Order::new(),
@@ -213,12 +325,11 @@ impl Consensus {
             blocks: VecDeque::new(),
             evidence: VecDeque::new(),
             observations: VecDeque::new(),
+            log_records: VecDeque::new(),
             accused: HashSet::new(),
             next_gossip_ms: now_ms,
             stats: Stats::default(),
-        };
-        consensus.create_event(now_ms, None);
-        Ok(consensus)
+        })
     }
 
     /// Our member id.
@@ -408,6 +519,7 @@ impl Consensus {
             .collect();
         let valid = verify_signatures(&items);
         let mut new_witness = false;
+        let mut inserted = Vec::new();
         for ((event, creator, body), signature_ok) in checked.into_iter().zip(valid) {
             if !signature_ok {
                 report.rejected.push(EventError::BadSignature(body.hash));
@@ -419,10 +531,12 @@ impl Consensus {
                 report.duplicates += 1;
                 continue;
             }
+            let logged = self.config.log_records.then(|| Arc::clone(&event));
             match self.insert(event, creator, body) {
                 Ok(is_witness) => {
                     report.inserted += 1;
                     new_witness |= is_witness;
+                    inserted.extend(logged);
                 }
                 Err(error) => report.rejected.push(error),
             }
@@ -447,9 +561,16 @@ impl Consensus {
         }
         if self.wants_new_event() {
             if let Some(other_parent) = self.graph.head(from_index) {
-                self.create_event(now_ms, Some(other_parent));
+                self.create_event(now_ms, Some(other_parent), inserted);
                 report.created_event = true;
+                return Ok(report);
             }
+        }
+        if !inserted.is_empty() {
+            self.log_records.push_back(LogRecord {
+                received: inserted,
+                created: None,
+            });
         }
         Ok(report)
     }
@@ -560,8 +681,13 @@ impl Consensus {
         !self.pending_votes.is_empty() || !self.unordered_vote_events.is_empty()
     }
 
-    /// Creates, signs and inserts our next event.
-    fn create_event(&mut self, now_ms: u64, other_parent: Option<Slot>) {
+    /// Creates, signs and inserts our next event; logs it after the peer's events `received`.
+    fn create_event(
+        &mut self,
+        now_ms: u64,
+        other_parent: Option<Slot>,
+        received: Vec<Arc<SignedEvent>>,
+    ) {
         let self_parent = self.graph.head(self.me);
         let (index, created_at_ms, self_parent_hash) =
             match self_parent.map(|slot| self.graph.get(slot)) {
@@ -591,6 +717,12 @@ impl Consensus {
         match self.insert(Arc::clone(&event), self.me, body) {
             Ok(is_witness) => {
                 self.stats.events_created += 1;
+                if self.config.log_records {
+                    self.log_records.push_back(LogRecord {
+                        received,
+                        created: Some(Arc::clone(&event)),
+                    });
+                }
                 self.unpersisted.push_back(event);
                 if is_witness {
                     self.advance_consensus();
@@ -598,7 +730,15 @@ impl Consensus {
             }
             // Our own event built on our own graph cannot fail the graph checks; if it did,
             // dropping it is the safe answer (nothing was sent).
-            Err(error) => debug_assert!(false, "own event rejected: {error}"),
+            Err(error) => {
+                debug_assert!(false, "own event rejected: {error}");
+                if !received.is_empty() {
+                    self.log_records.push_back(LogRecord {
+                        received,
+                        created: None,
+                    });
+                }
+            }
         }
     }
 
@@ -640,6 +780,8 @@ impl Consensus {
             } else {
                 match pending_vote {
                     PendingVote::Full(_, observation) => Vote::Full(observation),
+                    #[cfg(feature = "byzantine")]
+                    PendingVote::Unseen(hash) => Vote::ByHash(hash),
                     PendingVote::Known(_) => {
                         match carrier.and_then(|carrier| carried_observation(carrier, &hash)) {
                             Some(observation) => Vote::Full(observation),
@@ -779,6 +921,20 @@ impl Consensus {
     /// The next sync request to deliver.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// The next record for the replay log (only with `Config::log_records`).
+    pub fn poll_log_record(&mut self) -> Option<LogRecord> {
+        self.log_records.pop_front()
+    }
+
+    /// Byzantine test members only: queues a vote by hash for `hash` whether or not any event
+    /// carries it (honest members never vote for what they have not seen).
+    #[cfg(feature = "byzantine")]
+    pub fn vote_for_unseen(&mut self, hash: ObservationHash) {
+        if self.pending_vote_hashes.insert(hash) {
+            self.pending_votes.push_back(PendingVote::Unseen(hash));
+        }
     }
 
     /// The next agreed block, in order.

@@ -188,4 +188,12 @@ pub enum SetupError {
     /// Our own key is not in the member list.
     #[error("our key {0} is not in the member list")]
     NotAMember(PeerId),
+    /// A record of the replay log does not replay: the log is corrupt or not ours.
+    #[error("replay log record {record}: {reason}")]
+    CorruptLog {
+        /// Position of the record in the log.
+        record: usize,
+        /// What failed.
+        reason: String,
+    },
 }

@@ -1,0 +1,202 @@
+//! Crash and restore from the replay log: the restored member reaches the state it had made
+//! durable, re-emits the same blocks, continues its own chain without forking it, and the
+//! group keeps agreeing.
+
+use chorus_consensus::harness::{Cluster, member_key, random_pair};
+use chorus_consensus::{Config, Consensus, LogRecord, Observation, SetupError};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const MEMBERS: usize = 4;
+const CRASHED: usize = 2;
+
+fn config() -> Config {
+    Config {
+        log_records: true,
+        ..Config::default()
+    }
+}
+
+/// Runs `steps` random syncs (with a vote every few steps if `voting`), appending member
+/// `CRASHED`'s log records to `log` as they come.
+fn run(
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+    log: &mut Vec<LogRecord>,
+    steps: usize,
+    now: &mut u64,
+    voting: bool,
+) {
+    let members: Vec<usize> = (0..MEMBERS).collect();
+    for step in 0..steps {
+        *now += 1;
+        if voting && step % 5 == 0 {
+            let member = step % MEMBERS;
+            cluster.vote(
+                member,
+                Observation::payload(format!("{now} {member}").into_bytes()),
+            );
+        }
+        let (requester, responder) = random_pair(rng, &members);
+        cluster
+            .sync(requester, responder, *now)
+            .expect("honest sync");
+        for (index, node) in cluster.nodes.iter_mut().enumerate() {
+            while let Some(record) = node.poll_log_record() {
+                if index == CRASHED {
+                    log.push(record);
+                }
+            }
+        }
+    }
+}
+
+// Replaying the whole log rebuilds the same graph and the same blocks, and the restored
+// member then keeps agreeing with the group without forking its chain.
+#[test]
+fn restored_member_resumes_without_forking() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut now = 1_000;
+    let mut cluster = Cluster::new(MEMBERS, &config(), 7, now).expect("cluster");
+    let mut log = Vec::new();
+    for (index, node) in cluster.nodes.iter_mut().enumerate() {
+        while let Some(record) = node.poll_log_record() {
+            if index == CRASHED {
+                log.push(record);
+            }
+        }
+    }
+    run(&mut cluster, &mut rng, &mut log, 3_000, &mut now, true);
+    let before = cluster.nodes[CRASHED].stats();
+    assert!(before.blocks > 20, "the run agreed too little: {before:?}");
+    assert!(
+        before.events_pruned > 0,
+        "the run must prune to test replayed pruning"
+    );
+
+    let ids = cluster.ids.clone();
+    let restored = Consensus::restore(config(), member_key(7, CRASHED), &ids, log.clone(), now)
+        .expect("restore");
+    assert_eq!(
+        restored.sync_request(),
+        cluster.nodes[CRASHED].sync_request()
+    );
+    let after = restored.stats();
+    assert_eq!(after.events_held, before.events_held);
+    assert_eq!(after.max_round, before.max_round);
+    assert_eq!(after.blocks, before.blocks);
+    cluster.nodes[CRASHED] = restored;
+    let old_blocks = std::mem::take(&mut cluster.blocks[CRASHED]);
+    cluster.drain(CRASHED);
+    assert_eq!(
+        cluster.blocks[CRASHED], old_blocks,
+        "replay re-emits the same blocks"
+    );
+
+    run(&mut cluster, &mut rng, &mut log, 3_000, &mut now, true);
+    cluster
+        .check_prefix_agreement(&[0, 1, 2, 3])
+        .expect("agreement");
+    assert!(
+        cluster.evidence.iter().all(Vec::is_empty),
+        "nobody saw a fork"
+    );
+    assert!(cluster.blocks[CRASHED].len() > old_blocks.len() + 20);
+}
+
+// A crash loses the records after the last durable one; the member restores from the
+// shorter log, creates its next event after its last durable one, and catches up by gossip.
+#[test]
+fn restore_from_a_truncated_log_catches_up() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut now = 1_000;
+    let mut cluster = Cluster::new(MEMBERS, &config(), 8, now).expect("cluster");
+    let mut log = Vec::new();
+    for (index, node) in cluster.nodes.iter_mut().enumerate() {
+        while let Some(record) = node.poll_log_record() {
+            if index == CRASHED {
+                log.push(record);
+            }
+        }
+    }
+    run(&mut cluster, &mut rng, &mut log, 1_000, &mut now, true);
+    // Crash when the log ends with records that hold no event of ours: those were never
+    // synced (a write-ahead log syncs before each own event is sent) and are lost.
+    while log.last().is_some_and(|record| record.created.is_some()) {
+        run(&mut cluster, &mut rng, &mut log, 1, &mut now, false);
+    }
+    let durable = log
+        .iter()
+        .rposition(|record| record.created.is_some())
+        .expect("own events")
+        + 1;
+    let lost = log.len() - durable;
+    assert!(lost > 0);
+    log.truncate(durable);
+    let ids = cluster.ids.clone();
+    cluster.nodes[CRASHED] =
+        Consensus::restore(config(), member_key(8, CRASHED), &ids, log.clone(), now)
+            .expect("restore");
+    cluster.blocks[CRASHED].clear();
+    cluster.drain(CRASHED);
+    run(&mut cluster, &mut rng, &mut log, 3_000, &mut now, true);
+    run(&mut cluster, &mut rng, &mut log, 2_000, &mut now, false);
+    cluster
+        .check_prefix_agreement(&[0, 1, 2, 3])
+        .expect("agreement");
+    let longest = (0..MEMBERS)
+        .map(|m| cluster.blocks[m].len())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        cluster.blocks[CRASHED].len(),
+        longest,
+        "caught up (lost {lost} records)"
+    );
+    assert!(
+        cluster.evidence.iter().all(Vec::is_empty),
+        "nobody saw a fork"
+    );
+}
+
+// A log that is not ours, or out of order, is refused with the record that failed.
+#[test]
+fn corrupt_logs_are_refused() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut now = 1_000;
+    let mut cluster = Cluster::new(MEMBERS, &config(), 9, now).expect("cluster");
+    let mut log = Vec::new();
+    for (index, node) in cluster.nodes.iter_mut().enumerate() {
+        while let Some(record) = node.poll_log_record() {
+            if index == CRASHED {
+                log.push(record);
+            }
+        }
+    }
+    run(&mut cluster, &mut rng, &mut log, 300, &mut now, true);
+    let ids = cluster.ids.clone();
+    // Someone else's log.
+    let other = Consensus::restore(config(), member_key(9, 0), &ids, log.clone(), now);
+    assert!(matches!(
+        other,
+        Err(SetupError::CorruptLog { record: 0, .. })
+    ));
+    // A record missing: later events name parents the replay never saw.
+    let mut gapped = log.clone();
+    let gap = gapped
+        .iter()
+        .position(|record| !record.received.is_empty())
+        .expect("received");
+    gapped.remove(gap);
+    let result = Consensus::restore(config(), member_key(9, CRASHED), &ids, gapped, now);
+    assert!(
+        matches!(result, Err(SetupError::CorruptLog { record, .. }) if record >= gap),
+        "{:?}",
+        result.err()
+    );
+    // A record twice.
+    let mut doubled = log.clone();
+    doubled.insert(gap + 1, log[gap].clone());
+    let result = Consensus::restore(config(), member_key(9, CRASHED), &ids, doubled, now);
+    assert!(matches!(result, Err(SetupError::CorruptLog { record, .. }) if record == gap + 1));
+}
