@@ -1,0 +1,167 @@
+//! Checkers that run on every block an honest node outputs: agreement (one sequence that
+//! every honest node's blocks are a prefix of), validity (each Supermajority block carries a
+//! proof that verifies), no duplicates, and no gaps. Liveness is checked by the simulator,
+//! which knows the proposals and the fault schedule.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use chorus_consensus::{Block, BlockMode, ObservationHash, PeerId};
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// Two honest nodes output different blocks at one position.
+    Agreement,
+    /// A block's proof does not verify.
+    Validity,
+    /// An observation was agreed twice.
+    Duplicate,
+    /// A node skipped a position, or a restored node re-emitted a different block.
+    Sequence,
+    /// A crashed node could not restore from what it had made durable.
+    Restore,
+    /// After the last fault healed, an honest proposal was not agreed by every honest node
+    /// within the liveness bound.
+    Liveness,
+}
+
+impl ViolationKind {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::Agreement => "agreement",
+            ViolationKind::Validity => "validity",
+            ViolationKind::Duplicate => "duplicate",
+            ViolationKind::Sequence => "sequence",
+            ViolationKind::Restore => "restore",
+            ViolationKind::Liveness => "liveness",
+        }
+    }
+}
+
+/// One violation, with where and when it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Its kind.
+    pub kind: ViolationKind,
+    /// Virtual time of detection.
+    pub at_ms: u64,
+    /// The node where it was detected.
+    pub node: usize,
+    /// What exactly.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} violation at {} ms on node {}: {}",
+            self.kind.name(),
+            self.at_ms,
+            self.node,
+            self.detail
+        )
+    }
+}
+
+/// The agreed block sequence as the honest nodes reveal it, position by position.
+pub struct Checker {
+    members: Vec<PeerId>,
+    mode: BlockMode,
+    /// Position `i`: the observation the first honest node to reach `i` output there.
+    agreed: Vec<ObservationHash>,
+    /// The same, as a set, for the duplicate check and for "is it agreed".
+    agreed_set: HashSet<ObservationHash>,
+    violations: Vec<Violation>,
+}
+
+impl Checker {
+    /// A checker for a group with `members` forming blocks in `mode`.
+    pub fn new(members: Vec<PeerId>, mode: BlockMode) -> Self {
+        Self {
+            members,
+            mode,
+            agreed: Vec::new(),
+            agreed_set: HashSet::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Checks a block that honest `node` output at `position` of its sequence (the node's
+    /// own count, which the simulator keeps). The first node to reach a position verifies
+    /// the block's proof; the others must output the same observation.
+    pub fn on_block(&mut self, node: usize, position: usize, block: &Block, now_ms: u64) {
+        if block.sequence != position as u64 {
+            self.report(
+                ViolationKind::Sequence,
+                node,
+                now_ms,
+                format!("block numbered {} at position {position}", block.sequence),
+            );
+            return;
+        }
+        if let Some(agreed) = self.agreed.get(position) {
+            if *agreed != block.observation_hash {
+                self.report(
+                    ViolationKind::Agreement,
+                    node,
+                    now_ms,
+                    format!(
+                        "block {position} is {} here but {agreed} on another honest node",
+                        block.observation_hash
+                    ),
+                );
+            }
+            return;
+        }
+        if let Err(error) = block.verify(&self.members, self.mode) {
+            self.report(
+                ViolationKind::Validity,
+                node,
+                now_ms,
+                format!("block {position}: {error}"),
+            );
+        }
+        if !self.agreed_set.insert(block.observation_hash) {
+            self.report(
+                ViolationKind::Duplicate,
+                node,
+                now_ms,
+                format!("observation {} agreed twice", block.observation_hash),
+            );
+        }
+        self.agreed.push(block.observation_hash);
+    }
+
+    /// Records a violation found elsewhere.
+    pub fn report(&mut self, kind: ViolationKind, node: usize, at_ms: u64, detail: String) {
+        self.violations.push(Violation {
+            kind,
+            at_ms,
+            node,
+            detail,
+        });
+    }
+
+    /// Whether `hash` has been agreed.
+    pub fn is_agreed(&self, hash: &ObservationHash) -> bool {
+        self.agreed_set.contains(hash)
+    }
+
+    /// Position of `hash` in the agreed sequence.
+    pub fn position(&self, hash: &ObservationHash) -> Option<usize> {
+        self.agreed.iter().position(|agreed| agreed == hash)
+    }
+
+    /// The agreed sequence so far.
+    pub fn agreed(&self) -> &[ObservationHash] {
+        &self.agreed
+    }
+
+    /// Every violation found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+}

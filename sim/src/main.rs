@@ -1,0 +1,485 @@
+//! `chorus-sim`: seed sweeps, replays and throughput runs of the deterministic simulator.
+//!
+//! ```text
+//! chorus-sim sweep --seeds 10000 --nodes 4..=10 --faults all
+//! chorus-sim replay --seed 42
+//! chorus-sim bench --nodes 7 --seconds 30 --faults drop,crash,fork
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use chorus_sim::sweep::{
+    FaultKind, FaultSet, SeedOutcome, SweepOptions, parse_node_range, run_seed,
+};
+use chorus_sim::{Behaviour, Setup, Sim, secs};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chorus-sim",
+    about = "Deterministic simulator of a Chorus group: seed sweeps, replays, throughput"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs many seeds, each a random group, network and fault schedule, and checks them all.
+    Sweep(SweepArgs),
+    /// Replays one seed of a sweep and prints what happened (the same output every time).
+    Replay(ReplayArgs),
+    /// Ordered payloads per simulated second and per CPU second, without and with faults.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunOptions {
+    /// Group sizes to draw from: `4..=10`, `4..11` or `7`.
+    #[arg(long, default_value = "4..=10", value_parser = parse_node_range)]
+    nodes: std::ops::RangeInclusive<usize>,
+    /// Faults to draw from: `all`, `none`, `network`, `byzantine`, or a list such as
+    /// `partition,crash,fork` (names: partition, one-way-partition, drop, duplicate,
+    /// reorder, crash, slow, fork, equivocate, bad-signatures, withhold, garbage,
+    /// phantom-votes).
+    #[arg(long, default_value = "all")]
+    faults: FaultSet,
+    /// Longest fault phase of a run, in virtual milliseconds.
+    #[arg(long, default_value_t = SweepOptions::default().fault_phase_ms_max)]
+    fault_phase_ms: u64,
+    /// Where the graph (Graphviz dot) of a failing run is written.
+    #[arg(long, default_value = "chorus-sim-failures")]
+    dump_dir: PathBuf,
+}
+
+impl RunOptions {
+    fn sweep_options(&self) -> SweepOptions {
+        SweepOptions {
+            nodes: self.nodes.clone(),
+            faults: self.faults.clone(),
+            fault_phase_ms_max: self.fault_phase_ms,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start_seed: u64,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The seed to replay.
+    #[arg(long)]
+    seed: u64,
+    /// Print the whole trace (every fault, block and note), not just the summary.
+    #[arg(long)]
+    trace: bool,
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Members in the group.
+    #[arg(long, default_value_t = 7)]
+    nodes: usize,
+    /// Virtual seconds to run each configuration.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Proposals per honest node per virtual second.
+    #[arg(long, default_value_t = 50)]
+    load: u64,
+    /// Bytes per payload.
+    #[arg(long, default_value_t = 256)]
+    payload_bytes: usize,
+    /// The fault mix of the second run (the first runs without faults): `all`, `none`,
+    /// `network`, `byzantine`, or a list of names.
+    #[arg(long, default_value = "drop,duplicate,reorder,crash,fork")]
+    faults: FaultSet,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sweep(args) => sweep(args),
+        Command::Replay(args) => replay(args),
+        Command::Bench(args) => bench(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn replay_command(seed: u64, options: &SweepOptions) -> String {
+    format!(
+        "cargo run --release -p chorus-sim -- replay --seed {seed} {}",
+        options.flags()
+    )
+}
+
+/// Writes the failing node's graph; returns the path.
+fn dump_dot(dir: &Path, outcome: &SeedOutcome) -> Result<Option<PathBuf>, String> {
+    let Some((node, dot)) = &outcome.dot else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let path = dir.join(format!("seed-{}-node-{node}.dot", outcome.seed));
+    std::fs::write(&path, dot).map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok(Some(path))
+}
+
+fn report_failure(outcome: &SeedOutcome, options: &RunOptions) -> Result<(), String> {
+    let sweep_options = options.sweep_options();
+    println!("seed {} FAILED:", outcome.seed);
+    for violation in &outcome.violations {
+        println!("  {violation}");
+    }
+    println!("  replay: {}", replay_command(outcome.seed, &sweep_options));
+    if let Some(path) = dump_dot(&options.dump_dir, outcome)? {
+        println!("  graph around the failure: {}", path.display());
+    }
+    Ok(())
+}
+
+fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
+    if args.seeds == 0 {
+        return Err("--seeds must be at least 1".into());
+    }
+    let options = args.options.sweep_options();
+    let jobs = match args.jobs {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        jobs => jobs,
+    }
+    .min(args.seeds as usize);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(args.start_seed));
+    let end = args.start_seed.saturating_add(args.seeds);
+    let (sender, receiver) = mpsc::channel::<SeedOutcome>();
+    let mut workers = Vec::new();
+    for _ in 0..jobs {
+        let next = Arc::clone(&next);
+        let sender = sender.clone();
+        let options = options.clone();
+        workers.push(std::thread::spawn(move || {
+            loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    break;
+                }
+                if sender.send(run_seed(seed, &options, false)).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(sender);
+    let progress = ProgressBar::new(args.seeds);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}",
+        )
+        .map_err(|error| error.to_string())?
+        .progress_chars("=> "),
+    );
+    let mut simulated_ms = 0u64;
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut violations_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failed = Vec::new();
+    let mut blocks = 0u64;
+    let mut runs = 0u64;
+    for outcome in receiver {
+        runs += 1;
+        simulated_ms += outcome.simulated_ms;
+        blocks += outcome.stats.blocks;
+        for (kind, count) in &outcome.stats.faults {
+            *faults.entry(kind).or_default() += count;
+        }
+        if !outcome.violations.is_empty() {
+            for violation in &outcome.violations {
+                *violations_by_kind.entry(violation.kind.name()).or_default() += 1;
+            }
+            progress.suspend(|| report_failure(&outcome, &args.options))?;
+            failed.push(outcome.seed);
+            progress.set_message(format!("{} failed", failed.len()));
+        }
+        progress.inc(1);
+    }
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| "a sweep worker panicked".to_string())?;
+    }
+    progress.finish_and_clear();
+    failed.sort_unstable();
+    let hours = simulated_ms as f64 / 3_600_000.0;
+    println!(
+        "sweep: seeds {}..{} ({})",
+        args.start_seed,
+        end,
+        options.flags()
+    );
+    println!("  {:<28} {runs}", "seeds run");
+    println!("  {:<28} {hours:.2}", "simulated hours");
+    println!("  {:<28} {blocks}", "blocks agreed");
+    println!(
+        "  {:<28} {:.1}",
+        "wall seconds",
+        started.elapsed().as_secs_f64()
+    );
+    println!("  faults injected:");
+    for kind in FaultKind::all() {
+        let count = faults.get(kind.name()).copied().unwrap_or(0);
+        println!("    {:<26} {count}", kind.name());
+    }
+    println!(
+        "    {:<26} {}",
+        "restart",
+        faults.get("restart").copied().unwrap_or(0)
+    );
+    println!("  violations: {}", failed.len());
+    for (kind, count) in &violations_by_kind {
+        println!("    {kind:<26} {count}");
+    }
+    if !failed.is_empty() {
+        println!("  failing seeds: {failed:?}");
+    }
+    let faults_json: Vec<String> = faults
+        .iter()
+        .map(|(kind, count)| format!("\"{kind}\":{count}"))
+        .collect();
+    println!(
+        "{{\"seeds\":{runs},\"simulated_hours\":{hours:.3},\"blocks\":{blocks},\"failed_seeds\":{},\"faults\":{{{}}}}}",
+        failed.len(),
+        faults_json.join(",")
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
+    let options = args.options.sweep_options();
+    let outcome = run_seed(args.seed, &options, args.trace);
+    println!("seed {} ({})", args.seed, options.flags());
+    for line in &outcome.story {
+        println!("  {line}");
+    }
+    if args.trace {
+        println!("trace:");
+        for line in &outcome.trace {
+            println!("  {line}");
+        }
+    }
+    let stats = &outcome.stats;
+    println!(
+        "simulated {} ms; {} blocks; {} proposals; messages sent {}, dropped {}, partitioned {}, \
+         duplicated {}, to crashed nodes {}, undecodable {}; events rejected {}; fork evidence {}",
+        outcome.simulated_ms,
+        stats.blocks,
+        stats.proposals,
+        stats.messages_sent,
+        stats.messages_dropped,
+        stats.messages_partitioned,
+        stats.messages_duplicated,
+        stats.messages_to_crashed,
+        stats.messages_undecodable,
+        stats.events_rejected,
+        stats.evidence
+    );
+    println!("trace hash {}", hex(&outcome.trace_hash));
+    if outcome.violations.is_empty() {
+        println!("no violation");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        report_failure(&outcome, &args.options)?;
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// CPU time of this thread, from Linux's schedstat; wall time elsewhere.
+fn thread_cpu_seconds(wall: &Instant) -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or_else(|| wall.elapsed().as_secs_f64(), |ns| ns as f64 / 1e9)
+}
+
+struct BenchRun {
+    label: String,
+    payloads: u64,
+    simulated_s: f64,
+    cpu_s: f64,
+    p50_ms: u64,
+    p99_ms: u64,
+    violations: usize,
+}
+
+fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
+    let has = |kind: FaultKind| faults.0.contains(&kind);
+    let mut setup = Setup {
+        nodes: args.nodes,
+        proposals_per_node_per_sec: args.load,
+        payload_bytes: args.payload_bytes,
+        ..Setup::default()
+    };
+    let behaviours: Vec<Behaviour> = Behaviour::BYZANTINE
+        .into_iter()
+        .filter(|behaviour| has(FaultKind::Byzantine(*behaviour)))
+        .collect();
+    let byzantine = chorus_consensus::faulty_max(args.nodes).min(behaviours.len());
+    for (node, behaviour) in behaviours.iter().take(byzantine).enumerate() {
+        setup.byzantine.insert(node, *behaviour);
+    }
+    let mut sim = Sim::with_setup(args.seed, setup);
+    let start_cpu = thread_cpu_seconds(&Instant::now());
+    let wall = Instant::now();
+    sim.set_network_rates(
+        if has(FaultKind::Drop) { 0.1 } else { 0.0 },
+        if has(FaultKind::Duplicate) { 0.05 } else { 0.0 },
+        if has(FaultKind::Reorder) { 0.1 } else { 0.0 },
+    );
+    let honest = sim.honest_nodes();
+    let last = args.nodes - 1;
+    // Every 5 s: one fault of each timed kind for 1 s, on the last node (honest unless the
+    // group is tiny).
+    let periods = args.seconds.div_ceil(5);
+    for _ in 0..periods {
+        if has(FaultKind::Crash) && honest.contains(&last) {
+            sim.crash(last);
+        }
+        if has(FaultKind::Partition) {
+            sim.partition(&[last], &(0..last).collect::<Vec<_>>());
+        }
+        if has(FaultKind::OneWayPartition) {
+            sim.partition_one_way(&[last], &(0..last).collect::<Vec<_>>());
+        }
+        if has(FaultKind::Slow) {
+            sim.slow(last, 4);
+        }
+        sim.run_for(secs(1));
+        sim.heal();
+        sim.slow(last, 1);
+        sim.restart(last);
+        sim.run_for(secs(4));
+    }
+    let simulated_s = sim.now_ms() as f64 / 1e3;
+    let cpu_s = thread_cpu_seconds(&wall) - start_cpu;
+    let mut latencies = sim.agreement_latencies_ms();
+    latencies.sort_unstable();
+    let percentile = |p: usize| {
+        latencies
+            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    BenchRun {
+        label: faults.to_string(),
+        payloads: latencies.len() as u64,
+        simulated_s,
+        cpu_s,
+        p50_ms: percentile(50),
+        p99_ms: percentile(99),
+        violations: sim.violations().len(),
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode, String> {
+    if args.nodes < 2 || args.nodes > 64 {
+        return Err("--nodes must be in 2..=64".into());
+    }
+    if args.seconds == 0 || args.load == 0 {
+        return Err("--seconds and --load must be at least 1".into());
+    }
+    let none = FaultSet(Default::default());
+    let mut runs = Vec::new();
+    for faults in [&none, &args.faults] {
+        eprint!(
+            "running {} virtual s with faults: {faults} ... ",
+            args.seconds
+        );
+        let _ = std::io::stderr().flush();
+        let run = bench_run(&args, faults);
+        eprintln!("{:.1} CPU s", run.cpu_s);
+        runs.push(run);
+    }
+    println!(
+        "{} nodes, {} proposals/s/node offered, {} B payloads, {} virtual s per run",
+        args.nodes, args.load, args.payload_bytes, args.seconds
+    );
+    println!(
+        "  {:<40} {:>12} {:>14} {:>8} {:>8} {:>10}",
+        "faults", "payloads/s", "payloads/CPU s", "p50 ms", "p99 ms", "violations"
+    );
+    let mut json = Vec::new();
+    for run in &runs {
+        let per_sim = run.payloads as f64 / run.simulated_s;
+        let per_cpu = run.payloads as f64 / run.cpu_s.max(1e-9);
+        println!(
+            "  {:<40} {per_sim:>12.0} {per_cpu:>14.0} {:>8} {:>8} {:>10}",
+            run.label, run.p50_ms, run.p99_ms, run.violations
+        );
+        json.push((run.label.clone(), per_sim, per_cpu, run.p50_ms, run.p99_ms));
+    }
+    let ratio = |index: usize| {
+        let base = if index == 1 { json[0].1 } else { json[0].2 };
+        let with = if index == 1 { json[1].1 } else { json[1].2 };
+        with / base.max(1e-9)
+    };
+    println!(
+        "  with faults / without: {:.2} per simulated s, {:.2} per CPU s",
+        ratio(1),
+        ratio(2)
+    );
+    let violations: usize = runs.iter().map(|run| run.violations).sum();
+    println!(
+        "{{\"nodes\":{},\"load_per_node\":{},\"faults\":\"{}\",\"baseline_payloads_per_sim_s\":{:.1},\"baseline_payloads_per_cpu_s\":{:.1},\"baseline_p50_ms\":{},\"baseline_p99_ms\":{},\"faulty_payloads_per_sim_s\":{:.1},\"faulty_payloads_per_cpu_s\":{:.1},\"faulty_p50_ms\":{},\"faulty_p99_ms\":{},\"violations\":{violations}}}",
+        args.nodes,
+        args.load,
+        args.faults,
+        json[0].1,
+        json[0].2,
+        json[0].3,
+        json[0].4,
+        json[1].1,
+        json[1].2,
+        json[1].3,
+        json[1].4
+    );
+    Ok(if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
