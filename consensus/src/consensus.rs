@@ -50,6 +50,8 @@ pub struct Consensus {
     key: SigningKey,
     me: usize,
     members: Vec<PeerId>,
+    /// The members' keys, decompressed once, in member order.
+    member_keys: Vec<ed25519_dalek::VerifyingKey>,
     member_index: HashMapPrehashed<PeerId, usize>,
     graph: Graph,
     fame: Fame,
@@ -254,7 +256,7 @@ impl Consensus {
             .check_received(event, hash)
             .map_err(|error| error.to_string())?
             .ok_or_else(|| format!("event {hash} logged twice"))?;
-        if !verify_signatures(&[(event, body.hash)])[0] {
+        if !verify_signatures(&[(event, body.hash, &self.member_keys[creator])])[0] {
             return Err(EventError::BadSignature(body.hash).to_string());
         }
         Ok((creator, body))
@@ -279,13 +281,15 @@ impl Consensus {
         if members.windows(2).any(|pair| pair[0] == pair[1]) {
             return Err(SetupError::Members("duplicate member".into()));
         }
+        let mut member_keys = Vec::with_capacity(members.len());
         for member in &members {
-            let weak = ed25519_dalek::VerifyingKey::from_bytes(&member.0)
-                .map_or(true, |key| key.is_weak());
-            if weak {
-                return Err(SetupError::Members(format!(
-                    "{member} is not a valid ed25519 key"
-                )));
+            match ed25519_dalek::VerifyingKey::from_bytes(&member.0) {
+                Ok(key) if !key.is_weak() => member_keys.push(key),
+                _ => {
+                    return Err(SetupError::Members(format!(
+                        "{member} is not a valid ed25519 key"
+                    )));
+                }
             }
         }
         let our_id = PeerId(key.verifying_key().to_bytes());
@@ -312,6 +316,7 @@ impl Consensus {
             key,
             me,
             members,
+            member_keys,
             member_index,
             pending_votes: VecDeque::new(),
             pending_vote_hashes: HashSetPrehashed::default(),
@@ -515,7 +520,7 @@ impl Consensus {
         }
         let items: Vec<_> = checked
             .iter()
-            .map(|(event, _, body)| (event.as_ref(), body.hash))
+            .map(|(event, creator, body)| (event.as_ref(), body.hash, &self.member_keys[*creator]))
             .collect();
         let valid = verify_signatures(&items);
         let mut new_witness = false;

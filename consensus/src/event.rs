@@ -328,12 +328,15 @@ pub fn full_votes_digest(votes: &[Vote]) -> [u8; 32] {
 /// whether an event got in would depend on which events shared its sync response, and a
 /// Byzantine member could split honest members' graphs. Every member must accept exactly the
 /// same events; that is worth the factor of about two.
-pub fn verify_signatures(items: &[(&SignedEvent, EventHash)]) -> Vec<bool> {
+///
+/// Each item names the creator's key, decompressed once per member rather than once per
+/// event (decompression costs about a fifth of a verification).
+pub fn verify_signatures(items: &[(&SignedEvent, EventHash, &VerifyingKey)]) -> Vec<bool> {
     items
         .iter()
-        .map(|(event, hash)| {
-            VerifyingKey::from_bytes(&event.header.creator.0)
-                .is_ok_and(|key| key.verify_strict(&hash.0, &event.signature).is_ok())
+        .map(|(event, hash, key)| {
+            key.as_bytes() == &event.header.creator.0
+                && key.verify_strict(&hash.0, &event.signature).is_ok()
         })
         .collect()
 }
