@@ -55,6 +55,13 @@ struct RunOptions {
     /// Longest fault phase of a run, in virtual milliseconds.
     #[arg(long, default_value_t = SweepOptions::default().fault_phase_ms_max)]
     fault_phase_ms: u64,
+    /// Byzantine members in every run (default: drawn from 0..=f). More than f shows what the
+    /// checkers report when the fault bound is broken.
+    #[arg(long)]
+    byzantine: Option<usize>,
+    /// How long after the faults heal every honest proposal must be agreed, in virtual ms.
+    #[arg(long, default_value_t = SweepOptions::default().liveness_bound_ms)]
+    liveness_ms: u64,
     /// Where the graph (Graphviz dot) of a failing run is written.
     #[arg(long, default_value = "chorus-sim-failures")]
     dump_dir: PathBuf,
@@ -66,6 +73,8 @@ impl RunOptions {
             nodes: self.nodes.clone(),
             faults: self.faults.clone(),
             fault_phase_ms_max: self.fault_phase_ms,
+            byzantine_count: self.byzantine,
+            liveness_bound_ms: self.liveness_ms,
         }
     }
 }
@@ -229,6 +238,15 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
             progress.set_message(format!("{} failed", failed.len()));
         }
         progress.inc(1);
+        // Without a terminal the bar is hidden: print a line every 5% instead.
+        if progress.is_hidden() && (runs % (args.seeds / 20).max(1) == 0 || runs == args.seeds) {
+            eprintln!(
+                "{runs}/{} seeds, {} failed, {:.0} s",
+                args.seeds,
+                failed.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     for worker in workers {
         worker

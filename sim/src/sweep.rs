@@ -178,6 +178,11 @@ pub struct SweepOptions {
     /// Longest fault phase, in virtual milliseconds (each run draws its own, at least a
     /// quarter of this).
     pub fault_phase_ms_max: u64,
+    /// Byzantine members per run: drawn from 0..=f when `None`; a fixed count (which may
+    /// exceed f, to show what breaks) otherwise.
+    pub byzantine_count: Option<usize>,
+    /// How long after the faults heal every honest proposal must be agreed, in virtual ms.
+    pub liveness_bound_ms: u64,
 }
 
 impl Default for SweepOptions {
@@ -186,6 +191,8 @@ impl Default for SweepOptions {
             nodes: 4..=10,
             faults: FaultSet(FaultKind::all().into_iter().collect()),
             fault_phase_ms_max: 4_000,
+            byzantine_count: None,
+            liveness_bound_ms: Setup::default().liveness_bound_ms,
         }
     }
 }
@@ -199,8 +206,15 @@ impl SweepOptions {
             self.nodes.end(),
             self.faults
         );
-        if self.fault_phase_ms_max != SweepOptions::default().fault_phase_ms_max {
+        let defaults = SweepOptions::default();
+        if self.fault_phase_ms_max != defaults.fault_phase_ms_max {
             flags.push_str(&format!(" --fault-phase-ms {}", self.fault_phase_ms_max));
+        }
+        if let Some(count) = self.byzantine_count {
+            flags.push_str(&format!(" --byzantine {count}"));
+        }
+        if self.liveness_bound_ms != defaults.liveness_bound_ms {
+            flags.push_str(&format!(" --liveness-ms {}", self.liveness_bound_ms));
         }
         flags
     }
@@ -242,6 +256,7 @@ impl Plan {
         let nodes = rng.gen_range(options.nodes.clone());
         let mut setup = Setup {
             nodes,
+            liveness_bound_ms: options.liveness_bound_ms,
             ..Setup::default()
         };
         if rng.gen_bool(0.2) {
@@ -263,7 +278,8 @@ impl Plan {
             })
             .collect();
         if !behaviours.is_empty() {
-            let count = rng.gen_range(0..=faulty_max(nodes));
+            let drawn = rng.gen_range(0..=faulty_max(nodes));
+            let count = options.byzantine_count.unwrap_or(drawn).min(nodes);
             // Byzantine members anywhere in the group, each with its own behaviour.
             let mut indices: Vec<usize> = (0..nodes).collect();
             indices.shuffle(&mut rng);
