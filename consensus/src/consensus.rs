@@ -8,7 +8,10 @@ use rand::RngCore;
 use tracing::{debug, warn};
 
 use crate::blocks::{Block, Tallies};
-use crate::config::{Config, MEMBERS_MAX, OBSERVATION_BYTES_MAX, WANTED_PER_SYNC_MAX};
+use crate::config::{
+    Config, EVENT_BYTES_MAX, MEMBERS_MAX, OBSERVATION_BYTES_MAX, SYNC_BYTES_MAX,
+    WANTED_PER_SYNC_MAX,
+};
 use crate::error::{EventError, SetupError, SyncError, VoteError};
 use crate::event::{CheckedBody, Observation, SignedEvent, Vote, verify_signatures};
 use crate::evidence::ForkEvidence;
@@ -83,6 +86,10 @@ pub struct Consensus {
     next_gossip_ms: u64,
     stats: Stats,
 }
+
+/// Encoded size of a sync response without its events: the version byte and the length of
+/// the event list.
+const RESPONSE_OVERHEAD_BYTES: usize = 1 + 8;
 
 /// Most self-ancestors sent along with one wanted event.
 const WANTED_CHAIN_DEPTH_MAX: usize = 64;
@@ -477,9 +484,18 @@ impl Consensus {
         slots.sort_unstable();
         slots.dedup();
         slots.truncate(limit);
+        // And no more than fit one message: an answer we could not encode would leave the
+        // requester asking for the same events forever. (Every event fits: EVENT_BYTES_MAX
+        // is far below SYNC_BYTES_MAX.)
+        let mut bytes = RESPONSE_OVERHEAD_BYTES;
         let events = slots
             .into_iter()
-            .map(|slot| Arc::clone(&self.graph.get(slot).event))
+            .map(|slot| &self.graph.get(slot).event)
+            .take_while(|event| {
+                bytes += event.encoded_len_max();
+                bytes <= SYNC_BYTES_MAX
+            })
+            .map(Arc::clone)
             .collect();
         Ok(SyncResponse { events })
     }
@@ -747,8 +763,10 @@ impl Consensus {
         }
     }
 
-    /// Takes up to `votes_per_event_max` pending votes; votes by hash where the observation's
-    /// carrier is an ancestor of the new event (so the vote is sure to count).
+    /// Takes up to `votes_per_event_max` pending votes, and no more than fit an event of
+    /// `EVENT_BYTES_MAX` (peers refuse larger events, so a larger one of ours would wedge our
+    /// chain); votes by hash where the observation's carrier is an ancestor of the new event
+    /// (so the vote is sure to count).
     fn take_votes(
         &mut self,
         self_parent: Option<Slot>,
@@ -760,16 +778,18 @@ impl Consensus {
             .min(self.config.votes_per_event_max);
         let mut votes = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count);
-        let pending: Vec<PendingVote> = self.pending_votes.drain(..count).collect();
+        let mut bytes = SignedEvent::ENCODED_OVERHEAD_MAX;
         let graph = &self.graph;
         let parents: Vec<&EventNode> = [self_parent, other_parent]
             .into_iter()
             .flatten()
             .map(|slot| graph.get(slot))
             .collect();
-        for pending_vote in pending {
+        while votes.len() < count {
+            let Some(pending_vote) = self.pending_votes.pop_front() else {
+                break;
+            };
             let hash = pending_vote.hash();
-            self.pending_vote_hashes.remove(&hash);
             let carrier = self
                 .carriers
                 .get(&hash)
@@ -783,19 +803,30 @@ impl Consensus {
             let vote = if carried_by_ancestor {
                 Vote::ByHash(hash)
             } else {
-                match pending_vote {
-                    PendingVote::Full(_, observation) => Vote::Full(observation),
+                match &pending_vote {
+                    PendingVote::Full(_, observation) => Vote::Full(observation.clone()),
                     #[cfg(feature = "byzantine")]
-                    PendingVote::Unseen(hash) => Vote::ByHash(hash),
+                    PendingVote::Unseen(hash) => Vote::ByHash(*hash),
                     PendingVote::Known(_) => {
                         match carrier.and_then(|carrier| carried_observation(carrier, &hash)) {
                             Some(observation) => Vote::Full(observation),
                             // Decided or pruned meanwhile: nothing left to vote for.
-                            None => continue,
+                            None => {
+                                self.pending_vote_hashes.remove(&hash);
+                                continue;
+                            }
                         }
                     }
                 }
             };
+            let vote_bytes = SignedEvent::vote_encoded_len_max(&vote);
+            if bytes + vote_bytes > EVENT_BYTES_MAX {
+                // The next event takes it.
+                self.pending_votes.push_front(pending_vote);
+                break;
+            }
+            bytes += vote_bytes;
+            self.pending_vote_hashes.remove(&hash);
             votes.push(vote);
             hashes.push(hash);
         }

@@ -220,22 +220,23 @@ impl SignedEvent {
         }
     }
 
+    /// Upper bound of the encoded size of everything but the votes. Fixed-width bincode:
+    /// creator, index, two optional parents (tag + hash), time, vote count, two roots; the
+    /// signature as length-prefixed bytes; the length of the vote list.
+    pub const ENCODED_OVERHEAD_MAX: usize = 32 + 8 + 33 + 33 + 8 + 4 + 32 + 32 + (8 + 64) + 8;
+
+    /// Upper bound of the encoded size of one vote (enum tags are 4 bytes, lengths 8).
+    pub fn vote_encoded_len_max(vote: &Vote) -> usize {
+        match vote {
+            Vote::Full(observation) => 4 + 4 + 8 + observation.payload_len(),
+            Vote::ByHash(_) => 4 + 32,
+        }
+    }
+
     /// An upper bound of the encoded size in bytes, computed without encoding.
     pub fn encoded_len_max(&self) -> usize {
-        // Fixed-width bincode: creator, index, two optional parents (tag + hash), time, vote
-        // count, two roots; the signature as length-prefixed bytes.
-        const HEADER_AND_SIGNATURE_MAX: usize = 32 + 8 + 33 + 33 + 8 + 4 + 32 + 32 + (8 + 64);
-        // Enum tags are 4 bytes, lengths 8.
-        const VOTES_LENGTH: usize = 8;
-        let votes: usize = self
-            .votes
-            .iter()
-            .map(|vote| match vote {
-                Vote::Full(observation) => 4 + 4 + 8 + observation.payload_len(),
-                Vote::ByHash(_) => 4 + 32,
-            })
-            .sum();
-        HEADER_AND_SIGNATURE_MAX + VOTES_LENGTH + votes
+        let votes: usize = self.votes.iter().map(Self::vote_encoded_len_max).sum();
+        Self::ENCODED_OVERHEAD_MAX + votes
     }
 
     /// The checks that need no graph: sizes, parent shape, vote commitment. The signature is

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use chorus_consensus::codec::{decode_message, encode_message};
 use chorus_consensus::harness::{Cluster, member_key, random_pair};
 use chorus_consensus::{
-    BlockMode, Config, EventError, Observation, ObservationHash, SignedEvent, SyncRequest,
-    SyncResponse, Vote,
+    BlockMode, Config, EventError, OBSERVATION_BYTES_MAX, Observation, ObservationHash,
+    SYNC_BYTES_MAX, SignedEvent, SyncRequest, SyncResponse, Vote,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -352,4 +353,88 @@ fn long_fork_branches_are_fetched_and_do_not_wedge_the_group() {
     if let Err(disagreement) = cluster.check_prefix_agreement(&[0, 1, 2]) {
         panic!("{disagreement}");
     }
+}
+
+/// Observations of the largest allowed size, each distinct.
+fn big_observation(tag: u32) -> Observation {
+    let mut bytes = vec![0u8; OBSERVATION_BYTES_MAX];
+    bytes[..4].copy_from_slice(&tag.to_le_bytes());
+    Observation::payload(bytes)
+}
+
+// Proves that our own events stay within EVENT_BYTES_MAX whatever votes are queued: peers
+// refuse a larger event, and every later event of ours would then name an unknown parent.
+#[test]
+fn big_votes_spread_over_events_peers_accept() {
+    let mut cluster = Cluster::new(4, &Config::default(), 41, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(41);
+    let count = 6;
+    for tag in 0..count {
+        cluster.vote(0, big_observation(tag));
+    }
+    let everyone: Vec<usize> = (0..4).collect();
+    for step in 0..2_000 {
+        let (requester, responder) = random_pair(&mut rng, &everyone);
+        let report = cluster.sync(requester, responder, step).expect("sync");
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        if (0..4).all(|member| cluster.blocks[member].len() == count as usize) {
+            break;
+        }
+    }
+    for member in 0..4 {
+        assert_eq!(
+            cluster.blocks[member].len(),
+            count as usize,
+            "member {member}"
+        );
+    }
+}
+
+// Proves that a sync response always fits one wire message: a member that slept through
+// more than SYNC_BYTES_MAX of history gets it over several syncs, instead of an answer too
+// large to send (which it would ask for again, forever).
+#[test]
+fn sync_responses_fit_one_wire_message() {
+    let config = Config {
+        prune_window_rounds: 10_000,
+        observation_window_rounds: 10_000,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, &config, 42, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(42);
+    let count = 80;
+    assert!(count * OBSERVATION_BYTES_MAX > SYNC_BYTES_MAX);
+    for tag in 0..count {
+        cluster.vote(tag % 3, big_observation(tag as u32));
+    }
+    let awake = [0, 1, 2];
+    for step in 0..20_000 {
+        let (requester, responder) = random_pair(&mut rng, &awake);
+        cluster.sync(requester, responder, step).expect("sync");
+        if awake
+            .iter()
+            .all(|&member| cluster.blocks[member].len() == count)
+        {
+            break;
+        }
+    }
+    assert_eq!(cluster.blocks[0].len(), count);
+    let sleeper = 3;
+    for step in 0..100 {
+        let request = cluster.nodes[sleeper].sync_request();
+        let response = cluster.nodes[0]
+            .handle_sync_request(&cluster.ids[sleeper], &request)
+            .expect("request");
+        let bytes = encode_message(&response).expect("the response fits one message");
+        let response: SyncResponse = decode_message(&bytes).expect("decodes");
+        let from = cluster.ids[0];
+        cluster.nodes[sleeper]
+            .handle_sync_response(30_000 + step, &from, response)
+            .expect("response");
+        cluster.drain(sleeper);
+        if cluster.blocks[sleeper].len() == count {
+            break;
+        }
+    }
+    assert_eq!(cluster.blocks[sleeper].len(), count);
 }

@@ -3,7 +3,7 @@
 //! proof that verifies), no duplicates, and no gaps. Liveness is checked by the simulator,
 //! which knows the proposals and the fault schedule.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 
 use chorus_consensus::{Block, BlockMode, ObservationHash, PeerId};
@@ -72,8 +72,8 @@ pub struct Checker {
     mode: BlockMode,
     /// Position `i`: the observation the first honest node to reach `i` output there.
     agreed: Vec<ObservationHash>,
-    /// The same, as a set, for the duplicate check and for "is it agreed".
-    agreed_set: HashSet<ObservationHash>,
+    /// The same, observation to position, for the duplicate check and for "is it agreed".
+    positions: HashMap<ObservationHash, usize>,
     violations: Vec<Violation>,
 }
 
@@ -84,7 +84,7 @@ impl Checker {
             members,
             mode,
             agreed: Vec::new(),
-            agreed_set: HashSet::new(),
+            positions: HashMap::new(),
             violations: Vec::new(),
         }
     }
@@ -124,7 +124,11 @@ impl Checker {
                 format!("block {position}: {error}"),
             );
         }
-        if !self.agreed_set.insert(block.observation_hash) {
+        if self
+            .positions
+            .insert(block.observation_hash, position)
+            .is_some()
+        {
             self.report(
                 ViolationKind::Duplicate,
                 node,
@@ -147,12 +151,12 @@ impl Checker {
 
     /// Whether `hash` has been agreed.
     pub fn is_agreed(&self, hash: &ObservationHash) -> bool {
-        self.agreed_set.contains(hash)
+        self.positions.contains_key(hash)
     }
 
     /// Position of `hash` in the agreed sequence.
     pub fn position(&self, hash: &ObservationHash) -> Option<usize> {
-        self.agreed.iter().position(|agreed| agreed == hash)
+        self.positions.get(hash).copied()
     }
 
     /// The agreed sequence so far.

@@ -222,10 +222,12 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
     let mut failed = Vec::new();
     let mut blocks = 0u64;
     let mut runs = 0u64;
+    let mut quiet_ms: Vec<u64> = Vec::new();
     for outcome in receiver {
         runs += 1;
         simulated_ms += outcome.simulated_ms;
         blocks += outcome.stats.blocks;
+        quiet_ms.extend(outcome.quiet_after_heal_ms);
         for (kind, count) in &outcome.stats.faults {
             *faults.entry(kind).or_default() += count;
         }
@@ -265,6 +267,20 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
     println!("  {:<28} {runs}", "seeds run");
     println!("  {:<28} {hours:.2}", "simulated hours");
     println!("  {:<28} {blocks}", "blocks agreed");
+    quiet_ms.sort_unstable();
+    let quiet_at = |percent: usize| {
+        quiet_ms
+            .get((quiet_ms.len() * percent / 100).min(quiet_ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let quiet_max = quiet_ms.last().copied().unwrap_or(0);
+    println!(
+        "  {:<28} p50 {} ms, p99 {} ms, max {quiet_max} ms",
+        "heal to all agreed",
+        quiet_at(50),
+        quiet_at(99)
+    );
     println!(
         "  {:<28} {:.1}",
         "wall seconds",
@@ -292,8 +308,10 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
         .map(|(kind, count)| format!("\"{kind}\":{count}"))
         .collect();
     println!(
-        "{{\"seeds\":{runs},\"simulated_hours\":{hours:.3},\"blocks\":{blocks},\"failed_seeds\":{},\"faults\":{{{}}}}}",
+        "{{\"seeds\":{runs},\"simulated_hours\":{hours:.3},\"blocks\":{blocks},\"failed_seeds\":{},\"heal_to_agreed_p50_ms\":{},\"heal_to_agreed_p99_ms\":{},\"heal_to_agreed_max_ms\":{quiet_max},\"faults\":{{{}}}}}",
         failed.len(),
+        quiet_at(50),
+        quiet_at(99),
         faults_json.join(",")
     );
     Ok(if failed.is_empty() {
@@ -332,6 +350,9 @@ fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
         stats.events_rejected,
         stats.evidence
     );
+    if let Some(quiet) = outcome.quiet_after_heal_ms {
+        println!("every honest proposal agreed everywhere {quiet} ms after the heal");
+    }
     println!("trace hash {}", hex(&outcome.trace_hash));
     if outcome.violations.is_empty() {
         println!("no violation");

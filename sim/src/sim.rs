@@ -35,13 +35,15 @@ pub fn millis(millis: u64) -> Duration {
 }
 
 /// The consensus configuration the simulator uses unless told otherwise: WAN-like gossip
-/// (every 20 ms) and a prune window wide enough that a node cut off for a few seconds can
-/// still catch up by gossip (further behind needs state transfer, which the engine adds).
+/// (every 20 ms; rounds then last about 140 ms) and a prune window of 24 rounds, so that runs
+/// of a few seconds prune (and the checkers see pruning at work) while a node cut off for
+/// about 3 s can still catch up by gossip. Further behind needs state transfer, which the
+/// engine adds.
 pub fn default_consensus_config() -> Config {
     Config {
         gossip_interval_ms: 20,
-        prune_window_rounds: 400,
-        observation_window_rounds: 800,
+        prune_window_rounds: 24,
+        observation_window_rounds: 64,
         log_records: true,
         ..Config::default()
     }
@@ -225,6 +227,7 @@ struct World {
     proposals: BTreeMap<ObservationHash, Proposal>,
     /// Virtual ms from proposal to agreement (first honest node), per agreed proposal.
     latencies_ms: Vec<u64>,
+    quiet_after_ms: Option<u64>,
     load_on: bool,
     config: Config,
     proposal_interval_ms: u64,
@@ -428,16 +431,18 @@ impl Sim {
         let world = self.world();
         world.load_on = false;
         world.note("load stopped; waiting for quiet".into());
-        let deadline = world.now_ms + bound;
-        while world.now_ms < deadline {
+        let start = world.now_ms;
+        let deadline = start + bound;
+        loop {
             if world.all_agreed() {
+                world.quiet_after_ms = Some(world.now_ms - start);
                 return true;
             }
-            let step = (world.now_ms + 100).min(deadline);
+            if world.now_ms >= deadline {
+                break;
+            }
+            let step = (world.now_ms + 10).min(deadline);
             world.run_until(step);
-        }
-        if world.all_agreed() {
-            return true;
         }
         let detail = world.liveness_detail(bound);
         let node = world.most_lagging_honest();
@@ -449,6 +454,11 @@ impl Sim {
     }
 
     // ---- Results -------------------------------------------------------------------------
+
+    /// How long the last successful `run_until_quiet` took, in virtual ms (to 10 ms).
+    pub fn quiet_after_ms(&mut self) -> Option<u64> {
+        self.world().quiet_after_ms
+    }
 
     /// Virtual time now.
     pub fn now_ms(&mut self) -> u64 {
@@ -477,6 +487,14 @@ impl Sim {
     /// order they were agreed.
     pub fn agreement_latencies_ms(&mut self) -> Vec<u64> {
         self.world().latencies_ms.clone()
+    }
+
+    /// The consensus statistics of `node` (`None` while it is crashed).
+    pub fn consensus_stats(&mut self, node: usize) -> Option<chorus_consensus::Stats> {
+        self.world().nodes[node]
+            .consensus
+            .as_ref()
+            .map(Consensus::stats)
     }
 
     /// Whether `observation` has been agreed.
@@ -514,6 +532,19 @@ impl Sim {
             .map(|consensus| consensus.to_dot(Some(rounds)))
     }
 
+    /// Writes `node`'s graph (last 12 rounds) to the temp directory; says where.
+    fn dump_dot(&mut self, node: usize) -> String {
+        let Some(dot) = self.dot(node, 12) else {
+            return format!("(node {node} is crashed: no graph to dump)");
+        };
+        let path =
+            std::env::temp_dir().join(format!("chorus-sim-seed-{}-node-{node}.dot", self.seed));
+        match std::fs::write(&path, dot) {
+            Ok(()) => format!("graph of node {node}: {}", path.display()),
+            Err(error) => format!("could not write {}: {error}", path.display()),
+        }
+    }
+
     /// Indices of the honest nodes.
     pub fn honest_nodes(&self) -> Vec<usize> {
         (0..self.setup.nodes)
@@ -524,10 +555,11 @@ impl Sim {
     /// Panics with every violation found, if any.
     pub fn assert_no_violations(&mut self) {
         let violations = self.violations();
-        if !violations.is_empty() {
+        if let Some(first) = violations.first() {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            let dump = self.dump_dot(first.node);
             panic!(
-                "seed {}: {} violation(s):\n{}",
+                "seed {}: {} violation(s):\n{}\n{dump}",
                 self.seed,
                 list.len(),
                 list.join("\n")
@@ -603,6 +635,7 @@ impl World {
             stats: SimStats::default(),
             proposals: BTreeMap::new(),
             latencies_ms: Vec::new(),
+            quiet_after_ms: None,
             load_on: setup.proposals_per_node_per_sec > 0,
             config: config.clone(),
             proposal_interval_ms: 1_000 / setup.proposals_per_node_per_sec.max(1),

@@ -417,6 +417,9 @@ pub struct SeedOutcome {
     pub stats: SimStats,
     /// Virtual time simulated.
     pub simulated_ms: u64,
+    /// Virtual time from the heal to every honest proposal agreed everywhere (`None`: not
+    /// within the liveness bound).
+    pub quiet_after_heal_ms: Option<u64>,
     /// Fingerprint of the run.
     pub trace_hash: [u8; 32],
     /// The trace, when asked for.
@@ -461,6 +464,7 @@ pub fn run_seed(seed: u64, options: &SweepOptions, traced: bool) -> SeedOutcome 
         story: plan.story(),
         stats: sim.stats(),
         simulated_ms: sim.now_ms(),
+        quiet_after_heal_ms: sim.quiet_after_ms(),
         trace_hash: sim.trace_hash(),
         trace: sim.trace_lines(),
         violations,

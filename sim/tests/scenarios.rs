@@ -69,7 +69,10 @@ fn majority_partition_keeps_committing() {
 #[test]
 fn crash_and_restart_of_a_member_mid_load() {
     let mut sim = Sim::new(13).nodes(4).load(30);
-    sim.run_for(secs(1));
+    // Long enough to prune, so the restart replays a log across pruning.
+    sim.run_for(secs(6));
+    let pruned = sim.consensus_stats(2).expect("running").events_pruned;
+    assert!(pruned > 0, "nothing pruned before the crash");
     let before_crash = height(&mut sim, 2);
     sim.crash(2);
     sim.run_for(millis(1_500));
