@@ -263,6 +263,8 @@ impl Plan {
             setup.consensus.block_mode = BlockMode::Single;
         }
         setup.proposals_per_node_per_sec = rng.gen_range(2..=30);
+        // Mostly small payloads, sometimes large ones (size limits and hashing at work).
+        setup.payload_bytes = [16, 64, 256, 1_024, 16_384][rng.gen_range(0..5)];
         let latency_min_ms = rng.gen_range(1..=10);
         setup.network = NetworkConfig {
             latency_min_ms,
@@ -377,8 +379,8 @@ impl Plan {
     /// One line per scheduled fault, for replays.
     pub fn story(&self) -> Vec<String> {
         let mut lines = vec![format!(
-            "{} nodes, {:?} blocks, byzantine {:?}, {} proposals/s/node, latency {}..={} ms \
-             (+{} ms jitter)",
+            "{} nodes, {:?} blocks, byzantine {:?}, {} proposals/s/node of {} B, latency \
+             {}..={} ms (+{} ms jitter)",
             self.setup.nodes,
             self.setup.consensus.block_mode,
             self.setup
@@ -387,6 +389,7 @@ impl Plan {
                 .map(|(node, behaviour)| format!("{node}:{behaviour}"))
                 .collect::<Vec<_>>(),
             self.setup.proposals_per_node_per_sec,
+            self.setup.payload_bytes,
             self.setup.network.latency_min_ms,
             self.setup.network.latency_max_ms,
             self.setup.network.jitter_ms,
