@@ -60,7 +60,8 @@ pub struct Setup {
     pub consensus: Config,
     /// The network.
     pub network: NetworkConfig,
-    /// Payloads each honest node proposes per virtual second while the load is on.
+    /// Payloads each honest node proposes per virtual second while the load is on (above
+    /// 1000, rounded down to whole payloads per millisecond).
     pub proposals_per_node_per_sec: u64,
     /// Bytes per proposed payload.
     pub payload_bytes: usize,
@@ -231,6 +232,9 @@ struct World {
     load_on: bool,
     config: Config,
     proposal_interval_ms: u64,
+    /// Payloads per proposal tick: 1, or rate / 1000 for rates above 1000/s (ticks are then
+    /// 1 ms apart).
+    proposals_per_tick: u64,
     payload_bytes: usize,
 }
 
@@ -638,7 +642,8 @@ impl World {
             quiet_after_ms: None,
             load_on: setup.proposals_per_node_per_sec > 0,
             config: config.clone(),
-            proposal_interval_ms: 1_000 / setup.proposals_per_node_per_sec.max(1),
+            proposal_interval_ms: (1_000 / setup.proposals_per_node_per_sec.max(1)).max(1),
+            proposals_per_tick: (setup.proposals_per_node_per_sec / 1_000).max(1),
             payload_bytes: setup.payload_bytes,
             rng,
         };
@@ -674,8 +679,8 @@ impl World {
                 .gen_range(0..config.gossip_interval_ms.max(1));
             world.schedule(phase, Item::Tick(node));
             if behaviour == Behaviour::Honest && setup.proposals_per_node_per_sec > 0 {
-                let interval = 1_000 / setup.proposals_per_node_per_sec.max(1);
-                let phase = world.rng.gossip.gen_range(0..interval.max(1));
+                let interval = world.proposal_interval_ms;
+                let phase = world.rng.gossip.gen_range(0..interval);
                 world.schedule(phase, Item::Propose(node));
             }
         }
@@ -758,18 +763,25 @@ impl World {
         if !self.load_on {
             return;
         }
-        // A little jitter so proposals do not line up with gossip ticks.
-        let jitter = self.rng.gossip.gen_range(0..=2);
+        // A little jitter so slow proposal streams do not line up with gossip ticks (fast
+        // ones propose every millisecond, where jitter would distort the rate).
+        let jitter = if self.proposal_interval_ms >= 10 {
+            self.rng.gossip.gen_range(0..=2)
+        } else {
+            0
+        };
         self.schedule(
             self.now_ms + self.proposal_interval_ms + jitter,
             Item::Propose(node),
         );
-        let counter = self.nodes[node].proposal_counter;
-        self.nodes[node].proposal_counter += 1;
-        let mut payload =
-            format!("node {node} proposal {counter} at {} ms ", self.now_ms).into_bytes();
-        payload.resize(self.payload_bytes.max(payload.len()), b'.');
-        self.propose(node, Observation::payload(payload));
+        for _ in 0..self.proposals_per_tick {
+            let counter = self.nodes[node].proposal_counter;
+            self.nodes[node].proposal_counter += 1;
+            let mut payload =
+                format!("node {node} proposal {counter} at {} ms ", self.now_ms).into_bytes();
+            payload.resize(self.payload_bytes.max(payload.len()), b'.');
+            self.propose(node, Observation::payload(payload));
+        }
     }
 
     /// Honest `node` votes for `observation`; remembered for the liveness check if accepted.
