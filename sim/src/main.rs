@@ -17,7 +17,7 @@ use std::time::Instant;
 use chorus_sim::sweep::{
     FaultKind, FaultSet, SeedOutcome, SweepOptions, parse_node_range, run_seed,
 };
-use chorus_sim::{Behaviour, Setup, Sim, secs};
+use chorus_sim::{Behaviour, Setup, Sim};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -415,8 +415,8 @@ fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
     let last = args.nodes - 1;
     // Every 5 s: one fault of each timed kind for 1 s, on the last node (honest unless the
     // group is tiny).
-    let periods = args.seconds.div_ceil(5);
-    for _ in 0..periods {
+    let end_ms = args.seconds * 1_000;
+    while sim.now_ms() < end_ms {
         if has(FaultKind::Crash) && honest.contains(&last) {
             sim.crash(last);
         }
@@ -429,11 +429,12 @@ fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
         if has(FaultKind::Slow) {
             sim.slow(last, 4);
         }
-        sim.run_for(secs(1));
+        let fault_end = (sim.now_ms() + 1_000).min(end_ms);
+        sim.run_until(fault_end);
         sim.heal();
         sim.slow(last, 1);
         sim.restart(last);
-        sim.run_for(secs(4));
+        sim.run_until((fault_end + 4_000).min(end_ms));
     }
     let simulated_s = sim.now_ms() as f64 / 1e3;
     let cpu_s = thread_cpu_seconds(&wall) - start_cpu;
