@@ -37,7 +37,8 @@ use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
 /// 3. After every input, drain the outputs:
 ///    - `poll_unpersisted()`: our own new events. Make each durable, then call
 ///      `handle_persisted(index)`. Our events are never served to peers before that, so a
-///      crash cannot make us fork our own chain.
+///      crash cannot make us fork our own chain. (With `Config::log_records`, "durable"
+///      means: its log record, and every record before it, is durable.)
 ///    - `poll_transmit()`: sync requests to send. Deliver the answer to
 ///      `handle_sync_response`; a lost one is simply forgotten.
 ///    - `poll_block()`: agreed blocks, in order. Never dropped: drain them.
@@ -82,6 +83,8 @@ pub struct Consensus {
     evidence: VecDeque<ForkEvidence>,
     observations: VecDeque<(ObservationHash, Observation)>,
     log_records: VecDeque<LogRecord>,
+    /// True while `restore` replays the log: observations are announced once, at the end.
+    replaying: bool,
     accused: HashSet<usize>,
     next_gossip_ms: u64,
     stats: Stats,
@@ -197,7 +200,15 @@ impl Consensus {
         log: impl IntoIterator<Item = LogRecord>,
         now_ms: u64,
     ) -> Result<Self, SetupError> {
+        if !config.log_records {
+            // Without a log, a second crash would replay this stale one and sign again at
+            // indices already sent: a fork.
+            return Err(SetupError::Config(
+                "restore needs log_records: a restored member must keep logging".into(),
+            ));
+        }
         let mut consensus = Self::without_events(config, key, members, now_ms)?;
+        consensus.replaying = true;
         for (position, record) in log.into_iter().enumerate() {
             consensus
                 .replay(record)
@@ -206,6 +217,8 @@ impl Consensus {
                     reason,
                 })?;
         }
+        consensus.replaying = false;
+        consensus.announce_undecided();
         if consensus.graph.head(consensus.me).is_none() {
             consensus.create_event(now_ms, None, Vec::new());
         }
@@ -233,6 +246,24 @@ impl Consensus {
             if creator != self.me {
                 return Err(format!("event of {} logged as ours", event.header.creator));
             }
+            // Our events in the log form one chain; anything else would be a fork we serve.
+            let head = self.graph.head(self.me).map(|slot| {
+                let node = self.graph.get(slot);
+                (node.index, node.hash)
+            });
+            let extends = match head {
+                None => event.header.index == 0 && event.header.self_parent.is_none(),
+                Some((index, hash)) => {
+                    event.header.index == index + 1 && event.header.self_parent == Some(hash)
+                }
+            };
+            if !extends {
+                return Err(format!(
+                    "our event at index {} does not extend our chain (head {:?})",
+                    event.header.index,
+                    head.map(|(index, _)| index)
+                ));
+            }
             // Its votes were taken from the queue when it was created.
             let sent: HashSetPrehashed<ObservationHash> = body
                 .votes_tree
@@ -254,6 +285,29 @@ impl Consensus {
             }
         }
         Ok(())
+    }
+
+    /// After a replay: announces the observations others carry that are not decided yet, in
+    /// graph order, so the caller can second them again. (During the replay nothing is
+    /// announced: the queue would fill with long-decided history and drop the live part.)
+    fn announce_undecided(&mut self) {
+        let mut carried: Vec<(Slot, ObservationHash)> = self
+            .carriers
+            .iter()
+            .map(|(hash, slot)| (*slot, *hash))
+            .collect();
+        carried.sort_unstable();
+        for (slot, hash) in carried {
+            let Some(node) = self.graph.node(slot) else {
+                continue;
+            };
+            if node.creator == self.me || self.observations.len() >= self.config.output_queue_max {
+                continue;
+            }
+            if let Some(observation) = carried_observation(node, &hash) {
+                self.observations.push_back((hash, observation));
+            }
+        }
     }
 
     /// The receipt checks, for an event read back from the log.
@@ -338,6 +392,7 @@ impl Consensus {
             evidence: VecDeque::new(),
             observations: VecDeque::new(),
             log_records: VecDeque::new(),
+            replaying: false,
             accused: HashSet::new(),
             next_gossip_ms: now_ms,
             stats: Stats::default(),
@@ -457,18 +512,27 @@ impl Consensus {
             });
         }
         let limit = self.config.events_per_sync_max;
-        // A wanted event comes with its self-ancestors (a missing fork branch is usually more
-        // than one level deep); the requester drops the ones it holds.
+        let mut bytes = RESPONSE_OVERHEAD_BYTES;
         let mut slots: Vec<Slot> = Vec::new();
+        // A wanted event comes with its self-ancestors (a missing fork branch is usually more
+        // than one level deep); the requester drops the ones it holds. Newest first within
+        // the budgets, so the wanted event itself is always sent: cutting oldest-first could
+        // fill every answer with ancestors the requester holds, forever.
         for hash in &request.wanted {
             let mut next = self.graph.slot_of(hash);
             let mut depth = 0;
             while let Some(slot) = next.filter(|_| depth < WANTED_CHAIN_DEPTH_MAX) {
+                let event_bytes = self.graph.get(slot).event.encoded_len_max();
+                if slots.len() >= limit || bytes + event_bytes > SYNC_BYTES_MAX {
+                    break;
+                }
+                bytes += event_bytes;
                 slots.push(slot);
                 depth += 1;
                 next = self.graph.node(slot).and_then(|node| node.self_parent);
             }
         }
+        let mut indexed: Vec<Slot> = Vec::new();
         for (creator, &known) in request.known.iter().enumerate() {
             let mut from_creator = self.graph.slots_of_creator_from(creator, known, limit);
             if creator == self.me {
@@ -477,25 +541,31 @@ impl Consensus {
                     durable.is_some_and(|durable| self.graph.get(slot).index <= durable)
                 });
             }
-            slots.extend(from_creator);
+            indexed.extend(from_creator);
         }
         // Slots are in insertion order, which is topological: sorting and cutting keeps
-        // every sent event's missing parents before it (see ARCHITECTURE.md, "Sync").
+        // every sent event's missing parents before it (see ARCHITECTURE.md, "Sync"). The
+        // cut is by count and by bytes, so the answer always fits one message (an answer we
+        // could not encode would leave the requester asking for it forever); every event fits,
+        // since EVENT_BYTES_MAX is far below SYNC_BYTES_MAX.
+        indexed.sort_unstable();
+        indexed.dedup();
+        for slot in indexed {
+            if slots.len() >= limit {
+                break;
+            }
+            let event_bytes = self.graph.get(slot).event.encoded_len_max();
+            if bytes + event_bytes > SYNC_BYTES_MAX {
+                break;
+            }
+            bytes += event_bytes;
+            slots.push(slot);
+        }
         slots.sort_unstable();
         slots.dedup();
-        slots.truncate(limit);
-        // And no more than fit one message: an answer we could not encode would leave the
-        // requester asking for the same events forever. (Every event fits: EVENT_BYTES_MAX
-        // is far below SYNC_BYTES_MAX.)
-        let mut bytes = RESPONSE_OVERHEAD_BYTES;
         let events = slots
             .into_iter()
-            .map(|slot| &self.graph.get(slot).event)
-            .take_while(|event| {
-                bytes += event.encoded_len_max();
-                bytes <= SYNC_BYTES_MAX
-            })
-            .map(Arc::clone)
+            .map(|slot| Arc::clone(&self.graph.get(slot).event))
             .collect();
         Ok(SyncResponse { events })
     }
@@ -665,7 +735,10 @@ impl Consensus {
         }
         for (observation_hash, observation) in first_carried {
             self.carriers.insert(observation_hash, slot);
-            if creator != self.me && self.observations.len() < self.config.output_queue_max {
+            if creator != self.me
+                && !self.replaying
+                && self.observations.len() < self.config.output_queue_max
+            {
                 self.observations
                     .push_back((observation_hash, observation.clone()));
             }
@@ -901,7 +974,7 @@ impl Consensus {
                     self.carriers.insert(hash, spare);
                     let spare_creator = self.graph.get(spare).creator;
                     if let (true, Some(observation)) = (
-                        spare_creator != self.me,
+                        spare_creator != self.me && !self.replaying,
                         carried_observation(self.graph.get(spare), &hash),
                     ) {
                         if self.observations.len() < self.config.output_queue_max {

@@ -438,3 +438,85 @@ fn sync_responses_fit_one_wire_message() {
     }
     assert_eq!(cluster.blocks[sleeper].len(), count);
 }
+
+// Proves that an event asked for by hash is sent even when its self-ancestors (which the
+// requester holds) would fill the answer: the wanted chain is sent newest first, so the
+// byte limit can no longer cut exactly the event that was asked for, on every retry.
+#[test]
+fn a_wanted_event_behind_large_ancestors_arrives() {
+    let config = Config {
+        prune_window_rounds: 10_000,
+        observation_window_rounds: 10_000,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, &config, 51, 0).expect("cluster");
+    cluster.echo_votes = false;
+    for tag in 0..75 {
+        cluster.vote(3, big_observation(tag));
+    }
+    // Member 3 builds a chain of large events; everyone pulls it.
+    let mut now = 1;
+    for _ in 0..40 {
+        now += 1;
+        cluster.sync(3, (now as usize) % 3, now).expect("sync");
+        for member in 0..3 {
+            cluster.sync(member, 3, now).expect("sync");
+        }
+    }
+    let ids = cluster.ids.clone();
+    let sorted = cluster.nodes[0].members().to_vec();
+    let position = |member: usize| sorted.iter().position(|id| *id == ids[member]).expect("id");
+    let head_index = cluster.nodes[3].sync_request().known[position(3)] - 1;
+    let head = cluster.nodes[3].own_event(head_index).expect("head");
+    let m0_head_index = cluster.nodes[0].sync_request().known[position(0)] - 1;
+    let m0_head = cluster.nodes[0]
+        .own_event(m0_head_index)
+        .expect("member 0 head");
+    // Member 3 forks its head; member 1 gets the twin, member 0 only a child of the twin.
+    let key = member_key(51, 3);
+    let (twin, _) = SignedEvent::create(
+        &key,
+        head_index,
+        head.header.self_parent,
+        head.header.other_parent,
+        head.header.created_at_ms + 1,
+        Vec::new(),
+    );
+    let twin_hash = twin.header.hash();
+    let (child, _) = SignedEvent::create(
+        &key,
+        head_index + 1,
+        Some(twin_hash),
+        Some(m0_head.header.hash()),
+        head.header.created_at_ms + 2,
+        Vec::new(),
+    );
+    let response = SyncResponse {
+        events: vec![Arc::new(twin)],
+    };
+    let report = cluster.nodes[1]
+        .handle_sync_response(now, &ids[3], response)
+        .expect("twin");
+    assert_eq!(report.inserted, 1);
+    let response = SyncResponse {
+        events: vec![Arc::new(child)],
+    };
+    cluster.nodes[0]
+        .handle_sync_response(now, &ids[1], response)
+        .expect("child");
+    for _ in 0..3 {
+        let request = cluster.nodes[0].sync_request();
+        assert!(request.wanted.contains(&twin_hash), "the twin is wanted");
+        let response = cluster.nodes[1]
+            .handle_sync_request(&ids[0], &request)
+            .expect("request");
+        cluster.nodes[0]
+            .handle_sync_response(now, &ids[1], response)
+            .expect("response");
+        cluster.drain(0);
+        if cluster.nodes[0].event_info(&twin_hash).is_some() {
+            return;
+        }
+    }
+    panic!("the wanted event never arrived");
+}

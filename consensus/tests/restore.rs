@@ -2,8 +2,10 @@
 //! durable, re-emits the same blocks, continues its own chain without forking it, and the
 //! group keeps agreeing.
 
+use std::sync::Arc;
+
 use chorus_consensus::harness::{Cluster, member_key, random_pair};
-use chorus_consensus::{Config, Consensus, LogRecord, Observation, SetupError};
+use chorus_consensus::{Config, Consensus, LogRecord, Observation, SetupError, SignedEvent};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -199,4 +201,115 @@ fn corrupt_logs_are_refused() {
     doubled.insert(gap + 1, log[gap].clone());
     let result = Consensus::restore(config(), member_key(9, CRASHED), &ids, doubled, now);
     assert!(matches!(result, Err(SetupError::CorruptLog { record, .. }) if record == gap + 1));
+}
+
+/// A cluster of `MEMBERS` with `config`, run for `steps` voting syncs; returns it with the
+/// log of member `CRASHED`.
+fn logged_run(
+    config: &Config,
+    seed: u64,
+    steps: usize,
+    now: &mut u64,
+) -> (Cluster, Vec<LogRecord>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::new(MEMBERS, config, seed, *now).expect("cluster");
+    let mut log = Vec::new();
+    while let Some(record) = cluster.nodes[CRASHED].poll_log_record() {
+        log.push(record);
+    }
+    run(&mut cluster, &mut rng, &mut log, steps, now, true);
+    (cluster, log)
+}
+
+// A log in which our own chain forks (a second event at an index we used, or a second first
+// event) is refused: restoring it would make us serve both versions, a fork in public.
+#[test]
+fn a_log_that_forks_our_chain_is_refused() {
+    let mut now = 1_000;
+    let (cluster, log) = logged_run(&config(), 10, 300, &mut now);
+    let key = member_key(10, CRASHED);
+    let last_own = log
+        .iter()
+        .rev()
+        .find_map(|record| record.created.clone())
+        .expect("own events");
+    let (twin, _) = SignedEvent::create(
+        &key,
+        last_own.header.index,
+        last_own.header.self_parent,
+        last_own.header.other_parent,
+        last_own.header.created_at_ms + 7,
+        Vec::new(),
+    );
+    let (second_genesis, _) = SignedEvent::create(&key, 0, None, None, now, Vec::new());
+    for forking in [twin, second_genesis] {
+        let mut forked = log.clone();
+        forked.push(LogRecord {
+            received: Vec::new(),
+            created: Some(Arc::new(forking)),
+        });
+        let result = Consensus::restore(config(), key.clone(), &cluster.ids, forked, now);
+        assert!(
+            matches!(result, Err(SetupError::CorruptLog { record, .. }) if record == log.len()),
+            "{:?}",
+            result.err()
+        );
+    }
+}
+
+// Restoring without `log_records` is refused: the restored member would stop logging, and a
+// second crash would replay a stale log and sign again at indices it already sent.
+#[test]
+fn restore_requires_log_records() {
+    let mut now = 1_000;
+    let (cluster, log) = logged_run(&config(), 11, 100, &mut now);
+    let off = Config::default();
+    let result = Consensus::restore(off, member_key(11, CRASHED), &cluster.ids, log, now);
+    assert!(matches!(result, Err(SetupError::Config(_))));
+}
+
+// After a replay, the observations announced for seconding are the undecided ones, not the
+// history: with a long history and a small output queue, a fresh proposal is still
+// announced.
+#[test]
+fn replay_announces_undecided_observations_not_history() {
+    let small_queue = Config {
+        output_queue_max: 20,
+        ..config()
+    };
+    let mut now = 1_000;
+    let (mut cluster, mut log) = logged_run(&small_queue, 12, 2_000, &mut now);
+    cluster.echo_votes = false;
+    let fresh = Observation::payload(b"fresh".to_vec());
+    cluster.vote(0, fresh.clone());
+    for _ in 0..20 {
+        now += 1;
+        for (requester, responder) in [(0, 1), (CRASHED, 1), (CRASHED, 0)] {
+            cluster.sync(requester, responder, now).expect("sync");
+        }
+        while let Some(record) = cluster.nodes[CRASHED].poll_log_record() {
+            log.push(record);
+        }
+    }
+    let mut restored =
+        Consensus::restore(small_queue, member_key(12, CRASHED), &cluster.ids, log, now)
+            .expect("restore");
+    let mut announced = Vec::new();
+    while let Some((hash, _)) = restored.poll_observation() {
+        announced.push(hash);
+    }
+    assert!(
+        restored.vote_for_hash(fresh.hash()).is_ok(),
+        "the fresh observation is carried and undecided"
+    );
+    assert!(
+        announced.contains(&fresh.hash()),
+        "{} announced",
+        announced.len()
+    );
+    assert!(
+        announced.len() < 20,
+        "history was announced: {}",
+        announced.len()
+    );
 }
