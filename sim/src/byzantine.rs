@@ -20,8 +20,9 @@ pub enum Behaviour {
     /// Now and then signs a second event at the index of its latest one (same parents, same
     /// votes, another timestamp) and sends it instead of the original: a fork of its chain.
     Fork,
-    /// Sends each peer its own version of its latest event, each with a different vote: the
-    /// same index, conflicting votes (equivocation).
+    /// Answers every sync with a new version of its latest event, each with a different
+    /// vote: one index, conflicting votes, a different one for every answer and so for every
+    /// peer (equivocation).
     Equivocate,
     /// Relays events with corrupted signatures, its own and others'.
     BadSignatures,
@@ -88,10 +89,13 @@ pub enum Lie {
 
 /// Rewrites an honest response as `behaviour` dictates. `latest` is the node's latest own
 /// event, `requester` the index of the node asking, `nonce` a counter that makes each lie
-/// distinct.
+/// distinct, `events_max` the most events a response may carry (a longer one would be
+/// refused whole, turning the lie into mere withholding).
+#[allow(clippy::too_many_arguments)]
 pub fn lie(
     behaviour: Behaviour,
     mut response: SyncResponse,
+    events_max: usize,
     key: &SigningKey,
     latest: Option<&Arc<SignedEvent>>,
     requester: usize,
@@ -135,6 +139,9 @@ pub fn lie(
             response
                 .events
                 .retain(|event| event.header.hash() != latest_hash);
+            if response.events.len() >= events_max {
+                response.events.pop();
+            }
             response.events.push(Arc::new(twin));
             Lie::Response(response)
         }

@@ -21,6 +21,10 @@ pub enum ViolationKind {
     Sequence,
     /// A crashed node could not restore from what it had made durable.
     Restore,
+    /// An honest node was found forking its chain (fork evidence names it).
+    HonestFork,
+    /// The simulated code panicked.
+    Panic,
     /// After the last fault healed, an honest proposal was not agreed by every honest node
     /// within the liveness bound.
     Liveness,
@@ -35,6 +39,8 @@ impl ViolationKind {
             ViolationKind::Duplicate => "duplicate",
             ViolationKind::Sequence => "sequence",
             ViolationKind::Restore => "restore",
+            ViolationKind::HonestFork => "honest-fork",
+            ViolationKind::Panic => "panic",
             ViolationKind::Liveness => "liveness",
         }
     }
@@ -72,6 +78,8 @@ pub struct Checker {
     mode: BlockMode,
     /// Position `i`: the observation the first honest node to reach `i` output there.
     agreed: Vec<ObservationHash>,
+    /// And the digest of the whole block (round, time, voters), which every node must match.
+    digests: Vec<[u8; 32]>,
     /// The same, observation to position, for the duplicate check and for "is it agreed".
     positions: HashMap<ObservationHash, usize>,
     violations: Vec<Violation>,
@@ -84,6 +92,7 @@ impl Checker {
             members,
             mode,
             agreed: Vec::new(),
+            digests: Vec::new(),
             positions: HashMap::new(),
             violations: Vec::new(),
         }
@@ -91,8 +100,16 @@ impl Checker {
 
     /// Checks a block that honest `node` output at `position` of its sequence (the node's
     /// own count, which the simulator keeps). The first node to reach a position verifies
-    /// the block's proof; the others must output the same observation.
-    pub fn on_block(&mut self, node: usize, position: usize, block: &Block, now_ms: u64) {
+    /// the block's proof; the others must output the same block (same `digest`: observation,
+    /// round, timestamp and voters).
+    pub fn on_block(
+        &mut self,
+        node: usize,
+        position: usize,
+        block: &Block,
+        digest: [u8; 32],
+        now_ms: u64,
+    ) {
         if block.sequence != position as u64 {
             self.report(
                 ViolationKind::Sequence,
@@ -111,6 +128,16 @@ impl Checker {
                     format!(
                         "block {position} is {} here but {agreed} on another honest node",
                         block.observation_hash
+                    ),
+                );
+            } else if self.digests[position] != digest {
+                self.report(
+                    ViolationKind::Agreement,
+                    node,
+                    now_ms,
+                    format!(
+                        "block {position} ({agreed}) has another round, timestamp or proof \
+                         than on another honest node"
                     ),
                 );
             }
@@ -137,6 +164,7 @@ impl Checker {
             );
         }
         self.agreed.push(block.observation_hash);
+        self.digests.push(digest);
     }
 
     /// Records a violation found elsewhere.

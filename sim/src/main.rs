@@ -52,8 +52,9 @@ struct RunOptions {
     /// phantom-votes).
     #[arg(long, default_value = "all")]
     faults: FaultSet,
-    /// Longest fault phase of a run, in virtual milliseconds.
-    #[arg(long, default_value_t = SweepOptions::default().fault_phase_ms_max)]
+    /// Longest fault phase of a run, in virtual milliseconds (at least 100).
+    #[arg(long, default_value_t = SweepOptions::default().fault_phase_ms_max,
+          value_parser = clap::value_parser!(u64).range(100..))]
     fault_phase_ms: u64,
     /// Byzantine members in every run (default: drawn from 0..=f). More than f shows what the
     /// checkers report when the fault bound is broken.
@@ -170,8 +171,11 @@ fn report_failure(outcome: &SeedOutcome, options: &RunOptions) -> Result<(), Str
         println!("  {violation}");
     }
     println!("  replay: {}", replay_command(outcome.seed, &sweep_options));
-    if let Some(path) = dump_dot(&options.dump_dir, outcome)? {
-        println!("  graph around the failure: {}", path.display());
+    // A dump that cannot be written is worth a line, not the end of the sweep.
+    match dump_dot(&options.dump_dir, outcome) {
+        Ok(Some(path)) => println!("  graph around the failure: {}", path.display()),
+        Ok(None) => {}
+        Err(error) => println!("  graph not written: {error}"),
     }
     Ok(())
 }
@@ -223,11 +227,15 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
     let mut blocks = 0u64;
     let mut runs = 0u64;
     let mut quiet_ms: Vec<u64> = Vec::new();
+    let (mut records_lost, mut own_lost, mut evidence) = (0u64, 0u64, 0u64);
     for outcome in receiver {
         runs += 1;
         simulated_ms += outcome.simulated_ms;
         blocks += outcome.stats.blocks;
         quiet_ms.extend(outcome.quiet_after_heal_ms);
+        records_lost += outcome.stats.log_records_lost;
+        own_lost += outcome.stats.own_events_lost;
+        evidence += outcome.stats.evidence;
         for (kind, count) in &outcome.stats.faults {
             *faults.entry(kind).or_default() += count;
         }
@@ -296,6 +304,8 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
         "restart",
         faults.get("restart").copied().unwrap_or(0)
     );
+    println!("  crashes lost {records_lost} unsynced log records, {own_lost} unsent own events");
+    println!("  fork evidence found by honest nodes: {evidence}");
     println!("  violations: {}", failed.len());
     for (kind, count) in &violations_by_kind {
         println!("    {kind:<26} {count}");

@@ -70,6 +70,10 @@ pub struct Setup {
     pub liveness_bound_ms: u64,
     /// Whether to keep a human-readable trace (costly; for replays).
     pub trace_lines: bool,
+    /// Each node makes its replay log durable (group commit) every this many virtual ms;
+    /// its new events are acknowledged, and may be sent, only then. A crash loses what was
+    /// not synced.
+    pub log_sync_interval_ms: u64,
 }
 
 impl Default for Setup {
@@ -83,6 +87,7 @@ impl Default for Setup {
             payload_bytes: 64,
             liveness_bound_ms: 60_000,
             trace_lines: false,
+            log_sync_interval_ms: 10,
         }
     }
 }
@@ -112,6 +117,10 @@ pub struct SimStats {
     pub proposals: u64,
     /// Blocks agreed (positions of the agreed sequence).
     pub blocks: u64,
+    /// Log records crashes lost (written, not yet synced).
+    pub log_records_lost: u64,
+    /// Own events crashes lost (created, not yet durable, never sent).
+    pub own_events_lost: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
 }
@@ -132,9 +141,18 @@ struct SimNode {
     durable_log: Vec<LogRecord>,
     /// Records written but not yet synced: a crash loses them.
     unsynced_log: Vec<LogRecord>,
+    /// Own events whose records are not synced yet: not acknowledged, never sent.
+    unsynced_own: Vec<Arc<SignedEvent>>,
     /// Observation hashes of the blocks this node output, in order (what its application
     /// consumed, kept across crashes as a real node keeps its applied state).
     blocks: Vec<ObservationHash>,
+    /// Digest of each of those blocks (observation, round, time, voters).
+    block_digests: Vec<[u8; 32]>,
+    /// Position the node's next block must have: `blocks.len()` while it runs, 0 after a
+    /// restart (a restored node re-emits its blocks from the start, in order).
+    next_position: usize,
+    /// Members this node produced fork evidence against (counted once each).
+    accused: std::collections::BTreeSet<usize>,
     /// Our latest durable own event (Byzantine nodes fork it).
     latest_own: Option<Arc<SignedEvent>>,
     /// Gossip and answers are this many times slower.
@@ -158,6 +176,7 @@ enum MessageKind {
 enum Item {
     Tick(usize),
     Propose(usize),
+    LogSync(usize),
     Deliver {
         from: usize,
         to: usize,
@@ -236,6 +255,7 @@ struct World {
     /// 1 ms apart).
     proposals_per_tick: u64,
     payload_bytes: usize,
+    log_sync_interval_ms: u64,
 }
 
 /// A simulated group. Build it with the chained setters, then tell its story:
@@ -380,7 +400,11 @@ impl Sim {
     pub fn crash(&mut self, node: usize) {
         let world = self.world();
         if world.nodes[node].consensus.take().is_some() {
-            world.nodes[node].unsynced_log.clear();
+            let sim_node = &mut world.nodes[node];
+            world.stats.log_records_lost += sim_node.unsynced_log.len() as u64;
+            world.stats.own_events_lost += sim_node.unsynced_own.len() as u64;
+            sim_node.unsynced_log.clear();
+            sim_node.unsynced_own.clear();
             world.fault("crash", format!("crash node {node}"));
         }
     }
@@ -493,6 +517,13 @@ impl Sim {
         self.world().latencies_ms.clone()
     }
 
+    /// What `node` has written but not synced yet: (log records, own events). A crash now
+    /// loses exactly this.
+    pub fn unsynced(&mut self, node: usize) -> (usize, usize) {
+        let sim_node = &self.world().nodes[node];
+        (sim_node.unsynced_log.len(), sim_node.unsynced_own.len())
+    }
+
     /// The consensus statistics of `node` (`None` while it is crashed).
     pub fn consensus_stats(&mut self, node: usize) -> Option<chorus_consensus::Stats> {
         self.world().nodes[node]
@@ -512,7 +543,7 @@ impl Sim {
     }
 
     /// Honest node `node` proposes `payload` now (besides the background load). Returns its
-    /// hash, or `None` if the node is down or refused it.
+    /// hash, or `None` if the node is down, Byzantine, or refused it.
     pub fn propose(&mut self, node: usize, payload: &[u8]) -> Option<ObservationHash> {
         self.world()
             .propose(node, Observation::payload(payload.to_vec()))
@@ -645,9 +676,9 @@ impl World {
             proposal_interval_ms: (1_000 / setup.proposals_per_node_per_sec.max(1)).max(1),
             proposals_per_tick: (setup.proposals_per_node_per_sec / 1_000).max(1),
             payload_bytes: setup.payload_bytes,
+            log_sync_interval_ms: setup.log_sync_interval_ms.max(1),
             rng,
         };
-        world.trace.update(&seed.to_le_bytes());
         for (node, key) in keys.into_iter().enumerate() {
             let behaviour = setup
                 .byzantine
@@ -665,7 +696,11 @@ impl World {
                 consensus: Some(consensus),
                 durable_log: Vec::new(),
                 unsynced_log: Vec::new(),
+                unsynced_own: Vec::new(),
                 blocks: Vec::new(),
+                block_digests: Vec::new(),
+                next_position: 0,
+                accused: std::collections::BTreeSet::new(),
                 latest_own: None,
                 slow_factor: 1,
                 lie_nonce: 0,
@@ -678,6 +713,8 @@ impl World {
                 .gossip
                 .gen_range(0..config.gossip_interval_ms.max(1));
             world.schedule(phase, Item::Tick(node));
+            let sync_phase = world.rng.gossip.gen_range(0..world.log_sync_interval_ms);
+            world.schedule(sync_phase, Item::LogSync(node));
             if behaviour == Behaviour::Honest && setup.proposals_per_node_per_sec > 0 {
                 let interval = world.proposal_interval_ms;
                 let phase = world.rng.gossip.gen_range(0..interval);
@@ -731,6 +768,7 @@ impl World {
         match item {
             Item::Tick(node) => self.on_tick(node),
             Item::Propose(node) => self.on_propose(node),
+            Item::LogSync(node) => self.on_log_sync(node),
             Item::Deliver {
                 from,
                 to,
@@ -786,6 +824,9 @@ impl World {
 
     /// Honest `node` votes for `observation`; remembered for the liveness check if accepted.
     fn propose(&mut self, node: usize, observation: Observation) -> Option<ObservationHash> {
+        if !self.nodes[node].is_honest() {
+            return None;
+        }
         let consensus = self.nodes[node].consensus.as_mut()?;
         let hash = consensus.vote_for(observation.clone()).ok()?;
         self.stats.proposals += 1;
@@ -860,6 +901,7 @@ impl World {
                 lie(
                     behaviour,
                     response,
+                    self.config.events_per_sync_max,
                     &node.key,
                     node.latest_own.as_ref(),
                     from,
@@ -868,11 +910,15 @@ impl World {
                 )
             }
         };
+        let honest = node.is_honest();
         let bytes = match reply {
             Lie::Response(response) => match encode_message(&response) {
                 Ok(bytes) => bytes,
-                // Our own response over the size limit: a configuration bug worth seeing.
-                Err(error) => panic!("node {to} cannot encode its response: {error}"),
+                // An honest response always fits (the consensus cuts it to the limit): if
+                // not, that is a bug worth a panic, which the sweep reports with the seed.
+                Err(error) if honest => panic!("node {to} cannot encode its response: {error}"),
+                // A lie grown past the limit is not sent.
+                Err(_) => return,
             },
             Lie::Bytes(bytes) => bytes,
             Lie::Nothing => return,
@@ -906,6 +952,7 @@ impl World {
         let mut requests = Vec::new();
         let mut blocks = Vec::new();
         let mut seconds = Vec::new();
+        let mut evidence_found = Vec::new();
         {
             let sim_node = &mut self.nodes[node];
             let Some(consensus) = sim_node.consensus.as_mut() else {
@@ -915,11 +962,8 @@ impl World {
                 sim_node.unsynced_log.push(record);
             }
             while let Some(event) = consensus.poll_unpersisted() {
-                // The write-ahead log syncs everything before our event, then the event may
-                // be sent.
-                sim_node.durable_log.append(&mut sim_node.unsynced_log);
-                consensus.handle_persisted(event.header.index);
-                sim_node.latest_own = Some(event);
+                // Acknowledged at the next group commit (`on_log_sync`).
+                sim_node.unsynced_own.push(event);
             }
             while let Some(transmit) = consensus.poll_transmit() {
                 requests.push(transmit);
@@ -927,9 +971,9 @@ impl World {
             while let Some(block) = consensus.poll_block() {
                 blocks.push(block);
             }
-            while let Some(_evidence) = consensus.poll_evidence() {
+            while let Some(evidence) = consensus.poll_evidence() {
                 if sim_node.behaviour == Behaviour::Honest {
-                    self.stats.evidence += 1;
+                    evidence_found.push(evidence.first.header.creator);
                 }
             }
             while let Some((hash, _)) = consensus.poll_observation() {
@@ -942,6 +986,9 @@ impl World {
         }
         for block in blocks {
             self.on_block(node, &block);
+        }
+        for offender in evidence_found {
+            self.on_evidence(node, offender);
         }
         for transmit in requests {
             let Some(to) = self.ids.iter().position(|id| *id == transmit.to) else {
@@ -967,11 +1014,22 @@ impl World {
             return;
         }
         let position = block.sequence as usize;
-        if let Some(known) = sim_node.blocks.get(position) {
+        let digest = block_digest(block);
+        if position != sim_node.next_position {
+            let detail = format!(
+                "block numbered {position} where {} was due",
+                sim_node.next_position
+            );
+            self.checker
+                .report(ViolationKind::Sequence, node, self.now_ms, detail);
+            return;
+        }
+        sim_node.next_position += 1;
+        if let Some(known) = sim_node.block_digests.get(position) {
             // A restored node re-emits what it output before the crash: it must match.
-            if *known != block.observation_hash {
+            if *known != digest {
                 let detail = format!(
-                    "restored node re-emitted {} at {position}, had {known}",
+                    "restored node re-emitted {} at {position}, unlike the block it had",
                     block.observation_hash
                 );
                 self.checker
@@ -979,23 +1037,55 @@ impl World {
             }
             return;
         }
-        let expected = sim_node.blocks.len();
         sim_node.blocks.push(block.observation_hash);
+        sim_node.block_digests.push(digest);
         self.trace.update(&(node as u64).to_le_bytes());
-        self.trace.update(&block.sequence.to_le_bytes());
-        self.trace.update(&block.observation_hash.0);
+        self.trace.update(&digest);
         if let Some(lines) = &mut self.trace_lines {
             lines.push(format!(
                 "{:>8} ms  node {node} block {} {}",
                 self.now_ms, block.sequence, block.observation_hash
             ));
         }
-        let newly_agreed = self.checker.agreed().len() == expected;
-        self.checker.on_block(node, expected, block, self.now_ms);
+        let newly_agreed = self.checker.agreed().len() == position;
+        self.checker
+            .on_block(node, position, block, digest, self.now_ms);
         if newly_agreed {
             if let Some(proposal) = self.proposals.get(&block.observation_hash) {
                 self.latencies_ms.push(self.now_ms - proposal.made_at_ms);
             }
+        }
+    }
+
+    /// Honest `node` found that `offender` forked: a violation if the offender is honest.
+    fn on_evidence(&mut self, node: usize, offender: PeerId) {
+        let Some(offender) = self.ids.iter().position(|id| *id == offender) else {
+            return;
+        };
+        if !self.nodes[node].accused.insert(offender) {
+            return;
+        }
+        self.stats.evidence += 1;
+        if self.nodes[offender].is_honest() {
+            let detail = format!("honest node {offender} forked its chain");
+            self.checker
+                .report(ViolationKind::HonestFork, node, self.now_ms, detail);
+        }
+    }
+
+    /// Group commit: the node's unsynced log records become durable, and its events in them
+    /// are acknowledged (from now on they may be sent).
+    fn on_log_sync(&mut self, node: usize) {
+        self.schedule(self.now_ms + self.log_sync_interval_ms, Item::LogSync(node));
+        let sim_node = &mut self.nodes[node];
+        let Some(consensus) = sim_node.consensus.as_mut() else {
+            return;
+        };
+        sim_node.durable_log.append(&mut sim_node.unsynced_log);
+        if let Some(latest) = sim_node.unsynced_own.pop() {
+            consensus.handle_persisted(latest.header.index);
+            sim_node.latest_own = Some(latest);
+            sim_node.unsynced_own.clear();
         }
     }
 
@@ -1009,7 +1099,10 @@ impl World {
         let sim_node = &mut self.nodes[node];
         let log = sim_node.durable_log.clone();
         match Consensus::restore(config, sim_node.key.clone(), &self.ids, log, self.now_ms) {
-            Ok(consensus) => sim_node.consensus = Some(consensus),
+            Ok(consensus) => {
+                sim_node.consensus = Some(consensus);
+                sim_node.next_position = 0;
+            }
             Err(error) => {
                 let detail = format!("restore failed: {error}");
                 self.checker
@@ -1080,4 +1173,20 @@ impl World {
             .min_by_key(|(_, node)| node.blocks.len())
             .map_or(0, |(index, _)| index)
     }
+}
+
+/// What every honest node must agree on about a block: its observation, position, round,
+/// timestamp, and who voted in which event.
+fn block_digest(block: &Block) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&block.sequence.to_le_bytes());
+    hasher.update(&block.observation_hash.0);
+    hasher.update(&block.round_received.to_le_bytes());
+    hasher.update(&block.timestamp_ms.to_le_bytes());
+    for vote in &block.proof {
+        hasher.update(&vote.event.header.creator.0);
+        hasher.update(&vote.event.header.index.to_le_bytes());
+        hasher.update(&vote.event.header.votes_root);
+    }
+    *hasher.finalize().as_bytes()
 }

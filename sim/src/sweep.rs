@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::byzantine::Behaviour;
-use crate::checker::Violation;
+use crate::checker::{Violation, ViolationKind};
 use crate::network::NetworkConfig;
 use crate::sim::{Setup, Sim, SimStats};
 
@@ -157,9 +157,10 @@ pub fn parse_node_range(text: &str) -> Result<RangeInclusive<usize>, String> {
         let count = number(text)?;
         count..=count
     };
-    if range.is_empty() || *range.start() < 1 {
+    if range.is_empty() || *range.start() < 2 {
         return Err(format!(
-            "node range {text:?} must be non-empty and start at 1 or more"
+            "node range {text:?} must be non-empty and start at 2 or more (a group of one \
+             never gossips)"
         ));
     }
     if *range.end() > 64 {
@@ -265,6 +266,8 @@ impl Plan {
         setup.proposals_per_node_per_sec = rng.gen_range(2..=30);
         // Mostly small payloads, sometimes large ones (size limits and hashing at work).
         setup.payload_bytes = [16, 64, 256, 1_024, 16_384][rng.gen_range(0..5)];
+        // Group commit every 1 to 20 ms: what a crash loses varies.
+        setup.log_sync_interval_ms = rng.gen_range(1..=20);
         let latency_min_ms = rng.gen_range(1..=10);
         setup.network = NetworkConfig {
             latency_min_ms,
@@ -431,9 +434,40 @@ pub struct SeedOutcome {
     pub dot: Option<(usize, String)>,
 }
 
-/// Runs the random run of `seed`.
+/// Runs the random run of `seed`. A panic in the simulated code is caught and reported as a
+/// `Panic` violation of that seed.
 pub fn run_seed(seed: u64, options: &SweepOptions, traced: bool) -> SeedOutcome {
     let plan = Plan::new(seed, options);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_plan(seed, &plan, traced)
+    }));
+    run.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        SeedOutcome {
+            seed,
+            nodes: plan.setup.nodes,
+            story: plan.story(),
+            violations: vec![Violation {
+                kind: ViolationKind::Panic,
+                at_ms: 0,
+                node: 0,
+                detail: message,
+            }],
+            stats: SimStats::default(),
+            simulated_ms: 0,
+            quiet_after_heal_ms: None,
+            trace_hash: [0; 32],
+            trace: Vec::new(),
+            dot: None,
+        }
+    })
+}
+
+fn run_plan(seed: u64, plan: &Plan, traced: bool) -> SeedOutcome {
     let mut setup = plan.setup.clone();
     setup.trace_lines = traced;
     let nodes = setup.nodes;
@@ -500,6 +534,7 @@ mod tests {
         assert_eq!(parse_node_range("7"), Ok(7..=7));
         assert!(parse_node_range("10..=4").is_err());
         assert!(parse_node_range("0").is_err());
+        assert!(parse_node_range("1").is_err());
         assert!(parse_node_range("four").is_err());
         assert!(parse_node_range("4..=1000").is_err());
     }
