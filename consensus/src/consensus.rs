@@ -41,7 +41,8 @@ use crate::sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
 ///      means: its log record, and every record before it, is durable.)
 ///    - `poll_transmit()`: sync requests to send. Deliver the answer to
 ///      `handle_sync_response`; a lost one is simply forgotten.
-///    - `poll_block()`: agreed blocks, in order. Never dropped: drain them.
+///    - `poll_block()`: agreed blocks, in order, each once the events of ours it may rest on
+///      are durable. Never dropped: drain them (also after `handle_persisted`).
 ///    - `poll_evidence()`: proofs that a member forked (we also vote to accuse it).
 ///    - `poll_observation()`: observations others introduced, so the caller can vote too.
 ///    - `poll_log_record()` (with `Config::log_records`): what changed the graph. Append each
@@ -79,7 +80,9 @@ pub struct Consensus {
     durable_index: Option<u64>,
     unpersisted: VecDeque<Arc<SignedEvent>>,
     transmits: VecDeque<Transmit>,
-    blocks: VecDeque<Block>,
+    /// Agreed blocks, each with the index of our latest event when it was decided: it is
+    /// output only once that event is durable (see `poll_block`).
+    blocks: VecDeque<(Block, Option<u64>)>,
     evidence: VecDeque<ForkEvidence>,
     observations: VecDeque<(ObservationHash, Observation)>,
     log_records: VecDeque<LogRecord>,
@@ -301,7 +304,10 @@ impl Consensus {
             let Some(node) = self.graph.node(slot) else {
                 continue;
             };
-            if node.creator == self.me || self.observations.len() >= self.config.output_queue_max {
+            if self.observations.len() >= self.config.output_queue_max {
+                break;
+            }
+            if node.creator == self.me {
                 continue;
             }
             if let Some(observation) = carried_observation(node, &hash) {
@@ -512,61 +518,63 @@ impl Consensus {
             });
         }
         let limit = self.config.events_per_sync_max;
-        let mut bytes = RESPONSE_OVERHEAD_BYTES;
+        let mut chosen: HashSetPrehashed<EventHash> = HashSetPrehashed::default();
         let mut slots: Vec<Slot> = Vec::new();
-        // A wanted event comes with its self-ancestors (a missing fork branch is usually more
-        // than one level deep); the requester drops the ones it holds. Newest first within
-        // the budgets, so the wanted event itself is always sent: cutting oldest-first could
-        // fill every answer with ancestors the requester holds, forever.
+        // A wanted event comes with those of its self-ancestors the requester may lack (a
+        // missing fork branch is usually more than one level deep). An ancestor below both
+        // the requester's next index for its creator and the creator's first fork is on the
+        // one chain the requester holds: the walk stops there, so held ancestors never crowd
+        // out missing events. (A pruned ancestor also ends the walk.)
         for hash in &request.wanted {
             let mut next = self.graph.slot_of(hash);
             let mut depth = 0;
-            while let Some(slot) = next.filter(|_| depth < WANTED_CHAIN_DEPTH_MAX) {
-                let event_bytes = self.graph.get(slot).event.encoded_len_max();
-                if slots.len() >= limit || bytes + event_bytes > SYNC_BYTES_MAX {
+            while let Some((slot, node)) = next
+                .filter(|_| depth < WANTED_CHAIN_DEPTH_MAX)
+                .and_then(|slot| Some((slot, self.graph.node(slot)?)))
+            {
+                let held = node.index < request.known[node.creator]
+                    && node.index < self.graph.first_fork_index(node.creator);
+                if depth > 0 && held {
                     break;
                 }
-                bytes += event_bytes;
-                slots.push(slot);
+                if chosen.insert(node.hash) {
+                    slots.push(slot);
+                }
                 depth += 1;
-                next = self.graph.node(slot).and_then(|node| node.self_parent);
+                next = node.self_parent;
             }
         }
-        let mut indexed: Vec<Slot> = Vec::new();
         for (creator, &known) in request.known.iter().enumerate() {
-            let mut from_creator = self.graph.slots_of_creator_from(creator, known, limit);
-            if creator == self.me {
-                let durable = self.durable_index;
-                from_creator.retain(|&slot| {
-                    durable.is_some_and(|durable| self.graph.get(slot).index <= durable)
-                });
+            for slot in self.graph.slots_of_creator_from(creator, known, limit) {
+                let Some(node) = self.graph.node(slot) else {
+                    continue;
+                };
+                let durable = self
+                    .durable_index
+                    .is_some_and(|durable| node.index <= durable);
+                if (creator != self.me || durable) && chosen.insert(node.hash) {
+                    slots.push(slot);
+                }
             }
-            indexed.extend(from_creator);
         }
         // Slots are in insertion order, which is topological: sorting and cutting keeps
-        // every sent event's missing parents before it (see ARCHITECTURE.md, "Sync"). The
-        // cut is by count and by bytes, so the answer always fits one message (an answer we
-        // could not encode would leave the requester asking for it forever); every event fits,
-        // since EVENT_BYTES_MAX is far below SYNC_BYTES_MAX.
-        indexed.sort_unstable();
-        indexed.dedup();
-        for slot in indexed {
-            if slots.len() >= limit {
-                break;
-            }
-            let event_bytes = self.graph.get(slot).event.encoded_len_max();
-            if bytes + event_bytes > SYNC_BYTES_MAX {
-                break;
-            }
-            bytes += event_bytes;
-            slots.push(slot);
-        }
+        // every sent event's missing parents before it or already held (see ARCHITECTURE.md,
+        // "Sync"), and the oldest missing events go first, so every answer lets the
+        // requester insert something. The cut is by count and by bytes, so the answer always
+        // fits one message (an answer we could not encode would leave the requester asking
+        // for it forever); every event fits, since EVENT_BYTES_MAX is far below
+        // SYNC_BYTES_MAX.
         slots.sort_unstable();
-        slots.dedup();
-        let events = slots
-            .into_iter()
-            .map(|slot| Arc::clone(&self.graph.get(slot).event))
-            .collect();
+        let mut bytes = RESPONSE_OVERHEAD_BYTES;
+        let mut events = Vec::new();
+        for slot in slots {
+            let event = &self.graph.get(slot).event;
+            bytes += event.encoded_len_max();
+            if events.len() >= limit || bytes > SYNC_BYTES_MAX {
+                break;
+            }
+            events.push(Arc::clone(event));
+        }
         Ok(SyncResponse { events })
     }
 
@@ -940,7 +948,11 @@ impl Consensus {
                     self.carriers.remove(&block.observation_hash);
                     self.spare_carriers.remove(&block.observation_hash);
                     self.stats.blocks += 1;
-                    self.blocks.push_back(block);
+                    let own_head = self
+                        .graph
+                        .head(self.me)
+                        .map(|slot| self.graph.get(slot).index);
+                    self.blocks.push_back((block, own_head));
                 }
             }
             self.tallies.expire(decided.round);
@@ -1046,9 +1058,19 @@ impl Consensus {
         }
     }
 
-    /// The next agreed block, in order.
+    /// The next agreed block, in order, once every event of ours it may rest on is durable
+    /// (acknowledged with `handle_persisted`).
     pub fn poll_block(&mut self) -> Option<Block> {
-        self.blocks.pop_front()
+        // A decision may rest on our latest events; until they are durable a crash could
+        // replace them by others at the same indices (they were never sent, so peers would
+        // not see a fork), and the decision could differ after the restart. So a block waits
+        // until every event of ours it may rest on is durable.
+        let (_, own_head) = self.blocks.front()?;
+        let durable = own_head.is_none_or(|head| self.durable_index.is_some_and(|d| d >= head));
+        if !durable {
+            return None;
+        }
+        self.blocks.pop_front().map(|(block, _)| block)
     }
 
     /// The next piece of fork evidence found.

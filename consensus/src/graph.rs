@@ -162,6 +162,12 @@ impl Graph {
         self.forked[creator]
     }
 
+    /// The lowest index at which `creator` forked (`u64::MAX` if it never did): below it,
+    /// every member holds the same chain.
+    pub fn first_fork_index(&self, creator: usize) -> u64 {
+        self.first_fork_index[creator]
+    }
+
     pub fn head(&self, creator: usize) -> Option<Slot> {
         self.heads[creator]
     }

@@ -520,3 +520,85 @@ fn a_wanted_event_behind_large_ancestors_arrives() {
     }
     panic!("the wanted event never arrived");
 }
+
+// Proves that a request naming the oldest held event of a creator (whose self-parent is
+// pruned) is answered, not a panic: any member could otherwise crash its peers with one
+// request.
+#[test]
+fn a_wanted_event_whose_self_parent_is_pruned_is_served() {
+    let config = Config {
+        prune_window_rounds: 10,
+        observation_window_rounds: 10,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, &config, 61, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(61);
+    run(&mut cluster, &mut rng, 0..3_000);
+    assert!(cluster.nodes[0].stats().events_pruned > 0);
+    let oldest = (0..u64::MAX)
+        .find_map(|index| cluster.nodes[0].own_event(index))
+        .expect("a held event");
+    assert!(oldest.header.index > 0, "nothing of ours was pruned");
+    let mut request = cluster.nodes[1].sync_request();
+    request.wanted = vec![oldest.header.hash()];
+    let response = cluster.nodes[0]
+        .handle_sync_request(&cluster.ids[1], &request)
+        .expect("answered");
+    assert!(
+        response
+            .events
+            .iter()
+            .any(|event| event.header.hash() == oldest.header.hash())
+    );
+}
+
+// Proves that a block resting on our latest event waits until that event is durable: a crash
+// before that could replace the event (never sent) by another at the same index, and the
+// decision made with the lost one could differ from the group's.
+#[test]
+fn blocks_wait_for_our_events_to_be_durable() {
+    let mut cluster = Cluster::new(4, &Config::default(), 62, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(62);
+    let everyone: Vec<usize> = (0..4).collect();
+    for step in 0..5_000u64 {
+        if step % 3 == 0 {
+            let payload = Observation::payload(format!("payload {step}").into_bytes());
+            cluster.vote((step % 4) as usize, payload);
+        }
+        let (requester, responder) = random_pair(&mut rng, &everyone);
+        if requester != 0 {
+            cluster.sync(requester, responder, step).expect("sync");
+            continue;
+        }
+        // Member 0 by hand: sync, and hold its new event back.
+        let request = cluster.nodes[0].sync_request();
+        let response = cluster.nodes[responder]
+            .handle_sync_request(&cluster.ids[0], &request)
+            .expect("request");
+        let decided_before = cluster.nodes[0].stats().blocks;
+        let from = cluster.ids[responder];
+        let node = &mut cluster.nodes[0];
+        node.handle_sync_response(step, &from, response)
+            .expect("response");
+        let decided = node.stats().blocks > decided_before;
+        let unpersisted: Vec<_> = std::iter::from_fn(|| node.poll_unpersisted()).collect();
+        if decided && !unpersisted.is_empty() {
+            assert!(
+                node.poll_block().is_none(),
+                "a block came out before our event was durable"
+            );
+            let last = unpersisted.last().expect("event").header.index;
+            node.handle_persisted(last);
+            assert!(
+                node.poll_block().is_some(),
+                "the block is out once the event is durable"
+            );
+            return;
+        }
+        for event in unpersisted {
+            node.handle_persisted(event.header.index);
+        }
+        cluster.drain(0);
+    }
+    panic!("no step decided a block while an event of member 0 waited");
+}

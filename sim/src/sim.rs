@@ -1086,6 +1086,8 @@ impl World {
             consensus.handle_persisted(latest.header.index);
             sim_node.latest_own = Some(latest);
             sim_node.unsynced_own.clear();
+            // Blocks that waited for these events to be durable are out now.
+            self.drain(node);
         }
     }
 
@@ -1137,7 +1139,8 @@ impl World {
         self.nodes
             .iter()
             .filter(|node| node.is_honest())
-            .all(|node| node.consensus.is_some() && node.blocks.len() >= needed)
+            // What the node has output since its last restart, not what it held before.
+            .all(|node| node.consensus.is_some() && node.next_position >= needed)
     }
 
     fn liveness_detail(&self, bound_ms: u64) -> String {
@@ -1153,7 +1156,7 @@ impl World {
             .iter()
             .enumerate()
             .filter(|(_, node)| node.is_honest())
-            .map(|(index, node)| format!("node {index}: {}", node.blocks.len()))
+            .map(|(index, node)| format!("node {index}: {}", node.next_position))
             .collect();
         format!(
             "{} of {} honest proposals not agreed {bound_ms} ms after the last fault healed \
@@ -1170,7 +1173,7 @@ impl World {
             .iter()
             .enumerate()
             .filter(|(_, node)| node.is_honest())
-            .min_by_key(|(_, node)| node.blocks.len())
+            .min_by_key(|(_, node)| node.next_position)
             .map_or(0, |(index, _)| index)
     }
 }
@@ -1184,9 +1187,7 @@ fn block_digest(block: &Block) -> [u8; 32] {
     hasher.update(&block.round_received.to_le_bytes());
     hasher.update(&block.timestamp_ms.to_le_bytes());
     for vote in &block.proof {
-        hasher.update(&vote.event.header.creator.0);
-        hasher.update(&vote.event.header.index.to_le_bytes());
-        hasher.update(&vote.event.header.votes_root);
+        hasher.update(&vote.event.header.hash().0);
     }
     *hasher.finalize().as_bytes()
 }
