@@ -19,6 +19,17 @@ fn config() -> Config {
     }
 }
 
+/// Appends member `CRASHED`'s new log records to `log` (and drops the others' records).
+fn drain_log(cluster: &mut Cluster, log: &mut Vec<LogRecord>) {
+    for (index, node) in cluster.nodes.iter_mut().enumerate() {
+        while let Some(record) = node.poll_log_record() {
+            if index == CRASHED {
+                log.push(record);
+            }
+        }
+    }
+}
+
 /// Runs `steps` random syncs (with a vote every few steps if `voting`), appending member
 /// `CRASHED`'s log records to `log` as they come.
 fn run(
@@ -43,13 +54,7 @@ fn run(
         cluster
             .sync(requester, responder, *now)
             .expect("honest sync");
-        for (index, node) in cluster.nodes.iter_mut().enumerate() {
-            while let Some(record) = node.poll_log_record() {
-                if index == CRASHED {
-                    log.push(record);
-                }
-            }
-        }
+        drain_log(cluster, log);
     }
 }
 
@@ -61,13 +66,7 @@ fn restored_member_resumes_without_forking() {
     let mut now = 1_000;
     let mut cluster = Cluster::new(MEMBERS, &config(), 7, now).expect("cluster");
     let mut log = Vec::new();
-    for (index, node) in cluster.nodes.iter_mut().enumerate() {
-        while let Some(record) = node.poll_log_record() {
-            if index == CRASHED {
-                log.push(record);
-            }
-        }
-    }
+    drain_log(&mut cluster, &mut log);
     run(&mut cluster, &mut rng, &mut log, 3_000, &mut now, true);
     let before = cluster.nodes[CRASHED].stats();
     assert!(before.blocks > 20, "the run agreed too little: {before:?}");
@@ -114,13 +113,7 @@ fn restore_from_a_truncated_log_catches_up() {
     let mut now = 1_000;
     let mut cluster = Cluster::new(MEMBERS, &config(), 8, now).expect("cluster");
     let mut log = Vec::new();
-    for (index, node) in cluster.nodes.iter_mut().enumerate() {
-        while let Some(record) = node.poll_log_record() {
-            if index == CRASHED {
-                log.push(record);
-            }
-        }
-    }
+    drain_log(&mut cluster, &mut log);
     run(&mut cluster, &mut rng, &mut log, 1_000, &mut now, true);
     // Crash when the log ends with records that hold no event of ours: those were never
     // synced (a write-ahead log syncs before each own event is sent) and are lost.
@@ -168,13 +161,7 @@ fn corrupt_logs_are_refused() {
     let mut now = 1_000;
     let mut cluster = Cluster::new(MEMBERS, &config(), 9, now).expect("cluster");
     let mut log = Vec::new();
-    for (index, node) in cluster.nodes.iter_mut().enumerate() {
-        while let Some(record) = node.poll_log_record() {
-            if index == CRASHED {
-                log.push(record);
-            }
-        }
-    }
+    drain_log(&mut cluster, &mut log);
     run(&mut cluster, &mut rng, &mut log, 300, &mut now, true);
     let ids = cluster.ids.clone();
     // Someone else's log.
@@ -214,9 +201,7 @@ fn logged_run(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::new(MEMBERS, config, seed, *now).expect("cluster");
     let mut log = Vec::new();
-    while let Some(record) = cluster.nodes[CRASHED].poll_log_record() {
-        log.push(record);
-    }
+    drain_log(&mut cluster, &mut log);
     run(&mut cluster, &mut rng, &mut log, steps, now, true);
     (cluster, log)
 }
@@ -287,9 +272,7 @@ fn replay_announces_undecided_observations_not_history() {
         for (requester, responder) in [(0, 1), (CRASHED, 1), (CRASHED, 0)] {
             cluster.sync(requester, responder, now).expect("sync");
         }
-        while let Some(record) = cluster.nodes[CRASHED].poll_log_record() {
-            log.push(record);
-        }
+        drain_log(&mut cluster, &mut log);
     }
     let mut restored =
         Consensus::restore(small_queue, member_key(12, CRASHED), &cluster.ids, log, now)

@@ -276,12 +276,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
     println!("  {:<28} {hours:.2}", "simulated hours");
     println!("  {:<28} {blocks}", "blocks agreed");
     quiet_ms.sort_unstable();
-    let quiet_at = |percent: usize| {
-        quiet_ms
-            .get((quiet_ms.len() * percent / 100).min(quiet_ms.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let quiet_at = |percent: usize| percentile(&quiet_ms, percent);
     let quiet_max = quiet_ms.last().copied().unwrap_or(0);
     println!(
         "  {:<28} p50 {} ms, p99 {} ms, max {quiet_max} ms",
@@ -373,6 +368,14 @@ fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
     }
 }
 
+/// The `percent`-th percentile of `sorted` (0 when empty).
+fn percentile(sorted: &[u64], percent: usize) -> u64 {
+    sorted
+        .get((sorted.len() * percent / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -450,20 +453,14 @@ fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
     let cpu_s = thread_cpu_seconds(&wall) - start_cpu;
     let mut latencies = sim.agreement_latencies_ms();
     latencies.sort_unstable();
-    let percentile = |p: usize| {
-        latencies
-            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     BenchRun {
         label: faults.to_string(),
         offered: sim.stats().proposals,
         payloads: latencies.len() as u64,
         simulated_s,
         cpu_s,
-        p50_ms: percentile(50),
-        p99_ms: percentile(99),
+        p50_ms: percentile(&latencies, 50),
+        p99_ms: percentile(&latencies, 99),
         violations: sim.violations().len(),
     }
 }
