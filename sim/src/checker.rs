@@ -101,7 +101,7 @@ impl Checker {
     /// Checks a block that honest `node` output at `position` of its sequence (the node's
     /// own count, which the simulator keeps). The first node to reach a position verifies
     /// the block's proof; the others must output the same block (same `digest`: observation,
-    /// round, timestamp and voters).
+    /// round, timestamp and voting events).
     pub fn on_block(
         &mut self,
         node: usize,
