@@ -1,0 +1,33 @@
+//! Event sourcing for Chorus.
+//!
+//! - **Domain model** ([`domain`]): the [`Aggregate`] trait (deterministic `handle` and
+//!   `apply`), typed events with stable type names and schema versions, upcasters.
+//! - **Envelopes** ([`envelope`], [`ids`], [`names`]): stream keys `Category@id` in databases,
+//!   event and command envelopes with causation and correlation ids.
+//! - **Event store** ([`store`]): one redb file; atomic multi-stream appends with expected
+//!   versions, idempotency by command id and event id, group commit, reads of streams,
+//!   categories, event types and `$all`, listings, stream metadata, corrections.
+//! - **On top of the store**: repositories with snapshots ([`repository`]), catch-up
+//!   subscriptions ([`subscription`]), checkpointed projections ([`projection`]), process
+//!   managers and an event router ([`process`]), a given/when/then test kit ([`testkit`]).
+//! - **Examples** ([`examples`]): `Notebook`, `BankAccount` and a transfer saga between accounts.
+//!
+//! Architecture invariant: aggregate code is deterministic. Time and ids come from the command
+//! or the agreed block, never from the machine; nothing here reads a clock or draws randomness.
+
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod names;
+pub mod store;
+
+pub use envelope::{
+    AppendBatch, AppendOutcome, ExpectedVersion, Filter, NewEvent, RecordedEvent, StreamInfo,
+    StreamMetadata, StreamOutcome, StreamWrite,
+};
+pub use error::{NameError, StoreError};
+pub use ids::{CommandId, EventId, MessageId};
+pub use names::{CategoryName, DatabaseName, StreamKey, TypeName};
+pub use store::{Direction, EventStore, ReadSlice, SnapshotRecord, StreamSlice};

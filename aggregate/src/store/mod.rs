@@ -1,0 +1,220 @@
+//! The durable event store: one redb file per node.
+//!
+//! Layout (every table is created when the file is created):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `events` | global position | the event record ([`crate::codec`]) |
+//! | `streams` | qualified stream key | stream record: number, version, metadata, flags |
+//! | `stream_names` | stream number | qualified stream key |
+//! | `stream_events` | (stream number, sequence) | global position |
+//! | `databases` | database | () |
+//! | `categories` | (database, category) | category number |
+//! | `category_streams` | (category number, stream id) | stream number |
+//! | `category_events` | (category number, position) | () |
+//! | `types` / `type_names` | type name / type number | type number / type name |
+//! | `type_events` | (type number, position) | () |
+//! | `event_ids` | event id | global position |
+//! | `commands` | command id | the append's outcome |
+//! | `superseded` | position of a superseded event | position of its correction |
+//! | `snapshots` | stream number | snapshot record |
+//! | `checkpoints` | subscriber name | its checkpoint record |
+//! | `meta` | counter name | counter |
+//!
+//! Architecture invariant: one write transaction per call that writes, so a batch (or a group
+//! of batches) is durable whole or not at all, with one fsync however many events it holds.
+//! Architecture invariant: the store reads no clock; "now" for `max_age_ms` is the newest
+//! agreed timestamp it holds.
+
+mod read;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+pub use read::{Direction, ReadSlice, StreamSlice};
+pub use write::GroupOutcome;
+
+use crate::envelope::StreamMetadata;
+use crate::error::StoreError;
+
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(crate) const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
+pub(crate) const STREAM_NAMES: TableDefinition<u64, &str> = TableDefinition::new("stream_names");
+pub(crate) const STREAM_EVENTS: TableDefinition<(u64, u64), u64> =
+    TableDefinition::new("stream_events");
+pub(crate) const DATABASES: TableDefinition<&str, ()> = TableDefinition::new("databases");
+pub(crate) const CATEGORIES: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("categories");
+pub(crate) const CATEGORY_STREAMS: TableDefinition<(u64, &str), u64> =
+    TableDefinition::new("category_streams");
+pub(crate) const CATEGORY_EVENTS: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("category_events");
+pub(crate) const TYPES: TableDefinition<&str, u64> = TableDefinition::new("types");
+pub(crate) const TYPE_NAMES: TableDefinition<u64, &str> = TableDefinition::new("type_names");
+pub(crate) const TYPE_EVENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("type_events");
+pub(crate) const EVENT_IDS: TableDefinition<[u8; 16], u64> = TableDefinition::new("event_ids");
+pub(crate) const COMMANDS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("commands");
+pub(crate) const SUPERSEDED: TableDefinition<u64, u64> = TableDefinition::new("superseded");
+pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Names of the counters in `meta`.
+pub(crate) mod counter {
+    pub const HEAD_POSITION: &str = "head_position";
+    pub const NEXT_STREAM_NO: &str = "next_stream_no";
+    pub const NEXT_CATEGORY_NO: &str = "next_category_no";
+    pub const NEXT_TYPE_NO: &str = "next_type_no";
+    pub const LATEST_TIMESTAMP_MS: &str = "latest_timestamp_ms";
+    pub const FORMAT: &str = "format";
+}
+
+/// The layout version this code writes; a file of another layout is refused at open.
+const FORMAT_VERSION: u64 = 1;
+
+/// What the `streams` table holds per stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StreamRecord {
+    pub stream_no: u64,
+    pub category_no: u64,
+    pub version: u64,
+    pub metadata: StreamMetadata,
+    /// Soft delete: reads hide events up to this sequence number.
+    pub hidden_through: u64,
+    pub deleted: bool,
+    pub last_timestamp_ms: u64,
+    /// Whether any event of the stream was ever superseded; reads look corrections up only then.
+    pub corrected: bool,
+}
+
+/// A snapshot of an aggregate's state at a stream version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// The aggregate's schema version when the snapshot was taken; another schema's snapshot
+    /// is ignored.
+    pub schema_version: u32,
+    /// The stream version the state reflects.
+    pub version: u64,
+    /// The encoded state.
+    pub state: Vec<u8>,
+}
+
+/// The durable event store. Cheap to share by reference across threads: reads run in parallel,
+/// writes are serialised by redb.
+pub struct EventStore {
+    database: Database,
+    path: PathBuf,
+    /// The head position as of the last commit, for waking subscribers.
+    head: Mutex<u64>,
+    head_changed: Condvar,
+}
+
+impl EventStore {
+    /// Opens the store at `path`, creating the file and its tables if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let database = Database::create(&path)?;
+        let transaction = database.begin_write()?;
+        {
+            let mut meta = transaction.open_table(META)?;
+            let format = meta.get(counter::FORMAT)?.map(|guard| guard.value());
+            match format {
+                None => {
+                    meta.insert(counter::FORMAT, FORMAT_VERSION)?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} has layout version {other}; this build reads {FORMAT_VERSION}",
+                        path.display()
+                    )));
+                }
+            }
+            transaction.open_table(EVENTS)?;
+            transaction.open_table(STREAMS)?;
+            transaction.open_table(STREAM_NAMES)?;
+            transaction.open_table(STREAM_EVENTS)?;
+            transaction.open_table(DATABASES)?;
+            transaction.open_table(CATEGORIES)?;
+            transaction.open_table(CATEGORY_STREAMS)?;
+            transaction.open_table(CATEGORY_EVENTS)?;
+            transaction.open_table(TYPES)?;
+            transaction.open_table(TYPE_NAMES)?;
+            transaction.open_table(TYPE_EVENTS)?;
+            transaction.open_table(EVENT_IDS)?;
+            transaction.open_table(COMMANDS)?;
+            transaction.open_table(SUPERSEDED)?;
+            transaction.open_table(SNAPSHOTS)?;
+            transaction.open_table(CHECKPOINTS)?;
+        }
+        transaction.commit()?;
+        let store = Self {
+            database,
+            path,
+            head: Mutex::new(0),
+            head_changed: Condvar::new(),
+        };
+        let head = store.head_position()?;
+        *store.head.lock().unwrap_or_else(PoisonError::into_inner) = head;
+        Ok(store)
+    }
+
+    /// The file the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The global position of the newest event (0 when the store is empty).
+    pub fn head_position(&self) -> Result<u64, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let meta = transaction.open_table(META)?;
+        Ok(read_counter(&meta, counter::HEAD_POSITION)?)
+    }
+
+    /// The newest agreed timestamp in the store: the "now" of `max_age_ms`.
+    pub fn latest_timestamp_ms(&self) -> Result<u64, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let meta = transaction.open_table(META)?;
+        Ok(read_counter(&meta, counter::LATEST_TIMESTAMP_MS)?)
+    }
+
+    /// Blocks until the head moves past `position` or `timeout` passes; returns the head.
+    /// Subscriptions use this to go from catch-up to live without polling.
+    pub fn wait_for_head_after(&self, position: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        while *head <= position {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            head = self
+                .head_changed
+                .wait_timeout(head, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *head
+    }
+
+    /// Records a new head after a commit and wakes waiting subscribers.
+    fn publish_head(&self, head: u64) {
+        let mut current = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        if head > *current {
+            *current = head;
+            self.head_changed.notify_all();
+        }
+    }
+}
+
+pub(crate) fn read_counter(
+    table: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, redb::StorageError> {
+    Ok(table.get(name)?.map(|guard| guard.value()).unwrap_or(0))
+}

@@ -1,0 +1,552 @@
+//! Reads: streams forward and backward, the global order (`$all`), categories and event types
+//! from a position, listings, and the records of snapshots, checkpoints and commands. Every read
+//! runs in one read transaction, so it sees one consistent state, and every event read passes
+//! through the same visibility rules: soft delete, `truncate_before`, `max_count`, `max_age_ms`
+//! and corrections.
+
+use std::collections::HashMap;
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+
+use super::{
+    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, DATABASES, EVENTS,
+    EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED, SnapshotRecord,
+    StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, counter, read_counter, write::stream_record,
+};
+use crate::codec::{DiskEvent, decode_record};
+use crate::envelope::{AppendOutcome, Filter, RecordedEvent, StreamInfo};
+use crate::error::StoreError;
+use crate::ids::{CommandId, EventId, MessageId};
+use crate::limits::{LIST_COUNT_MAX, READ_COUNT_MAX};
+use crate::names::{CategoryName, DatabaseName, StreamKey, TypeName};
+
+/// Most index entries one read scans past hidden events before it returns what it has, so a
+/// read over a long hidden stretch is bounded and pages on.
+const READ_SCAN_MAX: usize = 10 * READ_COUNT_MAX;
+
+/// Which way a read goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first, from the given number up.
+    Forward,
+    /// Newest first, from the given number down.
+    Backward,
+}
+
+/// A page of one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSlice {
+    /// The visible events, in the read's direction.
+    pub events: Vec<RecordedEvent>,
+    /// The stream's version when it was read (0 when it does not exist).
+    pub version: u64,
+    /// The sequence number to read from for the next page; `None` at the end.
+    pub next: Option<u64>,
+}
+
+/// A page of a category, event type or `$all` read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadSlice {
+    /// The visible events, in the read's direction.
+    pub events: Vec<RecordedEvent>,
+    /// The global position to read from for the next page; `None` at the end.
+    pub next: Option<u64>,
+    /// The store's head position when it was read.
+    pub head_position: u64,
+}
+
+impl EventStore {
+    /// Reads up to `count` events of a stream from sequence number `from` (inclusive), forward
+    /// or backward. `Direction::Backward` from `u64::MAX` reads the newest events.
+    pub fn read_stream(
+        &self,
+        stream: &StreamKey,
+        from: u64,
+        direction: Direction,
+        count: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let mut reader = Reader::new(&transaction)?;
+        let Some(record) = stream_record(&reader.streams, stream)? else {
+            return Ok(StreamSlice {
+                events: Vec::new(),
+                version: 0,
+                next: None,
+            });
+        };
+        let stream_no = record.stream_no;
+        let version = record.version;
+        reader
+            .known_streams
+            .insert(stream_no, (stream.clone(), record));
+        let positions: Box<dyn Iterator<Item = _>> = match direction {
+            Direction::Forward => Box::new(
+                reader
+                    .stream_events
+                    .range((stream_no, from.max(1))..=(stream_no, u64::MAX))?,
+            ),
+            Direction::Backward => Box::new(
+                reader
+                    .stream_events
+                    .range((stream_no, 0)..=(stream_no, from))?
+                    .rev(),
+            ),
+        };
+        let positions = positions.map(|entry| {
+            let (key, position) = entry?;
+            Ok((key.value().1, position.value()))
+        });
+        let (events, next) = reader.collect(positions, count)?;
+        Ok(StreamSlice {
+            events,
+            version,
+            next,
+        })
+    }
+
+    /// Reads up to `count` events matching `filter` from global position `from` (inclusive),
+    /// forward or backward. Pages through `$all`, a category, an event type or (by position) a
+    /// stream.
+    pub fn read(
+        &self,
+        filter: &Filter,
+        from: u64,
+        direction: Direction,
+        count: usize,
+    ) -> Result<ReadSlice, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let mut reader = Reader::new(&transaction)?;
+        let head_position = reader.head_position;
+        let (low, high) = match direction {
+            Direction::Forward => (from, u64::MAX),
+            Direction::Backward => (0, from),
+        };
+        fn ordered<'a, T: 'a>(
+            range: impl DoubleEndedIterator<Item = T> + 'a,
+            direction: Direction,
+        ) -> Box<dyn Iterator<Item = T> + 'a> {
+            match direction {
+                Direction::Forward => Box::new(range),
+                Direction::Backward => Box::new(range.rev()),
+            }
+        }
+        let empty = || ReadSlice {
+            events: Vec::new(),
+            next: None,
+            head_position,
+        };
+        // Each index yields (the number to page on, the event's position).
+        let positions: Box<dyn Iterator<Item = Result<(u64, u64), StoreError>>> = match filter {
+            Filter::All => {
+                let range = transaction.open_table(EVENTS)?.range(low..=high)?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.0.value();
+                        Ok((position, position))
+                    })
+                    .boxed()
+            }
+            Filter::Category(database, category) => {
+                let Some(category_no) = reader.category_number(database, category)? else {
+                    return Ok(empty());
+                };
+                let range = reader
+                    .category_events
+                    .range((category_no, low)..=(category_no, high))?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.0.value().1;
+                        Ok((position, position))
+                    })
+                    .boxed()
+            }
+            Filter::EventType(event_type) => {
+                let types = transaction.open_table(TYPES)?;
+                let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value())
+                else {
+                    return Ok(empty());
+                };
+                let range = transaction
+                    .open_table(TYPE_EVENTS)?
+                    .range((type_no, low)..=(type_no, high))?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.0.value().1;
+                        Ok((position, position))
+                    })
+                    .boxed()
+            }
+            Filter::Stream(stream) => {
+                let Some(record) = stream_record(&reader.streams, stream)? else {
+                    return Ok(empty());
+                };
+                let stream_no = record.stream_no;
+                let first = reader.first_sequence_at_or_after(stream_no, record.version, low)?;
+                let last = reader.last_sequence_at_or_before(stream_no, record.version, high)?;
+                reader
+                    .known_streams
+                    .insert(stream_no, (stream.clone(), record));
+                if first > last {
+                    return Ok(empty());
+                }
+                let range = reader
+                    .stream_events
+                    .range((stream_no, first)..=(stream_no, last))?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.1.value();
+                        Ok((position, position))
+                    })
+                    .boxed()
+            }
+        };
+        let (events, next) = reader.collect(positions, count)?;
+        Ok(ReadSlice {
+            events,
+            next,
+            head_position,
+        })
+    }
+
+    /// What the store knows about a stream; `None` if it never had an event.
+    pub fn stream_info(&self, stream: &StreamKey) -> Result<Option<StreamInfo>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let streams = transaction.open_table(STREAMS)?;
+        Ok(stream_record(&streams, stream)?.map(|record| info(stream.clone(), record)))
+    }
+
+    /// Every database with at least one stream, in name order.
+    pub fn list_databases(&self) -> Result<Vec<DatabaseName>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let databases = transaction.open_table(DATABASES)?;
+        let mut names = Vec::new();
+        for entry in databases.iter()?.take(LIST_COUNT_MAX) {
+            names.push(DatabaseName::new(entry?.0.value()).map_err(corrupt_name)?);
+        }
+        Ok(names)
+    }
+
+    /// Every category of a database, in name order.
+    pub fn list_categories(
+        &self,
+        database: &DatabaseName,
+    ) -> Result<Vec<CategoryName>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let categories = transaction.open_table(CATEGORIES)?;
+        let mut names = Vec::new();
+        for entry in categories.range((database.as_str(), "")..)? {
+            let (key, _) = entry?;
+            let (entry_database, category) = key.value();
+            if entry_database != database.as_str() || names.len() == LIST_COUNT_MAX {
+                break;
+            }
+            names.push(CategoryName::new(category).map_err(corrupt_name)?);
+        }
+        Ok(names)
+    }
+
+    /// Up to `count` live (not soft-deleted) streams of a category, in id order, starting after
+    /// the id `after` (for paging).
+    pub fn list_streams(
+        &self,
+        database: &DatabaseName,
+        category: &CategoryName,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let reader = Reader::new(&transaction)?;
+        let Some(category_no) = reader.category_number(database, category)? else {
+            return Ok(Vec::new());
+        };
+        let count = count.min(LIST_COUNT_MAX);
+        let mut listed = Vec::new();
+        let start = after.unwrap_or("");
+        for entry in reader.category_streams.range((category_no, start)..)? {
+            let (key, _) = entry?;
+            let (entry_category, id) = key.value();
+            if entry_category != category_no || listed.len() == count {
+                break;
+            }
+            if after == Some(id) {
+                continue;
+            }
+            let stream = StreamKey::in_database(database.clone(), category.as_str(), id)
+                .map_err(corrupt_name)?;
+            let record = stream_record(&reader.streams, &stream)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("stream {stream} is listed but has no record"))
+            })?;
+            if !record.deleted {
+                listed.push(info(stream, record));
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Every event type the store has seen, in name order.
+    pub fn list_event_types(&self) -> Result<Vec<TypeName>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let types = transaction.open_table(TYPES)?;
+        let mut names = Vec::new();
+        for entry in types.iter()?.take(LIST_COUNT_MAX) {
+            names.push(TypeName::new(entry?.0.value()).map_err(corrupt_name)?);
+        }
+        Ok(names)
+    }
+
+    /// The outcome of an earlier append with this command id, if there was one.
+    pub fn command_outcome(
+        &self,
+        command_id: CommandId,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let commands = transaction.open_table(COMMANDS)?;
+        match commands.get(command_id.0)? {
+            Some(guard) => Ok(Some(decode_record("command", guard.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest snapshot of a stream's aggregate, if one was saved.
+    pub fn read_snapshot(&self, stream: &StreamKey) -> Result<Option<SnapshotRecord>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let streams = transaction.open_table(STREAMS)?;
+        let Some(record) = stream_record(&streams, stream)? else {
+            return Ok(None);
+        };
+        let snapshots = transaction.open_table(SNAPSHOTS)?;
+        match snapshots.get(record.stream_no)? {
+            Some(guard) => Ok(Some(decode_record("snapshot", guard.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A subscriber's checkpoint record, if one was saved.
+    pub fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let transaction = self.database.begin_read()?;
+        let checkpoints = transaction.open_table(CHECKPOINTS)?;
+        Ok(checkpoints.get(name)?.map(|guard| guard.value().to_vec()))
+    }
+}
+
+trait Boxed<'a, T> {
+    fn boxed(self) -> Box<dyn Iterator<Item = T> + 'a>;
+}
+
+impl<'a, T, I: Iterator<Item = T> + 'a> Boxed<'a, T> for I {
+    fn boxed(self) -> Box<dyn Iterator<Item = T> + 'a> {
+        Box::new(self)
+    }
+}
+
+fn info(stream: StreamKey, record: StreamRecord) -> StreamInfo {
+    StreamInfo {
+        stream,
+        version: record.version,
+        metadata: record.metadata,
+        deleted: record.deleted,
+        last_timestamp_ms: record.last_timestamp_ms,
+    }
+}
+
+fn corrupt_name(error: crate::error::NameError) -> StoreError {
+    StoreError::Corrupt(format!("a stored name does not parse: {error}"))
+}
+
+/// The tables and caches of one read: stream and type numbers resolve to names once per read.
+struct Reader {
+    events: redb::ReadOnlyTable<u64, &'static [u8]>,
+    streams: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    stream_names: redb::ReadOnlyTable<u64, &'static str>,
+    stream_events: redb::ReadOnlyTable<(u64, u64), u64>,
+    categories: redb::ReadOnlyTable<(&'static str, &'static str), u64>,
+    category_streams: redb::ReadOnlyTable<(u64, &'static str), u64>,
+    category_events: redb::ReadOnlyTable<(u64, u64), ()>,
+    type_names: redb::ReadOnlyTable<u64, &'static str>,
+    superseded: redb::ReadOnlyTable<u64, u64>,
+    head_position: u64,
+    latest_timestamp_ms: u64,
+    known_streams: HashMap<u64, (StreamKey, StreamRecord)>,
+    known_types: HashMap<u64, TypeName>,
+}
+
+impl Reader {
+    fn new(transaction: &ReadTransaction) -> Result<Self, StoreError> {
+        let meta = transaction.open_table(META)?;
+        Ok(Self {
+            events: transaction.open_table(EVENTS)?,
+            streams: transaction.open_table(STREAMS)?,
+            stream_names: transaction.open_table(STREAM_NAMES)?,
+            stream_events: transaction.open_table(STREAM_EVENTS)?,
+            categories: transaction.open_table(CATEGORIES)?,
+            category_streams: transaction.open_table(CATEGORY_STREAMS)?,
+            category_events: transaction.open_table(CATEGORY_EVENTS)?,
+            type_names: transaction.open_table(TYPE_NAMES)?,
+            superseded: transaction.open_table(SUPERSEDED)?,
+            head_position: read_counter(&meta, counter::HEAD_POSITION)?,
+            latest_timestamp_ms: read_counter(&meta, counter::LATEST_TIMESTAMP_MS)?,
+            known_streams: HashMap::new(),
+            known_types: HashMap::new(),
+        })
+    }
+
+    fn category_number(
+        &self,
+        database: &DatabaseName,
+        category: &CategoryName,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .categories
+            .get((database.as_str(), category.as_str()))?
+            .map(|guard| guard.value()))
+    }
+
+    /// Gathers up to `count` visible events from `positions` (pairs of the number to page on
+    /// and the event's position); returns them and the number the next page starts from.
+    fn collect(
+        &mut self,
+        positions: impl Iterator<Item = Result<(u64, u64), StoreError>>,
+        count: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
+        let count = count.min(READ_COUNT_MAX);
+        let mut events = Vec::with_capacity(count.min(1024));
+        if count == 0 {
+            return Ok((events, None));
+        }
+        for (scanned, entry) in positions.enumerate() {
+            let (paging_number, position) = entry?;
+            if events.len() == count || scanned == READ_SCAN_MAX {
+                return Ok((events, Some(paging_number)));
+            }
+            if let Some(event) = self.visible_event(position)? {
+                events.push(event);
+            }
+        }
+        Ok((events, None))
+    }
+
+    /// The event at `position`, or `None` if the visibility rules hide it.
+    fn visible_event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
+        let guard = self.events.get(position)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "an index names position {position}, which is empty"
+            ))
+        })?;
+        let disk = DiskEvent::decode(guard.value())?;
+        drop(guard);
+        let now_ms = self.latest_timestamp_ms;
+        let (stream, record) = self.stream(disk.stream_no)?;
+        let visible = disk.sequence > record.hidden_through
+            && record
+                .metadata
+                .truncate_before
+                .is_none_or(|before| disk.sequence >= before)
+            && record
+                .metadata
+                .max_count
+                .is_none_or(|max| disk.sequence > record.version.saturating_sub(max))
+            && record
+                .metadata
+                .max_age_ms
+                .is_none_or(|age| disk.timestamp_ms.saturating_add(age) >= now_ms);
+        if !visible {
+            return Ok(None);
+        }
+        let corrected = record.corrected;
+        let stream = stream.clone();
+        if corrected && self.superseded.get(position)?.is_some() {
+            return Ok(None);
+        }
+        let event_type = self.type_name(disk.type_no)?;
+        Ok(Some(RecordedEvent {
+            event_id: EventId(disk.event_id),
+            stream,
+            sequence: disk.sequence,
+            position,
+            event_type,
+            event_version: disk.event_version,
+            payload: disk.payload,
+            command_id: disk.command_id.map(CommandId),
+            causation_id: MessageId(disk.causation_id),
+            correlation_id: MessageId(disk.correlation_id),
+            timestamp_ms: disk.timestamp_ms,
+            supersedes: disk.supersedes,
+        }))
+    }
+
+    fn stream(&mut self, stream_no: u64) -> Result<&(StreamKey, StreamRecord), StoreError> {
+        if !self.known_streams.contains_key(&stream_no) {
+            let name = self
+                .stream_names
+                .get(stream_no)?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("stream number {stream_no} has no name"))
+                })?
+                .value()
+                .to_owned();
+            let stream = StreamKey::parse(&name).map_err(corrupt_name)?;
+            let record = stream_record(&self.streams, &stream)?
+                .ok_or_else(|| StoreError::Corrupt(format!("stream {stream} has no record")))?;
+            self.known_streams.insert(stream_no, (stream, record));
+        }
+        Ok(&self.known_streams[&stream_no])
+    }
+
+    fn type_name(&mut self, type_no: u64) -> Result<TypeName, StoreError> {
+        if let Some(name) = self.known_types.get(&type_no) {
+            return Ok(name.clone());
+        }
+        let name = self
+            .type_names
+            .get(type_no)?
+            .ok_or_else(|| StoreError::Corrupt(format!("type number {type_no} has no name")))?
+            .value()
+            .to_owned();
+        let name = TypeName::new(name).map_err(corrupt_name)?;
+        self.known_types.insert(type_no, name.clone());
+        Ok(name)
+    }
+
+    /// The smallest sequence number of the stream whose position is at least `position`
+    /// (`version + 1` if none): positions grow with sequence numbers, so a binary search.
+    fn first_sequence_at_or_after(
+        &self,
+        stream_no: u64,
+        version: u64,
+        position: u64,
+    ) -> Result<u64, StoreError> {
+        let (mut low, mut high) = (1, version + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.position_of(stream_no, middle)? >= position {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        Ok(low)
+    }
+
+    /// The largest sequence number of the stream whose position is at most `position` (0 if
+    /// none).
+    fn last_sequence_at_or_before(
+        &self,
+        stream_no: u64,
+        version: u64,
+        position: u64,
+    ) -> Result<u64, StoreError> {
+        let first_after =
+            self.first_sequence_at_or_after(stream_no, version, position.saturating_add(1))?;
+        Ok(first_after - 1)
+    }
+
+    fn position_of(&self, stream_no: u64, sequence: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .stream_events
+            .get((stream_no, sequence))?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("stream number {stream_no} has no event {sequence}"))
+            })?
+            .value())
+    }
+}

@@ -1,0 +1,576 @@
+//! Appends: validate a whole batch against the store (limits, idempotency, expected versions,
+//! corrections) before writing any of it, then write its events and every index in the same
+//! transaction. Validation reads through the write transaction, so a batch sees the batches
+//! before it in the same group.
+
+use std::collections::{BTreeSet, HashMap};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::{
+    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, DATABASES, EVENT_IDS,
+    EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED,
+    SnapshotRecord, StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, counter, read_counter,
+};
+use crate::codec::{DiskEvent, decode_record, encode_record};
+use crate::envelope::{AppendBatch, AppendOutcome, ExpectedVersion, StreamMetadata, StreamOutcome};
+use crate::error::StoreError;
+use crate::limits::{
+    BATCH_BYTES_MAX, BATCH_EVENTS_MAX, BATCH_STREAMS_MAX, EVENT_PAYLOAD_BYTES_MAX,
+};
+use crate::names::{StreamKey, TypeName};
+
+/// The result of each batch of a group commit, in the group's order.
+pub type GroupOutcome = Vec<Result<AppendOutcome, StoreError>>;
+
+impl EventStore {
+    /// Appends one batch atomically: every write of it or none, in one durable transaction.
+    /// A repeated command id or a repeat of the same events returns the first outcome, marked
+    /// `duplicate`, and writes nothing.
+    pub fn append(&self, batch: &AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let transaction = self.database.begin_write()?;
+        let outcome = {
+            let mut writer = Writer::open(&transaction)?;
+            let outcome = writer.append(batch)?;
+            writer.finish()?;
+            outcome
+        };
+        let head = outcome.last_position;
+        transaction.commit()?;
+        self.publish_head(head);
+        Ok(outcome)
+    }
+
+    /// Group commit: appends each batch independently (a batch that fails validation writes
+    /// nothing and does not affect the others), all in one durable transaction. The outer error
+    /// is a storage failure, in which case nothing at all was written.
+    pub fn append_group(&self, batches: &[AppendBatch]) -> Result<GroupOutcome, StoreError> {
+        let transaction = self.database.begin_write()?;
+        let outcomes = {
+            let mut writer = Writer::open(&transaction)?;
+            let mut outcomes = Vec::with_capacity(batches.len());
+            for batch in batches {
+                match writer.append(batch) {
+                    Err(StoreError::Storage(error)) => return Err(StoreError::Storage(error)),
+                    Err(StoreError::Corrupt(reason)) => return Err(StoreError::Corrupt(reason)),
+                    other => outcomes.push(other),
+                }
+            }
+            writer.finish()?;
+            outcomes
+        };
+        transaction.commit()?;
+        self.publish_head(self.head_position()?);
+        Ok(outcomes)
+    }
+
+    /// Replaces a stream's metadata (retention rules). The stream must exist.
+    pub fn set_metadata(
+        &self,
+        stream: &StreamKey,
+        metadata: StreamMetadata,
+    ) -> Result<(), StoreError> {
+        self.update_stream(stream, |record| {
+            record.metadata = metadata;
+            Ok(())
+        })
+    }
+
+    /// Soft-deletes a stream: reads no longer show its events and listings omit it. A later
+    /// append continues its numbering and makes it visible again, with only the new events.
+    pub fn soft_delete(
+        &self,
+        stream: &StreamKey,
+        expected: ExpectedVersion,
+    ) -> Result<(), StoreError> {
+        self.update_stream(stream, |record| {
+            if !expected.admits(record.version) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: record.version,
+                });
+            }
+            record.hidden_through = record.version;
+            record.deleted = true;
+            Ok(())
+        })
+    }
+
+    /// Saves a snapshot of a stream's aggregate. Snapshots are a cache: the write is not made
+    /// durable on its own (a crash may lose it, never corrupt it), and a correction of the
+    /// stream deletes it.
+    pub fn write_snapshot(
+        &self,
+        stream: &StreamKey,
+        snapshot: &SnapshotRecord,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.database.begin_write()?;
+        transaction.set_durability(redb::Durability::None)?;
+        {
+            let streams = transaction.open_table(STREAMS)?;
+            let Some(record) = stream_record(&streams, stream)? else {
+                return Err(StoreError::StreamNotFound {
+                    stream: stream.clone(),
+                });
+            };
+            let mut snapshots = transaction.open_table(SNAPSHOTS)?;
+            snapshots.insert(record.stream_no, encode_record(snapshot)?.as_slice())?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Saves a subscriber's checkpoint record (for projections and process managers). Like
+    /// snapshots, not durable on its own: after a crash a subscriber resumes from an older
+    /// checkpoint whose state was saved with it, and sees some events again.
+    pub fn save_checkpoint(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
+        let mut transaction = self.database.begin_write()?;
+        transaction.set_durability(redb::Durability::None)?;
+        {
+            let mut checkpoints = transaction.open_table(CHECKPOINTS)?;
+            checkpoints.insert(name, record)?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn update_stream(
+        &self,
+        stream: &StreamKey,
+        change: impl FnOnce(&mut StreamRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let transaction = self.database.begin_write()?;
+        {
+            let mut streams = transaction.open_table(STREAMS)?;
+            let Some(mut record) = stream_record(&streams, stream)? else {
+                return Err(StoreError::StreamNotFound {
+                    stream: stream.clone(),
+                });
+            };
+            change(&mut record)?;
+            streams.insert(
+                stream.qualified().as_str(),
+                encode_record(&record)?.as_slice(),
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+}
+
+pub(crate) fn stream_record(
+    streams: &impl ReadableTable<&'static str, &'static [u8]>,
+    stream: &StreamKey,
+) -> Result<Option<StreamRecord>, StoreError> {
+    match streams.get(stream.qualified().as_str())? {
+        Some(guard) => Ok(Some(decode_record("stream", guard.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// One write of a batch, validated: where its stream stands before the batch.
+struct PlannedWrite {
+    record: Option<StreamRecord>,
+    version_before: u64,
+    /// Positions of the events it supersedes, by their sequence numbers.
+    superseded_positions: HashMap<u64, u64>,
+}
+
+/// The tables and counters of one write transaction.
+struct Writer<'t> {
+    events: Table<'t, u64, &'static [u8]>,
+    streams: Table<'t, &'static str, &'static [u8]>,
+    stream_names: Table<'t, u64, &'static str>,
+    stream_events: Table<'t, (u64, u64), u64>,
+    databases: Table<'t, &'static str, ()>,
+    categories: Table<'t, (&'static str, &'static str), u64>,
+    category_streams: Table<'t, (u64, &'static str), u64>,
+    category_events: Table<'t, (u64, u64), ()>,
+    types: Table<'t, &'static str, u64>,
+    type_names: Table<'t, u64, &'static str>,
+    type_events: Table<'t, (u64, u64), ()>,
+    event_ids: Table<'t, [u8; 16], u64>,
+    commands: Table<'t, [u8; 16], &'static [u8]>,
+    superseded: Table<'t, u64, u64>,
+    snapshots: Table<'t, u64, &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+    head_position: u64,
+    next_stream_no: u64,
+    next_category_no: u64,
+    next_type_no: u64,
+    latest_timestamp_ms: u64,
+    type_numbers: HashMap<TypeName, u64>,
+    scratch: Vec<u8>,
+}
+
+impl<'t> Writer<'t> {
+    fn open(transaction: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let meta = transaction.open_table(META)?;
+        Ok(Self {
+            head_position: read_counter(&meta, counter::HEAD_POSITION)?,
+            next_stream_no: read_counter(&meta, counter::NEXT_STREAM_NO)?.max(1),
+            next_category_no: read_counter(&meta, counter::NEXT_CATEGORY_NO)?.max(1),
+            next_type_no: read_counter(&meta, counter::NEXT_TYPE_NO)?.max(1),
+            latest_timestamp_ms: read_counter(&meta, counter::LATEST_TIMESTAMP_MS)?,
+            meta,
+            events: transaction.open_table(EVENTS)?,
+            streams: transaction.open_table(STREAMS)?,
+            stream_names: transaction.open_table(STREAM_NAMES)?,
+            stream_events: transaction.open_table(STREAM_EVENTS)?,
+            databases: transaction.open_table(DATABASES)?,
+            categories: transaction.open_table(CATEGORIES)?,
+            category_streams: transaction.open_table(CATEGORY_STREAMS)?,
+            category_events: transaction.open_table(CATEGORY_EVENTS)?,
+            types: transaction.open_table(TYPES)?,
+            type_names: transaction.open_table(TYPE_NAMES)?,
+            type_events: transaction.open_table(TYPE_EVENTS)?,
+            event_ids: transaction.open_table(EVENT_IDS)?,
+            commands: transaction.open_table(COMMANDS)?,
+            superseded: transaction.open_table(SUPERSEDED)?,
+            snapshots: transaction.open_table(SNAPSHOTS)?,
+            type_numbers: HashMap::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Writes the counters back; the caller commits.
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.meta
+            .insert(counter::HEAD_POSITION, self.head_position)?;
+        self.meta
+            .insert(counter::NEXT_STREAM_NO, self.next_stream_no)?;
+        self.meta
+            .insert(counter::NEXT_CATEGORY_NO, self.next_category_no)?;
+        self.meta.insert(counter::NEXT_TYPE_NO, self.next_type_no)?;
+        self.meta
+            .insert(counter::LATEST_TIMESTAMP_MS, self.latest_timestamp_ms)?;
+        Ok(())
+    }
+
+    /// Validates and writes one batch; on a validation error nothing of it is written.
+    fn append(&mut self, batch: &AppendBatch) -> Result<AppendOutcome, StoreError> {
+        check_limits(batch)?;
+        if let Some(command_id) = batch.command_id {
+            if let Some(guard) = self.commands.get(command_id.0)? {
+                let mut outcome: AppendOutcome = decode_record("command", guard.value())?;
+                outcome.duplicate = true;
+                return Ok(outcome);
+            }
+        }
+        if let Some(outcome) = self.repeated_events(batch)? {
+            return Ok(outcome);
+        }
+        let plans = batch
+            .writes
+            .iter()
+            .map(|write| self.plan(&write.stream, write.expected, &write.events))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Validation is over; from here on only storage can fail, and then the whole
+        // transaction is dropped.
+        let first_position = self.head_position + 1;
+        let mut streams = Vec::with_capacity(batch.writes.len());
+        for (write, plan) in batch.writes.iter().zip(plans) {
+            let version = self.write_stream(batch, write, plan)?;
+            streams.push(StreamOutcome {
+                stream: write.stream.clone(),
+                version,
+            });
+        }
+        self.latest_timestamp_ms = self.latest_timestamp_ms.max(batch.timestamp_ms);
+        let outcome = AppendOutcome {
+            first_position,
+            last_position: self.head_position,
+            streams,
+            duplicate: false,
+        };
+        if let Some(command_id) = batch.command_id {
+            self.commands
+                .insert(command_id.0, encode_record(&outcome)?.as_slice())?;
+        }
+        Ok(outcome)
+    }
+
+    /// If every event id of the batch is in the store already, as the same events of the same
+    /// streams in the same order, the batch is a repeat: its outcome is rebuilt from the store.
+    /// Some ids known but not all (or not as this batch) is a conflict.
+    fn repeated_events(&self, batch: &AppendBatch) -> Result<Option<AppendOutcome>, StoreError> {
+        let mut seen = BTreeSet::new();
+        let mut known = Vec::new();
+        let mut unknown = 0usize;
+        for write in &batch.writes {
+            for event in &write.events {
+                if !seen.insert(event.event_id) {
+                    return Err(StoreError::EventIdConflict {
+                        event_id: event.event_id,
+                    });
+                }
+                match self.event_ids.get(event.event_id.0)? {
+                    Some(position) => known.push((event.event_id, position.value())),
+                    None => unknown += 1,
+                }
+            }
+        }
+        match (known.first(), unknown) {
+            (None, _) => return Ok(None),
+            (Some(&(event_id, _)), unknown) if unknown > 0 => {
+                return Err(StoreError::EventIdConflict { event_id });
+            }
+            _ => {}
+        }
+        // All known: they must be this batch's events, stream by stream, consecutive.
+        let mut known = known.into_iter();
+        let mut streams = Vec::new();
+        let (mut first_position, mut last_position) = (u64::MAX, 0);
+        for write in &batch.writes {
+            let record = stream_record(&self.streams, &write.stream)?;
+            let mut previous_sequence = None;
+            for _ in &write.events {
+                let Some((event_id, position)) = known.next() else {
+                    unreachable!("one known id per event");
+                };
+                let stored = self.disk_event(position)?;
+                let same_stream =
+                    record.as_ref().map(|record| record.stream_no) == Some(stored.stream_no);
+                let consecutive =
+                    previous_sequence.is_none_or(|previous| stored.sequence == previous + 1);
+                if !same_stream || !consecutive {
+                    return Err(StoreError::EventIdConflict { event_id });
+                }
+                previous_sequence = Some(stored.sequence);
+                first_position = first_position.min(position);
+                last_position = last_position.max(position);
+            }
+            streams.push(StreamOutcome {
+                stream: write.stream.clone(),
+                version: previous_sequence.unwrap_or(0),
+            });
+        }
+        Ok(Some(AppendOutcome {
+            first_position,
+            last_position,
+            streams,
+            duplicate: true,
+        }))
+    }
+
+    /// Checks one write against its stream: expected version and corrections.
+    fn plan(
+        &self,
+        stream: &StreamKey,
+        expected: ExpectedVersion,
+        events: &[crate::envelope::NewEvent],
+    ) -> Result<PlannedWrite, StoreError> {
+        let record = stream_record(&self.streams, stream)?;
+        let version_before = record.as_ref().map_or(0, |record| record.version);
+        if !expected.admits(version_before) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: version_before,
+            });
+        }
+        let mut superseded_positions = HashMap::new();
+        for event in events {
+            let Some(target) = event.supersedes else {
+                continue;
+            };
+            let bad = |reason| StoreError::BadCorrection {
+                stream: stream.clone(),
+                sequence: target,
+                reason,
+            };
+            if target == 0 || target > version_before {
+                return Err(bad("no such event in the stream before this batch"));
+            }
+            let record = record
+                .as_ref()
+                .ok_or_else(|| bad("the stream does not exist"))?;
+            let position = self
+                .stream_events
+                .get((record.stream_no, target))?
+                .ok_or_else(|| bad("the stream has no such event"))?
+                .value();
+            if self.superseded.get(position)?.is_some()
+                || superseded_positions.insert(target, position).is_some()
+            {
+                return Err(bad("it is superseded already"));
+            }
+        }
+        Ok(PlannedWrite {
+            record,
+            version_before,
+            superseded_positions,
+        })
+    }
+
+    /// Writes one validated write's events and indexes; returns the stream's new version.
+    fn write_stream(
+        &mut self,
+        batch: &AppendBatch,
+        write: &crate::envelope::StreamWrite,
+        plan: PlannedWrite,
+    ) -> Result<u64, StoreError> {
+        if write.events.is_empty() {
+            return Ok(plan.version_before);
+        }
+        let mut record = match plan.record {
+            Some(record) => record,
+            None => self.create_stream(&write.stream)?,
+        };
+        let mut sequence = plan.version_before;
+        for event in &write.events {
+            sequence += 1;
+            self.head_position += 1;
+            let position = self.head_position;
+            let type_no = self.type_number(&event.event_type)?;
+            let disk = DiskEvent {
+                event_id: event.event_id.0,
+                stream_no: record.stream_no,
+                sequence,
+                type_no,
+                event_version: event.event_version,
+                command_id: batch.command_id.map(|id| id.0),
+                causation_id: batch.causation_id.0,
+                correlation_id: batch.correlation_id.0,
+                timestamp_ms: batch.timestamp_ms,
+                supersedes: event.supersedes,
+                payload: Vec::new(),
+            };
+            encode_event(&disk, &event.payload, &mut self.scratch);
+            self.events.insert(position, self.scratch.as_slice())?;
+            self.stream_events
+                .insert((record.stream_no, sequence), position)?;
+            self.category_events
+                .insert((record.category_no, position), ())?;
+            self.type_events.insert((type_no, position), ())?;
+            self.event_ids.insert(event.event_id.0, position)?;
+            if let Some(target) = event.supersedes {
+                let target_position = plan.superseded_positions[&target];
+                self.superseded.insert(target_position, position)?;
+                record.corrected = true;
+                // The snapshot may include the superseded event's effect; drop it.
+                self.snapshots.remove(record.stream_no)?;
+            }
+        }
+        record.version = sequence;
+        record.deleted = false;
+        record.last_timestamp_ms = batch.timestamp_ms;
+        self.streams.insert(
+            write.stream.qualified().as_str(),
+            encode_record(&record)?.as_slice(),
+        )?;
+        Ok(sequence)
+    }
+
+    fn create_stream(&mut self, stream: &StreamKey) -> Result<StreamRecord, StoreError> {
+        let database = stream.database().as_str();
+        let category = stream.category().as_str();
+        self.databases.insert(database, ())?;
+        let existing = self
+            .categories
+            .get((database, category))?
+            .map(|guard| guard.value());
+        let category_no = match existing {
+            Some(number) => number,
+            None => {
+                let number = self.next_category_no;
+                self.next_category_no += 1;
+                self.categories.insert((database, category), number)?;
+                number
+            }
+        };
+        let stream_no = self.next_stream_no;
+        self.next_stream_no += 1;
+        self.stream_names
+            .insert(stream_no, stream.qualified().as_str())?;
+        self.category_streams
+            .insert((category_no, stream.id()), stream_no)?;
+        Ok(StreamRecord {
+            stream_no,
+            category_no,
+            version: 0,
+            metadata: StreamMetadata::default(),
+            hidden_through: 0,
+            deleted: false,
+            last_timestamp_ms: 0,
+            corrected: false,
+        })
+    }
+
+    fn type_number(&mut self, name: &TypeName) -> Result<u64, StoreError> {
+        if let Some(&number) = self.type_numbers.get(name) {
+            return Ok(number);
+        }
+        let existing = self.types.get(name.as_str())?.map(|guard| guard.value());
+        let number = match existing {
+            Some(number) => number,
+            None => {
+                let number = self.next_type_no;
+                self.next_type_no += 1;
+                self.types.insert(name.as_str(), number)?;
+                self.type_names.insert(number, name.as_str())?;
+                number
+            }
+        };
+        self.type_numbers.insert(name.clone(), number);
+        Ok(number)
+    }
+
+    fn disk_event(&self, position: u64) -> Result<DiskEvent, StoreError> {
+        let guard = self.events.get(position)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "event index names position {position}, which is empty"
+            ))
+        })?;
+        DiskEvent::decode(guard.value())
+    }
+}
+
+/// Encodes an event record without copying the payload into the `DiskEvent` first.
+fn encode_event(header: &DiskEvent, payload: &[u8], bytes: &mut Vec<u8>) {
+    debug_assert!(header.payload.is_empty());
+    header.encode_into(bytes);
+    bytes.extend_from_slice(payload);
+}
+
+fn check_limits(batch: &AppendBatch) -> Result<(), StoreError> {
+    let limit = |what, value, max| {
+        if value > max {
+            Err(StoreError::LimitExceeded { what, value, max })
+        } else {
+            Ok(())
+        }
+    };
+    limit(
+        "the batch's number of streams",
+        batch.writes.len(),
+        BATCH_STREAMS_MAX,
+    )?;
+    limit(
+        "the batch's number of events",
+        batch.event_count(),
+        BATCH_EVENTS_MAX,
+    )?;
+    let mut bytes = 0usize;
+    for write in &batch.writes {
+        for event in &write.events {
+            limit(
+                "an event's payload size in bytes",
+                event.payload.len(),
+                EVENT_PAYLOAD_BYTES_MAX,
+            )?;
+            bytes += event.payload.len();
+        }
+    }
+    limit("the batch's payload size in bytes", bytes, BATCH_BYTES_MAX)?;
+    let mut streams = BTreeSet::new();
+    for write in &batch.writes {
+        if !streams.insert(&write.stream) {
+            return Err(StoreError::StreamWrittenTwice {
+                stream: write.stream.clone(),
+            });
+        }
+    }
+    Ok(())
+}
