@@ -198,3 +198,57 @@ pub enum Filter {
     /// Every event of one type.
     EventType(TypeName),
 }
+
+/// A command on its way to an aggregate, with the ids that make it idempotent and traceable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandEnvelope<C> {
+    /// Chosen by the client; executing the same id twice has the effect of once.
+    pub command_id: CommandId,
+    /// The stream (aggregate instance) addressed.
+    pub stream: StreamKey,
+    /// The version the client expects the stream at.
+    pub expected: ExpectedVersion,
+    /// The request it belongs to.
+    pub correlation_id: MessageId,
+    /// What caused it: the command itself for a client's command, an event for a process
+    /// manager's.
+    pub causation_id: MessageId,
+    /// The agreed timestamp it executes at (from the block), ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The command.
+    pub command: C,
+}
+
+impl<C> CommandEnvelope<C> {
+    /// A client's command: any expected version, caused and correlated by itself.
+    pub fn new(command_id: CommandId, stream: StreamKey, command: C) -> Self {
+        Self {
+            command_id,
+            stream,
+            expected: ExpectedVersion::Any,
+            correlation_id: command_id.into(),
+            causation_id: command_id.into(),
+            timestamp_ms: 0,
+            command,
+        }
+    }
+
+    /// Sets the expected version.
+    pub fn expecting(mut self, expected: ExpectedVersion) -> Self {
+        self.expected = expected;
+        self
+    }
+
+    /// Sets the agreed timestamp.
+    pub fn at(mut self, timestamp_ms: u64) -> Self {
+        self.timestamp_ms = timestamp_ms;
+        self
+    }
+
+    /// Marks the command as caused by `event`, in the event's correlation.
+    pub fn caused_by(mut self, event: &RecordedEvent) -> Self {
+        self.causation_id = event.event_id.into();
+        self.correlation_id = event.correlation_id;
+        self
+    }
+}

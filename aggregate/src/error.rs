@@ -211,7 +211,7 @@ pub enum CommandError<E: std::error::Error + 'static> {
         /// The event's sequence number.
         sequence: u64,
         /// What is wrong with it.
-        error: EventDecodeError,
+        error: Box<EventDecodeError>,
     },
     /// The command's category is not the aggregate's, or the command does not decode.
     #[error("bad command: {0}")]

@@ -16,18 +16,30 @@
 //! or the agreed block, never from the machine; nothing here reads a clock or draws randomness.
 
 pub mod codec;
+pub mod domain;
 pub mod envelope;
 pub mod error;
+pub mod examples;
 pub mod ids;
 pub mod limits;
 pub mod names;
+pub mod process;
+pub mod projection;
+pub mod repository;
 pub mod store;
+pub mod subscription;
+pub mod testkit;
 
+pub use domain::{Aggregate, CommandContext, DomainEvent, Upcaster};
 pub use envelope::{
-    AppendBatch, AppendOutcome, ExpectedVersion, Filter, NewEvent, RecordedEvent, StreamInfo,
-    StreamMetadata, StreamOutcome, StreamWrite,
+    AppendBatch, AppendOutcome, CommandEnvelope, ExpectedVersion, Filter, NewEvent, RecordedEvent,
+    StreamInfo, StreamMetadata, StreamOutcome, StreamWrite,
 };
-pub use error::{NameError, StoreError};
+pub use error::{CommandError, EventDecodeError, NameError, StoreError};
 pub use ids::{CommandId, EventId, MessageId};
 pub use names::{CategoryName, DatabaseName, StreamKey, TypeName};
+pub use process::{AggregateRegistry, CommandRequest, DispatchError, EventRouter, ProcessManager};
+pub use projection::{Projection, ProjectionRunner};
+pub use repository::{Loaded, Repository, decide};
 pub use store::{Direction, EventStore, ReadSlice, SnapshotRecord, StreamSlice};
+pub use subscription::Subscription;

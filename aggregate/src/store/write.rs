@@ -153,6 +153,10 @@ impl EventStore {
                 stream.qualified().as_str(),
                 encode_record(&record)?.as_slice(),
             )?;
+            // What reads show of the stream changed, so a snapshot may reflect hidden events.
+            transaction
+                .open_table(SNAPSHOTS)?
+                .remove(record.stream_no)?;
         }
         transaction.commit()?;
         Ok(())

@@ -1,0 +1,322 @@
+//! Process managers and the event router.
+//!
+//! A process manager reacts to events by emitting commands ([`CommandRequest`]), each caused by
+//! the event and in its correlation, with a command id derived from the manager, the event and
+//! the command's index: re-delivering an event (after a crash, the router resumes from its last
+//! checkpoint) re-emits the same command ids, which the store executes once.
+//!
+//! The [`AggregateRegistry`] executes commands whose type is known only at run time (JSON for
+//! a category), which is how process managers, and later the HTTP API and the engine, address
+//! any aggregate. The [`EventRouter`] feeds each manager from its own checkpoint and executes
+//! what it emits until nothing is left to do.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+use serde_json::Value;
+use tracing::debug;
+
+use crate::codec::{decode_record, encode_record};
+use crate::domain::Aggregate;
+use crate::envelope::{AppendOutcome, CommandEnvelope, ExpectedVersion, Filter, RecordedEvent};
+use crate::error::{CommandError, StoreError};
+use crate::ids::{CommandId, MessageId};
+use crate::limits::COMMAND_BYTES_MAX;
+use crate::names::StreamKey;
+use crate::repository::Repository;
+use crate::store::{Direction, EventStore};
+
+/// Most commands one event may set off through a manager (its own and those of rejections),
+/// so a manager that keeps answering rejections with commands cannot loop forever.
+pub const COMMANDS_PER_EVENT_MAX: usize = 64;
+/// Events a router reads per manager per round.
+pub const ROUTER_BATCH_EVENTS_MAX: usize = 1_000;
+
+/// A command addressed to a stream by category, its body as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct CommandRequest {
+    /// The command's id.
+    pub command_id: CommandId,
+    /// The stream addressed.
+    pub stream: StreamKey,
+    /// The version the stream must be at.
+    pub expected: ExpectedVersion,
+    /// What caused it.
+    pub causation_id: MessageId,
+    /// The request it belongs to.
+    pub correlation_id: MessageId,
+    /// The agreed timestamp it executes at.
+    pub timestamp_ms: u64,
+    /// The command, as the aggregate's command type serialises it.
+    pub command: Value,
+}
+
+impl CommandRequest {
+    /// The `index`-th command a manager named `manager` emits for `event`: caused by the event,
+    /// in its correlation, at its timestamp, with an id derived from all three.
+    pub fn caused_by(
+        manager: &str,
+        event: &RecordedEvent,
+        index: usize,
+        stream: StreamKey,
+        command: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            command_id: CommandId::derive(&[
+                manager.as_bytes(),
+                &event.event_id.0,
+                &(index as u64).to_le_bytes(),
+            ]),
+            stream,
+            expected: ExpectedVersion::Any,
+            causation_id: event.event_id.into(),
+            correlation_id: event.correlation_id,
+            timestamp_ms: event.timestamp_ms,
+            command: serde_json::to_value(command)?,
+        })
+    }
+}
+
+/// Why a type-erased command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No aggregate is registered for the stream's category.
+    #[error("no aggregate handles category {category:?}")]
+    UnknownCategory {
+        /// The category.
+        category: String,
+    },
+    /// The aggregate refused the command, or the command was malformed or conflicted.
+    #[error("{0}")]
+    Rejected(String),
+    /// The store failed: the command may be retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Executes a JSON command for one aggregate type.
+trait ErasedAggregate: Send + Sync {
+    fn execute(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<AppendOutcome, DispatchError>;
+}
+
+struct Typed<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A: Aggregate> ErasedAggregate for Typed<A> {
+    fn execute(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<AppendOutcome, DispatchError> {
+        let size = serde_json::to_vec(&request.command).map_or(usize::MAX, |bytes| bytes.len());
+        if size > COMMAND_BYTES_MAX {
+            return Err(DispatchError::Rejected(format!(
+                "the command is {size} bytes; at most {COMMAND_BYTES_MAX} are allowed"
+            )));
+        }
+        let command: A::Command =
+            serde_json::from_value(request.command.clone()).map_err(|error| {
+                DispatchError::Rejected(format!("not a {} command: {error}", A::CATEGORY))
+            })?;
+        let envelope = CommandEnvelope {
+            command_id: request.command_id,
+            stream: request.stream.clone(),
+            expected: request.expected,
+            correlation_id: request.correlation_id,
+            causation_id: request.causation_id,
+            timestamp_ms: request.timestamp_ms,
+            command,
+        };
+        Repository::<A>::new(store)
+            .execute(&envelope)
+            .map_err(|error| match error {
+                CommandError::Store(error) => DispatchError::Store(error),
+                other => DispatchError::Rejected(other.to_string()),
+            })
+    }
+}
+
+/// The aggregates a node knows, by category.
+#[derive(Default)]
+pub struct AggregateRegistry {
+    aggregates: BTreeMap<&'static str, Box<dyn ErasedAggregate>>,
+}
+
+impl AggregateRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers aggregate type `A` for its category.
+    pub fn register<A: Aggregate + 'static>(mut self) -> Self {
+        self.aggregates
+            .insert(A::CATEGORY, Box::new(Typed::<A>(std::marker::PhantomData)));
+        self
+    }
+
+    /// Executes a command on the aggregate of its stream's category.
+    pub fn execute(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<AppendOutcome, DispatchError> {
+        let category = request.stream.category().as_str();
+        let aggregate =
+            self.aggregates
+                .get(category)
+                .ok_or_else(|| DispatchError::UnknownCategory {
+                    category: category.to_owned(),
+                })?;
+        aggregate.execute(store, request)
+    }
+}
+
+/// Reacts to events with commands.
+pub trait ProcessManager {
+    /// A stable name: it keys the manager's checkpoint and derives its command ids.
+    fn name(&self) -> &str;
+    /// The events it wants.
+    fn filter(&self) -> Filter;
+    /// The commands an event sets off (build them with [`CommandRequest::caused_by`]).
+    fn handle(&mut self, event: &RecordedEvent) -> Vec<CommandRequest>;
+    /// The commands to send when one of its commands was rejected (compensation).
+    fn on_rejected(
+        &mut self,
+        event: &RecordedEvent,
+        request: &CommandRequest,
+        reason: &str,
+    ) -> Vec<CommandRequest> {
+        let _ = (event, request, reason);
+        Vec::new()
+    }
+}
+
+/// What one run of the router did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterReport {
+    /// Events delivered to managers.
+    pub events_delivered: u64,
+    /// Commands executed (including repeats of already executed ids).
+    pub commands_executed: u64,
+    /// Commands the aggregates refused.
+    pub commands_rejected: u64,
+}
+
+struct Route {
+    manager: Box<dyn ProcessManager>,
+    next_position: u64,
+}
+
+/// Delivers events to process managers, each from its own checkpoint, and executes the
+/// commands they emit.
+pub struct EventRouter {
+    registry: AggregateRegistry,
+    routes: Vec<Route>,
+}
+
+impl EventRouter {
+    /// A router executing commands through `registry`.
+    pub fn new(registry: AggregateRegistry) -> Self {
+        Self {
+            registry,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Adds a manager; it resumes from its saved checkpoint, or from the start of the store.
+    pub fn add(
+        &mut self,
+        store: &EventStore,
+        manager: Box<dyn ProcessManager>,
+    ) -> Result<(), StoreError> {
+        let next_position = match store.load_checkpoint(&checkpoint_name(manager.name()))? {
+            Some(bytes) => decode_record::<u64>("router checkpoint", &bytes)?,
+            None => 1,
+        };
+        self.routes.push(Route {
+            manager,
+            next_position,
+        });
+        Ok(())
+    }
+
+    /// Delivers every pending event and executes what it sets off, round after round, until
+    /// no manager has anything left. Storage errors stop the run; the next run resumes from the
+    /// checkpoints.
+    pub fn run_until_quiet(&mut self, store: &EventStore) -> Result<RouterReport, StoreError> {
+        let mut report = RouterReport::default();
+        loop {
+            let mut delivered_this_round = 0;
+            for route in &mut self.routes {
+                let slice = store.read(
+                    &route.manager.filter(),
+                    route.next_position,
+                    Direction::Forward,
+                    ROUTER_BATCH_EVENTS_MAX,
+                )?;
+                let next_position = slice
+                    .next
+                    .unwrap_or(slice.head_position + 1)
+                    .max(route.next_position);
+                for event in &slice.events {
+                    deliver(
+                        &self.registry,
+                        store,
+                        route.manager.as_mut(),
+                        event,
+                        &mut report,
+                    )?;
+                    delivered_this_round += 1;
+                }
+                if next_position != route.next_position {
+                    route.next_position = next_position;
+                    store.save_checkpoint(
+                        &checkpoint_name(route.manager.name()),
+                        &encode_record(&next_position)?,
+                    )?;
+                }
+            }
+            report.events_delivered += delivered_this_round;
+            if delivered_this_round == 0 {
+                return Ok(report);
+            }
+        }
+    }
+}
+
+fn deliver(
+    registry: &AggregateRegistry,
+    store: &EventStore,
+    manager: &mut dyn ProcessManager,
+    event: &RecordedEvent,
+    report: &mut RouterReport,
+) -> Result<(), StoreError> {
+    let mut pending: VecDeque<CommandRequest> = manager.handle(event).into();
+    let mut sent = 0;
+    while let Some(request) = pending.pop_front() {
+        sent += 1;
+        if sent > COMMANDS_PER_EVENT_MAX {
+            debug!(manager = manager.name(), event = %event.event_id, "command budget spent");
+            break;
+        }
+        match registry.execute(store, &request) {
+            Ok(_) => report.commands_executed += 1,
+            Err(DispatchError::Store(error)) => return Err(error),
+            Err(rejection) => {
+                report.commands_rejected += 1;
+                let reason = rejection.to_string();
+                debug!(manager = manager.name(), stream = %request.stream, %reason, "command rejected");
+                pending.extend(manager.on_rejected(event, &request, &reason));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn checkpoint_name(manager: &str) -> String {
+    format!("process-manager:{manager}")
+}

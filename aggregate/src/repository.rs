@@ -1,0 +1,261 @@
+//! Loading aggregates (snapshot + tail) and executing commands against the local store.
+//!
+//! [`decide`] is the pure step the engine shares: state and version in, the batch to propose
+//! out. [`Repository::execute`] is the whole local path: idempotency check, load, decide,
+//! append with the version the decision was made at, retry when another writer got there first
+//! (only if the client did not pin a version), snapshot every N events.
+
+use std::marker::PhantomData;
+
+use tracing::debug;
+
+use crate::domain::{Aggregate, CommandContext, decode_event, encode_event};
+use crate::envelope::{
+    AppendBatch, AppendOutcome, CommandEnvelope, ExpectedVersion, NewEvent, StreamWrite,
+};
+use crate::error::{CommandError, StoreError};
+use crate::ids::EventId;
+use crate::limits::READ_COUNT_MAX;
+use crate::names::StreamKey;
+use crate::store::{Direction, EventStore, SnapshotRecord};
+
+/// Default number of events between two snapshots of a stream.
+pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
+/// Default number of attempts of a command whose stream keeps changing under it.
+pub const ATTEMPTS_MAX_DEFAULT: u32 = 5;
+
+/// An aggregate's state at a version, and how it was built.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The stream version it reflects.
+    pub version: u64,
+    /// The version of the snapshot it started from, if one was used.
+    pub snapshot_version: Option<u64>,
+    /// How many events were applied on top of the snapshot (or of the empty state).
+    pub events_applied: u64,
+}
+
+/// Loads and executes aggregates of type `A` against one store.
+pub struct Repository<'s, A> {
+    store: &'s EventStore,
+    snapshot_every: Option<u64>,
+    attempts_max: u32,
+    aggregate: PhantomData<A>,
+}
+
+impl<'s, A: Aggregate> Repository<'s, A> {
+    /// A repository with snapshots every [`SNAPSHOT_EVERY_DEFAULT`] events.
+    pub fn new(store: &'s EventStore) -> Self {
+        Self {
+            store,
+            snapshot_every: Some(SNAPSHOT_EVERY_DEFAULT),
+            attempts_max: ATTEMPTS_MAX_DEFAULT,
+            aggregate: PhantomData,
+        }
+    }
+
+    /// Snapshots every `events` events (`None`: never, and loads ignore snapshots).
+    pub fn with_snapshots_every(mut self, events: Option<u64>) -> Self {
+        self.snapshot_every = events.filter(|&events| events > 0);
+        self
+    }
+
+    /// Loads the aggregate of `stream`: from its snapshot when a valid one exists, then the
+    /// events after it.
+    pub fn load(&self, stream: &StreamKey) -> Result<Loaded<A>, CommandError<A::Error>> {
+        check_category::<A>(stream)?;
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+            events_applied: 0,
+        };
+        if self.snapshot_every.is_some() {
+            if let Some((state, version)) = self.usable_snapshot(stream)? {
+                loaded.state = state;
+                loaded.version = version;
+                loaded.snapshot_version = Some(version);
+            }
+        }
+        let mut from = loaded.version + 1;
+        loop {
+            let slice = self
+                .store
+                .read_stream(stream, from, Direction::Forward, READ_COUNT_MAX)?;
+            for event in &slice.events {
+                let typed = decode_event::<A::Event>(
+                    event.event_type.as_str(),
+                    event.event_version,
+                    &event.payload,
+                )
+                .map_err(|error| CommandError::Decode {
+                    stream: stream.clone(),
+                    sequence: event.sequence,
+                    error: Box::new(error),
+                })?;
+                loaded.state = std::mem::take(&mut loaded.state).apply(&typed);
+                loaded.events_applied += 1;
+            }
+            // Hidden (superseded, truncated) events count towards the version all the same.
+            loaded.version = slice.version;
+            match slice.next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Executes a command: returns the outcome of its append (marked `duplicate` when the
+    /// command id was executed before).
+    pub fn execute(
+        &self,
+        envelope: &CommandEnvelope<A::Command>,
+    ) -> Result<AppendOutcome, CommandError<A::Error>> {
+        check_category::<A>(&envelope.stream)?;
+        if let Some(mut outcome) = self.store.command_outcome(envelope.command_id)? {
+            outcome.duplicate = true;
+            return Ok(outcome);
+        }
+        for _attempt in 0..self.attempts_max {
+            let loaded = self.load(&envelope.stream)?;
+            let (batch, state) = decide(&loaded.state, loaded.version, envelope)?;
+            match self.store.append(&batch) {
+                Ok(outcome) => {
+                    self.maybe_snapshot(&envelope.stream, loaded.version, &outcome, state);
+                    return Ok(outcome);
+                }
+                // Another writer moved the stream between load and append; a command that
+                // accepts any version decides again on the new state.
+                Err(StoreError::WrongExpectedVersion { .. })
+                    if envelope.expected == ExpectedVersion::Any => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(CommandError::Contention {
+            stream: envelope.stream.clone(),
+            attempts: self.attempts_max,
+        })
+    }
+
+    fn usable_snapshot(&self, stream: &StreamKey) -> Result<Option<(A, u64)>, StoreError> {
+        let Some(snapshot) = self.store.read_snapshot(stream)? else {
+            return Ok(None);
+        };
+        // A snapshot is a cache, never trusted over the events: another schema, a version the
+        // stream does not have, or retention rules that make history slide all mean "rebuild".
+        let Some(info) = self.store.stream_info(stream)? else {
+            return Ok(None);
+        };
+        let sliding = info.metadata.max_count.is_some() || info.metadata.max_age_ms.is_some();
+        if snapshot.schema_version != A::SCHEMA_VERSION
+            || snapshot.version > info.version
+            || sliding
+        {
+            debug!(%stream, snapshot.schema_version, snapshot.version, "snapshot ignored");
+            return Ok(None);
+        }
+        match serde_json::from_slice::<A>(&snapshot.state) {
+            Ok(state) => Ok(Some((state, snapshot.version))),
+            Err(error) => {
+                debug!(%stream, %error, "snapshot does not decode; rebuilding from events");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Saves a snapshot when the append crossed a multiple of `snapshot_every`. A failure to
+    /// save one costs only speed, so it is logged, not returned.
+    fn maybe_snapshot(&self, stream: &StreamKey, before: u64, outcome: &AppendOutcome, state: A) {
+        let Some(every) = self.snapshot_every else {
+            return;
+        };
+        let Some(after) = outcome.streams.first().map(|written| written.version) else {
+            return;
+        };
+        if outcome.duplicate || after / every == before / every {
+            return;
+        }
+        let snapshot = serde_json::to_vec(&state).map(|bytes| SnapshotRecord {
+            schema_version: A::SCHEMA_VERSION,
+            version: after,
+            state: bytes,
+        });
+        let result = match snapshot {
+            Ok(snapshot) => self.store.write_snapshot(stream, &snapshot),
+            Err(error) => Err(StoreError::Corrupt(error.to_string())),
+        };
+        if let Err(error) = result {
+            debug!(%stream, %error, "snapshot not saved");
+        }
+    }
+}
+
+/// The pure decision step: executes `envelope` on `state` (at stream `version`) and returns the
+/// batch to append — pinned to `version`, so that it applies only to the state it was decided
+/// on — and the state after its events.
+pub fn decide<A: Aggregate>(
+    state: &A,
+    version: u64,
+    envelope: &CommandEnvelope<A::Command>,
+) -> Result<(AppendBatch, A), CommandError<A::Error>> {
+    check_category::<A>(&envelope.stream)?;
+    if !envelope.expected.admits(version) {
+        return Err(CommandError::WrongExpectedVersion {
+            stream: envelope.stream.clone(),
+            expected: envelope.expected,
+            actual: version,
+        });
+    }
+    let context = CommandContext {
+        stream: envelope.stream.clone(),
+        command_id: envelope.command_id,
+        timestamp_ms: envelope.timestamp_ms,
+    };
+    let events = state
+        .handle(&envelope.command, &context)
+        .map_err(CommandError::Domain)?;
+    let mut new_events = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let encoded = encode_event(event).map_err(|error| CommandError::Decode {
+            stream: envelope.stream.clone(),
+            sequence: version + 1 + index as u64,
+            error: Box::new(error),
+        })?;
+        new_events.push(NewEvent {
+            event_id: EventId::for_command(envelope.command_id, index),
+            event_type: encoded.event_type,
+            event_version: encoded.event_version,
+            payload: encoded.payload,
+            supersedes: None,
+        });
+    }
+    let next_state = events
+        .iter()
+        .fold(state.clone(), |state, event| state.apply(event));
+    let batch = AppendBatch {
+        command_id: Some(envelope.command_id),
+        causation_id: envelope.causation_id,
+        correlation_id: envelope.correlation_id,
+        timestamp_ms: envelope.timestamp_ms,
+        writes: vec![StreamWrite {
+            stream: envelope.stream.clone(),
+            expected: ExpectedVersion::Exact(version),
+            events: new_events,
+        }],
+    };
+    Ok((batch, next_state))
+}
+
+fn check_category<A: Aggregate>(stream: &StreamKey) -> Result<(), CommandError<A::Error>> {
+    if stream.category().as_str() == A::CATEGORY {
+        Ok(())
+    } else {
+        Err(CommandError::BadCommand(format!(
+            "stream {stream} is not of category {}",
+            A::CATEGORY
+        )))
+    }
+}
