@@ -248,7 +248,12 @@ mod tests {
 
     #[test]
     fn undecodable_events_are_typed_errors() {
-        type Case = (&'static str, u16, &'static [u8], fn(&EventDecodeError) -> bool);
+        type Case = (
+            &'static str,
+            u16,
+            &'static [u8],
+            fn(&EventDecodeError) -> bool,
+        );
         let cases: [Case; 5] = [
             ("Renamed", 1, b"{}", |e| {
                 matches!(e, EventDecodeError::UnknownType { .. })

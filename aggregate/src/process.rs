@@ -244,6 +244,15 @@ impl EventRouter {
         Ok(())
     }
 
+    /// Adds a manager that starts at global position `from`, ignoring any checkpoint (to
+    /// replay history: the commands it re-sends have the ids they had, so they change nothing).
+    pub fn add_from(&mut self, manager: Box<dyn ProcessManager>, from: u64) {
+        self.routes.push(Route {
+            manager,
+            next_position: from.max(1),
+        });
+    }
+
     /// Delivers every pending event and executes what it sets off, round after round, until
     /// no manager has anything left. Storage errors stop the run; the next run resumes from the
     /// checkpoints.
