@@ -100,32 +100,183 @@ pub fn current_version<E: DomainEvent>(event_type: &str) -> u16 {
     1 + u16::try_from(upcasters).unwrap_or(u16::MAX - 1)
 }
 
-/// Encodes a domain event: its variant name, current version and JSON fields.
+/// Encodes a domain event: its variant name, current version and JSON fields. The encoding is
+/// decoded again and compared, so an event that would not survive the store (a serde attribute
+/// that changes the enum's shape, a field that does not round-trip) is refused here, before it
+/// is proposed, rather than blocking its stream when loaded.
 pub fn encode_event<E: DomainEvent>(event: &E) -> Result<EncodedEvent, EventDecodeError> {
+    let encoded = encode_unchecked(event)?;
+    let decoded = decode_event::<E>(
+        encoded.event_type.as_str(),
+        encoded.event_version,
+        &encoded.payload,
+    );
+    match decoded {
+        Ok(decoded) if &decoded == event => Ok(encoded),
+        Ok(decoded) => Err(EventDecodeError::Payload {
+            event_type: encoded.event_type.to_string(),
+            reason: format!("does not round-trip: {event:?} came back as {decoded:?}"),
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+fn encode_unchecked<E: DomainEvent>(event: &E) -> Result<EncodedEvent, EventDecodeError> {
     let fail = |reason: String| EventDecodeError::Payload {
         event_type: format!("{event:?}").chars().take(40).collect(),
         reason,
     };
-    let value = serde_json::to_value(event).map_err(|error| fail(error.to_string()))?;
-    let (name, body) = match value {
-        Value::String(name) => (name, Value::Null),
-        Value::Object(map) if map.len() == 1 => map
-            .into_iter()
-            .next()
-            .ok_or_else(|| fail("an empty object".to_owned()))?,
-        _ => {
-            return Err(fail(
-                "domain events must be externally tagged enums (serde's default)".to_owned(),
-            ));
-        }
+    let not_an_enum =
+        || fail("domain events must be externally tagged enums (serde's default)".to_owned());
+    // The type name is the variant serde names, asked of serde itself: the shape of the JSON
+    // alone cannot tell an externally tagged enum from an internally tagged one.
+    let variant = variant_name::of(event).ok_or_else(not_an_enum)?;
+    let body = match serde_json::to_value(event).map_err(|error| fail(error.to_string()))? {
+        Value::String(name) if name == variant => Value::Null,
+        Value::Object(mut map) if map.len() == 1 => map.remove(variant).ok_or_else(not_an_enum)?,
+        _ => return Err(not_an_enum()),
     };
-    let event_type = TypeName::new(name).map_err(|error| fail(error.to_string()))?;
+    let event_type = TypeName::new(variant).map_err(|error| fail(error.to_string()))?;
     let payload = serde_json::to_vec(&body).map_err(|error| fail(error.to_string()))?;
     Ok(EncodedEvent {
         event_version: current_version::<E>(event_type.as_str()),
         event_type,
         payload,
     })
+}
+
+/// Finds the name of the enum variant a value serialises as, with a serializer that stops at
+/// the first call: a `*_variant` call answers with the variant's name, anything else means the
+/// value is not serialised as an externally tagged enum variant.
+mod variant_name {
+    use serde::Serialize;
+    use serde::ser::{Error, Impossible, Serializer};
+
+    /// The variant's name, or `None` if `value` is not an enum variant.
+    pub fn of(value: &impl Serialize) -> Option<&'static str> {
+        match value.serialize(Probe) {
+            Err(Stop::Variant(name)) => Some(name),
+            _ => None,
+        }
+    }
+
+    #[derive(Debug)]
+    enum Stop {
+        Variant(&'static str),
+        Other,
+    }
+
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("variant probe")
+        }
+    }
+
+    impl std::error::Error for Stop {}
+
+    impl Error for Stop {
+        fn custom<T: std::fmt::Display>(_message: T) -> Self {
+            Stop::Other
+        }
+    }
+
+    struct Probe;
+
+    macro_rules! not_a_variant {
+        ($($method:ident($($argument:ty),*) -> $out:ty;)*) => {$(
+            fn $method(self, $(_: $argument),*) -> Result<$out, Stop> {
+                Err(Stop::Other)
+            }
+        )*};
+    }
+
+    impl Serializer for Probe {
+        type Ok = ();
+        type Error = Stop;
+        type SerializeSeq = Impossible<(), Stop>;
+        type SerializeTuple = Impossible<(), Stop>;
+        type SerializeTupleStruct = Impossible<(), Stop>;
+        type SerializeTupleVariant = Impossible<(), Stop>;
+        type SerializeMap = Impossible<(), Stop>;
+        type SerializeStruct = Impossible<(), Stop>;
+        type SerializeStructVariant = Impossible<(), Stop>;
+
+        not_a_variant! {
+            serialize_bool(bool) -> ();
+            serialize_i8(i8) -> ();
+            serialize_i16(i16) -> ();
+            serialize_i32(i32) -> ();
+            serialize_i64(i64) -> ();
+            serialize_u8(u8) -> ();
+            serialize_u16(u16) -> ();
+            serialize_u32(u32) -> ();
+            serialize_u64(u64) -> ();
+            serialize_f32(f32) -> ();
+            serialize_f64(f64) -> ();
+            serialize_char(char) -> ();
+            serialize_str(&str) -> ();
+            serialize_bytes(&[u8]) -> ();
+            serialize_none() -> ();
+            serialize_unit() -> ();
+            serialize_unit_struct(&'static str) -> ();
+            serialize_seq(Option<usize>) -> Self::SerializeSeq;
+            serialize_tuple(usize) -> Self::SerializeTuple;
+            serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+            serialize_map(Option<usize>) -> Self::SerializeMap;
+            serialize_struct(&'static str, usize) -> Self::SerializeStruct;
+        }
+
+        fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<(), Stop> {
+            Err(Stop::Other)
+        }
+
+        fn serialize_newtype_struct<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), Stop> {
+            Err(Stop::Other)
+        }
+
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+        ) -> Result<(), Stop> {
+            Err(Stop::Variant(variant))
+        }
+
+        fn serialize_newtype_variant<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: &T,
+        ) -> Result<(), Stop> {
+            Err(Stop::Variant(variant))
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Stop> {
+            Err(Stop::Variant(variant))
+        }
+
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Stop> {
+            Err(Stop::Variant(variant))
+        }
+    }
 }
 
 /// Decodes a stored event into its domain type, upcasting old versions first.
@@ -135,6 +286,12 @@ pub fn decode_event<E: DomainEvent>(
     payload: &[u8],
 ) -> Result<E, EventDecodeError> {
     let current = current_version::<E>(event_type);
+    if event_version == 0 {
+        return Err(EventDecodeError::Payload {
+            event_type: event_type.to_owned(),
+            reason: "schema versions start at 1".to_owned(),
+        });
+    }
     if event_version > current {
         return Err(EventDecodeError::FutureVersion {
             event_type: event_type.to_owned(),
@@ -148,7 +305,7 @@ pub fn decode_event<E: DomainEvent>(
     };
     let mut body: Value =
         serde_json::from_slice(payload).map_err(|error| payload_error(error.to_string()))?;
-    for version in event_version.max(1)..current {
+    for version in event_version..current {
         let upcaster = E::UPCASTERS
             .iter()
             .find(|upcaster| upcaster.event_type == event_type && upcaster.from_version == version)
@@ -162,11 +319,9 @@ pub fn decode_event<E: DomainEvent>(
             reason,
         })?;
     }
-    let tagged = if body.is_null() {
-        Value::String(event_type.to_owned())
-    } else {
-        Value::Object([(event_type.to_owned(), body)].into_iter().collect())
-    };
+    // `{"Type": body}` decodes every kind of variant, a unit variant from `{"Type": null}`,
+    // and a newtype variant whose content is `null` too (`"Type"` alone would not).
+    let tagged = Value::Object([(event_type.to_owned(), body)].into_iter().collect());
     serde_json::from_value(tagged).map_err(|error| {
         let reason = error.to_string();
         if reason.starts_with("unknown variant") {
@@ -189,7 +344,17 @@ mod tests {
     enum Sample {
         Opened { owner: String, currency: String },
         Closed,
+        Noted(Option<String>),
     }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "kind")]
+    enum InternallyTagged {
+        Started,
+        Stopped,
+    }
+
+    impl DomainEvent for InternallyTagged {}
 
     impl DomainEvent for Sample {
         const UPCASTERS: &'static [Upcaster] = &[Upcaster {
@@ -212,6 +377,8 @@ mod tests {
                 currency: "CHF".into(),
             },
             Sample::Closed,
+            Sample::Noted(None),
+            Sample::Noted(Some("x".into())),
         ] {
             let encoded = encode_event(&event).expect("encodes");
             let decoded: Sample = decode_event(
@@ -235,6 +402,12 @@ mod tests {
     }
 
     #[test]
+    fn events_that_would_not_survive_the_store_are_refused_at_encoding() {
+        let error = encode_event(&InternallyTagged::Stopped).expect_err("not externally tagged");
+        assert!(matches!(error, EventDecodeError::Payload { .. }), "{error}");
+    }
+
+    #[test]
     fn old_versions_are_upcast() {
         let decoded: Sample = decode_event("Opened", 1, br#"{"owner":"ada"}"#).expect("upcasts");
         assert_eq!(
@@ -254,7 +427,7 @@ mod tests {
             &'static [u8],
             fn(&EventDecodeError) -> bool,
         );
-        let cases: [Case; 5] = [
+        let cases: [Case; 6] = [
             ("Renamed", 1, b"{}", |e| {
                 matches!(e, EventDecodeError::UnknownType { .. })
             }),
@@ -269,6 +442,9 @@ mod tests {
             }),
             ("Opened", 1, b"[1]", |e| {
                 matches!(e, EventDecodeError::UpcastFailed { .. })
+            }),
+            ("Closed", 0, b"null", |e| {
+                matches!(e, EventDecodeError::Payload { .. })
             }),
         ];
         for (event_type, version, payload, expected) in cases {

@@ -146,8 +146,8 @@ pub struct StreamOutcome {
 /// The outcome of an append.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendOutcome {
-    /// Global position of the first event written (or of the store's head when the batch was
-    /// empty).
+    /// Global position of the first event written. When nothing was written, one more than
+    /// `last_position` (an empty range).
     pub first_position: u64,
     /// Global position of the last event written.
     pub last_position: u64,
@@ -158,7 +158,45 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
-/// A stream's metadata: retention rules that reads honour, and the soft-delete mark.
+/// Type of the system event that sets a stream's metadata (payload: the JSON of
+/// [`StreamMetadata`]). System events go through batches like any event, so they are ordered
+/// with them, take a sequence number and move the stream's version.
+pub const METADATA_EVENT_TYPE: &str = "$metadata";
+/// Type of the system event that soft-deletes a stream (empty payload): reads hide it and every
+/// event before it.
+pub const DELETED_EVENT_TYPE: &str = "$deleted";
+
+impl NewEvent {
+    /// The system event that gives a stream new metadata.
+    pub fn set_metadata(event_id: EventId, metadata: &StreamMetadata) -> Self {
+        Self {
+            event_id,
+            event_type: TypeName::system(METADATA_EVENT_TYPE),
+            event_version: 1,
+            // Plain structs of integers always serialise.
+            payload: serde_json::to_vec(metadata).unwrap_or_default(),
+            supersedes: None,
+        }
+    }
+
+    /// The system event that soft-deletes a stream.
+    pub fn soft_delete(event_id: EventId) -> Self {
+        Self {
+            event_id,
+            event_type: TypeName::system(DELETED_EVENT_TYPE),
+            event_version: 1,
+            payload: Vec::new(),
+            supersedes: None,
+        }
+    }
+
+    /// Whether this is a system event (its type starts with `$`).
+    pub fn is_system(&self) -> bool {
+        self.event_type.is_system()
+    }
+}
+
+/// A stream's metadata: retention rules that reads honour.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamMetadata {
     /// Reads show at most this many of the newest events.
@@ -184,6 +222,9 @@ pub struct StreamInfo {
     pub deleted: bool,
     /// Agreed timestamp of its last event.
     pub last_timestamp_ms: u64,
+    /// Changes whenever what its aggregate is built from changes other than by appending (a
+    /// correction, a soft delete); snapshots are valid for one epoch.
+    pub epoch: u64,
 }
 
 /// Which events a category, type or global read, or a subscription, covers.

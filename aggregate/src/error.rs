@@ -111,6 +111,31 @@ pub enum StoreError {
         /// Why not.
         reason: &'static str,
     },
+    /// A system event (`$…` type) that the store does not know, or whose payload is wrong.
+    #[error("bad system event {event_type:?}: {reason}")]
+    BadSystemEvent {
+        /// Its type.
+        event_type: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The command id was refused before; the refusal stands.
+    #[error("command refused earlier on stream {stream}: {reason}")]
+    CommandRefused {
+        /// The stream it addressed.
+        stream: StreamKey,
+        /// The refusal.
+        reason: String,
+    },
+    /// A snapshot that no longer fits its stream (another epoch, or a version the stream does
+    /// not have); it was not saved.
+    #[error("snapshot of {stream} is stale: {reason}")]
+    StaleSnapshot {
+        /// The stream.
+        stream: StreamKey,
+        /// Why.
+        reason: &'static str,
+    },
     /// The store file could not be read or written.
     #[error("storage: {0}")]
     Storage(#[from] Box<redb::Error>),
@@ -212,6 +237,14 @@ pub enum CommandError<E: std::error::Error + 'static> {
         sequence: u64,
         /// What is wrong with it.
         error: Box<EventDecodeError>,
+    },
+    /// The command id was refused before; the refusal stands (retry with a new id).
+    #[error("refused earlier on stream {stream}: {reason}")]
+    AlreadyRefused {
+        /// The stream.
+        stream: StreamKey,
+        /// The first refusal.
+        reason: String,
     },
     /// The command's category is not the aggregate's, or the command does not decode.
     #[error("bad command: {0}")]

@@ -38,7 +38,9 @@ macro_rules! id_type {
 
             /// Parses 32 hex digits.
             pub fn from_hex(text: &str) -> Result<Self, NameError> {
-                if text.len() != 32 || !text.is_ascii() {
+                // Only hex digits: `from_str_radix` alone would also take a '+' sign, and an
+                // id must have exactly one text form.
+                if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
                     return Err(NameError::BadId { text: text.chars().take(80).collect() });
                 }
                 let mut bytes = [0; 16];

@@ -41,5 +41,7 @@ pub use names::{CategoryName, DatabaseName, StreamKey, TypeName};
 pub use process::{AggregateRegistry, CommandRequest, DispatchError, EventRouter, ProcessManager};
 pub use projection::{Projection, ProjectionRunner};
 pub use repository::{Loaded, Repository, decide};
-pub use store::{Direction, EventStore, ReadSlice, SnapshotRecord, StreamSlice};
+pub use store::{
+    CommandRecord, Direction, EventStore, ReadSlice, ReadView, SnapshotRecord, StreamSlice,
+};
 pub use subscription::Subscription;

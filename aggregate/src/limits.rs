@@ -15,6 +15,10 @@ pub const EVENT_PAYLOAD_BYTES_MAX: usize = 1 << 20;
 pub const BATCH_EVENTS_MAX: usize = 10_000;
 /// Most payload bytes in one append batch (all streams together).
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
+/// Most batches in one group commit.
+pub const GROUP_BATCHES_MAX: usize = 10_000;
+/// Longest refusal reason kept for a refused command id, in characters.
+pub const REFUSAL_CHARS_MAX: usize = 1_000;
 /// Most streams written by one append batch.
 pub const BATCH_STREAMS_MAX: usize = 1_000;
 /// Most events one read returns; larger requests are cut to this and page on.

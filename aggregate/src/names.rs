@@ -38,7 +38,8 @@ pub struct StreamKey {
 }
 
 /// The stable name of an event or command type: ASCII letters, digits, `_`, `-`, `.` and `:`,
-/// at most [`TYPE_NAME_BYTES_MAX`] bytes.
+/// at most [`TYPE_NAME_BYTES_MAX`] bytes. A leading `$` marks the store's system events; the
+/// store accepts only the ones it knows.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TypeName(String);
@@ -175,6 +176,8 @@ impl TypeName {
         let name = name.into();
         check_length("type name", &name, TYPE_NAME_BYTES_MAX)?;
         if let Some(bad) = name
+            .strip_prefix('$')
+            .unwrap_or(&name)
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
         {
@@ -190,6 +193,17 @@ impl TypeName {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether this names a system event (`$…`).
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with('$')
+    }
+
+    /// A system type name from a constant of this crate.
+    pub(crate) fn system(name: &'static str) -> Self {
+        debug_assert!(name.starts_with('$') && Self::new(name).is_ok());
+        Self(name.to_owned())
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::codec::{decode_record, encode_record};
 use crate::domain::Aggregate;
@@ -24,13 +24,16 @@ use crate::ids::{CommandId, MessageId};
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::names::StreamKey;
 use crate::repository::Repository;
-use crate::store::{Direction, EventStore};
+use crate::store::EventStore;
+use crate::subscription::Subscription;
 
 /// Most commands one event may set off through a manager (its own and those of rejections),
 /// so a manager that keeps answering rejections with commands cannot loop forever.
 pub const COMMANDS_PER_EVENT_MAX: usize = 64;
 /// Events a router reads per manager per round.
 pub const ROUTER_BATCH_EVENTS_MAX: usize = 1_000;
+/// Rounds one `run_until_quiet` makes at most.
+pub const ROUTER_ROUNDS_MAX: usize = 10_000;
 
 /// A command addressed to a stream by category, its body as JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -86,12 +89,27 @@ pub enum DispatchError {
         /// The category.
         category: String,
     },
-    /// The aggregate refused the command, or the command was malformed or conflicted.
-    #[error("{0}")]
-    Rejected(String),
+    /// The command does not decode for its aggregate, or is too large, or a stored event of
+    /// the stream does not decode: executing it again gives the same answer.
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    /// The aggregate refused the command (now or, for the same command id, before): final.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The stream was not at the expected version, or kept changing: executing it later may
+    /// succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The store failed: the command may be retried.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl DispatchError {
+    /// Whether executing the same command later can give another answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Store(_))
+    }
 }
 
 /// Executes a JSON command for one aggregate type.
@@ -113,13 +131,13 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
     ) -> Result<AppendOutcome, DispatchError> {
         let size = serde_json::to_vec(&request.command).map_or(usize::MAX, |bytes| bytes.len());
         if size > COMMAND_BYTES_MAX {
-            return Err(DispatchError::Rejected(format!(
+            return Err(DispatchError::Invalid(format!(
                 "the command is {size} bytes; at most {COMMAND_BYTES_MAX} are allowed"
             )));
         }
         let command: A::Command =
             serde_json::from_value(request.command.clone()).map_err(|error| {
-                DispatchError::Rejected(format!("not a {} command: {error}", A::CATEGORY))
+                DispatchError::Invalid(format!("not a {} command: {error}", A::CATEGORY))
             })?;
         let envelope = CommandEnvelope {
             command_id: request.command_id,
@@ -134,7 +152,13 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
             .execute(&envelope)
             .map_err(|error| match error {
                 CommandError::Store(error) => DispatchError::Store(error),
-                other => DispatchError::Rejected(other.to_string()),
+                CommandError::Domain(error) => DispatchError::Refused(error.to_string()),
+                CommandError::AlreadyRefused { reason, .. } => DispatchError::Refused(reason),
+                error @ (CommandError::WrongExpectedVersion { .. }
+                | CommandError::Contention { .. }) => DispatchError::Conflict(error.to_string()),
+                error @ (CommandError::Decode { .. } | CommandError::BadCommand(_)) => {
+                    DispatchError::Invalid(error.to_string())
+                }
             })
     }
 }
@@ -202,13 +226,16 @@ pub struct RouterReport {
     pub events_delivered: u64,
     /// Commands executed (including repeats of already executed ids).
     pub commands_executed: u64,
-    /// Commands the aggregates refused.
+    /// Commands refused or invalid (the manager's `on_rejected` saw each).
     pub commands_rejected: u64,
+    /// False when the run stopped at [`ROUTER_ROUNDS_MAX`] with work left (managers that keep
+    /// reacting to each other's commands); the next run goes on from the checkpoints.
+    pub quiet: bool,
 }
 
 struct Route {
     manager: Box<dyn ProcessManager>,
-    next_position: u64,
+    subscription: Subscription,
 }
 
 /// Delivers events to process managers, each from its own checkpoint, and executes the
@@ -228,6 +255,7 @@ impl EventRouter {
     }
 
     /// Adds a manager; it resumes from its saved checkpoint, or from the start of the store.
+    /// A checkpoint that does not decode is an error, not a silent replay from the start.
     pub fn add(
         &mut self,
         store: &EventStore,
@@ -237,84 +265,97 @@ impl EventRouter {
             Some(bytes) => decode_record::<u64>("router checkpoint", &bytes)?,
             None => 1,
         };
-        self.routes.push(Route {
-            manager,
-            next_position,
-        });
+        self.add_from(manager, next_position);
         Ok(())
     }
 
     /// Adds a manager that starts at global position `from`, ignoring any checkpoint (to
-    /// replay history: the commands it re-sends have the ids they had, so they change nothing).
+    /// replay history). The commands it re-sends have the ids they had, so an executed one
+    /// returns its first outcome and a refused one its first refusal: a replay changes nothing.
     pub fn add_from(&mut self, manager: Box<dyn ProcessManager>, from: u64) {
+        let filter = manager.filter();
         self.routes.push(Route {
             manager,
-            next_position: from.max(1),
+            subscription: Subscription::new(filter, from, ROUTER_BATCH_EVENTS_MAX),
         });
     }
 
     /// Delivers every pending event and executes what it sets off, round after round, until
-    /// no manager has anything left. Storage errors stop the run; the next run resumes from the
-    /// checkpoints.
-    pub fn run_until_quiet(&mut self, store: &EventStore) -> Result<RouterReport, StoreError> {
+    /// no manager has anything left (or [`ROUTER_ROUNDS_MAX`] rounds). A transient failure
+    /// (conflict, storage) stops the run with the failing event not yet counted as delivered:
+    /// the next run delivers it again.
+    pub fn run_until_quiet(&mut self, store: &EventStore) -> Result<RouterReport, DispatchError> {
         let mut report = RouterReport::default();
-        loop {
+        for _round in 0..ROUTER_ROUNDS_MAX {
             let mut delivered_this_round = 0;
             for route in &mut self.routes {
-                let slice = store.read(
-                    &route.manager.filter(),
-                    route.next_position,
-                    Direction::Forward,
-                    ROUTER_BATCH_EVENTS_MAX,
-                )?;
-                let next_position = slice
-                    .next
-                    .unwrap_or(slice.head_position + 1)
-                    .max(route.next_position);
-                for event in &slice.events {
-                    deliver(
+                let start = route.subscription.clone();
+                let events = route.subscription.poll(store)?;
+                for event in &events {
+                    if let Err(error) = deliver(
                         &self.registry,
                         store,
                         route.manager.as_mut(),
                         event,
                         &mut report,
-                    )?;
+                    ) {
+                        // Resume at the failing event: everything before it is done.
+                        route.subscription = Subscription::new(
+                            start.filter().clone(),
+                            event.position,
+                            ROUTER_BATCH_EVENTS_MAX,
+                        );
+                        save_route(store, route)?;
+                        return Err(error);
+                    }
                     delivered_this_round += 1;
                 }
-                if next_position != route.next_position {
-                    route.next_position = next_position;
-                    store.save_checkpoint(
-                        &checkpoint_name(route.manager.name()),
-                        &encode_record(&next_position)?,
-                    )?;
+                if route.subscription.next_position() != start.next_position() {
+                    save_route(store, route)?;
                 }
             }
             report.events_delivered += delivered_this_round;
             if delivered_this_round == 0 {
+                report.quiet = true;
                 return Ok(report);
             }
         }
+        Ok(report)
     }
 }
 
+fn save_route(store: &EventStore, route: &Route) -> Result<(), StoreError> {
+    store.save_checkpoint(
+        &checkpoint_name(route.manager.name()),
+        &encode_record(&route.subscription.next_position())?,
+    )
+}
+
+/// Hands one event to a manager and executes what it emits, answering refusals with
+/// `on_rejected`. Transient failures are returned for the caller to retry the event.
 fn deliver(
     registry: &AggregateRegistry,
     store: &EventStore,
     manager: &mut dyn ProcessManager,
     event: &RecordedEvent,
     report: &mut RouterReport,
-) -> Result<(), StoreError> {
+) -> Result<(), DispatchError> {
     let mut pending: VecDeque<CommandRequest> = manager.handle(event).into();
     let mut sent = 0;
     while let Some(request) = pending.pop_front() {
         sent += 1;
         if sent > COMMANDS_PER_EVENT_MAX {
-            debug!(manager = manager.name(), event = %event.event_id, "command budget spent");
+            warn!(
+                manager = manager.name(),
+                event = %event.event_id,
+                dropped = pending.len() + 1,
+                "process manager exceeded {COMMANDS_PER_EVENT_MAX} commands for one event"
+            );
             break;
         }
         match registry.execute(store, &request) {
             Ok(_) => report.commands_executed += 1,
-            Err(DispatchError::Store(error)) => return Err(error),
+            Err(error) if error.is_transient() => return Err(error),
             Err(rejection) => {
                 report.commands_rejected += 1;
                 let reason = rejection.to_string();

@@ -3,7 +3,9 @@
 //!
 //! The state and the checkpoint are saved in one record, so after a crash a projection resumes
 //! from a consistent (possibly older) point and sees the events after it again: projections are
-//! exactly-once in effect as long as `apply` is a pure fold.
+//! exactly-once in effect as long as `apply` is a pure fold. A projection reads the change feed:
+//! it sees every committed event, corrections included (`supersedes` set), and decides itself
+//! what a correction means for its read model.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -57,14 +59,19 @@ impl<P: Projection> ProjectionRunner<P> {
             projection,
         };
         if let Some(bytes) = store.load_checkpoint(&runner.checkpoint_name())? {
-            let checkpoint: Checkpoint = decode_record("projection checkpoint", &bytes)?;
-            let state = serde_json::from_slice::<P::State>(&checkpoint.state);
-            match state {
-                Ok(state) if checkpoint.version == runner.projection.version() => {
+            // The checkpoint is a cache of the log: if it does not decode, rebuild.
+            let checkpoint = decode_record::<Checkpoint>("projection checkpoint", &bytes)
+                .ok()
+                .and_then(|checkpoint| {
+                    let state = serde_json::from_slice::<P::State>(&checkpoint.state).ok()?;
+                    Some((checkpoint.version, checkpoint.next_position, state))
+                });
+            match checkpoint {
+                Some((version, next_position, state)) if version == runner.projection.version() => {
                     runner.state = state;
                     runner.subscription = Subscription::new(
                         runner.projection.filter(),
-                        checkpoint.next_position,
+                        next_position,
                         PROJECTION_BATCH_EVENTS_MAX,
                     );
                 }

@@ -17,7 +17,7 @@ use crate::error::{CommandError, StoreError};
 use crate::ids::EventId;
 use crate::limits::READ_COUNT_MAX;
 use crate::names::StreamKey;
-use crate::store::{Direction, EventStore, SnapshotRecord};
+use crate::store::{CommandRecord, EventStore, ReadView, SnapshotRecord};
 
 /// Default number of events between two snapshots of a stream.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
@@ -31,6 +31,8 @@ pub struct Loaded<A> {
     pub state: A,
     /// The stream version it reflects.
     pub version: u64,
+    /// The stream's epoch in the view it was loaded from.
+    pub epoch: u64,
     /// The version of the snapshot it started from, if one was used.
     pub snapshot_version: Option<u64>,
     /// How many events were applied on top of the snapshot (or of the empty state).
@@ -62,18 +64,23 @@ impl<'s, A: Aggregate> Repository<'s, A> {
         self
     }
 
-    /// Loads the aggregate of `stream`: from its snapshot when a valid one exists, then the
-    /// events after it.
+    /// Loads the aggregate of `stream` from one consistent view of the store: from its
+    /// snapshot when a valid one exists, then the events after it, as
+    /// [`ReadView::read_history`] shows them (corrections and soft delete apply, retention
+    /// does not). System events (`$metadata`, `$deleted`) are not the aggregate's and are
+    /// skipped.
     pub fn load(&self, stream: &StreamKey) -> Result<Loaded<A>, CommandError<A::Error>> {
         check_category::<A>(stream)?;
+        let view = self.store.view()?;
         let mut loaded = Loaded {
             state: A::default(),
             version: 0,
+            epoch: view.stream_info(stream)?.map_or(0, |info| info.epoch),
             snapshot_version: None,
             events_applied: 0,
         };
         if self.snapshot_every.is_some() {
-            if let Some((state, version)) = self.usable_snapshot(stream)? {
+            if let Some((state, version)) = usable_snapshot::<A>(&view, stream)? {
                 loaded.state = state;
                 loaded.version = version;
                 loaded.snapshot_version = Some(version);
@@ -81,10 +88,12 @@ impl<'s, A: Aggregate> Repository<'s, A> {
         }
         let mut from = loaded.version + 1;
         loop {
-            let slice = self
-                .store
-                .read_stream(stream, from, Direction::Forward, READ_COUNT_MAX)?;
-            for event in &slice.events {
+            let slice = view.read_history(stream, from, READ_COUNT_MAX)?;
+            for event in slice
+                .events
+                .iter()
+                .filter(|event| !event.event_type.is_system())
+            {
                 let typed = decode_event::<A::Event>(
                     event.event_type.as_str(),
                     event.event_version,
@@ -98,7 +107,7 @@ impl<'s, A: Aggregate> Repository<'s, A> {
                 loaded.state = std::mem::take(&mut loaded.state).apply(&typed);
                 loaded.events_applied += 1;
             }
-            // Hidden (superseded, truncated) events count towards the version all the same.
+            // Hidden (superseded, deleted) and system events count towards the version.
             loaded.version = slice.version;
             match slice.next {
                 Some(next) => from = next,
@@ -109,28 +118,50 @@ impl<'s, A: Aggregate> Repository<'s, A> {
     }
 
     /// Executes a command: returns the outcome of its append (marked `duplicate` when the
-    /// command id was executed before).
+    /// command id was executed before). A refusal by the aggregate is recorded, so the same
+    /// command id is refused again ([`CommandError::AlreadyRefused`]) even if the state has
+    /// changed since: retry a refused command with a new id.
     pub fn execute(
         &self,
         envelope: &CommandEnvelope<A::Command>,
     ) -> Result<AppendOutcome, CommandError<A::Error>> {
         check_category::<A>(&envelope.stream)?;
-        if let Some(mut outcome) = self.store.command_outcome(envelope.command_id)? {
-            outcome.duplicate = true;
-            return Ok(outcome);
+        match self.store.command_record(envelope.command_id)? {
+            Some(CommandRecord::Appended(mut outcome)) => {
+                outcome.duplicate = true;
+                return Ok(outcome);
+            }
+            Some(CommandRecord::Refused { stream, reason }) => {
+                return Err(CommandError::AlreadyRefused { stream, reason });
+            }
+            None => {}
         }
         for _attempt in 0..self.attempts_max {
             let loaded = self.load(&envelope.stream)?;
-            let (batch, state) = decide(&loaded.state, loaded.version, envelope)?;
+            let (batch, state) = match decide(&loaded.state, loaded.version, envelope) {
+                Ok(decided) => decided,
+                Err(CommandError::Domain(error)) => {
+                    self.store.record_refusal(
+                        envelope.command_id,
+                        &envelope.stream,
+                        &error.to_string(),
+                    )?;
+                    return Err(CommandError::Domain(error));
+                }
+                Err(other) => return Err(other),
+            };
             match self.store.append(&batch) {
                 Ok(outcome) => {
-                    self.maybe_snapshot(&envelope.stream, loaded.version, &outcome, state);
+                    self.maybe_snapshot(&envelope.stream, &loaded, &outcome, state);
                     return Ok(outcome);
                 }
                 // Another writer moved the stream between load and append; a command that
                 // accepts any version decides again on the new state.
                 Err(StoreError::WrongExpectedVersion { .. })
                     if envelope.expected == ExpectedVersion::Any => {}
+                Err(StoreError::CommandRefused { stream, reason }) => {
+                    return Err(CommandError::AlreadyRefused { stream, reason });
+                }
                 Err(error) => return Err(error.into()),
             }
         }
@@ -140,47 +171,31 @@ impl<'s, A: Aggregate> Repository<'s, A> {
         })
     }
 
-    fn usable_snapshot(&self, stream: &StreamKey) -> Result<Option<(A, u64)>, StoreError> {
-        let Some(snapshot) = self.store.read_snapshot(stream)? else {
-            return Ok(None);
-        };
-        // A snapshot is a cache, never trusted over the events: another schema, a version the
-        // stream does not have, or retention rules that make history slide all mean "rebuild".
-        let Some(info) = self.store.stream_info(stream)? else {
-            return Ok(None);
-        };
-        let sliding = info.metadata.max_count.is_some() || info.metadata.max_age_ms.is_some();
-        if snapshot.schema_version != A::SCHEMA_VERSION
-            || snapshot.version > info.version
-            || sliding
-        {
-            debug!(%stream, snapshot.schema_version, snapshot.version, "snapshot ignored");
-            return Ok(None);
-        }
-        match serde_json::from_slice::<A>(&snapshot.state) {
-            Ok(state) => Ok(Some((state, snapshot.version))),
-            Err(error) => {
-                debug!(%stream, %error, "snapshot does not decode; rebuilding from events");
-                Ok(None)
-            }
-        }
-    }
-
     /// Saves a snapshot when the append crossed a multiple of `snapshot_every`. A failure to
-    /// save one costs only speed, so it is logged, not returned.
-    fn maybe_snapshot(&self, stream: &StreamKey, before: u64, outcome: &AppendOutcome, state: A) {
+    /// save one (for instance because the stream was corrected meanwhile, which makes it
+    /// stale) costs only speed, so it is logged, not returned.
+    fn maybe_snapshot(
+        &self,
+        stream: &StreamKey,
+        loaded: &Loaded<A>,
+        outcome: &AppendOutcome,
+        state: A,
+    ) {
         let Some(every) = self.snapshot_every else {
             return;
         };
         let Some(after) = outcome.streams.first().map(|written| written.version) else {
             return;
         };
-        if outcome.duplicate || after / every == before / every {
+        if outcome.duplicate || after / every == loaded.version / every {
             return;
         }
         let snapshot = serde_json::to_vec(&state).map(|bytes| SnapshotRecord {
             schema_version: A::SCHEMA_VERSION,
             version: after,
+            // The append succeeded at the loaded version, and every epoch change moves the
+            // version, so the stream was still at the loaded epoch when it committed.
+            epoch: loaded.epoch,
             state: bytes,
         });
         let result = match snapshot {
@@ -189,6 +204,28 @@ impl<'s, A: Aggregate> Repository<'s, A> {
         };
         if let Err(error) = result {
             debug!(%stream, %error, "snapshot not saved");
+        }
+    }
+}
+
+/// A snapshot the view holds for the stream that this code can use: same schema version, and a
+/// state that decodes. Anything else means "rebuild from the events".
+fn usable_snapshot<A: Aggregate>(
+    view: &ReadView,
+    stream: &StreamKey,
+) -> Result<Option<(A, u64)>, StoreError> {
+    let Some(snapshot) = view.read_snapshot(stream)? else {
+        return Ok(None);
+    };
+    if snapshot.schema_version != A::SCHEMA_VERSION {
+        debug!(%stream, snapshot.schema_version, "snapshot of another schema ignored");
+        return Ok(None);
+    }
+    match serde_json::from_slice::<A>(&snapshot.state) {
+        Ok(state) => Ok(Some((state, snapshot.version))),
+        Err(error) => {
+            debug!(%stream, %error, "snapshot does not decode; rebuilding from events");
+            Ok(None)
         }
     }
 }

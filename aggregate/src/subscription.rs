@@ -1,6 +1,11 @@
 //! Catch-up subscriptions: a consumer starts from a global position, receives the history after
 //! it, then new events as they are committed, without gap or duplicate.
 //!
+//! A subscription reads the change feed ([`crate::store::ReadView::read_log`]): every committed
+//! event matching its filter, including events that client reads hide (truncated, soft-deleted,
+//! superseded), so that what it delivers depends only on the log and never on when it reads.
+//! A correction arrives as an event with `supersedes` set; consumers apply it.
+//!
 //! Why no gap: positions are assigned inside the one write transaction that commits them, so
 //! every read sees a prefix of the global order; a subscription that has delivered everything
 //! up to position p reads next from p + 1. Why no duplicate: the cursor only moves forward.
@@ -10,7 +15,7 @@ use std::time::Duration;
 
 use crate::envelope::{Filter, RecordedEvent};
 use crate::error::StoreError;
-use crate::store::{Direction, EventStore};
+use crate::store::EventStore;
 
 /// A position-tracking reader of one filter. Holds no reference to the store, so it can be
 /// saved (its [`Subscription::next_position`]) and resumed.
@@ -31,25 +36,30 @@ impl Subscription {
         }
     }
 
+    /// The events it delivers.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
     /// The global position the next event will be read from: a checkpoint to resume at.
     pub fn next_position(&self) -> u64 {
         self.next_position
     }
 
-    /// The next events, up to the batch size, without waiting; empty when caught up.
+    /// The next events, up to the batch size, without waiting; empty only when caught up.
     pub fn poll(&mut self, store: &EventStore) -> Result<Vec<RecordedEvent>, StoreError> {
-        let slice = store.read(
-            &self.filter,
-            self.next_position,
-            Direction::Forward,
-            self.batch_max,
-        )?;
-        // A page that ends early (hidden events skipped, or the end) still moves the cursor
-        // past everything the read looked at, up to the head it saw.
-        let next = slice.next.unwrap_or(slice.head_position + 1);
-        debug_assert!(slice.events.iter().all(|event| event.position < next));
-        self.next_position = self.next_position.max(next);
-        Ok(slice.events)
+        loop {
+            let slice = store.read_log(&self.filter, self.next_position, self.batch_max)?;
+            // The cursor moves past everything the read looked at, up to the head it saw.
+            let next = slice.next.unwrap_or(slice.head_position.saturating_add(1));
+            debug_assert!(slice.events.iter().all(|event| event.position < next));
+            self.next_position = self.next_position.max(next);
+            // A page can be empty without being the end when the read stopped at its scan
+            // limit (a long stretch of other categories' events): read on.
+            if !slice.events.is_empty() || slice.next.is_none() {
+                return Ok(slice.events);
+            }
+        }
     }
 
     /// The next events; when caught up, waits up to `timeout` for new ones.

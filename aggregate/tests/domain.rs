@@ -214,6 +214,7 @@ fn snapshots_shorten_loads_and_are_ignored_when_they_do_not_fit() {
     let forged = SnapshotRecord {
         schema_version: BankAccount::SCHEMA_VERSION + 1,
         version: 25,
+        epoch: 0,
         state: serde_json::to_vec(&BankAccount {
             owner: Some("mallory".into()),
             balance: 1_000_000,
@@ -227,6 +228,7 @@ fn snapshots_shorten_loads_and_are_ignored_when_they_do_not_fit() {
     let garbage = SnapshotRecord {
         schema_version: BankAccount::SCHEMA_VERSION,
         version: 25,
+        epoch: 0,
         state: b"{not json".to_vec(),
     };
     store.write_snapshot(&stream, &garbage).expect("write");
@@ -638,8 +640,164 @@ fn the_registry_refuses_unknown_categories_and_malformed_commands() {
         ),
     );
     assert!(
-        matches!(&malformed, Err(chorus_aggregate::DispatchError::Rejected(reason)) if reason.contains("not a BankAccount command")),
+        matches!(&malformed, Err(chorus_aggregate::DispatchError::Invalid(reason)) if reason.contains("not a BankAccount command")),
         "{malformed:?}"
     );
     assert_eq!(store.head_position().expect("head"), 0);
+}
+
+#[test]
+fn stale_snapshots_are_refused_when_written() {
+    let (_directory, store) = store();
+    let stream = key("BankAccount@ada");
+    let accounts = Repository::<BankAccount>::new(&store).with_snapshots_every(None);
+    accounts
+        .execute(&command("open", "BankAccount@ada", open("ada")))
+        .expect("open");
+    accounts
+        .execute(&command("d1", "BankAccount@ada", deposit(5)))
+        .expect("deposit");
+    let loaded = accounts.load(&stream).expect("load");
+    let snapshot = |epoch, version| SnapshotRecord {
+        schema_version: BankAccount::SCHEMA_VERSION,
+        version,
+        epoch,
+        state: serde_json::to_vec(&loaded.state).expect("encode"),
+    };
+    store
+        .write_snapshot(&stream, &snapshot(loaded.epoch, 2))
+        .expect("fits");
+    assert!(matches!(
+        store.write_snapshot(&stream, &snapshot(loaded.epoch, 3)),
+        Err(chorus_aggregate::StoreError::StaleSnapshot { .. })
+    ));
+    // A correction moves the epoch: a state built before it may include what it superseded,
+    // so a writer that loaded before the correction cannot save it afterwards.
+    let encoded = encode_event(&BankAccountEvent::Deposited {
+        amount: 4,
+        balance: 4,
+        transfer: None,
+    })
+    .expect("encode");
+    let fix = NewEvent {
+        event_id: EventId::derive(&[b"fix"]),
+        event_type: encoded.event_type,
+        event_version: encoded.event_version,
+        payload: encoded.payload,
+        supersedes: Some(2),
+    };
+    store
+        .append(&AppendBatch::single(
+            CommandId::derive(&[b"fix"]),
+            stream.clone(),
+            ExpectedVersion::Exact(2),
+            vec![fix],
+            9,
+        ))
+        .expect("correct");
+    assert!(matches!(
+        store.write_snapshot(&stream, &snapshot(loaded.epoch, 2)),
+        Err(chorus_aggregate::StoreError::StaleSnapshot { .. })
+    ));
+    assert!(
+        store.read_snapshot(&stream).expect("read").is_none(),
+        "the old snapshot was dropped"
+    );
+    assert_eq!(accounts.load(&stream).expect("load").state.balance, 4);
+}
+
+#[test]
+fn a_refused_command_id_stays_refused() {
+    let (_directory, store) = store();
+    let accounts = Repository::<BankAccount>::new(&store);
+    accounts
+        .execute(&command("open", "BankAccount@ada", open("ada")))
+        .expect("open");
+    let withdraw = command(
+        "w",
+        "BankAccount@ada",
+        BankAccountCommand::Withdraw {
+            amount: 10,
+            transfer: None,
+        },
+    );
+    assert!(matches!(
+        accounts.execute(&withdraw),
+        Err(CommandError::Domain(_))
+    ));
+    accounts
+        .execute(&command("d", "BankAccount@ada", deposit(50)))
+        .expect("deposit");
+    // The balance would cover it now, but this command id was refused: it stays refused, so a
+    // re-delivered command never decides differently the second time.
+    let again = accounts.execute(&withdraw);
+    assert!(
+        matches!(&again, Err(CommandError::AlreadyRefused { reason, .. }) if reason.contains("insufficient funds")),
+        "{again:?}"
+    );
+    assert_eq!(balance(&store, "ada"), 50);
+}
+
+#[test]
+fn replaying_the_saga_after_a_refund_creates_no_money() {
+    let (_directory, store) = store();
+    let accounts = Repository::<BankAccount>::new(&store);
+    accounts
+        .execute(&command("a", "BankAccount@a", open("a")))
+        .expect("open");
+    accounts
+        .execute(&command("seed", "BankAccount@a", deposit(100)))
+        .expect("deposit");
+    start_transfer(&store, "t", "a", "b", 100); // b is not open: refund
+    let mut router = EventRouter::new(bank());
+    router.add(&store, Box::new(TransferSaga)).expect("add");
+    assert!(router.run_until_quiet(&store).expect("route").quiet);
+    assert!(matches!(status(&store, "t"), TransferStatus::Failed { .. }));
+    assert_eq!(balance(&store, "a"), 100);
+
+    // b opens; then every event is delivered again (a lost checkpoint, or a replay).
+    accounts
+        .execute(&command("b", "BankAccount@b", open("b")))
+        .expect("open");
+    let mut replay = EventRouter::new(bank());
+    replay.add_from(Box::new(TransferSaga), 1);
+    replay.run_until_quiet(&store).expect("route");
+    assert_eq!((balance(&store, "a"), balance(&store, "b")), (100, 0));
+    assert!(matches!(status(&store, "t"), TransferStatus::Failed { .. }));
+}
+
+#[test]
+fn subscribers_see_the_log_whatever_reads_hide() {
+    let (_directory, store) = store();
+    let stream = key("BankAccount@ada");
+    let accounts = Repository::<BankAccount>::new(&store);
+    accounts
+        .execute(&command("open", "BankAccount@ada", open("ada")))
+        .expect("open");
+    let metadata = chorus_aggregate::StreamMetadata {
+        max_count: Some(1),
+        ..Default::default()
+    };
+    store
+        .set_metadata(&stream, ExpectedVersion::Exact(1), &metadata)
+        .expect("metadata");
+    let mut early = Subscription::new(Filter::Stream(stream.clone()), 1, 100);
+    let early_events = early.poll(&store).expect("poll").len();
+    accounts
+        .execute(&command("d1", "BankAccount@ada", deposit(1)))
+        .expect("deposit");
+    accounts
+        .execute(&command("d2", "BankAccount@ada", deposit(1)))
+        .expect("deposit");
+    let early_total = early_events + early.poll(&store).expect("poll").len();
+    let mut late = Subscription::new(Filter::Stream(stream.clone()), 1, 100);
+    assert_eq!(late.poll(&store).expect("poll").len(), early_total);
+    assert_eq!(early_total, 4);
+    // A client read shows only the newest event.
+    let read = store
+        .read_stream(&stream, 1, chorus_aggregate::Direction::Forward, 100)
+        .expect("read");
+    assert_eq!(read.events.len(), 1);
+    // Waiting with no deadline returns at once when there is something new.
+    assert_eq!(store.wait_for_head_after(0, Duration::MAX), 4);
 }

@@ -137,7 +137,7 @@ fn a_batch_over_several_streams_is_all_or_nothing() {
     );
     assert!(
         store
-            .command_outcome(CommandId::derive(&[b"transfer"]))
+            .command_record(CommandId::derive(&[b"transfer"]))
             .expect("outcome")
             .is_none()
     );
@@ -276,13 +276,11 @@ fn reads_page_forward_and_backward() {
             .collect::<Vec<_>>(),
         [5, 4, 3]
     );
-    assert!(
-        store
-            .read_stream(&stream, 1, Direction::Forward, 0)
-            .expect("read")
-            .events
-            .is_empty()
-    );
+    // A count of 0 reads one event: an empty page would wrongly say "the end".
+    let one = store
+        .read_stream(&stream, 1, Direction::Forward, 0)
+        .expect("read");
+    assert_eq!((one.events.len(), one.next), (1, Some(2)));
 }
 
 #[test]
@@ -397,9 +395,10 @@ fn listings_show_databases_categories_and_live_streams() {
         live.iter().map(|s| s.stream.id()).collect::<Vec<_>>(),
         ["b"]
     );
+    // System types are listed too: the soft delete was a `$deleted` event.
     assert_eq!(
         store.list_event_types().expect("types"),
-        [TypeName::new("Noted").expect("type")]
+        ["$deleted", "Noted"].map(|name| TypeName::new(name).expect("type"))
     );
 }
 
@@ -412,59 +411,144 @@ fn metadata_limits_what_reads_show() {
         one.timestamp_ms = timestamp;
         store.append(&one).expect("append");
     }
+    // The domain events a read shows (metadata changes are `$metadata` events in the stream).
     let visible = |store: &EventStore| -> Vec<u64> {
         store
             .read_stream(&stream, 1, Direction::Forward, 100)
             .expect("read")
             .events
             .iter()
+            .filter(|e| !e.event_type.is_system())
             .map(|e| e.sequence)
             .collect()
     };
-    store
-        .set_metadata(
-            &stream,
+    let set = |expected: u64, metadata: StreamMetadata| {
+        store
+            .set_metadata(&stream, ExpectedVersion::Exact(expected), &metadata)
+            .expect("metadata")
+            .streams[0]
+            .version
+    };
+    // max_count counts every event of the stream, the `$metadata` event (6) included.
+    assert_eq!(
+        set(
+            5,
             StreamMetadata {
-                max_count: Some(2),
+                max_count: Some(3),
                 ..Default::default()
-            },
-        )
-        .expect("metadata");
+            }
+        ),
+        6
+    );
     assert_eq!(visible(&store), [4, 5]);
-    store
-        .set_metadata(
-            &stream,
-            StreamMetadata {
-                truncate_before: Some(3),
-                ..Default::default()
-            },
-        )
-        .expect("metadata");
+    set(
+        6,
+        StreamMetadata {
+            truncate_before: Some(3),
+            ..Default::default()
+        },
+    );
     assert_eq!(visible(&store), [3, 4, 5]);
     // Measured against the newest agreed timestamp (500), not a clock.
-    store
-        .set_metadata(
-            &stream,
-            StreamMetadata {
-                max_age_ms: Some(150),
-                ..Default::default()
-            },
-        )
-        .expect("metadata");
+    set(
+        7,
+        StreamMetadata {
+            max_age_ms: Some(150),
+            ..Default::default()
+        },
+    );
     assert_eq!(visible(&store), [4, 5]);
     // $all honours the stream's metadata too.
     let all = store
         .read(&Filter::All, 1, Direction::Forward, 100)
         .expect("read");
-    assert_eq!(all.events.len(), 2);
-    store
-        .set_metadata(&stream, StreamMetadata::default())
-        .expect("metadata");
-    assert_eq!(visible(&store), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        all.events
+            .iter()
+            .filter(|e| !e.event_type.is_system())
+            .count(),
+        2
+    );
+    // A metadata change is ordered like any append: a stale expected version is refused.
     assert!(matches!(
-        store.set_metadata(&key("Notebook@none"), StreamMetadata::default()),
-        Err(StoreError::StreamNotFound { .. })
+        store.set_metadata(
+            &stream,
+            ExpectedVersion::Exact(7),
+            &StreamMetadata::default()
+        ),
+        Err(StoreError::WrongExpectedVersion { actual: 8, .. })
     ));
+    set(8, StreamMetadata::default());
+    assert_eq!(visible(&store), [1, 2, 3, 4, 5]);
+    let fresh = store
+        .set_metadata(
+            &key("Notebook@new"),
+            ExpectedVersion::NoStream,
+            &StreamMetadata::default(),
+        )
+        .expect("metadata on a new stream");
+    assert_eq!(fresh.streams[0].version, 1);
+}
+
+#[test]
+fn system_events_are_checked_like_any_input() {
+    let (_directory, store) = store();
+    let stream = key("Notebook@1");
+    store
+        .append(&batch("a", "Notebook@1", ExpectedVersion::Any, 2))
+        .expect("append");
+    let system = |event_type: &str, payload: &[u8], supersedes: Option<u64>| {
+        AppendBatch::single(
+            CommandId::derive(&[event_type.as_bytes(), payload]),
+            stream.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent {
+                event_id: EventId::derive(&[event_type.as_bytes(), payload]),
+                event_type: TypeName::new(event_type).expect("type"),
+                event_version: 1,
+                payload: payload.to_vec(),
+                supersedes,
+            }],
+            1,
+        )
+    };
+    for (event_type, payload, supersedes, reason) in [
+        ("$compact", &b""[..], None, "reserved"),
+        (
+            "$metadata",
+            b"{\"max_count\": \"many\"}",
+            None,
+            "not stream metadata",
+        ),
+        ("$deleted", b"x", None, "must be empty"),
+        ("$deleted", b"", Some(1), "system events"),
+    ] {
+        let error = store
+            .append(&system(event_type, payload, supersedes))
+            .expect_err(event_type);
+        assert!(error.to_string().contains(reason), "{event_type}: {error}");
+    }
+    // A `$metadata` event cannot be superseded either.
+    let metadata = StreamMetadata {
+        max_count: Some(10),
+        ..Default::default()
+    };
+    store
+        .set_metadata(&stream, ExpectedVersion::Exact(2), &metadata)
+        .expect("metadata");
+    let mut fix = event("fix", 0);
+    fix.supersedes = Some(3);
+    let error = store
+        .append(&AppendBatch::single(
+            CommandId::derive(&[b"fix"]),
+            stream.clone(),
+            ExpectedVersion::Any,
+            vec![fix],
+            1,
+        ))
+        .expect_err("superseding a system event");
+    assert!(error.to_string().contains("system events"), "{error}");
+    assert_eq!(store.head_position().expect("head"), 3);
 }
 
 #[test]
@@ -478,9 +562,15 @@ fn soft_delete_hides_history_and_appends_continue_the_numbering() {
         store.soft_delete(&stream, ExpectedVersion::Exact(2)),
         Err(StoreError::WrongExpectedVersion { actual: 3, .. })
     ));
-    store
+    let deleted = store
         .soft_delete(&stream, ExpectedVersion::Exact(3))
         .expect("delete");
+    // The `$deleted` event takes sequence 4: a decision made before it no longer applies.
+    assert_eq!(deleted.streams[0].version, 4);
+    assert!(matches!(
+        store.append(&batch("late", "Notebook@1", ExpectedVersion::Exact(3), 1)),
+        Err(StoreError::WrongExpectedVersion { actual: 4, .. })
+    ));
     assert!(
         store
             .read_stream(&stream, 1, Direction::Forward, 10)
@@ -495,14 +585,22 @@ fn soft_delete_hides_history_and_appends_continue_the_numbering() {
             .is_some_and(|info| info.deleted)
     );
     store
-        .append(&batch("b", "Notebook@1", ExpectedVersion::Exact(3), 1))
+        .append(&batch("b", "Notebook@1", ExpectedVersion::Exact(4), 1))
         .expect("append");
     let slice = store
         .read_stream(&stream, 1, Direction::Forward, 10)
         .expect("read");
     assert_eq!(
         slice.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-        [4]
+        [5]
+    );
+    // The change feed still has everything, in order.
+    let log = store
+        .read_log(&Filter::Stream(stream.clone()), 1, 10)
+        .expect("log");
+    assert_eq!(
+        log.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
     );
     assert!(
         store

@@ -36,11 +36,12 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-pub use read::{Direction, ReadSlice, StreamSlice};
+pub use read::{Direction, ReadSlice, ReadView, StreamSlice};
 pub use write::GroupOutcome;
 
-use crate::envelope::StreamMetadata;
+use crate::envelope::{AppendOutcome, StreamMetadata};
 use crate::error::StoreError;
+use crate::names::StreamKey;
 
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 pub(crate) const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
@@ -90,6 +91,24 @@ pub(crate) struct StreamRecord {
     pub last_timestamp_ms: u64,
     /// Whether any event of the stream was ever superseded; reads look corrections up only then.
     pub corrected: bool,
+    /// Changes whenever what the stream's aggregate is built from changes other than by
+    /// appending (a correction, a soft delete): a snapshot of another epoch is stale.
+    pub epoch: u64,
+}
+
+/// What became of a command id: the append it made, or the refusal recorded for it. Either
+/// way, executing the id again returns the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandRecord {
+    /// The command's events were appended.
+    Appended(AppendOutcome),
+    /// The aggregate refused the command.
+    Refused {
+        /// The stream addressed.
+        stream: StreamKey,
+        /// The refusal, as text.
+        reason: String,
+    },
 }
 
 /// A snapshot of an aggregate's state at a stream version.
@@ -100,6 +119,8 @@ pub struct SnapshotRecord {
     pub schema_version: u32,
     /// The stream version the state reflects.
     pub version: u64,
+    /// The stream's epoch when the state was built ([`crate::envelope::StreamInfo::epoch`]).
+    pub epoch: u64,
     /// The encoded state.
     pub state: Vec<u8>,
 }
@@ -186,16 +207,20 @@ impl EventStore {
     /// Blocks until the head moves past `position` or `timeout` passes; returns the head.
     /// Subscriptions use this to go from catch-up to live without polling.
     pub fn wait_for_head_after(&self, position: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
+        // A timeout too large for an Instant (Duration::MAX) means "no deadline".
+        let deadline = Instant::now().checked_add(timeout);
         let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
         while *head <= position {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
+            let wait = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+                None => Duration::from_secs(3600),
+            };
             head = self
                 .head_changed
-                .wait_timeout(head, deadline - now)
+                .wait_timeout(head, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }

@@ -1,17 +1,27 @@
 //! Reads: streams forward and backward, the global order (`$all`), categories and event types
-//! from a position, listings, and the records of snapshots, checkpoints and commands. Every read
-//! runs in one read transaction, so it sees one consistent state, and every event read passes
-//! through the same visibility rules: soft delete, `truncate_before`, `max_count`, `max_age_ms`
-//! and corrections.
+//! from a position, listings, and the records of snapshots, checkpoints and commands.
+//!
+//! A [`ReadView`] is one read transaction: every read through it sees the same state, however
+//! many pages it takes (a repository loads a snapshot and the events after it through one
+//! view). The `EventStore` methods of the same names open a view per call.
+//!
+//! Every read returns at most `count` events, with `count` clamped to `1..=READ_COUNT_MAX`,
+//! and a `next` number to continue from (`None` at the end).
+//!
+//! Reads for clients pass through the visibility rules (soft delete, `truncate_before`,
+//! `max_count`, `max_age_ms`, corrections). The change feed ([`ReadView::read_log`], which
+//! subscriptions, projections and process managers use) does not: it delivers every committed
+//! event, so what a subscriber sees depends only on the log, never on when it reads.
 
 use std::collections::HashMap;
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::{
-    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, DATABASES, EVENTS,
-    EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED, SnapshotRecord,
-    StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, counter, read_counter, write::stream_record,
+    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, CommandRecord, DATABASES,
+    EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED,
+    SnapshotRecord, StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, counter, read_counter,
+    write::stream_record,
 };
 use crate::codec::{DiskEvent, decode_record};
 use crate::envelope::{AppendOutcome, Filter, RecordedEvent, StreamInfo};
@@ -55,7 +65,141 @@ pub struct ReadSlice {
     pub head_position: u64,
 }
 
+/// One consistent state of the store (a redb read transaction). Cheap to open; hold it only as
+/// long as needed, since it pins the pages it sees.
+pub struct ReadView {
+    transaction: ReadTransaction,
+}
+
+/// Which of the visibility rules a read applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Visibility {
+    /// Client reads: soft delete, corrections and the retention rules of the metadata.
+    Client,
+    /// What an aggregate is built from: soft delete and corrections, which are part of the
+    /// domain's history, but not retention, which is an operator's read filter. So an
+    /// aggregate's state at a version never depends on its metadata or on the store's clock.
+    History,
+    /// The change feed: every committed event.
+    Log,
+}
+
 impl EventStore {
+    /// Opens a consistent view of the store for several reads.
+    pub fn view(&self) -> Result<ReadView, StoreError> {
+        Ok(ReadView {
+            transaction: self.database.begin_read()?,
+        })
+    }
+
+    /// [`ReadView::read_stream`] on a fresh view.
+    pub fn read_stream(
+        &self,
+        stream: &StreamKey,
+        from: u64,
+        direction: Direction,
+        count: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        self.view()?.read_stream(stream, from, direction, count)
+    }
+
+    /// [`ReadView::read`] on a fresh view.
+    pub fn read(
+        &self,
+        filter: &Filter,
+        from: u64,
+        direction: Direction,
+        count: usize,
+    ) -> Result<ReadSlice, StoreError> {
+        self.view()?.read(filter, from, direction, count)
+    }
+
+    /// [`ReadView::read_history`] on a fresh view.
+    pub fn read_history(
+        &self,
+        stream: &StreamKey,
+        from: u64,
+        count: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        self.view()?.read_history(stream, from, count)
+    }
+
+    /// [`ReadView::read_log`] on a fresh view.
+    pub fn read_log(
+        &self,
+        filter: &Filter,
+        from: u64,
+        count: usize,
+    ) -> Result<ReadSlice, StoreError> {
+        self.view()?.read_log(filter, from, count)
+    }
+
+    /// [`ReadView::stream_info`] on a fresh view.
+    pub fn stream_info(&self, stream: &StreamKey) -> Result<Option<StreamInfo>, StoreError> {
+        self.view()?.stream_info(stream)
+    }
+
+    /// [`ReadView::list_databases`] on a fresh view.
+    pub fn list_databases(&self) -> Result<Vec<DatabaseName>, StoreError> {
+        self.view()?.list_databases()
+    }
+
+    /// [`ReadView::list_categories`] on a fresh view.
+    pub fn list_categories(
+        &self,
+        database: &DatabaseName,
+    ) -> Result<Vec<CategoryName>, StoreError> {
+        self.view()?.list_categories(database)
+    }
+
+    /// [`ReadView::list_streams`] on a fresh view.
+    pub fn list_streams(
+        &self,
+        database: &DatabaseName,
+        category: &CategoryName,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        self.view()?.list_streams(database, category, after, count)
+    }
+
+    /// [`ReadView::list_event_types`] on a fresh view.
+    pub fn list_event_types(&self) -> Result<Vec<TypeName>, StoreError> {
+        self.view()?.list_event_types()
+    }
+
+    /// [`ReadView::command_record`] on a fresh view.
+    pub fn command_record(
+        &self,
+        command_id: CommandId,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        self.view()?.command_record(command_id)
+    }
+
+    /// The outcome of an earlier append with this command id; `None` if the id is unknown or
+    /// was refused (see [`EventStore::command_record`]).
+    pub fn command_outcome(
+        &self,
+        command_id: CommandId,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        Ok(match self.command_record(command_id)? {
+            Some(CommandRecord::Appended(outcome)) => Some(outcome),
+            _ => None,
+        })
+    }
+
+    /// [`ReadView::read_snapshot`] on a fresh view.
+    pub fn read_snapshot(&self, stream: &StreamKey) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.view()?.read_snapshot(stream)
+    }
+
+    /// [`ReadView::load_checkpoint`] on a fresh view.
+    pub fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.view()?.load_checkpoint(name)
+    }
+}
+
+impl ReadView {
     /// Reads up to `count` events of a stream from sequence number `from` (inclusive), forward
     /// or backward. `Direction::Backward` from `u64::MAX` reads the newest events.
     pub fn read_stream(
@@ -65,8 +209,31 @@ impl EventStore {
         direction: Direction,
         count: usize,
     ) -> Result<StreamSlice, StoreError> {
-        let transaction = self.database.begin_read()?;
-        let mut reader = Reader::new(&transaction)?;
+        self.read_stream_with(stream, from, direction, count, Visibility::Client)
+    }
+
+    /// Reads a stream forward the way an aggregate sees it: soft delete and corrections apply,
+    /// the retention rules of its metadata (`max_count`, `max_age_ms`, `truncate_before`) do
+    /// not. Repositories load aggregates with this.
+    pub fn read_history(
+        &self,
+        stream: &StreamKey,
+        from: u64,
+        count: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        self.read_stream_with(stream, from, Direction::Forward, count, Visibility::History)
+    }
+
+    fn read_stream_with(
+        &self,
+        stream: &StreamKey,
+        from: u64,
+        direction: Direction,
+        count: usize,
+        visibility: Visibility,
+    ) -> Result<StreamSlice, StoreError> {
+        let transaction = &self.transaction;
+        let mut reader = Reader::new(transaction, visibility)?;
         let Some(record) = stream_record(&reader.streams, stream)? else {
             return Ok(StreamSlice {
                 events: Vec::new(),
@@ -104,9 +271,9 @@ impl EventStore {
         })
     }
 
-    /// Reads up to `count` events matching `filter` from global position `from` (inclusive),
-    /// forward or backward. Pages through `$all`, a category, an event type or (by position) a
-    /// stream.
+    /// Reads up to `count` visible events matching `filter` from global position `from`
+    /// (inclusive), forward or backward. Pages through `$all`, a category, an event type or (by
+    /// position) a stream.
     pub fn read(
         &self,
         filter: &Filter,
@@ -114,8 +281,31 @@ impl EventStore {
         direction: Direction,
         count: usize,
     ) -> Result<ReadSlice, StoreError> {
-        let transaction = self.database.begin_read()?;
-        let mut reader = Reader::new(&transaction)?;
+        self.read_with(filter, from, direction, count, Visibility::Client)
+    }
+
+    /// The change feed: up to `count` committed events matching `filter` from global position
+    /// `from`, forward, whatever the visibility rules hide (a correction is delivered as an
+    /// event with `supersedes` set, after the event it supersedes).
+    pub fn read_log(
+        &self,
+        filter: &Filter,
+        from: u64,
+        count: usize,
+    ) -> Result<ReadSlice, StoreError> {
+        self.read_with(filter, from, Direction::Forward, count, Visibility::Log)
+    }
+
+    fn read_with(
+        &self,
+        filter: &Filter,
+        from: u64,
+        direction: Direction,
+        count: usize,
+        visibility: Visibility,
+    ) -> Result<ReadSlice, StoreError> {
+        let transaction = &self.transaction;
+        let mut reader = Reader::new(transaction, visibility)?;
         let head_position = reader.head_position;
         let (low, high) = match direction {
             Direction::Forward => (from, u64::MAX),
@@ -210,14 +400,14 @@ impl EventStore {
 
     /// What the store knows about a stream; `None` if it never had an event.
     pub fn stream_info(&self, stream: &StreamKey) -> Result<Option<StreamInfo>, StoreError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = &self.transaction;
         let streams = transaction.open_table(STREAMS)?;
         Ok(stream_record(&streams, stream)?.map(|record| info(stream.clone(), record)))
     }
 
     /// Every database with at least one stream, in name order.
     pub fn list_databases(&self) -> Result<Vec<DatabaseName>, StoreError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = &self.transaction;
         let databases = transaction.open_table(DATABASES)?;
         let mut names = Vec::new();
         for entry in databases.iter()?.take(LIST_COUNT_MAX) {
@@ -231,7 +421,7 @@ impl EventStore {
         &self,
         database: &DatabaseName,
     ) -> Result<Vec<CategoryName>, StoreError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = &self.transaction;
         let categories = transaction.open_table(CATEGORIES)?;
         let mut names = Vec::new();
         for entry in categories.range((database.as_str(), "")..)? {
@@ -254,8 +444,8 @@ impl EventStore {
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamInfo>, StoreError> {
-        let transaction = self.database.begin_read()?;
-        let reader = Reader::new(&transaction)?;
+        let transaction = &self.transaction;
+        let reader = Reader::new(transaction, Visibility::Client)?;
         let Some(category_no) = reader.category_number(database, category)? else {
             return Ok(Vec::new());
         };
@@ -285,7 +475,7 @@ impl EventStore {
 
     /// Every event type the store has seen, in name order.
     pub fn list_event_types(&self) -> Result<Vec<TypeName>, StoreError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = &self.transaction;
         let types = transaction.open_table(TYPES)?;
         let mut names = Vec::new();
         for entry in types.iter()?.take(LIST_COUNT_MAX) {
@@ -294,36 +484,37 @@ impl EventStore {
         Ok(names)
     }
 
-    /// The outcome of an earlier append with this command id, if there was one.
-    pub fn command_outcome(
+    /// What became of an earlier command with this id: its append's outcome, or its refusal.
+    pub fn command_record(
         &self,
         command_id: CommandId,
-    ) -> Result<Option<AppendOutcome>, StoreError> {
-        let transaction = self.database.begin_read()?;
-        let commands = transaction.open_table(COMMANDS)?;
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        let commands = self.transaction.open_table(COMMANDS)?;
         match commands.get(command_id.0)? {
             Some(guard) => Ok(Some(decode_record("command", guard.value())?)),
             None => Ok(None),
         }
     }
 
-    /// The latest snapshot of a stream's aggregate, if one was saved.
+    /// The latest snapshot of a stream's aggregate, if one was saved and still fits the stream:
+    /// same epoch (no correction or soft delete since) and a version the stream has.
     pub fn read_snapshot(&self, stream: &StreamKey) -> Result<Option<SnapshotRecord>, StoreError> {
-        let transaction = self.database.begin_read()?;
-        let streams = transaction.open_table(STREAMS)?;
+        let streams = self.transaction.open_table(STREAMS)?;
         let Some(record) = stream_record(&streams, stream)? else {
             return Ok(None);
         };
-        let snapshots = transaction.open_table(SNAPSHOTS)?;
-        match snapshots.get(record.stream_no)? {
-            Some(guard) => Ok(Some(decode_record("snapshot", guard.value())?)),
-            None => Ok(None),
-        }
+        let snapshots = self.transaction.open_table(SNAPSHOTS)?;
+        let Some(guard) = snapshots.get(record.stream_no)? else {
+            return Ok(None);
+        };
+        let snapshot: SnapshotRecord = decode_record("snapshot", guard.value())?;
+        let fits = snapshot.epoch == record.epoch && snapshot.version <= record.version;
+        Ok(fits.then_some(snapshot))
     }
 
     /// A subscriber's checkpoint record, if one was saved.
     pub fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = &self.transaction;
         let checkpoints = transaction.open_table(CHECKPOINTS)?;
         Ok(checkpoints.get(name)?.map(|guard| guard.value().to_vec()))
     }
@@ -346,7 +537,22 @@ fn info(stream: StreamKey, record: StreamRecord) -> StreamInfo {
         metadata: record.metadata,
         deleted: record.deleted,
         last_timestamp_ms: record.last_timestamp_ms,
+        epoch: record.epoch,
     }
+}
+
+/// The retention rules of a stream's metadata.
+fn retained(event: &DiskEvent, record: &StreamRecord, now_ms: u64) -> bool {
+    let metadata = &record.metadata;
+    metadata
+        .truncate_before
+        .is_none_or(|before| event.sequence >= before)
+        && metadata
+            .max_count
+            .is_none_or(|max| event.sequence > record.version.saturating_sub(max))
+        && metadata
+            .max_age_ms
+            .is_none_or(|age| event.timestamp_ms.saturating_add(age) >= now_ms)
 }
 
 fn corrupt_name(error: crate::error::NameError) -> StoreError {
@@ -368,10 +574,11 @@ struct Reader {
     latest_timestamp_ms: u64,
     known_streams: HashMap<u64, (StreamKey, StreamRecord)>,
     known_types: HashMap<u64, TypeName>,
+    visibility: Visibility,
 }
 
 impl Reader {
-    fn new(transaction: &ReadTransaction) -> Result<Self, StoreError> {
+    fn new(transaction: &ReadTransaction, visibility: Visibility) -> Result<Self, StoreError> {
         let meta = transaction.open_table(META)?;
         Ok(Self {
             events: transaction.open_table(EVENTS)?,
@@ -387,6 +594,7 @@ impl Reader {
             latest_timestamp_ms: read_counter(&meta, counter::LATEST_TIMESTAMP_MS)?,
             known_streams: HashMap::new(),
             known_types: HashMap::new(),
+            visibility,
         })
     }
 
@@ -408,11 +616,9 @@ impl Reader {
         positions: impl Iterator<Item = Result<(u64, u64), StoreError>>,
         count: usize,
     ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
-        let count = count.min(READ_COUNT_MAX);
+        // A read of nothing would answer "no more" wrongly; every read returns at least one.
+        let count = count.clamp(1, READ_COUNT_MAX);
         let mut events = Vec::with_capacity(count.min(1024));
-        if count == 0 {
-            return Ok((events, None));
-        }
         for (scanned, entry) in positions.enumerate() {
             let (paging_number, position) = entry?;
             if events.len() == count || scanned == READ_SCAN_MAX {
@@ -435,24 +641,19 @@ impl Reader {
         let disk = DiskEvent::decode(guard.value())?;
         drop(guard);
         let now_ms = self.latest_timestamp_ms;
+        let visibility = self.visibility;
         let (stream, record) = self.stream(disk.stream_no)?;
-        let visible = disk.sequence > record.hidden_through
-            && record
-                .metadata
-                .truncate_before
-                .is_none_or(|before| disk.sequence >= before)
-            && record
-                .metadata
-                .max_count
-                .is_none_or(|max| disk.sequence > record.version.saturating_sub(max))
-            && record
-                .metadata
-                .max_age_ms
-                .is_none_or(|age| disk.timestamp_ms.saturating_add(age) >= now_ms);
-        if !visible {
+        let shown = match visibility {
+            Visibility::Log => true,
+            Visibility::History => disk.sequence > record.hidden_through,
+            Visibility::Client => {
+                disk.sequence > record.hidden_through && retained(&disk, record, now_ms)
+            }
+        };
+        if !shown {
             return Ok(None);
         }
-        let corrected = record.corrected;
+        let corrected = record.corrected && visibility != Visibility::Log;
         let stream = stream.clone();
         if corrected && self.superseded.get(position)?.is_some() {
             return Ok(None);

@@ -8,15 +8,21 @@ use std::collections::{BTreeSet, HashMap};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::{
-    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, DATABASES, EVENT_IDS,
-    EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED,
-    SnapshotRecord, StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, counter, read_counter,
+    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, CommandRecord, DATABASES,
+    EVENT_IDS, EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS,
+    SUPERSEDED, SnapshotRecord, StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, counter,
+    read_counter,
 };
 use crate::codec::{DiskEvent, decode_record, encode_record};
-use crate::envelope::{AppendBatch, AppendOutcome, ExpectedVersion, StreamMetadata, StreamOutcome};
+use crate::envelope::{
+    AppendBatch, AppendOutcome, DELETED_EVENT_TYPE, ExpectedVersion, METADATA_EVENT_TYPE, NewEvent,
+    StreamMetadata, StreamOutcome,
+};
 use crate::error::StoreError;
+use crate::ids::{CommandId, EventId};
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_EVENTS_MAX, BATCH_STREAMS_MAX, EVENT_PAYLOAD_BYTES_MAX,
+    GROUP_BATCHES_MAX, REFUSAL_CHARS_MAX,
 };
 use crate::names::{StreamKey, TypeName};
 
@@ -43,10 +49,18 @@ impl EventStore {
 
     /// Group commit: appends each batch independently (a batch that fails validation writes
     /// nothing and does not affect the others), all in one durable transaction. The outer error
-    /// is a storage failure, in which case nothing at all was written.
+    /// is a storage failure or a group over [`GROUP_BATCHES_MAX`], in which case nothing at all
+    /// was written.
     pub fn append_group(&self, batches: &[AppendBatch]) -> Result<GroupOutcome, StoreError> {
+        if batches.len() > GROUP_BATCHES_MAX {
+            return Err(StoreError::LimitExceeded {
+                what: "the group's number of batches",
+                value: batches.len(),
+                max: GROUP_BATCHES_MAX,
+            });
+        }
         let transaction = self.database.begin_write()?;
-        let outcomes = {
+        let (outcomes, head) = {
             let mut writer = Writer::open(&transaction)?;
             let mut outcomes = Vec::with_capacity(batches.len());
             for batch in batches {
@@ -56,50 +70,68 @@ impl EventStore {
                     other => outcomes.push(other),
                 }
             }
+            let head = writer.head_position;
             writer.finish()?;
-            outcomes
+            (outcomes, head)
         };
         transaction.commit()?;
-        self.publish_head(self.head_position()?);
+        self.publish_head(head);
         Ok(outcomes)
     }
 
-    /// Replaces a stream's metadata (retention rules). The stream must exist.
+    /// Gives a stream new metadata (retention rules), by appending a `$metadata` system event
+    /// when the stream is at `expected`. Creates the stream if it has no event yet.
     pub fn set_metadata(
         &self,
         stream: &StreamKey,
-        metadata: StreamMetadata,
-    ) -> Result<(), StoreError> {
-        self.update_stream(stream, |record| {
-            record.metadata = metadata;
-            Ok(())
+        expected: ExpectedVersion,
+        metadata: &StreamMetadata,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_system_event(stream, expected, |event_id| {
+            NewEvent::set_metadata(event_id, metadata)
         })
     }
 
-    /// Soft-deletes a stream: reads no longer show its events and listings omit it. A later
-    /// append continues its numbering and makes it visible again, with only the new events.
+    /// Soft-deletes a stream when it is at `expected`, by appending a `$deleted` system event:
+    /// reads no longer show its events and listings omit it. A later append continues the
+    /// numbering and makes it visible again, with only the new events.
     pub fn soft_delete(
         &self,
         stream: &StreamKey,
         expected: ExpectedVersion,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_system_event(stream, expected, NewEvent::soft_delete)
+    }
+
+    /// Records that a command was refused, so that executing its id again returns the same
+    /// refusal instead of deciding anew on a state that may have changed (which could let a
+    /// compensated step succeed after all). Durable; does nothing if the id is known.
+    pub fn record_refusal(
+        &self,
+        command_id: CommandId,
+        stream: &StreamKey,
+        reason: &str,
     ) -> Result<(), StoreError> {
-        self.update_stream(stream, |record| {
-            if !expected.admits(record.version) {
-                return Err(StoreError::WrongExpectedVersion {
+        let transaction = self.database.begin_write()?;
+        {
+            let mut commands = transaction.open_table(COMMANDS)?;
+            if commands.get(command_id.0)?.is_none() {
+                let record = CommandRecord::Refused {
                     stream: stream.clone(),
-                    expected,
-                    actual: record.version,
-                });
+                    reason: reason.chars().take(REFUSAL_CHARS_MAX).collect(),
+                };
+                commands.insert(command_id.0, encode_record(&record)?.as_slice())?;
             }
-            record.hidden_through = record.version;
-            record.deleted = true;
-            Ok(())
-        })
+        }
+        transaction.commit()?;
+        Ok(())
     }
 
     /// Saves a snapshot of a stream's aggregate. Snapshots are a cache: the write is not made
-    /// durable on its own (a crash may lose it, never corrupt it), and a correction of the
-    /// stream deletes it.
+    /// durable on its own (a crash may lose it, never corrupt it). A snapshot of another epoch
+    /// than the stream's, or of a version the stream does not have, is refused
+    /// ([`StoreError::StaleSnapshot`]): the stream was corrected, truncated or deleted since
+    /// the state was built.
     pub fn write_snapshot(
         &self,
         stream: &StreamKey,
@@ -114,6 +146,16 @@ impl EventStore {
                     stream: stream.clone(),
                 });
             };
+            let stale = |reason| StoreError::StaleSnapshot {
+                stream: stream.clone(),
+                reason,
+            };
+            if snapshot.epoch != record.epoch {
+                return Err(stale("the stream changed epoch since the state was built"));
+            }
+            if snapshot.version > record.version {
+                return Err(stale("the stream has no such version"));
+            }
             let mut snapshots = transaction.open_table(SNAPSHOTS)?;
             snapshots.insert(record.stream_no, encode_record(snapshot)?.as_slice())?;
         }
@@ -135,31 +177,37 @@ impl EventStore {
         Ok(())
     }
 
-    fn update_stream(
+    fn append_system_event(
         &self,
         stream: &StreamKey,
-        change: impl FnOnce(&mut StreamRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let transaction = self.database.begin_write()?;
-        {
-            let mut streams = transaction.open_table(STREAMS)?;
-            let Some(mut record) = stream_record(&streams, stream)? else {
-                return Err(StoreError::StreamNotFound {
-                    stream: stream.clone(),
-                });
-            };
-            change(&mut record)?;
-            streams.insert(
-                stream.qualified().as_str(),
-                encode_record(&record)?.as_slice(),
-            )?;
-            // What reads show of the stream changed, so a snapshot may reflect hidden events.
-            transaction
-                .open_table(SNAPSHOTS)?
-                .remove(record.stream_no)?;
+        expected: ExpectedVersion,
+        event: impl FnOnce(EventId) -> NewEvent,
+    ) -> Result<AppendOutcome, StoreError> {
+        let version = self.stream_info(stream)?.map_or(0, |info| info.version);
+        if !expected.admits(version) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: version,
+            });
         }
-        transaction.commit()?;
-        Ok(())
+        // The id names the stream and the version it follows: a retry of the same change
+        // is recognised as a repeat, a change at another version is a new event.
+        let event_id = EventId::derive(&[
+            b"system",
+            stream.qualified().as_bytes(),
+            &version.to_le_bytes(),
+        ]);
+        let event = event(event_id);
+        let command_id = CommandId::derive(&[b"system", &event_id.0, &event.payload]);
+        self.append(&AppendBatch::single(
+            command_id,
+            stream.clone(),
+            ExpectedVersion::Exact(version),
+            vec![event],
+            // Not a domain event: it carries the newest agreed time the store has seen.
+            self.latest_timestamp_ms()?,
+        ))
     }
 }
 
@@ -179,6 +227,8 @@ struct PlannedWrite {
     version_before: u64,
     /// Positions of the events it supersedes, by their sequence numbers.
     superseded_positions: HashMap<u64, u64>,
+    /// The parsed metadata of its `$metadata` events, in order (`None` for `$deleted`).
+    metadata: Vec<Option<StreamMetadata>>,
 }
 
 /// The tables and counters of one write transaction.
@@ -257,9 +307,15 @@ impl<'t> Writer<'t> {
         check_limits(batch)?;
         if let Some(command_id) = batch.command_id {
             if let Some(guard) = self.commands.get(command_id.0)? {
-                let mut outcome: AppendOutcome = decode_record("command", guard.value())?;
-                outcome.duplicate = true;
-                return Ok(outcome);
+                return match decode_record("command", guard.value())? {
+                    CommandRecord::Appended(mut outcome) => {
+                        outcome.duplicate = true;
+                        Ok(outcome)
+                    }
+                    CommandRecord::Refused { stream, reason } => {
+                        Err(StoreError::CommandRefused { stream, reason })
+                    }
+                };
             }
         }
         if let Some(outcome) = self.repeated_events(batch)? {
@@ -289,8 +345,9 @@ impl<'t> Writer<'t> {
             duplicate: false,
         };
         if let Some(command_id) = batch.command_id {
+            let record = CommandRecord::Appended(outcome.clone());
             self.commands
-                .insert(command_id.0, encode_record(&outcome)?.as_slice())?;
+                .insert(command_id.0, encode_record(&record)?.as_slice())?;
         }
         Ok(outcome)
     }
@@ -336,8 +393,8 @@ impl<'t> Writer<'t> {
                 let stored = self.disk_event(position)?;
                 let same_stream =
                     record.as_ref().map(|record| record.stream_no) == Some(stored.stream_no);
-                let consecutive =
-                    previous_sequence.is_none_or(|previous| stored.sequence == previous + 1);
+                let consecutive = previous_sequence
+                    .is_none_or(|previous: u64| Some(stored.sequence) == previous.checked_add(1));
                 if !same_stream || !consecutive {
                     return Err(StoreError::EventIdConflict { event_id });
                 }
@@ -374,8 +431,17 @@ impl<'t> Writer<'t> {
                 actual: version_before,
             });
         }
+        if version_before.checked_add(events.len() as u64).is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "stream {stream} is at version {version_before}, which cannot grow"
+            )));
+        }
         let mut superseded_positions = HashMap::new();
+        let mut metadata = Vec::new();
         for event in events {
+            if event.is_system() {
+                metadata.push(check_system_event(event)?);
+            }
             let Some(target) = event.supersedes else {
                 continue;
             };
@@ -400,11 +466,15 @@ impl<'t> Writer<'t> {
             {
                 return Err(bad("it is superseded already"));
             }
+            if event.is_system() || self.disk_event_type(position)?.starts_with('$') {
+                return Err(bad("system events neither correct nor get corrected"));
+            }
         }
         Ok(PlannedWrite {
             record,
             version_before,
             superseded_positions,
+            metadata,
         })
     }
 
@@ -423,9 +493,14 @@ impl<'t> Writer<'t> {
             None => self.create_stream(&write.stream)?,
         };
         let mut sequence = plan.version_before;
+        let mut system_events = plan.metadata.into_iter();
         for event in &write.events {
+            // `plan` checked the stream's numbers can grow; the head counter is checked here.
             sequence += 1;
-            self.head_position += 1;
+            self.head_position = self
+                .head_position
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt("the head position cannot grow".to_owned()))?;
             let position = self.head_position;
             let type_no = self.type_number(&event.event_type)?;
             let disk = DiskEvent {
@@ -453,18 +528,46 @@ impl<'t> Writer<'t> {
                 let target_position = plan.superseded_positions[&target];
                 self.superseded.insert(target_position, position)?;
                 record.corrected = true;
-                // The snapshot may include the superseded event's effect; drop it.
-                self.snapshots.remove(record.stream_no)?;
+                self.change_epoch(&mut record)?;
+            }
+            if event.is_system() {
+                match system_events.next().flatten() {
+                    // Retention is a client read filter; aggregates and snapshots ignore it.
+                    Some(metadata) => record.metadata = metadata,
+                    None => {
+                        record.hidden_through = sequence;
+                        record.deleted = true;
+                        self.change_epoch(&mut record)?;
+                    }
+                }
+            } else {
+                record.deleted = false;
             }
         }
         record.version = sequence;
-        record.deleted = false;
         record.last_timestamp_ms = batch.timestamp_ms;
         self.streams.insert(
             write.stream.qualified().as_str(),
             encode_record(&record)?.as_slice(),
         )?;
         Ok(sequence)
+    }
+
+    /// What the stream's aggregate is built from changed other than by appending (a
+    /// correction, a soft delete): snapshots of the old epoch are stale, the stored one goes.
+    fn change_epoch(&mut self, record: &mut StreamRecord) -> Result<(), StoreError> {
+        record.epoch += 1;
+        self.snapshots.remove(record.stream_no)?;
+        Ok(())
+    }
+
+    fn disk_event_type(&self, position: u64) -> Result<String, StoreError> {
+        let type_no = self.disk_event(position)?.type_no;
+        let name = self
+            .type_names
+            .get(type_no)?
+            .ok_or_else(|| StoreError::Corrupt(format!("type number {type_no} has no name")))?;
+        Ok(name.value().to_owned())
     }
 
     fn create_stream(&mut self, stream: &StreamKey) -> Result<StreamRecord, StoreError> {
@@ -499,6 +602,7 @@ impl<'t> Writer<'t> {
             deleted: false,
             last_timestamp_ms: 0,
             corrected: false,
+            epoch: 0,
         })
     }
 
@@ -536,6 +640,24 @@ fn encode_event(header: &DiskEvent, payload: &[u8], bytes: &mut Vec<u8>) {
     debug_assert!(header.payload.is_empty());
     header.encode_into(bytes);
     bytes.extend_from_slice(payload);
+}
+
+/// Checks a system event; returns its metadata (`None` for a soft delete).
+fn check_system_event(event: &NewEvent) -> Result<Option<StreamMetadata>, StoreError> {
+    let bad = |reason: &str| StoreError::BadSystemEvent {
+        event_type: event.event_type.to_string(),
+        reason: reason.to_owned(),
+    };
+    match event.event_type.as_str() {
+        METADATA_EVENT_TYPE => serde_json::from_slice(&event.payload)
+            .map(Some)
+            .map_err(|error| bad(&format!("the payload is not stream metadata: {error}"))),
+        DELETED_EVENT_TYPE if event.payload.is_empty() => Ok(None),
+        DELETED_EVENT_TYPE => Err(bad("the payload must be empty")),
+        _ => Err(bad(
+            "unknown system event; types starting with '$' are reserved",
+        )),
+    }
 }
 
 fn check_limits(batch: &AppendBatch) -> Result<(), StoreError> {
