@@ -137,43 +137,17 @@ pub struct EventStore {
 
 impl EventStore {
     /// Opens the store at `path`, creating the file and its tables if it does not exist.
+    ///
+    /// A new store is built in a temporary file beside `path` and renamed into place once
+    /// durable: redb writes a new file's magic number last and refuses a file without it, so a
+    /// crash while creating the file in place would leave a file that never opens again.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let database = Database::create(&path)?;
-        let transaction = database.begin_write()?;
-        {
-            let mut meta = transaction.open_table(META)?;
-            let format = meta.get(counter::FORMAT)?.map(|guard| guard.value());
-            match format {
-                None => {
-                    meta.insert(counter::FORMAT, FORMAT_VERSION)?;
-                }
-                Some(FORMAT_VERSION) => {}
-                Some(other) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{} has layout version {other}; this build reads {FORMAT_VERSION}",
-                        path.display()
-                    )));
-                }
-            }
-            transaction.open_table(EVENTS)?;
-            transaction.open_table(STREAMS)?;
-            transaction.open_table(STREAM_NAMES)?;
-            transaction.open_table(STREAM_EVENTS)?;
-            transaction.open_table(DATABASES)?;
-            transaction.open_table(CATEGORIES)?;
-            transaction.open_table(CATEGORY_STREAMS)?;
-            transaction.open_table(CATEGORY_EVENTS)?;
-            transaction.open_table(TYPES)?;
-            transaction.open_table(TYPE_NAMES)?;
-            transaction.open_table(TYPE_EVENTS)?;
-            transaction.open_table(EVENT_IDS)?;
-            transaction.open_table(COMMANDS)?;
-            transaction.open_table(SUPERSEDED)?;
-            transaction.open_table(SNAPSHOTS)?;
-            transaction.open_table(CHECKPOINTS)?;
+        if !path.exists() {
+            create_atomically(&path)?;
         }
-        transaction.commit()?;
+        let database = Database::create(&path)?;
+        initialize(&database, &path)?;
         let store = Self {
             database,
             path,
@@ -235,6 +209,78 @@ impl EventStore {
             self.head_changed.notify_all();
         }
     }
+}
+
+/// Creates the store's tables and layout version, or checks the layout version of an
+/// existing file.
+fn initialize(database: &Database, path: &Path) -> Result<(), StoreError> {
+    let transaction = database.begin_write()?;
+    {
+        let mut meta = transaction.open_table(META)?;
+        let format = meta.get(counter::FORMAT)?.map(|guard| guard.value());
+        match format {
+            None => {
+                meta.insert(counter::FORMAT, FORMAT_VERSION)?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} has layout version {other}; this build reads {FORMAT_VERSION}",
+                    path.display()
+                )));
+            }
+        }
+        transaction.open_table(EVENTS)?;
+        transaction.open_table(STREAMS)?;
+        transaction.open_table(STREAM_NAMES)?;
+        transaction.open_table(STREAM_EVENTS)?;
+        transaction.open_table(DATABASES)?;
+        transaction.open_table(CATEGORIES)?;
+        transaction.open_table(CATEGORY_STREAMS)?;
+        transaction.open_table(CATEGORY_EVENTS)?;
+        transaction.open_table(TYPES)?;
+        transaction.open_table(TYPE_NAMES)?;
+        transaction.open_table(TYPE_EVENTS)?;
+        transaction.open_table(EVENT_IDS)?;
+        transaction.open_table(COMMANDS)?;
+        transaction.open_table(SUPERSEDED)?;
+        transaction.open_table(SNAPSHOTS)?;
+        transaction.open_table(CHECKPOINTS)?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// Builds an empty store in `.<name>.creating` beside `path`, makes it durable and renames it
+/// into place (then makes the rename durable). A leftover temporary file from a crash during
+/// an earlier attempt is replaced.
+fn create_atomically(path: &Path) -> Result<(), StoreError> {
+    let io = |error: std::io::Error| StoreError::Storage(Box::new(redb::Error::Io(error)));
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(path.file_name().unwrap_or_default());
+    temporary_name.push(".creating");
+    let temporary = directory.join(temporary_name);
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    {
+        let database = Database::create(&temporary)?;
+        initialize(&database, &temporary)?;
+    }
+    std::fs::File::open(&temporary)
+        .and_then(|file| file.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    std::fs::File::open(&directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io)?;
+    Ok(())
 }
 
 pub(crate) fn read_counter(
