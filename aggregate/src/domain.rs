@@ -303,6 +303,27 @@ pub fn decode_event<E: DomainEvent>(
         event_type: event_type.to_owned(),
         reason,
     };
+    let classify = |error: serde_json::Error| {
+        let reason = error.to_string();
+        if reason.starts_with("unknown variant") {
+            EventDecodeError::UnknownType {
+                event_type: event_type.to_owned(),
+            }
+        } else {
+            payload_error(reason)
+        }
+    };
+    if event_version == current {
+        // The common case, nothing to upcast: decode `{"Type": payload}` straight from bytes,
+        // without building a `serde_json::Value` first (a third of a load's time).
+        let mut tagged = Vec::with_capacity(payload.len() + event_type.len() + 8);
+        tagged.push(b'{');
+        serde_json::to_writer(&mut tagged, event_type).map_err(classify)?;
+        tagged.push(b':');
+        tagged.extend_from_slice(payload);
+        tagged.push(b'}');
+        return serde_json::from_slice(&tagged).map_err(classify);
+    }
     let mut body: Value =
         serde_json::from_slice(payload).map_err(|error| payload_error(error.to_string()))?;
     for version in event_version..current {
@@ -322,16 +343,7 @@ pub fn decode_event<E: DomainEvent>(
     // `{"Type": body}` decodes every kind of variant, a unit variant from `{"Type": null}`,
     // and a newtype variant whose content is `null` too (`"Type"` alone would not).
     let tagged = Value::Object([(event_type.to_owned(), body)].into_iter().collect());
-    serde_json::from_value(tagged).map_err(|error| {
-        let reason = error.to_string();
-        if reason.starts_with("unknown variant") {
-            EventDecodeError::UnknownType {
-                event_type: event_type.to_owned(),
-            }
-        } else {
-            payload_error(reason)
-        }
-    })
+    serde_json::from_value(tagged).map_err(classify)
 }
 
 #[cfg(test)]

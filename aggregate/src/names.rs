@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,22 +20,23 @@ pub const DEFAULT_DATABASE: &str = "default";
 /// [`DATABASE_NAME_BYTES_MAX`] bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct DatabaseName(String);
+pub struct DatabaseName(Arc<str>);
 
 /// A category (the aggregate type of its streams): an ASCII letter, then letters, digits, `_`,
 /// `-` or `.`, at most [`CATEGORY_NAME_BYTES_MAX`] bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CategoryName(String);
+pub struct CategoryName(Arc<str>);
 
 /// A stream: database, category and id. Its text form is `Category@id` in the default database
-/// and `database/Category@id` elsewhere.
+/// and `database/Category@id` elsewhere. Names share their text (`Arc<str>`), so the clone
+/// every read event carries costs three reference counts, not three allocations.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct StreamKey {
     database: DatabaseName,
     category: CategoryName,
-    id: String,
+    id: Arc<str>,
 }
 
 /// The stable name of an event or command type: ASCII letters, digits, `_`, `-`, `.` and `:`,
@@ -42,7 +44,7 @@ pub struct StreamKey {
 /// store accepts only the ones it knows.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TypeName(String);
+pub struct TypeName(Arc<str>);
 
 impl DatabaseName {
     /// Checks a database name.
@@ -59,12 +61,12 @@ impl DatabaseName {
                 allowed: "a-z, 0-9, '_' and '-'",
             });
         }
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The default database.
     pub fn default_database() -> Self {
-        Self(DEFAULT_DATABASE.to_owned())
+        Self(DEFAULT_DATABASE.into())
     }
 
     /// The name as text.
@@ -94,7 +96,7 @@ impl CategoryName {
                 allowed: "A-Z, a-z, 0-9, '_', '-' and '.'",
             });
         }
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The name as text.
@@ -130,7 +132,7 @@ impl StreamKey {
         Ok(Self {
             database,
             category,
-            id: id.to_owned(),
+            id: id.into(),
         })
     }
 
@@ -187,7 +189,7 @@ impl TypeName {
                 allowed: "A-Z, a-z, 0-9, '_', '-', '.' and ':'",
             });
         }
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The name as text.
@@ -203,7 +205,7 @@ impl TypeName {
     /// A system type name from a constant of this crate.
     pub(crate) fn system(name: &'static str) -> Self {
         debug_assert!(name.starts_with('$') && Self::new(name).is_ok());
-        Self(name.to_owned())
+        Self(name.into())
     }
 }
 
@@ -234,7 +236,7 @@ fn shorten(text: &str) -> String {
 
 impl fmt::Display for StreamKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.database.0 == DEFAULT_DATABASE {
+        if &*self.database.0 == DEFAULT_DATABASE {
             write!(f, "{}@{}", self.category.0, self.id)
         } else {
             write!(f, "{}/{}@{}", self.database.0, self.category.0, self.id)

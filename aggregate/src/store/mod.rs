@@ -14,7 +14,7 @@
 //! | `category_events` | (category number, position) | () |
 //! | `types` / `type_names` | type name / type number | type number / type name |
 //! | `type_events` | (type number, position) | () |
-//! | `event_ids` | event id | global position |
+//! | `write_ids` | id of the first event of each write | its global position |
 //! | `commands` | command id | the append's outcome |
 //! | `superseded` | position of a superseded event | position of its correction |
 //! | `snapshots` | stream number | snapshot record |
@@ -58,7 +58,7 @@ pub(crate) const CATEGORY_EVENTS: TableDefinition<(u64, u64), ()> =
 pub(crate) const TYPES: TableDefinition<&str, u64> = TableDefinition::new("types");
 pub(crate) const TYPE_NAMES: TableDefinition<u64, &str> = TableDefinition::new("type_names");
 pub(crate) const TYPE_EVENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("type_events");
-pub(crate) const EVENT_IDS: TableDefinition<[u8; 16], u64> = TableDefinition::new("event_ids");
+pub(crate) const WRITE_IDS: TableDefinition<[u8; 16], u64> = TableDefinition::new("write_ids");
 pub(crate) const COMMANDS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("commands");
 pub(crate) const SUPERSEDED: TableDefinition<u64, u64> = TableDefinition::new("superseded");
 pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
@@ -241,7 +241,7 @@ fn initialize(database: &Database, path: &Path) -> Result<(), StoreError> {
         transaction.open_table(TYPES)?;
         transaction.open_table(TYPE_NAMES)?;
         transaction.open_table(TYPE_EVENTS)?;
-        transaction.open_table(EVENT_IDS)?;
+        transaction.open_table(WRITE_IDS)?;
         transaction.open_table(COMMANDS)?;
         transaction.open_table(SUPERSEDED)?;
         transaction.open_table(SNAPSHOTS)?;

@@ -261,7 +261,7 @@ impl ReadView {
         };
         let positions = positions.map(|entry| {
             let (key, position) = entry?;
-            Ok((key.value().1, position.value()))
+            Ok((key.value().1, position.value(), None))
         });
         let (events, next) = reader.collect(positions, count)?;
         Ok(StreamSlice {
@@ -326,70 +326,76 @@ impl ReadView {
             head_position,
         };
         // Each index yields (the number to page on, the event's position).
-        let positions: Box<dyn Iterator<Item = Result<(u64, u64), StoreError>>> = match filter {
-            Filter::All => {
-                let range = transaction.open_table(EVENTS)?.range(low..=high)?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.0.value();
-                        Ok((position, position))
-                    })
-                    .boxed()
-            }
-            Filter::Category(database, category) => {
-                let Some(category_no) = reader.category_number(database, category)? else {
-                    return Ok(empty());
-                };
-                let range = reader
-                    .category_events
-                    .range((category_no, low)..=(category_no, high))?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.0.value().1;
-                        Ok((position, position))
-                    })
-                    .boxed()
-            }
-            Filter::EventType(event_type) => {
-                let types = transaction.open_table(TYPES)?;
-                let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value())
-                else {
-                    return Ok(empty());
-                };
-                let range = transaction
-                    .open_table(TYPE_EVENTS)?
-                    .range((type_no, low)..=(type_no, high))?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.0.value().1;
-                        Ok((position, position))
-                    })
-                    .boxed()
-            }
-            Filter::Stream(stream) => {
-                let Some(record) = stream_record(&reader.streams, stream)? else {
-                    return Ok(empty());
-                };
-                let stream_no = record.stream_no;
-                let first = reader.first_sequence_at_or_after(stream_no, record.version, low)?;
-                let last = reader.last_sequence_at_or_before(stream_no, record.version, high)?;
-                reader
-                    .known_streams
-                    .insert(stream_no, (stream.clone(), record));
-                if first > last {
-                    return Ok(empty());
+        let positions: Box<dyn Iterator<Item = Result<(u64, u64, Option<DiskEvent>), StoreError>>> =
+            match filter {
+                Filter::All => {
+                    let range = transaction.open_table(EVENTS)?.range(low..=high)?;
+                    // The global order is the events table itself: decode what the range returns
+                    // instead of looking each event up again.
+                    ordered(range, direction)
+                        .map(|entry| {
+                            let (key, value) = entry?;
+                            let position = key.value();
+                            Ok((position, position, Some(DiskEvent::decode(value.value())?)))
+                        })
+                        .boxed()
                 }
-                let range = reader
-                    .stream_events
-                    .range((stream_no, first)..=(stream_no, last))?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.1.value();
-                        Ok((position, position))
-                    })
-                    .boxed()
-            }
-        };
+                Filter::Category(database, category) => {
+                    let Some(category_no) = reader.category_number(database, category)? else {
+                        return Ok(empty());
+                    };
+                    let range = reader
+                        .category_events
+                        .range((category_no, low)..=(category_no, high))?;
+                    ordered(range, direction)
+                        .map(|entry| {
+                            let position = entry?.0.value().1;
+                            Ok((position, position, None))
+                        })
+                        .boxed()
+                }
+                Filter::EventType(event_type) => {
+                    let types = transaction.open_table(TYPES)?;
+                    let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value())
+                    else {
+                        return Ok(empty());
+                    };
+                    let range = transaction
+                        .open_table(TYPE_EVENTS)?
+                        .range((type_no, low)..=(type_no, high))?;
+                    ordered(range, direction)
+                        .map(|entry| {
+                            let position = entry?.0.value().1;
+                            Ok((position, position, None))
+                        })
+                        .boxed()
+                }
+                Filter::Stream(stream) => {
+                    let Some(record) = stream_record(&reader.streams, stream)? else {
+                        return Ok(empty());
+                    };
+                    let stream_no = record.stream_no;
+                    let first =
+                        reader.first_sequence_at_or_after(stream_no, record.version, low)?;
+                    let last =
+                        reader.last_sequence_at_or_before(stream_no, record.version, high)?;
+                    reader
+                        .known_streams
+                        .insert(stream_no, (stream.clone(), record));
+                    if first > last {
+                        return Ok(empty());
+                    }
+                    let range = reader
+                        .stream_events
+                        .range((stream_no, first)..=(stream_no, last))?;
+                    ordered(range, direction)
+                        .map(|entry| {
+                            let position = entry?.1.value();
+                            Ok((position, position, None))
+                        })
+                        .boxed()
+                }
+            };
         let (events, next) = reader.collect(positions, count)?;
         Ok(ReadSlice {
             events,
@@ -613,18 +619,18 @@ impl Reader {
     /// and the event's position); returns them and the number the next page starts from.
     fn collect(
         &mut self,
-        positions: impl Iterator<Item = Result<(u64, u64), StoreError>>,
+        positions: impl Iterator<Item = Result<(u64, u64, Option<DiskEvent>), StoreError>>,
         count: usize,
     ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
         // A read of nothing would answer "no more" wrongly; every read returns at least one.
         let count = count.clamp(1, READ_COUNT_MAX);
         let mut events = Vec::with_capacity(count.min(1024));
         for (scanned, entry) in positions.enumerate() {
-            let (paging_number, position) = entry?;
+            let (paging_number, position, record) = entry?;
             if events.len() == count || scanned == READ_SCAN_MAX {
                 return Ok((events, Some(paging_number)));
             }
-            if let Some(event) = self.visible_event(position)? {
+            if let Some(event) = self.visible_event(position, record)? {
                 events.push(event);
             }
         }
@@ -632,14 +638,23 @@ impl Reader {
     }
 
     /// The event at `position`, or `None` if the visibility rules hide it.
-    fn visible_event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
-        let guard = self.events.get(position)?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "an index names position {position}, which is empty"
-            ))
-        })?;
-        let disk = DiskEvent::decode(guard.value())?;
-        drop(guard);
+    /// `record` is the event's record when the caller read it already.
+    fn visible_event(
+        &mut self,
+        position: u64,
+        record: Option<DiskEvent>,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        let disk = match record {
+            Some(disk) => disk,
+            None => {
+                let guard = self.events.get(position)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "an index names position {position}, which is empty"
+                    ))
+                })?;
+                DiskEvent::decode(guard.value())?
+            }
+        };
         let now_ms = self.latest_timestamp_ms;
         let visibility = self.visibility;
         let (stream, record) = self.stream(disk.stream_no)?;
