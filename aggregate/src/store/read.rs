@@ -34,6 +34,10 @@ use crate::names::{CategoryName, DatabaseName, StreamKey, TypeName};
 /// read over a long hidden stretch is bounded and pages on.
 const READ_SCAN_MAX: usize = 10 * READ_COUNT_MAX;
 
+/// What an index scan yields per entry: the number to page on, the event's position, and its
+/// record when the scan read it already (the `$all` scan is the events table itself).
+type IndexEntry = Result<(u64, u64, Option<DiskEvent>), StoreError>;
+
 /// Which way a read goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -326,76 +330,73 @@ impl ReadView {
             head_position,
         };
         // Each index yields (the number to page on, the event's position).
-        let positions: Box<dyn Iterator<Item = Result<(u64, u64, Option<DiskEvent>), StoreError>>> =
-            match filter {
-                Filter::All => {
-                    let range = transaction.open_table(EVENTS)?.range(low..=high)?;
-                    // The global order is the events table itself: decode what the range returns
-                    // instead of looking each event up again.
-                    ordered(range, direction)
-                        .map(|entry| {
-                            let (key, value) = entry?;
-                            let position = key.value();
-                            Ok((position, position, Some(DiskEvent::decode(value.value())?)))
-                        })
-                        .boxed()
+        let positions: Box<dyn Iterator<Item = IndexEntry>> = match filter {
+            Filter::All => {
+                let range = transaction.open_table(EVENTS)?.range(low..=high)?;
+                // The global order is the events table itself: decode what the range returns
+                // instead of looking each event up again.
+                ordered(range, direction)
+                    .map(|entry| {
+                        let (key, value) = entry?;
+                        let position = key.value();
+                        Ok((position, position, Some(DiskEvent::decode(value.value())?)))
+                    })
+                    .boxed()
+            }
+            Filter::Category(database, category) => {
+                let Some(category_no) = reader.category_number(database, category)? else {
+                    return Ok(empty());
+                };
+                let range = reader
+                    .category_events
+                    .range((category_no, low)..=(category_no, high))?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.0.value().1;
+                        Ok((position, position, None))
+                    })
+                    .boxed()
+            }
+            Filter::EventType(event_type) => {
+                let types = transaction.open_table(TYPES)?;
+                let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value())
+                else {
+                    return Ok(empty());
+                };
+                let range = transaction
+                    .open_table(TYPE_EVENTS)?
+                    .range((type_no, low)..=(type_no, high))?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.0.value().1;
+                        Ok((position, position, None))
+                    })
+                    .boxed()
+            }
+            Filter::Stream(stream) => {
+                let Some(record) = stream_record(&reader.streams, stream)? else {
+                    return Ok(empty());
+                };
+                let stream_no = record.stream_no;
+                let first = reader.first_sequence_at_or_after(stream_no, record.version, low)?;
+                let last = reader.last_sequence_at_or_before(stream_no, record.version, high)?;
+                reader
+                    .known_streams
+                    .insert(stream_no, (stream.clone(), record));
+                if first > last {
+                    return Ok(empty());
                 }
-                Filter::Category(database, category) => {
-                    let Some(category_no) = reader.category_number(database, category)? else {
-                        return Ok(empty());
-                    };
-                    let range = reader
-                        .category_events
-                        .range((category_no, low)..=(category_no, high))?;
-                    ordered(range, direction)
-                        .map(|entry| {
-                            let position = entry?.0.value().1;
-                            Ok((position, position, None))
-                        })
-                        .boxed()
-                }
-                Filter::EventType(event_type) => {
-                    let types = transaction.open_table(TYPES)?;
-                    let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value())
-                    else {
-                        return Ok(empty());
-                    };
-                    let range = transaction
-                        .open_table(TYPE_EVENTS)?
-                        .range((type_no, low)..=(type_no, high))?;
-                    ordered(range, direction)
-                        .map(|entry| {
-                            let position = entry?.0.value().1;
-                            Ok((position, position, None))
-                        })
-                        .boxed()
-                }
-                Filter::Stream(stream) => {
-                    let Some(record) = stream_record(&reader.streams, stream)? else {
-                        return Ok(empty());
-                    };
-                    let stream_no = record.stream_no;
-                    let first =
-                        reader.first_sequence_at_or_after(stream_no, record.version, low)?;
-                    let last =
-                        reader.last_sequence_at_or_before(stream_no, record.version, high)?;
-                    reader
-                        .known_streams
-                        .insert(stream_no, (stream.clone(), record));
-                    if first > last {
-                        return Ok(empty());
-                    }
-                    let range = reader
-                        .stream_events
-                        .range((stream_no, first)..=(stream_no, last))?;
-                    ordered(range, direction)
-                        .map(|entry| {
-                            let position = entry?.1.value();
-                            Ok((position, position, None))
-                        })
-                        .boxed()
-                }
-            };
+                let range = reader
+                    .stream_events
+                    .range((stream_no, first)..=(stream_no, last))?;
+                ordered(range, direction)
+                    .map(|entry| {
+                        let position = entry?.1.value();
+                        Ok((position, position, None))
+                    })
+                    .boxed()
+            }
+        };
         let (events, next) = reader.collect(positions, count)?;
         Ok(ReadSlice {
             events,
@@ -619,7 +620,7 @@ impl Reader {
     /// and the event's position); returns them and the number the next page starts from.
     fn collect(
         &mut self,
-        positions: impl Iterator<Item = Result<(u64, u64, Option<DiskEvent>), StoreError>>,
+        positions: impl Iterator<Item = IndexEntry>,
         count: usize,
     ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
         // A read of nothing would answer "no more" wrongly; every read returns at least one.
