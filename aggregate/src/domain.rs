@@ -305,7 +305,9 @@ pub fn decode_event<E: DomainEvent>(
     };
     let classify = |error: serde_json::Error| {
         let reason = error.to_string();
-        if reason.starts_with("unknown variant") {
+        // Only the outer enum's "unknown variant" means an unknown type; the same message
+        // from a nested enum field is a payload error.
+        if reason.starts_with(&format!("unknown variant `{event_type}`")) {
             EventDecodeError::UnknownType {
                 event_type: event_type.to_owned(),
             }
@@ -313,16 +315,15 @@ pub fn decode_event<E: DomainEvent>(
             payload_error(reason)
         }
     };
+    // Stored payloads are untrusted bytes: they must be exactly one JSON value before they
+    // are wrapped as `{"Type": payload}`, or a payload such as `1},"Other":{…` could close the
+    // object early and be read as something else.
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+        .map_err(|error| payload_error(error.to_string()))?;
     if event_version == current {
-        // The common case, nothing to upcast: decode `{"Type": payload}` straight from bytes,
-        // without building a `serde_json::Value` first (a third of a load's time).
-        let mut tagged = Vec::with_capacity(payload.len() + event_type.len() + 8);
-        tagged.push(b'{');
-        serde_json::to_writer(&mut tagged, event_type).map_err(classify)?;
-        tagged.push(b':');
-        tagged.extend_from_slice(payload);
-        tagged.push(b'}');
-        return serde_json::from_slice(&tagged).map_err(classify);
+        // The common case, nothing to upcast: decode straight from the bytes, without
+        // building a `serde_json::Value` first (a third of a load's time).
+        return decode_tagged(event_type, payload).map_err(classify);
     }
     let mut body: Value =
         serde_json::from_slice(payload).map_err(|error| payload_error(error.to_string()))?;
@@ -340,10 +341,23 @@ pub fn decode_event<E: DomainEvent>(
             reason,
         })?;
     }
-    // `{"Type": body}` decodes every kind of variant, a unit variant from `{"Type": null}`,
-    // and a newtype variant whose content is `null` too (`"Type"` alone would not).
-    let tagged = Value::Object([(event_type.to_owned(), body)].into_iter().collect());
-    serde_json::from_value(tagged).map_err(classify)
+    // The upcast payload goes through the same byte decoder as a current one, so both paths
+    // accept and refuse the same things.
+    let upcast = serde_json::to_vec(&body).map_err(|error| payload_error(error.to_string()))?;
+    decode_tagged(event_type, &upcast).map_err(classify)
+}
+
+/// Decodes `{"Type": payload}`: every kind of variant, a unit variant from `{"Type": null}`,
+/// and a newtype variant whose content is `null` too (`"Type"` alone would not). `payload`
+/// must be one JSON value (checked by the caller).
+fn decode_tagged<E: DomainEvent>(event_type: &str, payload: &[u8]) -> serde_json::Result<E> {
+    let mut tagged = Vec::with_capacity(payload.len() + event_type.len() + 8);
+    tagged.push(b'{');
+    serde_json::to_writer(&mut tagged, event_type)?;
+    tagged.push(b':');
+    tagged.extend_from_slice(payload);
+    tagged.push(b'}');
+    serde_json::from_slice(&tagged)
 }
 
 #[cfg(test)]
@@ -439,7 +453,7 @@ mod tests {
             &'static [u8],
             fn(&EventDecodeError) -> bool,
         );
-        let cases: [Case; 6] = [
+        let cases: [Case; 7] = [
             ("Renamed", 1, b"{}", |e| {
                 matches!(e, EventDecodeError::UnknownType { .. })
             }),
@@ -456,6 +470,10 @@ mod tests {
                 matches!(e, EventDecodeError::UpcastFailed { .. })
             }),
             ("Closed", 0, b"null", |e| {
+                matches!(e, EventDecodeError::Payload { .. })
+            }),
+            // A payload that would close the tag object early is not one JSON value.
+            ("Noted", 1, br#""x"},"Closed":{"#, |e| {
                 matches!(e, EventDecodeError::Payload { .. })
             }),
         ];

@@ -196,8 +196,10 @@ impl NewEvent {
     }
 }
 
-/// A stream's metadata: retention rules that reads honour.
+/// A stream's metadata: retention rules that reads honour. Unknown fields are refused, so a
+/// misspelt rule is an error rather than no rule.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamMetadata {
     /// Reads show at most this many of the newest events.
     pub max_count: Option<u64>,

@@ -24,7 +24,7 @@ use crate::ids::{CommandId, MessageId};
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::names::StreamKey;
 use crate::repository::Repository;
-use crate::store::EventStore;
+use crate::store::{CommandRecord, EventStore};
 use crate::subscription::Subscription;
 
 /// Most commands one event may set off through a manager (its own and those of rejections),
@@ -89,26 +89,33 @@ pub enum DispatchError {
         /// The category.
         category: String,
     },
-    /// The command does not decode for its aggregate, or is too large, or a stored event of
-    /// the stream does not decode: executing it again gives the same answer.
+    /// The command cannot be executed as it is: it does not decode for its aggregate, it is
+    /// too large, its pinned expected version has passed, its events break a store rule, or a
+    /// stored event of the stream does not decode.
     #[error("invalid command: {0}")]
     Invalid(String),
-    /// The aggregate refused the command (now or, for the same command id, before): final.
+    /// The aggregate refused the command (now or, for the same command id, before).
     #[error("refused: {0}")]
     Refused(String),
-    /// The stream was not at the expected version, or kept changing: executing it later may
-    /// succeed.
+    /// Other writers kept moving the stream (an `Any` command gave up after its retries):
+    /// executing it later may succeed.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The store failed: the command may be retried.
+    /// The store failed to read or write, or found itself corrupt.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl DispatchError {
-    /// Whether executing the same command later can give another answer.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Conflict(_) | Self::Store(_))
+    /// Whether this is an answer about the command itself (unknown category, invalid,
+    /// refused), which a process manager compensates and which is recorded against the
+    /// command id so that it stands; otherwise the failure is the system's (contention,
+    /// storage) and the command must be tried again later.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownCategory { .. } | Self::Invalid(_) | Self::Refused(_)
+        )
     }
 }
 
@@ -151,14 +158,20 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
         Repository::<A>::new(store)
             .execute(&envelope)
             .map_err(|error| match error {
-                CommandError::Store(error) => DispatchError::Store(error),
+                CommandError::Store(error @ (StoreError::Storage(_) | StoreError::Corrupt(_))) => {
+                    DispatchError::Store(error)
+                }
                 CommandError::Domain(error) => DispatchError::Refused(error.to_string()),
                 CommandError::AlreadyRefused { reason, .. } => DispatchError::Refused(reason),
-                error @ (CommandError::WrongExpectedVersion { .. }
-                | CommandError::Contention { .. }) => DispatchError::Conflict(error.to_string()),
-                error @ (CommandError::Decode { .. } | CommandError::BadCommand(_)) => {
-                    DispatchError::Invalid(error.to_string())
+                error @ CommandError::Contention { .. } => {
+                    DispatchError::Conflict(error.to_string())
                 }
+                // A pinned version that has passed never comes back (versions only grow), and
+                // the store's other refusals depend only on the command and the history.
+                error @ (CommandError::WrongExpectedVersion { .. }
+                | CommandError::Decode { .. }
+                | CommandError::BadCommand(_)
+                | CommandError::Store(_)) => DispatchError::Invalid(error.to_string()),
             })
     }
 }
@@ -228,9 +241,23 @@ pub struct RouterReport {
     pub commands_executed: u64,
     /// Commands refused or invalid (the manager's `on_rejected` saw each).
     pub commands_rejected: u64,
+    /// Managers stopped at an event whose command failed for a reason that may pass
+    /// (contention, storage): the next run delivers that event again.
+    pub stalled: Vec<StalledRoute>,
     /// False when the run stopped at [`ROUTER_ROUNDS_MAX`] with work left (managers that keep
     /// reacting to each other's commands); the next run goes on from the checkpoints.
     pub quiet: bool,
+}
+
+/// A manager the router could not take past an event in this run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StalledRoute {
+    /// The manager's name.
+    pub manager: String,
+    /// The global position of the event it stopped at.
+    pub position: u64,
+    /// Why.
+    pub error: String,
 }
 
 struct Route {
@@ -281,36 +308,45 @@ impl EventRouter {
     }
 
     /// Delivers every pending event and executes what it sets off, round after round, until
-    /// no manager has anything left (or [`ROUTER_ROUNDS_MAX`] rounds). A transient failure
-    /// (conflict, storage) stops the run with the failing event not yet counted as delivered:
-    /// the next run delivers it again.
-    pub fn run_until_quiet(&mut self, store: &EventStore) -> Result<RouterReport, DispatchError> {
+    /// no manager has anything left (or [`ROUTER_ROUNDS_MAX`] rounds). A manager whose command
+    /// fails for a reason that may pass (contention, storage) stops at that event for this
+    /// run and is reported in `stalled`; the others go on. The error is the store failing to
+    /// read the log or to save a checkpoint.
+    pub fn run_until_quiet(&mut self, store: &EventStore) -> Result<RouterReport, StoreError> {
         let mut report = RouterReport::default();
+        let mut stalled = vec![false; self.routes.len()];
         for _round in 0..ROUTER_ROUNDS_MAX {
             let mut delivered_this_round = 0;
-            for route in &mut self.routes {
-                let start = route.subscription.clone();
+            for (route, stalled) in self.routes.iter_mut().zip(&mut stalled) {
+                if *stalled {
+                    continue;
+                }
+                let start = route.subscription.next_position();
                 let events = route.subscription.poll(store)?;
                 for event in &events {
-                    if let Err(error) = deliver(
+                    let delivered = deliver(
                         &self.registry,
                         store,
                         route.manager.as_mut(),
                         event,
                         &mut report,
-                    ) {
+                    );
+                    if let Err(error) = delivered {
                         // Resume at the failing event: everything before it is done.
-                        route.subscription = Subscription::new(
-                            start.filter().clone(),
-                            event.position,
-                            ROUTER_BATCH_EVENTS_MAX,
-                        );
-                        save_route(store, route)?;
-                        return Err(error);
+                        let filter = route.subscription.filter().clone();
+                        route.subscription =
+                            Subscription::new(filter, event.position, ROUTER_BATCH_EVENTS_MAX);
+                        report.stalled.push(StalledRoute {
+                            manager: route.manager.name().to_owned(),
+                            position: event.position,
+                            error: error.to_string(),
+                        });
+                        *stalled = true;
+                        break;
                     }
                     delivered_this_round += 1;
                 }
-                if route.subscription.next_position() != start.next_position() {
+                if route.subscription.next_position() != start {
                     save_route(store, route)?;
                 }
             }
@@ -355,10 +391,22 @@ fn deliver(
         }
         match registry.execute(store, &request) {
             Ok(_) => report.commands_executed += 1,
-            Err(error) if error.is_transient() => return Err(error),
+            Err(error) if !error.is_final() => return Err(error),
             Err(rejection) => {
                 report.commands_rejected += 1;
                 let reason = rejection.to_string();
+                // The rejection is about to be compensated: record it against the command id
+                // so that a re-delivery gets the same answer, even after the cause is gone (a
+                // corrected event, a newly registered category), and never both the
+                // compensation and the command's effect.
+                if let Some(CommandRecord::Appended(_)) =
+                    store.record_refusal(request.command_id, &request.stream, &reason)?
+                {
+                    // Another execution of the same id went through meanwhile: it is done,
+                    // and compensating it would undo a step that happened.
+                    report.commands_executed += 1;
+                    continue;
+                }
                 debug!(manager = manager.name(), stream = %request.stream, %reason, "command rejected");
                 pending.extend(manager.on_rejected(event, &request, &reason));
             }

@@ -141,11 +141,17 @@ impl<'s, A: Aggregate> Repository<'s, A> {
             let (batch, state) = match decide(&loaded.state, loaded.version, envelope) {
                 Ok(decided) => decided,
                 Err(CommandError::Domain(error)) => {
-                    self.store.record_refusal(
+                    let existing = self.store.record_refusal(
                         envelope.command_id,
                         &envelope.stream,
                         &error.to_string(),
                     )?;
+                    // A concurrent execution of the same id appended first: it stands, and
+                    // this refusal (decided on an older state) is not reported.
+                    if let Some(CommandRecord::Appended(mut outcome)) = existing {
+                        outcome.duplicate = true;
+                        return Ok(outcome);
+                    }
                     return Err(CommandError::Domain(error));
                 }
                 Err(other) => return Err(other),

@@ -801,3 +801,190 @@ fn subscribers_see_the_log_whatever_reads_hide() {
     // Waiting with no deadline returns at once when there is something new.
     assert_eq!(store.wait_for_head_after(0, Duration::MAX), 4);
 }
+
+#[test]
+fn a_rejection_the_router_compensates_stands_after_its_cause_is_gone() {
+    let (_directory, store) = store();
+    let accounts = Repository::<BankAccount>::new(&store);
+    accounts
+        .execute(&command("a", "BankAccount@a", open("a")))
+        .expect("open");
+    accounts
+        .execute(&command("seed", "BankAccount@a", deposit(100)))
+        .expect("deposit");
+    accounts
+        .execute(&command("b", "BankAccount@b", open("b")))
+        .expect("open");
+    // An event of b that does not decode: deposits to b are invalid until it is corrected.
+    let broken = NewEvent {
+        event_id: EventId::derive(&[b"broken"]),
+        event_type: TypeName::new("Deposited").expect("type"),
+        event_version: 1,
+        payload: br#"{"amount":"lots"}"#.to_vec(),
+        supersedes: None,
+    };
+    let b = key("BankAccount@b");
+    store
+        .append(&AppendBatch::single(
+            CommandId::derive(&[b"broken"]),
+            b.clone(),
+            ExpectedVersion::Exact(1),
+            vec![broken],
+            5,
+        ))
+        .expect("append");
+    start_transfer(&store, "t", "a", "b", 100);
+    let mut router = EventRouter::new(bank());
+    router.add(&store, Box::new(TransferSaga)).expect("add");
+    let report = router.run_until_quiet(&store).expect("route");
+    assert!(report.stalled.is_empty(), "{:?}", report.stalled);
+    assert!(matches!(status(&store, "t"), TransferStatus::Failed { .. }));
+    assert_eq!(balance(&store, "a"), 100);
+
+    // The operator corrects b's event; then everything is delivered again.
+    let encoded = encode_event(&BankAccountEvent::Deposited {
+        amount: 1,
+        balance: 1,
+        transfer: None,
+    })
+    .expect("encode");
+    let fix = NewEvent {
+        event_id: EventId::derive(&[b"fix"]),
+        event_type: encoded.event_type,
+        event_version: encoded.event_version,
+        payload: encoded.payload,
+        supersedes: Some(2),
+    };
+    store
+        .append(&AppendBatch::single(
+            CommandId::derive(&[b"fix"]),
+            b.clone(),
+            ExpectedVersion::Any,
+            vec![fix],
+            6,
+        ))
+        .expect("correct");
+    let mut replay = EventRouter::new(bank());
+    replay.add_from(Box::new(TransferSaga), 1);
+    replay.run_until_quiet(&store).expect("route");
+    // The deposit to b was compensated (refunded) once; it must not happen now as well.
+    assert_eq!((balance(&store, "a"), balance(&store, "b")), (100, 1));
+}
+
+/// Emits, for every `AccountOpened`, a deposit pinned to a version the stream has passed.
+struct StaleDepositor;
+
+impl chorus_aggregate::ProcessManager for StaleDepositor {
+    fn name(&self) -> &str {
+        "stale-depositor"
+    }
+
+    fn filter(&self) -> Filter {
+        Filter::EventType(TypeName::new("AccountOpened").expect("type"))
+    }
+
+    fn handle(&mut self, event: &RecordedEvent) -> Vec<CommandRequest> {
+        let mut request =
+            CommandRequest::caused_by(self.name(), event, 0, event.stream.clone(), &deposit(1))
+                .expect("request");
+        request.expected = ExpectedVersion::NoStream;
+        vec![request]
+    }
+}
+
+/// Counts the events it sees.
+struct Counter(std::rc::Rc<std::cell::Cell<u64>>);
+
+impl chorus_aggregate::ProcessManager for Counter {
+    fn name(&self) -> &str {
+        "counter"
+    }
+
+    fn filter(&self) -> Filter {
+        Filter::All
+    }
+
+    fn handle(&mut self, _event: &RecordedEvent) -> Vec<CommandRequest> {
+        self.0.set(self.0.get() + 1);
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_command_that_can_never_succeed_is_rejected_not_retried_forever() {
+    let (_directory, store) = store();
+    let accounts = Repository::<BankAccount>::new(&store);
+    accounts
+        .execute(&command("a", "BankAccount@a", open("a")))
+        .expect("open");
+    let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut router = EventRouter::new(bank());
+    router.add(&store, Box::new(StaleDepositor)).expect("add");
+    router
+        .add(&store, Box::new(Counter(seen.clone())))
+        .expect("add");
+    let report = router.run_until_quiet(&store).expect("route");
+    assert!(report.stalled.is_empty(), "{:?}", report.stalled);
+    assert_eq!(report.commands_rejected, 1);
+    assert!(report.quiet);
+    assert_eq!(seen.get(), 1, "the manager after it still ran");
+}
+
+#[test]
+fn a_refusal_never_overrides_an_append_of_the_same_command_id() {
+    let (_directory, store) = store();
+    let accounts = Repository::<BankAccount>::new(&store);
+    let opened = command("a", "BankAccount@a", open("a"));
+    accounts.execute(&opened).expect("open");
+    let existing = store
+        .record_refusal(opened.command_id, &opened.stream, "late refusal")
+        .expect("record");
+    assert!(matches!(
+        existing,
+        Some(chorus_aggregate::CommandRecord::Appended(_))
+    ));
+    assert!(accounts.execute(&opened).expect("repeat").duplicate);
+}
+
+#[test]
+fn racing_system_events_are_ordered_not_merged() {
+    let (_directory, store) = store();
+    let stream = key("Notebook@1");
+    let metadata = |count| chorus_aggregate::StreamMetadata {
+        max_count: Some(count),
+        ..Default::default()
+    };
+    store
+        .set_metadata(&stream, ExpectedVersion::NoStream, &metadata(5))
+        .expect("first");
+    // A different change pinned to the same version loses, visibly.
+    assert!(matches!(
+        store.set_metadata(&stream, ExpectedVersion::NoStream, &metadata(6)),
+        Err(chorus_aggregate::StoreError::WrongExpectedVersion { actual: 1, .. })
+    ));
+    // Changes that accept any version all land, in some order, however they race.
+    std::thread::scope(|scope| {
+        for round in 0..10u64 {
+            let store = &store;
+            let stream = &stream;
+            scope.spawn(move || {
+                store
+                    .set_metadata(stream, ExpectedVersion::Any, &metadata(10 + round))
+                    .expect("metadata")
+            });
+            scope.spawn(move || {
+                store
+                    .soft_delete(stream, ExpectedVersion::Any)
+                    .expect("delete")
+            });
+        }
+    });
+    assert_eq!(
+        store
+            .stream_info(&stream)
+            .expect("info")
+            .expect("exists")
+            .version,
+        21
+    );
+}

@@ -731,3 +731,47 @@ fn a_file_that_is_not_a_store_is_an_error() {
     let error = EventStore::open(&path).err().expect("garbage refused");
     assert!(matches!(error, StoreError::Storage(_)), "{error}");
 }
+
+#[test]
+fn openers_racing_to_create_a_store_never_replace_each_others_file() {
+    for round in 0..20 {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join(format!("race-{round}.redb"));
+        let appended = std::thread::scope(|scope| {
+            let openers: Vec<_> = (0..2)
+                .map(|opener| {
+                    let path = &path;
+                    scope.spawn(move || match EventStore::open(path) {
+                        Ok(store) => {
+                            let tag = format!("{round}-{opener}");
+                            store
+                                .append(&batch(&tag, "Notebook@1", ExpectedVersion::Any, 1))
+                                .expect("append");
+                            true
+                        }
+                        // The other opener holds the file: redb's lock, not a lost file.
+                        Err(error) => {
+                            let text = error.to_string();
+                            assert!(!text.contains("No such file"), "{text}");
+                            false
+                        }
+                    })
+                })
+                .collect();
+            openers
+                .into_iter()
+                .map(|opener| opener.join().expect("opener"))
+                .filter(|appended| *appended)
+                .count()
+        });
+        let store = EventStore::open(&path).expect("reopen");
+        assert!(appended >= 1);
+        assert_eq!(
+            store.head_position().expect("head"),
+            appended as u64,
+            "round {round}"
+        );
+        let leftovers = std::fs::read_dir(directory.path()).expect("list").count();
+        assert_eq!(leftovers, 1, "only the store is left");
+    }
+}

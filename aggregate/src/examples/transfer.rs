@@ -6,7 +6,8 @@
 //! 3. `Deposited` of the leg → `CompleteTransfer`.
 //!
 //! Compensation: a refused withdrawal fails the transfer; a refused deposit sends the money back
-//! (a refund leg), and the refund's `Deposited` fails the transfer. The saga keeps no state of
+//! (a refund leg), and the refund's `Deposited` fails the transfer; a refused refund fails it
+//! too, saying the money is withheld. Corrections (events with `supersedes`) are ignored. The saga keeps no state of
 //! its own: each event carries what the next step needs, so it resumes anywhere after a crash.
 
 use serde::{Deserialize, Serialize};
@@ -209,6 +210,12 @@ impl ProcessManager for TransferSaga {
     }
 
     fn handle(&mut self, event: &RecordedEvent) -> Vec<CommandRequest> {
+        // A correction restates an earlier event; the saga acted on the original already, and
+        // acting again would move the money twice. Corrections of money movements are an
+        // operator's business.
+        if event.supersedes.is_some() {
+            return Vec::new();
+        }
         let category = event.stream.category().as_str();
         if category == Transfer::CATEGORY {
             let Ok(TransferEvent::TransferStarted { from, to, amount }) =
@@ -304,6 +311,17 @@ impl ProcessManager for TransferSaga {
                     }),
                 };
                 Self::command(event, 1, account(&leg.counterparty), &refund)
+            }
+            // The refund itself was refused (the source account was deleted, or its balance
+            // would overflow): the money is withheld, and the transfer must say so.
+            BankAccountCommand::Deposit {
+                amount,
+                transfer: Some(leg),
+            } => {
+                let fail = TransferCommand::FailTransfer {
+                    reason: format!("refund of {amount} refused, money withheld: {reason}"),
+                };
+                Self::command(event, 2, transfer(&leg.transfer_id), &fail)
             }
             _ => Vec::new(),
         }

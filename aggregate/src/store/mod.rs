@@ -30,6 +30,7 @@ mod read;
 mod write;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -138,7 +139,7 @@ pub struct EventStore {
 impl EventStore {
     /// Opens the store at `path`, creating the file and its tables if it does not exist.
     ///
-    /// A new store is built in a temporary file beside `path` and renamed into place once
+    /// A new store is built in a temporary file beside `path` and linked into place once
     /// durable: redb writes a new file's magic number last and refuses a file without it, so a
     /// crash while creating the file in place would leave a file that never opens again.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -251,32 +252,52 @@ fn initialize(database: &Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Builds an empty store in `.<name>.creating` beside `path`, makes it durable and renames it
-/// into place (then makes the rename durable). A leftover temporary file from a crash during
-/// an earlier attempt is replaced.
+/// Builds an empty store in a temporary file beside `path` (`.<name>.creating.<pid>.<n>`,
+/// unique per process and call), makes it durable, and installs it under `path` with a hard
+/// link, which fails rather than replace a file another opener installed first (that file is
+/// then used). A crash leaves at most a temporary file behind, never a half-built store
+/// under `path`.
 fn create_atomically(path: &Path) -> Result<(), StoreError> {
+    static CREATIONS: AtomicU64 = AtomicU64::new(0);
     let io = |error: std::io::Error| StoreError::Storage(Box::new(redb::Error::Io(error)));
+    let Some(name) = path.file_name() else {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        )));
+    };
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let mut temporary_name = std::ffi::OsString::from(".");
-    temporary_name.push(path.file_name().unwrap_or_default());
-    temporary_name.push(".creating");
+    temporary_name.push(name);
+    temporary_name.push(format!(
+        ".creating.{}.{}",
+        std::process::id(),
+        CREATIONS.fetch_add(1, Ordering::Relaxed)
+    ));
     let temporary = directory.join(temporary_name);
-    match std::fs::remove_file(&temporary) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io(error)),
-    }
-    {
-        let database = Database::create(&temporary)?;
-        initialize(&database, &temporary)?;
-    }
-    std::fs::File::open(&temporary)
-        .and_then(|file| file.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)?;
+    let built = (|| {
+        {
+            let database = Database::create(&temporary)?;
+            initialize(&database, &temporary)?;
+        }
+        std::fs::File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .map_err(io)?;
+        match std::fs::hard_link(&temporary, path) {
+            Ok(()) => Ok(()),
+            // Another opener installed its store first: use that one.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(io(error)),
+        }
+    })();
+    // The temporary name goes whatever happened; the store, if installed, lives on under
+    // `path`.
+    let removed = std::fs::remove_file(&temporary);
+    built?;
+    removed.map_err(io)?;
     std::fs::File::open(&directory)
         .and_then(|directory| directory.sync_all())
         .map_err(io)?;

@@ -104,26 +104,33 @@ impl EventStore {
 
     /// Records that a command was refused, so that executing its id again returns the same
     /// refusal instead of deciding anew on a state that may have changed (which could let a
-    /// compensated step succeed after all). Durable; does nothing if the id is known.
+    /// compensated step succeed after all). Durable. If the id is known already, nothing is
+    /// written and its record is returned: an execution of the same id that appended
+    /// meanwhile wins, and the caller must not report (or compensate) a refusal.
     pub fn record_refusal(
         &self,
         command_id: CommandId,
         stream: &StreamKey,
         reason: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<CommandRecord>, StoreError> {
         let transaction = self.database.begin_write()?;
-        {
+        let existing = {
             let mut commands = transaction.open_table(COMMANDS)?;
-            if commands.get(command_id.0)?.is_none() {
+            let existing = match commands.get(command_id.0)? {
+                Some(guard) => Some(decode_record::<CommandRecord>("command", guard.value())?),
+                None => None,
+            };
+            if existing.is_none() {
                 let record = CommandRecord::Refused {
                     stream: stream.clone(),
                     reason: reason.chars().take(REFUSAL_CHARS_MAX).collect(),
                 };
                 commands.insert(command_id.0, encode_record(&record)?.as_slice())?;
             }
-        }
+            existing
+        };
         transaction.commit()?;
-        Ok(())
+        Ok(existing)
     }
 
     /// Saves a snapshot of a stream's aggregate. Snapshots are a cache: the write is not made
@@ -176,37 +183,55 @@ impl EventStore {
         Ok(())
     }
 
+    /// Appends one system event at the stream's current version, checked against `expected`
+    /// in the same write transaction (so two changes racing for one version are ordered: the
+    /// second sees the first's version). The event id names the stream, the version it
+    /// follows, the type and the payload: only the very same change at the same version is
+    /// the same event.
     fn append_system_event(
         &self,
         stream: &StreamKey,
         expected: ExpectedVersion,
         event: impl FnOnce(EventId) -> NewEvent,
     ) -> Result<AppendOutcome, StoreError> {
-        let version = self.stream_info(stream)?.map_or(0, |info| info.version);
-        if !expected.admits(version) {
-            return Err(StoreError::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual: version,
-            });
-        }
-        // The id names the stream and the version it follows: a retry of the same change
-        // is recognised as a repeat, a change at another version is a new event.
-        let event_id = EventId::derive(&[
-            b"system",
-            stream.qualified().as_bytes(),
-            &version.to_le_bytes(),
-        ]);
-        let event = event(event_id);
-        let command_id = CommandId::derive(&[b"system", &event_id.0, &event.payload]);
-        self.append(&AppendBatch::single(
-            command_id,
-            stream.clone(),
-            ExpectedVersion::Exact(version),
-            vec![event],
+        let transaction = self.database.begin_write()?;
+        let outcome = {
+            let mut writer = Writer::open(&transaction)?;
+            let version =
+                stream_record(&writer.streams, stream)?.map_or(0, |record| record.version);
+            if !expected.admits(version) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: version,
+                });
+            }
+            let probe = event(EventId([0; 16]));
+            let event_id = EventId::derive(&[
+                b"system",
+                stream.qualified().as_bytes(),
+                &version.to_le_bytes(),
+                probe.event_type.as_str().as_bytes(),
+                &probe.payload,
+            ]);
+            let event = NewEvent { event_id, ..probe };
+            let command_id = CommandId::derive(&[b"system", &event_id.0]);
             // Not a domain event: it carries the newest agreed time the store has seen.
-            self.latest_timestamp_ms()?,
-        ))
+            let timestamp_ms = writer.latest_timestamp_ms;
+            let batch = AppendBatch::single(
+                command_id,
+                stream.clone(),
+                ExpectedVersion::Exact(version),
+                vec![event],
+                timestamp_ms,
+            );
+            let outcome = writer.append(&batch)?;
+            writer.finish()?;
+            outcome
+        };
+        transaction.commit()?;
+        self.publish_head(outcome.last_position);
+        Ok(outcome)
     }
 }
 
@@ -474,6 +499,9 @@ impl<'t> Writer<'t> {
             let record = record
                 .as_ref()
                 .ok_or_else(|| bad("the stream does not exist"))?;
+            if target <= record.hidden_through {
+                return Err(bad("it was soft-deleted"));
+            }
             let position = self
                 .stream_events
                 .get((record.stream_no, target))?
@@ -550,6 +578,9 @@ impl<'t> Writer<'t> {
                 record.corrected = true;
                 self.change_epoch(&mut record)?;
             }
+            // Any event after a soft delete makes the stream visible again (listings and
+            // reads agree), except the `$deleted` event itself.
+            record.deleted = false;
             if event.is_system() {
                 match system_events.next().flatten() {
                     // Retention is a client read filter; aggregates and snapshots ignore it.
@@ -560,8 +591,6 @@ impl<'t> Writer<'t> {
                         self.change_epoch(&mut record)?;
                     }
                 }
-            } else {
-                record.deleted = false;
             }
         }
         record.version = sequence;
