@@ -38,7 +38,9 @@ pub use envelope::{
 pub use error::{CommandError, EventDecodeError, NameError, StoreError};
 pub use ids::{CommandId, EventId, MessageId};
 pub use names::{CategoryName, DatabaseName, StreamKey, TypeName};
-pub use process::{AggregateRegistry, CommandRequest, DispatchError, EventRouter, ProcessManager};
+pub use process::{
+    AggregateRegistry, CommandRequest, Decision, DispatchError, EventRouter, ProcessManager,
+};
 pub use projection::{Projection, ProjectionRunner};
 pub use repository::{Loaded, Repository, decide};
 pub use store::{

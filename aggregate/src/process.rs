@@ -18,12 +18,14 @@ use tracing::{debug, warn};
 
 use crate::codec::{decode_record, encode_record};
 use crate::domain::Aggregate;
-use crate::envelope::{AppendOutcome, CommandEnvelope, ExpectedVersion, Filter, RecordedEvent};
+use crate::envelope::{
+    AppendBatch, AppendOutcome, CommandEnvelope, ExpectedVersion, Filter, RecordedEvent,
+};
 use crate::error::{CommandError, StoreError};
 use crate::ids::{CommandId, MessageId};
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::names::StreamKey;
-use crate::repository::Repository;
+use crate::repository::{Repository, decide};
 use crate::store::{CommandRecord, EventStore};
 use crate::subscription::Subscription;
 
@@ -126,16 +128,29 @@ trait ErasedAggregate: Send + Sync {
         store: &EventStore,
         request: &CommandRequest,
     ) -> Result<AppendOutcome, DispatchError>;
+
+    fn decide(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<Decision, DispatchError>;
+}
+
+/// What executing a command on the current state would append, without appending it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The batch, pinned to the version it was decided at.
+    pub batch: AppendBatch,
+    /// That version.
+    pub version: u64,
+    /// The agreed timestamp of the stream's last event at that version (0 for a new stream).
+    pub stream_timestamp_ms: u64,
 }
 
 struct Typed<A>(std::marker::PhantomData<fn() -> A>);
 
-impl<A: Aggregate> ErasedAggregate for Typed<A> {
-    fn execute(
-        &self,
-        store: &EventStore,
-        request: &CommandRequest,
-    ) -> Result<AppendOutcome, DispatchError> {
+impl<A: Aggregate> Typed<A> {
+    fn envelope(request: &CommandRequest) -> Result<CommandEnvelope<A::Command>, DispatchError> {
         let size = serde_json::to_vec(&request.command).map_or(usize::MAX, |bytes| bytes.len());
         if size > COMMAND_BYTES_MAX {
             return Err(DispatchError::Invalid(format!(
@@ -146,7 +161,7 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
             serde_json::from_value(request.command.clone()).map_err(|error| {
                 DispatchError::Invalid(format!("not a {} command: {error}", A::CATEGORY))
             })?;
-        let envelope = CommandEnvelope {
+        Ok(CommandEnvelope {
             command_id: request.command_id,
             stream: request.stream.clone(),
             expected: request.expected,
@@ -154,25 +169,60 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
             causation_id: request.causation_id,
             timestamp_ms: request.timestamp_ms,
             command,
-        };
+        })
+    }
+}
+
+/// Sorts a command's failure into what it means for the caller.
+fn dispatch_error<E: std::error::Error>(error: CommandError<E>) -> DispatchError {
+    match error {
+        CommandError::Store(error @ (StoreError::Storage(_) | StoreError::Corrupt(_))) => {
+            DispatchError::Store(error)
+        }
+        CommandError::Domain(error) => DispatchError::Refused(error.to_string()),
+        CommandError::AlreadyRefused { reason, .. } => DispatchError::Refused(reason),
+        error @ CommandError::Contention { .. } => DispatchError::Conflict(error.to_string()),
+        // A pinned version that has passed never comes back (versions only grow), and the
+        // store's other refusals depend only on the command and the history.
+        error @ (CommandError::WrongExpectedVersion { .. }
+        | CommandError::Decode { .. }
+        | CommandError::BadCommand(_)
+        | CommandError::Store(_)) => DispatchError::Invalid(error.to_string()),
+    }
+}
+
+impl<A: Aggregate> ErasedAggregate for Typed<A> {
+    fn execute(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<AppendOutcome, DispatchError> {
+        let envelope = Self::envelope(request)?;
         Repository::<A>::new(store)
             .execute(&envelope)
-            .map_err(|error| match error {
-                CommandError::Store(error @ (StoreError::Storage(_) | StoreError::Corrupt(_))) => {
-                    DispatchError::Store(error)
-                }
-                CommandError::Domain(error) => DispatchError::Refused(error.to_string()),
-                CommandError::AlreadyRefused { reason, .. } => DispatchError::Refused(reason),
-                error @ CommandError::Contention { .. } => {
-                    DispatchError::Conflict(error.to_string())
-                }
-                // A pinned version that has passed never comes back (versions only grow), and
-                // the store's other refusals depend only on the command and the history.
-                error @ (CommandError::WrongExpectedVersion { .. }
-                | CommandError::Decode { .. }
-                | CommandError::BadCommand(_)
-                | CommandError::Store(_)) => DispatchError::Invalid(error.to_string()),
-            })
+            .map_err(dispatch_error)
+    }
+
+    fn decide(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<Decision, DispatchError> {
+        let envelope = Self::envelope(request)?;
+        let loaded = Repository::<A>::new(store)
+            .load(&envelope.stream)
+            .map_err(dispatch_error)?;
+        let stream_timestamp_ms = store
+            .stream_info(&envelope.stream)?
+            .filter(|info| info.version == loaded.version)
+            .map_or(0, |info| info.last_timestamp_ms);
+        let (batch, _) =
+            decide(&loaded.state, loaded.version, &envelope).map_err(dispatch_error)?;
+        Ok(Decision {
+            batch,
+            version: loaded.version,
+            stream_timestamp_ms,
+        })
     }
 }
 
@@ -195,20 +245,33 @@ impl AggregateRegistry {
         self
     }
 
+    /// Decides a command on the current state of its stream without appending: the pure step
+    /// of the engine's command path (every member decides, the agreed order appends).
+    pub fn decide(
+        &self,
+        store: &EventStore,
+        request: &CommandRequest,
+    ) -> Result<Decision, DispatchError> {
+        self.aggregate(request)?.decide(store, request)
+    }
+
+    fn aggregate(&self, request: &CommandRequest) -> Result<&dyn ErasedAggregate, DispatchError> {
+        let category = request.stream.category().as_str();
+        self.aggregates
+            .get(category)
+            .map(|aggregate| aggregate.as_ref())
+            .ok_or_else(|| DispatchError::UnknownCategory {
+                category: category.to_owned(),
+            })
+    }
+
     /// Executes a command on the aggregate of its stream's category.
     pub fn execute(
         &self,
         store: &EventStore,
         request: &CommandRequest,
     ) -> Result<AppendOutcome, DispatchError> {
-        let category = request.stream.category().as_str();
-        let aggregate =
-            self.aggregates
-                .get(category)
-                .ok_or_else(|| DispatchError::UnknownCategory {
-                    category: category.to_owned(),
-                })?;
-        aggregate.execute(store, request)
+        self.aggregate(request)?.execute(store, request)
     }
 }
 

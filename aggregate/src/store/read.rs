@@ -118,6 +118,11 @@ impl EventStore {
         self.view()?.read(filter, from, direction, count)
     }
 
+    /// [`ReadView::digest`] on a fresh view.
+    pub fn digest(&self) -> Result<[u8; 32], StoreError> {
+        self.view()?.digest()
+    }
+
     /// [`ReadView::read_history`] on a fresh view.
     pub fn read_history(
         &self,
@@ -286,6 +291,45 @@ impl ReadView {
         count: usize,
     ) -> Result<ReadSlice, StoreError> {
         self.read_with(filter, from, direction, count, Visibility::Client)
+    }
+
+    /// A blake3 digest of every committed event with its whole envelope, in global order: two
+    /// stores with equal digests hold the same events at the same positions. Reads the whole
+    /// log; for checkers and tests.
+    pub fn digest(&self) -> Result<[u8; 32], StoreError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut from = 1;
+        loop {
+            let slice = self.read_log(&Filter::All, from, READ_COUNT_MAX)?;
+            for event in &slice.events {
+                let stream = event.stream.qualified();
+                let fields: [&[u8]; 12] = [
+                    &event.position.to_le_bytes(),
+                    stream.as_bytes(),
+                    &event.sequence.to_le_bytes(),
+                    &event.event_id.0,
+                    event.event_type.as_str().as_bytes(),
+                    &event.event_version.to_le_bytes(),
+                    &event.payload,
+                    &event.command_id.map_or([0; 16], |id| id.0),
+                    &event.causation_id.0,
+                    &event.correlation_id.0,
+                    &event.timestamp_ms.to_le_bytes(),
+                    &event
+                        .supersedes
+                        .map_or(u64::MAX, |sequence| sequence)
+                        .to_le_bytes(),
+                ];
+                for field in fields {
+                    hasher.update(&(field.len() as u64).to_le_bytes());
+                    hasher.update(field);
+                }
+            }
+            match slice.next {
+                Some(next) => from = next,
+                None => return Ok(*hasher.finalize().as_bytes()),
+            }
+        }
     }
 
     /// The change feed: up to `count` committed events matching `filter` from global position

@@ -1,0 +1,227 @@
+//! Applying agreed proposals to the event store, in block order.
+//!
+//! Every member runs this on the same agreed sequence and must end with the same store. For
+//! each proposal, in order:
+//!
+//! 1. a command id the store knows gets its first fate again (`Duplicate`, or the recorded
+//!    refusal): a command is applied once;
+//! 2. the command is decided on the stream's current state (`AggregateRegistry::decide`): in
+//!    Single mode at the block's agreed time; in Supermajority mode the proposal must still be
+//!    at the version its proposer decided at (else `Stale`: it lost a race, and its originator
+//!    proposes again), and the events decided now must be the proposed ones (else `Forged`:
+//!    they are never applied);
+//! 3. a refusal (the aggregate's, or a command that can never execute) is recorded against the
+//!    command id, so every later attempt gets the same answer;
+//! 4. decided batches are appended by group commit: one durable transaction per *wave*, a run
+//!    of proposals with distinct streams and distinct command ids. A proposal whose stream or
+//!    command id is already in the wave closes the wave first, so that it is decided on the
+//!    state the earlier one produced. The waves depend only on the sequence, so every member
+//!    cuts the same ones.
+
+use std::collections::BTreeSet;
+
+use chorus_aggregate::{
+    AggregateRegistry, AppendBatch, AppendOutcome, CommandRecord, CommandRequest, DispatchError,
+    EventStore, StoreError,
+};
+
+use crate::proposal::Proposal;
+
+/// A proposal the section agreed on, with the block's agreed time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgreedProposal {
+    /// The block's consensus timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// What was agreed.
+    pub proposal: Proposal,
+}
+
+/// What became of one agreed proposal. Every member computes the same value for the same
+/// agreed sequence on the same store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Its events were appended.
+    Appended(AppendOutcome),
+    /// The command id was applied before; nothing new was written.
+    Duplicate(AppendOutcome),
+    /// The aggregate refused the command (now or, for this command id, before).
+    Refused(String),
+    /// The command can never execute as it is (unknown category, undecodable, a pinned
+    /// version that has passed, a store rule); recorded like a refusal.
+    Invalid(String),
+    /// Supermajority mode: the stream left the version the events were decided at. Not
+    /// recorded: the originator decides again and proposes anew.
+    Stale {
+        /// The version the proposal was decided at.
+        decided_at: u64,
+        /// The stream's version when it was agreed.
+        actual: u64,
+    },
+    /// Supermajority mode: the proposed events are not what the command decides (a faulty or
+    /// lying proposer). Not recorded (an honest proposal of the same command may follow) and
+    /// never applied.
+    Forged(String),
+}
+
+/// Applies agreed proposals in order; returns what became of each, in the same order. The
+/// error is a storage failure: the caller applies the same proposals again after it (those
+/// already committed come back as `Duplicate`).
+pub fn apply_agreed(
+    registry: &AggregateRegistry,
+    store: &EventStore,
+    agreed: &[AgreedProposal],
+) -> Result<Vec<Applied>, StoreError> {
+    let mut results: Vec<Option<Applied>> = vec![None; agreed.len()];
+    let mut wave = Wave::default();
+    for (index, agreed) in agreed.iter().enumerate() {
+        let request = agreed.proposal.request();
+        if wave.holds(request) {
+            wave.commit(store, &mut results)?;
+        }
+        match store.command_record(request.command_id)? {
+            Some(CommandRecord::Appended(outcome)) => {
+                results[index] = Some(Applied::Duplicate(outcome));
+                continue;
+            }
+            Some(CommandRecord::Refused { reason, .. }) => {
+                results[index] = Some(Applied::Refused(reason));
+                continue;
+            }
+            None => {}
+        }
+        match decide(registry, store, agreed)? {
+            Ok(batch) => wave.add(index, request, batch),
+            Err(outcome) => {
+                if let Applied::Refused(reason) | Applied::Invalid(reason) = &outcome {
+                    store.record_refusal(request.command_id, &request.stream, reason)?;
+                }
+                results[index] = Some(outcome);
+            }
+        }
+    }
+    wave.commit(store, &mut results)?;
+    Ok(results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| unreachable!("every proposal gets a result")))
+        .collect())
+}
+
+/// Decides one agreed proposal: the batch to append, or what it became instead.
+fn decide(
+    registry: &AggregateRegistry,
+    store: &EventStore,
+    agreed: &AgreedProposal,
+) -> Result<Result<AppendBatch, Applied>, StoreError> {
+    let (request, proposed) = match &agreed.proposal {
+        Proposal::Command(request) => {
+            // Single mode executes at the block's agreed time.
+            let mut request = request.clone();
+            request.timestamp_ms = agreed.timestamp_ms;
+            (request, None)
+        }
+        Proposal::Decided {
+            request,
+            version,
+            events,
+        } => (request.clone(), Some((*version, events))),
+    };
+    let decision = match registry.decide(store, &request) {
+        Ok(decision) => decision,
+        Err(error) => return rejection(error),
+    };
+    if let Some((decided_at, events)) = proposed {
+        if decision.version != decided_at {
+            return Ok(Err(Applied::Stale {
+                decided_at,
+                actual: decision.version,
+            }));
+        }
+        if request.timestamp_ms != decision.stream_timestamp_ms {
+            return Ok(Err(Applied::Forged(format!(
+                "decided at time {}, but the stream's last event is at {}",
+                request.timestamp_ms, decision.stream_timestamp_ms
+            ))));
+        }
+        let decided = decision
+            .batch
+            .writes
+            .first()
+            .map(|write| write.events.as_slice())
+            .unwrap_or_default();
+        if decided != events.as_slice() {
+            return Ok(Err(Applied::Forged(format!(
+                "the proposal carries {} events that the command does not decide",
+                events.len()
+            ))));
+        }
+    }
+    Ok(Ok(decision.batch))
+}
+
+/// Sorts a failed decision: final answers become results, storage failures stop the apply.
+fn rejection(error: DispatchError) -> Result<Result<AppendBatch, Applied>, StoreError> {
+    match error {
+        DispatchError::Refused(reason) => Ok(Err(Applied::Refused(reason))),
+        DispatchError::Store(error) => Err(error),
+        // Contention cannot happen here (a decision appends nothing), but if it did, it would
+        // say nothing about the command: treat it like any other failure to execute.
+        error @ (DispatchError::UnknownCategory { .. }
+        | DispatchError::Invalid(_)
+        | DispatchError::Conflict(_)) => Ok(Err(Applied::Invalid(error.to_string()))),
+    }
+}
+
+/// Decided batches waiting for their group commit.
+#[derive(Default)]
+struct Wave {
+    indexes: Vec<usize>,
+    batches: Vec<AppendBatch>,
+    streams: BTreeSet<String>,
+    commands: BTreeSet<[u8; 16]>,
+}
+
+impl Wave {
+    fn holds(&self, request: &CommandRequest) -> bool {
+        self.streams.contains(&request.stream.qualified())
+            || self.commands.contains(&request.command_id.0)
+    }
+
+    fn add(&mut self, index: usize, request: &CommandRequest, batch: AppendBatch) {
+        self.streams.insert(request.stream.qualified());
+        self.commands.insert(request.command_id.0);
+        self.indexes.push(index);
+        self.batches.push(batch);
+    }
+
+    /// Appends the wave in one durable transaction and fills in the results.
+    fn commit(
+        &mut self,
+        store: &EventStore,
+        results: &mut [Option<Applied>],
+    ) -> Result<(), StoreError> {
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        let outcomes = store.append_group(&self.batches)?;
+        for ((index, batch), outcome) in self.indexes.iter().zip(&self.batches).zip(outcomes) {
+            results[*index] = Some(match outcome {
+                Ok(outcome) if outcome.duplicate => Applied::Duplicate(outcome),
+                Ok(outcome) => Applied::Appended(outcome),
+                Err(StoreError::CommandRefused { reason, .. }) => Applied::Refused(reason),
+                // The batch was decided on the state it is appended to, so only a store rule
+                // can refuse it (a limit, an event id): final, and recorded as such.
+                Err(error) => {
+                    let reason = error.to_string();
+                    if let (Some(command_id), Some(write)) =
+                        (batch.command_id, batch.writes.first())
+                    {
+                        store.record_refusal(command_id, &write.stream, &reason)?;
+                    }
+                    Applied::Invalid(reason)
+                }
+            });
+        }
+        *self = Self::default();
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! Proposals: what a member asks its section to agree on, encoded as a consensus observation.
+
+use chorus_aggregate::{CommandRequest, NewEvent};
+use chorus_consensus::OBSERVATION_BYTES_MAX;
+use serde::{Deserialize, Serialize};
+
+/// Version byte in front of every encoded proposal; bump it when the encoding changes.
+pub const PROPOSAL_VERSION: u8 = 1;
+
+/// What a member proposes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Proposal {
+    /// Single mode: the command alone. Every member executes it when it is agreed, on the state
+    /// the agreed order reached, at the block's agreed time.
+    Command(CommandRequest),
+    /// Supermajority mode: the command with the events its proposer decided on the stream at
+    /// `version`, executing at the agreed time of the stream's last event (the request's
+    /// `timestamp_ms`). Members vote for it only if they decide the same, and it applies only
+    /// if the stream is still at `version` when agreed.
+    Decided {
+        /// The command.
+        request: CommandRequest,
+        /// The stream version the events were decided at.
+        version: u64,
+        /// The decided events.
+        events: Vec<NewEvent>,
+    },
+}
+
+/// A proposal that cannot be encoded or decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalError {
+    /// Empty bytes.
+    #[error("an empty proposal")]
+    Empty,
+    /// An encoding version this code does not know.
+    #[error("proposal encoding version {0} is unknown; this code reads {PROPOSAL_VERSION}")]
+    UnknownVersion(u8),
+    /// Over the observation size limit.
+    #[error("a proposal of {bytes} bytes; at most {max} fit in an observation")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Bytes that are not a proposal.
+    #[error("not a proposal: {0}")]
+    Malformed(String),
+}
+
+impl Proposal {
+    /// The command the proposal is about.
+    pub fn request(&self) -> &CommandRequest {
+        match self {
+            Self::Command(request) | Self::Decided { request, .. } => request,
+        }
+    }
+
+    /// The observation bytes: a version byte, then JSON (deterministic: serde_json writes
+    /// struct fields in declaration order and maps in key order), at most
+    /// `OBSERVATION_BYTES_MAX` bytes. Members that propose the same thing produce the same
+    /// bytes, which is what lets their votes add up.
+    pub fn encode(&self) -> Result<Vec<u8>, ProposalError> {
+        let mut bytes = vec![PROPOSAL_VERSION];
+        serde_json::to_writer(&mut bytes, self)
+            .map_err(|error| ProposalError::Malformed(error.to_string()))?;
+        if bytes.len() > OBSERVATION_BYTES_MAX {
+            return Err(ProposalError::TooLarge {
+                bytes: bytes.len(),
+                max: OBSERVATION_BYTES_MAX,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes untrusted observation bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProposalError> {
+        if bytes.len() > OBSERVATION_BYTES_MAX {
+            return Err(ProposalError::TooLarge {
+                bytes: bytes.len(),
+                max: OBSERVATION_BYTES_MAX,
+            });
+        }
+        let (&version, body) = bytes.split_first().ok_or(ProposalError::Empty)?;
+        if version != PROPOSAL_VERSION {
+            return Err(ProposalError::UnknownVersion(version));
+        }
+        serde_json::from_slice(body).map_err(|error| ProposalError::Malformed(error.to_string()))
+    }
+}
