@@ -13,7 +13,9 @@
 //! no clock (timestamps come from blocks or from the store), no randomness, no hash-map order.
 
 pub mod apply;
+pub mod engine;
 pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
+pub use engine::{ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, Message};
 pub use proposal::{Proposal, ProposalError};

@@ -1,0 +1,399 @@
+//! Engines wired together losslessly in memory: commands sent to any node are routed to the
+//! responsible section, agreed, applied exactly once, and answered; every member of a section
+//! ends with the same event store.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chorus_aggregate::examples::bank_account::{BankAccount, BankAccountCommand};
+use chorus_aggregate::examples::notebook::{Notebook, NotebookCommand};
+use chorus_aggregate::{
+    AggregateRegistry, CommandId, CommandRequest, EventStore, ExpectedVersion, Repository,
+    StreamKey,
+};
+use chorus_consensus::{BlockMode, Config, PeerId};
+use chorus_engine::{CommandOutcome, Engine, EngineConfig};
+use chorus_routing::SectionMap;
+use ed25519_dalek::SigningKey;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const STEP_MS: u64 = 5;
+
+struct Cluster {
+    engines: Vec<Engine>,
+    ids: Vec<PeerId>,
+    _directories: Vec<tempfile::TempDir>,
+    now_ms: u64,
+    rng: ChaCha8Rng,
+    in_flight: VecDeque<(PeerId, PeerId, Vec<u8>)>,
+    replies: BTreeMap<u64, CommandOutcome>,
+}
+
+impl Cluster {
+    fn new(nodes: usize, section_size_min: usize, block_mode: BlockMode, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let keys: Vec<SigningKey> = (0..nodes)
+            .map(|_| {
+                let mut secret = [0u8; 32];
+                rng.fill_bytes(&mut secret);
+                SigningKey::from_bytes(&secret)
+            })
+            .collect();
+        let public: Vec<[u8; 32]> = keys
+            .iter()
+            .map(|key| key.verifying_key().to_bytes())
+            .collect();
+        let map = SectionMap::with_members(section_size_min, &public);
+        let mut engines = Vec::new();
+        let mut directories = Vec::new();
+        for key in keys {
+            let directory = tempfile::tempdir().expect("temp dir");
+            let store = EventStore::open(directory.path().join("events.redb")).expect("store");
+            let config = EngineConfig {
+                consensus: Config {
+                    block_mode,
+                    gossip_interval_ms: 10,
+                    ..Config::default()
+                },
+            };
+            let registry = AggregateRegistry::new()
+                .register::<BankAccount>()
+                .register::<Notebook>();
+            engines
+                .push(Engine::new(config, key, map.clone(), registry, store, 0).expect("engine"));
+            directories.push(directory);
+        }
+        let ids = engines.iter().map(Engine::id).collect();
+        Self {
+            engines,
+            ids,
+            _directories: directories,
+            now_ms: 0,
+            rng,
+            in_flight: VecDeque::new(),
+            replies: BTreeMap::new(),
+        }
+    }
+
+    fn submit(&mut self, node: usize, ticket: u64, request: CommandRequest) {
+        self.engines[node].submit(ticket, request).expect("submit");
+        self.collect(node);
+    }
+
+    /// Drains a node: persists its own events at once, queues its messages, keeps replies.
+    fn collect(&mut self, node: usize) {
+        let engine = &mut self.engines[node];
+        let mut latest = None;
+        while let Some(event) = engine.poll_unpersisted() {
+            latest = Some(event.header.index);
+        }
+        if let Some(index) = latest {
+            engine.handle_persisted(index);
+        }
+        while engine.poll_log_record().is_some() {}
+        while let Some((to, bytes)) = engine.poll_send() {
+            self.in_flight.push_back((self.ids[node], to, bytes));
+        }
+        while let Some((ticket, outcome)) = engine.poll_reply() {
+            assert!(
+                self.replies.insert(ticket, outcome).is_none(),
+                "ticket {ticket} answered twice"
+            );
+        }
+    }
+
+    fn step(&mut self) {
+        self.now_ms += STEP_MS;
+        for node in 0..self.engines.len() {
+            self.engines[node].tick(self.now_ms, &mut self.rng);
+            self.collect(node);
+        }
+        // Deliver everything in flight, and what that sets off, before time moves on.
+        let mut delivered = 0;
+        while let Some((from, to, bytes)) = self.in_flight.pop_front() {
+            let Some(node) = self.ids.iter().position(|id| *id == to) else {
+                continue;
+            };
+            self.engines[node].handle_message(self.now_ms, from, &bytes);
+            self.collect(node);
+            delivered += 1;
+            assert!(delivered < 1_000_000, "a message storm");
+        }
+    }
+
+    fn run_until_answered(&mut self, tickets: usize, virtual_ms_max: u64) {
+        let deadline = self.now_ms + virtual_ms_max;
+        while self.replies.len() < tickets {
+            assert!(
+                self.now_ms < deadline,
+                "only {} of {tickets} commands answered after {virtual_ms_max} virtual ms",
+                self.replies.len()
+            );
+            self.step();
+        }
+    }
+
+    /// Lets gossip carry the last blocks to every member (answers come as soon as the
+    /// answering member applied a block; the others follow), then checks that every member of
+    /// a section holds the same store.
+    fn settle_and_assert_sections_agree(&mut self) {
+        let deadline = self.now_ms + 10_000;
+        while self.now_ms < deadline && !self.sections_agree() {
+            self.step();
+        }
+        self.assert_sections_agree();
+    }
+
+    fn sections_agree(&self) -> bool {
+        let map = self.engines[0].map();
+        map.sections().all(|section| {
+            let digests: Vec<[u8; 32]> = self
+                .engines
+                .iter()
+                .filter(|engine| {
+                    section.contains(&chorus_routing::XorName::from_public_key(&engine.id().0))
+                })
+                .map(|engine| engine.store().digest().expect("digest"))
+                .collect();
+            digests.windows(2).all(|pair| pair[0] == pair[1])
+        })
+    }
+
+    /// Every member of a section holds the same store.
+    fn assert_sections_agree(&self) {
+        let map = self.engines[0].map();
+        for section in map.sections() {
+            let digests: Vec<[u8; 32]> = self
+                .engines
+                .iter()
+                .filter(|engine| {
+                    section.contains(&chorus_routing::XorName::from_public_key(&engine.id().0))
+                })
+                .map(|engine| engine.store().digest().expect("digest"))
+                .collect();
+            if !digests.windows(2).all(|pair| pair[0] == pair[1]) {
+                for engine in self.engines.iter().filter(|engine| {
+                    section.contains(&chorus_routing::XorName::from_public_key(&engine.id().0))
+                }) {
+                    let log = engine
+                        .store()
+                        .read_log(&chorus_aggregate::Filter::All, 1, 10_000)
+                        .expect("log");
+                    let summary: Vec<String> = log
+                        .events
+                        .iter()
+                        .map(|event| {
+                            format!(
+                                "{}:{}#{}:{}",
+                                event.position,
+                                event.stream.id(),
+                                event.sequence,
+                                &event.event_id.to_hex()[..6]
+                            )
+                        })
+                        .collect();
+                    eprintln!("{}: {}", engine.id(), summary.join(" "));
+                }
+                panic!(
+                    "members of section {} hold different stores",
+                    section.prefix()
+                );
+            }
+        }
+    }
+
+    fn balance(&self, account: &str) -> u64 {
+        let stream = StreamKey::new("BankAccount", account).expect("key");
+        let section = self.engines[0]
+            .map()
+            .section_for_stream(&stream.qualified());
+        let engine = self
+            .engines
+            .iter()
+            .find(|engine| {
+                section.contains(&chorus_routing::XorName::from_public_key(&engine.id().0))
+            })
+            .expect("a member");
+        Repository::<BankAccount>::new(engine.store())
+            .load(&stream)
+            .expect("load")
+            .state
+            .balance
+    }
+}
+
+fn request(id: &str, stream: &str, command: serde_json::Value) -> CommandRequest {
+    let command_id = CommandId::derive(&[id.as_bytes()]);
+    CommandRequest {
+        command_id,
+        stream: StreamKey::parse(stream).expect("key"),
+        expected: ExpectedVersion::Any,
+        causation_id: command_id.into(),
+        correlation_id: command_id.into(),
+        timestamp_ms: 0,
+        command,
+    }
+}
+
+fn bank(command: BankAccountCommand) -> serde_json::Value {
+    serde_json::to_value(command).expect("json")
+}
+
+fn committed_version(outcome: &CommandOutcome) -> Option<u64> {
+    match outcome {
+        CommandOutcome::Committed(outcome) => Some(outcome.streams[0].version),
+        _ => None,
+    }
+}
+
+/// Runs a bank workload through a cluster and checks the answers and the stores.
+fn bank_workload(cluster: &mut Cluster) {
+    let nodes = cluster.engines.len();
+    let mut ticket = 0;
+    for account in ["a", "b", "c"] {
+        let open = bank(BankAccountCommand::OpenAccount {
+            owner: account.into(),
+        });
+        cluster.submit(
+            ticket as usize % nodes,
+            ticket,
+            request(
+                &format!("open-{account}"),
+                &format!("BankAccount@{account}"),
+                open,
+            ),
+        );
+        ticket += 1;
+    }
+    cluster.run_until_answered(ticket as usize, 30_000);
+    // Concurrent deposits on one stream from every node, then overdrafts.
+    for round in 0..4 {
+        for node in 0..nodes {
+            let deposit = bank(BankAccountCommand::Deposit {
+                amount: 10,
+                transfer: None,
+            });
+            cluster.submit(
+                node,
+                ticket,
+                request(&format!("d-{round}-{node}"), "BankAccount@a", deposit),
+            );
+            ticket += 1;
+        }
+    }
+    let overdraft = bank(BankAccountCommand::Withdraw {
+        amount: 1_000_000,
+        transfer: None,
+    });
+    cluster.submit(0, ticket, request("overdraft", "BankAccount@b", overdraft));
+    ticket += 1;
+    let notebook = serde_json::to_value(NotebookCommand::InitiateNotebook { title: "n".into() })
+        .expect("json");
+    cluster.submit(nodes - 1, ticket, request("note", "Notebook@1", notebook));
+    ticket += 1;
+    cluster.run_until_answered(ticket as usize, 60_000);
+
+    cluster.settle_and_assert_sections_agree();
+    let deposits = 4 * nodes as u64;
+    let versions: Vec<u64> = (3..3 + deposits)
+        .filter_map(|ticket| committed_version(&cluster.replies[&ticket]))
+        .collect();
+    assert_eq!(versions.len() as u64, deposits, "{:?}", cluster.replies);
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (2..2 + deposits).collect::<Vec<_>>(),
+        "each deposit exactly once, densely"
+    );
+    assert_eq!(cluster.balance("a"), 10 * deposits);
+    assert!(
+        matches!(&cluster.replies[&(3 + deposits)], CommandOutcome::Refused(reason) if reason.contains("insufficient")),
+        "{:?}",
+        cluster.replies[&(3 + deposits)]
+    );
+    assert!(committed_version(&cluster.replies[&(4 + deposits)]).is_some());
+}
+
+#[test]
+fn a_single_section_in_single_mode_commits_every_command_once() {
+    let mut cluster = Cluster::new(4, 4, BlockMode::Single, 1);
+    assert_eq!(cluster.engines[0].map().section_count(), 1);
+    bank_workload(&mut cluster);
+}
+
+#[test]
+fn sections_forward_and_agree_in_supermajority_mode() {
+    let mut cluster = Cluster::new(8, 3, BlockMode::Supermajority, 2);
+    assert!(
+        cluster.engines[0].map().section_count() >= 2,
+        "the map should have split"
+    );
+    bank_workload(&mut cluster);
+}
+
+#[test]
+fn a_repeated_command_id_is_answered_with_its_first_commit() {
+    let mut cluster = Cluster::new(4, 4, BlockMode::Supermajority, 3);
+    let open = bank(BankAccountCommand::OpenAccount { owner: "a".into() });
+    cluster.submit(0, 0, request("open", "BankAccount@a", open.clone()));
+    cluster.run_until_answered(1, 30_000);
+    cluster.submit(2, 1, request("open", "BankAccount@a", open));
+    cluster.run_until_answered(2, 30_000);
+    assert!(matches!(cluster.replies[&0], CommandOutcome::Committed(_)));
+    assert!(
+        matches!(
+            &cluster.replies[&1],
+            CommandOutcome::AlreadyCommitted(_) | CommandOutcome::Committed(_)
+        ),
+        "{:?}",
+        cluster.replies[&1]
+    );
+    cluster.settle_and_assert_sections_agree();
+    assert_eq!(
+        cluster.engines[0].store().head_position().expect("head"),
+        1,
+        "opened once"
+    );
+}
+
+#[test]
+fn sections_forward_and_agree_in_single_mode() {
+    for seed in [4, 5] {
+        let mut cluster = Cluster::new(8, 3, BlockMode::Single, seed);
+        assert!(
+            cluster.engines[0].map().section_count() >= 2,
+            "seed {seed}: no split"
+        );
+        bank_workload(&mut cluster);
+    }
+}
+
+#[test]
+fn garbage_from_a_peer_changes_nothing() {
+    let mut cluster = Cluster::new(4, 4, BlockMode::Supermajority, 6);
+    let stranger = PeerId([9; 32]);
+    for garbage in [
+        &b""[..],
+        b"\x00",
+        b"\x03{not json",
+        b"\x01\x01\x02",
+        &[4u8; 100],
+    ] {
+        cluster.engines[0].handle_message(0, stranger, garbage);
+    }
+    // An answer for a command nobody forwarded to that peer is ignored.
+    let forged = chorus_engine::Message::Outcome {
+        command_id: CommandId::derive(&[b"nothing"]),
+        outcome: CommandOutcome::Refused("no".into()),
+    };
+    cluster.engines[0].handle_message(0, stranger, &forged.encode().expect("encode"));
+    cluster.collect(0);
+    assert!(cluster.replies.is_empty());
+    assert_eq!(cluster.engines[0].store().head_position().expect("head"), 0);
+    // The engine still works.
+    let open = bank(BankAccountCommand::OpenAccount { owner: "a".into() });
+    cluster.submit(0, 0, request("open", "BankAccount@a", open));
+    cluster.run_until_answered(1, 30_000);
+    assert!(matches!(cluster.replies[&0], CommandOutcome::Committed(_)));
+}
