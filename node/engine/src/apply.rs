@@ -13,13 +13,16 @@
 //! 3. a refusal (the aggregate's, or a command that can never execute) is recorded against the
 //!    command id, so every later attempt gets the same answer;
 //! 4. decided batches are appended by group commit: one durable transaction per *wave*, a run
-//!    of proposals with distinct streams and distinct command ids. A proposal whose stream or
-//!    command id is already in the wave closes the wave first, so that it is decided on the
-//!    state the earlier one produced. The waves depend only on the sequence, so every member
-//!    cuts the same ones.
+//!    of proposals with distinct streams and distinct command ids, within `GROUP_BATCHES_MAX`
+//!    batches and `WAVE_BYTES_MAX` payload bytes. A proposal whose stream or command id is
+//!    already in the wave closes the wave first, so that it is decided on the state the
+//!    earlier one produced. The waves depend only on the sequence, so every member cuts the
+//!    same ones; and since each proposal is decided on the state all earlier ones produced,
+//!    the results do not depend on the cuts either (property test).
 
 use std::collections::BTreeSet;
 
+use chorus_aggregate::limits::GROUP_BATCHES_MAX;
 use chorus_aggregate::{
     AggregateRegistry, AppendBatch, AppendOutcome, CommandRecord, CommandRequest, DispatchError,
     EventStore, StoreError,
@@ -75,7 +78,7 @@ pub fn apply_agreed(
     let mut wave = Wave::default();
     for (index, agreed) in agreed.iter().enumerate() {
         let request = agreed.proposal.request();
-        if wave.holds(request) {
+        if wave.holds(request) || wave.is_full() {
             wave.commit(store, &mut results)?;
         }
         match store.command_record(request.command_id)? {
@@ -155,7 +158,12 @@ fn decide(
             ))));
         }
     }
-    Ok(Ok(decision.batch))
+    let mut batch = decision.batch;
+    // The batch is stamped with the block's agreed time, the same on every member (the
+    // command itself executed at the time of its stream's last event, which the proposal
+    // fixed): time moves on in Supermajority mode as in Single mode.
+    batch.timestamp_ms = agreed.timestamp_ms;
+    Ok(Ok(batch))
 }
 
 /// Sorts a failed decision: final answers become results, storage failures stop the apply.
@@ -171,6 +179,11 @@ fn rejection(error: DispatchError) -> Result<Result<AppendBatch, Applied>, Store
     }
 }
 
+/// Most payload bytes one wave commits in one transaction (and `GROUP_BATCHES_MAX` batches):
+/// a wave that reached either is committed before the next proposal joins. Both limits
+/// depend only on the proposals, so every member cuts the same waves.
+pub const WAVE_BYTES_MAX: usize = 64 << 20;
+
 /// Decided batches waiting for their group commit.
 #[derive(Default)]
 struct Wave {
@@ -178,9 +191,14 @@ struct Wave {
     batches: Vec<AppendBatch>,
     streams: BTreeSet<String>,
     commands: BTreeSet<[u8; 16]>,
+    bytes: usize,
 }
 
 impl Wave {
+    fn is_full(&self) -> bool {
+        self.batches.len() >= GROUP_BATCHES_MAX || self.bytes >= WAVE_BYTES_MAX
+    }
+
     fn holds(&self, request: &CommandRequest) -> bool {
         self.streams.contains(&request.stream.qualified())
             || self.commands.contains(&request.command_id.0)
@@ -190,6 +208,12 @@ impl Wave {
         self.streams.insert(request.stream.qualified());
         self.commands.insert(request.command_id.0);
         self.indexes.push(index);
+        self.bytes += batch
+            .writes
+            .iter()
+            .flat_map(|write| &write.events)
+            .map(|event| event.payload.len())
+            .sum::<usize>();
         self.batches.push(batch);
     }
 

@@ -214,6 +214,14 @@ struct InFlight {
     attempts: u32,
     /// Supermajority mode: the stream version it was decided at.
     decided_at: Option<u64>,
+    /// When it was (last) proposed, to propose it again if no block comes.
+    proposed_at_ms: u64,
+}
+
+/// A command we forwarded, waiting for the responsible member's answer.
+struct Forwarded {
+    to: PeerId,
+    since_ms: u64,
 }
 
 #[derive(Default)]
@@ -228,30 +236,55 @@ pub struct EngineConfig {
     /// The consensus settings of the node's section; `block_mode` chooses Single or
     /// Supermajority mode for the command path too.
     pub consensus: Config,
+    /// A forwarded command with no answer after this long is answered `Failed` (the client
+    /// may send it again; its id keeps it from applying twice).
+    pub forward_timeout_ms: u64,
+    /// One of our proposals with no block after this long is decided and proposed again
+    /// (its votes may have been dropped under back-pressure, or too few members seconded it).
+    pub proposal_timeout_ms: u64,
+}
+
+impl EngineConfig {
+    /// Defaults around a consensus configuration.
+    pub fn new(consensus: Config) -> Self {
+        Self {
+            consensus,
+            forward_timeout_ms: 10_000,
+            proposal_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// One node's engine.
 pub struct Engine {
+    config: EngineConfig,
     consensus: Consensus,
     our_id: PeerId,
     map: SectionMap,
     registry: AggregateRegistry,
     store: EventStore,
+    now_ms: u64,
     waiters: BTreeMap<CommandId, Vec<Waiter>>,
     /// Our own proposals not yet applied.
     proposed: BTreeMap<CommandId, InFlight>,
+    /// Commands we forwarded, and the member whose answer we wait for.
+    forwarded: BTreeMap<CommandId, Forwarded>,
     /// Per stream (qualified key), the one command of ours in agreement and the ones queued
     /// behind it: our commands on one stream are proposed one at a time, so they never race
     /// each other for a version.
     streams: BTreeMap<String, StreamQueue>,
     /// Supermajority mode: other members' proposals decided at a version our store has not
-    /// reached yet, to second once it has (bounded by `DEFERRED_SECONDS_MAX`).
+    /// reached yet (but at most `DEFER_AHEAD_MAX` ahead), to second once it has.
     deferred_seconds: Vec<(ObservationHash, Proposal)>,
-    /// Commands we forwarded, and the member whose answer we wait for.
-    forwarded: BTreeMap<CommandId, PeerId>,
+    /// Agreed proposals not applied yet: consensus hands each block out once, so a batch
+    /// whose apply failed is kept and applied again, before anything later, until it goes.
+    unapplied: Vec<AgreedProposal>,
     sends: VecDeque<(PeerId, Vec<u8>)>,
     replies: VecDeque<(ClientTicket, CommandOutcome)>,
 }
+
+/// How far ahead of our store a proposal may be decided for us to keep it for a later second.
+pub const DEFER_AHEAD_MAX: u64 = 16;
 
 impl Engine {
     /// Starts the engine of the node `key`, member of the section `map` puts it in, over
@@ -270,18 +303,21 @@ impl Engine {
             .section_of_member(&our_name)
             .ok_or(EngineError::NotAMember)?;
         let members: Vec<PeerId> = section.member_keys().into_iter().map(PeerId).collect();
-        let consensus = Consensus::new(config.consensus, key, &members, now_ms)?;
+        let consensus = Consensus::new(config.consensus.clone(), key, &members, now_ms)?;
         Ok(Self {
+            config,
             consensus,
             our_id: PeerId(public_key),
             map,
             registry,
             store,
+            now_ms,
             waiters: BTreeMap::new(),
             proposed: BTreeMap::new(),
+            forwarded: BTreeMap::new(),
             streams: BTreeMap::new(),
             deferred_seconds: Vec::new(),
-            forwarded: BTreeMap::new(),
+            unapplied: Vec::new(),
             sends: VecDeque::new(),
             replies: VecDeque::new(),
         })
@@ -307,12 +343,19 @@ impl Engine {
         &self.consensus
     }
 
+    /// Commands this node waits to answer (its clients' and forwarded ones).
+    pub fn commands_in_flight(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// Takes a client's command; its answer comes out of `poll_reply` with `ticket`.
     pub fn submit(
         &mut self,
+        now_ms: u64,
         ticket: ClientTicket,
         request: CommandRequest,
     ) -> Result<(), EngineError> {
+        self.now_ms = self.now_ms.max(now_ms);
         if self.waiters.len() >= COMMANDS_IN_FLIGHT_MAX {
             return Err(EngineError::Busy);
         }
@@ -323,6 +366,7 @@ impl Engine {
 
     /// A message from a peer. Bad input is logged and dropped; it never stops the engine.
     pub fn handle_message(&mut self, now_ms: u64, from: PeerId, bytes: &[u8]) {
+        self.now_ms = self.now_ms.max(now_ms);
         let message = match Message::decode(bytes) {
             Ok(message) => message,
             Err(error) => {
@@ -355,7 +399,7 @@ impl Engine {
                 outcome,
             } => {
                 // Only the member we forwarded to answers for it.
-                if self.forwarded.get(&command_id) == Some(&from) {
+                if self.forwarded.get(&command_id).map(|forward| forward.to) == Some(from) {
                     self.forwarded.remove(&command_id);
                     self.answer(command_id, &outcome);
                 } else {
@@ -366,9 +410,11 @@ impl Engine {
         self.drain();
     }
 
-    /// Time passed: gossip as the consensus schedule says.
+    /// Time passed: gossip as the consensus schedule says, retry what waited too long.
     pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
+        self.now_ms = self.now_ms.max(now_ms);
         self.consensus.tick(now_ms, rng);
+        self.sweep();
         self.drain();
     }
 
@@ -405,18 +451,28 @@ impl Engine {
         let responsible = section.contains(&XorName::from_public_key(&self.our_id.0));
         if !responsible {
             let target = XorName::from_stream_key(&request.stream.qualified());
-            let closest = section.closest_members(&target, 1);
-            let peer = closest.first().and_then(|name| {
-                section
-                    .members()
-                    .find(|(member, _)| *member == name)
-                    .map(|(_, key)| PeerId(*key))
-            });
+            let peer = section
+                .closest_members(&target, 1)
+                .first()
+                .and_then(|name| {
+                    section
+                        .members()
+                        .find(|(member, _)| *member == name)
+                        .map(|(_, key)| PeerId(*key))
+                });
             match (peer, waiter) {
                 (Some(peer), Waiter::Client(_)) => {
-                    self.waiters.entry(command_id).or_default().push(waiter);
-                    self.forwarded.insert(command_id, peer);
-                    self.send(peer, &Message::Forward(request));
+                    let first = self.add_waiter(command_id, waiter);
+                    if first {
+                        self.forwarded.insert(
+                            command_id,
+                            Forwarded {
+                                to: peer,
+                                since_ms: self.now_ms,
+                            },
+                        );
+                        self.send(peer, &Message::Forward(request));
+                    }
                 }
                 // A forwarded command must land at a responsible member: our map disagrees
                 // with the sender's, and forwarding on could loop.
@@ -432,120 +488,168 @@ impl Engine {
             }
             return;
         }
-        let first = !self.waiters.contains_key(&command_id);
-        self.waiters.entry(command_id).or_default().push(waiter);
-        if !first {
+        if !self.add_waiter(command_id, waiter) {
             return; // proposed or queued already
         }
-        let queue = self.streams.entry(request.stream.qualified()).or_default();
-        if queue.active.is_some() {
-            queue.waiting.push_back(request);
-        } else {
-            queue.active = Some(command_id);
-            self.propose(request, 0);
-        }
+        let stream = request.stream.qualified();
+        self.streams
+            .entry(stream.clone())
+            .or_default()
+            .waiting
+            .push_back(request);
+        self.start_next(&stream);
     }
 
-    /// Our command on a stream is done: propose the next one queued behind it.
-    fn release_stream(&mut self, stream: &str, command_id: CommandId) {
-        let Some(queue) = self.streams.get_mut(stream) else {
-            return;
-        };
-        if queue.active != Some(command_id) {
-            return;
+    /// Registers a waiter once; true when it is the command's first.
+    fn add_waiter(&mut self, command_id: CommandId, waiter: Waiter) -> bool {
+        let waiters = self.waiters.entry(command_id).or_default();
+        let first = waiters.is_empty();
+        if !waiters.contains(&waiter) {
+            waiters.push(waiter);
         }
-        queue.active = None;
-        if let Some(next) = queue.waiting.pop_front() {
+        first
+    }
+
+    /// If no command of ours is in agreement on `stream`, proposes the next queued one;
+    /// commands answered without agreement (known ids, local failures) are answered on the
+    /// way. A loop, not recursion: a long queue of such commands cannot grow the stack.
+    fn start_next(&mut self, stream: &str) {
+        loop {
+            let Some(queue) = self.streams.get_mut(stream) else {
+                return;
+            };
+            if queue.active.is_some() {
+                return;
+            }
+            let Some(next) = queue.waiting.pop_front() else {
+                self.streams.remove(stream);
+                return;
+            };
             queue.active = Some(next.command_id);
-            self.propose(next, 0);
-        } else {
-            self.streams.remove(stream);
+            match self.propose(next.clone(), 0) {
+                Ok(()) => return,
+                Err(outcome) => {
+                    if let Some(queue) = self.streams.get_mut(stream) {
+                        queue.active = None;
+                    }
+                    self.answer(next.command_id, &outcome);
+                }
+            }
         }
     }
 
-    /// Proposes a command for agreement (deciding it first in Supermajority mode). A command
-    /// id the store knows is answered from the store.
-    fn propose(&mut self, request: CommandRequest, attempts: u32) {
+    /// Proposes a command for agreement: in Single mode the command; in Supermajority mode
+    /// the events we decide, or, when we decide it cannot execute, the command itself, so
+    /// that its refusal is agreed on the agreed state rather than answered from our store,
+    /// which may lag. `Err` is an answer given without agreement (a command id the store
+    /// knows, an encoding or back-pressure failure).
+    fn propose(&mut self, request: CommandRequest, attempts: u32) -> Result<(), CommandOutcome> {
         let command_id = request.command_id;
-        let known = match self.store.command_record(command_id) {
+        match self.store.command_record(command_id) {
             Ok(Some(CommandRecord::Appended(outcome))) => {
-                Some(CommandOutcome::AlreadyCommitted(outcome))
+                return Err(CommandOutcome::AlreadyCommitted(outcome));
             }
             Ok(Some(CommandRecord::Refused { reason, .. })) => {
-                Some(CommandOutcome::Refused(reason))
+                return Err(CommandOutcome::Refused(reason));
             }
-            Ok(None) => None,
-            Err(error) => Some(CommandOutcome::Failed(error.to_string())),
-        };
-        if let Some(outcome) = known {
-            self.finish(&request, &outcome);
-            return;
+            Ok(None) => {}
+            Err(error) => return Err(CommandOutcome::Failed(error.to_string())),
         }
         let (proposal, decided_at) = match self.consensus.config().block_mode {
             BlockMode::Single => (Proposal::Command(request.clone()), None),
             BlockMode::Supermajority => match self.decide(&request) {
                 Ok(proposal @ Proposal::Decided { version, .. }) => (proposal, Some(version)),
                 Ok(proposal) => (proposal, None),
-                Err(outcome) => {
-                    // Decided locally that it cannot execute: answer without agreement (it
-                    // changes nothing).
-                    self.finish(&request, &outcome);
-                    return;
-                }
+                Err(CommandOutcome::Failed(reason)) => return Err(CommandOutcome::Failed(reason)),
+                Err(_) => (Proposal::Command(request.clone()), None),
             },
         };
-        let result = proposal
+        let bytes = proposal
             .encode()
-            .map_err(|error| CommandOutcome::Invalid(error.to_string()))
-            .and_then(|bytes| {
-                self.consensus
-                    .vote_for(Observation::Payload(bytes.into()))
-                    .map_err(|error| CommandOutcome::Failed(error.to_string()))
-            });
-        match result {
-            Ok(_) => {
-                self.proposed.insert(
-                    command_id,
-                    InFlight {
-                        request,
-                        attempts,
-                        decided_at,
-                    },
-                );
-            }
-            Err(outcome) => self.finish(&request, &outcome),
-        }
+            .map_err(|error| CommandOutcome::Invalid(error.to_string()))?;
+        self.consensus
+            .vote_for(Observation::Payload(bytes.into()))
+            .map_err(|error| CommandOutcome::Failed(error.to_string()))?;
+        self.proposed.insert(
+            command_id,
+            InFlight {
+                request,
+                attempts,
+                decided_at,
+                proposed_at_ms: self.now_ms,
+            },
+        );
+        Ok(())
     }
 
     /// Answers a command of ours and lets the next one on its stream go.
     fn finish(&mut self, request: &CommandRequest, outcome: &CommandOutcome) {
         self.proposed.remove(&request.command_id);
         self.answer(request.command_id, outcome);
-        self.release_stream(&request.stream.qualified(), request.command_id);
+        let stream = request.stream.qualified();
+        if let Some(queue) = self.streams.get_mut(&stream) {
+            if queue.active == Some(request.command_id) {
+                queue.active = None;
+            }
+        }
+        self.start_next(&stream);
     }
 
-    /// Proposes again (decided anew) a command of ours that lost its race, or gives up.
+    /// Decides and proposes again a command of ours that lost its race or got no block, or
+    /// gives up after `STALE_RETRIES_MAX` attempts.
     fn retry(&mut self, command_id: CommandId) {
         let Some(in_flight) = self.proposed.remove(&command_id) else {
             return;
         };
-        if in_flight.attempts < STALE_RETRIES_MAX {
-            self.propose(in_flight.request, in_flight.attempts + 1);
+        let outcome = if in_flight.attempts < STALE_RETRIES_MAX {
+            match self.propose(in_flight.request.clone(), in_flight.attempts + 1) {
+                Ok(()) => return,
+                Err(outcome) => outcome,
+            }
         } else {
-            let outcome = CommandOutcome::Failed("the stream kept changing".to_owned());
-            self.finish(&in_flight.request, &outcome);
+            CommandOutcome::Failed("the stream kept changing; send the command again".to_owned())
+        };
+        self.finish(&in_flight.request, &outcome);
+    }
+
+    /// Gives up on forwards that got no answer and proposes again what got no block.
+    fn sweep(&mut self) {
+        let now = self.now_ms;
+        let forward_deadline = now.saturating_sub(self.config.forward_timeout_ms);
+        let expired: Vec<CommandId> = self
+            .forwarded
+            .iter()
+            .filter(|(_, forward)| forward.since_ms < forward_deadline)
+            .map(|(command_id, _)| *command_id)
+            .collect();
+        for command_id in expired {
+            self.forwarded.remove(&command_id);
+            let outcome = CommandOutcome::Failed(
+                "no answer from the responsible section; send the command again".to_owned(),
+            );
+            self.answer(command_id, &outcome);
+        }
+        let proposal_deadline = now.saturating_sub(self.config.proposal_timeout_ms);
+        let overdue: Vec<CommandId> = self
+            .proposed
+            .iter()
+            .filter(|(_, in_flight)| in_flight.proposed_at_ms < proposal_deadline)
+            .map(|(command_id, _)| *command_id)
+            .collect();
+        for command_id in overdue {
+            self.retry(command_id);
         }
     }
 
     /// Supermajority mode: the command decided on the stream's current state, at the agreed
-    /// time of the stream's last event.
+    /// time of the stream's last event (0 for a new stream).
     fn decide(&self, request: &CommandRequest) -> Result<Proposal, CommandOutcome> {
-        let first = self
-            .registry
-            .decide(&self.store, request)
-            .map_err(outcome_of_dispatch)?;
+        let info = self
+            .store
+            .stream_info(&request.stream)
+            .map_err(|error| CommandOutcome::Failed(error.to_string()))?;
         let mut request = request.clone();
-        request.timestamp_ms = first.stream_timestamp_ms;
+        request.timestamp_ms = info.map_or(0, |info| info.last_timestamp_ms);
         let decision = self
             .registry
             .decide(&self.store, &request)
@@ -568,55 +672,73 @@ impl Engine {
         while let Some(transmit) = self.consensus.poll_transmit() {
             self.send(transmit.to, &Message::SyncRequest(transmit.request));
         }
-        let mut seconds = Vec::new();
-        while let Some((hash, observation)) = self.consensus.poll_observation() {
-            seconds.push((hash, observation));
+        // Fork evidence is the consensus layer's: it votes the accusation itself.
+        while let Some(evidence) = self.consensus.poll_evidence() {
+            debug!(offender = %evidence.first.header.creator, "fork evidence");
         }
-        for (hash, observation) in seconds {
+        let mut observations = Vec::new();
+        while let Some((hash, observation)) = self.consensus.poll_observation() {
+            observations.push((hash, observation));
+        }
+        for (hash, observation) in observations {
             self.consider_second(hash, &observation);
         }
-        let mut agreed = Vec::new();
         while let Some(block) = self.consensus.poll_block() {
             if let Some(proposal) = agreed_proposal(&block) {
-                agreed.push(proposal);
+                self.unapplied.push(proposal);
             }
         }
-        if !agreed.is_empty() {
-            self.apply(&agreed);
+        if !self.unapplied.is_empty() {
+            self.apply();
         }
     }
 
-    /// Votes for another member's observation when we agree with it: in Supermajority mode
-    /// only for the decision we reach ourselves; one decided at a version our store has not
-    /// reached yet is kept and considered again after the next blocks. Single mode needs no
-    /// second.
+    /// Votes for another member's observation when we agree with it (Supermajority mode; a
+    /// block needs no second in Single mode): a `Decided` proposal only if we decide the same
+    /// events; one decided at a version our store has not reached yet (at most
+    /// `DEFER_AHEAD_MAX` ahead) is kept and considered again after the next blocks. A
+    /// `Command` proposal is seconded: its events are decided by every member at apply time.
+    /// Accusations are not seconded: the consensus layer votes them when it holds evidence.
     fn consider_second(&mut self, hash: ObservationHash, observation: &Observation) {
-        if self.consensus.config().block_mode == BlockMode::Single {
+        if self.consensus.config().block_mode == BlockMode::Single || !self.unapplied.is_empty() {
             return;
         }
         let Observation::Payload(bytes) = observation else {
-            let _ = self.consensus.vote_for_hash(hash); // accusations: the consensus layer's
             return;
         };
-        let Ok(proposal @ Proposal::Decided { .. }) = Proposal::decode(bytes) else {
-            return;
-        };
-        self.second_if_agreed(hash, proposal);
+        match Proposal::decode(bytes) {
+            Ok(Proposal::Command(_)) => {
+                let _ = self.consensus.vote_for_hash(hash);
+            }
+            Ok(proposal @ Proposal::Decided { .. }) => self.second_if_agreed(hash, proposal),
+            Err(error) => debug!(%error, "an observation that is not a proposal"),
+        }
     }
 
     fn second_if_agreed(&mut self, hash: ObservationHash, proposal: Proposal) {
         let Proposal::Decided { version, .. } = &proposal else {
             return;
         };
-        let ours = self.decide(proposal.request());
+        let ours = self
+            .store
+            .stream_info(&proposal.request().stream)
+            .ok()
+            .map(|info| info.map_or(0, |info| info.version));
         match ours {
-            // Back-pressure only drops a second; the proposer's own vote stands.
-            Ok(ours) if ours == proposal => {
+            // A dropped second (back-pressure) is covered by the proposer's timeout.
+            Some(ours)
+                if ours == *version
+                    && self
+                        .decide(proposal.request())
+                        .is_ok_and(|decided| decided == proposal) =>
+            {
                 let _ = self.consensus.vote_for_hash(hash);
             }
             // Decided at a version we have not reached: second it later, if there is room.
-            Ok(Proposal::Decided { version: ours, .. })
-                if ours < *version && self.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
+            Some(ours)
+                if ours < *version
+                    && *version - ours <= DEFER_AHEAD_MAX
+                    && self.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
             {
                 self.deferred_seconds.push((hash, proposal));
             }
@@ -624,29 +746,45 @@ impl Engine {
         }
     }
 
-    fn apply(&mut self, agreed: &[AgreedProposal]) {
-        let results = match apply_agreed(&self.registry, &self.store, agreed) {
+    /// Applies the agreed proposals not applied yet. On a storage failure they stay, and go
+    /// first next time: a member never applies a later block over a gap.
+    fn apply(&mut self) {
+        let agreed = std::mem::take(&mut self.unapplied);
+        let results = match apply_agreed(&self.registry, &self.store, &agreed) {
             Ok(results) => results,
             Err(error) => {
-                // The blocks are agreed and will not come again from consensus: a node whose
-                // store fails cannot go on safely. The caller sees it in the log; state
-                // transfer (a later issue) is how such a node recovers.
-                warn!(%error, "applying agreed blocks failed; this node's store is behind");
+                warn!(%error, blocks = agreed.len(), "applying agreed blocks failed; will retry");
+                self.unapplied = agreed;
                 return;
             }
         };
         for (agreed, result) in agreed.iter().zip(results) {
-            let command_id = agreed.proposal.request().command_id;
+            let request = agreed.proposal.request();
+            let command_id = request.command_id;
+            let ours = self.proposed.get(&command_id).map(|in_flight| {
+                (
+                    same_command(&in_flight.request, request),
+                    in_flight.decided_at,
+                )
+            });
             let outcome = match result {
-                // Lost a race: its originator decides again.
-                Applied::Stale { .. } => {
-                    self.retry(command_id);
+                // Lost a race: its originator decides again, unless this block is an older
+                // attempt than the one in agreement now.
+                Applied::Stale { decided_at, .. } => {
+                    if let Some((true, Some(current))) = ours {
+                        if current == decided_at {
+                            self.retry(command_id);
+                        }
+                    }
                     continue;
                 }
+                // Events the command does not decide were proposed under its id; never
+                // applied. If it was our command, we propose it again honestly.
                 Applied::Forged(reason) => {
-                    // Someone proposed events the command does not decide; an honest proposal
-                    // of the same command may still come, so nobody is answered.
                     debug!(%command_id, %reason, "forged proposal not applied");
+                    if let Some((true, _)) = ours {
+                        self.retry(command_id);
+                    }
                     continue;
                 }
                 Applied::Appended(outcome) => CommandOutcome::Committed(outcome),
@@ -654,12 +792,21 @@ impl Engine {
                 Applied::Refused(reason) => CommandOutcome::Refused(reason),
                 Applied::Invalid(reason) => CommandOutcome::Invalid(reason),
             };
-            match self.proposed.get(&command_id) {
-                Some(in_flight) => {
+            match (ours, self.proposed.get(&command_id)) {
+                (Some((true, _)), Some(in_flight)) => {
                     let request = in_flight.request.clone();
                     self.finish(&request, &outcome);
                 }
-                None => self.answer(command_id, &outcome),
+                // Another command was agreed under our command's id (an id reused, or taken by
+                // a faulty member): ours can no longer apply under it.
+                (Some((false, _)), Some(in_flight)) => {
+                    let request = in_flight.request.clone();
+                    let outcome = CommandOutcome::Invalid(
+                        "the command id was used by another command".to_owned(),
+                    );
+                    self.finish(&request, &outcome);
+                }
+                _ => self.answer(command_id, &outcome),
             }
         }
         self.after_blocks();
@@ -667,21 +814,24 @@ impl Engine {
 
     /// Supermajority mode, after blocks moved streams on: our proposals decided at a version
     /// their stream has left can never become blocks (members vote only for what they decide
-    /// now), so they are decided again at once; and deferred seconds are reconsidered.
+    /// now), so they are decided again at once; deferred seconds are reconsidered, and those
+    /// whose stream has passed their version are dropped.
     fn after_blocks(&mut self) {
         if self.consensus.config().block_mode == BlockMode::Single {
             return;
         }
+        let version_of = |store: &EventStore, request: &CommandRequest| {
+            store
+                .stream_info(&request.stream)
+                .ok()
+                .flatten()
+                .map_or(0, |info| info.version)
+        };
         let doomed: Vec<CommandId> = self
             .proposed
             .iter()
             .filter(|(_, in_flight)| {
-                let version = self
-                    .store
-                    .stream_info(&in_flight.request.stream)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |info| info.version);
+                let version = version_of(&self.store, &in_flight.request);
                 in_flight
                     .decided_at
                     .is_some_and(|decided_at| version > decided_at)
@@ -718,7 +868,7 @@ impl Engine {
 
     fn send(&mut self, to: PeerId, message: &Message) {
         if self.sends.len() >= OUTBOX_MAX {
-            debug!(peer = %to, "outbox full; message dropped (gossip repairs it)");
+            debug!(peer = %to, "outbox full; message dropped (gossip and timeouts repair it)");
             return;
         }
         match message.encode() {
@@ -726,6 +876,16 @@ impl Engine {
             Err(error) => debug!(peer = %to, %error, "message not encoded"),
         }
     }
+}
+
+/// Whether an agreed request is the command we proposed (the timestamp aside, which
+/// Supermajority mode sets when deciding).
+fn same_command(ours: &CommandRequest, agreed: &CommandRequest) -> bool {
+    ours.stream == agreed.stream
+        && ours.command == agreed.command
+        && ours.expected == agreed.expected
+        && ours.causation_id == agreed.causation_id
+        && ours.correlation_id == agreed.correlation_id
 }
 
 /// A block's proposal, if it carries one (accusations and undecodable payloads carry none).

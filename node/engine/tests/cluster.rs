@@ -27,6 +27,8 @@ struct Cluster {
     rng: ChaCha8Rng,
     in_flight: VecDeque<(PeerId, PeerId, Vec<u8>)>,
     replies: BTreeMap<u64, CommandOutcome>,
+    /// Nodes whose incoming messages are lost (a crashed or cut-off node).
+    down: std::collections::BTreeSet<usize>,
 }
 
 impl Cluster {
@@ -49,13 +51,11 @@ impl Cluster {
         for key in keys {
             let directory = tempfile::tempdir().expect("temp dir");
             let store = EventStore::open(directory.path().join("events.redb")).expect("store");
-            let config = EngineConfig {
-                consensus: Config {
-                    block_mode,
-                    gossip_interval_ms: 10,
-                    ..Config::default()
-                },
-            };
+            let config = EngineConfig::new(Config {
+                block_mode,
+                gossip_interval_ms: 10,
+                ..Config::default()
+            });
             let registry = AggregateRegistry::new()
                 .register::<BankAccount>()
                 .register::<Notebook>();
@@ -72,11 +72,14 @@ impl Cluster {
             rng,
             in_flight: VecDeque::new(),
             replies: BTreeMap::new(),
+            down: std::collections::BTreeSet::new(),
         }
     }
 
     fn submit(&mut self, node: usize, ticket: u64, request: CommandRequest) {
-        self.engines[node].submit(ticket, request).expect("submit");
+        self.engines[node]
+            .submit(self.now_ms, ticket, request)
+            .expect("submit");
         self.collect(node);
     }
 
@@ -114,6 +117,9 @@ impl Cluster {
             let Some(node) = self.ids.iter().position(|id| *id == to) else {
                 continue;
             };
+            if self.down.contains(&node) {
+                continue;
+            }
             self.engines[node].handle_message(self.now_ms, from, &bytes);
             self.collect(node);
             delivered += 1;
@@ -396,4 +402,121 @@ fn garbage_from_a_peer_changes_nothing() {
     cluster.submit(0, 0, request("open", "BankAccount@a", open));
     cluster.run_until_answered(1, 30_000);
     assert!(matches!(cluster.replies[&0], CommandOutcome::Committed(_)));
+}
+
+#[test]
+fn a_forward_to_a_silent_member_is_answered_failed_in_time() {
+    let mut cluster = Cluster::new(8, 3, BlockMode::Single, 7);
+    // A stream whose responsible section does not hold node 0.
+    let map = cluster.engines[0].map().clone();
+    let own = chorus_routing::XorName::from_public_key(&cluster.ids[0].0);
+    let (stream, section) = (0..1_000)
+        .map(|index| format!("BankAccount@s{index}"))
+        .map(|stream| {
+            let key = StreamKey::parse(&stream).expect("key");
+            (stream, map.section_for_stream(&key.qualified()).clone())
+        })
+        .find(|(_, section)| !section.contains(&own))
+        .expect("a stream of another section");
+    // Every member of that section is cut off.
+    for (node, id) in cluster.ids.clone().iter().enumerate() {
+        if section.contains(&chorus_routing::XorName::from_public_key(&id.0)) {
+            cluster.down.insert(node);
+        }
+    }
+    let open = bank(BankAccountCommand::OpenAccount { owner: "x".into() });
+    cluster.submit(0, 0, request("silent", &stream, open));
+    cluster.run_until_answered(1, 20_000);
+    assert!(
+        matches!(&cluster.replies[&0], CommandOutcome::Failed(reason) if reason.contains("no answer")),
+        "{:?}",
+        cluster.replies[&0]
+    );
+}
+
+#[test]
+fn time_moves_on_in_supermajority_mode() {
+    let mut cluster = Cluster::new(4, 4, BlockMode::Supermajority, 8);
+    cluster.now_ms = 1_700_000_000_000;
+    let open = bank(BankAccountCommand::OpenAccount { owner: "a".into() });
+    cluster.submit(0, 0, request("open", "BankAccount@a", open));
+    cluster.run_until_answered(1, 30_000);
+    let deposit = bank(BankAccountCommand::Deposit {
+        amount: 1,
+        transfer: None,
+    });
+    cluster.submit(1, 1, request("deposit", "BankAccount@a", deposit));
+    cluster.run_until_answered(2, 30_000);
+    cluster.settle_and_assert_sections_agree();
+    let log = cluster.engines[0]
+        .store()
+        .read_log(&chorus_aggregate::Filter::All, 1, 10)
+        .expect("log");
+    assert_eq!(log.events.len(), 2);
+    assert!(
+        log.events
+            .iter()
+            .all(|event| event.timestamp_ms >= 1_700_000_000_000),
+        "{:?}",
+        log.events
+            .iter()
+            .map(|event| event.timestamp_ms)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_long_queue_of_commands_answered_without_agreement_does_not_grow_the_stack() {
+    let mut cluster = Cluster::new(4, 4, BlockMode::Single, 9);
+    // 3,000 command ids already committed on one stream of node 0's store, written directly
+    // in one group commit: this test is about the engine's queue, not agreement.
+    let stream = StreamKey::parse("BankAccount@q").expect("key");
+    let opened = chorus_aggregate::domain::encode_event(
+        &chorus_aggregate::examples::bank_account::BankAccountEvent::AccountOpened {
+            owner: "q".into(),
+        },
+    )
+    .expect("encode");
+    let batches: Vec<chorus_aggregate::AppendBatch> = (0..3_000)
+        .map(|index| {
+            let command_id = CommandId::derive(&[format!("known-{index}").as_bytes()]);
+            let event = chorus_aggregate::NewEvent {
+                event_id: chorus_aggregate::EventId::for_command(command_id, 0),
+                event_type: opened.event_type.clone(),
+                event_version: opened.event_version,
+                payload: opened.payload.clone(),
+                supersedes: None,
+            };
+            chorus_aggregate::AppendBatch::single(
+                command_id,
+                stream.clone(),
+                ExpectedVersion::Any,
+                vec![event],
+                1,
+            )
+        })
+        .collect();
+    let written = cluster.engines[0]
+        .store()
+        .append_group(&batches)
+        .expect("group");
+    assert!(written.iter().all(Result::is_ok));
+    // One new command in agreement on the stream, and the 3,000 known ones queued behind it.
+    let deposit = bank(BankAccountCommand::Deposit {
+        amount: 1,
+        transfer: None,
+    });
+    cluster.submit(0, 0, request("new", "BankAccount@q", deposit.clone()));
+    for index in 0..3_000u64 {
+        cluster.submit(
+            0,
+            1 + index,
+            request(&format!("known-{index}"), "BankAccount@q", deposit.clone()),
+        );
+    }
+    cluster.run_until_answered(3_001, 60_000);
+    assert!((1..=3_000).all(|ticket| matches!(
+        cluster.replies[&ticket],
+        CommandOutcome::AlreadyCommitted(_)
+    )));
 }
