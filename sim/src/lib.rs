@@ -11,6 +11,7 @@
 
 mod byzantine;
 mod checker;
+pub mod cluster;
 mod network;
 mod sim;
 pub mod sweep;

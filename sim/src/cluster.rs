@@ -1,0 +1,455 @@
+//! Engines in the simulator: many nodes in many sections, each running the real
+//! `chorus-engine` (routing, proposals, agreement, applying to a real redb event store) on
+//! virtual time over the simulated network, with a client workload and the checkers of the
+//! command path.
+//!
+//! What is modelled today: message delay, loss, duplication, reordering and partitions (the
+//! `Network` of the consensus simulator). Not yet: crashes (the engine has no restore yet),
+//! Byzantine members, membership changes.
+//!
+//! Checkers ([`ClusterSim::check`], after the run settles):
+//! - every member of a section holds the same event store (digest of the whole log);
+//! - every command answered `Committed` is in the store of every member of its section, once;
+//! - every stream a member holds routes to that member's section;
+//! - no bank account was ever overdrawn: replaying each account's events, no withdrawal takes
+//!   the balance below zero and every event's balance is the running sum.
+
+use std::collections::BTreeMap;
+
+use chorus_aggregate::examples::bank_account::{BankAccount, BankAccountEvent};
+use chorus_aggregate::examples::notebook::Notebook;
+use chorus_aggregate::{
+    AggregateRegistry, CommandId, CommandRecord, CommandRequest, EventStore, Filter, StreamKey,
+};
+use chorus_consensus::{BlockMode, Config, PeerId};
+use chorus_engine::{CommandOutcome, Engine, EngineConfig};
+use chorus_routing::{SectionMap, XorName};
+use ed25519_dalek::SigningKey;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::network::{Fate, Network, NetworkConfig};
+
+/// How a cluster run is set up.
+#[derive(Clone, Debug)]
+pub struct ClusterSetup {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Smallest section (sections split when both halves keep this many).
+    pub section_size_min: usize,
+    /// Single or Supermajority mode.
+    pub block_mode: BlockMode,
+    /// Gossip interval of every node.
+    pub gossip_interval_ms: u64,
+    /// The network.
+    pub network: NetworkConfig,
+}
+
+impl Default for ClusterSetup {
+    fn default() -> Self {
+        Self {
+            nodes: 8,
+            section_size_min: 3,
+            block_mode: BlockMode::Supermajority,
+            gossip_interval_ms: 20,
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+enum Item {
+    Deliver {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Tick(usize),
+}
+
+/// A submitted command and what became of it.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// The node it was sent to.
+    pub node: usize,
+    /// The command.
+    pub request: CommandRequest,
+    /// Virtual time of submission.
+    pub at_ms: u64,
+    /// The answer and its virtual time, once answered.
+    pub answer: Option<(CommandOutcome, u64)>,
+}
+
+/// A cluster of engines on virtual time.
+pub struct ClusterSim {
+    setup: ClusterSetup,
+    engines: Vec<Engine>,
+    ids: Vec<PeerId>,
+    network: Network,
+    network_rng: ChaCha8Rng,
+    gossip_rng: ChaCha8Rng,
+    queue: BTreeMap<(u64, u64), Item>,
+    sequence: u64,
+    now_ms: u64,
+    submitted: Vec<Submitted>,
+    _directory: tempfile::TempDir,
+}
+
+impl ClusterSim {
+    /// A cluster whose keys, network and gossip all derive from `seed`.
+    pub fn new(seed: u64, setup: ClusterSetup) -> Result<Self, String> {
+        setup.network.validate()?;
+        let mut master = ChaCha8Rng::seed_from_u64(seed);
+        let mut key_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
+        let mut network_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
+        let gossip_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
+        let keys: Vec<SigningKey> = (0..setup.nodes)
+            .map(|_| {
+                let mut secret = [0u8; 32];
+                key_rng.fill_bytes(&mut secret);
+                SigningKey::from_bytes(&secret)
+            })
+            .collect();
+        let public: Vec<[u8; 32]> = keys
+            .iter()
+            .map(|key| key.verifying_key().to_bytes())
+            .collect();
+        let map = SectionMap::with_members(setup.section_size_min, &public);
+        let directory = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let mut engines = Vec::with_capacity(keys.len());
+        for (index, key) in keys.into_iter().enumerate() {
+            let store = EventStore::open(directory.path().join(format!("node-{index}.redb")))
+                .map_err(|error| error.to_string())?;
+            let config = EngineConfig::new(Config {
+                block_mode: setup.block_mode,
+                gossip_interval_ms: setup.gossip_interval_ms,
+                ..Config::default()
+            });
+            let registry = AggregateRegistry::new()
+                .register::<BankAccount>()
+                .register::<Notebook>();
+            let engine = Engine::new(config, key, map.clone(), registry, store, 0)
+                .map_err(|error| error.to_string())?;
+            engines.push(engine);
+        }
+        let ids = engines.iter().map(Engine::id).collect();
+        let network = Network::new(setup.network.clone(), setup.nodes, &mut network_rng);
+        let mut sim = Self {
+            setup,
+            engines,
+            ids,
+            network,
+            network_rng,
+            gossip_rng,
+            queue: BTreeMap::new(),
+            sequence: 0,
+            now_ms: 0,
+            submitted: Vec::new(),
+            _directory: directory,
+        };
+        for node in 0..sim.engines.len() {
+            // Spread the first ticks over one interval, so nodes do not gossip in lockstep.
+            let offset = sim
+                .gossip_rng
+                .gen_range(0..sim.setup.gossip_interval_ms.max(1));
+            sim.schedule(offset, Item::Tick(node));
+        }
+        Ok(sim)
+    }
+
+    /// The section map (the same on every node).
+    pub fn map(&self) -> &SectionMap {
+        self.engines[0].map()
+    }
+
+    /// Virtual time now.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.engines.len()
+    }
+
+    /// The network, to partition, heal and change rates.
+    pub fn network_mut(&mut self) -> &mut Network {
+        &mut self.network
+    }
+
+    /// Every submitted command, in submission order.
+    pub fn submitted(&self) -> &[Submitted] {
+        &self.submitted
+    }
+
+    /// The engine of `node`.
+    pub fn engine(&self, node: usize) -> &Engine {
+        &self.engines[node]
+    }
+
+    /// Sends a client command to `node`; returns its ticket (index in `submitted`).
+    pub fn submit(&mut self, node: usize, request: CommandRequest) -> usize {
+        let ticket = self.submitted.len();
+        self.submitted.push(Submitted {
+            node,
+            request: request.clone(),
+            at_ms: self.now_ms,
+            answer: None,
+        });
+        if let Err(error) = self.engines[node].submit(self.now_ms, ticket as u64, request) {
+            self.submitted[ticket].answer =
+                Some((CommandOutcome::Failed(error.to_string()), self.now_ms));
+        }
+        self.collect(node);
+        ticket
+    }
+
+    /// Runs the queue until `until_ms`.
+    pub fn run_until(&mut self, until_ms: u64) {
+        while let Some((&(at_ms, sequence), _)) = self.queue.first_key_value() {
+            if at_ms > until_ms {
+                break;
+            }
+            let item = self
+                .queue
+                .remove(&(at_ms, sequence))
+                .unwrap_or_else(|| unreachable!("the key was just read"));
+            self.now_ms = at_ms;
+            self.handle(item);
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+    }
+
+    /// Runs for `duration_ms` of virtual time.
+    pub fn run_for(&mut self, duration_ms: u64) {
+        self.run_until(self.now_ms + duration_ms);
+    }
+
+    /// Runs until every submitted command is answered, or `limit_ms` passed; true if all were.
+    pub fn run_until_answered(&mut self, limit_ms: u64) -> bool {
+        let deadline = self.now_ms + limit_ms;
+        while self.now_ms < deadline {
+            if self
+                .submitted
+                .iter()
+                .all(|submitted| submitted.answer.is_some())
+            {
+                return true;
+            }
+            self.run_for(10);
+        }
+        self.submitted
+            .iter()
+            .all(|submitted| submitted.answer.is_some())
+    }
+
+    /// Runs until every section's members hold the same store, or `limit_ms` passed.
+    pub fn settle(&mut self, limit_ms: u64) {
+        let deadline = self.now_ms + limit_ms;
+        while self.now_ms < deadline && !self.stores_agree() {
+            self.run_for(50);
+        }
+    }
+
+    fn schedule(&mut self, delay_ms: u64, item: Item) {
+        self.sequence += 1;
+        self.queue
+            .insert((self.now_ms + delay_ms, self.sequence), item);
+    }
+
+    fn handle(&mut self, item: Item) {
+        match item {
+            Item::Tick(node) => {
+                self.engines[node].tick(self.now_ms, &mut self.gossip_rng);
+                self.collect(node);
+                self.schedule(self.setup.gossip_interval_ms.max(1), Item::Tick(node));
+            }
+            Item::Deliver { from, to, bytes } => {
+                let from_id = self.ids[from];
+                self.engines[to].handle_message(self.now_ms, from_id, &bytes);
+                self.collect(to);
+            }
+        }
+    }
+
+    /// Drains a node: its own events are durable at once (no crash model yet), its messages
+    /// go to the network, its answers to the submitted commands.
+    fn collect(&mut self, node: usize) {
+        let engine = &mut self.engines[node];
+        let mut latest = None;
+        while let Some(event) = engine.poll_unpersisted() {
+            latest = Some(event.header.index);
+        }
+        if let Some(index) = latest {
+            engine.handle_persisted(index);
+        }
+        while engine.poll_log_record().is_some() {}
+        let mut sends = Vec::new();
+        while let Some(send) = engine.poll_send() {
+            sends.push(send);
+        }
+        while let Some((ticket, outcome)) = engine.poll_reply() {
+            if let Some(submitted) = self.submitted.get_mut(ticket as usize) {
+                if submitted.answer.is_none() {
+                    submitted.answer = Some((outcome, self.now_ms));
+                }
+            }
+        }
+        for (to, bytes) in sends {
+            let Some(to) = self.ids.iter().position(|id| *id == to) else {
+                continue;
+            };
+            match self.network.route(node, to, &mut self.network_rng) {
+                Fate::Delivered(delays) => {
+                    for delay in delays {
+                        self.schedule(
+                            delay,
+                            Item::Deliver {
+                                from: node,
+                                to,
+                                bytes: bytes.clone(),
+                            },
+                        );
+                    }
+                }
+                Fate::Dropped | Fate::Partitioned => {}
+            }
+        }
+    }
+
+    fn members(&self, section: &chorus_routing::Section) -> Vec<usize> {
+        (0..self.engines.len())
+            .filter(|node| section.contains(&XorName::from_public_key(&self.ids[*node].0)))
+            .collect()
+    }
+
+    fn stores_agree(&self) -> bool {
+        self.map().sections().all(|section| {
+            let digests: Vec<Option<[u8; 32]>> = self
+                .members(section)
+                .into_iter()
+                .map(|node| self.engines[node].store().digest().ok())
+                .collect();
+            digests.windows(2).all(|pair| pair[0] == pair[1])
+        })
+    }
+
+    /// Runs every checker; returns the violations found, each a sentence.
+    pub fn check(&self) -> Vec<String> {
+        let mut violations = Vec::new();
+        for section in self.map().sections() {
+            let members = self.members(section);
+            let digests: Vec<Option<[u8; 32]>> = members
+                .iter()
+                .map(|node| self.engines[*node].store().digest().ok())
+                .collect();
+            if !digests.windows(2).all(|pair| pair[0] == pair[1]) {
+                violations.push(format!(
+                    "the members of section {:?} hold different stores",
+                    section.prefix().to_string()
+                ));
+            }
+            for node in &members {
+                violations.extend(self.check_store(*node, section));
+            }
+        }
+        for (ticket, submitted) in self.submitted.iter().enumerate() {
+            let Some((CommandOutcome::Committed(_), _)) = &submitted.answer else {
+                continue;
+            };
+            let section = self
+                .map()
+                .section_for_stream(&submitted.request.stream.qualified());
+            for node in self.members(section) {
+                let record = self.engines[node]
+                    .store()
+                    .command_record(submitted.request.command_id);
+                if !matches!(record, Ok(Some(CommandRecord::Appended(_)))) {
+                    violations.push(format!(
+                        "command {ticket} was answered committed but node {node} does not hold it"
+                    ));
+                }
+            }
+        }
+        violations
+    }
+
+    /// One member's store: streams route to its section, accounts never overdrawn, no event
+    /// (so no command) applied twice.
+    fn check_store(&self, node: usize, section: &chorus_routing::Section) -> Vec<String> {
+        let mut violations = Vec::new();
+        let store = self.engines[node].store();
+        let mut balances: BTreeMap<String, u64> = BTreeMap::new();
+        let mut event_ids = std::collections::BTreeSet::new();
+        let mut from = 1;
+        loop {
+            let slice = match store.read_log(&Filter::All, from, 1_000) {
+                Ok(slice) => slice,
+                Err(error) => {
+                    violations.push(format!("node {node}: the store does not read: {error}"));
+                    return violations;
+                }
+            };
+            for event in &slice.events {
+                let stream = event.stream.qualified();
+                if !section.prefix().matches(&XorName::from_stream_key(&stream)) {
+                    violations.push(format!(
+                        "node {node} holds stream {stream}, which routes to another section"
+                    ));
+                }
+                // A command applied twice would append its (derived) event ids twice.
+                if !event_ids.insert(event.event_id) {
+                    violations.push(format!(
+                        "node {node}: event {} of command {:?} is in the store twice",
+                        event.event_id, event.command_id
+                    ));
+                }
+                if event.stream.category().as_str() != "BankAccount" {
+                    continue;
+                }
+                let decoded = chorus_aggregate::domain::decode_event::<BankAccountEvent>(
+                    event.event_type.as_str(),
+                    event.event_version,
+                    &event.payload,
+                );
+                let balance = balances.entry(stream.clone()).or_default();
+                match decoded {
+                    Ok(BankAccountEvent::Deposited { amount, balance: after, .. }) => {
+                        *balance = balance.saturating_add(amount);
+                        if *balance != after {
+                            violations.push(format!("node {node}: {stream} deposit to {after}, expected {balance}"));
+                        }
+                    }
+                    Ok(BankAccountEvent::Withdrawn { amount, balance: after, .. }) => {
+                        match balance.checked_sub(amount) {
+                            Some(left) if left == after => *balance = left,
+                            _ => violations.push(format!(
+                                "node {node}: {stream} withdrawal of {amount} from {balance} (overdraft or wrong balance)"
+                            )),
+                        }
+                    }
+                    Ok(BankAccountEvent::AccountOpened { .. }) => {}
+                    Err(error) => violations.push(format!("node {node}: {stream}: {error}")),
+                }
+            }
+            match slice.next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        violations
+    }
+}
+
+/// A command request for the workload: `command` on `stream`, identified by `id`.
+pub fn command(id: &str, stream: &StreamKey, command: serde_json::Value) -> CommandRequest {
+    let command_id = CommandId::derive(&[id.as_bytes()]);
+    CommandRequest {
+        command_id,
+        stream: stream.clone(),
+        expected: chorus_aggregate::ExpectedVersion::Any,
+        causation_id: command_id.into(),
+        correlation_id: command_id.into(),
+        timestamp_ms: 0,
+        command,
+    }
+}

@@ -1,0 +1,195 @@
+//! Engines in the simulator: many sections, a client workload over many streams, a lossy
+//! network with a partition, and the command path's checkers.
+
+use chorus_aggregate::StreamKey;
+use chorus_aggregate::examples::bank_account::BankAccountCommand;
+use chorus_aggregate::examples::notebook::NotebookCommand;
+use chorus_consensus::BlockMode;
+use chorus_engine::CommandOutcome;
+use chorus_sim::NetworkConfig;
+use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
+
+fn bank(command: BankAccountCommand) -> serde_json::Value {
+    serde_json::to_value(command).expect("json")
+}
+
+fn account(index: usize) -> StreamKey {
+    StreamKey::new("BankAccount", &format!("acc{index}")).expect("key")
+}
+
+/// Opens `accounts` accounts and waits for the answers.
+fn open_accounts(sim: &mut ClusterSim, accounts: usize) {
+    let nodes = sim.node_count();
+    for index in 0..accounts {
+        let open = bank(BankAccountCommand::OpenAccount {
+            owner: format!("owner{index}"),
+        });
+        sim.submit(
+            index % nodes,
+            command(&format!("open{index}"), &account(index), open),
+        );
+    }
+    assert!(sim.run_until_answered(60_000), "accounts not opened");
+}
+
+/// Opens `accounts` accounts, then sends deposits and withdrawals (some overdrawing) and
+/// notebook commands to every node in turn.
+fn workload(sim: &mut ClusterSim, accounts: usize, rounds: usize) {
+    open_accounts(sim, accounts);
+    load(sim, accounts, rounds);
+}
+
+/// Deposits, withdrawals (some overdrawing) and notebooks, sent to every node in turn.
+fn load(sim: &mut ClusterSim, accounts: usize, rounds: usize) {
+    let nodes = sim.node_count();
+    for round in 0..rounds {
+        for index in 0..accounts {
+            let node = (round * 7 + index * 3) % nodes;
+            let body = if (round + index) % 3 == 2 {
+                bank(BankAccountCommand::Withdraw {
+                    amount: 25,
+                    transfer: None,
+                })
+            } else {
+                bank(BankAccountCommand::Deposit {
+                    amount: 10,
+                    transfer: None,
+                })
+            };
+            sim.submit(
+                node,
+                command(&format!("r{round}a{index}"), &account(index), body),
+            );
+        }
+        let notebook = StreamKey::new("Notebook", &format!("n{round}")).expect("key");
+        let initiate =
+            serde_json::to_value(NotebookCommand::InitiateNotebook { title: "t".into() })
+                .expect("json");
+        sim.submit(
+            round % nodes,
+            command(&format!("n{round}"), &notebook, initiate),
+        );
+        sim.run_for(100);
+    }
+}
+
+fn assert_clean(sim: &ClusterSim) {
+    let violations = sim.check();
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    let committed = sim
+        .submitted()
+        .iter()
+        .filter(|submitted| matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))))
+        .count();
+    assert!(
+        committed > sim.submitted().len() / 2,
+        "only {committed} committed"
+    );
+}
+
+#[test]
+fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
+    for (seed, block_mode) in [(1, BlockMode::Supermajority), (2, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 12,
+            section_size_min: 3,
+            block_mode,
+            gossip_interval_ms: 20,
+            network: NetworkConfig {
+                drop_probability: 0.05,
+                duplicate_probability: 0.05,
+                reorder_probability: 0.1,
+                ..NetworkConfig::default()
+            },
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        assert!(
+            sim.map().section_count() >= 2,
+            "seed {seed}: one section only"
+        );
+        workload(&mut sim, 6, 6);
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+    }
+}
+
+#[test]
+fn a_partitioned_member_catches_up_and_its_section_agrees() {
+    let mut sim = ClusterSim::new(
+        3,
+        ClusterSetup {
+            nodes: 8,
+            ..ClusterSetup::default()
+        },
+    )
+    .expect("cluster");
+    open_accounts(&mut sim, 4);
+    // Node 0 is cut off while the load runs; commands sent to it wait (or time out), and it
+    // must catch up with its section once the partition heals.
+    sim.network_mut().block(&[0], &[1, 2, 3, 4, 5, 6, 7]);
+    sim.network_mut().block(&[1, 2, 3, 4, 5, 6, 7], &[0]);
+    load(&mut sim, 4, 3);
+    sim.run_for(2_000);
+    sim.network_mut().heal();
+    assert!(sim.run_until_answered(120_000), "commands left unanswered");
+    sim.settle(30_000);
+    assert_clean(&sim);
+}
+
+#[test]
+fn the_checkers_catch_a_diverging_store_and_an_overdraft() {
+    let mut sim = ClusterSim::new(
+        4,
+        ClusterSetup {
+            nodes: 4,
+            section_size_min: 4,
+            ..ClusterSetup::default()
+        },
+    )
+    .expect("cluster");
+    open_accounts(&mut sim, 1);
+    sim.settle(10_000);
+    assert!(sim.check().is_empty());
+    // Write behind the engine's back into one member's store: an overdraft of a fresh account.
+    let overdraft = chorus_aggregate::domain::encode_event(
+        &chorus_aggregate::examples::bank_account::BankAccountEvent::Withdrawn {
+            amount: 5,
+            balance: 0,
+            transfer: None,
+        },
+    )
+    .expect("encode");
+    let event = chorus_aggregate::NewEvent {
+        event_id: chorus_aggregate::EventId::derive(&[b"forged"]),
+        event_type: overdraft.event_type,
+        event_version: overdraft.event_version,
+        payload: overdraft.payload,
+        supersedes: None,
+    };
+    let batch = chorus_aggregate::AppendBatch::single(
+        chorus_aggregate::CommandId::derive(&[b"forged"]),
+        account(0),
+        chorus_aggregate::ExpectedVersion::Any,
+        vec![event],
+        1,
+    );
+    sim.engine(1).store().append(&batch).expect("append");
+    let violations = sim.check();
+    assert!(
+        violations.iter().any(|v| v.contains("different stores")),
+        "{violations:?}"
+    );
+    assert!(
+        violations.iter().any(|v| v.contains("overdraft")),
+        "{violations:?}"
+    );
+}
