@@ -37,6 +37,11 @@ pub struct ClusterSetup {
     pub nodes: usize,
     /// Smallest section (sections split when both halves keep this many).
     pub section_size_min: usize,
+    /// Exactly this many sections (a power of two dividing `nodes`, at least 4 nodes each):
+    /// keys are drawn until every section prefix has `nodes / sections` members, and
+    /// `section_size_min` is set so that they neither split nor merge. `None`: keys are drawn
+    /// freely and the map is what `section_size_min` makes of them.
+    pub sections: Option<usize>,
     /// Single or Supermajority mode.
     pub block_mode: BlockMode,
     /// Gossip interval of every node.
@@ -50,6 +55,7 @@ impl Default for ClusterSetup {
         Self {
             nodes: 8,
             section_size_min: 3,
+            sections: None,
             block_mode: BlockMode::Supermajority,
             gossip_interval_ms: 20,
             network: NetworkConfig::default(),
@@ -102,18 +108,20 @@ impl ClusterSim {
         let mut key_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
         let mut network_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
         let gossip_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
-        let keys: Vec<SigningKey> = (0..setup.nodes)
-            .map(|_| {
-                let mut secret = [0u8; 32];
-                key_rng.fill_bytes(&mut secret);
-                SigningKey::from_bytes(&secret)
-            })
-            .collect();
+        let (keys, section_size_min) = draw_keys(&setup, &mut key_rng)?;
         let public: Vec<[u8; 32]> = keys
             .iter()
             .map(|key| key.verifying_key().to_bytes())
             .collect();
-        let map = SectionMap::with_members(setup.section_size_min, &public);
+        let map = SectionMap::with_members(section_size_min, &public);
+        if let Some(sections) = setup.sections {
+            if map.section_count() != sections {
+                return Err(format!(
+                    "asked for {sections} sections, the map has {}",
+                    map.section_count()
+                ));
+            }
+        }
         let directory = tempfile::tempdir().map_err(|error| error.to_string())?;
         let mut engines = Vec::with_capacity(keys.len());
         for (index, key) in keys.into_iter().enumerate() {
@@ -438,6 +446,46 @@ impl ClusterSim {
         }
         violations
     }
+}
+
+/// The nodes' keys, and the `section_size_min` to build the map with.
+fn draw_keys(
+    setup: &ClusterSetup,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<SigningKey>, usize), String> {
+    let mut draw = || {
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        SigningKey::from_bytes(&secret)
+    };
+    let Some(sections) = setup.sections else {
+        return Ok((
+            (0..setup.nodes).map(|_| draw()).collect(),
+            setup.section_size_min,
+        ));
+    };
+    if !sections.is_power_of_two() || setup.nodes % sections != 0 || setup.nodes / sections < 4 {
+        return Err(format!(
+            "{sections} sections of {} nodes: sections must be a power of two dividing the \
+             nodes, with at least 4 nodes each",
+            setup.nodes
+        ));
+    }
+    let per_section = setup.nodes / sections;
+    let bits = sections.trailing_zeros() as usize;
+    let mut buckets: Vec<Vec<SigningKey>> = (0..sections).map(|_| Vec::new()).collect();
+    // Each draw lands in a given bucket with probability 1/sections: this ends quickly.
+    while buckets.iter().any(|bucket| bucket.len() < per_section) {
+        let key = draw();
+        let name = XorName::from_public_key(&key.verifying_key().to_bytes());
+        let bucket = (0..bits).fold(0, |index, bit| index * 2 + usize::from(name.bit(bit)));
+        if buckets[bucket].len() < per_section {
+            buckets[bucket].push(key);
+        }
+    }
+    // A section of `per_section` cannot split (no two halves both reach the minimum), and
+    // two siblings together always can (each half has `per_section`).
+    Ok((buckets.into_iter().flatten().collect(), per_section / 2 + 1))
 }
 
 /// A command request for the workload: `command` on `stream`, identified by `id`.

@@ -128,6 +128,21 @@ struct BenchArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Engine mode: run the whole command path (routing, agreement, event stores) on this
+    /// many sections of `--nodes / --sections` members each (a power of two); `--load` is
+    /// then commands per virtual second per section.
+    #[arg(long)]
+    sections: Option<usize>,
+    /// Engine mode: the number of BankAccount streams the commands spread over.
+    #[arg(long, default_value_t = 1_000)]
+    streams: usize,
+    /// Engine mode: also run 1, 4 and 16 sections of the same size, with the same load per
+    /// section, and report how throughput scales.
+    #[arg(long)]
+    scaling: bool,
+    /// Engine mode: `supermajority` or `single`.
+    #[arg(long, default_value = "supermajority")]
+    mode: String,
 }
 
 fn main() -> ExitCode {
@@ -466,6 +481,9 @@ fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode, String> {
+    if let Some(sections) = args.sections {
+        return cluster_bench(&args, sections);
+    }
     if args.nodes < 2 || args.nodes > 64 {
         return Err("--nodes must be in 2..=64".into());
     }
@@ -534,5 +552,216 @@ fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// One engine-mode run: what it committed, how fast, and what the checkers found.
+struct ClusterRun {
+    sections: usize,
+    nodes: usize,
+    offered: u64,
+    committed: u64,
+    simulated_s: f64,
+    cpu_s: f64,
+    p50_ms: u64,
+    p99_ms: u64,
+    unanswered: usize,
+    violations: Vec<String>,
+}
+
+fn cluster_run(args: &BenchArgs, sections: usize, nodes: usize) -> Result<ClusterRun, String> {
+    use chorus_aggregate::StreamKey;
+    use chorus_aggregate::examples::bank_account::BankAccountCommand;
+    use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
+    use rand::{Rng, SeedableRng};
+
+    let block_mode = match args.mode.as_str() {
+        "supermajority" => chorus_consensus::BlockMode::Supermajority,
+        "single" => chorus_consensus::BlockMode::Single,
+        other => {
+            return Err(format!(
+                "--mode must be supermajority or single, not {other:?}"
+            ));
+        }
+    };
+    let setup = ClusterSetup {
+        nodes,
+        sections: Some(sections),
+        block_mode,
+        ..ClusterSetup::default()
+    };
+    let mut sim = ClusterSim::new(args.seed, setup)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
+    let per_ms = args.load as f64 * sections as f64 / 1000.0;
+    let load_ms = args.seconds * 1000;
+    let mut opened = vec![false; args.streams];
+    let mut owed = 0.0;
+    let wall = Instant::now();
+    let start_cpu = thread_cpu_seconds(&wall);
+    let mut serial = 0u64;
+    for _ in 0..load_ms {
+        owed += per_ms;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            serial += 1;
+            let index = rng.gen_range(0..args.streams);
+            let stream = StreamKey::new("BankAccount", &format!("s{index}"))
+                .map_err(|error| error.to_string())?;
+            let body = if opened[index] {
+                BankAccountCommand::Deposit {
+                    amount: 1,
+                    transfer: None,
+                }
+            } else {
+                opened[index] = true;
+                BankAccountCommand::OpenAccount {
+                    owner: format!("o{index}"),
+                }
+            };
+            let node = rng.gen_range(0..nodes);
+            let json = serde_json::to_value(body).map_err(|error| error.to_string())?;
+            sim.submit(node, command(&format!("c{serial}"), &stream, json));
+        }
+        sim.run_for(1);
+    }
+    // What was committed within the load window is the throughput; then let the rest finish
+    // so that the checkers see a settled cluster.
+    let window_end = sim.now_ms();
+    sim.run_until_answered(120_000);
+    sim.settle(30_000);
+    let cpu_s = thread_cpu_seconds(&wall) - start_cpu;
+    let mut latencies = Vec::new();
+    let mut committed = 0;
+    let mut unanswered = 0;
+    for submitted in sim.submitted() {
+        match &submitted.answer {
+            Some((chorus_engine::CommandOutcome::Committed(_), at_ms)) => {
+                latencies.push(at_ms - submitted.at_ms);
+                if *at_ms <= window_end {
+                    committed += 1;
+                }
+            }
+            Some(_) => {}
+            None => unanswered += 1,
+        }
+    }
+    latencies.sort_unstable();
+    Ok(ClusterRun {
+        sections,
+        nodes,
+        offered: serial,
+        committed,
+        simulated_s: args.seconds as f64,
+        cpu_s,
+        p50_ms: percentile(&latencies, 50),
+        p99_ms: percentile(&latencies, 99),
+        unanswered,
+        violations: sim.check(),
+    })
+}
+
+fn cluster_bench(args: &BenchArgs, sections: usize) -> Result<ExitCode, String> {
+    if args.seconds == 0 || args.load == 0 || args.streams == 0 {
+        return Err("--seconds, --load and --streams must be at least 1".into());
+    }
+    if sections == 0 || args.nodes % sections != 0 {
+        return Err(format!(
+            "--nodes {} must be a multiple of --sections {sections}",
+            args.nodes
+        ));
+    }
+    let per_section = args.nodes / sections;
+    let mut plan = vec![sections];
+    if args.scaling {
+        plan = vec![1, 4, 16];
+    }
+    let mut runs = Vec::new();
+    for count in plan {
+        let nodes = per_section * count;
+        eprint!(
+            "running {count} section(s) of {per_section} nodes for {} virtual s ... ",
+            args.seconds
+        );
+        let _ = std::io::stderr().flush();
+        let run = cluster_run(args, count, nodes)?;
+        eprintln!("{:.1} CPU s", run.cpu_s);
+        runs.push(run);
+    }
+    let network = chorus_sim::NetworkConfig::default();
+    println!(
+        "engine mode ({}): {per_section} nodes per section, {} commands/s per section offered, {} streams, {} virtual s; network {}-{} ms per link + up to {} ms jitter",
+        args.mode,
+        args.load,
+        args.streams,
+        args.seconds,
+        network.latency_min_ms,
+        network.latency_max_ms,
+        network.jitter_ms
+    );
+    println!(
+        "  {:>8} {:>6} {:>10} {:>12} {:>16} {:>8} {:>8} {:>10} {:>10}",
+        "sections",
+        "nodes",
+        "offered/s",
+        "committed/s",
+        "committed/CPU s",
+        "p50 ms",
+        "p99 ms",
+        "unanswered",
+        "violations"
+    );
+    let mut json_runs = Vec::new();
+    for run in &runs {
+        let per_sim = run.committed as f64 / run.simulated_s;
+        let per_cpu = run.committed as f64 / run.cpu_s.max(1e-9);
+        println!(
+            "  {:>8} {:>6} {:>10.0} {:>12.0} {:>16.0} {:>8} {:>8} {:>10} {:>10}",
+            run.sections,
+            run.nodes,
+            run.offered as f64 / run.simulated_s,
+            per_sim,
+            per_cpu,
+            run.p50_ms,
+            run.p99_ms,
+            run.unanswered,
+            run.violations.len()
+        );
+        for violation in run.violations.iter().take(10) {
+            println!("    violation: {violation}");
+        }
+        json_runs.push(format!(
+            "{{\"sections\":{},\"nodes\":{},\"offered_per_sim_s\":{:.1},\"committed_per_sim_s\":{per_sim:.1},\"committed_per_cpu_s\":{per_cpu:.1},\"p50_ms\":{},\"p99_ms\":{},\"unanswered\":{},\"violations\":{}}}",
+            run.sections,
+            run.nodes,
+            run.offered as f64 / run.simulated_s,
+            run.p50_ms,
+            run.p99_ms,
+            run.unanswered,
+            run.violations.len()
+        ));
+    }
+    if runs.len() > 1 {
+        let base = runs[0].committed as f64;
+        for run in &runs[1..] {
+            println!(
+                "  {} sections / 1 section: {:.2}x committed per simulated s",
+                run.sections,
+                run.committed as f64 / base.max(1.0)
+            );
+        }
+    }
+    let violations: usize = runs.iter().map(|run| run.violations.len()).sum();
+    println!(
+        "{{\"mode\":\"{}\",\"nodes_per_section\":{per_section},\"load_per_section\":{},\"streams\":{},\"seconds\":{},\"runs\":[{}],\"violations\":{violations}}}",
+        args.mode,
+        args.load,
+        args.streams,
+        args.seconds,
+        json_runs.join(",")
+    );
+    Ok(if violations > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -98,6 +98,7 @@ fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
         let setup = ClusterSetup {
             nodes: 12,
             section_size_min: 3,
+            sections: None,
             block_mode,
             gossip_interval_ms: 20,
             network: NetworkConfig {
@@ -192,4 +193,24 @@ fn the_checkers_catch_a_diverging_store_and_an_overdraft() {
         violations.iter().any(|v| v.contains("overdraft")),
         "{violations:?}"
     );
+}
+
+#[test]
+fn a_cluster_can_be_built_with_an_exact_number_of_sections() {
+    for sections in [1, 2, 4] {
+        let setup = ClusterSetup {
+            nodes: 4 * sections,
+            sections: Some(sections),
+            ..ClusterSetup::default()
+        };
+        let sim = ClusterSim::new(5, setup).expect("cluster");
+        assert_eq!(sim.map().section_count(), sections);
+        assert!(sim.map().sections().all(|section| section.len() == 4));
+    }
+    let bad = ClusterSetup {
+        nodes: 12,
+        sections: Some(3),
+        ..ClusterSetup::default()
+    };
+    assert!(ClusterSim::new(5, bad).is_err());
 }
