@@ -194,6 +194,14 @@ impl ClusterSim {
         &self.engines[node]
     }
 
+    /// A Byzantine member's move: `node` votes for arbitrary observation bytes (a forged
+    /// proposal, say). Returns whether its consensus took the vote.
+    pub fn propose_raw(&mut self, node: usize, bytes: Vec<u8>) -> bool {
+        let taken = self.engines[node].vote_for_raw(bytes);
+        self.collect(node);
+        taken
+    }
+
     /// Sends a client command to `node`; returns its ticket (index in `submitted`).
     pub fn submit(&mut self, node: usize, request: CommandRequest) -> usize {
         let ticket = self.submitted.len();

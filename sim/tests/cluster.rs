@@ -214,3 +214,80 @@ fn a_cluster_can_be_built_with_an_exact_number_of_sections() {
     };
     assert!(ClusterSim::new(5, bad).is_err());
 }
+
+#[test]
+fn a_byzantine_member_proposing_a_forged_overdraft_never_gets_it_applied() {
+    use chorus_aggregate::examples::bank_account::BankAccountEvent;
+    for (seed, block_mode) in [(6, BlockMode::Supermajority), (7, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 8,
+            sections: Some(2),
+            block_mode,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        // An account in the Byzantine node's (node 0's) section.
+        let own = chorus_routing::XorName::from_public_key(&sim.engine(0).id().0);
+        let stream = (0..1_000)
+            .map(|index| StreamKey::new("BankAccount", &format!("v{index}")).expect("key"))
+            .find(|stream| {
+                sim.map()
+                    .section_for_stream(&stream.qualified())
+                    .contains(&own)
+            })
+            .expect("a stream of node 0's section");
+        let open = bank(BankAccountCommand::OpenAccount {
+            owner: "victim".into(),
+        });
+        sim.submit(1, command("open", &stream, open));
+        let deposit = bank(BankAccountCommand::Deposit {
+            amount: 10,
+            transfer: None,
+        });
+        sim.submit(2, command("deposit", &stream, deposit));
+        assert!(sim.run_until_answered(60_000));
+        sim.settle(10_000);
+        // Node 0 proposes a withdrawal of 1,000 leaving a balance of 0, at the right version.
+        let forged_request = command(
+            "forged",
+            &stream,
+            bank(BankAccountCommand::Withdraw {
+                amount: 1_000,
+                transfer: None,
+            }),
+        );
+        let lie = chorus_aggregate::domain::encode_event(&BankAccountEvent::Withdrawn {
+            amount: 1_000,
+            balance: 0,
+            transfer: None,
+        })
+        .expect("encode");
+        let forged = chorus_engine::Proposal::Decided {
+            request: forged_request.clone(),
+            version: 2,
+            events: vec![chorus_aggregate::NewEvent {
+                event_id: chorus_aggregate::EventId::for_command(forged_request.command_id, 0),
+                event_type: lie.event_type,
+                event_version: lie.event_version,
+                payload: lie.payload,
+                supersedes: None,
+            }],
+        };
+        assert!(sim.propose_raw(0, forged.encode().expect("encode")));
+        sim.run_for(5_000);
+        sim.settle(10_000);
+        let violations = sim.check();
+        assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+        for node in 0..sim.node_count() {
+            let record = sim
+                .engine(node)
+                .store()
+                .command_record(forged_request.command_id)
+                .expect("read");
+            assert!(
+                !matches!(record, Some(chorus_aggregate::CommandRecord::Appended(_))),
+                "seed {seed}: node {node} applied the forged withdrawal"
+            );
+        }
+    }
+}

@@ -343,6 +343,19 @@ impl Engine {
         &self.consensus
     }
 
+    /// Byzantine hook (feature `byzantine`, for the simulator): votes for arbitrary
+    /// observation bytes, as a faulty member that proposes what it likes would. Honest code
+    /// never calls it. Returns whether consensus took the vote.
+    #[cfg(feature = "byzantine")]
+    pub fn vote_for_raw(&mut self, bytes: Vec<u8>) -> bool {
+        let taken = self
+            .consensus
+            .vote_for(Observation::Payload(bytes.into()))
+            .is_ok();
+        self.drain();
+        taken
+    }
+
     /// Commands this node waits to answer (its clients' and forwarded ones).
     pub fn commands_in_flight(&self) -> usize {
         self.waiters.len()
