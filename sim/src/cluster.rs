@@ -4,8 +4,11 @@
 //! command path.
 //!
 //! What is modelled today: message delay, loss, duplication, reordering and partitions (the
-//! `Network` of the consensus simulator). Not yet: crashes (the engine has no restore yet),
-//! Byzantine members, membership changes.
+//! `Network` of the consensus simulator); crashes and restarts (`Engine::restore` from the
+//! node's replay log and store; own events are acknowledged at once, so a crash loses only
+//! what was in memory); a Byzantine member voting for forged proposals (`propose_raw`). Not
+//! yet: loss of unsynced log records at a crash, other Byzantine behaviours, membership
+//! changes, random sweeps.
 //!
 //! Checkers ([`ClusterSim::check`], after the run settles):
 //! - every member of a section holds the same event store (digest of the whole log);
@@ -88,7 +91,13 @@ pub struct Submitted {
 /// A cluster of engines on virtual time.
 pub struct ClusterSim {
     setup: ClusterSetup,
-    engines: Vec<Engine>,
+    /// The running engines; `None` while a node is crashed.
+    engines: Vec<Option<Engine>>,
+    keys: Vec<SigningKey>,
+    map: SectionMap,
+    /// Each node's durable consensus replay log (own events are acknowledged at once, so
+    /// every record is durable when drained).
+    logs: Vec<Vec<chorus_consensus::LogRecord>>,
     ids: Vec<PeerId>,
     network: Network,
     network_rng: ChaCha8Rng,
@@ -124,26 +133,31 @@ impl ClusterSim {
         }
         let directory = tempfile::tempdir().map_err(|error| error.to_string())?;
         let mut engines = Vec::with_capacity(keys.len());
-        for (index, key) in keys.into_iter().enumerate() {
-            let store = EventStore::open(directory.path().join(format!("node-{index}.redb")))
-                .map_err(|error| error.to_string())?;
-            let config = EngineConfig::new(Config {
-                block_mode: setup.block_mode,
-                gossip_interval_ms: setup.gossip_interval_ms,
-                ..Config::default()
-            });
-            let registry = AggregateRegistry::new()
-                .register::<BankAccount>()
-                .register::<Notebook>();
-            let engine = Engine::new(config, key, map.clone(), registry, store, 0)
-                .map_err(|error| error.to_string())?;
-            engines.push(engine);
+        for (index, key) in keys.iter().enumerate() {
+            let store = open_store(directory.path(), index)?;
+            let engine = Engine::new(
+                engine_config(&setup),
+                key.clone(),
+                map.clone(),
+                registry(),
+                store,
+                0,
+            )
+            .map_err(|error| error.to_string())?;
+            engines.push(Some(engine));
         }
-        let ids = engines.iter().map(Engine::id).collect();
+        let ids = keys
+            .iter()
+            .map(|key| PeerId(key.verifying_key().to_bytes()))
+            .collect();
+        let logs = vec![Vec::new(); keys.len()];
         let network = Network::new(setup.network.clone(), setup.nodes, &mut network_rng);
         let mut sim = Self {
             setup,
             engines,
+            keys,
+            map,
+            logs,
             ids,
             network,
             network_rng,
@@ -166,7 +180,7 @@ impl ClusterSim {
 
     /// The section map (the same on every node).
     pub fn map(&self) -> &SectionMap {
-        self.engines[0].map()
+        &self.map
     }
 
     /// Virtual time now.
@@ -189,15 +203,58 @@ impl ClusterSim {
         &self.submitted
     }
 
-    /// The engine of `node`.
+    /// The engine of `node` (which must be running).
     pub fn engine(&self, node: usize) -> &Engine {
-        &self.engines[node]
+        self.engines[node]
+            .as_ref()
+            .expect("the node is running (restart it first)")
+    }
+
+    /// Crashes `node`: its engine stops, what it held in memory is gone (commands it was
+    /// answering get no answer: their clients see `Failed`), its event store and its replay
+    /// log stay on disk.
+    pub fn crash(&mut self, node: usize) {
+        if self.engines[node].take().is_none() {
+            return;
+        }
+        for submitted in &mut self.submitted {
+            if submitted.node == node && submitted.answer.is_none() {
+                submitted.answer = Some((
+                    CommandOutcome::Failed("the node crashed".to_owned()),
+                    self.now_ms,
+                ));
+            }
+        }
+    }
+
+    /// Restarts a crashed node from its store and replay log (`Engine::restore`).
+    pub fn restart(&mut self, node: usize) -> Result<(), String> {
+        if self.engines[node].is_some() {
+            return Ok(());
+        }
+        let store = open_store(self._directory.path(), node)?;
+        let engine = Engine::restore(
+            engine_config(&self.setup),
+            self.keys[node].clone(),
+            self.map.clone(),
+            registry(),
+            store,
+            self.logs[node].clone(),
+            self.now_ms,
+        )
+        .map_err(|error| error.to_string())?;
+        self.engines[node] = Some(engine);
+        self.collect(node);
+        Ok(())
     }
 
     /// A Byzantine member's move: `node` votes for arbitrary observation bytes (a forged
     /// proposal, say). Returns whether its consensus took the vote.
     pub fn propose_raw(&mut self, node: usize, bytes: Vec<u8>) -> bool {
-        let taken = self.engines[node].vote_for_raw(bytes);
+        let Some(engine) = self.engines[node].as_mut() else {
+            return false;
+        };
+        let taken = engine.vote_for_raw(bytes);
         self.collect(node);
         taken
     }
@@ -211,9 +268,14 @@ impl ClusterSim {
             at_ms: self.now_ms,
             answer: None,
         });
-        if let Err(error) = self.engines[node].submit(self.now_ms, ticket as u64, request) {
-            self.submitted[ticket].answer =
-                Some((CommandOutcome::Failed(error.to_string()), self.now_ms));
+        let result = match self.engines[node].as_mut() {
+            Some(engine) => engine
+                .submit(self.now_ms, ticket as u64, request)
+                .map_err(|error| error.to_string()),
+            None => Err("the node is down".to_owned()),
+        };
+        if let Err(error) = result {
+            self.submitted[ticket].answer = Some((CommandOutcome::Failed(error), self.now_ms));
         }
         self.collect(node);
         ticket
@@ -275,14 +337,18 @@ impl ClusterSim {
     fn handle(&mut self, item: Item) {
         match item {
             Item::Tick(node) => {
-                self.engines[node].tick(self.now_ms, &mut self.gossip_rng);
-                self.collect(node);
+                if let Some(engine) = self.engines[node].as_mut() {
+                    engine.tick(self.now_ms, &mut self.gossip_rng);
+                    self.collect(node);
+                }
                 self.schedule(self.setup.gossip_interval_ms.max(1), Item::Tick(node));
             }
             Item::Deliver { from, to, bytes } => {
                 let from_id = self.ids[from];
-                self.engines[to].handle_message(self.now_ms, from_id, &bytes);
-                self.collect(to);
+                if let Some(engine) = self.engines[to].as_mut() {
+                    engine.handle_message(self.now_ms, from_id, &bytes);
+                    self.collect(to);
+                }
             }
         }
     }
@@ -290,7 +356,9 @@ impl ClusterSim {
     /// Drains a node: its own events are durable at once (no crash model yet), its messages
     /// go to the network, its answers to the submitted commands.
     fn collect(&mut self, node: usize) {
-        let engine = &mut self.engines[node];
+        let Some(engine) = self.engines[node].as_mut() else {
+            return;
+        };
         let mut latest = None;
         while let Some(event) = engine.poll_unpersisted() {
             latest = Some(event.header.index);
@@ -298,7 +366,9 @@ impl ClusterSim {
         if let Some(index) = latest {
             engine.handle_persisted(index);
         }
-        while engine.poll_log_record().is_some() {}
+        while let Some(record) = engine.poll_log_record() {
+            self.logs[node].push(record);
+        }
         let mut sends = Vec::new();
         while let Some(send) = engine.poll_send() {
             sends.push(send);
@@ -343,7 +413,11 @@ impl ClusterSim {
             let digests: Vec<Option<[u8; 32]>> = self
                 .members(section)
                 .into_iter()
-                .map(|node| self.engines[node].store().digest().ok())
+                .map(|node| {
+                    self.engines[node]
+                        .as_ref()
+                        .and_then(|engine| engine.store().digest().ok())
+                })
                 .collect();
             digests.windows(2).all(|pair| pair[0] == pair[1])
         })
@@ -356,7 +430,11 @@ impl ClusterSim {
             let members = self.members(section);
             let digests: Vec<Option<[u8; 32]>> = members
                 .iter()
-                .map(|node| self.engines[*node].store().digest().ok())
+                .map(|node| {
+                    self.engines[*node]
+                        .as_ref()
+                        .and_then(|engine| engine.store().digest().ok())
+                })
                 .collect();
             if !digests.windows(2).all(|pair| pair[0] == pair[1]) {
                 violations.push(format!(
@@ -376,9 +454,10 @@ impl ClusterSim {
                 .map()
                 .section_for_stream(&submitted.request.stream.qualified());
             for node in self.members(section) {
-                let record = self.engines[node]
-                    .store()
-                    .command_record(submitted.request.command_id);
+                let Some(engine) = self.engines[node].as_ref() else {
+                    continue;
+                };
+                let record = engine.store().command_record(submitted.request.command_id);
                 if !matches!(record, Ok(Some(CommandRecord::Appended(_)))) {
                     violations.push(format!(
                         "command {ticket} was answered committed but node {node} does not hold it"
@@ -393,7 +472,11 @@ impl ClusterSim {
     /// (so no command) applied twice.
     fn check_store(&self, node: usize, section: &chorus_routing::Section) -> Vec<String> {
         let mut violations = Vec::new();
-        let store = self.engines[node].store();
+        let Some(engine) = self.engines[node].as_ref() else {
+            violations.push(format!("node {node} is down; its store was not checked"));
+            return violations;
+        };
+        let store = engine.store();
         let mut balances: BTreeMap<String, u64> = BTreeMap::new();
         let mut event_ids = std::collections::BTreeSet::new();
         let mut from = 1;
@@ -454,6 +537,26 @@ impl ClusterSim {
         }
         violations
     }
+}
+
+fn engine_config(setup: &ClusterSetup) -> EngineConfig {
+    EngineConfig::new(Config {
+        block_mode: setup.block_mode,
+        gossip_interval_ms: setup.gossip_interval_ms,
+        // A node restores from its replay log after a crash.
+        log_records: true,
+        ..Config::default()
+    })
+}
+
+fn registry() -> AggregateRegistry {
+    AggregateRegistry::new()
+        .register::<BankAccount>()
+        .register::<Notebook>()
+}
+
+fn open_store(directory: &std::path::Path, node: usize) -> Result<EventStore, String> {
+    EventStore::open(directory.join(format!("node-{node}.redb"))).map_err(|error| error.to_string())
 }
 
 /// The nodes' keys, and the `section_size_min` to build the map with.

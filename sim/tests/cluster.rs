@@ -36,11 +36,11 @@ fn open_accounts(sim: &mut ClusterSim, accounts: usize) {
 /// notebook commands to every node in turn.
 fn workload(sim: &mut ClusterSim, accounts: usize, rounds: usize) {
     open_accounts(sim, accounts);
-    load(sim, accounts, rounds);
+    load(sim, accounts, rounds, "");
 }
 
 /// Deposits, withdrawals (some overdrawing) and notebooks, sent to every node in turn.
-fn load(sim: &mut ClusterSim, accounts: usize, rounds: usize) {
+fn load(sim: &mut ClusterSim, accounts: usize, rounds: usize, tag: &str) {
     let nodes = sim.node_count();
     for round in 0..rounds {
         for index in 0..accounts {
@@ -58,16 +58,16 @@ fn load(sim: &mut ClusterSim, accounts: usize, rounds: usize) {
             };
             sim.submit(
                 node,
-                command(&format!("r{round}a{index}"), &account(index), body),
+                command(&format!("{tag}r{round}a{index}"), &account(index), body),
             );
         }
-        let notebook = StreamKey::new("Notebook", &format!("n{round}")).expect("key");
+        let notebook = StreamKey::new("Notebook", &format!("{tag}n{round}")).expect("key");
         let initiate =
             serde_json::to_value(NotebookCommand::InitiateNotebook { title: "t".into() })
                 .expect("json");
         sim.submit(
             round % nodes,
-            command(&format!("n{round}"), &notebook, initiate),
+            command(&format!("{tag}n{round}"), &notebook, initiate),
         );
         sim.run_for(100);
     }
@@ -138,7 +138,7 @@ fn a_partitioned_member_catches_up_and_its_section_agrees() {
     // must catch up with its section once the partition heals.
     sim.network_mut().block(&[0], &[1, 2, 3, 4, 5, 6, 7]);
     sim.network_mut().block(&[1, 2, 3, 4, 5, 6, 7], &[0]);
-    load(&mut sim, 4, 3);
+    load(&mut sim, 4, 3, "");
     sim.run_for(2_000);
     sim.network_mut().heal();
     assert!(sim.run_until_answered(120_000), "commands left unanswered");
@@ -289,5 +289,31 @@ fn a_byzantine_member_proposing_a_forged_overdraft_never_gets_it_applied() {
                 "seed {seed}: node {node} applied the forged withdrawal"
             );
         }
+    }
+}
+
+#[test]
+fn a_member_that_crashes_under_load_restores_and_loses_nothing() {
+    for (seed, block_mode) in [(8, BlockMode::Supermajority), (9, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 8,
+            sections: Some(2),
+            block_mode,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        open_accounts(&mut sim, 4);
+        load(&mut sim, 4, 2, "before");
+        sim.crash(1);
+        load(&mut sim, 4, 2, "during");
+        sim.run_for(1_000);
+        sim.restart(1).expect("restart");
+        load(&mut sim, 4, 2, "after");
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
     }
 }

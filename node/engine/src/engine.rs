@@ -288,7 +288,8 @@ pub const DEFER_AHEAD_MAX: u64 = 16;
 
 impl Engine {
     /// Starts the engine of the node `key`, member of the section `map` puts it in, over
-    /// `store`.
+    /// `store`. For a node's first start only: after a crash, use [`Engine::restore`] (a new
+    /// start would sign a new first event and fork the node's own chain).
     pub fn new(
         config: EngineConfig,
         key: SigningKey,
@@ -297,17 +298,47 @@ impl Engine {
         store: EventStore,
         now_ms: u64,
     ) -> Result<Self, EngineError> {
-        let public_key = key.verifying_key().to_bytes();
-        let our_name = XorName::from_public_key(&public_key);
-        let section = map
-            .section_of_member(&our_name)
-            .ok_or(EngineError::NotAMember)?;
-        let members: Vec<PeerId> = section.member_keys().into_iter().map(PeerId).collect();
+        let members = section_members(&key, &map)?;
         let consensus = Consensus::new(config.consensus.clone(), key, &members, now_ms)?;
-        Ok(Self {
+        Ok(Self::with_consensus(
+            config, consensus, map, registry, store, now_ms,
+        ))
+    }
+
+    /// Restarts the engine of the node `key` after a crash, from its consensus replay log
+    /// (the records `poll_log_record` gave, made durable; `Config::log_records` must be on)
+    /// and its event store. Consensus outputs every agreed block again from the first; the
+    /// engine applies them again, and since every command's fate is recorded in the store
+    /// (appended or refused), those already applied change nothing: the store catches up
+    /// with the blocks it missed and nothing is applied twice.
+    pub fn restore(
+        config: EngineConfig,
+        key: SigningKey,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        log: impl IntoIterator<Item = LogRecord>,
+        now_ms: u64,
+    ) -> Result<Self, EngineError> {
+        let members = section_members(&key, &map)?;
+        let consensus = Consensus::restore(config.consensus.clone(), key, &members, log, now_ms)?;
+        let mut engine = Self::with_consensus(config, consensus, map, registry, store, now_ms);
+        engine.drain();
+        Ok(engine)
+    }
+
+    fn with_consensus(
+        config: EngineConfig,
+        consensus: Consensus,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        now_ms: u64,
+    ) -> Self {
+        Self {
             config,
+            our_id: consensus.our_id(),
             consensus,
-            our_id: PeerId(public_key),
             map,
             registry,
             store,
@@ -320,7 +351,7 @@ impl Engine {
             unapplied: Vec::new(),
             sends: VecDeque::new(),
             replies: VecDeque::new(),
-        })
+        }
     }
 
     /// This node's id (its public key).
@@ -899,6 +930,15 @@ fn same_command(ours: &CommandRequest, agreed: &CommandRequest) -> bool {
         && ours.expected == agreed.expected
         && ours.causation_id == agreed.causation_id
         && ours.correlation_id == agreed.correlation_id
+}
+
+/// The members of the section `key`'s node belongs to.
+fn section_members(key: &SigningKey, map: &SectionMap) -> Result<Vec<PeerId>, EngineError> {
+    let our_name = XorName::from_public_key(&key.verifying_key().to_bytes());
+    let section = map
+        .section_of_member(&our_name)
+        .ok_or(EngineError::NotAMember)?;
+    Ok(section.member_keys().into_iter().map(PeerId).collect())
 }
 
 /// A block's proposal, if it carries one (accusations and undecodable payloads carry none).
