@@ -1,0 +1,34 @@
+//! Random engine-mode runs: every seed draws a cluster, a network, faults (a partition, a
+//! crash and restart, a forged proposal) and a workload, and must end with every command
+//! answered and no checker violation. CI runs a few seeds; `CHORUS_SIM_CLUSTER_SEEDS=N` runs
+//! more, `CHORUS_SIM_CLUSTER_START=S` starts elsewhere.
+
+use chorus_sim::cluster::run_cluster_seed;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn random_engine_runs_find_no_violation() {
+    let seeds = env_number("CHORUS_SIM_CLUSTER_SEEDS", 4);
+    let start = env_number("CHORUS_SIM_CLUSTER_START", 0);
+    let mut failures = Vec::new();
+    let mut committed = 0;
+    for seed in start..start + seeds {
+        let outcome = run_cluster_seed(seed);
+        committed += outcome.committed;
+        if !outcome.violations.is_empty() {
+            failures.push(format!(
+                "seed {seed} (replay: CHORUS_SIM_CLUSTER_START={seed} CHORUS_SIM_CLUSTER_SEEDS=1 cargo test -p chorus-sim --test cluster_sweep)\n  {}\n  violations:\n    {}",
+                outcome.story.join("\n  "),
+                outcome.violations.join("\n    ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(committed > 0, "no command committed in {seeds} runs");
+}
