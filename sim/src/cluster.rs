@@ -259,6 +259,61 @@ impl ClusterSim {
         taken
     }
 
+    /// A Byzantine member's forgery that only the event check can catch: `node` proposes a
+    /// valid command (a deposit of 1 on `stream`, which must be in its section, under the
+    /// command id `id`) at the stream's current version and time, but with events that claim
+    /// a deposit of `claimed`. Returns whether its consensus took the vote.
+    pub fn forge_deposit(
+        &mut self,
+        node: usize,
+        stream: &StreamKey,
+        id: &str,
+        claimed: u64,
+    ) -> bool {
+        use chorus_aggregate::examples::bank_account::BankAccountCommand;
+        let Some(engine) = self.engines[node].as_ref() else {
+            return false;
+        };
+        let Ok(info) = engine.store().stream_info(stream) else {
+            return false;
+        };
+        let (version, timestamp_ms) =
+            info.map_or((0, 0), |info| (info.version, info.last_timestamp_ms));
+        let balance = chorus_aggregate::Repository::<BankAccount>::new(engine.store())
+            .load(stream)
+            .map_or(0, |loaded| loaded.state.balance);
+        let Ok(body) = serde_json::to_value(BankAccountCommand::Deposit {
+            amount: 1,
+            transfer: None,
+        }) else {
+            return false;
+        };
+        let mut request = command(id, stream, body);
+        request.timestamp_ms = timestamp_ms;
+        let Ok(lie) = chorus_aggregate::domain::encode_event(&BankAccountEvent::Deposited {
+            amount: claimed,
+            balance: balance.saturating_add(claimed),
+            transfer: None,
+        }) else {
+            return false;
+        };
+        let forged = chorus_engine::Proposal::Decided {
+            events: vec![chorus_aggregate::NewEvent {
+                event_id: chorus_aggregate::EventId::for_command(request.command_id, 0),
+                event_type: lie.event_type,
+                event_version: lie.event_version,
+                payload: lie.payload,
+                supersedes: None,
+            }],
+            request,
+            version,
+        };
+        match forged.encode() {
+            Ok(bytes) => self.propose_raw(node, bytes),
+            Err(_) => false,
+        }
+    }
+
     /// Sends a client command to `node`; returns its ticket (index in `submitted`).
     pub fn submit(&mut self, node: usize, request: CommandRequest) -> usize {
         let ticket = self.submitted.len();
@@ -359,15 +414,20 @@ impl ClusterSim {
         let Some(engine) = self.engines[node].as_mut() else {
             return;
         };
+        // The log records first (they hold the own events), then the acknowledgement: the
+        // order a real node must keep, or a crash could lose an event already sent.
+        while let Some(record) = engine.poll_log_record() {
+            self.logs[node].push(record);
+        }
         let mut latest = None;
         while let Some(event) = engine.poll_unpersisted() {
             latest = Some(event.header.index);
         }
         if let Some(index) = latest {
             engine.handle_persisted(index);
-        }
-        while let Some(record) = engine.poll_log_record() {
-            self.logs[node].push(record);
+            while let Some(record) = engine.poll_log_record() {
+                self.logs[node].push(record);
+            }
         }
         let mut sends = Vec::new();
         while let Some(send) = engine.poll_send() {
@@ -426,6 +486,11 @@ impl ClusterSim {
     /// Runs every checker; returns the violations found, each a sentence.
     pub fn check(&self) -> Vec<String> {
         let mut violations = Vec::new();
+        let submitted: std::collections::BTreeSet<CommandId> = self
+            .submitted
+            .iter()
+            .map(|submitted| submitted.request.command_id)
+            .collect();
         for section in self.map().sections() {
             let members = self.members(section);
             let digests: Vec<Option<[u8; 32]>> = members
@@ -443,7 +508,7 @@ impl ClusterSim {
                 ));
             }
             for node in &members {
-                violations.extend(self.check_store(*node, section));
+                violations.extend(self.check_store(*node, section, &submitted));
             }
         }
         for (ticket, submitted) in self.submitted.iter().enumerate() {
@@ -468,9 +533,14 @@ impl ClusterSim {
         violations
     }
 
-    /// One member's store: streams route to its section, accounts never overdrawn, no event
-    /// (so no command) applied twice.
-    fn check_store(&self, node: usize, section: &chorus_routing::Section) -> Vec<String> {
+    /// One member's store: streams route to its section, accounts never overdrawn, only
+    /// submitted commands applied, no event twice.
+    fn check_store(
+        &self,
+        node: usize,
+        section: &chorus_routing::Section,
+        submitted: &std::collections::BTreeSet<CommandId>,
+    ) -> Vec<String> {
         let mut violations = Vec::new();
         let Some(engine) = self.engines[node].as_ref() else {
             violations.push(format!("node {node} is down; its store was not checked"));
@@ -495,7 +565,18 @@ impl ClusterSim {
                         "node {node} holds stream {stream}, which routes to another section"
                     ));
                 }
-                // A command applied twice would append its (derived) event ids twice.
+                // Only commands clients sent may have effects: a forged proposal applied
+                // under a made-up id shows up here even when its events add up.
+                if let Some(command_id) = event.command_id {
+                    if !submitted.contains(&command_id) {
+                        violations.push(format!(
+                            "node {node}: command {command_id}, which no client sent, was applied"
+                        ));
+                    }
+                }
+                // The store refuses a second write of the same event ids; this checks that
+                // invariant of the store, not double application by the engine, which the
+                // command records (one fate per id) prevent.
                 if !event_ids.insert(event.event_id) {
                     violations.push(format!(
                         "node {node}: event {} of command {:?} is in the store twice",
@@ -728,38 +809,20 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
         }
         if now == 1_000 {
             if let Some(node) = forger {
-                let index = plan.gen_range(0..accounts);
-                let stream = account(index)?;
-                let request = command(
-                    &format!("forged{seed}"),
-                    &stream,
-                    serde_json::to_value(BankAccountCommand::Withdraw {
-                        amount: 1_000_000,
-                        transfer: None,
-                    })
-                    .map_err(|error| error.to_string())?,
-                );
-                let lie = chorus_aggregate::domain::encode_event(&BankAccountEvent::Withdrawn {
-                    amount: 1_000_000,
-                    balance: 0,
-                    transfer: None,
-                })
-                .map_err(|error| error.to_string())?;
-                let version = plan.gen_range(1..4);
-                let forged = chorus_engine::Proposal::Decided {
-                    events: vec![chorus_aggregate::NewEvent {
-                        event_id: chorus_aggregate::EventId::for_command(request.command_id, 0),
-                        event_type: lie.event_type,
-                        event_version: lie.event_version,
-                        payload: lie.payload,
-                        supersedes: None,
-                    }],
-                    request,
-                    version,
-                };
-                if let Ok(bytes) = forged.encode() {
-                    sim.propose_raw(node, bytes);
-                    story.push(format!("{now} ms: node {node} proposes a forged overdraft"));
+                // A stream of the forger's own section, so the forgery reaches its section.
+                let own = XorName::from_public_key(&sim.ids[node].0);
+                let target = (0..accounts).find_map(|index| {
+                    let stream = account(index).ok()?;
+                    sim.map()
+                        .section_for_stream(&stream.qualified())
+                        .contains(&own)
+                        .then_some(stream)
+                });
+                if let Some(stream) = target {
+                    let taken = sim.forge_deposit(node, &stream, &format!("forged{seed}"), 1_000);
+                    story.push(format!(
+                        "{now} ms: node {node} proposes a forged deposit on {stream} (vote taken: {taken})"
+                    ));
                 }
             }
         }
@@ -818,6 +881,9 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
         .iter()
         .filter(|submitted| matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))))
         .count();
+    if committed == 0 {
+        violations.push("no command was committed".to_owned());
+    }
     Ok(ClusterOutcome {
         seed,
         story,

@@ -128,6 +128,19 @@ fn decide(
             events,
         } => (request.clone(), Some((*version, events))),
     };
+    // A decision made at another version is stale before anything else is asked of it: the
+    // aggregate must not run on a state the proposal was not decided on, or a refusal it
+    // gives there would be recorded. Versions only grow, so a block stale once is stale
+    // whenever it is applied again (after a restore, or after a storage failure), and its
+    // fate does not depend on when it is applied.
+    if let Some((decided_at, _)) = proposed {
+        let actual = store
+            .stream_info(&request.stream)?
+            .map_or(0, |info| info.version);
+        if actual != decided_at {
+            return Ok(Err(Applied::Stale { decided_at, actual }));
+        }
+    }
     let decision = match registry.decide(store, &request) {
         Ok(decision) => decision,
         Err(error) => return rejection(error),

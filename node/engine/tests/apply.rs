@@ -382,3 +382,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn applying_the_same_blocks_again_gives_every_proposal_the_same_fate() {
+    // What a restored member does: consensus hands out every agreed block again from the
+    // first, and the store already holds their effects.
+    let (_directory, store) = store();
+    let setup = [open("o", "a"), deposit("d", "a", 10)];
+    apply_agreed(&registry(), &store, &setup).expect("apply");
+    // Decided at version 1, agreed at version 2: stale. Then another withdrawal lands.
+    let stale = Proposal::Decided {
+        request: request(
+            "w8",
+            "BankAccount@a",
+            bank(BankAccountCommand::Withdraw {
+                amount: 8,
+                transfer: None,
+            }),
+        ),
+        version: 1,
+        events: Vec::new(),
+    };
+    let sequence = vec![
+        setup[0].clone(),
+        setup[1].clone(),
+        AgreedProposal {
+            timestamp_ms: 4,
+            proposal: stale,
+        },
+        withdraw("w5", "a", 5),
+    ];
+    let first = apply_agreed(&registry(), &store, &sequence[2..]).expect("apply");
+    assert!(
+        matches!(
+            first[0],
+            Applied::Stale {
+                decided_at: 1,
+                actual: 2
+            }
+        ),
+        "{:?}",
+        first[0]
+    );
+    assert!(matches!(first[1], Applied::Appended(_)));
+    // Replayed from the start on a balance of 5, the stale withdrawal of 8 would be refused
+    // if it were decided: it must stay stale, and record nothing.
+    let digest = store.digest().expect("digest");
+    let again = apply_agreed(&registry(), &store, &sequence).expect("apply");
+    assert!(matches!(again[2], Applied::Stale { .. }), "{:?}", again[2]);
+    assert!(matches!(again[3], Applied::Duplicate(_)));
+    assert_eq!(
+        store
+            .command_record(CommandId::derive(&[b"w8"]))
+            .expect("read"),
+        None,
+        "a replay recorded a fate the first apply did not"
+    );
+    assert_eq!(store.digest().expect("digest"), digest);
+}
