@@ -57,6 +57,20 @@ pub struct CommandRequest {
 }
 
 impl CommandRequest {
+    /// A client's command: any expected version, caused and correlated by itself, time set
+    /// when it executes.
+    pub fn new(command_id: CommandId, stream: StreamKey, command: Value) -> Self {
+        Self {
+            command_id,
+            stream,
+            expected: ExpectedVersion::Any,
+            causation_id: command_id.into(),
+            correlation_id: command_id.into(),
+            timestamp_ms: 0,
+            command,
+        }
+    }
+
     /// The `index`-th command a manager named `manager` emits for `event`: caused by the event,
     /// in its correlation, at its timestamp, with an id derived from all three.
     pub fn caused_by(

@@ -682,16 +682,7 @@ fn draw_keys(
 
 /// A command request for the workload: `command` on `stream`, identified by `id`.
 pub fn command(id: &str, stream: &StreamKey, command: serde_json::Value) -> CommandRequest {
-    let command_id = CommandId::derive(&[id.as_bytes()]);
-    CommandRequest {
-        command_id,
-        stream: stream.clone(),
-        expected: chorus_aggregate::ExpectedVersion::Any,
-        causation_id: command_id.into(),
-        correlation_id: command_id.into(),
-        timestamp_ms: 0,
-        command,
-    }
+    CommandRequest::new(CommandId::derive(&[id.as_bytes()]), stream.clone(), command)
 }
 
 /// What one random engine-mode run did and found.

@@ -229,16 +229,11 @@ impl Cluster {
 }
 
 fn request(id: &str, stream: &str, command: serde_json::Value) -> CommandRequest {
-    let command_id = CommandId::derive(&[id.as_bytes()]);
-    CommandRequest {
-        command_id,
-        stream: StreamKey::parse(stream).expect("key"),
-        expected: ExpectedVersion::Any,
-        causation_id: command_id.into(),
-        correlation_id: command_id.into(),
-        timestamp_ms: 0,
+    CommandRequest::new(
+        CommandId::derive(&[id.as_bytes()]),
+        StreamKey::parse(stream).expect("key"),
         command,
-    }
+    )
 }
 
 fn bank(command: BankAccountCommand) -> serde_json::Value {
