@@ -51,6 +51,9 @@ pub enum ProofError {
     /// A voter is not in the member list.
     #[error("voter {0} is not a member")]
     NotAMember(PeerId),
+    /// A vote was cast in another consensus instance (`Config::group`).
+    #[error("the vote by {0} belongs to another consensus group")]
+    WrongGroup(PeerId),
     /// A member appears twice.
     #[error("voter {0} counted twice")]
     DuplicateVoter(PeerId),
@@ -71,9 +74,15 @@ pub enum ProofError {
 }
 
 impl Block {
-    /// Checks the proof against a member list: every vote signed by a distinct member and
-    /// committed in its event, and enough of them for the mode.
-    pub fn verify(&self, members: &[PeerId], mode: BlockMode) -> Result<(), ProofError> {
+    /// Checks the proof against a consensus group and its member list: every vote signed by
+    /// a distinct member, in that group, and committed in its event, and enough of them for
+    /// the mode.
+    pub fn verify(
+        &self,
+        group: &[u8; 32],
+        members: &[PeerId],
+        mode: BlockMode,
+    ) -> Result<(), ProofError> {
         if self.observation.hash() != self.observation_hash {
             return Err(ProofError::ObservationMismatch);
         }
@@ -82,6 +91,9 @@ impl Block {
             let voter = vote.event.header.creator;
             if !members.contains(&voter) {
                 return Err(ProofError::NotAMember(voter));
+            }
+            if vote.event.header.group != *group {
+                return Err(ProofError::WrongGroup(voter));
             }
             if voters.contains(&voter) {
                 return Err(ProofError::DuplicateVoter(voter));

@@ -62,6 +62,12 @@ pub struct Config {
     /// (`Consensus::poll_log_record`), for a durable log that `Consensus::restore` replays
     /// after a crash. Off by default: it keeps a reference to every event until drained.
     pub log_records: bool,
+    /// The consensus instance this member takes part in, signed into every event header
+    /// (`EventHeader::group`): events, block proofs and fork evidence of one instance are
+    /// never valid in another, even between the same members with the same keys (the engine
+    /// runs a new instance per section generation; an old first event replayed into a new
+    /// instance would otherwise look like a fork by its honest creator).
+    pub group: [u8; 32],
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             pending_observations_per_member_max: 200_000,
             output_queue_max: 100_000,
             log_records: false,
+            group: [0; 32],
         }
     }
 }

@@ -698,6 +698,9 @@ impl Consensus {
             .member_index
             .get(&event.header.creator)
             .ok_or(EventError::NotAMember(event.header.creator))?;
+        if event.header.group != self.config.group {
+            return Err(EventError::WrongGroup(hash));
+        }
         let body = event.check_body_hashed(hash)?;
         Ok(Some((creator, body)))
     }
@@ -807,6 +810,7 @@ impl Consensus {
         };
         let other_parent_hash = other_parent.map(|slot| self.graph.get(slot).hash);
         let (event, body) = SignedEvent::create_hashed(
+            self.config.group,
             &self.key,
             index,
             self_parent_hash,

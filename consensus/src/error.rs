@@ -39,6 +39,9 @@ pub enum EventError {
     /// The signature does not match the event's hash and creator.
     #[error("bad signature on event {0}")]
     BadSignature(EventHash),
+    /// The event belongs to another consensus instance (`Config::group`).
+    #[error("event {0} belongs to another consensus group")]
+    WrongGroup(EventHash),
     /// A parent is not in the graph (it may arrive later, or never existed).
     #[error("event {event} names unknown parent {parent}")]
     UnknownParent {

@@ -84,6 +84,8 @@ impl Vote {
 /// a header with its signature is a compact, checkable statement of what its creator voted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventHeader {
+    /// The consensus instance (`Config::group`) the event belongs to.
+    pub group: [u8; 32],
     /// Member that created and signed the event.
     pub creator: PeerId,
     /// Position in the creator's chain: 0 for the first event, self-parent's index + 1 after.
@@ -156,7 +158,8 @@ pub struct CheckedBody {
 }
 
 impl SignedEvent {
-    /// Creates and signs an event. `votes` must respect the limits (our own input).
+    /// Creates and signs an event of the default group (`Config::default().group`).
+    /// `votes` must respect the limits (our own input).
     pub fn create(
         key: &SigningKey,
         index: u64,
@@ -167,6 +170,7 @@ impl SignedEvent {
     ) -> (Self, CheckedBody) {
         let hashes = votes.iter().map(Vote::observation_hash).collect();
         Self::create_hashed(
+            [0; 32],
             key,
             index,
             self_parent,
@@ -179,7 +183,10 @@ impl SignedEvent {
 
     /// `create` with the votes' observation hashes already computed (`hashes[i]` is the hash
     /// of `votes[i]`'s observation), to avoid hashing payloads twice.
+    // One argument per header field the caller decides; a builder would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_hashed(
+        group: [u8; 32],
         key: &SigningKey,
         index: u64,
         self_parent: Option<EventHash>,
@@ -191,6 +198,7 @@ impl SignedEvent {
         debug_assert_eq!(votes.len(), hashes.len());
         let votes_tree = Tree::build(hashes.into_iter().map(|hash| hash.0).collect());
         let header = EventHeader {
+            group,
             creator: PeerId(key.verifying_key().to_bytes()),
             index,
             self_parent,
@@ -221,9 +229,9 @@ impl SignedEvent {
     }
 
     /// Upper bound of the encoded size of everything but the votes. Fixed-width bincode:
-    /// creator, index, two optional parents (tag + hash), time, vote count, two roots; the
+    /// group, creator, index, two optional parents (tag + hash), time, vote count, two roots; the
     /// signature as length-prefixed bytes; the length of the vote list.
-    pub const ENCODED_OVERHEAD_MAX: usize = 32 + 8 + 33 + 33 + 8 + 4 + 32 + 32 + (8 + 64) + 8;
+    pub const ENCODED_OVERHEAD_MAX: usize = 32 + 32 + 8 + 33 + 33 + 8 + 4 + 32 + 32 + (8 + 64) + 8;
 
     /// Upper bound of the encoded size of one vote (enum tags are 4 bytes, lengths 8).
     pub fn vote_encoded_len_max(vote: &Vote) -> usize {

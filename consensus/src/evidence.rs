@@ -52,8 +52,11 @@ impl ForkEvidence {
     pub fn verify(&self) -> Result<PeerId, EvidenceError> {
         let first = self.first.verify()?;
         let second = self.second.verify()?;
+        // Two instances (groups) have separate chains: events at one index in two groups
+        // are no fork.
         let same_slot = self.first.header.creator == self.second.header.creator
-            && self.first.header.index == self.second.header.index;
+            && self.first.header.index == self.second.header.index
+            && self.first.header.group == self.second.header.group;
         if !same_slot || first == second {
             return Err(EvidenceError::NotAFork);
         }

@@ -34,7 +34,7 @@ fn check_outcome(outcome: &Outcome, mode: BlockMode) {
         );
         for block in &cluster.blocks[member] {
             block
-                .verify(cluster.nodes[member].members(), mode)
+                .verify(&[0; 32], cluster.nodes[member].members(), mode)
                 .expect("block proof verifies");
         }
         // Every honest proposal (echoed by every honest member in Supermajority mode, voted

@@ -1206,3 +1206,33 @@ fn sha512(message: &[u8]) -> [u8; 64] {
     }
     out
 }
+
+#[test]
+fn an_event_of_another_group_is_rejected_and_is_no_fork() {
+    // Proves: an event signed by a member for another consensus instance (another
+    // `Config::group`, as an old generation of a section is) is WrongGroup and never enters
+    // the graph, and two first events of one member in two groups are not fork evidence.
+    let mut fixture = Fixture::new(&Config::default());
+    let before = snapshot(fixture.receiver());
+    let elsewhere = resign(
+        fixture.next_event(1, Vec::new()),
+        &fixture.keys[1],
+        |event| event.header.group = [7; 32],
+    );
+    let hash = elsewhere.header.hash();
+    fixture.assert_rejected(elsewhere, EventError::WrongGroup(hash));
+    assert_eq!(snapshot(fixture.receiver()), before, "state unchanged");
+
+    let genesis_here = SignedEvent::create(&fixture.keys[1], 0, None, None, START_MS, Vec::new()).0;
+    let genesis_there = resign(genesis_here.clone(), &fixture.keys[1], |event| {
+        event.header.group = [7; 32];
+    });
+    let evidence = chorus_consensus::ForkEvidence {
+        first: genesis_here.signed_header(),
+        second: genesis_there.signed_header(),
+    };
+    assert!(
+        evidence.verify().is_err(),
+        "events in two groups are not a fork"
+    );
+}

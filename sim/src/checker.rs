@@ -143,7 +143,7 @@ impl Checker {
             }
             return;
         }
-        if let Err(error) = block.verify(&self.members, self.mode) {
+        if let Err(error) = block.verify(&[0; 32], &self.members, self.mode) {
             self.report(
                 ViolationKind::Validity,
                 node,

@@ -51,6 +51,8 @@ pub struct ClusterSetup {
     pub gossip_interval_ms: u64,
     /// The network.
     pub network: NetworkConfig,
+    /// Nodes that can join later ([`ClusterSim::add_node`]); the network is sized for them.
+    pub spare_nodes: usize,
 }
 
 impl Default for ClusterSetup {
@@ -62,6 +64,7 @@ impl Default for ClusterSetup {
             block_mode: BlockMode::Supermajority,
             gossip_interval_ms: 20,
             network: NetworkConfig::default(),
+            spare_nodes: 0,
         }
     }
 }
@@ -95,9 +98,14 @@ pub struct ClusterSim {
     engines: Vec<Option<Engine>>,
     keys: Vec<SigningKey>,
     map: SectionMap,
-    /// Each node's durable consensus replay log (own events are acknowledged at once, so
-    /// every record is durable when drained).
-    logs: Vec<Vec<chorus_consensus::LogRecord>>,
+    /// Each node's durable consensus replay log, by generation (own events are acknowledged
+    /// at once, so every record is durable when drained).
+    logs: Vec<Vec<(u64, chorus_consensus::LogRecord)>>,
+    /// Per node, the prefix of its first section: every stream it ever held is under it
+    /// (sections only split, and a joiner receives only its section's streams). `None` for a
+    /// joiner not admitted yet.
+    origins: Vec<Option<chorus_routing::Prefix>>,
+    key_rng: ChaCha8Rng,
     ids: Vec<PeerId>,
     network: Network,
     network_rng: ChaCha8Rng,
@@ -151,13 +159,26 @@ impl ClusterSim {
             .map(|key| PeerId(key.verifying_key().to_bytes()))
             .collect();
         let logs = vec![Vec::new(); keys.len()];
-        let network = Network::new(setup.network.clone(), setup.nodes, &mut network_rng);
+        let network = Network::new(
+            setup.network.clone(),
+            setup.nodes + setup.spare_nodes,
+            &mut network_rng,
+        );
+        let origins = keys
+            .iter()
+            .map(|key| {
+                map.section_of_member(&XorName::from_public_key(&key.verifying_key().to_bytes()))
+                    .map(|section| section.prefix())
+            })
+            .collect();
         let mut sim = Self {
             setup,
             engines,
             keys,
             map,
             logs,
+            origins,
+            key_rng,
             ids,
             network,
             network_rng,
@@ -178,9 +199,69 @@ impl ClusterSim {
         Ok(sim)
     }
 
-    /// The section map (the same on every node).
-    pub fn map(&self) -> &SectionMap {
-        &self.map
+    /// The section map as it is now: the map of every node some running engine counts as a
+    /// member of its section (the map is a function of the member set).
+    pub fn map(&self) -> SectionMap {
+        let mut members: Vec<[u8; 32]> = self
+            .engines
+            .iter()
+            .flatten()
+            .flat_map(|engine| engine.section().members.iter().map(|id| id.0))
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        if members.is_empty() {
+            return self.map.clone();
+        }
+        SectionMap::with_members(self.map.section_size_min(), &members)
+    }
+
+    /// Draws a key for a node that may join later and returns it (not yet started).
+    pub fn draw_key(&mut self) -> SigningKey {
+        let mut secret = [0u8; 32];
+        self.key_rng.fill_bytes(&mut secret);
+        SigningKey::from_bytes(&secret)
+    }
+
+    /// Starts a node with `key` that joins the running network (`Engine::join`, with the map
+    /// as it was at the start: a joiner need not know the current one). Returns its index.
+    pub fn add_node(&mut self, key: SigningKey) -> Result<usize, String> {
+        let node = self.engines.len();
+        if node >= self.setup.nodes + self.setup.spare_nodes {
+            return Err(format!(
+                "no spare node left (the network was sized for {} spare)",
+                self.setup.spare_nodes
+            ));
+        }
+        let store = open_store(self._directory.path(), node)?;
+        let engine = Engine::join(
+            engine_config(&self.setup),
+            key.clone(),
+            self.map.clone(),
+            registry(),
+            store,
+            self.now_ms,
+        )
+        .map_err(|error| error.to_string())?;
+        self.ids.push(PeerId(key.verifying_key().to_bytes()));
+        self.keys.push(key);
+        self.engines.push(Some(engine));
+        self.logs.push(Vec::new());
+        self.origins.push(None);
+        let offset = self
+            .gossip_rng
+            .gen_range(0..self.setup.gossip_interval_ms.max(1));
+        self.schedule(offset, Item::Tick(node));
+        self.collect(node);
+        Ok(node)
+    }
+
+    /// `node` asks its section to let it leave (`Engine::leave`).
+    pub fn leave(&mut self, node: usize) {
+        if let Some(engine) = self.engines[node].as_mut() {
+            engine.leave(self.now_ms);
+            self.collect(node);
+        }
     }
 
     /// Virtual time now.
@@ -420,14 +501,17 @@ impl ClusterSim {
             self.logs[node].push(record);
         }
         let mut latest = None;
-        while let Some(event) = engine.poll_unpersisted() {
-            latest = Some(event.header.index);
+        while let Some((generation, event)) = engine.poll_unpersisted() {
+            latest = Some((generation, event.header.index));
         }
-        if let Some(index) = latest {
-            engine.handle_persisted(index);
+        if let Some((generation, index)) = latest {
+            engine.handle_persisted(generation, index);
             while let Some(record) = engine.poll_log_record() {
                 self.logs[node].push(record);
             }
+        }
+        if self.origins[node].is_none() && engine.is_active_member() {
+            self.origins[node] = Some(engine.section().prefix);
         }
         let mut sends = Vec::new();
         while let Some(send) = engine.poll_send() {
@@ -462,24 +546,44 @@ impl ClusterSim {
         }
     }
 
-    fn members(&self, section: &chorus_routing::Section) -> Vec<usize> {
+    /// The running nodes that are active members of the section with `prefix`.
+    fn members(&self, prefix: &chorus_routing::Prefix) -> Vec<usize> {
+        (0..self.engines.len())
+            .filter(|node| {
+                self.engines[*node].as_ref().is_some_and(|engine| {
+                    engine.is_active_member() && engine.section().prefix == *prefix
+                })
+            })
+            .collect()
+    }
+
+    /// The nodes the current map counts as members of the section with `prefix`, running or
+    /// not.
+    fn listed_members(&self, section: &chorus_routing::Section) -> Vec<usize> {
         (0..self.engines.len())
             .filter(|node| section.contains(&XorName::from_public_key(&self.ids[*node].0)))
             .collect()
     }
 
+    fn section_digest(&self, node: usize, prefix: &chorus_routing::Prefix) -> Option<[u8; 32]> {
+        self.engines[node].as_ref().and_then(|engine| {
+            chorus_engine::membership::store_section_digest(engine.store(), prefix).ok()
+        })
+    }
+
     fn stores_agree(&self) -> bool {
-        self.map().sections().all(|section| {
-            let digests: Vec<Option<[u8; 32]>> = self
-                .members(section)
-                .into_iter()
-                .map(|node| {
-                    self.engines[node]
-                        .as_ref()
-                        .and_then(|engine| engine.store().digest().ok())
-                })
+        let map = self.map();
+        map.sections().all(|section| {
+            let listed = self.listed_members(section);
+            let active = self.members(&section.prefix());
+            let digests: Vec<Option<[u8; 32]>> = listed
+                .iter()
+                .map(|node| self.section_digest(*node, &section.prefix()))
                 .collect();
-            digests.windows(2).all(|pair| pair[0] == pair[1])
+            listed
+                .iter()
+                .all(|node| self.engines[*node].is_none() || active.contains(node))
+                && digests.windows(2).all(|pair| pair[0] == pair[1])
         })
     }
 
@@ -491,34 +595,50 @@ impl ClusterSim {
             .iter()
             .map(|submitted| submitted.request.command_id)
             .collect();
-        for section in self.map().sections() {
-            let members = self.members(section);
+        let map = self.map();
+        if let Err(error) = map.check() {
+            violations.push(format!("the section map breaks an invariant: {error}"));
+        }
+        for section in map.sections() {
+            let prefix = section.prefix();
+            let members = self.listed_members(section);
+            let mut views = std::collections::BTreeSet::new();
+            for node in &members {
+                let Some(engine) = self.engines[*node].as_ref() else {
+                    continue;
+                };
+                if !engine.is_active_member() || engine.section().prefix != prefix {
+                    violations.push(format!(
+                        "node {node} is listed in section {prefix} but is not active in it"
+                    ));
+                }
+                let state = engine.section();
+                views.insert((state.generation, state.prefix, state.members.clone()));
+            }
+            if views.len() > 1 {
+                violations.push(format!(
+                    "the members of section {prefix} disagree on its generation or members"
+                ));
+            }
             let digests: Vec<Option<[u8; 32]>> = members
                 .iter()
-                .map(|node| {
-                    self.engines[*node]
-                        .as_ref()
-                        .and_then(|engine| engine.store().digest().ok())
-                })
+                .map(|node| self.section_digest(*node, &prefix))
                 .collect();
             if !digests.windows(2).all(|pair| pair[0] == pair[1]) {
                 violations.push(format!(
-                    "the members of section {:?} hold different stores",
-                    section.prefix().to_string()
+                    "the members of section {prefix} hold different stores"
                 ));
             }
             for node in &members {
-                violations.extend(self.check_store(*node, section, &submitted));
+                violations.extend(self.check_store(*node, &submitted));
             }
         }
         for (ticket, submitted) in self.submitted.iter().enumerate() {
             let Some((CommandOutcome::Committed(_), _)) = &submitted.answer else {
                 continue;
             };
-            let section = self
-                .map()
-                .section_for_stream(&submitted.request.stream.qualified());
-            for node in self.members(section) {
+            let section = map.section_for_stream(&submitted.request.stream.qualified());
+            for node in self.listed_members(section) {
                 let Some(engine) = self.engines[node].as_ref() else {
                     continue;
                 };
@@ -538,7 +658,6 @@ impl ClusterSim {
     fn check_store(
         &self,
         node: usize,
-        section: &chorus_routing::Section,
         submitted: &std::collections::BTreeSet<CommandId>,
     ) -> Vec<String> {
         let mut violations = Vec::new();
@@ -560,9 +679,11 @@ impl ClusterSim {
             };
             for event in &slice.events {
                 let stream = event.stream.qualified();
-                if !section.prefix().matches(&XorName::from_stream_key(&stream)) {
+                let origin = self.origins[node];
+                if !origin.is_some_and(|origin| origin.matches(&XorName::from_stream_key(&stream)))
+                {
                     violations.push(format!(
-                        "node {node} holds stream {stream}, which routes to another section"
+                        "node {node} holds stream {stream}, which never routed to its section"
                     ));
                 }
                 // Only commands clients sent may have effects: a forged proposal applied

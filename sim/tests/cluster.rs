@@ -107,6 +107,7 @@ fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
                 reorder_probability: 0.1,
                 ..NetworkConfig::default()
             },
+            spare_nodes: 0,
         };
         let mut sim = ClusterSim::new(seed, setup).expect("cluster");
         assert!(
@@ -291,5 +292,287 @@ fn a_member_that_crashes_under_load_restores_and_loses_nothing() {
         );
         sim.settle(30_000);
         assert_clean(&sim);
+    }
+}
+
+/// Whether every running engine that counts itself a member of its section is active and
+/// agrees with its section's other members.
+fn membership_settled(sim: &ClusterSim) -> bool {
+    let map = sim.map();
+    (0..sim.node_count()).all(|node| {
+        let engine = sim.engine(node);
+        let state = engine.section();
+        state.members.is_empty()
+            || (engine.is_active_member()
+                && map
+                    .section(&state.prefix)
+                    .is_some_and(|section| section.len() == state.members.len()))
+    })
+}
+
+/// Runs until `done` holds (checked every 50 virtual ms), at most `limit_ms`.
+fn run_until(sim: &mut ClusterSim, limit_ms: u64, done: impl Fn(&ClusterSim) -> bool) -> bool {
+    let deadline = sim.now_ms() + limit_ms;
+    while sim.now_ms() < deadline {
+        if done(sim) {
+            return true;
+        }
+        sim.run_for(50);
+    }
+    done(sim)
+}
+
+#[test]
+fn a_member_leaves_and_a_new_node_joins_under_load_and_catches_up_by_state_transfer() {
+    for (seed, block_mode) in [(21, BlockMode::Supermajority), (22, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 5,
+            sections: None,
+            section_size_min: 4,
+            block_mode,
+            spare_nodes: 1,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        assert_eq!(
+            sim.map().section_count(),
+            1,
+            "seed {seed}: one section of five"
+        );
+        open_accounts(&mut sim, 4);
+        load(&mut sim, 4, 2, "before");
+
+        // A member leaves while commands flow.
+        sim.leave(4);
+        load(&mut sim, 4, 2, "leaving");
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim
+                .engine(4)
+                .section()
+                .members
+                .is_empty()
+                && membership_settled(sim)),
+            "seed {seed}: the leave was not agreed"
+        );
+        assert_eq!(
+            sim.engine(0).section().members.len(),
+            4,
+            "seed {seed}: four members remain"
+        );
+        assert_eq!(sim.engine(0).section().generation, 1, "seed {seed}");
+
+        // A new node joins while commands flow, and must catch up on everything before it.
+        let key = sim.draw_key();
+        let joiner = sim.add_node(key).expect("a spare node");
+        load(&mut sim, 4, 3, "joining");
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim
+                .engine(joiner)
+                .is_active_member()
+                && membership_settled(sim)),
+            "seed {seed}: the joiner was not admitted and caught up"
+        );
+        assert_eq!(sim.engine(0).section().generation, 2, "seed {seed}");
+        load(&mut sim, 4, 2, "after");
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+        // The joiner holds what was committed before it joined (transferred, not replayed).
+        let first = sim
+            .submitted()
+            .iter()
+            .find(|submitted| matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))))
+            .expect("something committed");
+        let record = sim
+            .engine(joiner)
+            .store()
+            .command_record(first.request.command_id)
+            .expect("store reads");
+        assert!(
+            matches!(record, Some(chorus_aggregate::CommandRecord::Appended(_))),
+            "seed {seed}: the joiner lacks a command committed before it joined"
+        );
+        // The leaver is out of the map and nothing routes to it.
+        let leaver = chorus_routing::XorName::from_public_key(&sim.engine(4).id().0);
+        assert!(
+            sim.map().section_of_member(&leaver).is_none(),
+            "seed {seed}"
+        );
+
+        // A member restarts in the third generation: from its saved section state and that
+        // generation's replay log.
+        sim.crash(1);
+        load(&mut sim, 4, 2, "crashed");
+        sim.restart(1).expect("restart");
+        assert_eq!(sim.engine(1).section().generation, 2, "seed {seed}");
+        load(&mut sim, 4, 2, "restarted");
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered after the restart"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+    }
+}
+
+/// A seed whose `nodes` free keys form one section that one more node can split.
+fn splittable(seed_from: u64, block_mode: BlockMode) -> (ClusterSim, ed25519_dalek::SigningKey) {
+    for seed in seed_from..seed_from + 200 {
+        let setup = ClusterSetup {
+            nodes: 7,
+            sections: None,
+            section_size_min: 4,
+            block_mode,
+            spare_nodes: 1,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        if sim.map().section_count() != 1 {
+            continue;
+        }
+        for _ in 0..20 {
+            let key = sim.draw_key();
+            let mut map = sim.map();
+            map.add_member(key.verifying_key().to_bytes());
+            if map.section_count() == 2 {
+                return (sim, key);
+            }
+        }
+    }
+    panic!("no splittable cluster near seed {seed_from}");
+}
+
+#[test]
+fn a_section_splits_under_load_and_streams_move_with_their_addresses() {
+    for (seed, block_mode) in [(31, BlockMode::Supermajority), (41, BlockMode::Single)] {
+        let (mut sim, key) = splittable(seed * 1_000, block_mode);
+        let accounts = 12;
+        open_accounts(&mut sim, accounts);
+        load(&mut sim, accounts, 2, "before");
+        let joiner = sim.add_node(key).expect("a spare node");
+        load(&mut sim, accounts, 4, "splitting");
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim
+                .engine(joiner)
+                .is_active_member()
+                && membership_settled(sim)),
+            "seed {seed}: the split did not settle"
+        );
+        let map = sim.map();
+        assert_eq!(map.section_count(), 2, "seed {seed}: two halves");
+        assert!(map.sections().all(|section| section.len() >= 4));
+        for node in 0..sim.node_count() {
+            let state = sim.engine(node).section();
+            assert_eq!(
+                state.prefix.len(),
+                1,
+                "seed {seed}: node {node} is in a half"
+            );
+            assert_eq!(state.generation, 1, "seed {seed}: node {node}");
+        }
+        // After the split, commands go everywhere, including across the new boundary.
+        load(&mut sim, accounts, 3, "after");
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+        // Every half committed commands after the split, some of them sent to the other half.
+        let tail = &sim.submitted()[sim.submitted().len() - accounts * 3..];
+        for section in map.sections() {
+            let prefix = section.prefix();
+            let committed_here = tail.iter().filter(|submitted| {
+                prefix.matches(&chorus_routing::XorName::from_stream_key(
+                    &submitted.request.stream.qualified(),
+                )) && matches!(submitted.answer, Some((CommandOutcome::Committed(_), _)))
+            });
+            let across = committed_here
+                .clone()
+                .filter(|submitted| {
+                    !section.contains(&chorus_routing::XorName::from_public_key(
+                        &sim.engine(submitted.node).id().0,
+                    ))
+                })
+                .count();
+            assert!(
+                committed_here.count() > 0 && across > 0,
+                "seed {seed}: section {prefix} committed nothing after the split, or nothing sent from the other half"
+            );
+        }
+    }
+}
+
+#[test]
+fn concurrent_commands_on_one_stream_apply_exactly_once_in_one_order() {
+    for (seed, block_mode) in [(51, BlockMode::Supermajority), (52, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 8,
+            sections: Some(2),
+            block_mode,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        open_accounts(&mut sim, 1);
+        // Every node sends three deposits to the same account at the same instant.
+        let deposits = 3 * sim.node_count();
+        for index in 0..deposits {
+            let body = bank(BankAccountCommand::Deposit {
+                amount: index as u64 + 1,
+                transfer: None,
+            });
+            sim.submit(
+                index % sim.node_count(),
+                command(&format!("d{index}"), &account(0), body),
+            );
+        }
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+        let committed = sim
+            .submitted()
+            .iter()
+            .filter(|submitted| matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))))
+            .count();
+        assert_eq!(
+            committed,
+            deposits + 1,
+            "seed {seed}: every command committed"
+        );
+        // One order everywhere (the checkers compared the stores); exactly once: the stream
+        // holds the opening and one event per deposit, and the balance is their sum.
+        let section = sim
+            .map()
+            .section_for_stream(&account(0).qualified())
+            .clone();
+        for member in section.member_keys() {
+            let node = (0..sim.node_count())
+                .find(|node| sim.engine(*node).id().0 == member)
+                .expect("a member");
+            let store = sim.engine(node).store();
+            let info = store
+                .stream_info(&account(0))
+                .expect("reads")
+                .expect("the account exists");
+            assert_eq!(
+                info.version,
+                deposits as u64 + 1,
+                "seed {seed}: node {node}"
+            );
+            let state = chorus_aggregate::Repository::<
+                chorus_aggregate::examples::bank_account::BankAccount,
+            >::new(store)
+            .load(&account(0))
+            .expect("loads")
+            .state;
+            let sum: u64 = (1..=deposits as u64).sum();
+            assert_eq!(state.balance, sum, "seed {seed}: node {node}");
+        }
     }
 }

@@ -202,6 +202,11 @@ impl EventStore {
         self.view()?.read_snapshot(stream)
     }
 
+    /// [`ReadView::refusals`] on a fresh view.
+    pub fn refusals(&self) -> Result<Vec<(CommandId, StreamKey, String)>, StoreError> {
+        self.view()?.refusals()
+    }
+
     /// [`ReadView::load_checkpoint`] on a fresh view.
     pub fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.view()?.load_checkpoint(name)
@@ -561,6 +566,23 @@ impl ReadView {
         let snapshot: SnapshotRecord = decode_record("snapshot", guard.value())?;
         let fits = snapshot.epoch == record.epoch && snapshot.version <= record.version;
         Ok(fits.then_some(snapshot))
+    }
+
+    /// Every recorded refusal (command id, stream, reason), in command-id order. Scans the
+    /// whole command index (one entry per command ever executed): for state transfer, which
+    /// is rare, not for a hot path.
+    pub fn refusals(&self) -> Result<Vec<(CommandId, StreamKey, String)>, StoreError> {
+        let commands = self.transaction.open_table(COMMANDS)?;
+        let mut refusals = Vec::new();
+        for entry in commands.iter()? {
+            let (key, value) = entry?;
+            if let CommandRecord::Refused { stream, reason } =
+                decode_record::<CommandRecord>("command", value.value())?
+            {
+                refusals.push((CommandId(key.value()), stream, reason));
+            }
+        }
+        Ok(refusals)
     }
 
     /// A subscriber's checkpoint record, if one was saved.

@@ -183,6 +183,18 @@ impl EventStore {
         Ok(())
     }
 
+    /// Saves a checkpoint record durably (one fsync), for state that must survive a crash
+    /// exactly, such as the engine's section membership. Read it with `load_checkpoint`.
+    pub fn save_checkpoint_durable(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
+        let transaction = self.database.begin_write()?;
+        {
+            let mut checkpoints = transaction.open_table(CHECKPOINTS)?;
+            checkpoints.insert(name, record)?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
     /// Appends one system event at the stream's current version, checked against `expected`
     /// in the same write transaction (so two changes racing for one version are ordered: the
     /// second sees the first's version). The event id names the stream, the version it

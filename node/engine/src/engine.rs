@@ -21,24 +21,29 @@
 //! 5. Once a block's batch is durable, the node answers the clients and forwarding members
 //!    that wait for its commands.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chorus_aggregate::{
-    AggregateRegistry, AppendOutcome, CommandId, CommandRecord, CommandRequest, DispatchError,
-    EventStore, StoreError,
+    AggregateRegistry, AppendBatch, AppendOutcome, CommandId, CommandRecord, CommandRequest,
+    DispatchError, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError,
 };
 use chorus_consensus::codec::{decode_message, encode_message};
 use chorus_consensus::{
     Block, BlockMode, Config, Consensus, LogRecord, Observation, ObservationHash, PeerId,
-    SignedEvent, SyncRequest, SyncResponse,
+    SignedEvent, SyncRequest, SyncResponse, faulty_max,
 };
-use chorus_routing::{SectionMap, XorName};
+use chorus_routing::{Prefix, SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::apply::{AgreedProposal, Applied, apply_agreed};
+use crate::membership::{
+    HANDOVERS_MAX, Handover, MemberChange, MembershipProposal, Refusal, SectionState,
+    TransferTarget, Welcome, change_allowed, group_id, name_of, section_after, section_digest,
+    section_events, section_refusals, sort_members,
+};
 use crate::proposal::Proposal;
 
 /// Commands waiting for an answer at one node (its own clients' and forwarded ones).
@@ -77,10 +82,21 @@ pub enum CommandOutcome {
 /// A message between engines.
 #[derive(Clone, Debug)]
 pub enum Message {
-    /// Consensus gossip: "here is what I know, send me what I lack".
-    SyncRequest(SyncRequest),
+    /// Consensus gossip of one generation of the section: "here is what I know, send me what
+    /// I lack".
+    SyncRequest {
+        /// The generation (consensus instance) it is for.
+        generation: u64,
+        /// The request.
+        request: SyncRequest,
+    },
     /// Consensus gossip: the events the requester lacks.
-    SyncResponse(SyncResponse),
+    SyncResponse {
+        /// The generation it is for.
+        generation: u64,
+        /// The response.
+        response: SyncResponse,
+    },
     /// A command for a stream the receiver's section is responsible for.
     Forward(CommandRequest),
     /// The answer to a forwarded command.
@@ -90,17 +106,77 @@ pub enum Message {
         /// What became of it.
         outcome: CommandOutcome,
     },
+    /// A node asks the section covering its name to admit it.
+    JoinRequest,
+    /// A member asks its section to let it leave.
+    LeaveRequest,
+    /// A member tells a joiner it was admitted, and the state it starts from.
+    Welcome(Welcome),
+    /// A joiner asks a member for the section state of its welcome, from a position of the
+    /// member's store on.
+    TransferRequest {
+        /// The generation the joiner was welcomed to.
+        generation: u64,
+        /// The member's store position to continue from (1 at first).
+        from: u64,
+    },
+    /// Part of a section state, answering a `TransferRequest`.
+    TransferChunk(TransferChunk),
+    /// A section tells other sections' nodes that its members changed (routing only; believed
+    /// once `f + 1` of its members said the same).
+    SectionUpdate {
+        /// The section's prefix before the change.
+        prefix: Prefix,
+        /// The generation the change started.
+        generation: u64,
+        /// The change.
+        change: MemberChange,
+    },
+}
+
+/// Part of the section state a joiner fetches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferChunk {
+    /// The generation the joiner was welcomed to.
+    pub generation: u64,
+    /// The position this chunk starts at (the request's `from`).
+    pub from: u64,
+    /// The section's events from there, in the member's store order.
+    pub events: Vec<RecordedEvent>,
+    /// The section's refusals (in the first chunk only).
+    pub refusals: Vec<Refusal>,
+    /// Where the next chunk starts; `None` in the last.
+    pub next: Option<u64>,
 }
 
 const TAG_SYNC_REQUEST: u8 = 1;
 const TAG_SYNC_RESPONSE: u8 = 2;
 const TAG_FORWARD: u8 = 3;
 const TAG_OUTCOME: u8 = 4;
+const TAG_JOIN_REQUEST: u8 = 5;
+const TAG_LEAVE_REQUEST: u8 = 6;
+const TAG_WELCOME: u8 = 7;
+const TAG_TRANSFER_REQUEST: u8 = 8;
+const TAG_TRANSFER_CHUNK: u8 = 9;
+const TAG_SECTION_UPDATE: u8 = 10;
 
 #[derive(Serialize, Deserialize)]
 struct OutcomeMessage {
     command_id: CommandId,
     outcome: CommandOutcome,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TransferRequestMessage {
+    generation: u64,
+    from: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SectionUpdateMessage {
+    prefix: Prefix,
+    generation: u64,
+    change: MemberChange,
 }
 
 /// A message that does not decode.
@@ -118,36 +194,66 @@ pub enum MessageError {
 }
 
 impl Message {
-    /// Encodes: a tag byte, then the consensus wire codec for gossip, JSON otherwise.
+    /// Encodes: a tag byte, then for gossip the generation (8 bytes, little-endian) and the
+    /// consensus wire codec, JSON otherwise.
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
         let malformed = |error: &dyn std::fmt::Display| MessageError::Malformed(error.to_string());
+        let json = |value: &dyn erased::Json| value.to_json().map_err(|e| malformed(&e));
         let (tag, body) = match self {
-            Self::SyncRequest(request) => (
-                TAG_SYNC_REQUEST,
-                encode_message(request).map_err(|e| malformed(&e))?,
-            ),
-            Self::SyncResponse(response) => (
-                TAG_SYNC_RESPONSE,
-                encode_message(response).map_err(|e| malformed(&e))?,
-            ),
-            Self::Forward(request) => (
-                TAG_FORWARD,
-                serde_json::to_vec(request).map_err(|e| malformed(&e))?,
-            ),
+            Self::SyncRequest {
+                generation,
+                request,
+            } => {
+                let mut body = generation.to_le_bytes().to_vec();
+                body.extend(encode_message(request).map_err(|e| malformed(&e))?);
+                (TAG_SYNC_REQUEST, body)
+            }
+            Self::SyncResponse {
+                generation,
+                response,
+            } => {
+                let mut body = generation.to_le_bytes().to_vec();
+                body.extend(encode_message(response).map_err(|e| malformed(&e))?);
+                (TAG_SYNC_RESPONSE, body)
+            }
+            Self::Forward(request) => (TAG_FORWARD, json(request)?),
             Self::Outcome {
                 command_id,
                 outcome,
-            } => {
-                let message = OutcomeMessage {
+            } => (
+                TAG_OUTCOME,
+                json(&OutcomeMessage {
                     command_id: *command_id,
                     outcome: outcome.clone(),
-                };
-                (
-                    TAG_OUTCOME,
-                    serde_json::to_vec(&message).map_err(|e| malformed(&e))?,
-                )
-            }
+                })?,
+            ),
+            Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
+            Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
+            Self::Welcome(welcome) => (TAG_WELCOME, json(welcome)?),
+            Self::TransferRequest { generation, from } => (
+                TAG_TRANSFER_REQUEST,
+                json(&TransferRequestMessage {
+                    generation: *generation,
+                    from: *from,
+                })?,
+            ),
+            Self::TransferChunk(chunk) => (TAG_TRANSFER_CHUNK, json(chunk)?),
+            Self::SectionUpdate {
+                prefix,
+                generation,
+                change,
+            } => (
+                TAG_SECTION_UPDATE,
+                json(&SectionUpdateMessage {
+                    prefix: *prefix,
+                    generation: *generation,
+                    change: *change,
+                })?,
+            ),
         };
+        if tag != TAG_SYNC_REQUEST && tag != TAG_SYNC_RESPONSE && body.len() >= MESSAGE_BYTES_MAX {
+            return Err(MessageError::TooLarge(body.len() + 1));
+        }
         let mut bytes = Vec::with_capacity(body.len() + 1);
         bytes.push(tag);
         bytes.extend_from_slice(&body);
@@ -158,16 +264,36 @@ impl Message {
     pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
         let malformed = |error: &dyn std::fmt::Display| MessageError::Malformed(error.to_string());
         let (&tag, body) = bytes.split_first().ok_or(MessageError::UnknownTag(None))?;
-        match tag {
-            TAG_SYNC_REQUEST => Ok(Self::SyncRequest(
-                decode_message(body).map_err(|e| malformed(&e))?,
-            )),
-            TAG_SYNC_RESPONSE => Ok(Self::SyncResponse(
-                decode_message(body).map_err(|e| malformed(&e))?,
-            )),
-            TAG_FORWARD | TAG_OUTCOME if bytes.len() > MESSAGE_BYTES_MAX => {
-                Err(MessageError::TooLarge(bytes.len()))
+        let generation_and_rest = |body: &[u8]| -> Result<(u64, Vec<u8>), MessageError> {
+            if body.len() < 8 {
+                return Err(MessageError::Malformed(
+                    "gossip without a generation".into(),
+                ));
             }
+            let (generation, rest) = body.split_at(8);
+            let generation = u64::from_le_bytes(
+                generation
+                    .try_into()
+                    .map_err(|_| MessageError::Malformed("generation".into()))?,
+            );
+            Ok((generation, rest.to_vec()))
+        };
+        match tag {
+            TAG_SYNC_REQUEST => {
+                let (generation, rest) = generation_and_rest(body)?;
+                Ok(Self::SyncRequest {
+                    generation,
+                    request: decode_message(&rest).map_err(|e| malformed(&e))?,
+                })
+            }
+            TAG_SYNC_RESPONSE => {
+                let (generation, rest) = generation_and_rest(body)?;
+                Ok(Self::SyncResponse {
+                    generation,
+                    response: decode_message(&rest).map_err(|e| malformed(&e))?,
+                })
+            }
+            _ if bytes.len() > MESSAGE_BYTES_MAX => Err(MessageError::TooLarge(bytes.len())),
             TAG_FORWARD => Ok(Self::Forward(
                 serde_json::from_slice(body).map_err(|e| malformed(&e))?,
             )),
@@ -179,7 +305,47 @@ impl Message {
                     outcome: message.outcome,
                 })
             }
+            TAG_JOIN_REQUEST if body.is_empty() => Ok(Self::JoinRequest),
+            TAG_LEAVE_REQUEST if body.is_empty() => Ok(Self::LeaveRequest),
+            TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
+                Err(MessageError::Malformed("a request with a body".into()))
+            }
+            TAG_WELCOME => Ok(Self::Welcome(
+                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
+            )),
+            TAG_TRANSFER_REQUEST => {
+                let message: TransferRequestMessage =
+                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                Ok(Self::TransferRequest {
+                    generation: message.generation,
+                    from: message.from,
+                })
+            }
+            TAG_TRANSFER_CHUNK => Ok(Self::TransferChunk(
+                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
+            )),
+            TAG_SECTION_UPDATE => {
+                let message: SectionUpdateMessage =
+                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                Ok(Self::SectionUpdate {
+                    prefix: message.prefix,
+                    generation: message.generation,
+                    change: message.change,
+                })
+            }
             other => Err(MessageError::UnknownTag(Some(other))),
+        }
+    }
+}
+
+/// JSON encoding of message bodies behind one object-safe trait.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+            serde_json::to_vec(self)
         }
     }
 }
@@ -258,8 +424,31 @@ impl EngineConfig {
 /// One node's engine.
 pub struct Engine {
     config: EngineConfig,
-    consensus: Consensus,
+    key: SigningKey,
     our_id: PeerId,
+    /// Our section as agreed (durable in the store).
+    state: SectionState,
+    /// The consensus instance of our section's current generation; `None` while we are no
+    /// member (a joiner not yet welcomed, or a member that left).
+    consensus: Option<Consensus>,
+    /// The previous generation's instance, kept to answer the sync requests of members that
+    /// have not reached the change yet (they need its events to decide it). It creates no
+    /// event and outputs nothing.
+    retired: Option<(u64, Consensus)>,
+    /// A membership change agreed and waiting for the blocks before it to apply.
+    pending_change: Option<MembershipProposal>,
+    /// Membership changes we voted for in this generation (once each).
+    voted_changes: BTreeSet<MembershipProposal>,
+    /// Joiner: welcomes heard, by content, with their senders.
+    joining: Option<Joining>,
+    /// Joiner: the state transfer under way.
+    transfer: Option<TransferRun>,
+    /// Section updates heard from other sections, by content, with their senders; and the
+    /// (prefix, generation) pairs already applied to our map.
+    updates_heard: BTreeMap<(Prefix, u64, MemberChange), BTreeSet<PeerId>>,
+    updates_applied: BTreeSet<(Prefix, u64)>,
+    /// Our last section update, sent once more after `ANNOUNCE_REPEAT_MS` (messages get lost).
+    announcement: Option<(u64, Vec<PeerId>, Message)>,
     map: SectionMap,
     registry: AggregateRegistry,
     store: EventStore,
@@ -283,13 +472,40 @@ pub struct Engine {
     replies: VecDeque<(ClientTicket, CommandOutcome)>,
 }
 
+/// A joiner waiting to be welcomed.
+struct Joining {
+    /// When it last asked.
+    asked_at_ms: Option<u64>,
+    welcomes: BTreeMap<Welcome, BTreeSet<PeerId>>,
+}
+
+/// A joiner's state transfer from one source.
+struct TransferRun {
+    source: usize,
+    next_from: u64,
+    events: Vec<RecordedEvent>,
+    refusals: Vec<Refusal>,
+    requested_at_ms: u64,
+}
+
 /// How far ahead of our store a proposal may be decided for us to keep it for a later second.
 pub const DEFER_AHEAD_MAX: u64 = 16;
+/// A joiner asks again after this long without a welcome.
+pub const JOIN_RETRY_MS: u64 = 1_000;
+/// A joiner asks another source after this long without a transfer chunk.
+pub const TRANSFER_TIMEOUT_MS: u64 = 2_000;
+/// A section update is sent once more after this long.
+pub const ANNOUNCE_REPEAT_MS: u64 = 1_000;
+/// Payload bytes per transfer chunk (JSON spells a byte in up to four).
+pub const TRANSFER_CHUNK_BYTES: usize = MESSAGE_BYTES_MAX / 8;
+/// Events per transfer chunk.
+pub const TRANSFER_CHUNK_EVENTS: usize = 500;
 
 impl Engine {
     /// Starts the engine of the node `key`, member of the section `map` puts it in, over
-    /// `store`. For a node's first start only: after a crash, use [`Engine::restore`] (a new
-    /// start would sign a new first event and fork the node's own chain).
+    /// `store`, at generation 0 (the network's start). For a node's first start only: after a
+    /// crash, use [`Engine::restore`] (a new start would sign a new first event and fork the
+    /// node's own chain). A node joining a running network uses [`Engine::join`].
     pub fn new(
         config: EngineConfig,
         key: SigningKey,
@@ -298,38 +514,120 @@ impl Engine {
         store: EventStore,
         now_ms: u64,
     ) -> Result<Self, EngineError> {
-        let members = section_members(&key, &map)?;
-        let consensus = Consensus::new(config.consensus.clone(), key, &members, now_ms)?;
-        Ok(Self::with_consensus(
-            config, consensus, map, registry, store, now_ms,
-        ))
+        let state = initial_state(&key, &map)?;
+        let consensus = Consensus::new(
+            consensus_config(&config, &state),
+            key.clone(),
+            &state.members,
+            now_ms,
+        )?;
+        let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.consensus = Some(consensus);
+        Ok(engine)
     }
 
-    /// Restarts the engine of the node `key` after a crash, from its consensus replay log
-    /// (the records `poll_log_record` gave, made durable; `Config::log_records` must be on)
-    /// and its event store. Consensus outputs every agreed block again from the first; the
-    /// engine applies them again, and since every command's fate is recorded in the store
-    /// (appended or refused), those already applied change nothing: the store catches up
-    /// with the blocks it missed and nothing is applied twice.
+    /// Starts a node that joins a running network: `map` is what it knows of the network
+    /// (it need not be current), `store` should hold nothing of the section it joins. It asks
+    /// the section covering its name to admit it (again every `JOIN_RETRY_MS`), then fetches
+    /// the section's state and takes part from the generation it was admitted to.
+    pub fn join(
+        config: EngineConfig,
+        key: SigningKey,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        now_ms: u64,
+    ) -> Result<Self, EngineError> {
+        let our_id = PeerId(key.verifying_key().to_bytes());
+        let section = map.section_for(&name_of(&our_id));
+        let state = SectionState {
+            generation: 0,
+            prefix: section.prefix(),
+            members: Vec::new(),
+            network: network_of(&map),
+            transferred: false,
+            transfer: None,
+            handovers: Vec::new(),
+        };
+        let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.joining = Some(Joining {
+            asked_at_ms: None,
+            welcomes: BTreeMap::new(),
+        });
+        engine.ask_to_join();
+        Ok(engine)
+    }
+
+    /// Restarts the engine of the node `key` after a crash, from its event store (which holds
+    /// its section state) and its consensus replay log (the records `poll_log_record` gave,
+    /// with their generation, made durable; `Config::log_records` must be on). Only the
+    /// current generation's records are replayed; consensus outputs every block of it again
+    /// from the first, and since every command's fate is recorded in the store (appended or
+    /// refused), those already applied change nothing: the store catches up with the blocks
+    /// it missed and nothing is applied twice. `map` is used only if the store holds no
+    /// section state yet (generation 0, or a joiner never welcomed).
     pub fn restore(
         config: EngineConfig,
         key: SigningKey,
         map: SectionMap,
         registry: AggregateRegistry,
         store: EventStore,
-        log: impl IntoIterator<Item = LogRecord>,
+        log: impl IntoIterator<Item = (u64, LogRecord)>,
         now_ms: u64,
     ) -> Result<Self, EngineError> {
-        let members = section_members(&key, &map)?;
-        let consensus = Consensus::restore(config.consensus.clone(), key, &members, log, now_ms)?;
-        let mut engine = Self::with_consensus(config, consensus, map, registry, store, now_ms);
+        let state = match SectionState::load(&store)? {
+            Some(state) => state,
+            None => match initial_state(&key, &map) {
+                Ok(state) => state,
+                Err(EngineError::NotAMember) => {
+                    return Self::join(config, key, map, registry, store, now_ms);
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        let map = SectionMap::with_members(
+            map.section_size_min(),
+            &state.network.iter().map(|id| id.0).collect::<Vec<_>>(),
+        );
+        let generation = state.generation;
+        let records: Vec<LogRecord> = log
+            .into_iter()
+            .filter(|(record_generation, _)| *record_generation == generation)
+            .map(|(_, record)| record)
+            .collect();
+        let consensus = if state.members.is_empty() {
+            None
+        } else if records.is_empty() {
+            // Nothing of this generation was made durable, so nothing of ours was sent in it:
+            // a new first event forks nothing.
+            Some(Consensus::new(
+                consensus_config(&config, &state),
+                key.clone(),
+                &state.members,
+                now_ms,
+            )?)
+        } else {
+            Some(Consensus::restore(
+                consensus_config(&config, &state),
+                key.clone(),
+                &state.members,
+                records,
+                now_ms,
+            )?)
+        };
+        let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.consensus = consensus;
+        if !engine.state.transferred && engine.state.transfer.is_some() {
+            engine.start_transfer(0);
+        }
         engine.drain();
         Ok(engine)
     }
 
-    fn with_consensus(
+    fn assemble(
         config: EngineConfig,
-        consensus: Consensus,
+        key: SigningKey,
+        state: SectionState,
         map: SectionMap,
         registry: AggregateRegistry,
         store: EventStore,
@@ -337,8 +635,18 @@ impl Engine {
     ) -> Self {
         Self {
             config,
-            our_id: consensus.our_id(),
-            consensus,
+            our_id: PeerId(key.verifying_key().to_bytes()),
+            key,
+            state,
+            consensus: None,
+            retired: None,
+            pending_change: None,
+            voted_changes: BTreeSet::new(),
+            joining: None,
+            transfer: None,
+            updates_heard: BTreeMap::new(),
+            updates_applied: BTreeSet::new(),
+            announcement: None,
             map,
             registry,
             store,
@@ -369,9 +677,22 @@ impl Engine {
         &self.map
     }
 
-    /// The consensus instance of the node's section (for status and tests).
-    pub fn consensus(&self) -> &Consensus {
-        &self.consensus
+    /// The node's section as agreed: generation, prefix, members (empty if the node is no
+    /// member), whether its state is transferred.
+    pub fn section(&self) -> &SectionState {
+        &self.state
+    }
+
+    /// Whether the node takes part in its section's agreement with a complete store (a
+    /// member, welcomed and done transferring).
+    pub fn is_active_member(&self) -> bool {
+        self.consensus.is_some() && self.state.transferred
+    }
+
+    /// The consensus instance of the node's section (for status and tests); `None` while the
+    /// node is no member.
+    pub fn consensus(&self) -> Option<&Consensus> {
+        self.consensus.as_ref()
     }
 
     /// Byzantine hook (feature `byzantine`, for the simulator): votes for arbitrary
@@ -379,10 +700,11 @@ impl Engine {
     /// never calls it. Returns whether consensus took the vote.
     #[cfg(feature = "byzantine")]
     pub fn vote_for_raw(&mut self, bytes: Vec<u8>) -> bool {
-        let taken = self
-            .consensus
-            .vote_for(Observation::Payload(bytes.into()))
-            .is_ok();
+        let taken = self.consensus.as_mut().is_some_and(|consensus| {
+            consensus
+                .vote_for(Observation::Payload(bytes.into()))
+                .is_ok()
+        });
         self.drain();
         taken
     }
@@ -408,6 +730,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Asks the section to let this node leave: the member votes for its own leave and asks
+    /// the others to. Once agreed, the node is no member any more (it still forwards
+    /// commands and answers gossip about the generation it left). A leave that would shrink
+    /// a section below `section_size_min` is not applied (merging is not built).
+    pub fn leave(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.consensus.is_none() {
+            return;
+        }
+        let change = MemberChange::Leave(self.our_id);
+        self.vote_change(change);
+        for member in self.state.members.clone() {
+            if member != self.our_id {
+                self.send(member, &Message::LeaveRequest);
+            }
+        }
+        self.drain();
+    }
+
     /// A message from a peer. Bad input is logged and dropped; it never stops the engine.
     pub fn handle_message(&mut self, now_ms: u64, from: PeerId, bytes: &[u8]) {
         self.now_ms = self.now_ms.max(now_ms);
@@ -419,15 +760,43 @@ impl Engine {
             }
         };
         match message {
-            Message::SyncRequest(request) => {
-                match self.consensus.handle_sync_request(&from, &request) {
-                    Ok(response) => self.send(from, &Message::SyncResponse(response)),
-                    Err(error) => debug!(peer = %from, %error, "sync request refused"),
+            Message::SyncRequest {
+                generation,
+                request,
+            } => {
+                let instance = if generation == self.state.generation {
+                    self.consensus.as_mut()
+                } else {
+                    self.retired
+                        .as_mut()
+                        .filter(|(retired, _)| *retired == generation)
+                        .map(|(_, consensus)| consensus)
+                };
+                // A request for a generation we have not reached is answered once we have.
+                if let Some(consensus) = instance {
+                    match consensus.handle_sync_request(&from, &request) {
+                        Ok(response) => self.send(
+                            from,
+                            &Message::SyncResponse {
+                                generation,
+                                response,
+                            },
+                        ),
+                        Err(error) => debug!(peer = %from, %error, "sync request refused"),
+                    }
                 }
             }
-            Message::SyncResponse(response) => {
-                if let Err(error) = self.consensus.handle_sync_response(now_ms, &from, response) {
-                    debug!(peer = %from, %error, "sync response refused");
+            Message::SyncResponse {
+                generation,
+                response,
+            } => {
+                if generation == self.state.generation {
+                    if let Some(consensus) = self.consensus.as_mut() {
+                        if let Err(error) = consensus.handle_sync_response(now_ms, &from, response)
+                        {
+                            debug!(peer = %from, %error, "sync response refused");
+                        }
+                    }
                 }
             }
             Message::Forward(request) => {
@@ -450,6 +819,25 @@ impl Engine {
                     debug!(peer = %from, %command_id, "an answer nobody asked this peer for");
                 }
             }
+            Message::JoinRequest => self.on_join_request(from),
+            Message::LeaveRequest => {
+                if self.state.members.contains(&from) {
+                    self.vote_change(MemberChange::Leave(from));
+                }
+            }
+            Message::Welcome(welcome) => self.on_welcome(from, welcome),
+            Message::TransferRequest {
+                generation,
+                from: position,
+            } => {
+                self.on_transfer_request(from, generation, position);
+            }
+            Message::TransferChunk(chunk) => self.on_transfer_chunk(from, chunk),
+            Message::SectionUpdate {
+                prefix,
+                generation,
+                change,
+            } => self.on_section_update(from, prefix, generation, change),
         }
         self.drain();
     }
@@ -457,24 +845,63 @@ impl Engine {
     /// Time passed: gossip as the consensus schedule says, retry what waited too long.
     pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
         self.now_ms = self.now_ms.max(now_ms);
-        self.consensus.tick(now_ms, rng);
+        if let Some(consensus) = self.consensus.as_mut() {
+            consensus.tick(now_ms, rng);
+        }
+        if let Some(joining) = &self.joining {
+            if joining
+                .asked_at_ms
+                .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS)
+            {
+                self.ask_to_join();
+            }
+        }
+        if let Some(transfer) = &self.transfer {
+            if now_ms >= transfer.requested_at_ms + TRANSFER_TIMEOUT_MS {
+                let next = transfer.source + 1;
+                debug!("state transfer timed out; asking another member");
+                self.start_transfer(next);
+            }
+        }
+        if let Some((at, _, _)) = &self.announcement {
+            if now_ms >= at + ANNOUNCE_REPEAT_MS {
+                if let Some((_, peers, message)) = self.announcement.take() {
+                    for peer in peers {
+                        self.send(peer, &message);
+                    }
+                }
+            }
+        }
         self.sweep();
         self.drain();
     }
 
-    /// The next replay-log record to make durable (with `Config::log_records`).
-    pub fn poll_log_record(&mut self) -> Option<LogRecord> {
-        self.consensus.poll_log_record()
+    /// The next replay-log record to make durable (with `Config::log_records`), with the
+    /// generation it belongs to ([`Engine::restore`] replays the current generation's).
+    pub fn poll_log_record(&mut self) -> Option<(u64, LogRecord)> {
+        let generation = self.state.generation;
+        self.consensus
+            .as_mut()
+            .and_then(Consensus::poll_log_record)
+            .map(|record| (generation, record))
     }
 
-    /// The next own event to make durable before it may be sent.
-    pub fn poll_unpersisted(&mut self) -> Option<std::sync::Arc<SignedEvent>> {
-        self.consensus.poll_unpersisted()
+    /// The next own event to make durable before it may be sent, with its generation.
+    pub fn poll_unpersisted(&mut self) -> Option<(u64, std::sync::Arc<SignedEvent>)> {
+        let generation = self.state.generation;
+        self.consensus
+            .as_mut()
+            .and_then(Consensus::poll_unpersisted)
+            .map(|event| (generation, event))
     }
 
-    /// Own events up to `index` are durable.
-    pub fn handle_persisted(&mut self, index: u64) {
-        self.consensus.handle_persisted(index);
+    /// Own events of `generation` up to `index` are durable.
+    pub fn handle_persisted(&mut self, generation: u64, index: u64) {
+        if generation == self.state.generation {
+            if let Some(consensus) = self.consensus.as_mut() {
+                consensus.handle_persisted(index);
+            }
+        }
         self.drain();
     }
 
@@ -493,6 +920,15 @@ impl Engine {
         let command_id = request.command_id;
         let section = self.map.section_for_stream(&request.stream.qualified());
         let responsible = section.contains(&XorName::from_public_key(&self.our_id.0));
+        if responsible && !self.is_active_member() {
+            let outcome =
+                CommandOutcome::Failed("this node is still joining; send it again".to_owned());
+            match waiter {
+                Waiter::Client(ticket) => self.replies.push_back((ticket, outcome)),
+                Waiter::Peer(from) => self.answer_peer(from, command_id, outcome),
+            }
+            return;
+        }
         if !responsible {
             let target = XorName::from_stream_key(&request.stream.qualified());
             let peer = section
@@ -599,7 +1035,7 @@ impl Engine {
             Ok(None) => {}
             Err(error) => return Err(CommandOutcome::Failed(error.to_string())),
         }
-        let (proposal, decided_at) = match self.consensus.config().block_mode {
+        let (proposal, decided_at) = match self.config.consensus.block_mode {
             BlockMode::Single => (Proposal::Command(request.clone()), None),
             BlockMode::Supermajority => match self.decide(&request) {
                 Ok(proposal @ Proposal::Decided { version, .. }) => (proposal, Some(version)),
@@ -612,6 +1048,8 @@ impl Engine {
             .encode()
             .map_err(|error| CommandOutcome::Invalid(error.to_string()))?;
         self.consensus
+            .as_mut()
+            .ok_or_else(|| CommandOutcome::Failed("this node is no member any more".to_owned()))?
             .vote_for(Observation::Payload(bytes.into()))
             .map_err(|error| CommandOutcome::Failed(error.to_string()))?;
         self.proposed.insert(
@@ -711,29 +1149,72 @@ impl Engine {
         })
     }
 
-    /// Drains consensus: gossip to send, proposals to second, blocks to apply.
+    /// Drains consensus: gossip to send, proposals to second, blocks to apply, and a
+    /// membership change to make once the blocks before it are applied.
     fn drain(&mut self) {
-        while let Some(transmit) = self.consensus.poll_transmit() {
-            self.send(transmit.to, &Message::SyncRequest(transmit.request));
+        let generation = self.state.generation;
+        let Some(consensus) = self.consensus.as_mut() else {
+            return;
+        };
+        let mut requests = Vec::new();
+        while let Some(transmit) = consensus.poll_transmit() {
+            requests.push(transmit);
         }
         // Fork evidence is the consensus layer's: it votes the accusation itself.
-        while let Some(evidence) = self.consensus.poll_evidence() {
+        while let Some(evidence) = consensus.poll_evidence() {
             debug!(offender = %evidence.first.header.creator, "fork evidence");
         }
         let mut observations = Vec::new();
-        while let Some((hash, observation)) = self.consensus.poll_observation() {
+        while let Some((hash, observation)) = consensus.poll_observation() {
             observations.push((hash, observation));
+        }
+        // Blocks after a membership change belong to a generation that has ended: they are
+        // never taken out, on any member (the next generation's blocks follow the change).
+        while self.pending_change.is_none() {
+            let Some(block) = consensus.poll_block() else {
+                break;
+            };
+            match agreed_item(&block) {
+                Some(Agreed::Proposal(proposal)) => self.unapplied.push(proposal),
+                Some(Agreed::Membership(change)) => {
+                    if change.generation == generation
+                        && change_allowed(
+                            &self.state.prefix,
+                            &self.state.members,
+                            &change.change,
+                            self.map.section_size_min(),
+                        )
+                    {
+                        self.pending_change = Some(change);
+                    } else {
+                        debug!(?change, "agreed membership change does not apply");
+                    }
+                }
+                None => {}
+            }
+        }
+        for transmit in requests {
+            self.send(
+                transmit.to,
+                &Message::SyncRequest {
+                    generation,
+                    request: transmit.request,
+                },
+            );
         }
         for (hash, observation) in observations {
             self.consider_second(hash, &observation);
         }
-        while let Some(block) = self.consensus.poll_block() {
-            if let Some(proposal) = agreed_proposal(&block) {
-                self.unapplied.push(proposal);
-            }
-        }
-        if !self.unapplied.is_empty() {
+        // A joiner applies nothing before its store holds the state the generation starts
+        // from.
+        if !self.unapplied.is_empty() && self.state.transferred {
             self.apply();
+        }
+        if self.unapplied.is_empty() && self.state.transferred {
+            if let Some(change) = self.pending_change.take() {
+                self.switch(change.change);
+                self.drain();
+            }
         }
     }
 
@@ -744,15 +1225,24 @@ impl Engine {
     /// `Command` proposal is seconded: its events are decided by every member at apply time.
     /// Accusations are not seconded: the consensus layer votes them when it holds evidence.
     fn consider_second(&mut self, hash: ObservationHash, observation: &Observation) {
-        if self.consensus.config().block_mode == BlockMode::Single || !self.unapplied.is_empty() {
+        if self.config.consensus.block_mode == BlockMode::Single
+            || !self.unapplied.is_empty()
+            || !self.state.transferred
+        {
             return;
         }
         let Observation::Payload(bytes) = observation else {
             return;
         };
+        // Membership changes are voted only by members that heard the request themselves.
+        if MembershipProposal::decode(bytes).is_some() {
+            return;
+        }
         match Proposal::decode(bytes) {
             Ok(Proposal::Command(_)) => {
-                let _ = self.consensus.vote_for_hash(hash);
+                if let Some(consensus) = self.consensus.as_mut() {
+                    let _ = consensus.vote_for_hash(hash);
+                }
             }
             Ok(proposal @ Proposal::Decided { .. }) => self.second_if_agreed(hash, proposal),
             Err(error) => debug!(%error, "an observation that is not a proposal"),
@@ -776,7 +1266,9 @@ impl Engine {
                         .decide(proposal.request())
                         .is_ok_and(|decided| decided == proposal) =>
             {
-                let _ = self.consensus.vote_for_hash(hash);
+                if let Some(consensus) = self.consensus.as_mut() {
+                    let _ = consensus.vote_for_hash(hash);
+                }
             }
             // Decided at a version we have not reached: second it later, if there is room.
             Some(ours)
@@ -861,7 +1353,7 @@ impl Engine {
     /// now), so they are decided again at once; deferred seconds are reconsidered, and those
     /// whose stream has passed their version are dropped.
     fn after_blocks(&mut self) {
-        if self.consensus.config().block_mode == BlockMode::Single {
+        if self.config.consensus.block_mode == BlockMode::Single {
             return;
         }
         let version_of = |store: &EventStore, request: &CommandRequest| {
@@ -887,6 +1379,558 @@ impl Engine {
         }
         for (hash, proposal) in std::mem::take(&mut self.deferred_seconds) {
             self.second_if_agreed(hash, proposal);
+        }
+    }
+
+    /// Votes for a membership change of the current generation, once.
+    fn vote_change(&mut self, change: MemberChange) {
+        let proposal = MembershipProposal {
+            generation: self.state.generation,
+            change,
+        };
+        if !change_allowed(
+            &self.state.prefix,
+            &self.state.members,
+            &change,
+            self.map.section_size_min(),
+        ) || self.voted_changes.contains(&proposal)
+        {
+            return;
+        }
+        let Some(consensus) = self.consensus.as_mut() else {
+            return;
+        };
+        match consensus.vote_for(Observation::Payload(proposal.encode().into())) {
+            Ok(_) => {
+                self.voted_changes.insert(proposal);
+            }
+            Err(error) => debug!(%error, "membership vote not taken"),
+        }
+    }
+
+    /// A node asks to join: a member votes to admit it if its name falls in our section; one
+    /// already admitted gets its welcome again (the first may have been lost).
+    fn on_join_request(&mut self, from: PeerId) {
+        if let Some(handover) = self
+            .state
+            .handovers
+            .iter()
+            .rev()
+            .find(|handover| handover.joiner == from)
+        {
+            if let Some(welcome) = self.welcome_for(handover) {
+                self.send(from, &Message::Welcome(welcome));
+            }
+            return;
+        }
+        if self.is_active_member() {
+            self.vote_change(MemberChange::Join(from));
+        }
+    }
+
+    /// The welcome of a handover: the joiner's section in the handover's generation.
+    fn welcome_for(&self, handover: &Handover) -> Option<Welcome> {
+        let (prefix, members) = self.section_in(handover)?;
+        Some(Welcome {
+            generation: handover.generation,
+            prefix,
+            members,
+            digest: handover.digest,
+        })
+    }
+
+    /// The joiner's section (prefix and members) in a handover's generation.
+    fn section_in(&self, handover: &Handover) -> Option<(Prefix, Vec<PeerId>)> {
+        let members: Vec<PeerId> = self
+            .map
+            .sections()
+            .filter(|section| section.prefix() == handover.prefix)
+            .flat_map(|section| section.member_keys())
+            .map(PeerId)
+            .collect();
+        (!members.is_empty()).then_some((handover.prefix, members))
+    }
+
+    /// Joiner: asks every member of the section covering its name to admit it.
+    fn ask_to_join(&mut self) {
+        let section = self.map.section_for(&name_of(&self.our_id));
+        let members: Vec<PeerId> = section.member_keys().into_iter().map(PeerId).collect();
+        for member in members {
+            if member != self.our_id {
+                self.send(member, &Message::JoinRequest);
+            }
+        }
+        if let Some(joining) = self.joining.as_mut() {
+            joining.asked_at_ms = Some(self.now_ms);
+        }
+    }
+
+    /// Joiner: a welcome. Believed once `f + 1` members of the section the joiner knows sent
+    /// the same one (at least one of them honest); then the joiner starts the generation's
+    /// consensus instance and fetches the state.
+    fn on_welcome(&mut self, from: PeerId, welcome: Welcome) {
+        let Some(joining) = self.joining.as_mut() else {
+            return;
+        };
+        let our_name = name_of(&self.our_id);
+        let known = self.map.section_for(&our_name);
+        let voters: Vec<PeerId> = known.member_keys().into_iter().map(PeerId).collect();
+        let mut sorted = welcome.members.clone();
+        sort_members(&mut sorted);
+        let plausible = voters.contains(&from)
+            && welcome.members.contains(&self.our_id)
+            && sorted == welcome.members
+            && welcome.prefix.matches(&our_name);
+        if !plausible {
+            debug!(peer = %from, "implausible welcome ignored");
+            return;
+        }
+        let senders = joining.welcomes.entry(welcome.clone()).or_default();
+        senders.insert(from);
+        if senders.len() <= faulty_max(voters.len()) {
+            return;
+        }
+        let sources: Vec<PeerId> = senders.iter().copied().collect();
+        self.joining = None;
+        self.map.add_member(self.our_id.0);
+        self.state = SectionState {
+            generation: welcome.generation,
+            prefix: welcome.prefix,
+            members: welcome.members.clone(),
+            network: network_of(&self.map),
+            transferred: false,
+            transfer: Some(TransferTarget { welcome, sources }),
+            handovers: Vec::new(),
+        };
+        if let Err(error) = self.state.save(&self.store) {
+            warn!(%error, "section state not saved; will ask to join again");
+            self.joining = Some(Joining {
+                asked_at_ms: Some(self.now_ms),
+                welcomes: BTreeMap::new(),
+            });
+            return;
+        }
+        match Consensus::new(
+            consensus_config(&self.config, &self.state),
+            self.key.clone(),
+            &self.state.members,
+            self.now_ms,
+        ) {
+            Ok(consensus) => self.consensus = Some(consensus),
+            Err(error) => warn!(%error, "the welcomed generation does not start"),
+        }
+        self.start_transfer(0);
+    }
+
+    /// Joiner: (re)starts the transfer from the `source`-th member that vouched (cycling).
+    fn start_transfer(&mut self, source: usize) {
+        let Some(target) = &self.state.transfer else {
+            return;
+        };
+        if target.sources.is_empty() {
+            return;
+        }
+        let source = source % target.sources.len();
+        let peer = target.sources[source];
+        let generation = target.welcome.generation;
+        self.transfer = Some(TransferRun {
+            source,
+            next_from: 1,
+            events: Vec::new(),
+            refusals: Vec::new(),
+            requested_at_ms: self.now_ms,
+        });
+        self.send(
+            peer,
+            &Message::TransferRequest {
+                generation,
+                from: 1,
+            },
+        );
+    }
+
+    /// Member: serves a joiner's state transfer, from the handover fixed at its admission.
+    fn on_transfer_request(&mut self, from: PeerId, generation: u64, position: u64) {
+        let Some(handover) = self
+            .state
+            .handovers
+            .iter()
+            .find(|handover| handover.joiner == from && handover.generation == generation)
+            .cloned()
+        else {
+            debug!(peer = %from, generation, "a transfer request without a handover");
+            return;
+        };
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut cursor = position.max(1);
+        let mut next = None;
+        'chunks: loop {
+            let (slice, slice_next) = match section_events(
+                &self.store,
+                &handover.prefix,
+                cursor,
+                Some(handover.head),
+                100,
+            ) {
+                Ok(read) => read,
+                Err(error) => {
+                    warn!(%error, "the store does not read; transfer chunk not sent");
+                    return;
+                }
+            };
+            for event in slice {
+                if events.len() >= TRANSFER_CHUNK_EVENTS
+                    || bytes + event.payload.len() > TRANSFER_CHUNK_BYTES && !events.is_empty()
+                {
+                    next = Some(event.position);
+                    break 'chunks;
+                }
+                bytes += event.payload.len();
+                events.push(event);
+            }
+            match slice_next {
+                Some(slice_next) => cursor = slice_next,
+                None => break,
+            }
+        }
+        let refusals = if position <= 1 {
+            handover.refusals.clone()
+        } else {
+            Vec::new()
+        };
+        let chunk = TransferChunk {
+            generation,
+            from: position,
+            events,
+            refusals,
+            next,
+        };
+        self.send(from, &Message::TransferChunk(chunk));
+    }
+
+    /// Joiner: a chunk of its state from the source it asked.
+    fn on_transfer_chunk(&mut self, from: PeerId, chunk: TransferChunk) {
+        let Some(target) = &self.state.transfer else {
+            return;
+        };
+        let Some(run) = self.transfer.as_mut() else {
+            return;
+        };
+        if target.sources.get(run.source) != Some(&from)
+            || chunk.generation != target.welcome.generation
+            || chunk.from != run.next_from
+        {
+            debug!(peer = %from, "a transfer chunk nobody asked this peer for");
+            return;
+        }
+        if run.next_from == 1 {
+            run.refusals = chunk.refusals;
+        }
+        run.events.extend(chunk.events);
+        run.requested_at_ms = self.now_ms;
+        match chunk.next {
+            Some(next) if next > run.next_from => {
+                run.next_from = next;
+                let generation = chunk.generation;
+                self.send(
+                    from,
+                    &Message::TransferRequest {
+                        generation,
+                        from: next,
+                    },
+                );
+            }
+            Some(_) => {
+                let next = run.source + 1;
+                debug!(peer = %from, "a transfer chunk that goes backwards; asking another member");
+                self.start_transfer(next);
+            }
+            None => self.finish_transfer(),
+        }
+    }
+
+    /// Joiner: all chunks are in. If they have the digest the welcome promised, they are
+    /// written (one write per original command, expected versions checked) and the joiner
+    /// starts applying its generation's blocks; otherwise it asks another member.
+    fn finish_transfer(&mut self) {
+        let (Some(target), Some(run)) = (self.state.transfer.clone(), self.transfer.take()) else {
+            return;
+        };
+        if section_digest(&run.events, &run.refusals) != target.welcome.digest {
+            warn!("transferred state does not match the welcome's digest; asking another member");
+            self.start_transfer(run.source + 1);
+            return;
+        }
+        if let Err(error) = self.write_transferred(&run.events, &run.refusals) {
+            warn!(%error, "transferred state not written; asking again");
+            self.start_transfer(run.source + 1);
+            return;
+        }
+        self.state.transferred = true;
+        self.state.transfer = None;
+        if let Err(error) = self.state.save(&self.store) {
+            // The data is written; a restart fetches it again (the writes are idempotent).
+            warn!(%error, "section state not saved after the transfer");
+        }
+        debug!(events = run.events.len(), "state transfer done");
+    }
+
+    /// Writes transferred events as the writes they were (consecutive events of one command
+    /// on one stream), with the original ids, times and expected versions, then the refusals.
+    fn write_transferred(
+        &self,
+        events: &[RecordedEvent],
+        refusals: &[Refusal],
+    ) -> Result<(), StoreError> {
+        let mut batches: Vec<AppendBatch> = Vec::new();
+        for event in events {
+            let new_event = NewEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                event_version: event.event_version,
+                payload: event.payload.clone(),
+                supersedes: event.supersedes,
+            };
+            let continues = batches.last().is_some_and(|batch| {
+                batch.command_id == event.command_id
+                    && batch.timestamp_ms == event.timestamp_ms
+                    && batch
+                        .writes
+                        .first()
+                        .is_some_and(|write| write.stream == event.stream)
+            });
+            match batches.last_mut() {
+                Some(batch) if continues => batch.writes[0].events.push(new_event),
+                _ => batches.push(AppendBatch {
+                    command_id: event.command_id,
+                    causation_id: event.causation_id,
+                    correlation_id: event.correlation_id,
+                    timestamp_ms: event.timestamp_ms,
+                    writes: vec![chorus_aggregate::StreamWrite {
+                        stream: event.stream.clone(),
+                        expected: if event.sequence <= 1 {
+                            ExpectedVersion::NoStream
+                        } else {
+                            ExpectedVersion::Exact(event.sequence - 1)
+                        },
+                        events: vec![new_event],
+                    }],
+                }),
+            }
+        }
+        for group in batches.chunks(chorus_aggregate::limits::GROUP_BATCHES_MAX) {
+            let outcome = self.store.append_group(group)?;
+            if let Some(error) = outcome.into_iter().find_map(Result::err) {
+                return Err(error);
+            }
+        }
+        for refusal in refusals {
+            self.store
+                .record_refusal(refusal.command_id, &refusal.stream, &refusal.reason)?;
+        }
+        Ok(())
+    }
+
+    /// Another section's member says its section changed. Applied to our map (routing only)
+    /// once `f + 1` of the members our map places under that prefix said the same; never
+    /// for our own section, which changes only by our own agreement.
+    fn on_section_update(
+        &mut self,
+        from: PeerId,
+        prefix: Prefix,
+        generation: u64,
+        change: MemberChange,
+    ) {
+        if prefix.overlaps(&self.state.prefix)
+            || self.updates_applied.contains(&(prefix, generation))
+            || !prefix.matches(&name_of(&change.node()))
+        {
+            return;
+        }
+        let voters: Vec<PeerId> = self
+            .map
+            .sections()
+            .flat_map(|section| section.member_keys())
+            .map(PeerId)
+            .filter(|member| prefix.matches(&name_of(member)))
+            .collect();
+        if !voters.contains(&from) {
+            return;
+        }
+        let senders = self
+            .updates_heard
+            .entry((prefix, generation, change))
+            .or_default();
+        senders.insert(from);
+        if senders.len() <= faulty_max(voters.len()) {
+            return;
+        }
+        self.updates_heard
+            .retain(|(heard, heard_generation, _), _| {
+                (*heard, *heard_generation) != (prefix, generation)
+            });
+        self.updates_applied.insert((prefix, generation));
+        match change {
+            MemberChange::Join(node) => {
+                self.map.add_member(node.0);
+            }
+            MemberChange::Leave(node) => {
+                self.map.remove_member(&name_of(&node));
+            }
+        }
+        self.state.network = network_of(&self.map);
+    }
+
+    /// Applies an agreed membership change (every block before it is applied): ends this
+    /// generation and starts the next, with the new members, split if the section can split.
+    /// Fixes the handover a joiner will fetch, saves the section state, welcomes the joiner,
+    /// tells the other sections, and routes our pending commands again (their proposals
+    /// died with the old instance; the new one or another section takes them).
+    fn switch(&mut self, change: MemberChange) {
+        let old_prefix = self.state.prefix;
+        let generation = self.state.generation + 1;
+        let min = self.map.section_size_min();
+        let mut all = self.state.members.clone();
+        match change {
+            MemberChange::Join(node) => all.push(node),
+            MemberChange::Leave(node) => all.retain(|member| *member != node),
+        }
+        sort_members(&mut all);
+        let mut handovers = std::mem::take(&mut self.state.handovers);
+        if let MemberChange::Join(joiner) = change {
+            match self.handover(joiner, generation, old_prefix, &all, min) {
+                Ok(handover) => handovers.push(handover),
+                Err(error) => warn!(%error, "no handover for the joiner (store failure)"),
+            }
+        }
+        let excess = handovers.len().saturating_sub(HANDOVERS_MAX);
+        handovers.drain(..excess);
+        match change {
+            MemberChange::Join(node) => {
+                self.map.add_member(node.0);
+            }
+            MemberChange::Leave(node) => {
+                self.map.remove_member(&name_of(&node));
+            }
+        }
+        let ours = section_after(old_prefix, &all, &self.our_id, min);
+        self.state = SectionState {
+            generation,
+            prefix: ours.as_ref().map_or(old_prefix, |(prefix, _)| *prefix),
+            members: ours.map(|(_, members)| members).unwrap_or_default(),
+            network: network_of(&self.map),
+            transferred: true,
+            transfer: None,
+            handovers,
+        };
+        if let Err(error) = self.state.save(&self.store) {
+            // A crash now replays the old generation and makes the same switch again.
+            warn!(%error, "section state not saved");
+        }
+        let old = self.consensus.take();
+        self.retired = old.map(|consensus| (generation - 1, consensus));
+        self.voted_changes.clear();
+        self.deferred_seconds.clear();
+        if !self.state.members.is_empty() {
+            match Consensus::new(
+                consensus_config(&self.config, &self.state),
+                self.key.clone(),
+                &self.state.members,
+                self.now_ms,
+            ) {
+                Ok(consensus) => self.consensus = Some(consensus),
+                Err(error) => warn!(%error, "the next generation does not start"),
+            }
+        }
+        debug!(generation, prefix = %self.state.prefix, members = self.state.members.len(), ?change, "section changed");
+        if let MemberChange::Join(joiner) = change {
+            let handover = self
+                .state
+                .handovers
+                .iter()
+                .rev()
+                .find(|handover| handover.joiner == joiner)
+                .cloned();
+            if let Some(welcome) = handover.and_then(|handover| self.welcome_for(&handover)) {
+                self.send(joiner, &Message::Welcome(welcome));
+            }
+        }
+        let update = Message::SectionUpdate {
+            prefix: old_prefix,
+            generation,
+            change,
+        };
+        let outsiders: Vec<PeerId> = self
+            .state
+            .network
+            .iter()
+            .copied()
+            .filter(|node| !old_prefix.matches(&name_of(node)) && *node != self.our_id)
+            .collect();
+        for node in &outsiders {
+            self.send(*node, &update);
+        }
+        self.announcement = Some((self.now_ms, outsiders, update));
+        self.reroute_pending();
+    }
+
+    /// The state a joiner of `generation` fetches: our store's head now, the digest of its
+    /// section's events up to there and of its section's refusals.
+    fn handover(
+        &self,
+        joiner: PeerId,
+        generation: u64,
+        old_prefix: Prefix,
+        all: &[PeerId],
+        min: usize,
+    ) -> Result<Handover, StoreError> {
+        let prefix =
+            section_after(old_prefix, all, &joiner, min).map_or(old_prefix, |(prefix, _)| prefix);
+        let head = self.store.head_position()?;
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let (mut slice, next) = section_events(&self.store, &prefix, from, Some(head), 1_000)?;
+            events.append(&mut slice);
+            match next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let refusals = section_refusals(&self.store, &prefix)?;
+        Ok(Handover {
+            joiner,
+            generation,
+            prefix,
+            head,
+            digest: section_digest(&events, &refusals),
+            refusals,
+        })
+    }
+
+    /// After a switch: our commands in agreement or queued are routed again, in their
+    /// per-stream order (proposed anew if our section still covers their stream, forwarded
+    /// otherwise). Their ids keep them from applying twice if an old block did take them.
+    fn reroute_pending(&mut self) {
+        let mut requests = Vec::new();
+        for (_, mut queue) in std::mem::take(&mut self.streams) {
+            if let Some(active) = queue.active.take() {
+                if let Some(in_flight) = self.proposed.remove(&active) {
+                    requests.push(in_flight.request);
+                }
+            }
+            requests.extend(queue.waiting);
+        }
+        requests.extend(
+            std::mem::take(&mut self.proposed)
+                .into_values()
+                .map(|in_flight| in_flight.request),
+        );
+        for request in requests {
+            for waiter in self.waiters.remove(&request.command_id).unwrap_or_default() {
+                self.accept(waiter, request.clone());
+            }
         }
     }
 
@@ -932,25 +1976,65 @@ fn same_command(ours: &CommandRequest, agreed: &CommandRequest) -> bool {
         && ours.correlation_id == agreed.correlation_id
 }
 
-/// The members of the section `key`'s node belongs to.
-fn section_members(key: &SigningKey, map: &SectionMap) -> Result<Vec<PeerId>, EngineError> {
+/// The section state of a node at the network's start (generation 0), from the map.
+fn initial_state(key: &SigningKey, map: &SectionMap) -> Result<SectionState, EngineError> {
     let our_name = XorName::from_public_key(&key.verifying_key().to_bytes());
     let section = map
         .section_of_member(&our_name)
         .ok_or(EngineError::NotAMember)?;
-    Ok(section.member_keys().into_iter().map(PeerId).collect())
+    Ok(SectionState {
+        generation: 0,
+        prefix: section.prefix(),
+        members: section.member_keys().into_iter().map(PeerId).collect(),
+        network: network_of(map),
+        transferred: true,
+        transfer: None,
+        handovers: Vec::new(),
+    })
 }
 
-/// A block's proposal, if it carries one (accusations and undecodable payloads carry none).
-fn agreed_proposal(block: &Block) -> Option<AgreedProposal> {
+/// Every member of the map, in name order.
+fn network_of(map: &SectionMap) -> Vec<PeerId> {
+    map.sections()
+        .flat_map(|section| section.member_keys())
+        .map(PeerId)
+        .collect()
+}
+
+/// The consensus configuration of a section's generation: the node's, with the group id of
+/// that generation.
+fn consensus_config(config: &EngineConfig, state: &SectionState) -> Config {
+    Config {
+        group: group_id(&state.prefix, state.generation),
+        ..config.consensus.clone()
+    }
+}
+
+/// What a block carries for the engine.
+enum Agreed {
+    Proposal(AgreedProposal),
+    Membership(MembershipProposal),
+}
+
+/// A block's proposal or membership change, if it carries one (accusations and undecodable
+/// payloads carry none).
+fn agreed_item(block: &Block) -> Option<Agreed> {
     let Observation::Payload(bytes) = &block.observation else {
         return None;
     };
+    match MembershipProposal::decode(bytes) {
+        Some(Ok(change)) => return Some(Agreed::Membership(change)),
+        Some(Err(error)) => {
+            debug!(block = block.sequence, %error, "agreed membership change does not decode");
+            return None;
+        }
+        None => {}
+    }
     match Proposal::decode(bytes) {
-        Ok(proposal) => Some(AgreedProposal {
+        Ok(proposal) => Some(Agreed::Proposal(AgreedProposal {
             timestamp_ms: block.timestamp_ms,
             proposal,
-        }),
+        })),
         Err(error) => {
             debug!(block = block.sequence, %error, "agreed payload is not a proposal");
             None

@@ -1,21 +1,26 @@
 //! One Chorus node's logic, shared by the simulator and the node binary, driven like the
 //! consensus core: inputs in, outputs drained, storage and clock from the caller.
 //!
-//! This first part holds the command path's two ends that every member runs the same way:
+//! Modules:
 //!
 //! - [`proposal`]: what a member proposes for agreement, and its versioned, size-limited
 //!   encoding as a consensus observation;
 //! - [`apply`]: applying agreed proposals, in block order, to the event store: deduplicate by
 //!   command id, re-execute, check what the proposer decided, group-commit, and say what
-//!   became of each.
+//!   became of each;
+//! - [`membership`]: member changes as agreed observations, section generations and splits,
+//!   and the state a joiner receives;
+//! - [`engine`]: the state machine that ties them to consensus and routing.
 //!
 //! Architecture invariant: everything here is a function of the agreed order and the store;
 //! no clock (timestamps come from blocks or from the store), no randomness, no hash-map order.
 
 pub mod apply;
 pub mod engine;
+pub mod membership;
 pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
 pub use engine::{ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, Message};
+pub use membership::{MemberChange, MembershipProposal, SectionState, Welcome};
 pub use proposal::{Proposal, ProposalError};

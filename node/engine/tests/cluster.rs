@@ -87,11 +87,11 @@ impl Cluster {
     fn collect(&mut self, node: usize) {
         let engine = &mut self.engines[node];
         let mut latest = None;
-        while let Some(event) = engine.poll_unpersisted() {
-            latest = Some(event.header.index);
+        while let Some((generation, event)) = engine.poll_unpersisted() {
+            latest = Some((generation, event.header.index));
         }
-        if let Some(index) = latest {
-            engine.handle_persisted(index);
+        if let Some((generation, index)) = latest {
+            engine.handle_persisted(generation, index);
         }
         while engine.poll_log_record().is_some() {}
         while let Some((to, bytes)) = engine.poll_send() {

@@ -1,0 +1,439 @@
+//! Membership: how a section's member list changes, and what a new member receives.
+//!
+//! A change (a node joins, a member leaves) is an agreed observation of the section's current
+//! consensus instance, like a command. Its block is the deterministic point where it takes
+//! effect: every member applies the blocks before it, then ends that instance (blocks after
+//! it in the old instance are never applied, on any member) and starts the next *generation*,
+//! a new consensus instance with the new member list, or two if the section splits. Each
+//! instance signs its own group id into every event (`Config::group`, from the prefix and the
+//! generation), so no event, vote or fork evidence of one generation counts in another.
+//!
+//! A joiner catches up by state transfer, not by replaying gossip history: at the switch every
+//! member fixes its store's head and the section's recorded refusals (a *handover*) and sends
+//! the joiner a `Welcome` with the digest of that state. The joiner accepts the welcome once
+//! `f + 1` members of the section it knew sent the same one (so at least one honest member
+//! vouches for the digest), fetches the events from one of them, checks the digest, writes
+//! them, and only then applies the new generation's blocks, which start exactly where the
+//! transferred state ends.
+
+use chorus_aggregate::{CommandId, EventStore, Filter, StoreError, StreamKey};
+use chorus_consensus::PeerId;
+use chorus_routing::{Prefix, XorName};
+use serde::{Deserialize, Serialize};
+
+use crate::proposal::ProposalError;
+
+/// First byte of an encoded membership proposal (command proposals start with their version
+/// byte, 1).
+pub const MEMBERSHIP_TAG: u8 = b'M';
+/// Encoding version of membership proposals, after the tag.
+pub const MEMBERSHIP_VERSION: u8 = 1;
+/// Handovers a member keeps to serve joiners (the latest ones).
+pub const HANDOVERS_MAX: usize = 8;
+
+/// A change to a section's member list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// The node joins the section that covers its name.
+    Join(PeerId),
+    /// The member leaves.
+    Leave(PeerId),
+}
+
+impl MemberChange {
+    /// The node that joins or leaves.
+    pub fn node(&self) -> PeerId {
+        match self {
+            Self::Join(node) | Self::Leave(node) => *node,
+        }
+    }
+}
+
+/// A membership change proposed in one generation of a section; agreed in another generation
+/// (a late block), it does nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MembershipProposal {
+    /// The generation it was proposed in.
+    pub generation: u64,
+    /// The change.
+    pub change: MemberChange,
+}
+
+impl MembershipProposal {
+    /// The observation bytes: tag, version, JSON (deterministic, so every member proposing
+    /// the same change produces the same bytes and their votes add up).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![MEMBERSHIP_TAG, MEMBERSHIP_VERSION];
+        // A struct of integers and fixed arrays always serialises.
+        serde_json::to_writer(&mut bytes, self).unwrap_or_else(|_| unreachable!());
+        bytes
+    }
+
+    /// Decodes untrusted observation bytes; `None` if they are not tagged as a membership
+    /// proposal (they may be a command proposal).
+    pub fn decode(bytes: &[u8]) -> Option<Result<Self, ProposalError>> {
+        let (&tag, rest) = bytes.split_first()?;
+        if tag != MEMBERSHIP_TAG {
+            return None;
+        }
+        let Some((&version, body)) = rest.split_first() else {
+            return Some(Err(ProposalError::Empty));
+        };
+        if version != MEMBERSHIP_VERSION {
+            return Some(Err(ProposalError::UnknownVersion(version)));
+        }
+        Some(
+            serde_json::from_slice(body)
+                .map_err(|error| ProposalError::Malformed(error.to_string())),
+        )
+    }
+}
+
+/// A refusal recorded in the store: part of a section's state (a command id refused once
+/// stays refused), so it travels with state transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The refused command.
+    pub command_id: CommandId,
+    /// Its stream.
+    pub stream: StreamKey,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a member serves a joiner: the section's state when the joiner's generation started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The joiner.
+    pub joiner: PeerId,
+    /// The generation the joiner joined.
+    pub generation: u64,
+    /// The joiner's section in that generation (the events of its streams are transferred).
+    pub prefix: Prefix,
+    /// The member's store head when the generation started: the events at or below it are
+    /// the state (the member's later events belong to the new generation's blocks).
+    pub head: u64,
+    /// The refusals of the joiner's section recorded when the generation started.
+    pub refusals: Vec<Refusal>,
+    /// [`section_digest`] of that state.
+    pub digest: [u8; 32],
+}
+
+/// What a welcome promises a joiner: its section in the new generation and the digest of the
+/// state it starts from. Equal welcomes from `f + 1` members are believed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The generation the joiner is a member of.
+    pub generation: u64,
+    /// The joiner's section.
+    pub prefix: Prefix,
+    /// Its members, the joiner included, in name order.
+    pub members: Vec<PeerId>,
+    /// [`section_digest`] of the state the generation starts from.
+    pub digest: [u8; 32],
+}
+
+/// What a joiner fetches: the state `welcome` promises, from one of `sources`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferTarget {
+    /// The welcome believed.
+    pub welcome: Welcome,
+    /// The members that sent it.
+    pub sources: Vec<PeerId>,
+}
+
+/// The engine's durable view of its own section, saved whenever it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionState {
+    /// Generation of the section's consensus instance (0 at the network's start).
+    pub generation: u64,
+    /// The section's prefix.
+    pub prefix: Prefix,
+    /// Its members in name order; empty when this node is no member (it left, or has not been
+    /// welcomed yet).
+    pub members: Vec<PeerId>,
+    /// Every member of every section as this node knows them (the section map is a function
+    /// of this set).
+    pub network: Vec<PeerId>,
+    /// Whether the store holds the section's state (false while a joiner transfers it).
+    pub transferred: bool,
+    /// Joiner, until its transfer is done: the welcome it believed and the members that
+    /// vouched for it (the sources it fetches the state from).
+    pub transfer: Option<TransferTarget>,
+    /// Handovers to serve to joiners, latest last.
+    pub handovers: Vec<Handover>,
+}
+
+/// Checkpoint name the section state is saved under in the event store.
+pub const SECTION_STATE_CHECKPOINT: &str = "$engine/section";
+
+impl SectionState {
+    /// Loads the saved state, if any.
+    pub fn load(store: &EventStore) -> Result<Option<Self>, StoreError> {
+        let Some(bytes) = store.load_checkpoint(SECTION_STATE_CHECKPOINT)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| StoreError::Corrupt(format!("engine section state: {error}")))
+    }
+
+    /// Saves it durably.
+    pub fn save(&self, store: &EventStore) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(self)
+            .map_err(|error| StoreError::Corrupt(format!("engine section state: {error}")))?;
+        store.save_checkpoint_durable(SECTION_STATE_CHECKPOINT, &bytes)
+    }
+}
+
+/// The consensus group id of a section's generation: every event of that instance signs it.
+pub fn group_id(prefix: &Prefix, generation: u64) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("chorus engine section group v1");
+    hasher.update(prefix.to_string().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&generation.to_le_bytes());
+    *hasher.finalize().as_bytes()
+}
+
+/// A node's name.
+pub fn name_of(node: &PeerId) -> XorName {
+    XorName::from_public_key(&node.0)
+}
+
+/// Sorts members in name order, the order every member agrees on.
+pub fn sort_members(members: &mut Vec<PeerId>) {
+    members.sort_by_key(name_of);
+    members.dedup();
+}
+
+/// The section `node` is in once a section with `prefix` has `members`: the section splits
+/// while both halves keep `section_size_min` members (the section map's rule). `None` if
+/// `node` is not among `members`.
+pub fn section_after(
+    prefix: Prefix,
+    members: &[PeerId],
+    node: &PeerId,
+    section_size_min: usize,
+) -> Option<(Prefix, Vec<PeerId>)> {
+    if !members.contains(node) {
+        return None;
+    }
+    let mut prefix = prefix;
+    let mut members: Vec<PeerId> = members.to_vec();
+    sort_members(&mut members);
+    loop {
+        let bit = prefix.len();
+        let (Some(zero), Some(one)) = (prefix.pushed(false), prefix.pushed(true)) else {
+            break;
+        };
+        let (in_zero, in_one): (Vec<PeerId>, Vec<PeerId>) =
+            members.iter().partition(|member| !name_of(member).bit(bit));
+        if in_zero.len() < section_size_min.max(1) || in_one.len() < section_size_min.max(1) {
+            break;
+        }
+        let ours = name_of(node).bit(bit);
+        (prefix, members) = if ours { (one, in_one) } else { (zero, in_zero) };
+    }
+    Some((prefix, members))
+}
+
+/// Whether a change may apply to a section with `prefix` and `members`: a join of a node
+/// whose name the prefix covers and that is no member yet; a leave of a member that leaves
+/// the section at least `section_size_min` strong (or the root section with one member at
+/// least). A leave that would make the section merge with its sibling is refused: merging
+/// needs the sibling's agreement too, which is not built (ARCHITECTURE.md).
+pub fn change_allowed(
+    prefix: &Prefix,
+    members: &[PeerId],
+    change: &MemberChange,
+    section_size_min: usize,
+) -> bool {
+    match change {
+        MemberChange::Join(node) => !members.contains(node) && prefix.matches(&name_of(node)),
+        MemberChange::Leave(node) => {
+            let left = members.len().saturating_sub(1);
+            members.contains(node) && left >= 1 && (prefix.is_empty() || left >= section_size_min)
+        }
+    }
+}
+
+/// The refusals the store recorded for streams under `prefix`, in command-id order.
+pub fn section_refusals(store: &EventStore, prefix: &Prefix) -> Result<Vec<Refusal>, StoreError> {
+    Ok(store
+        .refusals()?
+        .into_iter()
+        .filter(|(_, stream, _)| prefix.matches(&XorName::from_stream_key(&stream.qualified())))
+        .map(|(command_id, stream, reason)| Refusal {
+            command_id,
+            stream,
+            reason,
+        })
+        .collect())
+}
+
+/// The events of streams under `prefix`, in the store's order, up to global position `head`
+/// (all if `None`).
+pub fn section_events(
+    store: &EventStore,
+    prefix: &Prefix,
+    from: u64,
+    head: Option<u64>,
+    count: usize,
+) -> Result<(Vec<chorus_aggregate::RecordedEvent>, Option<u64>), StoreError> {
+    let slice = store.read_log(&Filter::All, from, count)?;
+    let mut events = Vec::new();
+    for event in slice.events {
+        if head.is_some_and(|head| event.position > head) {
+            return Ok((events, None));
+        }
+        if prefix.matches(&XorName::from_stream_key(&event.stream.qualified())) {
+            events.push(event);
+        }
+    }
+    let next = slice
+        .next
+        .filter(|next| head.is_none_or(|head| *next <= head));
+    Ok((events, next))
+}
+
+/// A digest of a section's state: its streams' events (every envelope field but the global
+/// position, which differs between members), in the store's order, and its refusals. Two
+/// members that applied the same agreed sequence have equal digests, whatever else their
+/// stores hold (streams of a former section, say).
+pub fn section_digest<'a>(
+    events: impl IntoIterator<Item = &'a chorus_aggregate::RecordedEvent>,
+    refusals: &[Refusal],
+) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("chorus engine section digest v1");
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    for event in events {
+        field(b"event");
+        field(event.stream.qualified().as_bytes());
+        field(&event.sequence.to_le_bytes());
+        field(&event.event_id.0);
+        field(event.event_type.as_str().as_bytes());
+        field(&event.event_version.to_le_bytes());
+        field(&event.payload);
+        field(&event.command_id.map_or([0; 16], |id| id.0));
+        field(&event.causation_id.0);
+        field(&event.correlation_id.0);
+        field(&event.timestamp_ms.to_le_bytes());
+        field(&event.supersedes.unwrap_or(u64::MAX).to_le_bytes());
+    }
+    for refusal in refusals {
+        field(b"refusal");
+        field(&refusal.command_id.0);
+        field(refusal.stream.qualified().as_bytes());
+        field(refusal.reason.as_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// [`section_digest`] of everything a store holds for a section now (for checkers and tests).
+pub fn store_section_digest(store: &EventStore, prefix: &Prefix) -> Result<[u8; 32], StoreError> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let (mut slice, next) = section_events(store, prefix, from, None, 1_000)?;
+        events.append(&mut slice);
+        match next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    Ok(section_digest(&events, &section_refusals(store, prefix)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(byte: u8) -> PeerId {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[byte; 32]);
+        PeerId(key.verifying_key().to_bytes())
+    }
+
+    #[test]
+    fn membership_proposals_round_trip_and_are_told_apart_from_commands() {
+        let proposal = MembershipProposal {
+            generation: 3,
+            change: MemberChange::Join(peer(1)),
+        };
+        let bytes = proposal.encode();
+        assert_eq!(MembershipProposal::decode(&bytes), Some(Ok(proposal)));
+        assert_eq!(
+            MembershipProposal::decode(&[1, b'{']),
+            None,
+            "a command proposal"
+        );
+        assert!(matches!(
+            MembershipProposal::decode(&[MEMBERSHIP_TAG, 9]),
+            Some(Err(ProposalError::UnknownVersion(9)))
+        ));
+        assert!(matches!(
+            MembershipProposal::decode(&[MEMBERSHIP_TAG, MEMBERSHIP_VERSION, b'x']),
+            Some(Err(ProposalError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn a_section_splits_only_when_both_halves_keep_the_minimum() {
+        let members: Vec<PeerId> = (1..=40).map(peer).collect();
+        let node = members[0];
+        let (prefix, ours) = section_after(Prefix::ROOT, &members, &node, 4).expect("a member");
+        assert!(!prefix.is_empty(), "40 members split at least once");
+        assert!(ours.contains(&node) && ours.len() >= 4);
+        assert!(ours.iter().all(|member| prefix.matches(&name_of(member))));
+        // The half it did not keep could not split again with its own members: the rule
+        // stops where one half would fall below the minimum.
+        let zero = ours
+            .iter()
+            .filter(|m| !name_of(m).bit(prefix.len()))
+            .count();
+        assert!(zero < 4 || ours.len() - zero < 4);
+        // Below twice the minimum nothing splits.
+        let few: Vec<PeerId> = members[..7].to_vec();
+        assert_eq!(
+            section_after(Prefix::ROOT, &few, &node, 4).map(|(prefix, _)| prefix),
+            Some(Prefix::ROOT)
+        );
+        assert_eq!(section_after(Prefix::ROOT, &few, &peer(99), 4), None);
+    }
+
+    #[test]
+    fn leaves_that_would_force_a_merge_are_refused() {
+        let members: Vec<PeerId> = (1..=4).map(peer).collect();
+        let child = Prefix::ROOT.pushed(false).expect("a child prefix");
+        let leave = MemberChange::Leave(members[0]);
+        assert!(!change_allowed(&child, &members, &leave, 4));
+        assert!(change_allowed(&Prefix::ROOT, &members, &leave, 4));
+        assert!(!change_allowed(
+            &Prefix::ROOT,
+            &members,
+            &MemberChange::Leave(peer(77)),
+            4
+        ));
+        assert!(!change_allowed(
+            &Prefix::ROOT,
+            &members,
+            &MemberChange::Join(members[1]),
+            4
+        ));
+        assert!(change_allowed(
+            &Prefix::ROOT,
+            &members,
+            &MemberChange::Join(peer(77)),
+            4
+        ));
+    }
+
+    #[test]
+    fn group_ids_differ_per_prefix_and_generation() {
+        let zero = Prefix::ROOT.pushed(false).expect("a child prefix");
+        assert_ne!(group_id(&Prefix::ROOT, 0), group_id(&Prefix::ROOT, 1));
+        assert_ne!(group_id(&Prefix::ROOT, 1), group_id(&zero, 1));
+    }
+}
