@@ -114,6 +114,8 @@ pub struct ClusterSim {
     sequence: u64,
     now_ms: u64,
     submitted: Vec<Submitted>,
+    /// Whether every engine runs the transfer saga (`run_transfer_saga`).
+    saga: bool,
     _directory: tempfile::TempDir,
 }
 
@@ -187,6 +189,7 @@ impl ClusterSim {
             sequence: 0,
             now_ms: 0,
             submitted: Vec::new(),
+            saga: false,
             _directory: directory,
         };
         for node in 0..sim.engines.len() {
@@ -253,7 +256,31 @@ impl ClusterSim {
             .gen_range(0..self.setup.gossip_interval_ms.max(1));
         self.schedule(offset, Item::Tick(node));
         self.collect(node);
+        self.add_saga(node)?;
         Ok(node)
+    }
+
+    /// Makes every engine, now and after restarts and joins, run the transfer saga
+    /// (`TransferSaga`) as a process manager on its section's events.
+    pub fn run_transfer_saga(&mut self) -> Result<(), String> {
+        self.saga = true;
+        for node in 0..self.engines.len() {
+            self.add_saga(node)?;
+        }
+        Ok(())
+    }
+
+    fn add_saga(&mut self, node: usize) -> Result<(), String> {
+        if !self.saga {
+            return Ok(());
+        }
+        if let Some(engine) = self.engines[node].as_mut() {
+            engine
+                .add_process_manager(Box::new(chorus_aggregate::examples::transfer::TransferSaga))
+                .map_err(|error| error.to_string())?;
+        }
+        self.collect(node);
+        Ok(())
     }
 
     /// `node` asks its section to let it leave (`Engine::leave`).
@@ -326,7 +353,7 @@ impl ClusterSim {
         .map_err(|error| error.to_string())?;
         self.engines[node] = Some(engine);
         self.collect(node);
-        Ok(())
+        self.add_saga(node)
     }
 
     /// A Byzantine member's move: `node` votes for arbitrary observation bytes (a forged
@@ -587,14 +614,48 @@ impl ClusterSim {
         })
     }
 
+    /// With the saga running, the ids of the commands it may send: for every event some store
+    /// holds, the ids `CommandRequest::caused_by` derives for its first three commands. A
+    /// command the saga sent has one of them; a forged one under a made-up id does not.
+    fn saga_commands(&self) -> Vec<CommandId> {
+        use chorus_aggregate::ProcessManager;
+        if !self.saga {
+            return Vec::new();
+        }
+        let name = chorus_aggregate::examples::transfer::TransferSaga
+            .name()
+            .to_owned();
+        let mut ids = Vec::new();
+        for engine in self.engines.iter().flatten() {
+            let mut from = 1;
+            while let Ok(slice) = engine.store().read_log(&Filter::All, from, 1_000) {
+                for event in &slice.events {
+                    for index in 0..3u64 {
+                        ids.push(CommandId::derive(&[
+                            name.as_bytes(),
+                            &event.event_id.0,
+                            &index.to_le_bytes(),
+                        ]));
+                    }
+                }
+                match slice.next {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+        }
+        ids
+    }
+
     /// Runs every checker; returns the violations found, each a sentence.
     pub fn check(&self) -> Vec<String> {
         let mut violations = Vec::new();
-        let submitted: std::collections::BTreeSet<CommandId> = self
+        let mut submitted: std::collections::BTreeSet<CommandId> = self
             .submitted
             .iter()
             .map(|submitted| submitted.request.command_id)
             .collect();
+        submitted.extend(self.saga_commands());
         let map = self.map();
         if let Err(error) = map.check() {
             violations.push(format!("the section map breaks an invariant: {error}"));
@@ -755,6 +816,7 @@ fn registry() -> AggregateRegistry {
     AggregateRegistry::new()
         .register::<BankAccount>()
         .register::<Notebook>()
+        .register::<chorus_aggregate::examples::transfer::Transfer>()
 }
 
 fn open_store(directory: &std::path::Path, node: usize) -> Result<EventStore, String> {

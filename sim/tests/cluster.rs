@@ -576,3 +576,145 @@ fn concurrent_commands_on_one_stream_apply_exactly_once_in_one_order() {
         }
     }
 }
+
+/// The first `count` account ids whose streams route to the section with `prefix`.
+fn accounts_in(prefix: chorus_routing::Prefix, count: usize) -> Vec<String> {
+    (0..)
+        .map(|index| format!("p{index}"))
+        .filter(|id| {
+            let stream = StreamKey::new("BankAccount", id).expect("key");
+            prefix.matches(&chorus_routing::XorName::from_stream_key(
+                &stream.qualified(),
+            ))
+        })
+        .take(count)
+        .collect()
+}
+
+fn balance(sim: &ClusterSim, id: &str) -> u64 {
+    let stream = StreamKey::new("BankAccount", id).expect("key");
+    let section = sim.map().section_for_stream(&stream.qualified()).clone();
+    let member = (0..sim.node_count())
+        .find(|node| {
+            section.contains(&chorus_routing::XorName::from_public_key(
+                &sim.engine(*node).id().0,
+            ))
+        })
+        .expect("a member");
+    chorus_aggregate::Repository::<chorus_aggregate::examples::bank_account::BankAccount>::new(
+        sim.engine(member).store(),
+    )
+    .load(&stream)
+    .expect("loads")
+    .state
+    .balance
+}
+
+fn transfer_status(
+    sim: &ClusterSim,
+    id: &str,
+) -> chorus_aggregate::examples::transfer::TransferStatus {
+    let stream = StreamKey::new("Transfer", id).expect("key");
+    let section = sim.map().section_for_stream(&stream.qualified()).clone();
+    let member = (0..sim.node_count())
+        .find(|node| {
+            section.contains(&chorus_routing::XorName::from_public_key(
+                &sim.engine(*node).id().0,
+            ))
+        })
+        .expect("a member");
+    chorus_aggregate::Repository::<chorus_aggregate::examples::transfer::Transfer>::new(
+        sim.engine(member).store(),
+    )
+    .load(&stream)
+    .expect("loads")
+    .state
+    .status
+}
+
+#[test]
+fn the_transfer_saga_moves_money_between_accounts_of_two_sections() {
+    use chorus_aggregate::examples::transfer::{TransferCommand, TransferStatus};
+    for (seed, block_mode) in [(61, BlockMode::Supermajority), (62, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 8,
+            sections: Some(2),
+            block_mode,
+            network: NetworkConfig {
+                drop_probability: 0.02,
+                ..NetworkConfig::default()
+            },
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        sim.run_transfer_saga().expect("saga");
+        let map = sim.map();
+        let prefixes: Vec<_> = map.sections().map(|section| section.prefix()).collect();
+        let left = accounts_in(prefixes[0], 2);
+        let right = accounts_in(prefixes[1], 2);
+        for (index, id) in left.iter().chain(&right).enumerate() {
+            let stream = StreamKey::new("BankAccount", id).expect("key");
+            let open = bank(BankAccountCommand::OpenAccount {
+                owner: format!("o{index}"),
+            });
+            sim.submit(index % 8, command(&format!("open-{id}"), &stream, open));
+        }
+        assert!(sim.run_until_answered(60_000), "seed {seed}: opening");
+        for (index, id) in left.iter().chain(&right).enumerate() {
+            let stream = StreamKey::new("BankAccount", id).expect("key");
+            let deposit = bank(BankAccountCommand::Deposit {
+                amount: 100,
+                transfer: None,
+            });
+            sim.submit(index % 8, command(&format!("fund-{id}"), &stream, deposit));
+        }
+        assert!(sim.run_until_answered(60_000), "seed {seed}: accounts");
+        let transfers = [
+            // Completes: withdrawn on the left, deposited on the right.
+            ("t1", &left[0], &right[0], 30),
+            // Fails: the withdrawal would overdraw.
+            ("t2", &right[1], &left[1], 500),
+            // Refunded: the destination was never opened, so the deposit is refused.
+            ("t3", &left[1], &"nobody".to_owned(), 20),
+        ];
+        for (node, (id, from, to, amount)) in transfers.iter().enumerate() {
+            let start = serde_json::to_value(TransferCommand::StartTransfer {
+                from: (*from).clone(),
+                to: (*to).clone(),
+                amount: *amount,
+            })
+            .expect("json");
+            let stream = StreamKey::new("Transfer", id).expect("key");
+            sim.submit(node * 3, command(&format!("start-{id}"), &stream, start));
+        }
+        assert!(sim.run_until_answered(60_000), "seed {seed}: transfers");
+        let settled = run_until(&mut sim, 60_000, |sim| {
+            ["t1", "t2", "t3"].iter().all(|id| {
+                matches!(
+                    transfer_status(sim, id),
+                    TransferStatus::Completed | TransferStatus::Failed { .. }
+                )
+            })
+        });
+        assert!(settled, "seed {seed}: the sagas did not finish");
+        sim.settle(30_000);
+        assert_clean(&sim);
+        assert_eq!(
+            transfer_status(&sim, "t1"),
+            TransferStatus::Completed,
+            "seed {seed}"
+        );
+        assert!(
+            matches!(transfer_status(&sim, "t2"), TransferStatus::Failed { reason } if reason.contains("withdrawal refused")),
+            "seed {seed}: t2"
+        );
+        assert!(
+            matches!(transfer_status(&sim, "t3"), TransferStatus::Failed { reason } if reason.contains("refunded")),
+            "seed {seed}: t3"
+        );
+        assert_eq!(balance(&sim, &left[0]), 70, "seed {seed}");
+        assert_eq!(balance(&sim, &right[0]), 130, "seed {seed}");
+        assert_eq!(balance(&sim, &right[1]), 100, "seed {seed}");
+        assert_eq!(balance(&sim, &left[1]), 100, "seed {seed}: refunded");
+    }
+}

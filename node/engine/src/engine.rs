@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chorus_aggregate::{
     AggregateRegistry, AppendBatch, AppendOutcome, CommandId, CommandRecord, CommandRequest,
-    DispatchError, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError,
+    DispatchError, EventStore, ExpectedVersion, NewEvent, ProcessManager, RecordedEvent,
+    StoreError,
 };
 use chorus_consensus::codec::{decode_message, encode_message};
 use chorus_consensus::{
@@ -372,6 +373,8 @@ pub enum EngineError {
 enum Waiter {
     Client(ClientTicket),
     Peer(PeerId),
+    /// One of the engine's process managers (by index).
+    Manager(usize),
 }
 
 /// One of our proposals in agreement.
@@ -470,7 +473,33 @@ pub struct Engine {
     unapplied: Vec<AgreedProposal>,
     sends: VecDeque<(PeerId, Vec<u8>)>,
     replies: VecDeque<(ClientTicket, CommandOutcome)>,
+    /// Process managers run on our section's events.
+    managers: Vec<ManagerRun>,
+    /// Answers to managers' commands, for `run_managers` to handle.
+    manager_answers: VecDeque<(usize, CommandId, CommandOutcome)>,
 }
+
+/// A process manager the engine runs: one event at a time, from its checkpoint.
+struct ManagerRun {
+    manager: Box<dyn ProcessManager>,
+    /// The next global position of our store to look at.
+    next_position: u64,
+    /// The event being handled and its commands not answered yet.
+    current: Option<ManagerEvent>,
+}
+
+struct ManagerEvent {
+    event: RecordedEvent,
+    /// Commands sent for the event and not answered yet, with the time to send each (again);
+    /// `None` while one is on its way.
+    outstanding: BTreeMap<CommandId, (CommandRequest, Option<u64>)>,
+}
+
+/// A process manager's command that failed (no answer from another section, overload) is sent
+/// again after this long.
+pub const MANAGER_RETRY_MS: u64 = 1_000;
+/// Events each manager takes on per call, so one call stays short.
+pub const MANAGER_EVENTS_PER_RUN: usize = 256;
 
 /// A joiner waiting to be welcomed.
 struct Joining {
@@ -659,6 +688,8 @@ impl Engine {
             unapplied: Vec::new(),
             sends: VecDeque::new(),
             replies: VecDeque::new(),
+            managers: Vec::new(),
+            manager_answers: VecDeque::new(),
         }
     }
 
@@ -707,6 +738,36 @@ impl Engine {
         });
         self.drain();
         taken
+    }
+
+    /// Runs a process manager on this section's agreed events, from its saved checkpoint (the
+    /// first event if none). Every member of a section runs the same managers, and their
+    /// commands have ids derived from the event ([`CommandRequest::caused_by`]), so the
+    /// section agrees on each command once whoever sends it; the members of another section
+    /// dedupe forwarded copies the same way. A refused command is handed to the manager's
+    /// `on_rejected` (its compensation); one that failed is sent again after
+    /// `MANAGER_RETRY_MS`. Add managers again after a restart: they resume from their
+    /// checkpoints (saved without fsync, so a crash may replay events, which the ids absorb).
+    pub fn add_process_manager(
+        &mut self,
+        manager: Box<dyn ProcessManager>,
+    ) -> Result<(), EngineError> {
+        let next_position = match self
+            .store
+            .load_checkpoint(&manager_checkpoint(manager.name()))?
+        {
+            Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("checkpoint of process manager {}", manager.name()))
+            })?),
+            None => 1,
+        };
+        self.managers.push(ManagerRun {
+            manager,
+            next_position,
+            current: None,
+        });
+        self.run_managers();
+        Ok(())
     }
 
     /// Commands this node waits to answer (its clients' and forwarded ones).
@@ -874,6 +935,7 @@ impl Engine {
         }
         self.sweep();
         self.drain();
+        self.run_managers();
     }
 
     /// The next replay-log record to make durable (with `Config::log_records`), with the
@@ -923,10 +985,7 @@ impl Engine {
         if responsible && !self.is_active_member() {
             let outcome =
                 CommandOutcome::Failed("this node is still joining; send it again".to_owned());
-            match waiter {
-                Waiter::Client(ticket) => self.replies.push_back((ticket, outcome)),
-                Waiter::Peer(from) => self.answer_peer(from, command_id, outcome),
-            }
+            self.answer_waiter(waiter, command_id, outcome);
             return;
         }
         if !responsible {
@@ -941,7 +1000,7 @@ impl Engine {
                         .map(|(_, key)| PeerId(*key))
                 });
             match (peer, waiter) {
-                (Some(peer), Waiter::Client(_)) => {
+                (Some(peer), Waiter::Client(_) | Waiter::Manager(_)) => {
                     let first = self.add_waiter(command_id, waiter);
                     if first {
                         self.forwarded.insert(
@@ -961,10 +1020,11 @@ impl Engine {
                     command_id,
                     CommandOutcome::Failed("forwarded to a member not responsible".to_owned()),
                 ),
-                (None, Waiter::Client(ticket)) => self.replies.push_back((
-                    ticket,
+                (None, waiter) => self.answer_waiter(
+                    waiter,
+                    command_id,
                     CommandOutcome::Failed("the responsible section has no member".to_owned()),
-                )),
+                ),
             }
             return;
         }
@@ -1214,8 +1274,129 @@ impl Engine {
             if let Some(change) = self.pending_change.take() {
                 self.switch(change.change);
                 self.drain();
+                return;
             }
         }
+        self.run_managers();
+    }
+
+    /// Takes the process managers forward: handles the answers to their commands (a
+    /// refusal goes to `on_rejected`, a failure is sent again later), sends what is due, and
+    /// hands each manager its next event of our section once the previous one's commands are
+    /// all answered. Only an active member runs them (a joiner's store is not complete).
+    fn run_managers(&mut self) {
+        if self.managers.is_empty() || !self.is_active_member() {
+            return;
+        }
+        let now = self.now_ms;
+        for _ in 0..MANAGER_EVENTS_PER_RUN {
+            let mut progressed = false;
+            while let Some((index, command_id, outcome)) = self.manager_answers.pop_front() {
+                progressed = true;
+                let Some(run) = self.managers.get_mut(index) else {
+                    continue;
+                };
+                let Some(current) = run.current.as_mut() else {
+                    continue;
+                };
+                let Some((request, _)) = current.outstanding.get(&command_id).cloned() else {
+                    continue;
+                };
+                match outcome {
+                    CommandOutcome::Committed(_) | CommandOutcome::AlreadyCommitted(_) => {
+                        current.outstanding.remove(&command_id);
+                    }
+                    CommandOutcome::Refused(reason) | CommandOutcome::Invalid(reason) => {
+                        current.outstanding.remove(&command_id);
+                        for compensation in
+                            run.manager.on_rejected(&current.event, &request, &reason)
+                        {
+                            current
+                                .outstanding
+                                .insert(compensation.command_id, (compensation, Some(now)));
+                        }
+                    }
+                    CommandOutcome::Failed(reason) => {
+                        debug!(%command_id, %reason, "a process manager's command failed; will retry");
+                        if let Some(entry) = current.outstanding.get_mut(&command_id) {
+                            entry.1 = Some(now + MANAGER_RETRY_MS);
+                        }
+                    }
+                }
+            }
+            for index in 0..self.managers.len() {
+                progressed |= self.step_manager(index, now);
+            }
+            if !progressed && self.manager_answers.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// One step of one manager: send its due commands, or finish its event and take the next
+    /// one of our section. True if anything moved.
+    fn step_manager(&mut self, index: usize, now: u64) -> bool {
+        let prefix = self.state.prefix;
+        let Some(run) = self.managers.get_mut(index) else {
+            return false;
+        };
+        if let Some(current) = run.current.as_mut() {
+            let due: Vec<CommandRequest> = current
+                .outstanding
+                .values_mut()
+                .filter(|(_, send_at)| send_at.is_some_and(|at| at <= now))
+                .map(|(request, send_at)| {
+                    *send_at = None;
+                    request.clone()
+                })
+                .collect();
+            if !current.outstanding.is_empty() {
+                let sent = !due.is_empty();
+                for request in due {
+                    self.accept(Waiter::Manager(index), request);
+                }
+                return sent;
+            }
+            run.next_position = current.event.position + 1;
+            run.current = None;
+            let checkpoint = run.next_position.to_le_bytes();
+            let name = manager_checkpoint(run.manager.name());
+            if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
+                debug!(%error, "process manager checkpoint not saved");
+            }
+            return true;
+        }
+        let filter = run.manager.filter();
+        let slice = match self.store.read_log(&filter, run.next_position, 1) {
+            Ok(slice) => slice,
+            Err(error) => {
+                warn!(%error, "a process manager cannot read the store");
+                return false;
+            }
+        };
+        let Some(event) = slice.events.into_iter().next() else {
+            // Nothing matched in the scanned stretch: skip it.
+            let moved = slice.next.is_some_and(|next| next > run.next_position);
+            if let Some(next) = slice.next {
+                run.next_position = run.next_position.max(next);
+            }
+            return moved;
+        };
+        // Only the section that owns an event's stream reacts to it (after a split, each half
+        // its own streams).
+        if !prefix.matches(&XorName::from_stream_key(&event.stream.qualified())) {
+            run.next_position = event.position + 1;
+            return true;
+        }
+        let commands = run.manager.handle(&event);
+        run.current = Some(ManagerEvent {
+            event,
+            outstanding: commands
+                .into_iter()
+                .map(|request| (request.command_id, (request, Some(now))))
+                .collect(),
+        });
+        true
     }
 
     /// Votes for another member's observation when we agree with it (Supermajority mode; a
@@ -1937,10 +2118,17 @@ impl Engine {
     /// Answers everyone waiting for `command_id`.
     fn answer(&mut self, command_id: CommandId, outcome: &CommandOutcome) {
         for waiter in self.waiters.remove(&command_id).unwrap_or_default() {
-            match waiter {
-                Waiter::Client(ticket) => self.replies.push_back((ticket, outcome.clone())),
-                Waiter::Peer(peer) => self.answer_peer(peer, command_id, outcome.clone()),
-            }
+            self.answer_waiter(waiter, command_id, outcome.clone());
+        }
+    }
+
+    fn answer_waiter(&mut self, waiter: Waiter, command_id: CommandId, outcome: CommandOutcome) {
+        match waiter {
+            Waiter::Client(ticket) => self.replies.push_back((ticket, outcome)),
+            Waiter::Peer(peer) => self.answer_peer(peer, command_id, outcome),
+            // Handled by `run_managers`, not here: a manager's reaction sends commands, and
+            // sending from inside an answer would re-enter the command path.
+            Waiter::Manager(index) => self.manager_answers.push_back((index, command_id, outcome)),
         }
     }
 
@@ -1974,6 +2162,11 @@ fn same_command(ours: &CommandRequest, agreed: &CommandRequest) -> bool {
         && ours.expected == agreed.expected
         && ours.causation_id == agreed.causation_id
         && ours.correlation_id == agreed.correlation_id
+}
+
+/// The checkpoint name of a process manager run by the engine.
+fn manager_checkpoint(name: &str) -> String {
+    format!("$engine/manager/{name}")
 }
 
 /// The section state of a node at the network's start (generation 0), from the map.
