@@ -5,15 +5,20 @@
 //!
 //! What is modelled today: message delay, loss, duplication, reordering and partitions (the
 //! `Network` of the consensus simulator); crashes and restarts (`Engine::restore` from the
-//! node's replay log and store; own events are acknowledged at once, so a crash loses only
-//! what was in memory); a Byzantine member voting for forged proposals (`propose_raw`). Not
-//! yet: loss of unsynced log records at a crash, other Byzantine behaviours, membership
-//! changes, random sweeps.
+//! node's saved section state, replay log and store; own events are acknowledged at once, so
+//! a crash loses only what was in memory); a Byzantine member voting for forged proposals
+//! (`propose_raw`, `forge_deposit`); members leaving and nodes joining (with state transfer),
+//! sections splitting; the transfer saga run by every member. Not yet: loss of unsynced log
+//! records at a crash, other Byzantine behaviours.
 //!
-//! Checkers ([`ClusterSim::check`], after the run settles):
-//! - every member of a section holds the same event store (digest of the whole log);
-//! - every command answered `Committed` is in the store of every member of its section, once;
-//! - every stream a member holds routes to that member's section;
+//! Checkers ([`ClusterSim::check`], after the run settles), per section of the current map:
+//! - every listed member is active in it and agrees on its generation and members;
+//! - every member holds the same section state (digest of the section's events without
+//!   positions, and of its eventless commands);
+//! - every command answered `Committed` is in the store of every member of its section;
+//! - every event a member wrote is of a stream its section covered when it wrote it;
+//! - only commands a client (or the saga, from a stored event) sent have effects, and no
+//!   event id is stored twice;
 //! - no bank account was ever overdrawn: replaying each account's events, no withdrawal takes
 //!   the balance below zero and every event's balance is the running sum.
 
@@ -101,10 +106,10 @@ pub struct ClusterSim {
     /// Each node's durable consensus replay log, by generation (own events are acknowledged
     /// at once, so every record is durable when drained).
     logs: Vec<Vec<(u64, chorus_consensus::LogRecord)>>,
-    /// Per node, the prefix of its first section: every stream it ever held is under it
-    /// (sections only split, and a joiner receives only its section's streams). `None` for a
-    /// joiner not admitted yet.
-    origins: Vec<Option<chorus_routing::Prefix>>,
+    /// Per node, its sections over time: (generation, store head when it started, prefix).
+    /// An event at position p was written in the last generation that started below p, and
+    /// its stream must be under that generation's prefix.
+    histories: Vec<Vec<(u64, u64, chorus_routing::Prefix)>>,
     key_rng: ChaCha8Rng,
     ids: Vec<PeerId>,
     network: Network,
@@ -166,11 +171,13 @@ impl ClusterSim {
             setup.nodes + setup.spare_nodes,
             &mut network_rng,
         );
-        let origins = keys
+        let histories = keys
             .iter()
             .map(|key| {
                 map.section_of_member(&XorName::from_public_key(&key.verifying_key().to_bytes()))
-                    .map(|section| section.prefix())
+                    .map(|section| (0, 0, section.prefix()))
+                    .into_iter()
+                    .collect()
             })
             .collect();
         let mut sim = Self {
@@ -179,7 +186,7 @@ impl ClusterSim {
             keys,
             map,
             logs,
-            origins,
+            histories,
             key_rng,
             ids,
             network,
@@ -250,7 +257,7 @@ impl ClusterSim {
         self.keys.push(key);
         self.engines.push(Some(engine));
         self.logs.push(Vec::new());
-        self.origins.push(None);
+        self.histories.push(Vec::new());
         let offset = self
             .gossip_rng
             .gen_range(0..self.setup.gossip_interval_ms.max(1));
@@ -537,8 +544,13 @@ impl ClusterSim {
                 self.logs[node].push(record);
             }
         }
-        if self.origins[node].is_none() && engine.is_active_member() {
-            self.origins[node] = Some(engine.section().prefix);
+        let state = engine.section();
+        if !state.members.is_empty()
+            && self.histories[node]
+                .last()
+                .is_none_or(|(generation, _, _)| *generation != state.generation)
+        {
+            self.histories[node].push((state.generation, state.start_head, state.prefix));
         }
         let mut sends = Vec::new();
         while let Some(send) = engine.poll_send() {
@@ -740,11 +752,16 @@ impl ClusterSim {
             };
             for event in &slice.events {
                 let stream = event.stream.qualified();
-                let origin = self.origins[node];
-                if !origin.is_some_and(|origin| origin.matches(&XorName::from_stream_key(&stream)))
+                let section = self.histories[node]
+                    .iter()
+                    .rev()
+                    .find(|(_, start_head, _)| *start_head < event.position)
+                    .map(|(_, _, prefix)| *prefix);
+                if !section.is_some_and(|prefix| prefix.matches(&XorName::from_stream_key(&stream)))
                 {
                     violations.push(format!(
-                        "node {node} holds stream {stream}, which never routed to its section"
+                        "node {node} wrote an event of stream {stream} at position {} while in section {section:?}, which does not cover it",
+                        event.position
                     ));
                 }
                 // Only commands clients sent may have effects: a forged proposal applied
@@ -889,8 +906,10 @@ pub struct ClusterOutcome {
 pub const LIVENESS_BOUND_MS: u64 = 120_000;
 
 /// One random engine-mode run: the seed decides the cluster (8 to 16 nodes in 1, 2 or 4
-/// sections, the mode), the network (loss, duplication, reordering), a fault schedule (a
-/// partition, a crash and restart, a Byzantine member's forged proposal) and the workload;
+/// sections, the mode, whether the transfer saga runs), the network (loss, duplication,
+/// reordering), a fault schedule (a partition, a crash and restart, a Byzantine member's
+/// forged proposal), membership changes (a member leaving, a node joining) and the workload
+/// (deposits, withdrawals, transfers);
 /// then everything heals, every command must be answered within `LIVENESS_BOUND_MS`, and the
 /// checkers run. A panic in the simulated code is a violation of the seed.
 pub fn run_cluster_seed(seed: u64) -> ClusterOutcome {
@@ -944,9 +963,14 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
         sections: Some(sections),
         block_mode,
         network,
+        spare_nodes: 1,
         ..ClusterSetup::default()
     };
     let mut sim = ClusterSim::new(seed, setup)?;
+    if plan.gen_bool(0.5) {
+        sim.run_transfer_saga()?;
+        story.push("every member runs the transfer saga".to_owned());
+    }
     let accounts = plan.gen_range(2..8);
     let account = |index: usize| {
         StreamKey::new("BankAccount", &format!("a{index}")).map_err(|e| e.to_string())
@@ -966,6 +990,8 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
     let partitioned = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
     let crashed = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
     let forger = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
+    let leaver = plan.gen_bool(0.4).then(|| plan.gen_range(0..nodes));
+    let joins = plan.gen_bool(0.4);
     let load_ms = 3_000;
     for step in 0..load_ms / 100 {
         let now = step * 100;
@@ -1000,6 +1026,17 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
                 }
             }
         }
+        if now == 1_500 {
+            if let Some(node) = leaver {
+                sim.leave(node);
+                story.push(format!("{now} ms: node {node} asks to leave"));
+            }
+            if joins {
+                let key = sim.draw_key();
+                let node = sim.add_node(key)?;
+                story.push(format!("{now} ms: node {node} joins"));
+            }
+        }
         if now == 2_000 {
             if partitioned.is_some() {
                 sim.network_mut().heal();
@@ -1009,6 +1046,23 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
                 sim.restart(node)?;
                 story.push(format!("{now} ms: node {node} restarted"));
             }
+        }
+        // Now and then a transfer between two accounts (the saga moves the money, if it runs).
+        if accounts >= 2 && plan.gen_bool(0.1) {
+            let from = plan.gen_range(0..accounts);
+            let to = (from + plan.gen_range(1..accounts)) % accounts;
+            let start = serde_json::to_value(
+                chorus_aggregate::examples::transfer::TransferCommand::StartTransfer {
+                    from: format!("a{from}"),
+                    to: format!("a{to}"),
+                    amount: plan.gen_range(1..30),
+                },
+            )
+            .map_err(|error| error.to_string())?;
+            let stream = StreamKey::new("Transfer", &format!("t{step}"))
+                .map_err(|error| error.to_string())?;
+            let node = plan.gen_range(0..nodes);
+            sim.submit(node, command(&format!("t{step}"), &stream, start));
         }
         // Two commands per 100 ms on random accounts from random nodes.
         for _ in 0..2 {
@@ -1046,8 +1100,27 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
         .filter(|submitted| submitted.answer.is_none())
         .count();
     if !answered {
+        let examples: Vec<String> = sim
+            .submitted()
+            .iter()
+            .filter(|submitted| submitted.answer.is_none())
+            .take(3)
+            .map(|submitted| {
+                format!(
+                    "{} on {} sent to node {} at {} ms (node: {})",
+                    submitted.request.command_id,
+                    submitted.request.stream,
+                    submitted.node,
+                    submitted.at_ms,
+                    sim.engines[submitted.node]
+                        .as_ref()
+                        .map_or("down".to_owned(), Engine::summary)
+                )
+            })
+            .collect();
         violations.push(format!(
-            "{unanswered} commands unanswered {LIVENESS_BOUND_MS} virtual ms after the faults healed"
+            "{unanswered} commands unanswered {LIVENESS_BOUND_MS} virtual ms after the faults healed (first: {})",
+            examples.join("; ")
         ));
     }
     let committed = sim

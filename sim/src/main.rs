@@ -91,6 +91,11 @@ struct SweepArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
+    /// Engine mode: random runs of the whole command path (sections of engines with event
+    /// stores, partitions, crashes, forgeries, joins and leaves, the transfer saga) instead of
+    /// the consensus core alone; the run options below do not apply.
+    #[arg(long)]
+    engine: bool,
     #[command(flatten)]
     options: RunOptions,
 }
@@ -198,6 +203,9 @@ fn report_failure(outcome: &SeedOutcome, options: &RunOptions) -> Result<(), Str
 fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
     if args.seeds == 0 {
         return Err("--seeds must be at least 1".into());
+    }
+    if args.engine {
+        return engine_sweep(&args);
     }
     let options = args.options.sweep_options();
     let jobs = match args.jobs {
@@ -553,6 +561,118 @@ fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `sweep --engine`: random engine-mode runs (`run_cluster_seed`) on worker threads; each
+/// failure is printed with its story and the command that replays it.
+fn engine_sweep(args: &SweepArgs) -> Result<ExitCode, String> {
+    let jobs = match args.jobs {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        jobs => jobs,
+    }
+    .min(args.seeds as usize);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(args.start_seed));
+    let end = args.start_seed.saturating_add(args.seeds);
+    let (sender, receiver) = mpsc::channel::<chorus_sim::cluster::ClusterOutcome>();
+    let mut workers = Vec::new();
+    for _ in 0..jobs {
+        let next = Arc::clone(&next);
+        let sender = sender.clone();
+        workers.push(std::thread::spawn(move || {
+            loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end
+                    || sender
+                        .send(chorus_sim::cluster::run_cluster_seed(seed))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(sender);
+    let progress = ProgressBar::new(args.seeds);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}",
+        )
+        .map_err(|error| error.to_string())?
+        .progress_chars("=> "),
+    );
+    let (mut runs, mut commands, mut committed) = (0u64, 0usize, 0usize);
+    let mut events: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for outcome in receiver {
+        runs += 1;
+        commands += outcome.commands;
+        committed += outcome.committed;
+        for line in &outcome.story {
+            for (needle, name) in [
+                ("cut off", "partitions"),
+                ("crashed", "crashes"),
+                ("forged", "forgeries"),
+                ("asks to leave", "leaves"),
+                ("joins", "joins"),
+                ("transfer saga", "runs with the saga"),
+            ] {
+                if line.contains(needle) {
+                    *events.entry(name).or_default() += 1;
+                }
+            }
+        }
+        if !outcome.violations.is_empty() {
+            progress.suspend(|| {
+                eprintln!(
+                    "seed {} FAILED (replay: chorus-sim sweep --engine --seeds 1 --start-seed {})\n  {}\n  violations:\n    {}",
+                    outcome.seed,
+                    outcome.seed,
+                    outcome.story.join("\n  "),
+                    outcome.violations.join("\n    ")
+                );
+            });
+            failed.push(outcome.seed);
+            progress.set_message(format!("{} failed", failed.len()));
+        }
+        progress.inc(1);
+        if progress.is_hidden() && (runs % (args.seeds / 20).max(1) == 0 || runs == args.seeds) {
+            eprintln!(
+                "{runs}/{} seeds, {} failed, {:.0} s",
+                args.seeds,
+                failed.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| "a sweep worker panicked".to_string())?;
+    }
+    progress.finish_and_clear();
+    failed.sort_unstable();
+    println!("engine sweep: seeds {}..{end}", args.start_seed);
+    println!("  {:<28} {runs}", "seeds run");
+    println!(
+        "  {:<28} {commands} sent, {committed} committed",
+        "commands"
+    );
+    for (name, count) in &events {
+        println!("  {name:<28} {count}");
+    }
+    println!(
+        "  {:<28} {:.1}",
+        "wall seconds",
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        println!("  no violation");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("  FAILED seeds: {failed:?}");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// One engine-mode run: what it committed, how fast, and what the checkers found.

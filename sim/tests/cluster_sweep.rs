@@ -1,5 +1,6 @@
 //! Random engine-mode runs: every seed draws a cluster, a network, faults (a partition, a
-//! crash and restart, a forged proposal) and a workload, and must end with every command
+//! crash and restart, a forged proposal), membership changes (a leave, a join with state
+//! transfer), the transfer saga or not, and a workload, and must end with every command
 //! answered and no checker violation. CI runs a few seeds; `CHORUS_SIM_CLUSTER_SEEDS=N` runs
 //! more, `CHORUS_SIM_CLUSTER_START=S` starts elsewhere.
 

@@ -202,9 +202,11 @@ impl EventStore {
         self.view()?.read_snapshot(stream)
     }
 
-    /// [`ReadView::refusals`] on a fresh view.
-    pub fn refusals(&self) -> Result<Vec<(CommandId, StreamKey, String)>, StoreError> {
-        self.view()?.refusals()
+    /// [`ReadView::eventless_commands`] on a fresh view.
+    pub fn eventless_commands(
+        &self,
+    ) -> Result<Vec<(CommandId, StreamKey, Option<String>)>, StoreError> {
+        self.view()?.eventless_commands()
     }
 
     /// [`ReadView::load_checkpoint`] on a fresh view.
@@ -568,21 +570,33 @@ impl ReadView {
         Ok(fits.then_some(snapshot))
     }
 
-    /// Every recorded refusal (command id, stream, reason), in command-id order. Scans the
-    /// whole command index (one entry per command ever executed): for state transfer, which
-    /// is rare, not for a hot path.
-    pub fn refusals(&self) -> Result<Vec<(CommandId, StreamKey, String)>, StoreError> {
+    /// Every command whose fate the events do not show, in command-id order: refusals
+    /// (command id, stream, `Some(reason)`) and commands appended with no event (`None`). With
+    /// the events, they are a store's whole record of which commands ran. Scans the whole
+    /// command index (one entry per command ever executed): for state transfer, which is
+    /// rare, not for a hot path.
+    pub fn eventless_commands(
+        &self,
+    ) -> Result<Vec<(CommandId, StreamKey, Option<String>)>, StoreError> {
         let commands = self.transaction.open_table(COMMANDS)?;
-        let mut refusals = Vec::new();
+        let mut found = Vec::new();
         for entry in commands.iter()? {
             let (key, value) = entry?;
-            if let CommandRecord::Refused { stream, reason } =
-                decode_record::<CommandRecord>("command", value.value())?
-            {
-                refusals.push((CommandId(key.value()), stream, reason));
+            match decode_record::<CommandRecord>("command", value.value())? {
+                CommandRecord::Refused { stream, reason } => {
+                    found.push((CommandId(key.value()), stream, Some(reason)));
+                }
+                CommandRecord::Appended(outcome)
+                    if outcome.first_position > outcome.last_position =>
+                {
+                    if let Some(write) = outcome.streams.first() {
+                        found.push((CommandId(key.value()), write.stream.clone(), None));
+                    }
+                }
+                CommandRecord::Appended(_) => {}
             }
         }
-        Ok(refusals)
+        Ok(found)
     }
 
     /// A subscriber's checkpoint record, if one was saved.

@@ -31,7 +31,7 @@ use chorus_aggregate::{
 use chorus_consensus::codec::{decode_message, encode_message};
 use chorus_consensus::{
     Block, BlockMode, Config, Consensus, LogRecord, Observation, ObservationHash, PeerId,
-    SignedEvent, SyncRequest, SyncResponse, faulty_max,
+    SignedEvent, SyncRequest, SyncResponse, faulty_max, is_supermajority,
 };
 use chorus_routing::{Prefix, SectionMap, XorName};
 use ed25519_dalek::SigningKey;
@@ -41,9 +41,9 @@ use tracing::{debug, warn};
 
 use crate::apply::{AgreedProposal, Applied, apply_agreed};
 use crate::membership::{
-    HANDOVERS_MAX, Handover, MemberChange, MembershipProposal, Refusal, SectionState,
-    TransferTarget, Welcome, change_allowed, group_id, name_of, section_after, section_digest,
-    section_events, section_refusals, sort_members,
+    EventlessCommand, HANDOVERS_MAX, Handover, MemberChange, MembershipProposal, SectionState,
+    TransferTarget, Welcome, change_allowed, group_id, name_of, section_after, section_commands,
+    section_digest, section_events, sort_members,
 };
 use crate::proposal::Proposal;
 
@@ -144,8 +144,9 @@ pub struct TransferChunk {
     pub from: u64,
     /// The section's events from there, in the member's store order.
     pub events: Vec<RecordedEvent>,
-    /// The section's refusals (in the first chunk only).
-    pub refusals: Vec<Refusal>,
+    /// The section's eventless commands, after the events (the cursor runs over the events'
+    /// positions up to the handover's head, then over these).
+    pub commands: Vec<EventlessCommand>,
     /// Where the next chunk starts; `None` in the last.
     pub next: Option<u64>,
 }
@@ -238,7 +239,12 @@ impl Message {
                     from: *from,
                 })?,
             ),
-            Self::TransferChunk(chunk) => (TAG_TRANSFER_CHUNK, json(chunk)?),
+            // Binary: event payloads are bytes, which JSON would spell in up to four.
+            Self::TransferChunk(chunk) => (
+                TAG_TRANSFER_CHUNK,
+                bincode::serde::encode_to_vec(chunk, bincode::config::standard())
+                    .map_err(|e| malformed(&e))?,
+            ),
             Self::SectionUpdate {
                 prefix,
                 generation,
@@ -322,9 +328,17 @@ impl Message {
                     from: message.from,
                 })
             }
-            TAG_TRANSFER_CHUNK => Ok(Self::TransferChunk(
-                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
-            )),
+            TAG_TRANSFER_CHUNK => {
+                let config = bincode::config::standard().with_limit::<MESSAGE_BYTES_MAX>();
+                let (chunk, read) =
+                    bincode::serde::decode_from_slice(body, config).map_err(|e| malformed(&e))?;
+                if read != body.len() {
+                    return Err(MessageError::Malformed(
+                        "bytes after a transfer chunk".into(),
+                    ));
+                }
+                Ok(Self::TransferChunk(chunk))
+            }
             TAG_SECTION_UPDATE => {
                 let message: SectionUpdateMessage =
                     serde_json::from_slice(body).map_err(|e| malformed(&e))?;
@@ -366,6 +380,16 @@ pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The replay log holds records of a later generation than the store's section state.
+    #[error(
+        "the store's section state is generation {saved} but the replay log has records of generation {logged}: the store is older than the log"
+    )]
+    StaleState {
+        /// The generation the store saved.
+        saved: u64,
+        /// The later generation the log holds.
+        logged: u64,
+    },
 }
 
 /// Who waits for a command's answer.
@@ -442,14 +466,20 @@ pub struct Engine {
     pending_change: Option<MembershipProposal>,
     /// Membership changes we voted for in this generation (once each).
     voted_changes: BTreeSet<MembershipProposal>,
+    /// Agreed votes for membership changes of this generation: the members whose votes the
+    /// blocks prove, per change (rebuilt by replaying the generation's blocks).
+    membership_votes: BTreeMap<MemberChange, BTreeSet<PeerId>>,
+    /// When we last asked to leave; asked again until the leave is agreed.
+    leaving: Option<u64>,
+    /// Per node, the generation of the latest section update applied to our map about it (so
+    /// an older update that arrives late does not undo a newer one).
+    update_generations: BTreeMap<PeerId, u64>,
     /// Joiner: welcomes heard, by content, with their senders.
     joining: Option<Joining>,
     /// Joiner: the state transfer under way.
     transfer: Option<TransferRun>,
-    /// Section updates heard from other sections, by content, with their senders; and the
-    /// (prefix, generation) pairs already applied to our map.
+    /// Section updates heard from other sections, by content, with their senders.
     updates_heard: BTreeMap<(Prefix, u64, MemberChange), BTreeSet<PeerId>>,
-    updates_applied: BTreeSet<(Prefix, u64)>,
     /// Our last section update, sent once more after `ANNOUNCE_REPEAT_MS` (messages get lost).
     announcement: Option<(u64, Vec<PeerId>, Message)>,
     map: SectionMap,
@@ -513,7 +543,7 @@ struct TransferRun {
     source: usize,
     next_from: u64,
     events: Vec<RecordedEvent>,
-    refusals: Vec<Refusal>,
+    commands: Vec<EventlessCommand>,
     requested_at_ms: u64,
 }
 
@@ -525,8 +555,14 @@ pub const JOIN_RETRY_MS: u64 = 1_000;
 pub const TRANSFER_TIMEOUT_MS: u64 = 2_000;
 /// A section update is sent once more after this long.
 pub const ANNOUNCE_REPEAT_MS: u64 = 1_000;
-/// Payload bytes per transfer chunk (JSON spells a byte in up to four).
-pub const TRANSFER_CHUNK_BYTES: usize = MESSAGE_BYTES_MAX / 8;
+/// Payload bytes per transfer chunk (one event more may go over it: an event's payload is at
+/// most `EVENT_PAYLOAD_BYTES_MAX`, which fits a message with this much before it).
+pub const TRANSFER_CHUNK_BYTES: usize = MESSAGE_BYTES_MAX / 4;
+/// Eventless commands per transfer chunk.
+pub const TRANSFER_CHUNK_COMMANDS: usize = 2_000;
+/// Distinct welcomes, and distinct section updates, a node keeps count of (faulty peers could
+/// send endless variants).
+pub const HEARD_MAX: usize = 1_024;
 /// Events per transfer chunk.
 pub const TRANSFER_CHUNK_EVENTS: usize = 500;
 
@@ -575,6 +611,7 @@ impl Engine {
             members: Vec::new(),
             network: network_of(&map),
             transferred: false,
+            start_head: 0,
             transfer: None,
             handovers: Vec::new(),
         };
@@ -619,11 +656,22 @@ impl Engine {
             &state.network.iter().map(|id| id.0).collect::<Vec<_>>(),
         );
         let generation = state.generation;
-        let records: Vec<LogRecord> = log
-            .into_iter()
-            .filter(|(record_generation, _)| *record_generation == generation)
-            .map(|(_, record)| record)
-            .collect();
+        let mut records = Vec::new();
+        for (record_generation, record) in log {
+            // A generation is saved before its instance logs anything, so a later one in the
+            // log means the store is older than the log (a store restored from a backup, say):
+            // starting the saved generation again could sign a second first event in the
+            // later one.
+            if record_generation > generation {
+                return Err(EngineError::StaleState {
+                    saved: generation,
+                    logged: record_generation,
+                });
+            }
+            if record_generation == generation {
+                records.push(record);
+            }
+        }
         let consensus = if state.members.is_empty() {
             None
         } else if records.is_empty() {
@@ -671,10 +719,12 @@ impl Engine {
             retired: None,
             pending_change: None,
             voted_changes: BTreeSet::new(),
+            membership_votes: BTreeMap::new(),
+            leaving: None,
+            update_generations: BTreeMap::new(),
             joining: None,
             transfer: None,
             updates_heard: BTreeMap::new(),
-            updates_applied: BTreeSet::new(),
             announcement: None,
             map,
             registry,
@@ -770,6 +820,44 @@ impl Engine {
         Ok(())
     }
 
+    /// A one-line account of the engine's state, for diagnostics and status pages.
+    pub fn summary(&self) -> String {
+        format!(
+            "generation {} prefix {} members {} active {} retired {:?} pending change {:?} \
+             waiting {} proposed {} forwarded {} queued streams {} unapplied {} deferred {} \
+             joining {} transferring {} managers busy {}; oldest proposal {:?}",
+            self.state.generation,
+            self.state.prefix,
+            self.state.members.len(),
+            self.is_active_member(),
+            self.retired.as_ref().map(|(generation, _)| *generation),
+            self.pending_change,
+            self.waiters.len(),
+            self.proposed.len(),
+            self.forwarded.len(),
+            self.streams.len(),
+            self.unapplied.len(),
+            self.deferred_seconds.len(),
+            self.joining.is_some(),
+            self.transfer.is_some(),
+            self.managers
+                .iter()
+                .filter(|run| run.current.is_some())
+                .count(),
+            self.proposed
+                .values()
+                .min_by_key(|in_flight| in_flight.proposed_at_ms)
+                .map(|in_flight| format!(
+                    "{} on {}: attempt {}, decided at {:?}, proposed at {} ms",
+                    in_flight.request.command_id,
+                    in_flight.request.stream,
+                    in_flight.attempts,
+                    in_flight.decided_at,
+                    in_flight.proposed_at_ms
+                )),
+        )
+    }
+
     /// Commands this node waits to answer (its clients' and forwarded ones).
     pub fn commands_in_flight(&self) -> usize {
         self.waiters.len()
@@ -800,14 +888,20 @@ impl Engine {
         if self.consensus.is_none() {
             return;
         }
-        let change = MemberChange::Leave(self.our_id);
-        self.vote_change(change);
+        self.ask_to_leave();
+        self.drain();
+    }
+
+    /// Votes for our own leave and asks the others to (again every `JOIN_RETRY_MS` until it
+    /// is agreed: requests get lost).
+    fn ask_to_leave(&mut self) {
+        self.leaving = Some(self.now_ms);
+        self.vote_change(MemberChange::Leave(self.our_id));
         for member in self.state.members.clone() {
             if member != self.our_id {
                 self.send(member, &Message::LeaveRequest);
             }
         }
-        self.drain();
     }
 
     /// A message from a peer. Bad input is logged and dropped; it never stops the engine.
@@ -917,6 +1011,12 @@ impl Engine {
                 self.ask_to_join();
             }
         }
+        if self
+            .leaving
+            .is_some_and(|at| now_ms >= at + JOIN_RETRY_MS && self.consensus.is_some())
+        {
+            self.ask_to_leave();
+        }
         if let Some(transfer) = &self.transfer {
             if now_ms >= transfer.requested_at_ms + TRANSFER_TIMEOUT_MS {
                 let next = transfer.source + 1;
@@ -980,11 +1080,21 @@ impl Engine {
     /// Routes a command: propose it if our section is responsible, else forward it.
     fn accept(&mut self, waiter: Waiter, request: CommandRequest) {
         let command_id = request.command_id;
-        let section = self.map.section_for_stream(&request.stream.qualified());
-        let responsible = section.contains(&XorName::from_public_key(&self.our_id.0));
+        let address = XorName::from_stream_key(&request.stream.qualified());
+        // Our section as agreed decides what we take, not the map (a joiner's or a lagging
+        // member's map may still show a section before its split).
+        let responsible = self.consensus.is_some() && self.state.prefix.matches(&address);
         if responsible && !self.is_active_member() {
             let outcome =
                 CommandOutcome::Failed("this node is still joining; send it again".to_owned());
+            self.answer_waiter(waiter, command_id, outcome);
+            return;
+        }
+        let section = self.map.section_for(&address);
+        if !responsible && section.contains(&name_of(&self.our_id)) {
+            let outcome = CommandOutcome::Failed(
+                "this node's section map is out of date; send the command again".to_owned(),
+            );
             self.answer_waiter(waiter, command_id, outcome);
             return;
         }
@@ -1214,6 +1324,7 @@ impl Engine {
     fn drain(&mut self) {
         let generation = self.state.generation;
         let Some(consensus) = self.consensus.as_mut() else {
+            self.run_managers();
             return;
         };
         let mut requests = Vec::new();
@@ -1231,25 +1342,34 @@ impl Engine {
         // Blocks after a membership change belong to a generation that has ended: they are
         // never taken out, on any member (the next generation's blocks follow the change).
         while self.pending_change.is_none() {
-            let Some(block) = consensus.poll_block() else {
+            let Some(block) = self.consensus.as_mut().and_then(Consensus::poll_block) else {
                 break;
             };
             match agreed_item(&block) {
-                Some(Agreed::Proposal(proposal)) => self.unapplied.push(proposal),
-                Some(Agreed::Membership(change)) => {
-                    if change.generation == generation
-                        && change_allowed(
-                            &self.state.prefix,
-                            &self.state.members,
-                            &change.change,
-                            self.map.section_size_min(),
-                        )
+                Some(Agreed::Proposal(proposal)) => {
+                    let stream = proposal.proposal.request().stream.qualified();
+                    if self
+                        .state
+                        .prefix
+                        .matches(&XorName::from_stream_key(&stream))
                     {
-                        self.pending_change = Some(change);
+                        self.unapplied.push(proposal);
                     } else {
-                        debug!(?change, "agreed membership change does not apply");
+                        // Agreed here for a stream another section owns (a stale map, or a
+                        // faulty member): every member ignores it alike, and records
+                        // nothing, so the owner can still take the command.
+                        let command_id = proposal.proposal.request().command_id;
+                        debug!(%command_id, %stream, "agreed proposal for another section's stream ignored");
+                        self.answer(
+                            command_id,
+                            &CommandOutcome::Failed(
+                                "the stream belongs to another section; send the command again"
+                                    .to_owned(),
+                            ),
+                        );
                     }
                 }
+                Some(Agreed::Membership(change)) => self.count_change(&block, change),
                 None => {}
             }
         }
@@ -1262,19 +1382,23 @@ impl Engine {
                 },
             );
         }
-        for (hash, observation) in observations {
-            self.consider_second(hash, &observation);
-        }
         // A joiner applies nothing before its store holds the state the generation starts
         // from.
         if !self.unapplied.is_empty() && self.state.transferred {
             self.apply();
         }
+        // After the blocks, so proposals are judged on the freshest store; before a switch,
+        // so a second goes to the instance that carries the observation.
+        for (hash, observation) in observations {
+            self.consider_second(hash, &observation);
+        }
         if self.unapplied.is_empty() && self.state.transferred {
-            if let Some(change) = self.pending_change.take() {
-                self.switch(change.change);
-                self.drain();
-                return;
+            if let Some(change) = self.pending_change {
+                if self.switch(change.change) {
+                    self.pending_change = None;
+                    self.drain();
+                    return;
+                }
             }
         }
         self.run_managers();
@@ -1406,10 +1530,7 @@ impl Engine {
     /// `Command` proposal is seconded: its events are decided by every member at apply time.
     /// Accusations are not seconded: the consensus layer votes them when it holds evidence.
     fn consider_second(&mut self, hash: ObservationHash, observation: &Observation) {
-        if self.config.consensus.block_mode == BlockMode::Single
-            || !self.unapplied.is_empty()
-            || !self.state.transferred
-        {
+        if self.config.consensus.block_mode == BlockMode::Single {
             return;
         }
         let Observation::Payload(bytes) = observation else {
@@ -1419,10 +1540,31 @@ impl Engine {
         if MembershipProposal::decode(bytes).is_some() {
             return;
         }
-        match Proposal::decode(bytes) {
+        let proposal = Proposal::decode(bytes);
+        if let Ok(proposal) = &proposal {
+            let stream = proposal.request().stream.qualified();
+            if !self
+                .state
+                .prefix
+                .matches(&XorName::from_stream_key(&stream))
+            {
+                return; // another section's stream: never applied here
+            }
+        }
+        match proposal {
             Ok(Proposal::Command(_)) => {
                 if let Some(consensus) = self.consensus.as_mut() {
                     let _ = consensus.vote_for_hash(hash);
+                }
+            }
+            // Our store is not up to the agreed order yet (blocks wait to be applied, or a
+            // joiner's state is still coming): judge it once it is. Consensus announces an
+            // observation once, so one dropped here would never be seconded by us.
+            Ok(proposal @ Proposal::Decided { .. })
+                if !self.unapplied.is_empty() || !self.state.transferred =>
+            {
+                if self.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
+                    self.deferred_seconds.push((hash, proposal));
                 }
             }
             Ok(proposal @ Proposal::Decided { .. }) => self.second_if_agreed(hash, proposal),
@@ -1565,9 +1707,11 @@ impl Engine {
 
     /// Votes for a membership change of the current generation, once.
     fn vote_change(&mut self, change: MemberChange) {
+        let voter = (self.config.consensus.block_mode == BlockMode::Single).then_some(self.our_id);
         let proposal = MembershipProposal {
             generation: self.state.generation,
             change,
+            voter,
         };
         if !change_allowed(
             &self.state.prefix,
@@ -1589,17 +1733,46 @@ impl Engine {
         }
     }
 
-    /// A node asks to join: a member votes to admit it if its name falls in our section; one
-    /// already admitted gets its welcome again (the first may have been lost).
-    fn on_join_request(&mut self, from: PeerId) {
-        if let Some(handover) = self
-            .state
-            .handovers
-            .iter()
-            .rev()
-            .find(|handover| handover.joiner == from)
+    /// An agreed membership change: counts the votes its block proves; once more than two
+    /// thirds of the members voted for the change, it is the one to make (after the blocks
+    /// before it). Every member counts the same blocks in the same order.
+    fn count_change(&mut self, block: &Block, proposal: MembershipProposal) {
+        if proposal.generation != self.state.generation
+            || !change_allowed(
+                &self.state.prefix,
+                &self.state.members,
+                &proposal.change,
+                self.map.section_size_min(),
+            )
         {
-            if let Some(welcome) = self.welcome_for(handover) {
+            debug!(?proposal, "agreed membership change does not apply");
+            return;
+        }
+        let members = &self.state.members;
+        let voters = self.membership_votes.entry(proposal.change).or_default();
+        for vote in &block.proof {
+            let voter = vote.event.header.creator;
+            if members.contains(&voter) && proposal.voter.is_none_or(|named| named == voter) {
+                voters.insert(voter);
+            }
+        }
+        if is_supermajority(voters.len(), members.len()) {
+            self.pending_change = Some(proposal);
+        }
+    }
+
+    /// A node asks to join: a member votes to admit it if its name falls in our section; one
+    /// admitted in this generation gets its welcome again (the first may have been lost).
+    fn on_join_request(&mut self, from: PeerId) {
+        if self.state.members.contains(&from) {
+            if let Some(welcome) = self
+                .state
+                .handovers
+                .iter()
+                .rev()
+                .find(|handover| handover.joiner == from)
+                .map(welcome_for)
+            {
                 self.send(from, &Message::Welcome(welcome));
             }
             return;
@@ -1607,29 +1780,6 @@ impl Engine {
         if self.is_active_member() {
             self.vote_change(MemberChange::Join(from));
         }
-    }
-
-    /// The welcome of a handover: the joiner's section in the handover's generation.
-    fn welcome_for(&self, handover: &Handover) -> Option<Welcome> {
-        let (prefix, members) = self.section_in(handover)?;
-        Some(Welcome {
-            generation: handover.generation,
-            prefix,
-            members,
-            digest: handover.digest,
-        })
-    }
-
-    /// The joiner's section (prefix and members) in a handover's generation.
-    fn section_in(&self, handover: &Handover) -> Option<(Prefix, Vec<PeerId>)> {
-        let members: Vec<PeerId> = self
-            .map
-            .sections()
-            .filter(|section| section.prefix() == handover.prefix)
-            .flat_map(|section| section.member_keys())
-            .map(PeerId)
-            .collect();
-        (!members.is_empty()).then_some((handover.prefix, members))
     }
 
     /// Joiner: asks every member of the section covering its name to admit it.
@@ -1661,9 +1811,16 @@ impl Engine {
         let plausible = voters.contains(&from)
             && welcome.members.contains(&self.our_id)
             && sorted == welcome.members
-            && welcome.prefix.matches(&our_name);
+            && welcome.prefix.matches(&our_name)
+            && welcome
+                .members
+                .iter()
+                .all(|member| welcome.prefix.matches(&name_of(member)));
         if !plausible {
             debug!(peer = %from, "implausible welcome ignored");
+            return;
+        }
+        if !joining.welcomes.contains_key(&welcome) && joining.welcomes.len() >= HEARD_MAX {
             return;
         }
         let senders = joining.welcomes.entry(welcome.clone()).or_default();
@@ -1672,25 +1829,31 @@ impl Engine {
             return;
         }
         let sources: Vec<PeerId> = senders.iter().copied().collect();
-        self.joining = None;
-        self.map.add_member(self.our_id.0);
-        self.state = SectionState {
+        // Our map: what we knew, with our section as the welcome says it is now.
+        let mut network: Vec<[u8; 32]> = network_of(&self.map)
+            .into_iter()
+            .filter(|member| !welcome.prefix.matches(&name_of(member)))
+            .map(|member| member.0)
+            .collect();
+        network.extend(welcome.members.iter().map(|member| member.0));
+        let map = SectionMap::with_members(self.map.section_size_min(), &network);
+        let state = SectionState {
             generation: welcome.generation,
             prefix: welcome.prefix,
             members: welcome.members.clone(),
-            network: network_of(&self.map),
+            network: network_of(&map),
             transferred: false,
+            start_head: 0,
             transfer: Some(TransferTarget { welcome, sources }),
             handovers: Vec::new(),
         };
-        if let Err(error) = self.state.save(&self.store) {
+        if let Err(error) = state.save(&self.store) {
             warn!(%error, "section state not saved; will ask to join again");
-            self.joining = Some(Joining {
-                asked_at_ms: Some(self.now_ms),
-                welcomes: BTreeMap::new(),
-            });
             return;
         }
+        self.joining = None;
+        self.map = map;
+        self.state = state;
         match Consensus::new(
             consensus_config(&self.config, &self.state),
             self.key.clone(),
@@ -1718,7 +1881,7 @@ impl Engine {
             source,
             next_from: 1,
             events: Vec::new(),
-            refusals: Vec::new(),
+            commands: Vec::new(),
             requested_at_ms: self.now_ms,
         });
         self.send(
@@ -1731,6 +1894,8 @@ impl Engine {
     }
 
     /// Member: serves a joiner's state transfer, from the handover fixed at its admission.
+    /// The cursor runs over our store's positions up to the handover's head (the section's
+    /// events), then over the handover's eventless commands.
     fn on_transfer_request(&mut self, from: PeerId, generation: u64, position: u64) {
         let Some(handover) = self
             .state
@@ -1743,48 +1908,64 @@ impl Engine {
             return;
         };
         let mut events = Vec::new();
+        let mut commands = Vec::new();
         let mut bytes = 0;
-        let mut cursor = position.max(1);
         let mut next = None;
-        'chunks: loop {
-            let (slice, slice_next) = match section_events(
-                &self.store,
-                &handover.prefix,
-                cursor,
-                Some(handover.head),
-                100,
-            ) {
-                Ok(read) => read,
-                Err(error) => {
-                    warn!(%error, "the store does not read; transfer chunk not sent");
-                    return;
+        let mut cursor = position.max(1);
+        if cursor <= handover.head {
+            'chunks: loop {
+                let read = section_events(
+                    &self.store,
+                    &handover.prefix,
+                    cursor,
+                    Some(handover.head),
+                    100,
+                );
+                let (slice, slice_next) = match read {
+                    Ok(read) => read,
+                    Err(error) => {
+                        warn!(%error, "the store does not read; transfer chunk not sent");
+                        return;
+                    }
+                };
+                for event in slice {
+                    if !events.is_empty()
+                        && (events.len() >= TRANSFER_CHUNK_EVENTS
+                            || bytes + event.payload.len() > TRANSFER_CHUNK_BYTES)
+                    {
+                        next = Some(event.position);
+                        break 'chunks;
+                    }
+                    bytes += event.payload.len();
+                    events.push(event);
                 }
-            };
-            for event in slice {
-                if events.len() >= TRANSFER_CHUNK_EVENTS
-                    || bytes + event.payload.len() > TRANSFER_CHUNK_BYTES && !events.is_empty()
-                {
-                    next = Some(event.position);
-                    break 'chunks;
+                match slice_next {
+                    Some(slice_next) => cursor = slice_next,
+                    None => {
+                        cursor = handover.head + 1;
+                        break;
+                    }
                 }
-                bytes += event.payload.len();
-                events.push(event);
-            }
-            match slice_next {
-                Some(slice_next) => cursor = slice_next,
-                None => break,
             }
         }
-        let refusals = if position <= 1 {
-            handover.refusals.clone()
-        } else {
-            Vec::new()
-        };
+        if next.is_none() {
+            let first =
+                usize::try_from(cursor.saturating_sub(handover.head + 1)).unwrap_or(usize::MAX);
+            let end = first.saturating_add(TRANSFER_CHUNK_COMMANDS);
+            commands = handover
+                .commands
+                .get(first..end.min(handover.commands.len()))
+                .unwrap_or_default()
+                .to_vec();
+            if end < handover.commands.len() {
+                next = Some(handover.head + 1 + end as u64);
+            }
+        }
         let chunk = TransferChunk {
             generation,
             from: position,
             events,
-            refusals,
+            commands,
             next,
         };
         self.send(from, &Message::TransferChunk(chunk));
@@ -1805,10 +1986,16 @@ impl Engine {
             debug!(peer = %from, "a transfer chunk nobody asked this peer for");
             return;
         }
-        if run.next_from == 1 {
-            run.refusals = chunk.refusals;
+        let events = run.events.len() + chunk.events.len();
+        let commands = run.commands.len() + chunk.commands.len();
+        if events as u64 > target.welcome.events || commands as u64 > target.welcome.commands {
+            let next = run.source + 1;
+            warn!(peer = %from, "a transfer bigger than its welcome promised; asking another member");
+            self.start_transfer(next);
+            return;
         }
         run.events.extend(chunk.events);
+        run.commands.extend(chunk.commands);
         run.requested_at_ms = self.now_ms;
         match chunk.next {
             Some(next) if next > run.next_from => {
@@ -1838,31 +2025,36 @@ impl Engine {
         let (Some(target), Some(run)) = (self.state.transfer.clone(), self.transfer.take()) else {
             return;
         };
-        if section_digest(&run.events, &run.refusals) != target.welcome.digest {
+        if section_digest(&run.events, &run.commands) != target.welcome.digest {
             warn!("transferred state does not match the welcome's digest; asking another member");
             self.start_transfer(run.source + 1);
             return;
         }
-        if let Err(error) = self.write_transferred(&run.events, &run.refusals) {
+        if let Err(error) = self.write_transferred(&run.events, &run.commands) {
             warn!(%error, "transferred state not written; asking again");
             self.start_transfer(run.source + 1);
             return;
         }
-        self.state.transferred = true;
-        self.state.transfer = None;
-        if let Err(error) = self.state.save(&self.store) {
-            // The data is written; a restart fetches it again (the writes are idempotent).
-            warn!(%error, "section state not saved after the transfer");
+        let mut state = self.state.clone();
+        state.transferred = true;
+        state.transfer = None;
+        if let Err(error) = state.save(&self.store) {
+            // The data is written (idempotently): fetch it again and save then.
+            warn!(%error, "section state not saved after the transfer; asking again");
+            self.start_transfer(run.source + 1);
+            return;
         }
+        self.state = state;
         debug!(events = run.events.len(), "state transfer done");
     }
 
     /// Writes transferred events as the writes they were (consecutive events of one command
-    /// on one stream), with the original ids, times and expected versions, then the refusals.
+    /// on one stream), with the original ids, times and expected versions, then the eventless
+    /// commands (refusals, and appends without events).
     fn write_transferred(
         &self,
         events: &[RecordedEvent],
-        refusals: &[Refusal],
+        commands: &[EventlessCommand],
     ) -> Result<(), StoreError> {
         let mut batches: Vec<AppendBatch> = Vec::new();
         for event in events {
@@ -1900,21 +2092,37 @@ impl Engine {
                 }),
             }
         }
+        for command in commands.iter().filter(|command| command.refusal.is_none()) {
+            batches.push(AppendBatch {
+                command_id: Some(command.command_id),
+                causation_id: command.command_id.into(),
+                correlation_id: command.command_id.into(),
+                timestamp_ms: 0,
+                writes: vec![chorus_aggregate::StreamWrite {
+                    stream: command.stream.clone(),
+                    expected: ExpectedVersion::Any,
+                    events: Vec::new(),
+                }],
+            });
+        }
         for group in batches.chunks(chorus_aggregate::limits::GROUP_BATCHES_MAX) {
             let outcome = self.store.append_group(group)?;
             if let Some(error) = outcome.into_iter().find_map(Result::err) {
                 return Err(error);
             }
         }
-        for refusal in refusals {
-            self.store
-                .record_refusal(refusal.command_id, &refusal.stream, &refusal.reason)?;
+        for command in commands {
+            if let Some(reason) = &command.refusal {
+                self.store
+                    .record_refusal(command.command_id, &command.stream, reason)?;
+            }
         }
         Ok(())
     }
 
     /// Another section's member says its section changed. Applied to our map (routing only)
-    /// once `f + 1` of the members our map places under that prefix said the same; never
+    /// once `f + 1` members of the section our map has for that prefix (the section itself,
+    /// or the one it split from) said the same, so at least one honest member did; never
     /// for our own section, which changes only by our own agreement.
     fn on_section_update(
         &mut self,
@@ -1923,35 +2131,36 @@ impl Engine {
         generation: u64,
         change: MemberChange,
     ) {
+        let node = change.node();
         if prefix.overlaps(&self.state.prefix)
-            || self.updates_applied.contains(&(prefix, generation))
-            || !prefix.matches(&name_of(&change.node()))
+            || !prefix.matches(&name_of(&node))
+            || self
+                .update_generations
+                .get(&node)
+                .is_some_and(|applied| *applied >= generation)
         {
             return;
         }
-        let voters: Vec<PeerId> = self
-            .map
-            .sections()
-            .flat_map(|section| section.member_keys())
-            .map(PeerId)
-            .filter(|member| prefix.matches(&name_of(member)))
-            .collect();
+        let known = self.map.section_for(&prefix.lower_bound());
+        if !(known.prefix() == prefix || known.prefix().is_ancestor_of(&prefix)) {
+            return;
+        }
+        let voters: Vec<PeerId> = known.member_keys().into_iter().map(PeerId).collect();
         if !voters.contains(&from) {
             return;
         }
-        let senders = self
-            .updates_heard
-            .entry((prefix, generation, change))
-            .or_default();
+        let key = (prefix, generation, change);
+        if !self.updates_heard.contains_key(&key) && self.updates_heard.len() >= HEARD_MAX {
+            return;
+        }
+        let senders = self.updates_heard.entry(key).or_default();
         senders.insert(from);
         if senders.len() <= faulty_max(voters.len()) {
             return;
         }
         self.updates_heard
-            .retain(|(heard, heard_generation, _), _| {
-                (*heard, *heard_generation) != (prefix, generation)
-            });
-        self.updates_applied.insert((prefix, generation));
+            .retain(|(_, _, heard), _| heard.node() != node);
+        self.update_generations.insert(node, generation);
         match change {
             MemberChange::Join(node) => {
                 self.map.add_member(node.0);
@@ -1967,8 +2176,11 @@ impl Engine {
     /// generation and starts the next, with the new members, split if the section can split.
     /// Fixes the handover a joiner will fetch, saves the section state, welcomes the joiner,
     /// tells the other sections, and routes our pending commands again (their proposals
-    /// died with the old instance; the new one or another section takes them).
-    fn switch(&mut self, change: MemberChange) {
+    /// died with the old instance; the new one or another section takes them). Returns
+    /// false, changing nothing, if the store fails: the change waits and is tried again (a
+    /// next generation started without its state saved could, after a crash, sign a second
+    /// first event in it).
+    fn switch(&mut self, change: MemberChange) -> bool {
         let old_prefix = self.state.prefix;
         let generation = self.state.generation + 1;
         let min = self.map.section_size_min();
@@ -1978,40 +2190,56 @@ impl Engine {
             MemberChange::Leave(node) => all.retain(|member| *member != node),
         }
         sort_members(&mut all);
-        let mut handovers = std::mem::take(&mut self.state.handovers);
+        let head = match self.store.head_position() {
+            Ok(head) => head,
+            Err(error) => {
+                warn!(%error, "the store does not read; the membership change waits");
+                return false;
+            }
+        };
+        let mut handovers = self.state.handovers.clone();
         if let MemberChange::Join(joiner) = change {
-            match self.handover(joiner, generation, old_prefix, &all, min) {
+            match self.handover(joiner, generation, old_prefix, &all, min, head) {
                 Ok(handover) => handovers.push(handover),
-                Err(error) => warn!(%error, "no handover for the joiner (store failure)"),
+                Err(error) => {
+                    warn!(%error, "no handover for the joiner; the membership change waits");
+                    return false;
+                }
             }
         }
         let excess = handovers.len().saturating_sub(HANDOVERS_MAX);
         handovers.drain(..excess);
+        let mut map = self.map.clone();
         match change {
             MemberChange::Join(node) => {
-                self.map.add_member(node.0);
+                map.add_member(node.0);
             }
             MemberChange::Leave(node) => {
-                self.map.remove_member(&name_of(&node));
+                map.remove_member(&name_of(&node));
             }
         }
         let ours = section_after(old_prefix, &all, &self.our_id, min);
-        self.state = SectionState {
+        let state = SectionState {
             generation,
             prefix: ours.as_ref().map_or(old_prefix, |(prefix, _)| *prefix),
             members: ours.map(|(_, members)| members).unwrap_or_default(),
-            network: network_of(&self.map),
+            network: network_of(&map),
             transferred: true,
+            start_head: head,
             transfer: None,
             handovers,
         };
-        if let Err(error) = self.state.save(&self.store) {
-            // A crash now replays the old generation and makes the same switch again.
-            warn!(%error, "section state not saved");
+        if let Err(error) = state.save(&self.store) {
+            warn!(%error, "section state not saved; the membership change waits");
+            return false;
         }
+        self.map = map;
+        self.state = state;
+        self.update_generations.insert(change.node(), generation);
         let old = self.consensus.take();
         self.retired = old.map(|consensus| (generation - 1, consensus));
         self.voted_changes.clear();
+        self.membership_votes.clear();
         self.deferred_seconds.clear();
         if !self.state.members.is_empty() {
             match Consensus::new(
@@ -2023,17 +2251,19 @@ impl Engine {
                 Ok(consensus) => self.consensus = Some(consensus),
                 Err(error) => warn!(%error, "the next generation does not start"),
             }
+        } else {
+            self.leaving = None;
         }
         debug!(generation, prefix = %self.state.prefix, members = self.state.members.len(), ?change, "section changed");
         if let MemberChange::Join(joiner) = change {
-            let handover = self
+            if let Some(welcome) = self
                 .state
                 .handovers
                 .iter()
                 .rev()
                 .find(|handover| handover.joiner == joiner)
-                .cloned();
-            if let Some(welcome) = handover.and_then(|handover| self.welcome_for(&handover)) {
+                .map(welcome_for)
+            {
                 self.send(joiner, &Message::Welcome(welcome));
             }
         }
@@ -2054,10 +2284,11 @@ impl Engine {
         }
         self.announcement = Some((self.now_ms, outsiders, update));
         self.reroute_pending();
+        true
     }
 
-    /// The state a joiner of `generation` fetches: our store's head now, the digest of its
-    /// section's events up to there and of its section's refusals.
+    /// The state a joiner of `generation` fetches: our store's `head` now, the digest of its
+    /// section's events up to there and of its section's eventless commands.
     fn handover(
         &self,
         joiner: PeerId,
@@ -2065,10 +2296,10 @@ impl Engine {
         old_prefix: Prefix,
         all: &[PeerId],
         min: usize,
+        head: u64,
     ) -> Result<Handover, StoreError> {
-        let prefix =
-            section_after(old_prefix, all, &joiner, min).map_or(old_prefix, |(prefix, _)| prefix);
-        let head = self.store.head_position()?;
+        let (prefix, members) = section_after(old_prefix, all, &joiner, min)
+            .unwrap_or_else(|| (old_prefix, all.to_vec()));
         let mut events = Vec::new();
         let mut from = 1;
         loop {
@@ -2079,14 +2310,16 @@ impl Engine {
                 None => break,
             }
         }
-        let refusals = section_refusals(&self.store, &prefix)?;
+        let commands = section_commands(&self.store, &prefix)?;
         Ok(Handover {
             joiner,
             generation,
             prefix,
+            members,
             head,
-            digest: section_digest(&events, &refusals),
-            refusals,
+            events: events.len() as u64,
+            digest: section_digest(&events, &commands),
+            commands,
         })
     }
 
@@ -2164,6 +2397,19 @@ fn same_command(ours: &CommandRequest, agreed: &CommandRequest) -> bool {
         && ours.correlation_id == agreed.correlation_id
 }
 
+/// The welcome of a handover: the joiner's section in the handover's generation and the state
+/// it starts from.
+fn welcome_for(handover: &Handover) -> Welcome {
+    Welcome {
+        generation: handover.generation,
+        prefix: handover.prefix,
+        members: handover.members.clone(),
+        events: handover.events,
+        commands: handover.commands.len() as u64,
+        digest: handover.digest,
+    }
+}
+
 /// The checkpoint name of a process manager run by the engine.
 fn manager_checkpoint(name: &str) -> String {
     format!("$engine/manager/{name}")
@@ -2181,6 +2427,7 @@ fn initial_state(key: &SigningKey, map: &SectionMap) -> Result<SectionState, Eng
         members: section.member_keys().into_iter().map(PeerId).collect(),
         network: network_of(map),
         transferred: true,
+        start_head: 0,
         transfer: None,
         handovers: Vec::new(),
     })

@@ -9,7 +9,7 @@
 //! generation), so no event, vote or fork evidence of one generation counts in another.
 //!
 //! A joiner catches up by state transfer, not by replaying gossip history: at the switch every
-//! member fixes its store's head and the section's recorded refusals (a *handover*) and sends
+//! member fixes its store's head and the section's eventless commands (a *handover*) and sends
 //! the joiner a `Welcome` with the digest of that state. The joiner accepts the welcome once
 //! `f + 1` members of the section it knew sent the same one (so at least one honest member
 //! vouches for the digest), fetches the events from one of them, checks the digest, writes
@@ -51,12 +51,20 @@ impl MemberChange {
 
 /// A membership change proposed in one generation of a section; agreed in another generation
 /// (a late block), it does nothing.
+///
+/// A change takes effect once more than two thirds of the members voted for it, in either
+/// block mode. In Supermajority mode one block proves that (`voter` is `None`, and every
+/// member proposes the same bytes). In Single mode a block carries one vote, so each member
+/// proposes its own observation (`voter` is itself) and the engine counts the blocks whose
+/// proof is signed by the member they name: one faulty member cannot add or remove anyone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MembershipProposal {
     /// The generation it was proposed in.
     pub generation: u64,
     /// The change.
     pub change: MemberChange,
+    /// Single mode: the member whose vote this is.
+    pub voter: Option<PeerId>,
 }
 
 impl MembershipProposal {
@@ -89,16 +97,17 @@ impl MembershipProposal {
     }
 }
 
-/// A refusal recorded in the store: part of a section's state (a command id refused once
-/// stays refused), so it travels with state transfer.
+/// A command whose fate no event shows: refused, or appended with no event. Part of a
+/// section's state (a command id has one fate: a refused one stays refused, a done one is
+/// not done again), so it travels with state transfer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusal {
-    /// The refused command.
+pub struct EventlessCommand {
+    /// The command.
     pub command_id: CommandId,
     /// Its stream.
     pub stream: StreamKey,
-    /// Why.
-    pub reason: String,
+    /// Why it was refused; `None`: it was appended, with no event.
+    pub refusal: Option<String>,
 }
 
 /// What a member serves a joiner: the section's state when the joiner's generation started.
@@ -110,11 +119,15 @@ pub struct Handover {
     pub generation: u64,
     /// The joiner's section in that generation (the events of its streams are transferred).
     pub prefix: Prefix,
+    /// Its members in that generation, in name order.
+    pub members: Vec<PeerId>,
     /// The member's store head when the generation started: the events at or below it are
     /// the state (the member's later events belong to the new generation's blocks).
     pub head: u64,
-    /// The refusals of the joiner's section recorded when the generation started.
-    pub refusals: Vec<Refusal>,
+    /// The commands of the joiner's section recorded when the generation started.
+    pub commands: Vec<EventlessCommand>,
+    /// The number of events in that state.
+    pub events: u64,
     /// [`section_digest`] of that state.
     pub digest: [u8; 32],
 }
@@ -129,6 +142,11 @@ pub struct Welcome {
     pub prefix: Prefix,
     /// Its members, the joiner included, in name order.
     pub members: Vec<PeerId>,
+    /// The number of events and of eventless commands in that state (a transfer that brings
+    /// more is cut short: a faulty source cannot make the joiner hold more than promised).
+    pub events: u64,
+    /// See `events`.
+    pub commands: u64,
     /// [`section_digest`] of the state the generation starts from.
     pub digest: [u8; 32],
 }
@@ -157,6 +175,10 @@ pub struct SectionState {
     pub network: Vec<PeerId>,
     /// Whether the store holds the section's state (false while a joiner transfers it).
     pub transferred: bool,
+    /// The store's head when this generation started: the events above it were written in
+    /// this generation (for checkers; 0 for a joiner, whose transferred events are all its
+    /// section's).
+    pub start_head: u64,
     /// Joiner, until its transfer is done: the welcome it believed and the members that
     /// vouched for it (the sources it fetches the state from).
     pub transfer: Option<TransferTarget>,
@@ -257,16 +279,19 @@ pub fn change_allowed(
     }
 }
 
-/// The refusals the store recorded for streams under `prefix`, in command-id order.
-pub fn section_refusals(store: &EventStore, prefix: &Prefix) -> Result<Vec<Refusal>, StoreError> {
+/// The eventless commands the store recorded for streams under `prefix`, in command-id order.
+pub fn section_commands(
+    store: &EventStore,
+    prefix: &Prefix,
+) -> Result<Vec<EventlessCommand>, StoreError> {
     Ok(store
-        .refusals()?
+        .eventless_commands()?
         .into_iter()
         .filter(|(_, stream, _)| prefix.matches(&XorName::from_stream_key(&stream.qualified())))
-        .map(|(command_id, stream, reason)| Refusal {
+        .map(|(command_id, stream, refusal)| EventlessCommand {
             command_id,
             stream,
-            reason,
+            refusal,
         })
         .collect())
 }
@@ -297,12 +322,12 @@ pub fn section_events(
 }
 
 /// A digest of a section's state: its streams' events (every envelope field but the global
-/// position, which differs between members), in the store's order, and its refusals. Two
+/// position, which differs between members), in the store's order, and its commands. Two
 /// members that applied the same agreed sequence have equal digests, whatever else their
 /// stores hold (streams of a former section, say).
 pub fn section_digest<'a>(
     events: impl IntoIterator<Item = &'a chorus_aggregate::RecordedEvent>,
-    refusals: &[Refusal],
+    commands: &[EventlessCommand],
 ) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key("chorus engine section digest v1");
     let mut field = |bytes: &[u8]| {
@@ -323,11 +348,17 @@ pub fn section_digest<'a>(
         field(&event.timestamp_ms.to_le_bytes());
         field(&event.supersedes.unwrap_or(u64::MAX).to_le_bytes());
     }
-    for refusal in refusals {
-        field(b"refusal");
-        field(&refusal.command_id.0);
-        field(refusal.stream.qualified().as_bytes());
-        field(refusal.reason.as_bytes());
+    for command in commands {
+        field(b"command");
+        field(&command.command_id.0);
+        field(command.stream.qualified().as_bytes());
+        match &command.refusal {
+            Some(reason) => {
+                field(b"refused");
+                field(reason.as_bytes());
+            }
+            None => field(b"appended"),
+        }
     }
     *hasher.finalize().as_bytes()
 }
@@ -344,7 +375,7 @@ pub fn store_section_digest(store: &EventStore, prefix: &Prefix) -> Result<[u8; 
             None => break,
         }
     }
-    Ok(section_digest(&events, &section_refusals(store, prefix)?))
+    Ok(section_digest(&events, &section_commands(store, prefix)?))
 }
 
 #[cfg(test)]
@@ -361,6 +392,7 @@ mod tests {
         let proposal = MembershipProposal {
             generation: 3,
             change: MemberChange::Join(peer(1)),
+            voter: Some(peer(2)),
         };
         let bytes = proposal.encode();
         assert_eq!(MembershipProposal::decode(&bytes), Some(Ok(proposal)));
