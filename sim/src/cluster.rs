@@ -363,6 +363,26 @@ impl ClusterSim {
         self.add_saga(node)
     }
 
+    /// A Byzantine node's move: `from` sends `to` arbitrary bytes (a forged welcome, section
+    /// update or transfer chunk, say), over the network like any message.
+    pub fn send_raw(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        match self.network.route(from, to, &mut self.network_rng) {
+            Fate::Delivered(delays) => {
+                for delay in delays {
+                    self.schedule(
+                        delay,
+                        Item::Deliver {
+                            from,
+                            to,
+                            bytes: bytes.clone(),
+                        },
+                    );
+                }
+            }
+            Fate::Dropped | Fate::Partitioned => {}
+        }
+    }
+
     /// A Byzantine member's move: `node` votes for arbitrary observation bytes (a forged
     /// proposal, say). Returns whether its consensus took the vote.
     pub fn propose_raw(&mut self, node: usize, bytes: Vec<u8>) -> bool {

@@ -718,3 +718,126 @@ fn the_transfer_saga_moves_money_between_accounts_of_two_sections() {
         assert_eq!(balance(&sim, &left[1]), 100, "seed {seed}: refunded");
     }
 }
+
+#[test]
+fn one_faulty_member_cannot_change_membership_or_routing_alone() {
+    use chorus_engine::{MemberChange, MembershipProposal, Message, Welcome};
+    for (seed, block_mode) in [(71, BlockMode::Single), (72, BlockMode::Supermajority)] {
+        let setup = ClusterSetup {
+            nodes: 8,
+            sections: Some(2),
+            block_mode,
+            spare_nodes: 1,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        open_accounts(&mut sim, 4);
+        let faulty = 0;
+        let state = sim.engine(faulty).section().clone();
+        let victim = *state
+            .members
+            .iter()
+            .find(|member| **member != sim.engine(faulty).id())
+            .expect("another member");
+        let stranger = sim.draw_key();
+        let stranger = chorus_consensus::PeerId(stranger.verifying_key().to_bytes());
+        // Votes to remove an honest member and to admit a made-up node, in its own name and
+        // (in Single mode) in the victim's name.
+        for change in [MemberChange::Leave(victim), MemberChange::Join(stranger)] {
+            for voter in [None, Some(sim.engine(faulty).id()), Some(victim)] {
+                let proposal = MembershipProposal {
+                    generation: state.generation,
+                    change,
+                    voter,
+                };
+                sim.propose_raw(faulty, proposal.encode());
+            }
+        }
+        // Tells every node of the other section that the victim left its section, and that
+        // the stranger joined it.
+        let others: Vec<usize> = (0..sim.node_count())
+            .filter(|node| sim.engine(*node).section().prefix != state.prefix)
+            .collect();
+        for change in [MemberChange::Leave(victim), MemberChange::Join(stranger)] {
+            let update = Message::SectionUpdate {
+                prefix: state.prefix,
+                generation: 7,
+                change,
+            }
+            .encode()
+            .expect("encodes");
+            for node in &others {
+                sim.send_raw(faulty, *node, update.clone());
+            }
+        }
+        load(&mut sim, 4, 3, "attack");
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+        for node in 0..sim.node_count() {
+            let engine = sim.engine(node);
+            assert_eq!(engine.section().generation, 0, "seed {seed}: node {node}");
+            let victim_name = chorus_routing::XorName::from_public_key(&victim.0);
+            assert!(
+                engine.map().section_of_member(&victim_name).is_some(),
+                "seed {seed}: node {node} dropped the victim from its map"
+            );
+            let stranger_name = chorus_routing::XorName::from_public_key(&stranger.0);
+            assert!(
+                engine.map().section_of_member(&stranger_name).is_none(),
+                "seed {seed}: node {node} let the stranger into its map"
+            );
+        }
+
+        // A joiner that gets a forged welcome from one faulty member still waits for f + 1
+        // equal ones, and joins with the honest state.
+        let key = sim.draw_key();
+        let joiner_id = chorus_consensus::PeerId(key.verifying_key().to_bytes());
+        let joiner_name = chorus_routing::XorName::from_public_key(&joiner_id.0);
+        let joiner = sim.add_node(key).expect("a spare node");
+        let section = sim.map().section_for(&joiner_name).clone();
+        let liar = (0..sim.node_count())
+            .find(|node| {
+                section.contains(&chorus_routing::XorName::from_public_key(
+                    &sim.engine(*node).id().0,
+                ))
+            })
+            .expect("a member of the joiner's section");
+        let mut members: Vec<chorus_consensus::PeerId> = section
+            .member_keys()
+            .into_iter()
+            .map(chorus_consensus::PeerId)
+            .collect();
+        members.push(joiner_id);
+        chorus_engine::membership::sort_members(&mut members);
+        let forged = Message::Welcome(Welcome {
+            generation: sim.engine(liar).section().generation + 1,
+            prefix: section.prefix(),
+            members,
+            events: 0,
+            commands: 0,
+            digest: [0; 32],
+        })
+        .encode()
+        .expect("encodes");
+        sim.send_raw(liar, joiner, forged);
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim
+                .engine(joiner)
+                .is_active_member()
+                && membership_settled(sim)),
+            "seed {seed}: the joiner was not admitted"
+        );
+        load(&mut sim, 4, 2, "joined");
+        assert!(sim.run_until_answered(120_000), "seed {seed}");
+        sim.settle(30_000);
+        assert_clean(&sim);
+        assert!(
+            sim.engine(joiner).store().head_position().expect("reads") > 0,
+            "seed {seed}: the joiner holds the section's events"
+        );
+    }
+}
