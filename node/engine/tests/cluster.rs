@@ -515,3 +515,70 @@ fn a_long_queue_of_commands_answered_without_agreement_does_not_grow_the_stack()
         CommandOutcome::AlreadyCommitted(_)
     )));
 }
+
+#[test]
+fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
+    use chorus_engine::engine::TransferChunk;
+    use chorus_engine::membership::EventlessCommand;
+    use chorus_engine::{MemberChange, Message, Welcome};
+    let peer = PeerId([3; 32]);
+    let stream = StreamKey::new("BankAccount", "x").expect("key");
+    let messages = vec![
+        Message::JoinRequest,
+        Message::LeaveRequest,
+        Message::Welcome(Welcome {
+            generation: 2,
+            prefix: chorus_routing::Prefix::ROOT,
+            members: vec![peer],
+            events: 5,
+            commands: 1,
+            digest: [7; 32],
+        }),
+        Message::TransferRequest {
+            generation: 2,
+            from: 9,
+        },
+        Message::TransferChunk(TransferChunk {
+            generation: 2,
+            from: 9,
+            events: Vec::new(),
+            commands: vec![EventlessCommand {
+                command_id: CommandId::derive(&[b"c"]),
+                stream,
+                refusal: Some("no".into()),
+            }],
+            next: Some(12),
+        }),
+        Message::SectionUpdate {
+            prefix: chorus_routing::Prefix::ROOT,
+            generation: 3,
+            change: MemberChange::Leave(peer),
+        },
+        Message::Outcome {
+            command_id: CommandId::derive(&[b"o"]),
+            outcome: CommandOutcome::Refused("no".into()),
+        },
+    ];
+    for message in messages {
+        let bytes = message.encode().expect("encodes");
+        let decoded = Message::decode(&bytes).expect("decodes");
+        assert_eq!(
+            decoded.encode().expect("encodes again"),
+            bytes,
+            "{message:?} round trips"
+        );
+        // Every strict prefix of a message with a body is an error, never a panic.
+        for cut in 1..bytes.len() {
+            if bytes.len() > 1 {
+                assert!(
+                    Message::decode(&bytes[..cut]).is_err(),
+                    "{message:?} cut at {cut} decoded"
+                );
+            }
+        }
+    }
+    // Requests carry no body; gossip needs its generation.
+    assert!(Message::decode(&[5, 0]).is_err());
+    assert!(Message::decode(&[1, 0, 0]).is_err());
+    assert!(Message::decode(&[200]).is_err());
+}
