@@ -841,3 +841,58 @@ fn one_faulty_member_cannot_change_membership_or_routing_alone() {
         );
     }
 }
+
+#[test]
+fn a_three_section_cluster_under_load_agrees_and_loses_nothing() {
+    // Free keys with a minimum of 3: the first seed whose map has exactly three sections
+    // (prefixes such as 0, 10 and 11), so sections of different depths work side by side.
+    let mut found = None;
+    for seed in 300..400 {
+        let setup = ClusterSetup {
+            nodes: 12,
+            section_size_min: 3,
+            sections: None,
+            block_mode: BlockMode::Supermajority,
+            ..ClusterSetup::default()
+        };
+        let sim = ClusterSim::new(seed, setup).expect("cluster");
+        if sim.map().section_count() == 3 {
+            found = Some((seed, sim));
+            break;
+        }
+    }
+    let (seed, mut sim) = found.expect("a seed with three sections");
+    let depths: std::collections::BTreeSet<usize> = sim
+        .map()
+        .sections()
+        .map(|section| section.prefix().len())
+        .collect();
+    assert!(
+        depths.len() >= 2,
+        "seed {seed}: sections of different depths"
+    );
+    workload(&mut sim, 12, 6);
+    assert!(
+        sim.run_until_answered(120_000),
+        "seed {seed}: commands left unanswered"
+    );
+    sim.settle(30_000);
+    assert_clean(&sim);
+    // Every section committed something.
+    let map = sim.map();
+    for section in map.sections() {
+        let committed = sim.submitted().iter().any(|submitted| {
+            section
+                .prefix()
+                .matches(&chorus_routing::XorName::from_stream_key(
+                    &submitted.request.stream.qualified(),
+                ))
+                && matches!(submitted.answer, Some((CommandOutcome::Committed(_), _)))
+        });
+        assert!(
+            committed,
+            "seed {seed}: section {} committed nothing",
+            section.prefix()
+        );
+    }
+}
