@@ -896,3 +896,74 @@ fn a_three_section_cluster_under_load_agrees_and_loses_nothing() {
         );
     }
 }
+
+#[test]
+fn a_lying_transfer_source_never_gets_its_state_written() {
+    use chorus_engine::Message;
+    use chorus_engine::engine::TransferChunk;
+    let setup = ClusterSetup {
+        nodes: 5,
+        sections: None,
+        section_size_min: 4,
+        block_mode: BlockMode::Supermajority,
+        spare_nodes: 1,
+        ..ClusterSetup::default()
+    };
+    let mut sim = ClusterSim::new(81, setup).expect("cluster");
+    open_accounts(&mut sim, 3);
+    load(&mut sim, 3, 2, "before");
+    assert!(sim.run_until_answered(60_000));
+    // A real event with a doctored payload: what a lying member would send.
+    let mut lie = sim
+        .engine(0)
+        .store()
+        .read_log(&chorus_aggregate::Filter::All, 1, 1)
+        .expect("reads")
+        .events
+        .remove(0);
+    lie.payload = b"{\"owner\":\"mallory\"}".to_vec();
+    let generation = sim.engine(0).section().generation + 1;
+    let key = sim.draw_key();
+    let joiner = sim.add_node(key).expect("a spare node");
+    // For two seconds every member "answers" the joiner's first transfer request with the
+    // lie, faster than any honest answer: each is believed as a chunk, fails the digest, and
+    // makes the joiner ask another member.
+    let forged = Message::TransferChunk(TransferChunk {
+        generation,
+        from: 1,
+        events: vec![lie.clone()],
+        commands: Vec::new(),
+        next: None,
+    })
+    .encode()
+    .expect("encodes");
+    let until = sim.now_ms() + 2_000;
+    while sim.now_ms() < until {
+        for member in 0..5 {
+            sim.send_raw(member, joiner, forged.clone());
+        }
+        sim.run_for(5);
+        let store = sim.engine(joiner).store();
+        let lies = store
+            .read_log(&chorus_aggregate::Filter::All, 1, 1_000)
+            .expect("reads")
+            .events
+            .iter()
+            .filter(|event| event.payload == lie.payload)
+            .count();
+        assert_eq!(lies, 0, "the doctored event was written");
+    }
+    // The attack stops: the joiner fetches the true state from a member and catches up.
+    assert!(
+        run_until(&mut sim, 30_000, |sim| sim
+            .engine(joiner)
+            .is_active_member()
+            && membership_settled(sim)),
+        "the joiner never got the true state"
+    );
+    load(&mut sim, 3, 2, "after");
+    assert!(sim.run_until_answered(60_000));
+    sim.settle(30_000);
+    assert_clean(&sim);
+    assert!(sim.engine(joiner).store().head_position().expect("reads") > 0);
+}
