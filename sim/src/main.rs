@@ -668,11 +668,23 @@ fn engine_sweep(args: &SweepArgs) -> Result<ExitCode, String> {
     );
     if failed.is_empty() {
         println!("  no violation");
-        Ok(ExitCode::SUCCESS)
     } else {
         println!("  FAILED seeds: {failed:?}");
-        Ok(ExitCode::FAILURE)
     }
+    let events: Vec<String> = events
+        .iter()
+        .map(|(name, count)| format!("\"{name}\":{count}"))
+        .collect();
+    println!(
+        "{{\"mode\":\"engine\",\"start_seed\":{},\"seeds\":{runs},\"commands\":{commands},\"committed\":{committed},\"events\":{{{}}},\"failed\":{failed:?}}}",
+        args.start_seed,
+        events.join(",")
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// One engine-mode run: what it committed, how fast, and what the checkers found.

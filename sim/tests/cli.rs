@@ -107,3 +107,22 @@ fn bad_flags_are_clear_errors() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+// An engine-mode sweep runs the whole command path per seed and ends with a JSON summary.
+#[test]
+fn engine_sweep_succeeds_with_a_summary() {
+    let output = chorus_sim(&["sweep", "--engine", "--seeds", "1", "--start-seed", "3"]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("no violation"), "{text}");
+    let last = text.lines().last().expect("output");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("a JSON last line");
+    assert_eq!(summary["mode"], "engine");
+    assert_eq!(summary["seeds"], 1);
+    assert!(
+        summary["commands"]
+            .as_u64()
+            .is_some_and(|commands| commands > 0)
+    );
+    assert_eq!(summary["failed"], serde_json::json!([]));
+}
