@@ -318,6 +318,11 @@ impl ClusterSim {
         &self.submitted
     }
 
+    /// Whether `node` is running (not crashed).
+    pub fn is_running(&self, node: usize) -> bool {
+        self.engines.get(node).is_some_and(Option::is_some)
+    }
+
     /// The engine of `node` (which must be running).
     pub fn engine(&self, node: usize) -> &Engine {
         self.engines[node]

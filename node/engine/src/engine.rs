@@ -61,6 +61,11 @@ pub const OUTBOX_MAX: usize = 100_000;
 /// Proposals of others kept for seconding once this node's store catches up.
 pub const DEFERRED_SECONDS_MAX: usize = 10_000;
 
+/// The `Invalid` answer to a command whose id another command took first (an id reused, or
+/// taken by a faulty member): it says nothing about the command itself, so a process manager
+/// does not compensate it.
+pub const ID_TAKEN: &str = "the command id was used by another command";
+
 /// A caller's handle for one client request, echoed in the reply.
 pub type ClientTicket = u64;
 
@@ -479,7 +484,9 @@ pub struct Engine {
     /// Joiner: the state transfer under way.
     transfer: Option<TransferRun>,
     /// Section updates heard from other sections, by content, with their senders.
-    updates_heard: BTreeMap<(Prefix, u64, MemberChange), BTreeSet<PeerId>>,
+    /// Per sender its latest `UPDATES_PER_SENDER_MAX` updates, so faulty senders cannot
+    /// crowd out honest ones.
+    updates_heard: BTreeMap<PeerId, VecDeque<(Prefix, u64, MemberChange)>>,
     /// Our last section update, sent once more after `ANNOUNCE_REPEAT_MS` (messages get lost).
     announcement: Option<(u64, Vec<PeerId>, Message)>,
     map: SectionMap,
@@ -516,18 +523,23 @@ struct ManagerRun {
     next_position: u64,
     /// The event being handled and its commands not answered yet.
     current: Option<ManagerEvent>,
+    /// Events handled since the checkpoint was last saved.
+    unsaved: u32,
 }
 
 struct ManagerEvent {
     event: RecordedEvent,
-    /// Commands sent for the event and not answered yet, with the time to send each (again);
-    /// `None` while one is on its way.
-    outstanding: BTreeMap<CommandId, (CommandRequest, Option<u64>)>,
+    /// Commands sent for the event and not answered yet, with the time to send each (again;
+    /// `None` while one is on its way) and the number of sends so far (a command for another
+    /// section goes to another of its members each time).
+    outstanding: BTreeMap<CommandId, (CommandRequest, Option<u64>, u32)>,
 }
 
 /// A process manager's command that failed (no answer from another section, overload) is sent
 /// again after this long.
 pub const MANAGER_RETRY_MS: u64 = 1_000;
+/// A process manager's checkpoint is saved at least every this many events.
+pub const MANAGER_CHECKPOINT_EVERY: u32 = 64;
 /// Events each manager takes on per call, so one call stays short.
 pub const MANAGER_EVENTS_PER_RUN: usize = 256;
 
@@ -535,13 +547,16 @@ pub const MANAGER_EVENTS_PER_RUN: usize = 256;
 struct Joining {
     /// When it last asked.
     asked_at_ms: Option<u64>,
-    welcomes: BTreeMap<Welcome, BTreeSet<PeerId>>,
+    /// Per sender, its latest welcome (so a faulty sender cannot crowd out honest ones).
+    welcomes: BTreeMap<PeerId, Welcome>,
 }
 
 /// A joiner's state transfer from one source.
 struct TransferRun {
     source: usize,
     next_from: u64,
+    /// Payload bytes received so far.
+    bytes: u64,
     events: Vec<RecordedEvent>,
     commands: Vec<EventlessCommand>,
     requested_at_ms: u64,
@@ -560,9 +575,9 @@ pub const ANNOUNCE_REPEAT_MS: u64 = 1_000;
 pub const TRANSFER_CHUNK_BYTES: usize = MESSAGE_BYTES_MAX / 4;
 /// Eventless commands per transfer chunk.
 pub const TRANSFER_CHUNK_COMMANDS: usize = 2_000;
-/// Distinct welcomes, and distinct section updates, a node keeps count of (faulty peers could
-/// send endless variants).
-pub const HEARD_MAX: usize = 1_024;
+/// Section updates kept per sender until they count (a section may change a few times in a
+/// row; a faulty sender's variants only push out its own older ones).
+pub const UPDATES_PER_SENDER_MAX: usize = 8;
 /// Events per transfer chunk.
 pub const TRANSFER_CHUNK_EVENTS: usize = 500;
 
@@ -815,6 +830,7 @@ impl Engine {
             manager,
             next_position,
             current: None,
+            unsaved: 0,
         });
         self.run_managers();
         Ok(())
@@ -1079,6 +1095,13 @@ impl Engine {
 
     /// Routes a command: propose it if our section is responsible, else forward it.
     fn accept(&mut self, waiter: Waiter, request: CommandRequest) {
+        self.route(waiter, request, 0);
+    }
+
+    /// `accept` for the `attempt`-th send of a command: a forward goes to the
+    /// `attempt`-th closest member of the responsible section (cycling), so a command sent
+    /// again does not wait on the same crashed or silent member forever.
+    fn route(&mut self, waiter: Waiter, request: CommandRequest, attempt: u32) {
         let command_id = request.command_id;
         let address = XorName::from_stream_key(&request.stream.qualified());
         // Our section as agreed decides what we take, not the map (a joiner's or a lagging
@@ -1100,9 +1123,9 @@ impl Engine {
         }
         if !responsible {
             let target = XorName::from_stream_key(&request.stream.qualified());
-            let peer = section
-                .closest_members(&target, 1)
-                .first()
+            let closest = section.closest_members(&target, section.len());
+            let peer = closest
+                .get(attempt as usize % closest.len().max(1))
                 .and_then(|name| {
                     section
                         .members()
@@ -1413,6 +1436,9 @@ impl Engine {
             return;
         }
         let now = self.now_ms;
+        let Ok(head) = self.store.head_position() else {
+            return;
+        };
         for _ in 0..MANAGER_EVENTS_PER_RUN {
             let mut progressed = false;
             while let Some((index, command_id, outcome)) = self.manager_answers.pop_front() {
@@ -1423,11 +1449,15 @@ impl Engine {
                 let Some(current) = run.current.as_mut() else {
                     continue;
                 };
-                let Some((request, _)) = current.outstanding.get(&command_id).cloned() else {
+                let Some((request, _, _)) = current.outstanding.get(&command_id).cloned() else {
                     continue;
                 };
                 match outcome {
                     CommandOutcome::Committed(_) | CommandOutcome::AlreadyCommitted(_) => {
+                        current.outstanding.remove(&command_id);
+                    }
+                    CommandOutcome::Invalid(reason) if reason == ID_TAKEN => {
+                        warn!(%command_id, "a process manager's command id was taken by another command; not compensated");
                         current.outstanding.remove(&command_id);
                     }
                     CommandOutcome::Refused(reason) | CommandOutcome::Invalid(reason) => {
@@ -1437,7 +1467,7 @@ impl Engine {
                         {
                             current
                                 .outstanding
-                                .insert(compensation.command_id, (compensation, Some(now)));
+                                .insert(compensation.command_id, (compensation, Some(now), 0));
                         }
                     }
                     CommandOutcome::Failed(reason) => {
@@ -1449,7 +1479,7 @@ impl Engine {
                 }
             }
             for index in 0..self.managers.len() {
-                progressed |= self.step_manager(index, now);
+                progressed |= self.step_manager(index, now, head);
             }
             if !progressed && self.manager_answers.is_empty() {
                 return;
@@ -1459,36 +1489,46 @@ impl Engine {
 
     /// One step of one manager: send its due commands, or finish its event and take the next
     /// one of our section. True if anything moved.
-    fn step_manager(&mut self, index: usize, now: u64) -> bool {
+    fn step_manager(&mut self, index: usize, now: u64, head: u64) -> bool {
         let prefix = self.state.prefix;
         let Some(run) = self.managers.get_mut(index) else {
             return false;
         };
         if let Some(current) = run.current.as_mut() {
-            let due: Vec<CommandRequest> = current
+            let due: Vec<(CommandRequest, u32)> = current
                 .outstanding
                 .values_mut()
-                .filter(|(_, send_at)| send_at.is_some_and(|at| at <= now))
-                .map(|(request, send_at)| {
+                .filter(|(_, send_at, _)| send_at.is_some_and(|at| at <= now))
+                .map(|(request, send_at, sends)| {
                     *send_at = None;
-                    request.clone()
+                    *sends += 1;
+                    (request.clone(), *sends - 1)
                 })
                 .collect();
             if !current.outstanding.is_empty() {
                 let sent = !due.is_empty();
-                for request in due {
-                    self.accept(Waiter::Manager(index), request);
+                for (request, attempt) in due {
+                    self.route(Waiter::Manager(index), request, attempt);
                 }
                 return sent;
             }
             run.next_position = current.event.position + 1;
             run.current = None;
-            let checkpoint = run.next_position.to_le_bytes();
-            let name = manager_checkpoint(run.manager.name());
-            if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
-                debug!(%error, "process manager checkpoint not saved");
+            run.unsaved += 1;
+            // Saved when caught up, or every so many events: a checkpoint is a write
+            // transaction, and a lost one only replays events whose commands the ids absorb.
+            if run.next_position > head || run.unsaved >= MANAGER_CHECKPOINT_EVERY {
+                run.unsaved = 0;
+                let checkpoint = run.next_position.to_le_bytes();
+                let name = manager_checkpoint(run.manager.name());
+                if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
+                    debug!(%error, "process manager checkpoint not saved");
+                }
             }
             return true;
+        }
+        if run.next_position > head {
+            return false; // nothing new in the store
         }
         let filter = run.manager.filter();
         let slice = match self.store.read_log(&filter, run.next_position, 1) {
@@ -1517,7 +1557,7 @@ impl Engine {
             event,
             outstanding: commands
                 .into_iter()
-                .map(|request| (request.command_id, (request, Some(now))))
+                .map(|request| (request.command_id, (request, Some(now), 0)))
                 .collect(),
         });
         true
@@ -1660,9 +1700,7 @@ impl Engine {
                 // a faulty member): ours can no longer apply under it.
                 (Some((false, _)), Some(in_flight)) => {
                     let request = in_flight.request.clone();
-                    let outcome = CommandOutcome::Invalid(
-                        "the command id was used by another command".to_owned(),
-                    );
+                    let outcome = CommandOutcome::Invalid(ID_TAKEN.to_owned());
                     self.finish(&request, &outcome);
                 }
                 _ => self.answer(command_id, &outcome),
@@ -1820,15 +1858,16 @@ impl Engine {
             debug!(peer = %from, "implausible welcome ignored");
             return;
         }
-        if !joining.welcomes.contains_key(&welcome) && joining.welcomes.len() >= HEARD_MAX {
+        joining.welcomes.insert(from, welcome.clone());
+        let sources: Vec<PeerId> = joining
+            .welcomes
+            .iter()
+            .filter(|(_, heard)| **heard == welcome)
+            .map(|(sender, _)| *sender)
+            .collect();
+        if sources.len() <= faulty_max(voters.len()) {
             return;
         }
-        let senders = joining.welcomes.entry(welcome.clone()).or_default();
-        senders.insert(from);
-        if senders.len() <= faulty_max(voters.len()) {
-            return;
-        }
-        let sources: Vec<PeerId> = senders.iter().copied().collect();
         // Our map: what we knew, with our section as the welcome says it is now.
         let mut network: Vec<[u8; 32]> = network_of(&self.map)
             .into_iter()
@@ -1880,6 +1919,7 @@ impl Engine {
         self.transfer = Some(TransferRun {
             source,
             next_from: 1,
+            bytes: 0,
             events: Vec::new(),
             commands: Vec::new(),
             requested_at_ms: self.now_ms,
@@ -1951,14 +1991,22 @@ impl Engine {
         if next.is_none() {
             let first =
                 usize::try_from(cursor.saturating_sub(handover.head + 1)).unwrap_or(usize::MAX);
-            let end = first.saturating_add(TRANSFER_CHUNK_COMMANDS);
-            commands = handover
-                .commands
-                .get(first..end.min(handover.commands.len()))
-                .unwrap_or_default()
-                .to_vec();
-            if end < handover.commands.len() {
-                next = Some(handover.head + 1 + end as u64);
+            let mut index = first;
+            while let Some(command) = handover.commands.get(index) {
+                // Commands share the chunk's byte budget with the events before them.
+                let size = command.stream.qualified().len()
+                    + command.refusal.as_ref().map_or(0, String::len)
+                    + 64;
+                if (!events.is_empty() || !commands.is_empty())
+                    && (commands.len() >= TRANSFER_CHUNK_COMMANDS
+                        || bytes + size > TRANSFER_CHUNK_BYTES)
+                {
+                    next = Some(handover.head + 1 + index as u64);
+                    break;
+                }
+                bytes += size;
+                commands.push(command.clone());
+                index += 1;
             }
         }
         let chunk = TransferChunk {
@@ -1988,12 +2036,26 @@ impl Engine {
         }
         let events = run.events.len() + chunk.events.len();
         let commands = run.commands.len() + chunk.commands.len();
-        if events as u64 > target.welcome.events || commands as u64 > target.welcome.commands {
+        let bytes = run.bytes
+            + chunk
+                .events
+                .iter()
+                .map(|event| event.payload.len() as u64)
+                .sum::<u64>();
+        // Honest chunks are never empty unless last; an empty one could stall us forever.
+        let empty_and_not_last =
+            chunk.events.is_empty() && chunk.commands.is_empty() && chunk.next.is_some();
+        if events as u64 > target.welcome.events
+            || commands as u64 > target.welcome.commands
+            || bytes > target.welcome.bytes
+            || empty_and_not_last
+        {
             let next = run.source + 1;
             warn!(peer = %from, "a transfer bigger than its welcome promised; asking another member");
             self.start_transfer(next);
             return;
         }
+        run.bytes = bytes;
         run.events.extend(chunk.events);
         run.commands.extend(chunk.commands);
         run.requested_at_ms = self.now_ms;
@@ -2046,6 +2108,8 @@ impl Engine {
         }
         self.state = state;
         debug!(events = run.events.len(), "state transfer done");
+        // Proposals deferred while the state was coming can be judged now.
+        self.after_blocks();
     }
 
     /// Writes transferred events as the writes they were (consecutive events of one command
@@ -2149,17 +2213,29 @@ impl Engine {
         if !voters.contains(&from) {
             return;
         }
-        let key = (prefix, generation, change);
-        if !self.updates_heard.contains_key(&key) && self.updates_heard.len() >= HEARD_MAX {
+        let update = (prefix, generation, change);
+        let heard = self.updates_heard.entry(from).or_default();
+        if !heard.contains(&update) {
+            if heard.len() >= UPDATES_PER_SENDER_MAX {
+                heard.pop_front();
+            }
+            heard.push_back(update);
+        }
+        let senders = self
+            .updates_heard
+            .values()
+            .filter(|heard| heard.contains(&update))
+            .count();
+        if senders <= faulty_max(voters.len()) {
             return;
         }
-        let senders = self.updates_heard.entry(key).or_default();
-        senders.insert(from);
-        if senders.len() <= faulty_max(voters.len()) {
-            return;
+        // Applied: forget it and anything older about the same node.
+        for heard in self.updates_heard.values_mut() {
+            heard.retain(|(_, heard_generation, heard_change)| {
+                heard_change.node() != node || *heard_generation > generation
+            });
         }
-        self.updates_heard
-            .retain(|(_, _, heard), _| heard.node() != node);
+        self.updates_heard.retain(|_, heard| !heard.is_empty());
         self.update_generations.insert(node, generation);
         match change {
             MemberChange::Join(node) => {
@@ -2318,6 +2394,7 @@ impl Engine {
             members,
             head,
             events: events.len() as u64,
+            bytes: events.iter().map(|event| event.payload.len() as u64).sum(),
             digest: section_digest(&events, &commands),
             commands,
         })
@@ -2405,6 +2482,7 @@ fn welcome_for(handover: &Handover) -> Welcome {
         prefix: handover.prefix,
         members: handover.members.clone(),
         events: handover.events,
+        bytes: handover.bytes,
         commands: handover.commands.len() as u64,
         digest: handover.digest,
     }

@@ -128,6 +128,8 @@ pub struct Handover {
     pub commands: Vec<EventlessCommand>,
     /// The number of events in that state.
     pub events: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
     /// [`section_digest`] of that state.
     pub digest: [u8; 32],
 }
@@ -147,6 +149,8 @@ pub struct Welcome {
     pub events: u64,
     /// See `events`.
     pub commands: u64,
+    /// The events' payload bytes (a bound like the counts).
+    pub bytes: u64,
     /// [`section_digest`] of the state the generation starts from.
     pub digest: [u8; 32],
 }

@@ -532,6 +532,7 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
             members: vec![peer],
             events: 5,
             commands: 1,
+            bytes: 40,
             digest: [7; 32],
         }),
         Message::TransferRequest {
