@@ -20,6 +20,12 @@
 //!    decided again and re-proposed by its originator, a bounded number of times.
 //! 5. Once a block's batch is durable, the node answers the clients and forwarding members
 //!    that wait for its commands.
+//!
+//! Around it: membership changes end a *generation* of the section's consensus instance and
+//! start the next (or two, on a split) at the change's block (`switch`, and the
+//! [`crate::membership`] module doc); a joiner receives the section's state by transfer
+//! before it applies anything; process managers run on the section's agreed events and send
+//! their commands through the same path (`add_process_manager`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
