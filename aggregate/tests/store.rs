@@ -775,3 +775,38 @@ fn openers_racing_to_create_a_store_never_replace_each_others_file() {
         assert_eq!(leftovers, 1, "only the store is left");
     }
 }
+
+#[test]
+fn the_replay_log_keeps_order_and_generations_across_reopening_and_drops_old_generations() {
+    let (_directory, store) = store();
+    assert!(store.log_records().expect("reads").is_empty());
+    store
+        .append_log_records(&[(0, b"a".to_vec()), (0, b"b".to_vec())])
+        .expect("appends");
+    store
+        .append_log_records(&[(1, b"c".to_vec()), (2, Vec::new())])
+        .expect("appends");
+    store.append_log_records(&[]).expect("an empty append");
+    let path = store.path().to_path_buf();
+    drop(store);
+    let store = EventStore::open(&path).expect("reopens");
+    let expected = vec![
+        (0, b"a".to_vec()),
+        (0, b"b".to_vec()),
+        (1, b"c".to_vec()),
+        (2, Vec::new()),
+    ];
+    assert_eq!(store.log_records().expect("reads"), expected);
+    assert_eq!(store.drop_log_records_below(2).expect("drops"), 3);
+    assert_eq!(store.log_records().expect("reads"), vec![(2, Vec::new())]);
+    // Records appended after a drop still come after the kept ones.
+    store
+        .append_log_records(&[(2, b"d".to_vec())])
+        .expect("appends");
+    assert_eq!(
+        store.log_records().expect("reads"),
+        vec![(2, Vec::new()), (2, b"d".to_vec())]
+    );
+    // The log does not touch the events.
+    assert_eq!(store.head_position().expect("head"), 0);
+}

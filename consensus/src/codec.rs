@@ -5,8 +5,13 @@ use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::SYNC_BYTES_MAX;
+use crate::config::{EVENT_BYTES_MAX, SYNC_BYTES_MAX};
 use crate::error::DecodeError;
+use crate::log::LogRecord;
+
+/// Largest encoded replay-log record: a whole sync response's events plus our own event, and
+/// the framing around them.
+pub const LOG_RECORD_BYTES_MAX: usize = SYNC_BYTES_MAX + EVENT_BYTES_MAX + 1024;
 
 /// Version byte in front of every wire message; bump it when the encoding changes.
 pub const WIRE_VERSION: u8 = 1;
@@ -18,6 +23,7 @@ const _: () = assert!(
 
 type CanonicalConfig = Configuration<LittleEndian, Fixint, bincode::config::NoLimit>;
 type LimitedConfig = Configuration<LittleEndian, Fixint, Limit<SYNC_BYTES_MAX>>;
+type LogConfig = Configuration<LittleEndian, Fixint, Limit<LOG_RECORD_BYTES_MAX>>;
 
 // Fixed-width integers, not varints: a varint decoder accepts over-long forms of one value,
 // and a message must have exactly one encoding.
@@ -25,6 +31,9 @@ const CANONICAL: CanonicalConfig = bincode::config::standard().with_fixed_int_en
 const LIMITED: LimitedConfig = bincode::config::standard()
     .with_fixed_int_encoding()
     .with_limit::<SYNC_BYTES_MAX>();
+const LOG: LogConfig = bincode::config::standard()
+    .with_fixed_int_encoding()
+    .with_limit::<LOG_RECORD_BYTES_MAX>();
 
 /// The canonical encoding of a value whose hash is signed (event headers). Deterministic:
 /// fixed field order, fixed-width integers, no maps.
@@ -68,4 +77,44 @@ pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeErro
         return Err(DecodeError::TrailingBytes(body.len() - read));
     }
     Ok(message)
+}
+
+/// Encodes a replay-log record for disk: the wire version byte, then the bincode body. A
+/// record can be larger than a sync message (a whole response plus our event), so it has its
+/// own limit. The caller stores each record atomically (one row of a transactional table), so
+/// a torn record cannot happen; a damaged one is refused by `decode_log_record`.
+pub fn encode_log_record(record: &LogRecord) -> Result<Vec<u8>, DecodeError> {
+    let mut bytes = vec![WIRE_VERSION];
+    let body = bincode::serde::encode_to_vec(record, LOG)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if body.len() + 1 > LOG_RECORD_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            bytes: body.len() + 1,
+            max: LOG_RECORD_BYTES_MAX,
+        });
+    }
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Decodes a replay-log record read back from disk (checked like a wire message: size,
+/// version, no trailing bytes; the events are checked again when `Consensus::restore` replays
+/// them).
+pub fn decode_log_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
+    if bytes.len() > LOG_RECORD_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            bytes: bytes.len(),
+            max: LOG_RECORD_BYTES_MAX,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (record, read) = bincode::serde::decode_from_slice(body, LOG)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if read != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - read));
+    }
+    Ok(record)
 }

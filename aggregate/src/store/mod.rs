@@ -26,6 +26,7 @@
 //! Architecture invariant: the store reads no clock; "now" for `max_age_ms` is the newest
 //! agreed timestamp it holds.
 
+mod node_log;
 mod read;
 mod write;
 
@@ -247,6 +248,7 @@ fn initialize(database: &Database, path: &Path) -> Result<(), StoreError> {
         transaction.open_table(SUPERSEDED)?;
         transaction.open_table(SNAPSHOTS)?;
         transaction.open_table(CHECKPOINTS)?;
+        transaction.open_table(node_log::LOG_RECORDS)?;
     }
     transaction.commit()?;
     Ok(())
