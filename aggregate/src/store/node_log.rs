@@ -19,16 +19,15 @@ impl EventStore {
         let transaction = self.database.begin_write()?;
         {
             let mut table = transaction.open_table(LOG_RECORDS)?;
-            let mut next = match table.last()? {
+            let first = match table.last()? {
                 Some((key, _)) => key.value() + 1,
                 None => 0,
             };
-            for (generation, bytes) in records {
+            for (key, (generation, bytes)) in (first..).zip(records) {
                 let mut row = Vec::with_capacity(8 + bytes.len());
                 row.extend_from_slice(&generation.to_le_bytes());
                 row.extend_from_slice(bytes);
-                table.insert(next, row.as_slice())?;
-                next += 1;
+                table.insert(key, row.as_slice())?;
             }
         }
         transaction.commit()?;
