@@ -1,0 +1,296 @@
+//! A node's configuration: a TOML file, with every field checked on load. Bad input is an
+//! error that names the field; nothing starts on a bad configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chorus_consensus::{BlockMode, PeerId};
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// One node's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the node keeps its key (`node.key`) and its redb file (`node.redb`).
+    pub data_dir: PathBuf,
+    /// The libp2p address to listen on (`/ip4/127.0.0.1/tcp/7200`; port 0 picks one).
+    pub listen: String,
+    /// The HTTP API address (`127.0.0.1:7100`).
+    pub http: String,
+    /// The other members at the network's start: every node of a cluster lists the same set.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// The smallest section (sections split when both halves keep this many).
+    #[serde(default = "default_section_size_min")]
+    pub section_size_min: usize,
+    /// `supermajority` (members re-execute and vote for identical events) or `single`.
+    #[serde(default = "default_block_mode")]
+    pub block_mode: String,
+    /// Gossip interval, ms.
+    #[serde(default = "default_gossip_interval_ms")]
+    pub gossip_interval_ms: u64,
+}
+
+/// Another node: its public key (hex) and libp2p address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// Its libp2p address.
+    pub address: String,
+}
+
+fn default_section_size_min() -> usize {
+    4
+}
+
+fn default_block_mode() -> String {
+    "supermajority".to_owned()
+}
+
+fn default_gossip_interval_ms() -> u64 {
+    20
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML for a node configuration.
+    #[error("{path}: {error}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        error: String,
+    },
+    /// A field has a bad value.
+    #[error("{field}: {error}")]
+    Field {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        error: String,
+    },
+}
+
+/// A checked configuration, ready to run.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// As written.
+    pub config: NodeConfig,
+    /// The libp2p listen address.
+    pub listen: Multiaddr,
+    /// The HTTP address.
+    pub http: SocketAddr,
+    /// The peers, parsed.
+    pub peers: Vec<(PeerId, Multiaddr)>,
+    /// The block mode.
+    pub block_mode: BlockMode,
+}
+
+impl NodeConfig {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            error: error.to_string(),
+        })?;
+        config.check()
+    }
+
+    /// Checks every field.
+    pub fn check(self) -> Result<Checked, ConfigError> {
+        let field = |field: &str, error: String| ConfigError::Field {
+            field: field.to_owned(),
+            error,
+        };
+        let listen: Multiaddr = self
+            .listen
+            .parse()
+            .map_err(|error| field("listen", format!("not a multiaddr: {error}")))?;
+        let http: SocketAddr = self.http.parse().map_err(|error| {
+            field(
+                "http",
+                format!("not an address like 127.0.0.1:7100: {error}"),
+            )
+        })?;
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for (index, peer) in self.peers.iter().enumerate() {
+            let key = parse_hex32(&peer.public_key)
+                .map_err(|error| field(&format!("peers[{index}].public_key"), error))?;
+            if ed25519_dalek::VerifyingKey::from_bytes(&key).is_err() {
+                return Err(field(
+                    &format!("peers[{index}].public_key"),
+                    "not an ed25519 public key".to_owned(),
+                ));
+            }
+            let address: Multiaddr = peer.address.parse().map_err(|error| {
+                field(
+                    &format!("peers[{index}].address"),
+                    format!("not a multiaddr: {error}"),
+                )
+            })?;
+            peers.push((PeerId(key), address));
+        }
+        let block_mode = match self.block_mode.as_str() {
+            "supermajority" => BlockMode::Supermajority,
+            "single" => BlockMode::Single,
+            other => {
+                return Err(field(
+                    "block_mode",
+                    format!("{other:?}; use \"supermajority\" or \"single\""),
+                ));
+            }
+        };
+        if self.section_size_min == 0 {
+            return Err(field("section_size_min", "must be at least 1".to_owned()));
+        }
+        if !(1..=10_000).contains(&self.gossip_interval_ms) {
+            return Err(field(
+                "gossip_interval_ms",
+                "must be between 1 and 10000".to_owned(),
+            ));
+        }
+        Ok(Checked {
+            config: self,
+            listen,
+            http,
+            peers,
+            block_mode,
+        })
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// 32 bytes from 64 hex digits.
+pub fn parse_hex32(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return Err(format!(
+            "expected 64 hex digits, found {} characters",
+            text.len()
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16)
+            .map_err(|_| format!("not hex at character {}", index * 2))?;
+    }
+    Ok(bytes)
+}
+
+/// The node's secret key from `data_dir/node.key` (64 hex digits), created with fresh
+/// randomness if the file does not exist.
+pub fn load_or_create_key(data_dir: &Path) -> Result<ed25519_dalek::SigningKey, ConfigError> {
+    let path = data_dir.join("node.key");
+    let read = |error| ConfigError::Read {
+        path: path.clone(),
+        error,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = parse_hex32(&text).map_err(|error| ConfigError::Field {
+                field: path.display().to_string(),
+                error,
+            })?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&secret))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(read)?;
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            std::fs::write(&path, hex(&key.to_bytes())).map_err(read)?;
+            Ok(key)
+        }
+        Err(error) => Err(read(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            data_dir: PathBuf::from("data/node-0"),
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            http: "127.0.0.1:0".into(),
+            peers: vec![PeerConfig {
+                public_key: hex(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+                    .verifying_key()
+                    .to_bytes()),
+                address: "/ip4/127.0.0.1/tcp/7201".into(),
+            }],
+            section_size_min: 4,
+            block_mode: "supermajority".into(),
+            gossip_interval_ms: 20,
+        }
+    }
+
+    #[test]
+    fn a_good_configuration_checks_and_survives_toml() {
+        let text = toml::to_string(&config()).expect("serialises");
+        let parsed: NodeConfig = toml::from_str(&text).expect("parses");
+        assert_eq!(parsed, config());
+        let checked = parsed.check().expect("checks");
+        assert_eq!(checked.peers.len(), 1);
+        assert_eq!(checked.block_mode, BlockMode::Supermajority);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        type Mutation = Box<dyn Fn(&mut NodeConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|c| c.listen = "nowhere".into()), "listen"),
+            (Box::new(|c| c.http = "localhost".into()), "http"),
+            (
+                Box::new(|c| c.peers[0].public_key = "abc".into()),
+                "peers[0].public_key",
+            ),
+            (
+                Box::new(|c| c.peers[0].address = "x".into()),
+                "peers[0].address",
+            ),
+            (Box::new(|c| c.block_mode = "fast".into()), "block_mode"),
+            (Box::new(|c| c.section_size_min = 0), "section_size_min"),
+            (Box::new(|c| c.gossip_interval_ms = 0), "gossip_interval_ms"),
+        ];
+        for (mutate, name) in cases {
+            let mut bad = config();
+            mutate(&mut bad);
+            let error = bad.check().expect_err("refused").to_string();
+            assert!(error.starts_with(name), "{error} should name {name}");
+        }
+        let unknown = "data_dir = \"d\"\nlisten = \"/ip4/127.0.0.1/tcp/0\"\nhttp = \"127.0.0.1:0\"\ncolour = \"red\"\n";
+        assert!(
+            toml::from_str::<NodeConfig>(unknown).is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_junk() {
+        let bytes = [0xab; 32];
+        assert_eq!(parse_hex32(&hex(&bytes)), Ok(bytes));
+        assert!(parse_hex32("zz").is_err());
+        assert!(parse_hex32(&"g".repeat(64)).is_err());
+        assert!(parse_hex32(&"é".repeat(32)).is_err());
+    }
+}

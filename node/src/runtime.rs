@@ -1,0 +1,262 @@
+//! The engine thread: one OS thread owns the node's `Engine` and its event store, takes
+//! inputs from one channel (ticks, peers' messages, HTTP requests) and, after each, drains the
+//! engine: replay-log records are written durably before the own events they hold are
+//! acknowledged (so an event is never sent before it is on disk), messages go to the
+//! transport, answers to the HTTP handlers. The store's fsyncs block this thread only, never
+//! the async runtime.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chorus_aggregate::examples::bank_account::BankAccount;
+use chorus_aggregate::examples::notebook::Notebook;
+use chorus_aggregate::examples::transfer::{Transfer, TransferSaga};
+use chorus_aggregate::{
+    AggregateRegistry, CommandRequest, Direction, EventStore, RecordedEvent, StreamKey,
+};
+use chorus_consensus::codec::{decode_log_record, encode_log_record};
+use chorus_consensus::{Config, PeerId};
+use chorus_engine::{CommandOutcome, Engine, EngineConfig, SectionState};
+use chorus_routing::SectionMap;
+use ed25519_dalek::SigningKey;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::config::{Checked, hex};
+
+/// What the engine thread takes.
+pub enum Input {
+    /// Time to gossip and sweep timeouts.
+    Tick,
+    /// A message from an authenticated peer.
+    Message(PeerId, Vec<u8>),
+    /// A client's command; the answer goes back on the channel.
+    Submit(CommandRequest, oneshot::Sender<CommandOutcome>),
+    /// A read of one stream, forward from a sequence number.
+    ReadStream {
+        /// The stream.
+        stream: StreamKey,
+        /// First sequence number.
+        from: u64,
+        /// At most this many events.
+        count: usize,
+        /// The events, or what went wrong.
+        reply: oneshot::Sender<Result<Vec<RecordedEvent>, String>>,
+    },
+    /// The node's status.
+    Status(oneshot::Sender<Status>),
+}
+
+/// What `/status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The node's public key, hex.
+    pub id: String,
+    /// Its section's generation.
+    pub generation: u64,
+    /// Its section's prefix.
+    pub prefix: String,
+    /// Its section's members, hex.
+    pub members: Vec<String>,
+    /// Sections in its map.
+    pub sections: usize,
+    /// Its store's head position.
+    pub head_position: u64,
+    /// Consensus figures of the current generation, if a member.
+    pub consensus: Option<String>,
+    /// The engine's one-line state.
+    pub engine: String,
+}
+
+/// Why the engine thread cannot start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The store failed.
+    #[error("event store: {0}")]
+    Store(#[from] chorus_aggregate::StoreError),
+    /// The engine refused to start.
+    #[error("engine: {0}")]
+    Engine(#[from] chorus_engine::EngineError),
+    /// A replay-log record on disk does not decode.
+    #[error("replay log record {index}: {error}")]
+    Log {
+        /// Its position in the log.
+        index: usize,
+        /// Why.
+        error: String,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// The aggregates a node executes.
+pub fn registry() -> AggregateRegistry {
+    AggregateRegistry::new()
+        .register::<BankAccount>()
+        .register::<Notebook>()
+        .register::<Transfer>()
+}
+
+/// Opens the store, starts or restores the engine (restore when the store holds a replay log
+/// or a saved section state), and returns it ready to run.
+pub fn start_engine(checked: &Checked, key: &SigningKey) -> Result<Engine, RuntimeError> {
+    let store = EventStore::open(checked.config.data_dir.join("node.redb"))?;
+    let mut members: Vec<[u8; 32]> = checked.peers.iter().map(|(peer, _)| peer.0).collect();
+    members.push(key.verifying_key().to_bytes());
+    let map = SectionMap::with_members(checked.config.section_size_min, &members);
+    let config = EngineConfig::new(Config {
+        block_mode: checked.block_mode,
+        gossip_interval_ms: checked.config.gossip_interval_ms,
+        log_records: true,
+        ..Config::default()
+    });
+    let saved = SectionState::load(&store)?;
+    let records = store.log_records()?;
+    let engine = if records.is_empty() && saved.is_none() {
+        info!("first start");
+        Engine::new(config, key.clone(), map, registry(), store, now_ms())?
+    } else {
+        let mut log = Vec::with_capacity(records.len());
+        for (index, (generation, bytes)) in records.into_iter().enumerate() {
+            let record = decode_log_record(&bytes).map_err(|error| RuntimeError::Log {
+                index,
+                error: error.to_string(),
+            })?;
+            log.push((generation, record));
+        }
+        info!(records = log.len(), "restoring from the replay log");
+        Engine::restore(config, key.clone(), map, registry(), store, log, now_ms())?
+    };
+    Ok(engine)
+}
+
+/// Runs the engine until `inputs` closes or the store fails (then the node must stop: it can
+/// no longer make its own events durable). The process managers (the transfer saga) start
+/// here, on the engine thread, from their checkpoints.
+pub fn run_engine(
+    mut engine: Engine,
+    inputs: mpsc::Receiver<Input>,
+    outbound: async_mpsc::UnboundedSender<(PeerId, Vec<u8>)>,
+) -> Result<(), RuntimeError> {
+    engine.add_process_manager(Box::new(TransferSaga))?;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut waiting: BTreeMap<u64, oneshot::Sender<CommandOutcome>> = BTreeMap::new();
+    let mut next_ticket = 0u64;
+    let mut log_generation = engine.section().generation;
+    drain(&mut engine, &outbound, &mut waiting)?;
+    while let Ok(input) = inputs.recv() {
+        let now = now_ms();
+        match input {
+            Input::Tick => engine.tick(now, &mut rng),
+            Input::Message(from, bytes) => engine.handle_message(now, from, &bytes),
+            Input::Submit(request, reply) => {
+                let ticket = next_ticket;
+                next_ticket += 1;
+                match engine.submit(now, ticket, request) {
+                    Ok(()) => {
+                        waiting.insert(ticket, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(CommandOutcome::Failed(error.to_string()));
+                    }
+                }
+            }
+            Input::ReadStream {
+                stream,
+                from,
+                count,
+                reply,
+            } => {
+                let events = engine
+                    .store()
+                    .read_stream(&stream, from, Direction::Forward, count)
+                    .map(|slice| slice.events)
+                    .map_err(|error| error.to_string());
+                let _ = reply.send(events);
+            }
+            Input::Status(reply) => {
+                let section = engine.section();
+                let status = Status {
+                    id: hex(&engine.id().0),
+                    generation: section.generation,
+                    prefix: section.prefix.to_string(),
+                    members: section
+                        .members
+                        .iter()
+                        .map(|member| hex(&member.0))
+                        .collect(),
+                    sections: engine.map().section_count(),
+                    head_position: engine.store().head_position().unwrap_or(0),
+                    consensus: engine
+                        .consensus()
+                        .map(|consensus| format!("{:?}", consensus.stats())),
+                    engine: engine.summary(),
+                };
+                let _ = reply.send(status);
+            }
+        }
+        drain(&mut engine, &outbound, &mut waiting)?;
+        // Records of generations before the current one are never replayed again.
+        let generation = engine.section().generation;
+        if generation > log_generation {
+            log_generation = generation;
+            if let Err(error) = engine.store().drop_log_records_below(generation) {
+                warn!(%error, "old replay-log records not dropped (they are only disk space)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drains the engine: log records durable first, then own events acknowledged (which may
+/// produce more records), then messages and answers.
+fn drain(
+    engine: &mut Engine,
+    outbound: &async_mpsc::UnboundedSender<(PeerId, Vec<u8>)>,
+    waiting: &mut BTreeMap<u64, oneshot::Sender<CommandOutcome>>,
+) -> Result<(), RuntimeError> {
+    loop {
+        let mut records = Vec::new();
+        while let Some((generation, record)) = engine.poll_log_record() {
+            match encode_log_record(&record) {
+                Ok(bytes) => records.push((generation, bytes)),
+                Err(error) => {
+                    // Our own record: failing to encode it is a bug, and going on would send
+                    // an event that is not durable.
+                    error!(%error, "a replay-log record does not encode; stopping");
+                    return Err(RuntimeError::Log {
+                        index: 0,
+                        error: error.to_string(),
+                    });
+                }
+            }
+        }
+        let mut latest = None;
+        while let Some((generation, event)) = engine.poll_unpersisted() {
+            latest = Some((generation, event.header.index));
+        }
+        engine.store().append_log_records(&records)?;
+        match latest {
+            Some((generation, index)) => engine.handle_persisted(generation, index),
+            None => break,
+        }
+    }
+    while let Some((peer, bytes)) = engine.poll_send() {
+        if outbound.send((peer, bytes)).is_err() {
+            break; // the transport stopped; the node is shutting down
+        }
+    }
+    while let Some((ticket, outcome)) = engine.poll_reply() {
+        if let Some(reply) = waiting.remove(&ticket) {
+            let _ = reply.send(outcome);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The libp2p adapter: TCP, noise and yamux; one request-response protocol that carries engine
+//! messages (each message a request, answered by an empty acknowledgement); identify. It
+//! feeds the engine what arrives and sends what the engine emits, nothing more.
+//!
+//! A peer's libp2p identity is its consensus ed25519 key, so the noise handshake
+//! authenticates the member a message comes from: the engine is told the sender's consensus
+//! id, recovered from the authenticated libp2p `PeerId`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use chorus_consensus::{PeerId, SYNC_BYTES_MAX};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, identify, identity, noise, tcp, yamux,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// The engine protocol.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/1");
+/// Largest frame: the largest engine message (a sync response) and its framing.
+pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;
+/// Concurrent streams per connection (each message is one).
+const STREAMS_PER_CONNECTION_MAX: usize = 1_024;
+
+/// Why the transport cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The key is not a valid ed25519 key for libp2p.
+    #[error("node key: {0}")]
+    Key(String),
+    /// libp2p setup failed.
+    #[error("libp2p: {0}")]
+    Setup(String),
+    /// The listen address is not usable.
+    #[error("cannot listen on {address}: {error}")]
+    Listen {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Raw 32-byte ed25519 secret to a libp2p keypair (the same key the engine signs with).
+pub fn keypair(secret: [u8; 32]) -> Result<identity::Keypair, TransportError> {
+    identity::Keypair::ed25519_from_bytes(secret)
+        .map_err(|error| TransportError::Key(error.to_string()))
+}
+
+/// Our consensus id to the libp2p `PeerId` of the same key.
+pub fn libp2p_id(peer: &PeerId) -> Result<libp2p::PeerId, TransportError> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(&peer.0)
+        .map_err(|error| TransportError::Key(error.to_string()))?;
+    Ok(identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The consensus id behind a libp2p `PeerId` (ed25519 ids inline their key); `None` for
+/// another key type.
+pub fn consensus_id(peer: &libp2p::PeerId) -> Option<PeerId> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    let key = identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+    Some(PeerId(key.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// Engine messages as frames: a u32 big-endian length, then the bytes.
+#[derive(Clone, Default)]
+pub struct EngineCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut length = [0u8; 4];
+    io.read_exact(&mut length).await?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {length} bytes; at most {FRAME_BYTES_MAX}"),
+        ));
+    }
+    let mut bytes = vec![0u8; length];
+    io.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let length = u32::try_from(bytes.len())
+        .ok()
+        .filter(|length| *length as usize <= FRAME_BYTES_MAX)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a frame of {} bytes; at most {FRAME_BYTES_MAX}",
+                    bytes.len()
+                ),
+            )
+        })?;
+    io.write_all(&length.to_be_bytes()).await?;
+    io.write_all(bytes).await
+}
+
+impl request_response::Codec for EngineCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &response).await
+    }
+}
+
+/// The node's libp2p behaviour.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    engine: request_response::Behaviour<EngineCodec>,
+    identify: identify::Behaviour,
+}
+
+/// Starts the swarm: listens on `listen`, knows `peers` (consensus id and address), and
+/// returns it with the address it listens on (`run` then drives it).
+pub async fn start(
+    secret: [u8; 32],
+    listen: Multiaddr,
+    peers: &[(PeerId, Multiaddr)],
+) -> Result<(Swarm<Behaviour>, Multiaddr), TransportError> {
+    let setup = |error: &dyn std::fmt::Display| TransportError::Setup(error.to_string());
+    let mut swarm = SwarmBuilder::with_existing_identity(keypair(secret)?)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|error| setup(&error))?
+        .with_behaviour(|key| Behaviour {
+            engine: request_response::Behaviour::new(
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(30))
+                    .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/chorus/1.0.0".into(),
+                key.public(),
+            )),
+        })
+        .map_err(|error| setup(&error))?
+        // Gossip keeps connections busy; an idle one must not be closed under a member.
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(3_600)))
+        .build();
+    swarm
+        .listen_on(listen.clone())
+        .map_err(|error| TransportError::Listen {
+            address: listen.clone(),
+            error: error.to_string(),
+        })?;
+    for (peer, address) in peers {
+        swarm.add_peer_address(libp2p_id(peer)?, address.clone());
+    }
+    // The first event is the bound address (the port may have been 0).
+    let address = loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => break address,
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(TransportError::Listen {
+                    address: listen,
+                    error: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    };
+    Ok((swarm, address))
+}
+
+/// Runs a started swarm until `outbound` closes: messages from `outbound` go to their
+/// peers, messages from peers go to the engine thread's `inbound` channel.
+pub async fn run(
+    mut swarm: Swarm<Behaviour>,
+    peers: Vec<(PeerId, Multiaddr)>,
+    mut outbound: mpsc::UnboundedReceiver<(PeerId, Vec<u8>)>,
+    inbound: std::sync::mpsc::Sender<crate::runtime::Input>,
+) {
+    let addresses: BTreeMap<libp2p::PeerId, Multiaddr> = peers
+        .iter()
+        .filter_map(|(peer, address)| Some((libp2p_id(peer).ok()?, address.clone())))
+        .collect();
+    loop {
+        tokio::select! {
+            message = outbound.recv() => {
+                let Some((peer, bytes)) = message else {
+                    return;
+                };
+                match libp2p_id(&peer) {
+                    Ok(peer) => {
+                        // A failed dial drops the address from the swarm's cache: keep it there.
+                        if let Some(address) = addresses.get(&peer) {
+                            swarm.add_peer_address(peer, address.clone());
+                        }
+                        swarm.behaviour_mut().engine.send_request(&peer, bytes);
+                    }
+                    Err(error) => debug!(%error, "message for a peer with a bad key dropped"),
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(BehaviourEvent::Engine(event)) => match event {
+                    request_response::Event::Message { peer, message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            // Acknowledge first: the engine's work must not run into the
+                            // request timeout.
+                            let _ = swarm.behaviour_mut().engine.send_response(channel, Vec::new());
+                            match consensus_id(&peer) {
+                                Some(from) => {
+                                    if inbound.send(crate::runtime::Input::Message(from, request)).is_err() {
+                                        return;
+                                    }
+                                }
+                                None => warn!(%peer, "a message from a peer without an ed25519 key"),
+                            }
+                        }
+                        request_response::Message::Response { .. } => {}
+                    },
+                    request_response::Event::OutboundFailure { peer, error, .. } => {
+                        debug!(%peer, %error, "message not delivered (gossip and timeouts repair it)");
+                    }
+                    request_response::Event::InboundFailure { peer, error, .. } => {
+                        debug!(%peer, %error, "inbound message failed");
+                    }
+                    request_response::Event::ResponseSent { .. } => {}
+                },
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
+                SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+                _ => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consensus_ids_and_libp2p_ids_name_the_same_key() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let ours = PeerId(key.verifying_key().to_bytes());
+        let theirs = libp2p_id(&ours).expect("a valid key");
+        assert_eq!(consensus_id(&theirs), Some(ours));
+        let pair = keypair(key.to_bytes()).expect("a valid secret");
+        assert_eq!(pair.public().to_peer_id(), theirs);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused_before_allocating() {
+        let mut buffer = Vec::new();
+        write_frame(&mut futures::io::Cursor::new(&mut buffer), b"hello")
+            .await
+            .expect("writes");
+        let mut reader = futures::io::Cursor::new(buffer);
+        assert_eq!(read_frame(&mut reader).await.expect("reads"), b"hello");
+        let mut huge = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
+        huge.extend_from_slice(b"x");
+        let error = read_frame(&mut futures::io::Cursor::new(huge))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+}
