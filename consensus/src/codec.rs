@@ -43,40 +43,59 @@ pub(crate) fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, CANONICAL).unwrap_or_default()
 }
 
-/// Encodes a wire message: one version byte, then the bincode body.
-pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, DecodeError> {
+/// A version byte, then the bincode body under `config`; at most `max` bytes in all.
+fn encode_versioned<T: Serialize, C: bincode::config::Config>(
+    value: &T,
+    config: C,
+    max: usize,
+) -> Result<Vec<u8>, DecodeError> {
     let mut bytes = vec![WIRE_VERSION];
-    let body = bincode::serde::encode_to_vec(message, LIMITED)
+    let body = bincode::serde::encode_to_vec(value, config)
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    if body.len() + 1 > SYNC_BYTES_MAX {
+    if body.len() + 1 > max {
         return Err(DecodeError::TooLarge {
             bytes: body.len() + 1,
-            max: SYNC_BYTES_MAX,
+            max,
         });
     }
     bytes.extend_from_slice(&body);
     Ok(bytes)
 }
 
-/// Decodes a wire message from untrusted bytes: checks the size limit and version first, and
-/// refuses trailing bytes, so one message has exactly one encoding.
-pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if bytes.len() > SYNC_BYTES_MAX {
+/// Decodes what `encode_versioned` wrote, from untrusted bytes: size limit and version first,
+/// no trailing bytes, so a value has exactly one encoding.
+fn decode_versioned<T: DeserializeOwned, C: bincode::config::Config>(
+    bytes: &[u8],
+    config: C,
+    max: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             bytes: bytes.len(),
-            max: SYNC_BYTES_MAX,
+            max,
         });
     }
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if version != WIRE_VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let (message, read) = bincode::serde::decode_from_slice(body, LIMITED)
+    let (value, read) = bincode::serde::decode_from_slice(body, config)
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if read != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - read));
     }
-    Ok(message)
+    Ok(value)
+}
+
+/// Encodes a wire message: one version byte, then the bincode body.
+pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, DecodeError> {
+    encode_versioned(message, LIMITED, SYNC_BYTES_MAX)
+}
+
+/// Decodes a wire message from untrusted bytes: checks the size limit and version first, and
+/// refuses trailing bytes, so one message has exactly one encoding.
+pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_versioned(bytes, LIMITED, SYNC_BYTES_MAX)
 }
 
 /// Encodes a replay-log record for disk: the wire version byte, then the bincode body. A
@@ -84,37 +103,12 @@ pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeErro
 /// own limit. The caller stores each record atomically (one row of a transactional table), so
 /// a torn record cannot happen; a damaged one is refused by `decode_log_record`.
 pub fn encode_log_record(record: &LogRecord) -> Result<Vec<u8>, DecodeError> {
-    let mut bytes = vec![WIRE_VERSION];
-    let body = bincode::serde::encode_to_vec(record, LOG)
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    if body.len() + 1 > LOG_RECORD_BYTES_MAX {
-        return Err(DecodeError::TooLarge {
-            bytes: body.len() + 1,
-            max: LOG_RECORD_BYTES_MAX,
-        });
-    }
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
+    encode_versioned(record, LOG, LOG_RECORD_BYTES_MAX)
 }
 
 /// Decodes a replay-log record read back from disk (checked like a wire message: size,
 /// version, no trailing bytes; the events are checked again when `Consensus::restore` replays
 /// them).
 pub fn decode_log_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
-    if bytes.len() > LOG_RECORD_BYTES_MAX {
-        return Err(DecodeError::TooLarge {
-            bytes: bytes.len(),
-            max: LOG_RECORD_BYTES_MAX,
-        });
-    }
-    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != WIRE_VERSION {
-        return Err(DecodeError::UnknownVersion(version));
-    }
-    let (record, read) = bincode::serde::decode_from_slice(body, LOG)
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    if read != body.len() {
-        return Err(DecodeError::TrailingBytes(body.len() - read));
-    }
-    Ok(record)
+    decode_versioned(bytes, LOG, LOG_RECORD_BYTES_MAX)
 }

@@ -235,14 +235,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
         }));
     }
     drop(sender);
-    let progress = ProgressBar::new(args.seeds);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}",
-        )
-        .map_err(|error| error.to_string())?
-        .progress_chars("=> "),
-    );
+    let progress = seed_progress(args.seeds)?;
     let mut simulated_ms = 0u64;
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut violations_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -563,6 +556,19 @@ fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// The progress bar of a sweep over `seeds` seeds.
+fn seed_progress(seeds: u64) -> Result<ProgressBar, String> {
+    let progress = ProgressBar::new(seeds);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}",
+        )
+        .map_err(|error| error.to_string())?
+        .progress_chars("=> "),
+    );
+    Ok(progress)
+}
+
 /// `sweep --engine`: random engine-mode runs (`run_cluster_seed`) on worker threads; each
 /// failure is printed with its story and the command that replays it.
 fn engine_sweep(args: &SweepArgs) -> Result<ExitCode, String> {
@@ -593,14 +599,7 @@ fn engine_sweep(args: &SweepArgs) -> Result<ExitCode, String> {
         }));
     }
     drop(sender);
-    let progress = ProgressBar::new(args.seeds);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}",
-        )
-        .map_err(|error| error.to_string())?
-        .progress_chars("=> "),
-    );
+    let progress = seed_progress(args.seeds)?;
     let (mut runs, mut commands, mut committed) = (0u64, 0usize, 0usize);
     let mut events: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failed = Vec::new();

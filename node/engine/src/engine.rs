@@ -48,8 +48,8 @@ use tracing::{debug, warn};
 use crate::apply::{AgreedProposal, Applied, apply_agreed};
 use crate::membership::{
     EventlessCommand, HANDOVERS_MAX, Handover, MemberChange, MembershipProposal, SectionState,
-    TransferTarget, Welcome, change_allowed, group_id, name_of, section_after, section_commands,
-    section_digest, section_events, sort_members,
+    TransferTarget, Welcome, all_section_events, change_allowed, group_id, name_of, section_after,
+    section_commands, section_digest, section_events, sort_members,
 };
 use crate::proposal::Proposal;
 
@@ -2382,16 +2382,7 @@ impl Engine {
     ) -> Result<Handover, StoreError> {
         let (prefix, members) = section_after(old_prefix, all, &joiner, min)
             .unwrap_or_else(|| (old_prefix, all.to_vec()));
-        let mut events = Vec::new();
-        let mut from = 1;
-        loop {
-            let (mut slice, next) = section_events(&self.store, &prefix, from, Some(head), 1_000)?;
-            events.append(&mut slice);
-            match next {
-                Some(next) => from = next,
-                None => break,
-            }
-        }
+        let events = all_section_events(&self.store, &prefix, Some(head))?;
         let commands = section_commands(&self.store, &prefix)?;
         Ok(Handover {
             joiner,

@@ -367,18 +367,28 @@ pub fn section_digest<'a>(
     *hasher.finalize().as_bytes()
 }
 
-/// [`section_digest`] of everything a store holds for a section now (for checkers and tests).
-pub fn store_section_digest(store: &EventStore, prefix: &Prefix) -> Result<[u8; 32], StoreError> {
+/// Every event of streams under `prefix` up to global position `head` (all if `None`), in the
+/// store's order.
+pub fn all_section_events(
+    store: &EventStore,
+    prefix: &Prefix,
+    head: Option<u64>,
+) -> Result<Vec<chorus_aggregate::RecordedEvent>, StoreError> {
     let mut events = Vec::new();
     let mut from = 1;
     loop {
-        let (mut slice, next) = section_events(store, prefix, from, None, 1_000)?;
+        let (mut slice, next) = section_events(store, prefix, from, head, 1_000)?;
         events.append(&mut slice);
         match next {
             Some(next) => from = next,
-            None => break,
+            None => return Ok(events),
         }
     }
+}
+
+/// [`section_digest`] of everything a store holds for a section now (for checkers and tests).
+pub fn store_section_digest(store: &EventStore, prefix: &Prefix) -> Result<[u8; 32], StoreError> {
+    let events = all_section_events(store, prefix, None)?;
     Ok(section_digest(&events, &section_commands(store, prefix)?))
 }
 
