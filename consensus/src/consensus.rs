@@ -1030,6 +1030,25 @@ impl Consensus {
             .retain(|slot| graph.node(*slot).is_some());
     }
 
+    /// Whether `member` has fallen behind by more than the prune window, as far as our graph
+    /// tells: we pruned something, and its latest event we hold (kept only because it is its
+    /// latest) is of a round below what we keep, or we hold none. Such a member cannot catch
+    /// up by gossip: the ancestry of our recent events is gone here, and its next events
+    /// would build on parents we dropped. Local evidence (members prune at different times),
+    /// for the caller's own decisions, such as voting to give the member a state transfer.
+    pub fn lags_beyond_window(&self, member: &PeerId) -> bool {
+        let Some(&index) = self.member_index.get(member) else {
+            return false;
+        };
+        let horizon = self.graph.pruned_below_round;
+        if horizon == 0 {
+            return false;
+        }
+        self.graph
+            .head(index)
+            .is_none_or(|slot| self.graph.get(slot).round < horizon)
+    }
+
     /// Marks our own events up to `index` durable: from now on they may be sent to peers.
     pub fn handle_persisted(&mut self, index: u64) {
         self.durable_index = Some(

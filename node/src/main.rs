@@ -1,8 +1,13 @@
-//! `chorus`: run a node (`chorus node --config node.toml`) or a local cluster of node
-//! processes (`chorus up --nodes 4`).
+//! `chorus`: run a node (`chorus node --config node.toml`), a local cluster of node
+//! processes (`chorus init`, `chorus up --nodes 4`), the demo (`chorus demo`), a benchmark
+//! against a cluster (`chorus bench`), or a client (`chorus client ...`).
 
+mod bench;
+mod client;
 mod config;
+mod demo;
 mod http;
+mod local;
 mod runtime;
 mod transport;
 
@@ -13,7 +18,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
-use crate::config::{NodeConfig, PeerConfig, hex, load_or_create_key};
+use crate::config::{NodeConfig, hex, load_or_create_key};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +38,67 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Write (or keep) the keys and configuration files of a local cluster of N nodes on
+    /// loopback without starting it; prints each node's configuration file and HTTP address.
+    /// Start a node with `chorus node --config <file>`.
+    Init {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Where each node's directory goes (`node-0`, `node-1`, ...).
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// `supermajority` or `single`.
+        #[arg(long, default_value = "supermajority")]
+        block_mode: String,
+    },
+    /// The main job on embedded defaults: start a local cluster (unless one is running under
+    /// `--data-dir`), drive a Notebook and BankAccount workload with a progress bar, and show
+    /// what every node agreed.
+    Demo {
+        /// Nodes of the cluster it starts.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Where the cluster's data lives.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Commands to send.
+        #[arg(long, default_value_t = 400)]
+        commands: usize,
+        /// Commands in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Keep the cluster it started running at the end (until Ctrl-C).
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Load a cluster at increasing client concurrency and print committed commands per
+    /// second and latency percentiles (the last line is one JSON object). Starts a fresh
+    /// local cluster unless `--target` names running nodes.
+    Bench {
+        /// Nodes of the local cluster it starts.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// A running node's HTTP address (repeat for several); clients spread over them.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Client counts, one level each.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+        concurrency: Vec<usize>,
+        /// Seconds per level.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Bytes of note text per command.
+        #[arg(long, default_value_t = 256)]
+        payload_bytes: usize,
+        /// `supermajority` or `single` (for the cluster it starts).
+        #[arg(long, default_value = "supermajority")]
+        block_mode: String,
+        /// Where the cluster it starts keeps its data (default: a fresh temporary directory,
+        /// removed at the end).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Start a local cluster of node processes on loopback, print each node's HTTP address,
     /// and stop them on Ctrl-C or SIGTERM. Data (keys, stores, configurations) stays under
@@ -61,11 +127,55 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node { config } => run_node(&config),
+        Command::Init {
+            nodes,
+            data_dir,
+            block_mode,
+        } => local::init(nodes, &data_dir, &block_mode).map(|configs| {
+            for (path, config) in configs {
+                say(&format!("{} http://{}", path.display(), config.http));
+            }
+        }),
+        Command::Demo {
+            nodes,
+            data_dir,
+            commands,
+            concurrency,
+            keep_running,
+        } => tokio_runtime().and_then(|runtime| {
+            runtime.block_on(demo::run(demo::DemoOptions {
+                nodes,
+                data_dir,
+                commands,
+                concurrency,
+                keep_running,
+            }))
+        }),
+        Command::Bench {
+            nodes,
+            targets,
+            concurrency,
+            seconds,
+            payload_bytes,
+            block_mode,
+            data_dir,
+        } => tokio_runtime().and_then(|runtime| {
+            runtime.block_on(bench::run(bench::BenchOptions {
+                nodes,
+                targets,
+                concurrency,
+                seconds,
+                payload_bytes,
+                block_mode,
+                data_dir,
+            }))
+        }),
         Command::Up {
             nodes,
             data_dir,
             block_mode,
-        } => up(nodes, &data_dir, &block_mode),
+        } => tokio_runtime()
+            .and_then(|runtime| runtime.block_on(local::up(nodes, &data_dir, &block_mode))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,7 +194,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// Waits for Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -180,117 +290,8 @@ fn run_node(path: &Path) -> Result<(), String> {
 
 /// Prints a line on stdout; a closed stdout (the reader went away) is not an error for a
 /// launcher whose job is its children.
-fn say(line: &str) {
+pub fn say(line: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
-}
-
-/// A free TCP port on loopback (bound, then released for the node to take).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(|error| format!("no free port: {error}"))
-}
-
-fn up(nodes: usize, data_dir: &Path, block_mode: &str) -> Result<(), String> {
-    if !(1..=64).contains(&nodes) {
-        return Err("--nodes must be between 1 and 64".into());
-    }
-    // Keys and ports: kept from an earlier run (its configuration files), else new.
-    let mut members = Vec::with_capacity(nodes);
-    for index in 0..nodes {
-        let directory = data_dir.join(format!("node-{index}"));
-        let key = load_or_create_key(&directory).map_err(|error| error.to_string())?;
-        let existing = NodeConfig::load(&directory.join("node.toml")).ok();
-        let (listen, http) = match existing {
-            Some(checked) => (checked.config.listen, checked.config.http),
-            None => (
-                format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
-                format!("127.0.0.1:{}", free_port()?),
-            ),
-        };
-        members.push((directory, key, listen, http));
-    }
-    let mut configs = Vec::with_capacity(nodes);
-    for (index, (directory, _, listen, http)) in members.iter().enumerate() {
-        let peers = members
-            .iter()
-            .enumerate()
-            .filter(|(other, _)| *other != index)
-            .map(|(_, (_, key, listen, _))| PeerConfig {
-                public_key: hex(&key.verifying_key().to_bytes()),
-                address: listen.clone(),
-            })
-            .collect();
-        let config = NodeConfig {
-            data_dir: directory.clone(),
-            listen: listen.clone(),
-            http: http.clone(),
-            peers,
-            section_size_min: 4,
-            block_mode: block_mode.to_owned(),
-            gossip_interval_ms: 20,
-        };
-        config.clone().check().map_err(|error| error.to_string())?;
-        let path = directory.join("node.toml");
-        let text = toml::to_string(&config).map_err(|error| error.to_string())?;
-        std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
-        configs.push((path, config));
-    }
-    let executable =
-        std::env::current_exe().map_err(|error| format!("cannot find this program: {error}"))?;
-    let runtime = tokio_runtime()?;
-    runtime.block_on(async move {
-        let mut children = Vec::with_capacity(nodes);
-        for (path, config) in &configs {
-            let child = tokio::process::Command::new(&executable)
-                .arg("node")
-                .arg("--config")
-                .arg(path)
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|error| format!("cannot start a node: {error}"))?;
-            say(&format!("http://{}", config.http));
-            children.push(child);
-        }
-        say(&format!(
-            "{nodes} nodes running, data under {}; Ctrl-C stops them",
-            data_dir.display()
-        ));
-        let first_exit =
-            futures::future::select_all(children.iter_mut().map(|child| Box::pin(child.wait())));
-        let failed = tokio::select! {
-            () = shutdown_signal() => None,
-            (status, index, _) = first_exit => Some((index, status)),
-        };
-        for child in &mut children {
-            if let Some(pid) = child.id() {
-                // SIGTERM first, so a node stops its HTTP server cleanly.
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-        for child in &mut children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-        match failed {
-            None => {
-                say("stopped");
-                Ok(())
-            }
-            Some((index, status)) => Err(format!(
-                "node {index} stopped on its own ({status:?}); the others were stopped"
-            )),
-        }
-    })
 }

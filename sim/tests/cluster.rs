@@ -295,6 +295,55 @@ fn a_member_that_crashes_under_load_restores_and_loses_nothing() {
     }
 }
 
+#[test]
+fn a_member_down_longer_than_the_prune_window_is_brought_back_by_state_transfer() {
+    for (seed, block_mode) in [(21, BlockMode::Supermajority), (22, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 4,
+            block_mode,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        open_accounts(&mut sim, 4);
+        load(&mut sim, 4, 2, "before");
+        let down = sim.engine(1).id();
+        sim.crash(1);
+        // Long enough under load for the others to prune past everything node 1 holds.
+        load(&mut sim, 4, 40, "during");
+        sim.run_for(2_000);
+        let lagging = (0..4)
+            .filter(|node| *node != 1)
+            .filter(|node| {
+                sim.engine(*node)
+                    .consensus()
+                    .is_some_and(|consensus| consensus.lags_beyond_window(&down))
+            })
+            .count();
+        assert_eq!(
+            lagging, 3,
+            "seed {seed}: node 1 is not behind the window yet"
+        );
+        sim.restart(1).expect("restart");
+        load(&mut sim, 4, 4, "after");
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim.engine(1).is_active_member()),
+            "seed {seed}: node 1 never became active again: {}",
+            sim.engine(1).summary()
+        );
+        let generation = sim.engine(1).section().generation;
+        assert!(
+            generation >= 1,
+            "seed {seed}: node 1 came back without a new generation"
+        );
+        assert_clean(&sim);
+    }
+}
+
 /// Whether every running engine that counts itself a member of its section is active and
 /// agrees with its section's other members.
 fn membership_settled(sim: &ClusterSim) -> bool {

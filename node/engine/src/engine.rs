@@ -134,6 +134,14 @@ pub enum Message {
     },
     /// Part of a section state, answering a `TransferRequest`.
     TransferChunk(TransferChunk),
+    /// A member tells another that, as far as its own graph of `generation` tells, the
+    /// receiver fell behind by more than the prune window and cannot catch up by gossip. A
+    /// hint only: the receiver asks to be welcomed again, and the section decides on its
+    /// members' own evidence.
+    Behind {
+        /// The generation the receiver lags in.
+        generation: u64,
+    },
     /// A section tells other sections' nodes that its members changed (routing only; believed
     /// once `f + 1` of its members said the same).
     SectionUpdate {
@@ -172,6 +180,7 @@ const TAG_WELCOME: u8 = 7;
 const TAG_TRANSFER_REQUEST: u8 = 8;
 const TAG_TRANSFER_CHUNK: u8 = 9;
 const TAG_SECTION_UPDATE: u8 = 10;
+const TAG_BEHIND: u8 = 11;
 
 #[derive(Serialize, Deserialize)]
 struct OutcomeMessage {
@@ -240,6 +249,7 @@ impl Message {
                     outcome: outcome.clone(),
                 })?,
             ),
+            Self::Behind { generation } => (TAG_BEHIND, generation.to_le_bytes().to_vec()),
             Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
             Self::Welcome(welcome) => (TAG_WELCOME, json(welcome)?),
@@ -323,6 +333,10 @@ impl Message {
                     outcome: message.outcome,
                 })
             }
+            TAG_BEHIND => match generation_and_rest(body)? {
+                (generation, rest) if rest.is_empty() => Ok(Self::Behind { generation }),
+                _ => Err(MessageError::Malformed("a hint with trailing bytes".into())),
+            },
             TAG_JOIN_REQUEST if body.is_empty() => Ok(Self::JoinRequest),
             TAG_LEAVE_REQUEST if body.is_empty() => Ok(Self::LeaveRequest),
             TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
@@ -485,8 +499,11 @@ pub struct Engine {
     /// Per node, the generation of the latest section update applied to our map about it (so
     /// an older update that arrives late does not undo a newer one).
     update_generations: BTreeMap<PeerId, u64>,
-    /// Joiner: welcomes heard, by content, with their senders.
+    /// Joiner, or a lagging member asking to be brought back: welcomes heard, by content,
+    /// with their senders.
     joining: Option<Joining>,
+    /// Per member, when we last told it that it lags (`Message::Behind`).
+    behind_told: BTreeMap<PeerId, u64>,
     /// Joiner: the state transfer under way.
     transfer: Option<TransferRun>,
     /// Section updates heard from other sections, by content, with their senders.
@@ -553,6 +570,10 @@ pub const MANAGER_EVENTS_PER_RUN: usize = 256;
 struct Joining {
     /// When it last asked.
     asked_at_ms: Option<u64>,
+    /// A member brought back by a refresh: the generation it lags in and when it began to
+    /// ask (it gives up after `REFRESH_GIVE_UP_MS` without a welcome: the hint may have been
+    /// false, and it is asked again if it was not).
+    refresh: Option<(u64, u64)>,
     /// Per sender, its latest welcome (so a faulty sender cannot crowd out honest ones).
     welcomes: BTreeMap<PeerId, Welcome>,
 }
@@ -572,6 +593,8 @@ struct TransferRun {
 pub const DEFER_AHEAD_MAX: u64 = 16;
 /// A joiner asks again after this long without a welcome.
 pub const JOIN_RETRY_MS: u64 = 1_000;
+/// A lagging member that got no welcome this long after it began to ask stops asking.
+pub const REFRESH_GIVE_UP_MS: u64 = 10_000;
 /// A joiner asks another source after this long without a transfer chunk.
 pub const TRANSFER_TIMEOUT_MS: u64 = 2_000;
 /// A section update is sent once more after this long.
@@ -638,6 +661,7 @@ impl Engine {
         };
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
         engine.joining = Some(Joining {
+            refresh: None,
             asked_at_ms: None,
             welcomes: BTreeMap::new(),
         });
@@ -744,6 +768,7 @@ impl Engine {
             leaving: None,
             update_generations: BTreeMap::new(),
             joining: None,
+            behind_told: BTreeMap::new(),
             transfer: None,
             updates_heard: BTreeMap::new(),
             announcement: None,
@@ -941,6 +966,19 @@ impl Engine {
                 generation,
                 request,
             } => {
+                let hint = generation == self.state.generation
+                    && self
+                        .consensus
+                        .as_ref()
+                        .is_some_and(|consensus| consensus.lags_beyond_window(&from))
+                    && self
+                        .behind_told
+                        .get(&from)
+                        .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
+                if hint {
+                    self.behind_told.insert(from, now_ms);
+                    self.send(from, &Message::Behind { generation });
+                }
                 let instance = if generation == self.state.generation {
                     self.consensus.as_mut()
                 } else {
@@ -996,6 +1034,7 @@ impl Engine {
                     debug!(peer = %from, %command_id, "an answer nobody asked this peer for");
                 }
             }
+            Message::Behind { generation } => self.on_behind(from, generation),
             Message::JoinRequest => self.on_join_request(from),
             Message::LeaveRequest => {
                 if self.state.members.contains(&from) {
@@ -1024,6 +1063,14 @@ impl Engine {
         self.now_ms = self.now_ms.max(now_ms);
         if let Some(consensus) = self.consensus.as_mut() {
             consensus.tick(now_ms, rng);
+        }
+        let gave_up = self.joining.as_ref().is_some_and(|joining| {
+            joining
+                .refresh
+                .is_some_and(|(_, since)| now_ms >= since + REFRESH_GIVE_UP_MS)
+        });
+        if gave_up {
+            self.joining = None;
         }
         if let Some(joining) = &self.joining {
             if joining
@@ -1819,11 +1866,39 @@ impl Engine {
             {
                 self.send(from, &Message::Welcome(welcome));
             }
+            // A member asking again lags: brought back if our own graph shows it.
+            let lags = self.is_active_member()
+                && self
+                    .consensus
+                    .as_ref()
+                    .is_some_and(|consensus| consensus.lags_beyond_window(&from));
+            if lags {
+                self.vote_change(MemberChange::Refresh(from));
+            }
             return;
         }
         if self.is_active_member() {
             self.vote_change(MemberChange::Join(from));
         }
+    }
+
+    /// A member says we lag beyond its prune window: we ask to be welcomed again (each member
+    /// votes on what its own graph shows, so a false hint costs a few requests).
+    fn on_behind(&mut self, from: PeerId, generation: u64) {
+        if generation != self.state.generation
+            || !self.state.members.contains(&from)
+            || !self.is_active_member()
+            || self.joining.is_some()
+        {
+            return;
+        }
+        warn!(peer = %from, generation, "a member says we fell too far behind; asking for a state transfer");
+        self.joining = Some(Joining {
+            asked_at_ms: None,
+            refresh: Some((generation, self.now_ms)),
+            welcomes: BTreeMap::new(),
+        });
+        self.ask_to_join();
     }
 
     /// Joiner: asks every member of the section covering its name to admit it.
@@ -1852,7 +1927,13 @@ impl Engine {
         let voters: Vec<PeerId> = known.member_keys().into_iter().map(PeerId).collect();
         let mut sorted = welcome.members.clone();
         sort_members(&mut sorted);
-        let plausible = voters.contains(&from)
+        // A lagging member takes only a welcome to a later generation than the one it lags
+        // in (a welcome from its own admission, sent again, must not restart that one).
+        let later = joining
+            .refresh
+            .is_none_or(|(generation, _)| welcome.generation > generation);
+        let plausible = later
+            && voters.contains(&from)
             && welcome.members.contains(&self.our_id)
             && sorted == welcome.members
             && welcome.prefix.matches(&our_name)
@@ -1896,7 +1977,25 @@ impl Engine {
             warn!(%error, "section state not saved; will ask to join again");
             return;
         }
-        self.joining = None;
+        let refreshed = self
+            .joining
+            .take()
+            .is_some_and(|joining| joining.refresh.is_some());
+        if refreshed {
+            // The generation we lagged in is over for us: what it did not apply, the
+            // transfer brings; our pending commands go to the new one.
+            let old_generation = self.state.generation;
+            self.retired = self
+                .consensus
+                .take()
+                .map(|consensus| (old_generation, consensus));
+            self.pending_change = None;
+            self.unapplied.clear();
+            self.voted_changes.clear();
+            self.membership_votes.clear();
+            self.deferred_seconds.clear();
+            self.behind_told.clear();
+        }
         self.map = map;
         self.state = state;
         match Consensus::new(
@@ -1907,6 +2006,9 @@ impl Engine {
         ) {
             Ok(consensus) => self.consensus = Some(consensus),
             Err(error) => warn!(%error, "the welcomed generation does not start"),
+        }
+        if refreshed {
+            self.reroute_pending();
         }
         self.start_transfer(0);
     }
@@ -2250,6 +2352,7 @@ impl Engine {
             MemberChange::Leave(node) => {
                 self.map.remove_member(&name_of(&node));
             }
+            MemberChange::Refresh(_) => {}
         }
         self.state.network = network_of(&self.map);
     }
@@ -2270,6 +2373,7 @@ impl Engine {
         match change {
             MemberChange::Join(node) => all.push(node),
             MemberChange::Leave(node) => all.retain(|member| *member != node),
+            MemberChange::Refresh(_) => {}
         }
         sort_members(&mut all);
         let head = match self.store.head_position() {
@@ -2280,7 +2384,7 @@ impl Engine {
             }
         };
         let mut handovers = self.state.handovers.clone();
-        if let MemberChange::Join(joiner) = change {
+        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
             match self.handover(joiner, generation, old_prefix, &all, min, head) {
                 Ok(handover) => handovers.push(handover),
                 Err(error) => {
@@ -2299,6 +2403,7 @@ impl Engine {
             MemberChange::Leave(node) => {
                 map.remove_member(&name_of(&node));
             }
+            MemberChange::Refresh(_) => {}
         }
         let ours = section_after(old_prefix, &all, &self.our_id, min);
         let state = SectionState {
@@ -2323,6 +2428,7 @@ impl Engine {
         self.voted_changes.clear();
         self.membership_votes.clear();
         self.deferred_seconds.clear();
+        self.behind_told.clear();
         if !self.state.members.is_empty() {
             match Consensus::new(
                 consensus_config(&self.config, &self.state),
@@ -2337,7 +2443,7 @@ impl Engine {
             self.leaving = None;
         }
         debug!(generation, prefix = %self.state.prefix, members = self.state.members.len(), ?change, "section changed");
-        if let MemberChange::Join(joiner) = change {
+        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
             if let Some(welcome) = self
                 .state
                 .handovers
@@ -2348,6 +2454,11 @@ impl Engine {
             {
                 self.send(joiner, &Message::Welcome(welcome));
             }
+        }
+        if let MemberChange::Refresh(_) = change {
+            // Nobody else's map changes.
+            self.reroute_pending();
+            return true;
         }
         let update = Message::SectionUpdate {
             prefix: old_prefix,

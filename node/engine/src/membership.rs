@@ -15,6 +15,13 @@
 //! vouches for the digest), fetches the events from one of them, checks the digest, writes
 //! them, and only then applies the new generation's blocks, which start exactly where the
 //! transferred state ends.
+//!
+//! A member that fell behind by more than the consensus prune window (it was down or cut off
+//! too long) cannot catch up by gossip: the history it lacks is pruned everywhere. A member
+//! that sees this in its own graph (`Consensus::lags_beyond_window`) tells it (`Behind`); the
+//! laggard asks to join again, and each member that sees the lag itself votes a `Refresh`:
+//! the same members in a new generation, the laggard welcomed and transferred like a joiner
+//! (its transferred writes that it already holds are duplicates, written once).
 
 use chorus_aggregate::{CommandId, EventStore, Filter, StoreError, StreamKey};
 use chorus_consensus::PeerId;
@@ -38,13 +45,18 @@ pub enum MemberChange {
     Join(PeerId),
     /// The member leaves.
     Leave(PeerId),
+    /// The member stays, but is brought back by state transfer: it fell behind by more than
+    /// the consensus prune window (a long crash or partition), so gossip can no longer catch
+    /// it up. The members stay the same; the generation changes, and the member is welcomed
+    /// and fetches the section state like a joiner.
+    Refresh(PeerId),
 }
 
 impl MemberChange {
     /// The node that joins or leaves.
     pub fn node(&self) -> PeerId {
         match self {
-            Self::Join(node) | Self::Leave(node) => *node,
+            Self::Join(node) | Self::Leave(node) | Self::Refresh(node) => *node,
         }
     }
 }
@@ -276,6 +288,7 @@ pub fn change_allowed(
 ) -> bool {
     match change {
         MemberChange::Join(node) => !members.contains(node) && prefix.matches(&name_of(node)),
+        MemberChange::Refresh(node) => members.contains(node),
         MemberChange::Leave(node) => {
             let left = members.len().saturating_sub(1);
             members.contains(node) && left >= 1 && (prefix.is_empty() || left >= section_size_min)

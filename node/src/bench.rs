@@ -1,0 +1,354 @@
+//! `chorus bench`: load against a cluster (a running one, or a fresh local one it starts and
+//! stops), at increasing client concurrency. Each client adds 256-byte notes (by default) to
+//! its own notebooks through one node (clients spread over the nodes); a command counts once
+//! the node answers it committed, which it does only when the events are agreed and durable
+//! on that node. Prints committed commands per second and latency percentiles per level, and
+//! the figures as one JSON object on the last line.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::client::{Client, outcome_name};
+use crate::local::{self, LocalCluster};
+use crate::say;
+
+/// What `chorus bench` was asked.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Nodes of the local cluster (when no `targets`).
+    pub nodes: usize,
+    /// Running nodes to load, instead of a fresh local cluster.
+    pub targets: Vec<String>,
+    /// Client counts, one level each.
+    pub concurrency: Vec<usize>,
+    /// Seconds per level.
+    pub seconds: f64,
+    /// Bytes of note text per command.
+    pub payload_bytes: usize,
+    /// `supermajority` or `single` (local cluster only).
+    pub block_mode: String,
+    /// Where the local cluster's data goes (a fresh temporary directory when `None`).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One level's figures.
+#[derive(Clone, Debug)]
+struct Level {
+    concurrency: usize,
+    committed: usize,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+    latencies_ms: Vec<f64>,
+}
+
+impl Level {
+    fn per_second(&self) -> f64 {
+        self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "concurrency": self.concurrency,
+            "committed": self.committed,
+            "errors": self.errors,
+            "seconds": round2(self.elapsed.as_secs_f64()),
+            "committed_per_second": round2(self.per_second()),
+            "p50_ms": round2(percentile(&self.latencies_ms, 0.50)),
+            "p90_ms": round2(percentile(&self.latencies_ms, 0.90)),
+            "p99_ms": round2(percentile(&self.latencies_ms, 0.99)),
+        })
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// The `q` quantile (nearest rank) of unsorted samples; 0 when there are none.
+pub fn percentile(samples: &[f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Checks the options before anything starts.
+pub fn check(options: &BenchOptions) -> Result<(), String> {
+    if options.concurrency.is_empty() || options.concurrency.contains(&0) {
+        return Err("--concurrency: give client counts above 0, like 1,8,32".into());
+    }
+    if options.concurrency.iter().any(|clients| *clients > 4096) {
+        return Err("--concurrency: at most 4096 clients".into());
+    }
+    if !(options.seconds > 0.0 && options.seconds <= 3600.0) {
+        return Err("--seconds must be above 0 and at most 3600".into());
+    }
+    if options.payload_bytes == 0 || options.payload_bytes > 64 * 1024 {
+        return Err("--payload-bytes must be between 1 and 65536".into());
+    }
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub async fn run(options: BenchOptions) -> Result<(), String> {
+    check(&options)?;
+    let mut started = None;
+    let mut temporary = None;
+    let targets = if options.targets.is_empty() {
+        let data_dir = match &options.data_dir {
+            Some(directory) => directory.clone(),
+            None => {
+                let directory = tempfile::tempdir()
+                    .map_err(|error| format!("no temporary directory: {error}"))?;
+                let path = directory.path().to_owned();
+                temporary = Some(directory);
+                path
+            }
+        };
+        if let Some(addresses) = local::running(&data_dir).await {
+            say(&format!(
+                "using the cluster running under {}",
+                data_dir.display()
+            ));
+            addresses
+        } else {
+            say(&format!(
+                "starting a local cluster of {} nodes under {}",
+                options.nodes,
+                data_dir.display()
+            ));
+            let configs = local::init(options.nodes, &data_dir, &options.block_mode)?;
+            let cluster = LocalCluster::start(&configs, Duration::from_secs(60)).await?;
+            let addresses = cluster.addresses.clone();
+            started = Some(cluster);
+            addresses
+        }
+    } else {
+        options.targets.clone()
+    };
+    let result = levels(&options, &targets).await;
+    if let Some(cluster) = started {
+        cluster.stop().await;
+    }
+    drop(temporary);
+    let levels = result?;
+    let best = levels.iter().map(Level::per_second).fold(0.0_f64, f64::max);
+    let summary = json!({
+        "bench": "chorus",
+        "nodes": targets.len(),
+        "payload_bytes": options.payload_bytes,
+        "seconds_per_level": options.seconds,
+        "block_mode": options.block_mode,
+        "levels": levels.iter().map(Level::json).collect::<Vec<_>>(),
+        "best_committed_per_second": round2(best),
+    });
+    say(&summary.to_string());
+    Ok(())
+}
+
+async fn levels(options: &BenchOptions, targets: &[String]) -> Result<Vec<Level>, String> {
+    let clients: Vec<Client> = targets
+        .iter()
+        .map(|target| Client::new(target))
+        .collect::<Result<_, _>>()?;
+    for client in &clients {
+        if !client.healthy().await {
+            return Err(format!("{} does not answer /health", client.base()));
+        }
+    }
+    // One run tag, so streams never collide with an earlier run's on the same cluster.
+    let run: u32 = rand::random();
+    say(&format!(
+        "{:>11} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}",
+        "concurrency", "committed", "committed/s", "p50 ms", "p90 ms", "p99 ms", "errors"
+    ));
+    let mut results = Vec::new();
+    for (level_index, &concurrency) in options.concurrency.iter().enumerate() {
+        let level = level(options, &clients, run, level_index, concurrency).await?;
+        say(&format!(
+            "{:>11} {:>10} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+            level.concurrency,
+            level.committed,
+            level.per_second(),
+            percentile(&level.latencies_ms, 0.50),
+            percentile(&level.latencies_ms, 0.90),
+            percentile(&level.latencies_ms, 0.99),
+            level.errors
+        ));
+        if let Some(error) = &level.first_error {
+            say(&format!("  first error: {error}"));
+        }
+        results.push(level);
+    }
+    Ok(results)
+}
+
+/// Streams each client writes to (commands on one stream are agreed one after another, so
+/// a client keeps a few).
+const STREAMS_PER_CLIENT: usize = 4;
+
+async fn level(
+    options: &BenchOptions,
+    nodes: &[Client],
+    run: u32,
+    level_index: usize,
+    concurrency: usize,
+) -> Result<Level, String> {
+    // Set-up, not timed: every client's notebooks exist.
+    let setup = ProgressBar::new((concurrency * STREAMS_PER_CLIENT) as u64).with_style(
+        ProgressStyle::with_template("  creating notebooks {bar:30} {pos}/{len}")
+            .map_err(|error| error.to_string())?,
+    );
+    let mut creations = Vec::new();
+    for client in 0..concurrency {
+        let node = nodes[client % nodes.len()].clone();
+        let setup = setup.clone();
+        creations.push(tokio::spawn(async move {
+            for stream in 0..STREAMS_PER_CLIENT {
+                let name = format!("Notebook@bench-{run:08x}-{level_index}-{client}-{stream}");
+                let command = json!({"InitiateNotebook": {"title": "bench"}});
+                let answer = node.submit(&name, command, None).await?;
+                if answer.status != 201 {
+                    return Err(format!("{name}: {}", outcome_name(&answer)));
+                }
+                setup.inc(1);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for creation in creations {
+        creation
+            .await
+            .map_err(|error| format!("a client task failed: {error}"))??;
+    }
+    setup.finish_and_clear();
+
+    let text = "n".repeat(options.payload_bytes);
+    let duration = Duration::from_secs_f64(options.seconds);
+    let progress = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("  {spinner} {msg}").map_err(|error| error.to_string())?,
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    progress.set_message(format!("{concurrency} clients"));
+    let begin = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..concurrency {
+        let node = nodes[client % nodes.len()].clone();
+        let text = text.clone();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            let mut next = 0usize;
+            while begin.elapsed() < duration {
+                let stream = format!(
+                    "Notebook@bench-{run:08x}-{level_index}-{client}-{}",
+                    next % STREAMS_PER_CLIENT
+                );
+                next += 1;
+                let command = json!({"AddNote": {"text": text, "author": "bench"}});
+                let sent = Instant::now();
+                match node.submit(&stream, command, None).await {
+                    Ok(answer) if answer.status == 201 => {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                        progress.inc(1);
+                    }
+                    Ok(answer) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| outcome_name(&answer));
+                    }
+                    Err(error) => {
+                        errors += 1;
+                        first_error.get_or_insert(error);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut level = Level {
+        concurrency,
+        committed: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        latencies_ms: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors, first_error) = task
+            .await
+            .map_err(|error| format!("a client task failed: {error}"))?;
+        level.committed += latencies.len();
+        level.latencies_ms.extend(latencies);
+        level.errors += errors;
+        if level.first_error.is_none() {
+            level.first_error = first_error;
+        }
+    }
+    // Every client stops at the deadline once its command in flight is answered.
+    level.elapsed = begin.elapsed();
+    progress.finish_and_clear();
+    Ok(level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 0.50), 50.0);
+        assert_eq!(percentile(&samples, 0.99), 99.0);
+        assert_eq!(percentile(&samples, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.5), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_anything_starts() {
+        let good = BenchOptions {
+            nodes: 4,
+            targets: Vec::new(),
+            concurrency: vec![1, 8],
+            seconds: 1.0,
+            payload_bytes: 256,
+            block_mode: "supermajority".into(),
+            data_dir: None,
+        };
+        assert!(check(&good).is_ok());
+        for bad in [
+            BenchOptions {
+                concurrency: vec![],
+                ..good.clone()
+            },
+            BenchOptions {
+                concurrency: vec![0],
+                ..good.clone()
+            },
+            BenchOptions {
+                seconds: 0.0,
+                ..good.clone()
+            },
+            BenchOptions {
+                seconds: f64::NAN,
+                ..good.clone()
+            },
+            BenchOptions {
+                payload_bytes: 0,
+                ..good.clone()
+            },
+        ] {
+            assert!(check(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

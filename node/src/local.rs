@@ -1,0 +1,219 @@
+//! A local cluster of node processes on loopback: `chorus init` writes its configuration,
+//! `chorus up` runs it until Ctrl-C, and `chorus demo` / `chorus bench` start one when none
+//! is running. Keys, ports and configurations stay under the data directory, so starting
+//! again resumes the same cluster.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Child;
+
+use crate::client::Client;
+use crate::config::{NodeConfig, PeerConfig, hex, load_or_create_key};
+use crate::say;
+
+/// Most nodes a local cluster may have.
+pub const LOCAL_NODES_MAX: usize = 64;
+
+/// A free TCP port on loopback (bound, then released for the node to take).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|error| format!("no free port: {error}"))
+}
+
+/// Writes the configuration files of a local cluster of `nodes` under `data_dir`, keeping the
+/// keys and ports of an earlier run (so a cluster resumes where it stopped), and returns them.
+pub fn init(
+    nodes: usize,
+    data_dir: &Path,
+    block_mode: &str,
+) -> Result<Vec<(PathBuf, NodeConfig)>, String> {
+    if !(1..=LOCAL_NODES_MAX).contains(&nodes) {
+        return Err(format!("--nodes must be between 1 and {LOCAL_NODES_MAX}"));
+    }
+    // Keys and ports: kept from an earlier run (its configuration files), else new.
+    let mut members = Vec::with_capacity(nodes);
+    for index in 0..nodes {
+        let directory = data_dir.join(format!("node-{index}"));
+        let key = load_or_create_key(&directory).map_err(|error| error.to_string())?;
+        let existing = NodeConfig::load(&directory.join("node.toml")).ok();
+        let (listen, http) = match existing {
+            Some(checked) => (checked.config.listen, checked.config.http),
+            None => (
+                format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
+                format!("127.0.0.1:{}", free_port()?),
+            ),
+        };
+        members.push((directory, key, listen, http));
+    }
+    let mut configs = Vec::with_capacity(nodes);
+    for (index, (directory, _, listen, http)) in members.iter().enumerate() {
+        let peers = members
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .map(|(_, (_, key, listen, _))| PeerConfig {
+                public_key: hex(&key.verifying_key().to_bytes()),
+                address: listen.clone(),
+            })
+            .collect();
+        let config = NodeConfig {
+            data_dir: directory.clone(),
+            listen: listen.clone(),
+            http: http.clone(),
+            peers,
+            section_size_min: 4,
+            block_mode: block_mode.to_owned(),
+            gossip_interval_ms: 20,
+        };
+        config.clone().check().map_err(|error| error.to_string())?;
+        let path = directory.join("node.toml");
+        let text = toml::to_string(&config).map_err(|error| error.to_string())?;
+        std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
+        configs.push((path, config));
+    }
+    Ok(configs)
+}
+
+/// The HTTP addresses of the local cluster under `data_dir` if every node of it answers, or
+/// `None` (no cluster there, or not all of it running).
+pub async fn running(data_dir: &Path) -> Option<Vec<String>> {
+    let mut addresses = Vec::new();
+    for index in 0.. {
+        let path = data_dir.join(format!("node-{index}")).join("node.toml");
+        if !path.exists() {
+            break;
+        }
+        let checked = NodeConfig::load(&path).ok()?;
+        addresses.push(format!("http://{}", checked.config.http));
+    }
+    if addresses.is_empty() {
+        return None;
+    }
+    for address in &addresses {
+        if !Client::new(address).ok()?.healthy().await {
+            return None;
+        }
+    }
+    Some(addresses)
+}
+
+/// Node processes started by this program.
+pub struct LocalCluster {
+    children: Vec<Child>,
+    /// The nodes' HTTP addresses.
+    pub addresses: Vec<String>,
+}
+
+impl LocalCluster {
+    /// Starts one `chorus node` process per configuration (their stdout is dropped, their
+    /// logs go to our stderr) and waits until every node answers, at most `ready_within`.
+    pub async fn start(
+        configs: &[(PathBuf, NodeConfig)],
+        ready_within: Duration,
+    ) -> Result<Self, String> {
+        let executable = std::env::current_exe()
+            .map_err(|error| format!("cannot find this program: {error}"))?;
+        let mut cluster = Self {
+            children: Vec::with_capacity(configs.len()),
+            addresses: Vec::with_capacity(configs.len()),
+        };
+        for (path, config) in configs {
+            let child = tokio::process::Command::new(&executable)
+                .arg("node")
+                .arg("--config")
+                .arg(path)
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|error| format!("cannot start a node: {error}"))?;
+            cluster.children.push(child);
+            cluster.addresses.push(format!("http://{}", config.http));
+        }
+        let deadline = tokio::time::Instant::now() + ready_within;
+        for (index, address) in cluster.addresses.clone().iter().enumerate() {
+            let client = Client::new(address)?;
+            while !client.healthy().await {
+                if let Ok(Some(status)) = cluster.children[index].try_wait() {
+                    cluster.stop().await;
+                    return Err(format!("node {index} exited while starting ({status})"));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    cluster.stop().await;
+                    return Err(format!("node {index} ({address}) did not answer in time"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until a node exits on its own; its index and exit status.
+    pub async fn first_exit(&mut self) -> (usize, String) {
+        let exits = self.children.iter_mut().map(|child| Box::pin(child.wait()));
+        let (status, index, _) = futures::future::select_all(exits).await;
+        let status = match status {
+            Ok(status) => status.to_string(),
+            Err(error) => error.to_string(),
+        };
+        (index, status)
+    }
+
+    /// SIGTERM to every node (each stops its HTTP server cleanly), then SIGKILL to any still
+    /// running after 5 s.
+    pub async fn stop(mut self) {
+        for child in &mut self.children {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// `chorus up`: starts the cluster, prints each node's HTTP address, and runs until Ctrl-C
+/// or SIGTERM (then stops the nodes) or until a node stops on its own (then stops the others
+/// and fails).
+pub async fn up(nodes: usize, data_dir: &Path, block_mode: &str) -> Result<(), String> {
+    let configs = init(nodes, data_dir, block_mode)?;
+    if running(data_dir).await.is_some() {
+        return Err(format!(
+            "a cluster is already running with its data under {}",
+            data_dir.display()
+        ));
+    }
+    let mut cluster = LocalCluster::start(&configs, Duration::from_secs(60)).await?;
+    for address in &cluster.addresses {
+        say(address);
+    }
+    say(&format!(
+        "{nodes} nodes running, data under {}; Ctrl-C stops them",
+        data_dir.display()
+    ));
+    let failed = tokio::select! {
+        () = crate::shutdown_signal() => None,
+        exit = cluster.first_exit() => Some(exit),
+    };
+    cluster.stop().await;
+    match failed {
+        None => {
+            say("stopped");
+            Ok(())
+        }
+        Some((index, status)) => Err(format!(
+            "node {index} stopped on its own ({status}); the others were stopped"
+        )),
+    }
+}

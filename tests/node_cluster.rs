@@ -1,0 +1,128 @@
+//! Real nodes: `chorus up` starts 4 processes on loopback that talk over libp2p; commands sent
+//! over HTTP to any node are agreed and every node serves identical streams; bad input gets a
+//! clear error and changes nothing; garbage on the gossip port does not take a node down.
+//! Kill -9 and restarts are in `node_kill_one.rs` and `node_restart_group.rs`.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Up, command_id, events, http, json_of, submit};
+
+#[test]
+fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let up = Up::start(directory.path(), 4);
+    let nodes = up.addresses.clone();
+
+    // Commands to every node; each is committed once, whoever gets it.
+    let (status, answer) = submit(
+        &nodes[0],
+        "BankAccount@alice",
+        json!({"OpenAccount": {"owner": "alice"}}),
+        &command_id(1),
+    );
+    assert_eq!(status, 201, "{answer}");
+    for index in 0..8 {
+        let (status, answer) = submit(
+            &nodes[index % 4],
+            "BankAccount@alice",
+            json!({"Deposit": {"amount": 10, "transfer": null}}),
+            &command_id(100 + index),
+        );
+        assert_eq!(status, 201, "deposit {index}: {answer}");
+    }
+    // The same command id again: answered with its first commit, not applied twice.
+    let (status, answer) = submit(
+        &nodes[2],
+        "BankAccount@alice",
+        json!({"Deposit": {"amount": 10, "transfer": null}}),
+        &command_id(100),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["outcome"]["AlreadyCommitted"].is_object(),
+        "{answer}"
+    );
+
+    // Bad input: clear errors with the right status, nothing written.
+    let (status, text) = http(
+        &nodes[1],
+        "POST",
+        "/streams/BankAccount@alice/commands",
+        Some("{\"command\":"),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(json_of(&text)["error"].is_string());
+    let (status, answer) = submit(&nodes[1], "Nope@x", json!({"X": {}}), &command_id(900));
+    assert_eq!(status, 400, "{answer}");
+    let (status, text) = http(&nodes[1], "GET", "/streams/not%20a%20stream", None);
+    assert_eq!(status, 400, "{text}");
+    let (status, _) = http(&nodes[1], "GET", "/nowhere", None);
+    assert_eq!(status, 404);
+    let huge = format!("{{\"command\":\"{}\"}}", "a".repeat(2 << 20));
+    let (status, _) = http(
+        &nodes[1],
+        "POST",
+        "/streams/BankAccount@alice/commands",
+        Some(&huge),
+    );
+    assert_eq!(status, 413);
+    let (status, answer) = submit(
+        &nodes[3],
+        "BankAccount@alice",
+        json!({"Withdraw": {"amount": 1000, "transfer": null}}),
+        &command_id(901),
+    );
+    assert_eq!(status, 409, "a refused command: {answer}");
+    // Garbage on the gossip port: the noise handshake fails, the node stays up and keeps
+    // agreeing.
+    let config = std::fs::read_to_string(directory.path().join("node-0/node.toml"))
+        .expect("up wrote the configuration");
+    let port = config
+        .lines()
+        .find_map(|line| line.strip_prefix("listen = \"/ip4/127.0.0.1/tcp/"))
+        .and_then(|rest| rest.trim_end_matches('"').parse::<u16>().ok())
+        .expect("a loopback listen address");
+    for garbage in [
+        &b"\x00\x00\x00\x05hello"[..],
+        &[0xff; 4096][..],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        if let Ok(mut socket) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = socket.write_all(garbage);
+        }
+    }
+    let (status, _) = http(&nodes[0], "GET", "/status", None);
+    assert_eq!(status, 200, "the node stays up");
+    let (status, answer) = submit(
+        &nodes[0],
+        "BankAccount@bob",
+        json!({"OpenAccount": {"owner": "bob"}}),
+        &command_id(2),
+    );
+    assert_eq!(status, 201, "and still agrees: {answer}");
+
+    // Every node serves the same stream: the opening and eight deposits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected = events(&nodes[0], "BankAccount@alice");
+    assert_eq!(expected.len(), 9, "{expected:?}");
+    for node in &nodes {
+        loop {
+            let held = events(node, "BankAccount@alice");
+            if held == expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{node} holds {held:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let balance = expected
+        .last()
+        .and_then(|event| event["payload"]["balance"].as_u64());
+    assert_eq!(balance, Some(80));
+    up.stop();
+}

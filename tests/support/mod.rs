@@ -1,0 +1,402 @@
+//! What the multi-process tests share: a minimal HTTP client, the `chorus` launcher
+//! (`chorus up`) and single node processes (`chorus init` + `chorus node`), and a client
+//! load that records which commands were acknowledged.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The `chorus` binary under test.
+pub const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+/// A minimal HTTP/1.1 request (the tests need no client library): status and body, or why
+/// the node could not be reached.
+pub fn try_http(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let address = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(40)))?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `try_http` where the node must answer.
+pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    try_http(base, method, path, body)
+        .unwrap_or_else(|error| panic!("{method} {base}{path}: {error}"))
+}
+
+/// Parses JSON or fails the test naming the text.
+pub fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+/// Sends a command with a given id.
+pub fn submit(base: &str, stream: &str, command: Value, id: &str) -> (u16, Value) {
+    let body = json!({ "command": command, "command_id": id }).to_string();
+    let (status, text) = http(
+        base,
+        "POST",
+        &format!("/streams/{stream}/commands"),
+        Some(&body),
+    );
+    (status, json_of(&text))
+}
+
+/// A stream's events as one node serves them (at most 1,000).
+pub fn events(base: &str, stream: &str) -> Vec<Value> {
+    let (status, text) = http(base, "GET", &format!("/streams/{stream}?count=1000"), None);
+    assert_eq!(status, 200, "{text}");
+    json_of(&text)["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A command id from a number (32 hex digits).
+pub fn command_id(index: usize) -> String {
+    format!("{index:032x}")
+}
+
+/// Waits until a node answers `/health`.
+pub fn wait_healthy(address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if matches!(try_http(address, "GET", "/health", None), Ok((200, _))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{address} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `chorus up` as a child; its stdout lines name the nodes' HTTP addresses.
+pub struct Up {
+    child: Child,
+    /// The nodes' HTTP addresses.
+    pub addresses: Vec<String>,
+}
+
+impl Up {
+    /// Starts `chorus up --nodes N` and waits until every node answers.
+    pub fn start(data_dir: &Path, nodes: usize) -> Self {
+        let mut child = Command::new(CHORUS)
+            .args(["up", "--nodes", &nodes.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chorus up starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addresses = Vec::new();
+        while addresses.len() < nodes {
+            let line = lines
+                .next()
+                .expect("chorus up prints every node's address")
+                .expect("reads");
+            if let Some(address) = line.strip_prefix("http://") {
+                addresses.push(format!("http://{address}"));
+            }
+        }
+        // Keep reading what `up` prints, so it never writes to a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
+        for address in &addresses {
+            wait_healthy(address);
+        }
+        Self { child, addresses }
+    }
+
+    /// SIGTERM, as Ctrl-C would: `up` stops its nodes and exits 0.
+    pub fn stop(mut self) {
+        terminate(&mut self.child, "chorus up");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+fn terminate(child: &mut Child, what: &str) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("waits") {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A cluster of separately started node processes (`chorus init`, then one `chorus node`
+/// per node), so a test can kill and restart each.
+pub struct Nodes {
+    configs: Vec<PathBuf>,
+    /// The nodes' HTTP addresses.
+    pub addresses: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl Nodes {
+    /// Writes the configurations of `count` nodes under `data_dir` and starts them all.
+    pub fn start(data_dir: &Path, count: usize) -> Self {
+        let output = Command::new(CHORUS)
+            .args(["init", "--nodes", &count.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .expect("chorus init runs");
+        assert!(output.status.success(), "chorus init: {output:?}");
+        let mut configs = Vec::new();
+        let mut addresses = Vec::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let (config, address) = line.split_once(' ').expect("'<config> <address>' lines");
+            configs.push(PathBuf::from(config));
+            addresses.push(address.to_owned());
+        }
+        assert_eq!(configs.len(), count, "one line per node");
+        let mut nodes = Self {
+            configs,
+            addresses,
+            children: (0..count).map(|_| None).collect(),
+        };
+        for index in 0..count {
+            nodes.restart(index);
+        }
+        nodes
+    }
+
+    /// Starts node `index` (again) from its configuration and data, and waits until it
+    /// answers.
+    pub fn restart(&mut self, index: usize) {
+        assert!(self.children[index].is_none(), "node {index} is running");
+        let child = Command::new(CHORUS)
+            .arg("node")
+            .arg("--config")
+            .arg(&self.configs[index])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chorus node starts");
+        self.children[index] = Some(child);
+        wait_healthy(&self.addresses[index]);
+    }
+
+    /// `kill -9`: no chance to flush or say goodbye.
+    pub fn kill(&mut self, index: usize) {
+        let mut child = self.children[index].take().expect("node is running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    /// SIGTERM to every running node; each must exit cleanly.
+    pub fn stop(mut self) {
+        for (index, child) in self.children.iter_mut().enumerate() {
+            if let Some(child) = child.as_mut() {
+                terminate(child, &format!("node {index}"));
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a client learned about one command it sent.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// The command id (hex).
+    pub id: String,
+    /// The stream.
+    pub stream: String,
+    /// The node it was sent to.
+    pub node: usize,
+    /// When it was sent, from the start of the load.
+    pub at: Duration,
+    /// The HTTP status, or `None` when the node could not be reached or the connection broke.
+    pub status: Option<u16>,
+}
+
+impl Sent {
+    /// The command was acknowledged as agreed and durable.
+    pub fn acknowledged(&self) -> bool {
+        matches!(self.status, Some(200 | 201))
+    }
+}
+
+/// One client thread per node, each sending deposits of 1 to `accounts` in turn until
+/// stopped; command ids are unique across clients (`first_id` onwards, client-interleaved).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<Vec<Sent>>>,
+}
+
+/// A deposit of 1.
+pub fn deposit() -> Value {
+    json!({"Deposit": {"amount": 1, "transfer": null}})
+}
+
+impl Load {
+    /// Starts the clients.
+    pub fn start(addresses: &[String], accounts: &[String], first_id: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = addresses
+            .iter()
+            .enumerate()
+            .map(|(client, address)| {
+                let stop = Arc::clone(&stop);
+                let address = address.clone();
+                let accounts = accounts.to_vec();
+                let clients = addresses.len();
+                let started = Instant::now();
+                std::thread::spawn(move || {
+                    let mut sent = Vec::new();
+                    let mut next = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = command_id(first_id + next * clients + client);
+                        let stream = accounts[(next + client) % accounts.len()].clone();
+                        next += 1;
+                        let body = json!({ "command": deposit(), "command_id": id }).to_string();
+                        let path = format!("/streams/{stream}/commands");
+                        let at = started.elapsed();
+                        let status = try_http(&address, "POST", &path, Some(&body))
+                            .ok()
+                            .map(|(status, _)| status);
+                        if status.is_none() {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        sent.push(Sent {
+                            id,
+                            stream,
+                            node: client,
+                            at,
+                            status,
+                        });
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stops the clients and returns everything they sent.
+    pub fn finish(self) -> Vec<Sent> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|client| client.join().expect("client thread"))
+            .collect()
+    }
+}
+
+/// Opens the accounts through node 0.
+pub fn open_accounts(address: &str, accounts: &[String]) {
+    for (index, account) in accounts.iter().enumerate() {
+        let (status, answer) = submit(
+            address,
+            account,
+            json!({"OpenAccount": {"owner": account}}),
+            &command_id(10_000_000 + index),
+        );
+        assert_eq!(status, 201, "{account}: {answer}");
+    }
+}
+
+/// Waits until every node serves the same events for every account, then checks what the
+/// clients were told: every acknowledged command's event is there exactly once, no command
+/// is applied twice, and each balance equals its deposits. Returns the agreed events.
+pub fn check_accounts(
+    addresses: &[String],
+    accounts: &[String],
+    sent: &[Sent],
+) -> BTreeMap<String, Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut agreed = BTreeMap::new();
+    for account in accounts {
+        let expected = loop {
+            let held: Vec<Vec<Value>> = addresses
+                .iter()
+                .map(|address| events(address, account))
+                .collect();
+            if held.windows(2).all(|pair| pair[0] == pair[1]) {
+                break held.into_iter().next().unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{account}: the nodes still differ: {:?}",
+                held.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(expected.len() < 1000, "the check reads one page only");
+        let mut seen = BTreeSet::new();
+        for event in &expected {
+            if let Some(id) = event["command_id"].as_str() {
+                assert!(seen.insert(id.to_owned()), "{account}: {id} applied twice");
+            }
+        }
+        let deposits = expected
+            .iter()
+            .filter(|event| event["type"] == "Deposited")
+            .count() as u64;
+        let balance = expected
+            .last()
+            .and_then(|event| event["payload"]["balance"].as_u64());
+        assert_eq!(balance, Some(deposits), "{account}: balance and deposits");
+        agreed.insert(account.clone(), expected);
+    }
+    for command in sent.iter().filter(|command| command.acknowledged()) {
+        let held = agreed[&command.stream]
+            .iter()
+            .filter(|event| event["command_id"] == command.id.as_str())
+            .count();
+        assert_eq!(held, 1, "acknowledged {} held {held} times", command.id);
+    }
+    agreed
+}
