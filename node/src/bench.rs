@@ -28,8 +28,8 @@ pub struct BenchOptions {
     pub seconds: f64,
     /// Bytes of note text per command.
     pub payload_bytes: usize,
-    /// `supermajority` or `single` (local cluster only).
-    pub block_mode: String,
+    /// How the nodes of a local cluster run.
+    pub local: local::LocalOptions,
     /// Where the local cluster's data goes (a fresh temporary directory when `None`).
     pub data_dir: Option<PathBuf>,
 }
@@ -124,7 +124,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
                 options.nodes,
                 data_dir.display()
             ));
-            let configs = local::init(options.nodes, &data_dir, &options.block_mode)?;
+            let configs = local::init(options.nodes, &data_dir, &options.local)?;
             let cluster = LocalCluster::start(&configs, Duration::from_secs(60)).await?;
             let addresses = cluster.addresses.clone();
             started = Some(cluster);
@@ -145,7 +145,8 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
         "nodes": targets.len(),
         "payload_bytes": options.payload_bytes,
         "seconds_per_level": options.seconds,
-        "block_mode": options.block_mode,
+        "block_mode": options.local.block_mode,
+        "gossip_interval_ms": options.local.gossip_interval_ms,
         "levels": levels.iter().map(Level::json).collect::<Vec<_>>(),
         "best_committed_per_second": round2(best),
     });
@@ -322,7 +323,7 @@ mod tests {
             concurrency: vec![1, 8],
             seconds: 1.0,
             payload_bytes: 256,
-            block_mode: "supermajority".into(),
+            local: local::LocalOptions::default(),
             data_dir: None,
         };
         assert!(check(&good).is_ok());

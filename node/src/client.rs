@@ -2,6 +2,7 @@
 //! `chorus bench`: hyper's pooled client (keep-alive connections, so a benchmark measures the
 //! cluster rather than TCP handshakes), JSON in and out, every failure a readable error.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,6 +122,17 @@ impl Client {
         .await
     }
 
+    /// Sends a command body as the API takes it (`command`, `command_id`,
+    /// `expected_version`).
+    pub async fn submit_body(&self, stream: &str, body: &Value) -> Result<Answer, String> {
+        self.request(
+            Method::POST,
+            &format!("/streams/{stream}/commands"),
+            Some(body),
+        )
+        .await
+    }
+
     /// Reads a stream's events from sequence `from` on, at most `count`.
     pub async fn read(&self, stream: &str, from: u64, count: usize) -> Result<Vec<Value>, String> {
         let answer = self
@@ -152,4 +164,141 @@ pub fn outcome_name(answer: &Answer) -> String {
                 .map(|error| format!("error: {error}"))
         })
         .unwrap_or_else(|| format!("status {}", answer.status))
+}
+
+/// What `chorus client` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientAction {
+    /// Send a command, for example
+    /// `chorus client send BankAccount@alice '{"Deposit": {"amount": 5, "transfer": null}}'`;
+    /// prints the answer (the command id and its outcome) as JSON.
+    Send {
+        /// The stream (`Category@id`).
+        stream: String,
+        /// The command, as its aggregate's JSON.
+        command: String,
+        /// The command id (32 hex digits; sending the same id again never applies it twice).
+        /// Random if absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// `any` (the default), `no_stream`, or the version the stream must be at.
+        #[arg(long)]
+        expected_version: Option<String>,
+    },
+    /// Print a stream's events, one JSON object per line.
+    Read {
+        /// The stream (`Category@id`).
+        stream: String,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most events.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Print a stream's events, then each new one as it is agreed, until Ctrl-C.
+    Tail {
+        /// The stream (`Category@id`).
+        stream: String,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Milliseconds between polls for new events.
+        #[arg(long, default_value_t = 250)]
+        poll_ms: u64,
+    },
+    /// Print the node's status as JSON.
+    Status,
+}
+
+/// The node `chorus client` talks to: `--node`, else node 0 of the local cluster.
+fn pick_node(node: Option<String>, data_dir: &Path) -> Result<String, String> {
+    if let Some(node) = node {
+        return Ok(node);
+    }
+    let path = data_dir.join("node-0").join("node.toml");
+    let checked = crate::config::NodeConfig::load(&path).map_err(|error| {
+        format!(
+            "no --node given and no local cluster under {} ({error})",
+            data_dir.display()
+        )
+    })?;
+    Ok(format!("http://{}", checked.config.http))
+}
+
+/// Runs `chorus client`. A command the node does not commit is an error (exit code 1), with
+/// the node's answer printed.
+pub async fn run_cli(
+    node: Option<String>,
+    data_dir: &Path,
+    action: ClientAction,
+) -> Result<(), String> {
+    let client = Client::new(&pick_node(node, data_dir)?)?;
+    match action {
+        ClientAction::Send {
+            stream,
+            command,
+            id,
+            expected_version,
+        } => {
+            let command: Value = serde_json::from_str(&command)
+                .map_err(|error| format!("the command is not JSON: {error}"))?;
+            let mut body = json!({ "command": command });
+            if let Some(id) = id {
+                body["command_id"] = Value::String(id);
+            }
+            if let Some(expected) = expected_version {
+                body["expected_version"] = match expected.parse::<u64>() {
+                    Ok(version) => json!(version),
+                    Err(_) => Value::String(expected),
+                };
+            }
+            let answer = client.submit_body(&stream, &body).await?;
+            crate::say(&answer.body.to_string());
+            if (200..300).contains(&answer.status) {
+                Ok(())
+            } else {
+                Err(format!("{} ({})", outcome_name(&answer), answer.status))
+            }
+        }
+        ClientAction::Read {
+            stream,
+            from,
+            count,
+        } => {
+            for event in client.read(&stream, from, count).await? {
+                crate::say(&event.to_string());
+            }
+            Ok(())
+        }
+        ClientAction::Tail {
+            stream,
+            from,
+            poll_ms,
+        } => {
+            let mut next = from.max(1);
+            let poll = Duration::from_millis(poll_ms.max(10));
+            loop {
+                let events = tokio::select! {
+                    () = crate::shutdown_signal() => return Ok(()),
+                    events = client.read(&stream, next, 1_000) => events?,
+                };
+                for event in &events {
+                    crate::say(&event.to_string());
+                    next = next.max(event["sequence"].as_u64().unwrap_or(next) + 1);
+                }
+                if events.is_empty() {
+                    tokio::select! {
+                        () = crate::shutdown_signal() => return Ok(()),
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+            }
+        }
+        ClientAction::Status => {
+            let answer = client.get("/status").await?;
+            crate::say(&answer.body.to_string());
+            Ok(())
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub concurrency: usize,
     /// Leave the cluster it started running at the end.
     pub keep_running: bool,
+    /// How the nodes of a cluster it starts run.
+    pub local: local::LocalOptions,
 }
 
 const ACCOUNTS: [&str; 4] = ["alice", "bob", "carol", "dave"];
@@ -62,7 +64,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
                 options.nodes,
                 options.data_dir.display()
             ));
-            let configs = local::init(options.nodes, &options.data_dir, "supermajority")?;
+            let configs = local::init(options.nodes, &options.data_dir, &options.local)?;
             let cluster = LocalCluster::start(&configs, Duration::from_secs(60)).await?;
             let addresses = cluster.addresses.clone();
             started = Some(cluster);

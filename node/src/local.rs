@@ -15,6 +15,31 @@ use crate::say;
 /// Most nodes a local cluster may have.
 pub const LOCAL_NODES_MAX: usize = 64;
 
+/// How the nodes of a local cluster run.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LocalOptions {
+    /// `supermajority` or `single`.
+    #[arg(long, default_value = "supermajority")]
+    pub block_mode: String,
+    /// Milliseconds between a node's gossip syncs: agreement takes a few rounds of gossip,
+    /// so this sets the latency floor (and the idle traffic).
+    #[arg(long, default_value_t = DEFAULT_GOSSIP_INTERVAL_MS)]
+    pub gossip_interval_ms: u64,
+}
+
+/// Local clusters gossip every 5 ms: on loopback a sync takes well under a millisecond, and
+/// agreement latency is a few gossip rounds (BENCHMARKS.md).
+pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 5;
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            block_mode: "supermajority".into(),
+            gossip_interval_ms: DEFAULT_GOSSIP_INTERVAL_MS,
+        }
+    }
+}
+
 /// A free TCP port on loopback (bound, then released for the node to take).
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -28,7 +53,7 @@ fn free_port() -> Result<u16, String> {
 pub fn init(
     nodes: usize,
     data_dir: &Path,
-    block_mode: &str,
+    options: &LocalOptions,
 ) -> Result<Vec<(PathBuf, NodeConfig)>, String> {
     if !(1..=LOCAL_NODES_MAX).contains(&nodes) {
         return Err(format!("--nodes must be between 1 and {LOCAL_NODES_MAX}"));
@@ -65,8 +90,8 @@ pub fn init(
             http: http.clone(),
             peers,
             section_size_min: 4,
-            block_mode: block_mode.to_owned(),
-            gossip_interval_ms: 20,
+            block_mode: options.block_mode.clone(),
+            gossip_interval_ms: options.gossip_interval_ms,
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = directory.join("node.toml");
@@ -186,8 +211,8 @@ impl LocalCluster {
 /// `chorus up`: starts the cluster, prints each node's HTTP address, and runs until Ctrl-C
 /// or SIGTERM (then stops the nodes) or until a node stops on its own (then stops the others
 /// and fails).
-pub async fn up(nodes: usize, data_dir: &Path, block_mode: &str) -> Result<(), String> {
-    let configs = init(nodes, data_dir, block_mode)?;
+pub async fn up(nodes: usize, data_dir: &Path, options: &LocalOptions) -> Result<(), String> {
+    let configs = init(nodes, data_dir, options)?;
     if running(data_dir).await.is_some() {
         return Err(format!(
             "a cluster is already running with its data under {}",

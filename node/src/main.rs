@@ -49,9 +49,8 @@ enum Command {
         /// Where each node's directory goes (`node-0`, `node-1`, ...).
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
-        /// `supermajority` or `single`.
-        #[arg(long, default_value = "supermajority")]
-        block_mode: String,
+        #[command(flatten)]
+        local: local::LocalOptions,
     },
     /// The main job on embedded defaults: start a local cluster (unless one is running under
     /// `--data-dir`), drive a Notebook and BankAccount workload with a progress bar, and show
@@ -72,6 +71,27 @@ enum Command {
         /// Keep the cluster it started running at the end (until Ctrl-C).
         #[arg(long)]
         keep_running: bool,
+        #[command(flatten)]
+        local: local::LocalOptions,
+    },
+    /// Talk to a node: send a command, read or follow a stream, show its status.
+    Client {
+        /// The node's HTTP address (default: node 0 of the local cluster under `--data-dir`).
+        #[arg(long)]
+        node: Option<String>,
+        /// Where the local cluster's data lives (to find a node when `--node` is absent).
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: client::ClientAction,
+    },
+    /// Run the simulator with these arguments (`chorus sim sweep --engine --seeds 20`): the
+    /// `chorus-sim` program built next to this one (`cargo build --release -p chorus-sim`).
+    #[command(disable_help_flag = true)]
+    Sim {
+        /// Arguments for `chorus-sim` (`--help` shows its own).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Load a cluster at increasing client concurrency and print committed commands per
     /// second and latency percentiles (the last line is one JSON object). Starts a fresh
@@ -92,9 +112,8 @@ enum Command {
         /// Bytes of note text per command.
         #[arg(long, default_value_t = 256)]
         payload_bytes: usize,
-        /// `supermajority` or `single` (for the cluster it starts).
-        #[arg(long, default_value = "supermajority")]
-        block_mode: String,
+        #[command(flatten)]
+        local: local::LocalOptions,
         /// Where the cluster it starts keeps its data (default: a fresh temporary directory,
         /// removed at the end).
         #[arg(long)]
@@ -110,9 +129,8 @@ enum Command {
         /// Where each node's directory goes (`node-0`, `node-1`, ...).
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
-        /// `supermajority` or `single`.
-        #[arg(long, default_value = "supermajority")]
-        block_mode: String,
+        #[command(flatten)]
+        local: local::LocalOptions,
     },
 }
 
@@ -130,8 +148,8 @@ fn main() -> ExitCode {
         Command::Init {
             nodes,
             data_dir,
-            block_mode,
-        } => local::init(nodes, &data_dir, &block_mode).map(|configs| {
+            local,
+        } => local::init(nodes, &data_dir, &local).map(|configs| {
             for (path, config) in configs {
                 say(&format!("{} http://{}", path.display(), config.http));
             }
@@ -142,6 +160,7 @@ fn main() -> ExitCode {
             commands,
             concurrency,
             keep_running,
+            local,
         } => tokio_runtime().and_then(|runtime| {
             runtime.block_on(demo::run(demo::DemoOptions {
                 nodes,
@@ -149,6 +168,7 @@ fn main() -> ExitCode {
                 commands,
                 concurrency,
                 keep_running,
+                local,
             }))
         }),
         Command::Bench {
@@ -157,7 +177,7 @@ fn main() -> ExitCode {
             concurrency,
             seconds,
             payload_bytes,
-            block_mode,
+            local,
             data_dir,
         } => tokio_runtime().and_then(|runtime| {
             runtime.block_on(bench::run(bench::BenchOptions {
@@ -166,16 +186,23 @@ fn main() -> ExitCode {
                 concurrency,
                 seconds,
                 payload_bytes,
-                block_mode,
+                local,
                 data_dir,
             }))
         }),
         Command::Up {
             nodes,
             data_dir,
-            block_mode,
+            local,
         } => tokio_runtime()
-            .and_then(|runtime| runtime.block_on(local::up(nodes, &data_dir, &block_mode))),
+            .and_then(|runtime| runtime.block_on(local::up(nodes, &data_dir, &local))),
+        Command::Sim { args } => simulator(&args),
+        Command::Client {
+            node,
+            data_dir,
+            action,
+        } => tokio_runtime()
+            .and_then(|runtime| runtime.block_on(client::run_cli(node, &data_dir, action))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -286,6 +313,30 @@ fn run_node(path: &Path) -> Result<(), String> {
         drop(engine_thread);
         Ok(())
     })
+}
+
+/// Runs `chorus-sim` from this program's directory (the simulator is its own binary: it is
+/// built with a Byzantine test hook the node must not carry).
+fn simulator(args: &[String]) -> Result<(), String> {
+    let executable =
+        std::env::current_exe().map_err(|error| format!("cannot find this program: {error}"))?;
+    let simulator = executable.with_file_name("chorus-sim");
+    if !simulator.exists() {
+        return Err(format!(
+            "{} is not built; build it with `cargo build --release -p chorus-sim` (or run \
+             `cargo run --release -p chorus-sim -- ...`)",
+            simulator.display()
+        ));
+    }
+    let status = std::process::Command::new(&simulator)
+        .args(args)
+        .status()
+        .map_err(|error| format!("{}: {error}", simulator.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("chorus-sim exited with {status}"))
+    }
 }
 
 /// Prints a line on stdout; a closed stdout (the reader went away) is not an error for a
