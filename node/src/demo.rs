@@ -170,6 +170,11 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
     );
     let begin = Instant::now();
     let steps = steps(options.commands);
+    let transfers: Vec<String> = steps
+        .iter()
+        .filter(|step| step.stream.starts_with("Transfer@"))
+        .map(|step| step.stream.clone())
+        .collect();
     let queue: StepQueue = Arc::new(Mutex::new(steps.into_iter()));
     let mut tasks = Vec::new();
     for worker in 0..options.concurrency {
@@ -287,6 +292,27 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
         total
     };
     say(&format!("  money in all accounts: {total}"));
+    let mut transfer_states: BTreeMap<String, usize> = BTreeMap::new();
+    for stream in &transfers {
+        let (events, agree) = read_everywhere(&clients, stream).await?;
+        all_agree &= agree;
+        let state = events
+            .last()
+            .and_then(|event| event["type"].as_str())
+            .unwrap_or("not started")
+            .to_owned();
+        *transfer_states.entry(state).or_default() += 1;
+    }
+    if !transfers.is_empty() {
+        let states: Vec<String> = transfer_states
+            .iter()
+            .map(|(state, count)| format!("{count} {state}"))
+            .collect();
+        say(&format!(
+            "  transfers (carried out by the saga): {}",
+            states.join(", ")
+        ));
+    }
     if all_agree {
         say("every node serves the same streams");
         Ok(())
