@@ -26,7 +26,10 @@ fn the_demo_starts_a_cluster_drives_the_workload_and_shows_agreement() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (ok, stdout, stderr) = run(&["demo", "--commands", "60"], directory.path());
     assert!(ok, "demo failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("starting a local cluster of 4 nodes"), "{stdout}");
+    assert!(
+        stdout.contains("starting a local cluster of 4 nodes"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("every node serves the same streams"),
         "{stdout}"
@@ -40,7 +43,12 @@ fn the_demo_starts_a_cluster_drives_the_workload_and_shows_agreement() {
     assert!(committed >= 40, "few commands committed: {stdout}");
     // The data stays: the cluster's keys and stores are under ./data.
     for index in 0..4 {
-        assert!(directory.path().join(format!("data/node-{index}/node.redb")).exists());
+        assert!(
+            directory
+                .path()
+                .join(format!("data/node-{index}/node.redb"))
+                .exists()
+        );
     }
     // A second demo resumes the same cluster: the accounts are there already.
     let (ok, stdout, stderr) = run(&["demo", "--commands", "20"], directory.path());
@@ -70,8 +78,11 @@ fn bad_flags_and_files_get_a_clear_error_and_start_nothing() {
             "{args:?}: the error does not name {expected}: {stderr}"
         );
     }
-    std::fs::write(directory.path().join("bad.toml"), "listen = 5\nsurprise = true\n")
-        .expect("writes");
+    std::fs::write(
+        directory.path().join("bad.toml"),
+        "listen = 5\nsurprise = true\n",
+    )
+    .expect("writes");
     let (ok, _, stderr) = run(&["node", "--config", "bad.toml"], directory.path());
     assert!(!ok);
     assert!(stderr.contains("bad.toml"), "{stderr}");

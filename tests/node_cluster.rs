@@ -78,6 +78,30 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         &command_id(901),
     );
     assert_eq!(status, 409, "a refused command: {answer}");
+    // An expected version the stream has passed: refused with the versions named.
+    let pinned = json!({
+        "command": {"Deposit": {"amount": 1, "transfer": null}},
+        "command_id": command_id(902),
+        "expected_version": 3,
+    });
+    let (status, text) = http(
+        &nodes[2],
+        "POST",
+        "/streams/BankAccount@alice/commands",
+        Some(&pinned.to_string()),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("is at version 9"), "{text}");
+    let (status, text) = http(
+        &nodes[2],
+        "POST",
+        "/streams/BankAccount@alice/commands",
+        Some(
+            r#"{"command": {"Deposit": {"amount": 1, "transfer": null}}, "expected_version": "soon"}"#,
+        ),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("expected_version"), "{text}");
     // Garbage on the gossip port: the noise handshake fails, the node stays up and keeps
     // agreeing.
     let config = std::fs::read_to_string(directory.path().join("node-0/node.toml"))

@@ -1,8 +1,10 @@
 //! The HTTP API (axum). Every handler hands its request to the engine thread and waits for
 //! the answer, at most `ANSWER_TIMEOUT`. Errors are JSON `{"error": "..."}` with the status
-//! code that fits: 400 for bad input, 404 for an unknown route, 409 for a refused command or
-//! a version conflict, 413 for an oversized body, 503 when the node cannot carry a command
-//! now (the client may send the same command id again), 504 when no answer came in time.
+//! code that fits: 400 for bad input (a pinned `expected_version` the stream has passed
+//! included, as EventStoreDB answers it: versions only grow, so the command can never run as
+//! it is), 404 for an unknown route, 409 for a command the aggregate refused, 413 for an
+//! oversized body, 503 when the node cannot carry a command now (the client may send the
+//! same command id again), 504 when no answer came in time.
 
 use std::sync::mpsc;
 use std::time::Duration;

@@ -1927,11 +1927,13 @@ impl Engine {
         let voters: Vec<PeerId> = known.member_keys().into_iter().map(PeerId).collect();
         let mut sorted = welcome.members.clone();
         sort_members(&mut sorted);
-        // A lagging member takes only a welcome to a later generation than the one it lags
-        // in (a welcome from its own admission, sent again, must not restart that one).
-        let later = joining
-            .refresh
-            .is_none_or(|(generation, _)| welcome.generation > generation);
+        // A lagging member takes only a welcome to a later generation than the one it is in
+        // (a welcome from its own admission sent again, or one to the generation it reached
+        // by itself meanwhile, must not start that instance a second time: it would sign a
+        // second first event).
+        let later = joining.refresh.is_none_or(|(generation, _)| {
+            welcome.generation > generation && welcome.generation > self.state.generation
+        });
         let plausible = later
             && voters.contains(&from)
             && welcome.members.contains(&self.our_id)
@@ -2429,6 +2431,14 @@ impl Engine {
         self.membership_votes.clear();
         self.deferred_seconds.clear();
         self.behind_told.clear();
+        // A refresh we asked for is moot once we switch generations ourselves.
+        if self
+            .joining
+            .as_ref()
+            .is_some_and(|joining| joining.refresh.is_some())
+        {
+            self.joining = None;
+        }
         if !self.state.members.is_empty() {
             match Consensus::new(
                 consensus_config(&self.config, &self.state),
