@@ -265,6 +265,8 @@ async fn level(
                     Ok(answer) => {
                         errors += 1;
                         first_error.get_or_insert_with(|| outcome_name(&answer));
+                        // A busy or failing node is not hammered by a client in a tight loop.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(error) => {
                         errors += 1;

@@ -298,7 +298,11 @@ pub async fn run_cli(
         ClientAction::Status => {
             let answer = client.get("/status").await?;
             crate::say(&answer.body.to_string());
-            Ok(())
+            if answer.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("status {}", answer.status))
+            }
         }
     }
 }

@@ -189,7 +189,11 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
                 let sent = Instant::now();
                 let name = match client.submit(&step.stream, step.command, None).await {
                     Ok(answer) => {
-                        latencies.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                        // Latency of what the cluster decided (committed or refused), not
+                        // of errors.
+                        if matches!(answer.status, 200 | 201 | 409) {
+                            latencies.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                        }
                         let name = outcome_name(&answer);
                         if let Some(reason) = answer.body["outcome"]["Refused"].as_str() {
                             examples

@@ -58,28 +58,53 @@ pub fn init(
     if !(1..=LOCAL_NODES_MAX).contains(&nodes) {
         return Err(format!("--nodes must be between 1 and {LOCAL_NODES_MAX}"));
     }
+    // A data directory holds one cluster: its member list is in every node's saved state.
+    let existing_nodes = (0..)
+        .take_while(|index| {
+            data_dir
+                .join(format!("node-{index}"))
+                .join("node.toml")
+                .exists()
+        })
+        .count();
+    if existing_nodes > 0 && existing_nodes != nodes {
+        return Err(format!(
+            "{} holds a cluster of {existing_nodes} nodes; use --nodes {existing_nodes} or \
+             another --data-dir",
+            data_dir.display()
+        ));
+    }
     // Keys and ports: kept from an earlier run (its configuration files), else new.
     let mut members = Vec::with_capacity(nodes);
     for index in 0..nodes {
         let directory = data_dir.join(format!("node-{index}"));
         let key = load_or_create_key(&directory).map_err(|error| error.to_string())?;
         let existing = NodeConfig::load(&directory.join("node.toml")).ok();
-        let (listen, http) = match existing {
-            Some(checked) => (checked.config.listen, checked.config.http),
+        let (listen, http, settings) = match existing {
+            // A cluster's settings stay what it was started with: its logs and saved
+            // section states depend on them.
+            Some(checked) => (
+                checked.config.listen,
+                checked.config.http,
+                (checked.config.block_mode, checked.config.gossip_interval_ms),
+            ),
             None => (
                 format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
                 format!("127.0.0.1:{}", free_port()?),
+                (options.block_mode.clone(), options.gossip_interval_ms),
             ),
         };
-        members.push((directory, key, listen, http));
+        members.push((directory, key, listen, http, settings));
     }
     let mut configs = Vec::with_capacity(nodes);
-    for (index, (directory, _, listen, http)) in members.iter().enumerate() {
+    for (index, (directory, _, listen, http, (block_mode, gossip_interval_ms))) in
+        members.iter().enumerate()
+    {
         let peers = members
             .iter()
             .enumerate()
             .filter(|(other, _)| *other != index)
-            .map(|(_, (_, key, listen, _))| PeerConfig {
+            .map(|(_, (_, key, listen, _, _))| PeerConfig {
                 public_key: hex(&key.verifying_key().to_bytes()),
                 address: listen.clone(),
             })
@@ -90,8 +115,8 @@ pub fn init(
             http: http.clone(),
             peers,
             section_size_min: 4,
-            block_mode: options.block_mode.clone(),
-            gossip_interval_ms: options.gossip_interval_ms,
+            block_mode: block_mode.clone(),
+            gossip_interval_ms: *gossip_interval_ms,
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = directory.join("node.toml");
@@ -212,13 +237,13 @@ impl LocalCluster {
 /// or SIGTERM (then stops the nodes) or until a node stops on its own (then stops the others
 /// and fails).
 pub async fn up(nodes: usize, data_dir: &Path, options: &LocalOptions) -> Result<(), String> {
-    let configs = init(nodes, data_dir, options)?;
     if running(data_dir).await.is_some() {
         return Err(format!(
             "a cluster is already running with its data under {}",
             data_dir.display()
         ));
     }
+    let configs = init(nodes, data_dir, options)?;
     let mut cluster = LocalCluster::start(&configs, Duration::from_secs(60)).await?;
     for address in &cluster.addresses {
         say(address);

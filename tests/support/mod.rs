@@ -131,10 +131,12 @@ impl Up {
         }
         // Keep reading what `up` prints, so it never writes to a closed pipe.
         std::thread::spawn(move || for _ in lines {});
-        for address in &addresses {
+        // Built before waiting, so a node that never answers still gets `up` stopped.
+        let up = Self { child, addresses };
+        for address in &up.addresses {
             wait_healthy(address);
         }
-        Self { child, addresses }
+        up
     }
 
     /// SIGTERM, as Ctrl-C would: `up` stops its nodes and exits 0.
@@ -144,8 +146,20 @@ impl Up {
 }
 
 impl Drop for Up {
+    /// A failed test still stops the nodes: SIGTERM makes `up` stop them (SIGKILL would
+    /// orphan them), SIGKILL only if it does not exit.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

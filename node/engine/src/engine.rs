@@ -1866,8 +1866,14 @@ impl Engine {
             {
                 self.send(from, &Message::Welcome(welcome));
             }
-            // A member asking again lags: brought back if our own graph shows it.
-            let lags = self.is_active_member()
+            // A member asking again lags: brought back if our own graph shows it, unless it
+            // was welcomed into this very generation (a joiner or a refreshed member still
+            // fetching its state has no events yet: it is not behind, only new).
+            let welcomed_now = self.state.handovers.iter().any(|handover| {
+                handover.joiner == from && handover.generation == self.state.generation
+            });
+            let lags = !welcomed_now
+                && self.is_active_member()
                 && self
                     .consensus
                     .as_ref()
