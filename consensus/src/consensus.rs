@@ -1049,6 +1049,14 @@ impl Consensus {
             .is_none_or(|slot| self.graph.get(slot).round < horizon)
     }
 
+    /// Whether we hold any event created by `member` (each creator's latest event is kept
+    /// through pruning, so this stays true once it took part).
+    pub fn holds_events_of(&self, member: &PeerId) -> bool {
+        self.member_index
+            .get(member)
+            .is_some_and(|&index| self.graph.head(index).is_some())
+    }
+
     /// Marks our own events up to `index` durable: from now on they may be sent to peers.
     pub fn handle_persisted(&mut self, index: u64) {
         self.durable_index = Some(

@@ -344,6 +344,58 @@ fn a_member_down_longer_than_the_prune_window_is_brought_back_by_state_transfer(
     }
 }
 
+#[test]
+fn a_member_down_while_its_section_changes_generation_is_brought_back_too() {
+    for (seed, block_mode) in [(23, BlockMode::Supermajority), (24, BlockMode::Single)] {
+        let setup = ClusterSetup {
+            nodes: 5,
+            section_size_min: 4,
+            block_mode,
+            spare_nodes: 1,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        open_accounts(&mut sim, 4);
+        load(&mut sim, 4, 2, "before");
+        let down = sim.engine(1).id();
+        sim.crash(1);
+        load(&mut sim, 4, 40, "down");
+        sim.run_for(2_000);
+        assert!(
+            sim.engine(0)
+                .consensus()
+                .is_some_and(|consensus| consensus.lags_beyond_window(&down)),
+            "seed {seed}: node 1 is not behind the window yet"
+        );
+        // A node joins while node 1 is down: the section moves to generation 1 without it
+        // noticing, and prunes that generation too.
+        let key = sim.draw_key();
+        let joiner = sim.add_node(key).expect("a spare node");
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim
+                .engine(joiner)
+                .is_active_member()),
+            "seed {seed}: the joiner was not admitted"
+        );
+        load(&mut sim, 4, 20, "joined");
+        sim.restart(1).expect("restart");
+        assert_eq!(sim.engine(1).section().generation, 0, "seed {seed}");
+        load(&mut sim, 4, 4, "after");
+        assert!(
+            run_until(&mut sim, 60_000, |sim| sim.engine(1).is_active_member()
+                && sim.engine(1).section().generation >= 2),
+            "seed {seed}: node 1 never came back: {}",
+            sim.engine(1).summary()
+        );
+        assert!(
+            sim.run_until_answered(120_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+    }
+}
+
 /// Whether every running engine that counts itself a member of its section is active and
 /// agrees with its section's other members.
 fn membership_settled(sim: &ClusterSim) -> bool {

@@ -141,6 +141,9 @@ pub enum Message {
     Behind {
         /// The generation the receiver lags in.
         generation: u64,
+        /// The sender's section members now (the receiver asks them too: a member that
+        /// missed a switch does not know who joined).
+        members: Vec<PeerId>,
     },
     /// A section tells other sections' nodes that its members changed (routing only; believed
     /// once `f + 1` of its members said the same).
@@ -249,7 +252,14 @@ impl Message {
                     outcome: outcome.clone(),
                 })?,
             ),
-            Self::Behind { generation } => (TAG_BEHIND, generation.to_le_bytes().to_vec()),
+            Self::Behind {
+                generation,
+                members,
+            } => {
+                let mut body = generation.to_le_bytes().to_vec();
+                body.extend(json(members)?);
+                (TAG_BEHIND, body)
+            }
             Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
             Self::Welcome(welcome) => (TAG_WELCOME, json(welcome)?),
@@ -333,10 +343,20 @@ impl Message {
                     outcome: message.outcome,
                 })
             }
-            TAG_BEHIND => match generation_and_rest(body)? {
-                (generation, rest) if rest.is_empty() => Ok(Self::Behind { generation }),
-                _ => Err(MessageError::Malformed("a hint with trailing bytes".into())),
-            },
+            TAG_BEHIND => {
+                let (generation, rest) = generation_and_rest(body)?;
+                let members: Vec<PeerId> =
+                    serde_json::from_slice(&rest).map_err(|e| malformed(&e))?;
+                if members.len() > BEHIND_MEMBERS_MAX {
+                    return Err(MessageError::Malformed(
+                        "a hint naming too many members".into(),
+                    ));
+                }
+                Ok(Self::Behind {
+                    generation,
+                    members,
+                })
+            }
             TAG_JOIN_REQUEST if body.is_empty() => Ok(Self::JoinRequest),
             TAG_LEAVE_REQUEST if body.is_empty() => Ok(Self::LeaveRequest),
             TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
@@ -504,6 +524,8 @@ pub struct Engine {
     joining: Option<Joining>,
     /// Per member, when we last told it that it lags (`Message::Behind`).
     behind_told: BTreeMap<PeerId, u64>,
+    /// Per member, when a refresh of it last took effect here.
+    refreshed_at: BTreeMap<PeerId, u64>,
     /// Joiner: the state transfer under way.
     transfer: Option<TransferRun>,
     /// Section updates heard from other sections, by content, with their senders.
@@ -574,6 +596,9 @@ struct Joining {
     /// ask (it gives up after `REFRESH_GIVE_UP_MS` without a welcome: the hint may have been
     /// false, and it is asked again if it was not).
     refresh: Option<(u64, u64)>,
+    /// A lagging member: the members the hint named, asked too (those that joined since
+    /// its map was current; their votes count in the generation it missed).
+    also_ask: BTreeSet<PeerId>,
     /// Per sender, its latest welcome (so a faulty sender cannot crowd out honest ones).
     welcomes: BTreeMap<PeerId, Welcome>,
 }
@@ -593,8 +618,13 @@ struct TransferRun {
 pub const DEFER_AHEAD_MAX: u64 = 16;
 /// A joiner asks again after this long without a welcome.
 pub const JOIN_RETRY_MS: u64 = 1_000;
+/// Most members a `Behind` hint may name.
+pub const BEHIND_MEMBERS_MAX: usize = 256;
 /// A lagging member that got no welcome this long after it began to ask stops asking.
 pub const REFRESH_GIVE_UP_MS: u64 = 10_000;
+/// A member is voted a refresh at most this often (each refresh is a generation switch with
+/// a handover, which a faulty member could otherwise provoke at will).
+pub const REFRESH_INTERVAL_MIN_MS: u64 = 30_000;
 /// A joiner asks another source after this long without a transfer chunk.
 pub const TRANSFER_TIMEOUT_MS: u64 = 2_000;
 /// A section update is sent once more after this long.
@@ -662,6 +692,7 @@ impl Engine {
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
         engine.joining = Some(Joining {
             refresh: None,
+            also_ask: BTreeSet::new(),
             asked_at_ms: None,
             welcomes: BTreeMap::new(),
         });
@@ -769,6 +800,7 @@ impl Engine {
             update_generations: BTreeMap::new(),
             joining: None,
             behind_told: BTreeMap::new(),
+            refreshed_at: BTreeMap::new(),
             transfer: None,
             updates_heard: BTreeMap::new(),
             announcement: None,
@@ -966,18 +998,37 @@ impl Engine {
                 generation,
                 request,
             } => {
-                let hint = generation == self.state.generation
-                    && self
-                        .consensus
+                // Behind, as far as we can tell: in our generation, its latest event is older
+                // than what we keep; in an older one (it missed a switch), the retired
+                // instance shows the same, or we no longer have that instance at all.
+                let lags = if generation == self.state.generation {
+                    self.consensus
                         .as_ref()
                         .is_some_and(|consensus| consensus.lags_beyond_window(&from))
+                } else {
+                    generation < self.state.generation
+                        && self.state.members.contains(&from)
+                        && self
+                            .retired
+                            .as_ref()
+                            .filter(|(retired, _)| *retired == generation)
+                            .is_none_or(|(_, consensus)| consensus.lags_beyond_window(&from))
+                };
+                let hint = lags
                     && self
                         .behind_told
                         .get(&from)
                         .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
                 if hint {
                     self.behind_told.insert(from, now_ms);
-                    self.send(from, &Message::Behind { generation });
+                    let members = self.state.members.clone();
+                    self.send(
+                        from,
+                        &Message::Behind {
+                            generation,
+                            members,
+                        },
+                    );
                 }
                 let instance = if generation == self.state.generation {
                     self.consensus.as_mut()
@@ -1034,7 +1085,10 @@ impl Engine {
                     debug!(peer = %from, %command_id, "an answer nobody asked this peer for");
                 }
             }
-            Message::Behind { generation } => self.on_behind(from, generation),
+            Message::Behind {
+                generation,
+                members,
+            } => self.on_behind(from, generation, members),
             Message::JoinRequest => self.on_join_request(from),
             Message::LeaveRequest => {
                 if self.state.members.contains(&from) {
@@ -1872,12 +1926,21 @@ impl Engine {
             let welcomed_now = self.state.handovers.iter().any(|handover| {
                 handover.joiner == from && handover.generation == self.state.generation
             });
+            // And at most once per `REFRESH_INTERVAL_MIN_MS` per member (by our clock): a
+            // faulty member can make itself look behind, and each refresh is a switch.
+            let refreshed_lately = self
+                .refreshed_at
+                .get(&from)
+                .is_some_and(|at| self.now_ms < at + REFRESH_INTERVAL_MIN_MS);
+            // Behind: beyond our window, or not in this generation at all (it missed the
+            // switch that started it; an honest member asks only when told it lags, so a
+            // member that takes part is not refreshed by a false hint).
             let lags = !welcomed_now
+                && !refreshed_lately
                 && self.is_active_member()
-                && self
-                    .consensus
-                    .as_ref()
-                    .is_some_and(|consensus| consensus.lags_beyond_window(&from));
+                && self.consensus.as_ref().is_some_and(|consensus| {
+                    consensus.lags_beyond_window(&from) || !consensus.holds_events_of(&from)
+                });
             if lags {
                 self.vote_change(MemberChange::Refresh(from));
             }
@@ -1890,7 +1953,7 @@ impl Engine {
 
     /// A member says we lag beyond its prune window: we ask to be welcomed again (each member
     /// votes on what its own graph shows, so a false hint costs a few requests).
-    fn on_behind(&mut self, from: PeerId, generation: u64) {
+    fn on_behind(&mut self, from: PeerId, generation: u64, members: Vec<PeerId>) {
         if generation != self.state.generation
             || !self.state.members.contains(&from)
             || !self.is_active_member()
@@ -1902,6 +1965,7 @@ impl Engine {
         self.joining = Some(Joining {
             asked_at_ms: None,
             refresh: Some((generation, self.now_ms)),
+            also_ask: members.into_iter().collect(),
             welcomes: BTreeMap::new(),
         });
         self.ask_to_join();
@@ -1910,7 +1974,10 @@ impl Engine {
     /// Joiner: asks every member of the section covering its name to admit it.
     fn ask_to_join(&mut self) {
         let section = self.map.section_for(&name_of(&self.our_id));
-        let members: Vec<PeerId> = section.member_keys().into_iter().map(PeerId).collect();
+        let mut members: BTreeSet<PeerId> = section.member_keys().into_iter().map(PeerId).collect();
+        if let Some(joining) = &self.joining {
+            members.extend(joining.also_ask.iter().copied());
+        }
         for member in members {
             if member != self.our_id {
                 self.send(member, &Message::JoinRequest);
@@ -2471,7 +2538,8 @@ impl Engine {
                 self.send(joiner, &Message::Welcome(welcome));
             }
         }
-        if let MemberChange::Refresh(_) = change {
+        if let MemberChange::Refresh(member) = change {
+            self.refreshed_at.insert(member, self.now_ms);
             // Nobody else's map changes.
             self.reroute_pending();
             return true;

@@ -555,6 +555,15 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
             generation: 3,
             change: MemberChange::Leave(peer),
         },
+        Message::SectionUpdate {
+            prefix: chorus_routing::Prefix::ROOT,
+            generation: 4,
+            change: MemberChange::Refresh(peer),
+        },
+        Message::Behind {
+            generation: 5,
+            members: vec![peer, PeerId([4; 32])],
+        },
         Message::Outcome {
             command_id: CommandId::derive(&[b"o"]),
             outcome: CommandOutcome::Refused("no".into()),
@@ -582,4 +591,13 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
     assert!(Message::decode(&[5, 0]).is_err());
     assert!(Message::decode(&[1, 0, 0]).is_err());
     assert!(Message::decode(&[200]).is_err());
+    // A hint naming more members than any section has is refused.
+    let crowd = Message::Behind {
+        generation: 1,
+        members: (0..=chorus_engine::engine::BEHIND_MEMBERS_MAX)
+            .map(|index| PeerId([(index % 251) as u8; 32]))
+            .collect(),
+    };
+    let bytes = crowd.encode().expect("encodes");
+    assert!(Message::decode(&bytes).is_err());
 }
