@@ -148,5 +148,102 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         .last()
         .and_then(|event| event["payload"]["balance"].as_u64());
     assert_eq!(balance, Some(80));
+
+    // Reads across streams: the category, $all (in store order, paged), listings.
+    let (status, text) = http(&nodes[1], "GET", "/categories/BankAccount?count=1000", None);
+    assert_eq!(status, 200, "{text}");
+    let category = json_of(&text)["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(category.len(), 10, "alice's 9 and bob's opening: {text}");
+    let (status, text) = http(&nodes[1], "GET", "/all?count=4", None);
+    assert_eq!(status, 200, "{text}");
+    let page = json_of(&text);
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(4), "{text}");
+    let next = page["next"].as_u64().expect("a next page");
+    let (status, text) = http(
+        &nodes[1],
+        "GET",
+        &format!("/all?from={next}&count=1000"),
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
+    let rest = json_of(&text)["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rest.len(), 6, "{text}");
+    let (status, text) = http(&nodes[1], "GET", "/databases", None);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json_of(&text)["databases"], json!(["default"]), "{text}");
+    let (_, text) = http(&nodes[1], "GET", "/databases/default/categories", None);
+    assert_eq!(
+        json_of(&text)["categories"],
+        json!(["BankAccount"]),
+        "{text}"
+    );
+    let (_, text) = http(
+        &nodes[1],
+        "GET",
+        "/databases/default/categories/BankAccount/streams",
+        None,
+    );
+    let streams = json_of(&text)["streams"].clone();
+    assert_eq!(streams[0]["stream"], "BankAccount@alice", "{text}");
+    assert_eq!(streams[0]["version"], 9, "{text}");
+    assert_eq!(streams[1]["stream"], "BankAccount@bob", "{text}");
+    let (status, _) = http(&nodes[1], "GET", "/categories/no%20such?from=x", None);
+    assert_eq!(status, 400);
+
+    // Metrics in Prometheus text.
+    let (status, text) = http(&nodes[0], "GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("# TYPE chorus_consensus_blocks_total counter"),
+        "{text}"
+    );
+    let committed: u64 = text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("chorus_commands_answered_total{outcome=\"committed\"} ")
+        })
+        .and_then(|value| value.parse().ok())
+        .expect("a committed count");
+    assert!(committed >= 3, "{text}");
+
+    // A subscription: catch-up from sequence 8, then a new event arrives live.
+    let mut subscription =
+        TcpStream::connect(nodes[2].trim_start_matches("http://")).expect("connects");
+    subscription
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        subscription,
+        "GET /streams/BankAccount@alice/subscribe?from=8 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .expect("writes");
+    let (status, answer) = submit(
+        &nodes[3],
+        "BankAccount@alice",
+        json!({"Deposit": {"amount": 5, "transfer": null}}),
+        &command_id(903),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let mut seen = String::new();
+    let mut buffer = [0u8; 4096];
+    while seen.matches("data:").count() < 3 {
+        let read = std::io::Read::read(&mut subscription, &mut buffer).expect("the events come");
+        assert!(read > 0, "the subscription ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    for sequence in [8, 9, 10] {
+        assert!(
+            seen.contains(&format!("id: {sequence}\n")),
+            "{sequence}: {seen}"
+        );
+    }
+    assert!(seen.contains("\"balance\":85"), "the live event: {seen}");
     up.stop();
 }

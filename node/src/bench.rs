@@ -133,7 +133,11 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     } else {
         options.targets.clone()
     };
-    let result = levels(&options, &targets).await;
+    // Ctrl-C or SIGTERM stops the load and the cluster this benchmark started.
+    let result = tokio::select! {
+        result = levels(&options, &targets) => result,
+        () = crate::shutdown_signal() => Err("interrupted".to_owned()),
+    };
     if let Some(cluster) = started {
         cluster.stop().await;
     }

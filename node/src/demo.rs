@@ -74,7 +74,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     for address in &addresses {
         say(&format!("  node {address}"));
     }
-    let result = workload(&options, &addresses).await;
+    // Ctrl-C or SIGTERM stops the workload and the cluster this demo started.
+    let result = tokio::select! {
+        result = workload(&options, &addresses) => result,
+        () = crate::shutdown_signal() => Err("interrupted".to_owned()),
+    };
     if let Some(cluster) = started {
         if options.keep_running && result.is_ok() {
             say("the cluster keeps running; Ctrl-C stops it");

@@ -6,21 +6,27 @@
 //! oversized body, 503 when the node cannot carry a command now (the client may send the
 //! same command id again), 504 when no answer came in time.
 
+use std::convert::Infallible;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chorus_aggregate::{CommandId, CommandRequest, ExpectedVersion, StreamKey};
+use chorus_aggregate::{
+    CategoryName, CommandId, CommandRequest, DatabaseName, ExpectedVersion, Filter, RecordedEvent,
+    StreamKey,
+};
 use chorus_engine::CommandOutcome;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::runtime::Input;
+use crate::runtime::{Input, Read, ReadAnswer};
 
 /// How long a handler waits for the engine (a command waits for agreement).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,8 +40,20 @@ pub fn router(engine: mpsc::Sender<Input>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/streams/{stream}/commands", post(submit))
         .route("/streams/{stream}", get(read_stream))
+        .route("/streams/{stream}/subscribe", get(subscribe_stream))
+        .route("/all", get(read_all))
+        .route("/all/subscribe", get(subscribe_all))
+        .route("/categories/{category}", get(read_category))
+        .route("/categories/{category}/subscribe", get(subscribe_category))
+        .route("/databases", get(list_databases))
+        .route("/databases/{database}/categories", get(list_categories))
+        .route(
+            "/databases/{database}/categories/{category}/streams",
+            get(list_streams),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(engine)
@@ -163,57 +181,445 @@ async fn submit(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
-    /// First sequence number (1 by default).
+    /// First sequence number of a stream, or first global position of `$all` or a category
+    /// (1 by default).
     pub from: Option<u64>,
     /// Most events (100 by default, at most `READ_COUNT_MAX`).
     pub count: Option<usize>,
+    /// The database of a category read (`default` if absent).
+    pub database: Option<String>,
+}
+
+/// Paging of a stream listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// List streams whose id sorts after this one.
+    pub after: Option<String>,
+    /// Most streams (100 by default, at most `READ_COUNT_MAX`).
+    pub count: Option<usize>,
+}
+
+type Engine = State<mpsc::Sender<Input>>;
+type Checked<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn bad(problem: impl std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, problem.to_string())
+}
+
+/// One event as the API shows it: the payload as JSON when it is JSON.
+fn event_json(event: &RecordedEvent) -> Value {
+    let payload: Value = serde_json::from_slice(&event.payload)
+        .unwrap_or_else(|_| Value::String(format!("{} bytes", event.payload.len())));
+    json!({
+        "stream": event.stream.to_string(),
+        "sequence": event.sequence,
+        "position": event.position,
+        "event_id": event.event_id.to_hex(),
+        "type": event.event_type.as_str(),
+        "version": event.event_version,
+        "payload": payload,
+        "command_id": event.command_id.map(|id| id.to_hex()),
+        "timestamp_ms": event.timestamp_ms,
+    })
+}
+
+async fn read(engine: &mpsc::Sender<Input>, read: Read) -> Result<ReadAnswer, Response> {
+    match ask(engine, |reply| Input::Read(read, reply)).await? {
+        Ok(answer) => Ok(answer),
+        Err(problem) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, problem)),
+    }
+}
+
+fn events_page(answer: ReadAnswer) -> Response {
+    match answer {
+        ReadAnswer::Events { events, next } => {
+            let events: Vec<Value> = events.iter().map(event_json).collect();
+            Json(json!({ "events": events, "next": next })).into_response()
+        }
+        other => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        ),
+    }
+}
+
+fn paging(query: &ReadQuery) -> (u64, usize) {
+    (
+        query.from.unwrap_or(1).max(1),
+        query.count.unwrap_or(100).clamp(1, READ_COUNT_MAX),
+    )
+}
+
+fn database_of(query: &ReadQuery) -> Result<DatabaseName, String> {
+    match &query.database {
+        Some(name) => DatabaseName::new(name.clone()).map_err(|problem| problem.to_string()),
+        None => Ok(DatabaseName::default_database()),
+    }
 }
 
 async fn read_stream(
-    State(engine): State<mpsc::Sender<Input>>,
+    State(engine): Engine,
     Path(stream): Path<String>,
-    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+    query: Checked<ReadQuery>,
 ) -> Response {
     let Query(query) = match query {
         Ok(query) => query,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(rejection) => return bad(rejection.body_text()),
     };
     let stream = match StreamKey::parse(&stream) {
         Ok(stream) => stream,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, problem.to_string()),
+        Err(problem) => return bad(problem),
     };
-    let from = query.from.unwrap_or(1).max(1);
+    let (from, count) = paging(&query);
+    match read(
+        &engine,
+        Read::Stream {
+            stream,
+            from,
+            count,
+        },
+    )
+    .await
+    {
+        Ok(answer) => events_page(answer),
+        Err(response) => response,
+    }
+}
+
+async fn read_all(State(engine): Engine, query: Checked<ReadQuery>) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad(rejection.body_text()),
+    };
+    let (from, count) = paging(&query);
+    let filter = Filter::All;
+    match read(
+        &engine,
+        Read::Log {
+            filter,
+            from,
+            count,
+        },
+    )
+    .await
+    {
+        Ok(answer) => events_page(answer),
+        Err(response) => response,
+    }
+}
+
+async fn read_category(
+    State(engine): Engine,
+    Path(category): Path<String>,
+    query: Checked<ReadQuery>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad(rejection.body_text()),
+    };
+    let filter = match (database_of(&query), CategoryName::new(category)) {
+        (Ok(database), Ok(category)) => Filter::Category(database, category),
+        (Err(problem), _) => return bad(problem),
+        (_, Err(problem)) => return bad(problem),
+    };
+    let (from, count) = paging(&query);
+    match read(
+        &engine,
+        Read::Log {
+            filter,
+            from,
+            count,
+        },
+    )
+    .await
+    {
+        Ok(answer) => events_page(answer),
+        Err(response) => response,
+    }
+}
+
+async fn list_databases(State(engine): Engine) -> Response {
+    match read(&engine, Read::Databases).await {
+        Ok(ReadAnswer::Names(names)) => Json(json!({ "databases": names })).into_response(),
+        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
+        Err(response) => response,
+    }
+}
+
+async fn list_categories(State(engine): Engine, Path(database): Path<String>) -> Response {
+    let database = match DatabaseName::new(database) {
+        Ok(database) => database,
+        Err(problem) => return bad(problem),
+    };
+    match read(&engine, Read::Categories(database)).await {
+        Ok(ReadAnswer::Names(names)) => Json(json!({ "categories": names })).into_response(),
+        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
+        Err(response) => response,
+    }
+}
+
+async fn list_streams(
+    State(engine): Engine,
+    Path((database, category)): Path<(String, String)>,
+    query: Checked<ListQuery>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad(rejection.body_text()),
+    };
+    let (database, category) = match (DatabaseName::new(database), CategoryName::new(category)) {
+        (Ok(database), Ok(category)) => (database, category),
+        (Err(problem), _) | (_, Err(problem)) => return bad(problem),
+    };
     let count = query.count.unwrap_or(100).clamp(1, READ_COUNT_MAX);
-    let read = ask(&engine, |reply| Input::ReadStream {
-        stream,
-        from,
+    let listing = Read::Streams {
+        database,
+        category,
+        after: query.after,
         count,
-        reply,
-    })
-    .await;
-    match read {
-        Ok(Ok(events)) => {
-            let events: Vec<Value> = events
+    };
+    match read(&engine, listing).await {
+        Ok(ReadAnswer::Streams(streams)) => {
+            let after = (streams.len() == count)
+                .then(|| streams.last().map(|info| info.stream.id().to_owned()))
+                .flatten();
+            let streams: Vec<Value> = streams
                 .iter()
-                .map(|event| {
-                    let payload: Value =
-                        serde_json::from_slice(&event.payload).unwrap_or_else(|_| {
-                            Value::String(format!("{} bytes", event.payload.len()))
-                        });
+                .map(|info| {
                     json!({
-                        "sequence": event.sequence,
-                        "event_id": event.event_id.to_hex(),
-                        "type": event.event_type.as_str(),
-                        "version": event.event_version,
-                        "payload": payload,
-                        "command_id": event.command_id.map(|id| id.to_hex()),
-                        "timestamp_ms": event.timestamp_ms,
+                        "stream": info.stream.to_string(),
+                        "version": info.version,
+                        "last_timestamp_ms": info.last_timestamp_ms,
                     })
                 })
                 .collect();
-            Json(json!({ "events": events })).into_response()
+            Json(json!({ "streams": streams, "next_after": after })).into_response()
         }
-        Ok(Err(problem)) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
+        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
         Err(response) => response,
     }
+}
+
+/// How often a subscription looks for new events once it has caught up.
+pub const SUBSCRIPTION_POLL: Duration = Duration::from_millis(100);
+
+/// Server-sent events: the events from `from` on (catch-up), then each new one as the node
+/// applies it (live; the node is polled every `SUBSCRIPTION_POLL`). Each SSE event has the
+/// event's JSON as data and its cursor (sequence or position) as id, so a client that
+/// reconnects continues from the id after the last it saw.
+fn subscription(
+    engine: mpsc::Sender<Input>,
+    from: u64,
+    read_at: impl Fn(u64) -> Read + Send + 'static,
+    cursor_of: fn(&RecordedEvent) -> u64,
+) -> Response {
+    let events = futures::stream::unfold(
+        (engine, from.max(1), read_at),
+        move |(engine, cursor, read_at)| async move {
+            loop {
+                match read(&engine, read_at(cursor)).await {
+                    Ok(ReadAnswer::Events { events, .. }) if !events.is_empty() => {
+                        let next = events.last().map_or(cursor, |last| cursor_of(last) + 1);
+                        let batch: Vec<Result<Event, Infallible>> = events
+                            .iter()
+                            .map(|event| {
+                                Ok(Event::default()
+                                    .id(cursor_of(event).to_string())
+                                    .data(event_json(event).to_string()))
+                            })
+                            .collect();
+                        return Some((futures::stream::iter(batch), (engine, next, read_at)));
+                    }
+                    Ok(ReadAnswer::Events { .. }) => tokio::time::sleep(SUBSCRIPTION_POLL).await,
+                    // The node is stopping or its store failed: the subscription ends.
+                    Ok(_) | Err(_) => return None,
+                }
+            }
+        },
+    )
+    .flatten();
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn subscribe_stream(
+    State(engine): Engine,
+    Path(stream): Path<String>,
+    query: Checked<ReadQuery>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad(rejection.body_text()),
+    };
+    let stream = match StreamKey::parse(&stream) {
+        Ok(stream) => stream,
+        Err(problem) => return bad(problem),
+    };
+    let (from, count) = paging(&query);
+    subscription(
+        engine,
+        from,
+        move |from| Read::Stream {
+            stream: stream.clone(),
+            from,
+            count,
+        },
+        |event| event.sequence,
+    )
+}
+
+async fn subscribe_all(State(engine): Engine, query: Checked<ReadQuery>) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad(rejection.body_text()),
+    };
+    let (from, count) = paging(&query);
+    subscription(
+        engine,
+        from,
+        move |from| Read::Log {
+            filter: Filter::All,
+            from,
+            count,
+        },
+        |event| event.position,
+    )
+}
+
+async fn subscribe_category(
+    State(engine): Engine,
+    Path(category): Path<String>,
+    query: Checked<ReadQuery>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad(rejection.body_text()),
+    };
+    let filter = match (database_of(&query), CategoryName::new(category)) {
+        (Ok(database), Ok(category)) => Filter::Category(database, category),
+        (Err(problem), _) => return bad(problem),
+        (_, Err(problem)) => return bad(problem),
+    };
+    let (from, count) = paging(&query);
+    subscription(
+        engine,
+        from,
+        move |from| Read::Log {
+            filter: filter.clone(),
+            from,
+            count,
+        },
+        |event| event.position,
+    )
+}
+
+/// Prometheus text format: the node's section, store, consensus and command figures.
+async fn metrics(State(engine): Engine) -> Response {
+    let status = match ask(&engine, Input::Status).await {
+        Ok(status) => status,
+        Err(response) => return response,
+    };
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        text.push_str(&format!(
+            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}\n"
+        ));
+        for (labels, value) in samples {
+            text.push_str(&format!("chorus_{name}{labels} {value}\n"));
+        }
+    };
+    metric(
+        "generation",
+        "gauge",
+        "The node's section generation.",
+        &[("", status.generation)],
+    );
+    metric(
+        "section_members",
+        "gauge",
+        "Members of the node's section.",
+        &[("", status.members.len() as u64)],
+    );
+    metric(
+        "sections",
+        "gauge",
+        "Sections in the node's map.",
+        &[("", status.sections as u64)],
+    );
+    metric(
+        "active_member",
+        "gauge",
+        "1 if the node is an active member of its section.",
+        &[("", u64::from(status.active))],
+    );
+    metric(
+        "store_head_position",
+        "gauge",
+        "Global position of the last event in the node's store.",
+        &[("", status.head_position)],
+    );
+    let answered = &status.answered;
+    metric(
+        "commands_answered_total",
+        "counter",
+        "Commands answered by this node since it started, by outcome.",
+        &[
+            ("{outcome=\"committed\"}", answered.committed),
+            (
+                "{outcome=\"already_committed\"}",
+                answered.already_committed,
+            ),
+            ("{outcome=\"refused\"}", answered.refused),
+            ("{outcome=\"invalid\"}", answered.invalid),
+            ("{outcome=\"failed\"}", answered.failed),
+        ],
+    );
+    if let Some(consensus) = &status.consensus {
+        metric(
+            "consensus_events_held",
+            "gauge",
+            "Events in the gossip graph of the current generation.",
+            &[("", consensus.events_held)],
+        );
+        metric(
+            "consensus_events_created_total",
+            "counter",
+            "Events this node created in the current generation.",
+            &[("", consensus.events_created)],
+        );
+        metric(
+            "consensus_events_rejected_total",
+            "counter",
+            "Events rejected in the current generation.",
+            &[("", consensus.events_rejected)],
+        );
+        metric(
+            "consensus_blocks_total",
+            "counter",
+            "Blocks agreed in the current generation.",
+            &[("", consensus.blocks)],
+        );
+        metric(
+            "consensus_max_round",
+            "gauge",
+            "Highest round seen in the current generation.",
+            &[("", consensus.max_round)],
+        );
+        metric(
+            "consensus_undecided_round",
+            "gauge",
+            "First round whose fame is undecided.",
+            &[("", consensus.undecided_round)],
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

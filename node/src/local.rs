@@ -175,6 +175,10 @@ impl LocalCluster {
                 .arg("node")
                 .arg("--config")
                 .arg(path)
+                .env(
+                    "CHORUS_LOG_FORMAT",
+                    crate::LOG_FORMAT.get().map_or("human", String::as_str),
+                )
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
@@ -222,14 +226,15 @@ impl LocalCluster {
                     .status();
             }
         }
-        for child in &mut self.children {
+        let stops = self.children.iter_mut().map(|child| async move {
             if tokio::time::timeout(Duration::from_secs(5), child.wait())
                 .await
                 .is_err()
             {
                 let _ = child.kill().await;
             }
-        }
+        });
+        futures::future::join_all(stops).await;
     }
 }
 

@@ -27,6 +27,16 @@ use crate::config::{NodeConfig, hex, load_or_create_key};
     about = "A decentralized event-sourcing cluster"
 )]
 struct Cli {
+    /// Log format on stderr: `human` or `json` (one object per line). Levels come from
+    /// `RUST_LOG` (default `warn`).
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_LOG_FORMAT",
+        default_value = "human",
+        value_parser = ["human", "json"]
+    )]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,14 +145,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let _ = LOG_FORMAT.set(cli.log_format.clone());
     let result = match cli.command {
         Command::Node { config } => run_node(&config),
         Command::Init {
@@ -304,9 +319,20 @@ fn run_node(path: &Path) -> Result<(), String> {
         info!(%http, %p2p, "node running");
         let served = axum::serve(listener, http::router(inputs))
             .with_graceful_shutdown(shutdown_signal())
-            .await;
-        if let Err(error) = served {
-            error!(%error, "http server failed");
+            .into_future();
+        // On a signal the server stops taking connections and finishes open requests, but
+        // a command waiting for agreement can wait long: they get `SHUTDOWN_GRACE`.
+        let grace = async {
+            shutdown_signal().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            served = served => {
+                if let Err(error) = served {
+                    error!(%error, "http server failed");
+                }
+            }
+            () = grace => info!("open requests dropped at shutdown"),
         }
         // The engine thread ends when every input sender is gone (the tasks holding them stop
         // with the runtime); each input was made durable as it was handled.
@@ -338,6 +364,12 @@ fn simulator(args: &[String]) -> Result<(), String> {
         Err(format!("chorus-sim exited with {status}"))
     }
 }
+
+/// How long a stopping node lets open HTTP requests finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The log format this process was started with; the node processes it starts use it too.
+pub static LOG_FORMAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Prints a line on stdout; a closed stdout (the reader went away) is not an error for a
 /// launcher whose job is its children.

@@ -13,7 +13,8 @@ use chorus_aggregate::examples::bank_account::BankAccount;
 use chorus_aggregate::examples::notebook::Notebook;
 use chorus_aggregate::examples::transfer::{Transfer, TransferSaga};
 use chorus_aggregate::{
-    AggregateRegistry, CommandRequest, Direction, EventStore, RecordedEvent, StreamKey,
+    AggregateRegistry, CategoryName, CommandRequest, DatabaseName, Direction, EventStore, Filter,
+    RecordedEvent, StoreError, StreamInfo, StreamKey,
 };
 use chorus_consensus::codec::{decode_log_record, encode_log_record};
 use chorus_consensus::{Config, PeerId};
@@ -35,19 +36,111 @@ pub enum Input {
     Message(PeerId, Vec<u8>),
     /// A client's command; the answer goes back on the channel.
     Submit(CommandRequest, oneshot::Sender<CommandOutcome>),
-    /// A read of one stream, forward from a sequence number.
-    ReadStream {
+    /// A read of the node's store.
+    Read(Read, oneshot::Sender<Result<ReadAnswer, String>>),
+    /// The node's status.
+    Status(oneshot::Sender<Status>),
+}
+
+/// A read of the node's store (what the node applied: its section's streams).
+#[derive(Clone, Debug)]
+pub enum Read {
+    /// One stream, forward from a sequence number.
+    Stream {
         /// The stream.
         stream: StreamKey,
         /// First sequence number.
         from: u64,
         /// At most this many events.
         count: usize,
-        /// The events, or what went wrong.
-        reply: oneshot::Sender<Result<Vec<RecordedEvent>, String>>,
     },
-    /// The node's status.
-    Status(oneshot::Sender<Status>),
+    /// Events in the store's order (`$all`, a category, an event type), forward from a
+    /// global position.
+    Log {
+        /// Which events.
+        filter: Filter,
+        /// First global position.
+        from: u64,
+        /// At most this many events.
+        count: usize,
+    },
+    /// The databases that hold streams.
+    Databases,
+    /// The categories of a database.
+    Categories(DatabaseName),
+    /// The streams of a category, in name order after `after`.
+    Streams {
+        /// The database.
+        database: DatabaseName,
+        /// The category.
+        category: CategoryName,
+        /// List after this stream id.
+        after: Option<String>,
+        /// At most this many.
+        count: usize,
+    },
+}
+
+/// What a read found.
+#[derive(Clone, Debug)]
+pub enum ReadAnswer {
+    /// Events; `next` is where the following page starts (a sequence number for a stream,
+    /// a global position for the log), `None` at the end.
+    Events {
+        /// The events.
+        events: Vec<RecordedEvent>,
+        /// Where to read on.
+        next: Option<u64>,
+    },
+    /// Names (databases or categories).
+    Names(Vec<String>),
+    /// Streams with their versions.
+    Streams(Vec<StreamInfo>),
+}
+
+/// Commands answered since start, by outcome (for `/metrics`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Answered {
+    /// Committed.
+    pub committed: u64,
+    /// Already committed (same id).
+    pub already_committed: u64,
+    /// Refused by the aggregate.
+    pub refused: u64,
+    /// Invalid.
+    pub invalid: u64,
+    /// Failed (retry).
+    pub failed: u64,
+}
+
+impl Answered {
+    fn count(&mut self, outcome: &CommandOutcome) {
+        let counter = match outcome {
+            CommandOutcome::Committed(_) => &mut self.committed,
+            CommandOutcome::AlreadyCommitted(_) => &mut self.already_committed,
+            CommandOutcome::Refused(_) => &mut self.refused,
+            CommandOutcome::Invalid(_) => &mut self.invalid,
+            CommandOutcome::Failed(_) => &mut self.failed,
+        };
+        *counter += 1;
+    }
+}
+
+/// Consensus figures of the current generation, for `/status` and `/metrics`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsensusFigures {
+    /// Events in the graph now.
+    pub events_held: u64,
+    /// Events created by this node.
+    pub events_created: u64,
+    /// Events rejected (invalid, or building on what we pruned).
+    pub events_rejected: u64,
+    /// Blocks agreed.
+    pub blocks: u64,
+    /// Highest round seen.
+    pub max_round: u64,
+    /// First round whose fame is undecided.
+    pub undecided_round: u64,
 }
 
 /// What `/status` shows.
@@ -65,8 +158,12 @@ pub struct Status {
     pub sections: usize,
     /// Its store's head position.
     pub head_position: u64,
+    /// Whether the node is an active member (not joining, not fetching state).
+    pub active: bool,
     /// Consensus figures of the current generation, if a member.
-    pub consensus: Option<String>,
+    pub consensus: Option<ConsensusFigures>,
+    /// Commands this node answered since it started, by outcome.
+    pub answered: Answered,
     /// The engine's one-line state.
     pub engine: String,
 }
@@ -150,7 +247,8 @@ pub fn run_engine(
     let mut waiting: BTreeMap<u64, oneshot::Sender<CommandOutcome>> = BTreeMap::new();
     let mut next_ticket = 0u64;
     let mut log_generation = engine.section().generation;
-    drain(&mut engine, &outbound, &mut waiting)?;
+    let mut answered = Answered::default();
+    drain(&mut engine, &outbound, &mut waiting, &mut answered)?;
     while let Ok(input) = inputs.recv() {
         let now = now_ms();
         match input {
@@ -168,18 +266,8 @@ pub fn run_engine(
                     }
                 }
             }
-            Input::ReadStream {
-                stream,
-                from,
-                count,
-                reply,
-            } => {
-                let events = engine
-                    .store()
-                    .read_stream(&stream, from, Direction::Forward, count)
-                    .map(|slice| slice.events)
-                    .map_err(|error| error.to_string());
-                let _ = reply.send(events);
+            Input::Read(read, reply) => {
+                let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
             }
             Input::Status(reply) => {
                 let section = engine.section();
@@ -194,15 +282,25 @@ pub fn run_engine(
                         .collect(),
                     sections: engine.map().section_count(),
                     head_position: engine.store().head_position().unwrap_or(0),
-                    consensus: engine
-                        .consensus()
-                        .map(|consensus| format!("{:?}", consensus.stats())),
+                    active: engine.is_active_member(),
+                    consensus: engine.consensus().map(|consensus| {
+                        let stats = consensus.stats();
+                        ConsensusFigures {
+                            events_held: stats.events_held as u64,
+                            events_created: stats.events_created,
+                            events_rejected: stats.events_rejected,
+                            blocks: stats.blocks,
+                            max_round: stats.max_round,
+                            undecided_round: stats.undecided_round,
+                        }
+                    }),
+                    answered: answered.clone(),
                     engine: engine.summary(),
                 };
                 let _ = reply.send(status);
             }
         }
-        drain(&mut engine, &outbound, &mut waiting)?;
+        drain(&mut engine, &outbound, &mut waiting, &mut answered)?;
         // Records of generations before the current one are never replayed again.
         let generation = engine.section().generation;
         if generation > log_generation {
@@ -221,6 +319,7 @@ fn drain(
     engine: &mut Engine,
     outbound: &async_mpsc::UnboundedSender<(PeerId, Vec<u8>)>,
     waiting: &mut BTreeMap<u64, oneshot::Sender<CommandOutcome>>,
+    answered: &mut Answered,
 ) -> Result<(), RuntimeError> {
     loop {
         let mut records = Vec::new();
@@ -254,9 +353,68 @@ fn drain(
         }
     }
     while let Some((ticket, outcome)) = engine.poll_reply() {
+        answered.count(&outcome);
         if let Some(reply) = waiting.remove(&ticket) {
             let _ = reply.send(outcome);
         }
     }
     Ok(())
+}
+
+/// Serves a read from the store.
+fn read_store(store: &EventStore, read: Read) -> Result<ReadAnswer, StoreError> {
+    Ok(match read {
+        Read::Stream {
+            stream,
+            from,
+            count,
+        } => {
+            let slice = store.read_stream(&stream, from, Direction::Forward, count)?;
+            let next = slice
+                .events
+                .last()
+                .filter(|_| slice.events.len() == count)
+                .map(|event| event.sequence + 1);
+            ReadAnswer::Events {
+                events: slice.events,
+                next,
+            }
+        }
+        Read::Log {
+            filter,
+            from,
+            count,
+        } => {
+            let slice = store.read(&filter, from, Direction::Forward, count)?;
+            ReadAnswer::Events {
+                events: slice.events,
+                next: slice.next,
+            }
+        }
+        Read::Databases => ReadAnswer::Names(
+            store
+                .list_databases()?
+                .iter()
+                .map(|name| name.as_str().to_owned())
+                .collect(),
+        ),
+        Read::Categories(database) => ReadAnswer::Names(
+            store
+                .list_categories(&database)?
+                .iter()
+                .map(|name| name.as_str().to_owned())
+                .collect(),
+        ),
+        Read::Streams {
+            database,
+            category,
+            after,
+            count,
+        } => ReadAnswer::Streams(store.list_streams(
+            &database,
+            &category,
+            after.as_deref(),
+            count,
+        )?),
+    })
 }
