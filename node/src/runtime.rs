@@ -234,6 +234,9 @@ pub fn start_engine(checked: &Checked, key: &SigningKey) -> Result<Engine, Runti
     Ok(engine)
 }
 
+/// Most inputs handled before one drain (so answers and gossip are not held back long).
+pub const INPUTS_PER_DRAIN_MAX: usize = 256;
+
 /// Runs the engine until `inputs` closes or the store fails (then the node must stop: it can
 /// no longer make its own events durable). The process managers (the transfer saga) start
 /// here, on the engine thread, from their checkpoints.
@@ -249,55 +252,66 @@ pub fn run_engine(
     let mut log_generation = engine.section().generation;
     let mut answered = Answered::default();
     drain(&mut engine, &outbound, &mut waiting, &mut answered)?;
-    while let Ok(input) = inputs.recv() {
-        let now = now_ms();
-        match input {
-            Input::Tick => engine.tick(now, &mut rng),
-            Input::Message(from, bytes) => engine.handle_message(now, from, &bytes),
-            Input::Submit(request, reply) => {
-                let ticket = next_ticket;
-                next_ticket += 1;
-                match engine.submit(now, ticket, request) {
-                    Ok(()) => {
-                        waiting.insert(ticket, reply);
-                    }
-                    Err(error) => {
-                        let _ = reply.send(CommandOutcome::Failed(error.to_string()));
+    while let Ok(first) = inputs.recv() {
+        // Everything queued meanwhile is handled before one drain: its log records go to
+        // disk in one durable transaction instead of one each, and still nothing is sent
+        // before it is durable.
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(input) = next.take() {
+            handled += 1;
+            let now = now_ms();
+            match input {
+                Input::Tick => engine.tick(now, &mut rng),
+                Input::Message(from, bytes) => engine.handle_message(now, from, &bytes),
+                Input::Submit(request, reply) => {
+                    let ticket = next_ticket;
+                    next_ticket += 1;
+                    match engine.submit(now, ticket, request) {
+                        Ok(()) => {
+                            waiting.insert(ticket, reply);
+                        }
+                        Err(error) => {
+                            let _ = reply.send(CommandOutcome::Failed(error.to_string()));
+                        }
                     }
                 }
+                Input::Read(read, reply) => {
+                    let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
+                }
+                Input::Status(reply) => {
+                    let section = engine.section();
+                    let status = Status {
+                        id: hex(&engine.id().0),
+                        generation: section.generation,
+                        prefix: section.prefix.to_string(),
+                        members: section
+                            .members
+                            .iter()
+                            .map(|member| hex(&member.0))
+                            .collect(),
+                        sections: engine.map().section_count(),
+                        head_position: engine.store().head_position().unwrap_or(0),
+                        active: engine.is_active_member(),
+                        consensus: engine.consensus().map(|consensus| {
+                            let stats = consensus.stats();
+                            ConsensusFigures {
+                                events_held: stats.events_held as u64,
+                                events_created: stats.events_created,
+                                events_rejected: stats.events_rejected,
+                                blocks: stats.blocks,
+                                max_round: stats.max_round,
+                                undecided_round: stats.undecided_round,
+                            }
+                        }),
+                        answered: answered.clone(),
+                        engine: engine.summary(),
+                    };
+                    let _ = reply.send(status);
+                }
             }
-            Input::Read(read, reply) => {
-                let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
-            }
-            Input::Status(reply) => {
-                let section = engine.section();
-                let status = Status {
-                    id: hex(&engine.id().0),
-                    generation: section.generation,
-                    prefix: section.prefix.to_string(),
-                    members: section
-                        .members
-                        .iter()
-                        .map(|member| hex(&member.0))
-                        .collect(),
-                    sections: engine.map().section_count(),
-                    head_position: engine.store().head_position().unwrap_or(0),
-                    active: engine.is_active_member(),
-                    consensus: engine.consensus().map(|consensus| {
-                        let stats = consensus.stats();
-                        ConsensusFigures {
-                            events_held: stats.events_held as u64,
-                            events_created: stats.events_created,
-                            events_rejected: stats.events_rejected,
-                            blocks: stats.blocks,
-                            max_round: stats.max_round,
-                            undecided_round: stats.undecided_round,
-                        }
-                    }),
-                    answered: answered.clone(),
-                    engine: engine.summary(),
-                };
-                let _ = reply.send(status);
+            if handled < INPUTS_PER_DRAIN_MAX {
+                next = inputs.try_recv().ok();
             }
         }
         drain(&mut engine, &outbound, &mut waiting, &mut answered)?;
