@@ -1,9 +1,9 @@
 //! The engine thread: one OS thread owns the node's `Engine` and its event store, takes
-//! inputs from one channel (ticks, peers' messages, HTTP requests) and, after each, drains the
-//! engine: replay-log records are written durably before the own events they hold are
-//! acknowledged (so an event is never sent before it is on disk), messages go to the
-//! transport, answers to the HTTP handlers. The store's fsyncs block this thread only, never
-//! the async runtime.
+//! inputs from one channel (ticks, peers' messages, HTTP requests) and, after each batch of
+//! what was queued, drains the engine: replay-log records are written durably before the own
+//! events they hold are acknowledged (so an event is never sent before it is on disk),
+//! messages go to the transport, answers to the HTTP handlers. The store's fsyncs block this
+//! thread only, never the async runtime.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
