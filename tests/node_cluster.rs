@@ -149,7 +149,15 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         .and_then(|event| event["payload"]["balance"].as_u64());
     assert_eq!(balance, Some(80));
 
-    // Reads across streams: the category, $all (in store order, paged), listings.
+    // Reads across streams: the category, $all (in store order, paged), listings. Node 1
+    // first applies bob's opening (node 0 answered it; the others apply it moments later).
+    while events(&nodes[1], "BankAccount@bob").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never applied bob's opening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, text) = http(&nodes[1], "GET", "/categories/BankAccount?count=1000", None);
     assert_eq!(status, 200, "{text}");
     let category = json_of(&text)["events"]
