@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{
-    Load, Nodes, Sent, check_accounts, command_id, deposit, open_accounts, submit, try_http,
+    Load, Nodes, Sent, check_accounts, command_id, deposit, open_accounts, resend_unanswered,
+    try_http,
 };
 
 #[test]
@@ -72,26 +73,10 @@ fn a_node_killed_under_load_restarts_without_losing_or_doubling_anything() {
     );
     assert!(acknowledged >= 20, "the load barely ran: {acknowledged}");
 
-    // A client that got no answer sends the same command id again: at most once, whatever
-    // happened to the first try.
-    let unanswered: Vec<Sent> = sent
-        .iter()
-        .filter(|command| !command.acknowledged())
-        .cloned()
-        .collect();
-    for command in &unanswered {
-        let (status, answer) = submit(&nodes.addresses[1], &command.stream, deposit(), &command.id);
-        assert!(
-            matches!(status, 200 | 201),
-            "{}: {status} {answer}",
-            command.id
-        );
-        sent.push(Sent {
-            status: Some(status),
-            ..command.clone()
-        });
-    }
-    eprintln!("{} sent again", unanswered.len());
+    // A client that got no answer sends the same command id again: applied at most once,
+    // whatever happened to the first try.
+    let resent = resend_unanswered(&nodes.addresses[1], &mut sent);
+    eprintln!("{resent} sent again");
     check_accounts(&nodes.addresses, &accounts, &sent);
     nodes.stop();
 }

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Load, Nodes, Sent, check_accounts, deposit, open_accounts, submit};
+use support::{Load, Nodes, check_accounts, open_accounts, resend_unanswered};
 
 #[test]
 fn a_whole_group_killed_under_load_restarts_from_disk_and_goes_on() {
@@ -34,23 +34,7 @@ fn a_whole_group_killed_under_load_restarts_from_disk_and_goes_on() {
     // The group agrees again: new commands through every node, while a client resends the
     // commands that got no answer.
     let load = Load::start(&nodes.addresses, &accounts, 1_000_000);
-    let unanswered: Vec<Sent> = sent
-        .iter()
-        .filter(|command| !command.acknowledged())
-        .cloned()
-        .collect();
-    for command in &unanswered {
-        let (status, answer) = submit(&nodes.addresses[0], &command.stream, deposit(), &command.id);
-        assert!(
-            matches!(status, 200 | 201),
-            "{}: {status} {answer}",
-            command.id
-        );
-        sent.push(Sent {
-            status: Some(status),
-            ..command.clone()
-        });
-    }
+    let resent = resend_unanswered(&nodes.addresses[0], &mut sent);
     std::thread::sleep(Duration::from_secs(3));
     let after = load.finish();
     let committed_after = after
@@ -59,7 +43,7 @@ fn a_whole_group_killed_under_load_restarts_from_disk_and_goes_on() {
         .count();
     eprintln!(
         "{before} acknowledged before the crash, {} sent again, {committed_after} new after",
-        unanswered.len()
+        resent
     );
     assert!(
         committed_after >= 10,

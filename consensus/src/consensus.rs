@@ -142,7 +142,7 @@ pub struct EventInfo {
 }
 
 /// Counters and gauges, for benchmarks, metrics and the memory-bound test.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Events currently held in memory.
     pub events_held: usize,

@@ -16,21 +16,29 @@ use crate::local::{self, LocalCluster};
 use crate::say;
 
 /// What `chorus bench` was asked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
-    /// Nodes of the local cluster (when no `targets`).
+    /// Nodes of the local cluster it starts.
+    #[arg(long, default_value_t = 4)]
     pub nodes: usize,
-    /// Running nodes to load, instead of a fresh local cluster.
+    /// A running node's HTTP address (repeat for several); clients spread over them.
+    #[arg(long = "target")]
     pub targets: Vec<String>,
     /// Client counts, one level each.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
     pub concurrency: Vec<usize>,
     /// Seconds per level.
+    #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
     /// Bytes of note text per command.
+    #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
-    /// How the nodes of a local cluster run.
+    /// How the nodes of a local cluster it starts run.
+    #[command(flatten)]
     pub local: local::LocalOptions,
-    /// Where the local cluster's data goes (a fresh temporary directory when `None`).
+    /// Where the cluster it starts keeps its data (default: a fresh temporary directory,
+    /// removed at the end).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 

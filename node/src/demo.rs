@@ -21,19 +21,25 @@ use crate::local::{self, LocalCluster};
 use crate::say;
 
 /// What `chorus demo` was asked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct DemoOptions {
-    /// Nodes of the local cluster it starts (if none is running).
+    /// Nodes of the cluster it starts.
+    #[arg(long, default_value_t = 4)]
     pub nodes: usize,
     /// Where the cluster's data lives.
+    #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
     /// Commands to send.
+    #[arg(long, default_value_t = 400)]
     pub commands: usize,
     /// Commands in flight at once.
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Leave the cluster it started running at the end.
+    /// Keep the cluster it started running at the end (until Ctrl-C).
+    #[arg(long)]
     pub keep_running: bool,
     /// How the nodes of a cluster it starts run.
+    #[command(flatten)]
     pub local: local::LocalOptions,
 }
 
@@ -253,6 +259,7 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
     tokio::time::sleep(Duration::from_secs(2)).await;
     say("what the cluster agreed (read back from every node):");
     let mut all_agree = true;
+    let mut total = 0;
     let mut streams: Vec<String> = ACCOUNTS
         .iter()
         .map(|name| format!("BankAccount@{name}"))
@@ -263,11 +270,11 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
         all_agree &= agree;
         let last = events.last().cloned().unwrap_or(Value::Null);
         let detail = if stream.starts_with("BankAccount@") {
+            let balance = last["payload"]["balance"].as_u64();
+            total += balance.unwrap_or(0);
             format!(
                 "balance {}",
-                last["payload"]["balance"]
-                    .as_u64()
-                    .map_or_else(|| "?".to_owned(), |balance| balance.to_string())
+                balance.map_or_else(|| "?".to_owned(), |balance| balance.to_string())
             )
         } else {
             format!(
@@ -288,17 +295,6 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
             }
         ));
     }
-    let total: u64 = {
-        let mut total = 0;
-        for name in ACCOUNTS {
-            let (events, _) = read_everywhere(&clients, &format!("BankAccount@{name}")).await?;
-            total += events
-                .last()
-                .and_then(|event| event["payload"]["balance"].as_u64())
-                .unwrap_or(0);
-        }
-        total
-    };
     say(&format!("  money in all accounts: {total}"));
     let mut transfer_states: BTreeMap<String, usize> = BTreeMap::new();
     for stream in &transfers {

@@ -231,31 +231,56 @@ async fn read(engine: &mpsc::Sender<Input>, read: Read) -> Result<ReadAnswer, Re
     }
 }
 
-fn events_page(answer: ReadAnswer) -> Response {
-    match answer {
-        ReadAnswer::Events { events, next } => {
+/// One page of events as JSON, with where the next page starts.
+async fn events_page(engine: &mpsc::Sender<Input>, query: Read) -> Response {
+    match read(engine, query).await {
+        Ok(ReadAnswer::Events { events, next }) => {
             let events: Vec<Value> = events.iter().map(event_json).collect();
             Json(json!({ "events": events, "next": next })).into_response()
         }
-        other => error(
+        Ok(other) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("unexpected answer {other:?}"),
         ),
+        Err(response) => response,
     }
 }
 
-fn paging(query: &ReadQuery) -> (u64, usize) {
-    (
-        query.from.unwrap_or(1).max(1),
-        query.count.unwrap_or(100).clamp(1, READ_COUNT_MAX),
-    )
+/// The checked query string: where to start (1 by default) and how many (100 by default,
+/// at most `READ_COUNT_MAX`).
+fn paging(query: Checked<ReadQuery>) -> Result<(ReadQuery, u64, usize), String> {
+    let Query(query) = query.map_err(|rejection| rejection.body_text())?;
+    let from = query.from.unwrap_or(1).max(1);
+    let count = query.count.unwrap_or(100).clamp(1, READ_COUNT_MAX);
+    Ok((query, from, count))
 }
 
-fn database_of(query: &ReadQuery) -> Result<DatabaseName, String> {
-    match &query.database {
-        Some(name) => DatabaseName::new(name.clone()).map_err(|problem| problem.to_string()),
-        None => Ok(DatabaseName::default_database()),
-    }
+/// A stream read's parameters.
+fn stream_read(stream: &str, query: Checked<ReadQuery>) -> Result<(StreamKey, u64, usize), String> {
+    let (_, from, count) = paging(query)?;
+    let stream = StreamKey::parse(stream).map_err(|problem| problem.to_string())?;
+    Ok((stream, from, count))
+}
+
+/// A log read's parameters: `$all` without a category, else the category of `database`
+/// (`default` if absent).
+fn log_read(
+    category: Option<String>,
+    query: Checked<ReadQuery>,
+) -> Result<(Filter, u64, usize), String> {
+    let (query, from, count) = paging(query)?;
+    let filter = match category {
+        None => Filter::All,
+        Some(category) => {
+            let database = match query.database {
+                Some(name) => DatabaseName::new(name).map_err(|problem| problem.to_string())?,
+                None => DatabaseName::default_database(),
+            };
+            let category = CategoryName::new(category).map_err(|problem| problem.to_string())?;
+            Filter::Category(database, category)
+        }
+    };
+    Ok((filter, from, count))
 }
 
 async fn read_stream(
@@ -263,50 +288,39 @@ async fn read_stream(
     Path(stream): Path<String>,
     query: Checked<ReadQuery>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
-    };
-    let stream = match StreamKey::parse(&stream) {
-        Ok(stream) => stream,
-        Err(problem) => return bad(problem),
-    };
-    let (from, count) = paging(&query);
-    match read(
-        &engine,
-        Read::Stream {
-            stream,
-            from,
-            count,
-        },
-    )
-    .await
-    {
-        Ok(answer) => events_page(answer),
-        Err(response) => response,
+    match stream_read(&stream, query) {
+        Ok((stream, from, count)) => {
+            let query = Read::Stream {
+                stream,
+                from,
+                count,
+            };
+            events_page(&engine, query).await
+        }
+        Err(problem) => bad(problem),
+    }
+}
+
+async fn read_log(
+    engine: &mpsc::Sender<Input>,
+    category: Option<String>,
+    query: Checked<ReadQuery>,
+) -> Response {
+    match log_read(category, query) {
+        Ok((filter, from, count)) => {
+            let query = Read::Log {
+                filter,
+                from,
+                count,
+            };
+            events_page(engine, query).await
+        }
+        Err(problem) => bad(problem),
     }
 }
 
 async fn read_all(State(engine): Engine, query: Checked<ReadQuery>) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
-    };
-    let (from, count) = paging(&query);
-    let filter = Filter::All;
-    match read(
-        &engine,
-        Read::Log {
-            filter,
-            from,
-            count,
-        },
-    )
-    .await
-    {
-        Ok(answer) => events_page(answer),
-        Err(response) => response,
-    }
+    read_log(&engine, None, query).await
 }
 
 async fn read_category(
@@ -314,29 +328,7 @@ async fn read_category(
     Path(category): Path<String>,
     query: Checked<ReadQuery>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
-    };
-    let filter = match (database_of(&query), CategoryName::new(category)) {
-        (Ok(database), Ok(category)) => Filter::Category(database, category),
-        (Err(problem), _) => return bad(problem),
-        (_, Err(problem)) => return bad(problem),
-    };
-    let (from, count) = paging(&query);
-    match read(
-        &engine,
-        Read::Log {
-            filter,
-            from,
-            count,
-        },
-    )
-    .await
-    {
-        Ok(answer) => events_page(answer),
-        Err(response) => response,
-    }
+    read_log(&engine, Some(category), query).await
 }
 
 async fn list_databases(State(engine): Engine) -> Response {
@@ -449,43 +441,43 @@ async fn subscribe_stream(
     Path(stream): Path<String>,
     query: Checked<ReadQuery>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
-    };
-    let stream = match StreamKey::parse(&stream) {
-        Ok(stream) => stream,
-        Err(problem) => return bad(problem),
-    };
-    let (from, count) = paging(&query);
-    subscription(
-        engine,
-        from,
-        move |from| Read::Stream {
-            stream: stream.clone(),
+    match stream_read(&stream, query) {
+        Ok((stream, from, count)) => subscription(
+            engine,
             from,
-            count,
-        },
-        |event| event.sequence,
-    )
+            move |from| Read::Stream {
+                stream: stream.clone(),
+                from,
+                count,
+            },
+            |event| event.sequence,
+        ),
+        Err(problem) => bad(problem),
+    }
+}
+
+fn subscribe_log(
+    engine: mpsc::Sender<Input>,
+    category: Option<String>,
+    query: Checked<ReadQuery>,
+) -> Response {
+    match log_read(category, query) {
+        Ok((filter, from, count)) => subscription(
+            engine,
+            from,
+            move |from| Read::Log {
+                filter: filter.clone(),
+                from,
+                count,
+            },
+            |event| event.position,
+        ),
+        Err(problem) => bad(problem),
+    }
 }
 
 async fn subscribe_all(State(engine): Engine, query: Checked<ReadQuery>) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
-    };
-    let (from, count) = paging(&query);
-    subscription(
-        engine,
-        from,
-        move |from| Read::Log {
-            filter: Filter::All,
-            from,
-            count,
-        },
-        |event| event.position,
-    )
+    subscribe_log(engine, None, query)
 }
 
 async fn subscribe_category(
@@ -493,26 +485,7 @@ async fn subscribe_category(
     Path(category): Path<String>,
     query: Checked<ReadQuery>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
-    };
-    let filter = match (database_of(&query), CategoryName::new(category)) {
-        (Ok(database), Ok(category)) => Filter::Category(database, category),
-        (Err(problem), _) => return bad(problem),
-        (_, Err(problem)) => return bad(problem),
-    };
-    let (from, count) = paging(&query);
-    subscription(
-        engine,
-        from,
-        move |from| Read::Log {
-            filter: filter.clone(),
-            from,
-            count,
-        },
-        |event| event.position,
-    )
+    subscribe_log(engine, Some(category), query)
 }
 
 /// Prometheus text format: the node's section, store, consensus and command figures.
@@ -576,43 +549,48 @@ async fn metrics(State(engine): Engine) -> Response {
             ("{outcome=\"failed\"}", answered.failed),
         ],
     );
-    if let Some(consensus) = &status.consensus {
-        metric(
-            "consensus_events_held",
-            "gauge",
-            "Events in the gossip graph of the current generation.",
-            &[("", consensus.events_held)],
-        );
-        metric(
-            "consensus_events_created_total",
-            "counter",
-            "Events this node created in the current generation.",
-            &[("", consensus.events_created)],
-        );
-        metric(
-            "consensus_events_rejected_total",
-            "counter",
-            "Events rejected in the current generation.",
-            &[("", consensus.events_rejected)],
-        );
-        metric(
-            "consensus_blocks_total",
-            "counter",
-            "Blocks agreed in the current generation.",
-            &[("", consensus.blocks)],
-        );
-        metric(
-            "consensus_max_round",
-            "gauge",
-            "Highest round seen in the current generation.",
-            &[("", consensus.max_round)],
-        );
-        metric(
-            "consensus_undecided_round",
-            "gauge",
-            "First round whose fame is undecided.",
-            &[("", consensus.undecided_round)],
-        );
+    if let Some(stats) = &status.consensus {
+        let figures: [(&str, &str, &str, u64); 6] = [
+            (
+                "consensus_events_held",
+                "gauge",
+                "Events in the gossip graph of the current generation.",
+                stats.events_held as u64,
+            ),
+            (
+                "consensus_events_created_total",
+                "counter",
+                "Events this node created in the current generation.",
+                stats.events_created,
+            ),
+            (
+                "consensus_events_rejected_total",
+                "counter",
+                "Events rejected in the current generation.",
+                stats.events_rejected,
+            ),
+            (
+                "consensus_blocks_total",
+                "counter",
+                "Blocks agreed in the current generation.",
+                stats.blocks,
+            ),
+            (
+                "consensus_max_round",
+                "gauge",
+                "Highest round seen in the current generation.",
+                stats.max_round,
+            ),
+            (
+                "consensus_undecided_round",
+                "gauge",
+                "First round whose fame is undecided.",
+                stats.undecided_round,
+            ),
+        ];
+        for (name, kind, help, value) in figures {
+            metric(name, kind, help, &[("", value)]);
+        }
     }
     (
         [(

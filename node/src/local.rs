@@ -59,14 +59,7 @@ pub fn init(
         return Err(format!("--nodes must be between 1 and {LOCAL_NODES_MAX}"));
     }
     // A data directory holds one cluster: its member list is in every node's saved state.
-    let existing_nodes = (0..)
-        .take_while(|index| {
-            data_dir
-                .join(format!("node-{index}"))
-                .join("node.toml")
-                .exists()
-        })
-        .count();
+    let existing_nodes = config_paths(data_dir).len();
     if existing_nodes > 0 && existing_nodes != nodes {
         return Err(format!(
             "{} holds a cluster of {existing_nodes} nodes; use --nodes {existing_nodes} or \
@@ -127,15 +120,20 @@ pub fn init(
     Ok(configs)
 }
 
+/// The configuration files of the local cluster under `data_dir` (`node-0/node.toml`, ...,
+/// up to the first missing one).
+fn config_paths(data_dir: &Path) -> Vec<PathBuf> {
+    (0..)
+        .map(|index| data_dir.join(format!("node-{index}")).join("node.toml"))
+        .take_while(|path| path.exists())
+        .collect()
+}
+
 /// The HTTP addresses of the local cluster under `data_dir` if every node of it answers, or
 /// `None` (no cluster there, or not all of it running).
 pub async fn running(data_dir: &Path) -> Option<Vec<String>> {
     let mut addresses = Vec::new();
-    for index in 0.. {
-        let path = data_dir.join(format!("node-{index}")).join("node.toml");
-        if !path.exists() {
-            break;
-        }
+    for path in config_paths(data_dir) {
         let checked = NodeConfig::load(&path).ok()?;
         addresses.push(format!("http://{}", checked.config.http));
     }

@@ -65,25 +65,7 @@ enum Command {
     /// The main job on embedded defaults: start a local cluster (unless one is running under
     /// `--data-dir`), drive a Notebook and BankAccount workload with a progress bar, and show
     /// what every node agreed.
-    Demo {
-        /// Nodes of the cluster it starts.
-        #[arg(long, default_value_t = 4)]
-        nodes: usize,
-        /// Where the cluster's data lives.
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
-        /// Commands to send.
-        #[arg(long, default_value_t = 400)]
-        commands: usize,
-        /// Commands in flight at once.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Keep the cluster it started running at the end (until Ctrl-C).
-        #[arg(long)]
-        keep_running: bool,
-        #[command(flatten)]
-        local: local::LocalOptions,
-    },
+    Demo(demo::DemoOptions),
     /// Talk to a node: send a command, read or follow a stream, show its status.
     Client {
         /// The node's HTTP address (default: node 0 of the local cluster under `--data-dir`).
@@ -106,29 +88,7 @@ enum Command {
     /// Load a cluster at increasing client concurrency and print committed commands per
     /// second and latency percentiles (the last line is one JSON object). Starts a fresh
     /// local cluster unless `--target` names running nodes.
-    Bench {
-        /// Nodes of the local cluster it starts.
-        #[arg(long, default_value_t = 4)]
-        nodes: usize,
-        /// A running node's HTTP address (repeat for several); clients spread over them.
-        #[arg(long = "target")]
-        targets: Vec<String>,
-        /// Client counts, one level each.
-        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
-        concurrency: Vec<usize>,
-        /// Seconds per level.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Bytes of note text per command.
-        #[arg(long, default_value_t = 256)]
-        payload_bytes: usize,
-        #[command(flatten)]
-        local: local::LocalOptions,
-        /// Where the cluster it starts keeps its data (default: a fresh temporary directory,
-        /// removed at the end).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Bench(bench::BenchOptions),
     /// Start a local cluster of node processes on loopback, print each node's HTTP address,
     /// and stop them on Ctrl-C or SIGTERM. Data (keys, stores, configurations) stays under
     /// `--data-dir`, so running it again resumes the same cluster.
@@ -169,42 +129,12 @@ fn main() -> ExitCode {
                 say(&format!("{} http://{}", path.display(), config.http));
             }
         }),
-        Command::Demo {
-            nodes,
-            data_dir,
-            commands,
-            concurrency,
-            keep_running,
-            local,
-        } => tokio_runtime().and_then(|runtime| {
-            runtime.block_on(demo::run(demo::DemoOptions {
-                nodes,
-                data_dir,
-                commands,
-                concurrency,
-                keep_running,
-                local,
-            }))
-        }),
-        Command::Bench {
-            nodes,
-            targets,
-            concurrency,
-            seconds,
-            payload_bytes,
-            local,
-            data_dir,
-        } => tokio_runtime().and_then(|runtime| {
-            runtime.block_on(bench::run(bench::BenchOptions {
-                nodes,
-                targets,
-                concurrency,
-                seconds,
-                payload_bytes,
-                local,
-                data_dir,
-            }))
-        }),
+        Command::Demo(options) => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(demo::run(options)))
+        }
+        Command::Bench(options) => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(bench::run(options)))
+        }
         Command::Up {
             nodes,
             data_dir,

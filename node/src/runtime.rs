@@ -17,7 +17,7 @@ use chorus_aggregate::{
     RecordedEvent, StoreError, StreamInfo, StreamKey,
 };
 use chorus_consensus::codec::{decode_log_record, encode_log_record};
-use chorus_consensus::{Config, PeerId};
+use chorus_consensus::{Config, Consensus, PeerId, Stats};
 use chorus_engine::{CommandOutcome, Engine, EngineConfig, SectionState};
 use chorus_routing::SectionMap;
 use ed25519_dalek::SigningKey;
@@ -126,23 +126,6 @@ impl Answered {
     }
 }
 
-/// Consensus figures of the current generation, for `/status` and `/metrics`.
-#[derive(Clone, Debug, Serialize)]
-pub struct ConsensusFigures {
-    /// Events in the graph now.
-    pub events_held: u64,
-    /// Events created by this node.
-    pub events_created: u64,
-    /// Events rejected (invalid, or building on what we pruned).
-    pub events_rejected: u64,
-    /// Blocks agreed.
-    pub blocks: u64,
-    /// Highest round seen.
-    pub max_round: u64,
-    /// First round whose fame is undecided.
-    pub undecided_round: u64,
-}
-
 /// What `/status` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
@@ -161,7 +144,7 @@ pub struct Status {
     /// Whether the node is an active member (not joining, not fetching state).
     pub active: bool,
     /// Consensus figures of the current generation, if a member.
-    pub consensus: Option<ConsensusFigures>,
+    pub consensus: Option<Stats>,
     /// Commands this node answered since it started, by outcome.
     pub answered: Answered,
     /// The engine's one-line state.
@@ -293,17 +276,7 @@ pub fn run_engine(
                         sections: engine.map().section_count(),
                         head_position: engine.store().head_position().unwrap_or(0),
                         active: engine.is_active_member(),
-                        consensus: engine.consensus().map(|consensus| {
-                            let stats = consensus.stats();
-                            ConsensusFigures {
-                                events_held: stats.events_held as u64,
-                                events_created: stats.events_created,
-                                events_rejected: stats.events_rejected,
-                                blocks: stats.blocks,
-                                max_round: stats.max_round,
-                                undecided_round: stats.undecided_round,
-                            }
-                        }),
+                        consensus: engine.consensus().map(Consensus::stats),
                         answered: answered.clone(),
                         engine: engine.summary(),
                     };

@@ -349,6 +349,30 @@ impl Load {
     }
 }
 
+/// A client that got no answer sends the same command ids again, through `address`: each
+/// must be answered as committed (the first try or this one), and is recorded as sent
+/// again. Returns how many were.
+pub fn resend_unanswered(address: &str, sent: &mut Vec<Sent>) -> usize {
+    let unanswered: Vec<Sent> = sent
+        .iter()
+        .filter(|command| !command.acknowledged())
+        .cloned()
+        .collect();
+    for command in &unanswered {
+        let (status, answer) = submit(address, &command.stream, deposit(), &command.id);
+        assert!(
+            matches!(status, 200 | 201),
+            "{}: {status} {answer}",
+            command.id
+        );
+        sent.push(Sent {
+            status: Some(status),
+            ..command.clone()
+        });
+    }
+    unanswered.len()
+}
+
 /// Opens the accounts through node 0.
 pub fn open_accounts(address: &str, accounts: &[String]) {
     for (index, account) in accounts.iter().enumerate() {
