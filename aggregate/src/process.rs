@@ -137,6 +137,8 @@ impl DispatchError {
 
 /// Executes a JSON command for one aggregate type.
 trait ErasedAggregate: Send + Sync {
+    fn canonical(&self, command: &Value) -> Result<Value, DispatchError>;
+
     fn execute(
         &self,
         store: &EventStore,
@@ -206,6 +208,25 @@ fn dispatch_error<E: std::error::Error>(error: CommandError<E>) -> DispatchError
 }
 
 impl<A: Aggregate> ErasedAggregate for Typed<A> {
+    fn canonical(&self, command: &Value) -> Result<Value, DispatchError> {
+        let typed: A::Command = serde_json::from_value(command.clone()).map_err(|error| {
+            DispatchError::Invalid(format!("not a {} command: {error}", A::CATEGORY))
+        })?;
+        let canonical = serde_json::to_value(&typed).map_err(|error| {
+            DispatchError::Invalid(format!(
+                "a {} command does not encode: {error}",
+                A::CATEGORY
+            ))
+        })?;
+        match dropped_field(command, &canonical, "") {
+            Some(path) => Err(DispatchError::Invalid(format!(
+                "a {} command has no field {path}",
+                A::CATEGORY
+            ))),
+            None => Ok(canonical),
+        }
+    }
+
     fn execute(
         &self,
         store: &EventStore,
@@ -279,6 +300,14 @@ impl AggregateRegistry {
             })
     }
 
+    /// The command in the one form every member proposes, compares and stores: parsed into
+    /// its aggregate's command type and written back. A field the type does not know is
+    /// refused rather than dropped, so what a client sent is what the store shows (numbers
+    /// aside: they are the type's, an `f64` keeps what an `f64` can).
+    pub fn canonical_command(&self, request: &CommandRequest) -> Result<Value, DispatchError> {
+        self.aggregate(request)?.canonical(&request.command)
+    }
+
     /// Executes a command on the aggregate of its stream's category.
     pub fn execute(
         &self,
@@ -286,6 +315,35 @@ impl AggregateRegistry {
         request: &CommandRequest,
     ) -> Result<AppendOutcome, DispatchError> {
         self.aggregate(request)?.execute(store, request)
+    }
+}
+
+/// The first field (as a path such as `Deposit.note`) that `sent` has and `canonical`, its
+/// typed form, does not: a field the command type ignored.
+fn dropped_field(sent: &Value, canonical: &Value, path: &str) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (sent, canonical) {
+        (Value::Object(sent), Value::Object(canonical)) => {
+            sent.iter()
+                .find_map(|(key, value)| match canonical.get(key) {
+                    Some(kept) => dropped_field(value, kept, &join(key)),
+                    None => Some(join(key)),
+                })
+        }
+        (Value::Array(sent), Value::Array(canonical)) => sent
+            .iter()
+            .zip(canonical)
+            .enumerate()
+            .find_map(|(index, (value, kept))| {
+                dropped_field(value, kept, &join(&index.to_string()))
+            }),
+        _ => None,
     }
 }
 

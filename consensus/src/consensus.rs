@@ -489,10 +489,24 @@ impl Consensus {
         }
     }
 
+    /// A random other member to gossip with, skipping those that lag beyond the window: they
+    /// cannot insert what we send nor send what we can insert, so gossip with them is work
+    /// for nothing (their way back is a state transfer). If every other member lags, any.
     fn random_peer(&self, rng: &mut impl RngCore) -> usize {
-        let others = self.members.len() as u64 - 1;
-        let pick = (rng.next_u64() % others) as usize;
-        if pick >= self.me { pick + 1 } else { pick }
+        let lagging = |index: usize| self.index_lags_beyond_window(index);
+        let candidates = (0..self.members.len())
+            .filter(|&index| index != self.me && !lagging(index))
+            .count();
+        if candidates == 0 {
+            let others = self.members.len() as u64 - 1;
+            let pick = (rng.next_u64() % others) as usize;
+            return if pick >= self.me { pick + 1 } else { pick };
+        }
+        let pick = (rng.next_u64() % candidates as u64) as usize;
+        (0..self.members.len())
+            .filter(|&index| index != self.me && !lagging(index))
+            .nth(pick)
+            .unwrap_or_else(|| unreachable!("pick is below the candidate count"))
     }
 
     /// Answers a peer's sync request with the events it lacks, parents first, at most
@@ -1037,9 +1051,13 @@ impl Consensus {
     /// would build on parents we dropped. Local evidence (members prune at different times),
     /// for the caller's own decisions, such as voting to give the member a state transfer.
     pub fn lags_beyond_window(&self, member: &PeerId) -> bool {
-        let Some(&index) = self.member_index.get(member) else {
-            return false;
-        };
+        self.member_index
+            .get(member)
+            .is_some_and(|&index| self.index_lags_beyond_window(index))
+    }
+
+    /// `lags_beyond_window` by member index.
+    fn index_lags_beyond_window(&self, index: usize) -> bool {
         let horizon = self.graph.pruned_below_round;
         if horizon == 0 {
             return false;

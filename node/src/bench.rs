@@ -173,7 +173,7 @@ async fn levels(options: &BenchOptions, targets: &[String]) -> Result<Vec<Level>
         .collect::<Result<_, _>>()?;
     for client in &clients {
         if !client.healthy().await {
-            return Err(format!("{} does not answer /health", client.base()));
+            return Err(format!("{} does not answer /health/live", client.base()));
         }
     }
     // One run tag, so streams never collide with an earlier run's on the same cluster.

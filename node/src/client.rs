@@ -147,9 +147,13 @@ impl Client {
             .unwrap_or_default())
     }
 
-    /// Whether the node answers `/health`.
+    /// Whether the node process answers (`/health/live`; `/health` also says whether it is
+    /// ready to serve).
     pub async fn healthy(&self) -> bool {
-        matches!(self.get("/health").await, Ok(Answer { status: 200, .. }))
+        matches!(
+            self.get("/health/live").await,
+            Ok(Answer { status: 200, .. })
+        )
     }
 }
 

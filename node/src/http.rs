@@ -39,6 +39,7 @@ pub const READ_COUNT_MAX: usize = 1_000;
 pub fn router(engine: mpsc::Sender<Input>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/streams/{stream}/commands", post(submit))
@@ -67,7 +68,39 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route")
 }
 
-async fn health() -> Json<Value> {
+/// Readiness: 200 when the node is an active member in step with its section; 503 while it
+/// joins, fetches state or lags (with how far), so a load balancer sends clients elsewhere.
+async fn health(State(engine): State<mpsc::Sender<Input>>) -> Response {
+    let status = match ask(&engine, Input::Status).await {
+        Ok(status) => status,
+        Err(response) => return response,
+    };
+    match status.readiness {
+        chorus_engine::Readiness::Ready => Json(json!({ "status": "ready" })).into_response(),
+        readiness => {
+            let reason = match readiness {
+                chorus_engine::Readiness::Behind(lag) => format!(
+                    "behind its section by {} rounds and {} positions; catching up",
+                    lag.rounds, lag.positions
+                ),
+                chorus_engine::Readiness::Joining => "joining its section".to_owned(),
+                chorus_engine::Readiness::Transferring {
+                    events_received,
+                    events_expected,
+                } => format!(
+                    "fetching its section's state ({events_received} of {events_expected} events)"
+                ),
+                chorus_engine::Readiness::NotAMember => "not a member of any section".to_owned(),
+                chorus_engine::Readiness::Ready => unreachable!("matched above"),
+            };
+            let body = json!({ "error": format!("not ready: {reason}"), "readiness": readiness });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+/// Liveness: the process answers HTTP (whatever its state in the section).
+async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 

@@ -143,6 +143,8 @@ pub struct Status {
     pub head_position: u64,
     /// Whether the node is an active member (not joining, not fetching state).
     pub active: bool,
+    /// Whether it can serve its section now, and if not why (what `/health` answers).
+    pub readiness: chorus_engine::Readiness,
     /// Consensus figures of the current generation, if a member.
     pub consensus: Option<Stats>,
     /// Commands this node answered since it started, by outcome.
@@ -276,6 +278,7 @@ pub fn run_engine(
                         sections: engine.map().section_count(),
                         head_position: engine.store().head_position().unwrap_or(0),
                         active: engine.is_active_member(),
+                        readiness: engine.readiness(),
                         consensus: engine.consensus().map(Consensus::stats),
                         answered: answered.clone(),
                         engine: engine.summary(),

@@ -121,6 +121,9 @@ pub struct ClusterSim {
     submitted: Vec<Submitted>,
     /// Whether every engine runs the transfer saga (`run_transfer_saga`).
     saga: bool,
+    /// Per node, `Some` while it is paused ([`ClusterSim::pause`]): the messages that reached
+    /// it meanwhile, handled when it resumes (a stopped process's socket buffers).
+    paused: Vec<Option<Vec<Held>>>,
     _directory: tempfile::TempDir,
 }
 
@@ -180,6 +183,7 @@ impl ClusterSim {
                     .collect()
             })
             .collect();
+        let setup_nodes = setup.nodes + setup.spare_nodes;
         let mut sim = Self {
             setup,
             engines,
@@ -197,6 +201,7 @@ impl ClusterSim {
             now_ms: 0,
             submitted: Vec::new(),
             saga: false,
+            paused: vec![None; setup_nodes],
             _directory: directory,
         };
         for node in 0..sim.engines.len() {
@@ -334,6 +339,7 @@ impl ClusterSim {
     /// answering get no answer: their clients see `Failed`), its event store and its replay
     /// log stay on disk.
     pub fn crash(&mut self, node: usize) {
+        self.paused[node] = None;
         if self.engines[node].take().is_none() {
             return;
         }
@@ -345,6 +351,49 @@ impl ClusterSim {
                 ));
             }
         }
+    }
+
+    /// Pauses `node` as SIGSTOP would: it keeps its memory but neither ticks nor handles
+    /// messages; what reaches it meanwhile waits (up to `PAUSED_MESSAGES_MAX`, then dropped,
+    /// as a full socket buffer would) and is handled, in order, when it resumes.
+    pub fn pause(&mut self, node: usize) {
+        if self.paused[node].is_none() {
+            self.paused[node] = Some(Vec::new());
+        }
+    }
+
+    /// Resumes a paused node (SIGCONT): it handles the messages that waited, then runs on.
+    pub fn resume(&mut self, node: usize) {
+        let Some(held) = self.paused[node].take() else {
+            return;
+        };
+        for (from, bytes) in held {
+            self.schedule(
+                0,
+                Item::Deliver {
+                    from,
+                    to: node,
+                    bytes,
+                },
+            );
+        }
+    }
+
+    /// Each node's store head position (`None` while it is crashed or its store fails).
+    pub fn heads(&self) -> Vec<Option<u64>> {
+        self.engines
+            .iter()
+            .map(|engine| {
+                engine
+                    .as_ref()
+                    .and_then(|engine| engine.store().head_position().ok())
+            })
+            .collect()
+    }
+
+    /// Whether `node` is paused.
+    pub fn is_paused(&self, node: usize) -> bool {
+        self.paused[node].is_some()
     }
 
     /// Restarts a crashed node from its store and replay log (`Engine::restore`).
@@ -464,6 +513,7 @@ impl ClusterSim {
             answer: None,
         });
         let result = match self.engines[node].as_mut() {
+            Some(_) if self.paused[node].is_some() => Err("the node is stopped".to_owned()),
             Some(engine) => engine
                 .submit(self.now_ms, ticket as u64, request)
                 .map_err(|error| error.to_string()),
@@ -531,6 +581,16 @@ impl ClusterSim {
 
     fn handle(&mut self, item: Item) {
         match item {
+            Item::Tick(node) if self.paused[node].is_some() => {
+                self.schedule(self.setup.gossip_interval_ms.max(1), Item::Tick(node));
+            }
+            Item::Deliver { from, to, bytes } if self.paused[to].is_some() => {
+                if let Some(held) = self.paused[to].as_mut() {
+                    if held.len() < PAUSED_MESSAGES_MAX {
+                        held.push((from, bytes));
+                    }
+                }
+            }
             Item::Tick(node) => {
                 if let Some(engine) = self.engines[node].as_mut() {
                     engine.tick(self.now_ms, &mut self.gossip_rng);
@@ -905,6 +965,12 @@ fn draw_keys(
     Ok((buckets.into_iter().flatten().collect(), per_section / 2 + 1))
 }
 
+/// A message that reached a paused node: (sender, bytes).
+type Held = (usize, Vec<u8>);
+
+/// Most messages a paused node holds for when it resumes (a socket buffer's worth).
+pub const PAUSED_MESSAGES_MAX: usize = 10_000;
+
 /// A command request for the workload: `command` on `stream`, identified by `id`.
 pub fn command(id: &str, stream: &StreamKey, command: serde_json::Value) -> CommandRequest {
     CommandRequest::new(CommandId::derive(&[id.as_bytes()]), stream.clone(), command)
@@ -932,8 +998,8 @@ pub const LIVENESS_BOUND_MS: u64 = 120_000;
 
 /// One random engine-mode run: the seed decides the cluster (8 to 16 nodes in 1, 2 or 4
 /// sections, the mode, whether the transfer saga runs), the network (loss, duplication,
-/// reordering), a fault schedule (a partition, a crash and restart, a Byzantine member's
-/// forged proposal), membership changes (a member leaving, a node joining) and the workload
+/// reordering), a fault schedule (a partition, a crash and restart, a member stopped twice
+/// in a row, a crash of every node, a Byzantine member's forged proposal), membership changes (a member leaving, a node joining) and the workload
 /// (deposits, withdrawals, transfers);
 /// then everything heals, every command must be answered within `LIVENESS_BOUND_MS`, and the
 /// checkers run. A panic in the simulated code is a violation of the seed.
@@ -1017,6 +1083,9 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
     let forger = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
     let leaver = plan.gen_bool(0.4).then(|| plan.gen_range(0..nodes));
     let joins = plan.gen_bool(0.4);
+    // One member stopped twice in a row (SIGSTOP, SIGCONT), and a crash of every node.
+    let stalled = plan.gen_bool(0.4).then(|| plan.gen_range(0..nodes));
+    let crash_all = plan.gen_bool(0.2);
     let load_ms = 3_000;
     for step in 0..load_ms / 100 {
         let now = step * 100;
@@ -1031,6 +1100,28 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
                 sim.crash(node);
                 story.push(format!("{now} ms: node {node} crashed"));
             }
+        }
+        if let Some(node) = stalled {
+            if now == 600 || now == 1_700 {
+                sim.pause(node);
+                story.push(format!("{now} ms: node {node} stopped"));
+            }
+            if now == 1_400 || now == 2_500 {
+                sim.resume(node);
+                story.push(format!("{now} ms: node {node} continues"));
+            }
+        }
+        if now == 2_700 && crash_all {
+            let running: Vec<usize> = (0..sim.node_count())
+                .filter(|node| sim.is_running(*node))
+                .collect();
+            for node in &running {
+                sim.crash(*node);
+            }
+            for node in &running {
+                sim.restart(*node)?;
+            }
+            story.push(format!("{now} ms: every node crashed and restarted"));
         }
         if now == 1_000 {
             if let Some(node) = forger {

@@ -3,94 +3,13 @@
 
 use chorus_aggregate::StreamKey;
 use chorus_aggregate::examples::bank_account::BankAccountCommand;
-use chorus_aggregate::examples::notebook::NotebookCommand;
 use chorus_consensus::BlockMode;
 use chorus_engine::CommandOutcome;
 use chorus_sim::NetworkConfig;
 use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
 
-fn bank(command: BankAccountCommand) -> serde_json::Value {
-    serde_json::to_value(command).expect("json")
-}
-
-fn account(index: usize) -> StreamKey {
-    StreamKey::new("BankAccount", &format!("acc{index}")).expect("key")
-}
-
-/// Opens `accounts` accounts and waits for the answers.
-fn open_accounts(sim: &mut ClusterSim, accounts: usize) {
-    let nodes = sim.node_count();
-    for index in 0..accounts {
-        let open = bank(BankAccountCommand::OpenAccount {
-            owner: format!("owner{index}"),
-        });
-        sim.submit(
-            index % nodes,
-            command(&format!("open{index}"), &account(index), open),
-        );
-    }
-    assert!(sim.run_until_answered(60_000), "accounts not opened");
-}
-
-/// Opens `accounts` accounts, then sends deposits and withdrawals (some overdrawing) and
-/// notebook commands to every node in turn.
-fn workload(sim: &mut ClusterSim, accounts: usize, rounds: usize) {
-    open_accounts(sim, accounts);
-    load(sim, accounts, rounds, "");
-}
-
-/// Deposits, withdrawals (some overdrawing) and notebooks, sent to every node in turn.
-fn load(sim: &mut ClusterSim, accounts: usize, rounds: usize, tag: &str) {
-    let nodes = sim.node_count();
-    for round in 0..rounds {
-        for index in 0..accounts {
-            let node = (round * 7 + index * 3) % nodes;
-            let body = if (round + index) % 3 == 2 {
-                bank(BankAccountCommand::Withdraw {
-                    amount: 25,
-                    transfer: None,
-                })
-            } else {
-                bank(BankAccountCommand::Deposit {
-                    amount: 10,
-                    transfer: None,
-                })
-            };
-            sim.submit(
-                node,
-                command(&format!("{tag}r{round}a{index}"), &account(index), body),
-            );
-        }
-        let notebook = StreamKey::new("Notebook", &format!("{tag}n{round}")).expect("key");
-        let initiate =
-            serde_json::to_value(NotebookCommand::InitiateNotebook { title: "t".into() })
-                .expect("json");
-        sim.submit(
-            round % nodes,
-            command(&format!("{tag}n{round}"), &notebook, initiate),
-        );
-        sim.run_for(100);
-    }
-}
-
-fn assert_clean(sim: &ClusterSim) {
-    let violations = sim.check();
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}",
-        violations.len(),
-        violations.join("\n")
-    );
-    let committed = sim
-        .submitted()
-        .iter()
-        .filter(|submitted| matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))))
-        .count();
-    assert!(
-        committed > sim.submitted().len() / 2,
-        "only {committed} committed"
-    );
-}
+mod common;
+use common::{account, assert_clean, bank, load, open_accounts, run_until, workload};
 
 #[test]
 fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
@@ -409,18 +328,6 @@ fn membership_settled(sim: &ClusterSim) -> bool {
                     .section(&state.prefix)
                     .is_some_and(|section| section.len() == state.members.len()))
     })
-}
-
-/// Runs until `done` holds (checked every 50 virtual ms), at most `limit_ms`.
-fn run_until(sim: &mut ClusterSim, limit_ms: u64, done: impl Fn(&ClusterSim) -> bool) -> bool {
-    let deadline = sim.now_ms() + limit_ms;
-    while sim.now_ms() < deadline {
-        if done(sim) {
-            return true;
-        }
-        sim.run_for(50);
-    }
-    done(sim)
 }
 
 #[test]

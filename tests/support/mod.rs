@@ -92,7 +92,7 @@ pub fn command_id(index: usize) -> String {
 pub fn wait_healthy(address: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if matches!(try_http(address, "GET", "/health", None), Ok((200, _))) {
+        if matches!(try_http(address, "GET", "/health/live", None), Ok((200, _))) {
             return;
         }
         assert!(Instant::now() < deadline, "{address} never answered");
@@ -239,6 +239,27 @@ impl Nodes {
         let mut child = self.children[index].take().expect("node is running");
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
+    }
+
+    /// SIGSTOP (`resume` sends SIGCONT): the process keeps its memory and sockets but does
+    /// nothing, as a node on a stalled machine.
+    pub fn pause(&mut self, index: usize) {
+        self.signal(index, "-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&mut self, index: usize) {
+        self.signal(index, "-CONT");
+    }
+
+    fn signal(&self, index: usize, signal: &str) {
+        let child = self.children[index].as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} node {index}");
     }
 
     /// SIGTERM to every running node; each must exit cleanly.

@@ -141,6 +141,10 @@ pub enum Message {
     Behind {
         /// The generation the receiver lags in.
         generation: u64,
+        /// The sender's latest round in that generation (the receiver reports its lag).
+        round: u64,
+        /// The sender's store head (likewise).
+        head_position: u64,
         /// The sender's section members now (the receiver asks them too: a member that
         /// missed a switch does not know who joined).
         members: Vec<PeerId>,
@@ -254,9 +258,13 @@ impl Message {
             ),
             Self::Behind {
                 generation,
+                round,
+                head_position,
                 members,
             } => {
                 let mut body = generation.to_le_bytes().to_vec();
+                body.extend(round.to_le_bytes());
+                body.extend(head_position.to_le_bytes());
                 body.extend(json(members)?);
                 (TAG_BEHIND, body)
             }
@@ -345,6 +353,8 @@ impl Message {
             }
             TAG_BEHIND => {
                 let (generation, rest) = generation_and_rest(body)?;
+                let (round, rest) = generation_and_rest(&rest)?;
+                let (head_position, rest) = generation_and_rest(&rest)?;
                 let members: Vec<PeerId> =
                     serde_json::from_slice(&rest).map_err(|e| malformed(&e))?;
                 if members.len() > BEHIND_MEMBERS_MAX {
@@ -354,6 +364,8 @@ impl Message {
                 }
                 Ok(Self::Behind {
                     generation,
+                    round,
+                    head_position,
                     members,
                 })
             }
@@ -526,6 +538,11 @@ pub struct Engine {
     behind_told: BTreeMap<PeerId, u64>,
     /// Per member, when a refresh of it last took effect here.
     refreshed_at: BTreeMap<PeerId, u64>,
+    /// The latest hint that we lag beyond a member's window, while hints keep coming.
+    behind: Option<Lag>,
+    /// When this node entered its current generation, by its clock (or started, after a
+    /// restart).
+    generation_started_ms: u64,
     /// Joiner: the state transfer under way.
     transfer: Option<TransferRun>,
     /// Section updates heard from other sections, by content, with their senders.
@@ -588,6 +605,42 @@ pub const MANAGER_CHECKPOINT_EVERY: u32 = 64;
 /// Events each manager takes on per call, so one call stays short.
 pub const MANAGER_EVENTS_PER_RUN: usize = 256;
 
+/// How far behind a member said we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    /// When the hint came (our clock).
+    pub told_at_ms: u64,
+    /// Rounds between the hinting member's latest and ours.
+    pub rounds: u64,
+    /// Store positions between the hinting member's head and ours.
+    pub positions: u64,
+}
+
+/// Whether a node can serve its section now ([`Engine::readiness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// An active member in step with its section.
+    Ready,
+    /// A member told it lags beyond the prune window; it is being brought back.
+    Behind(Lag),
+    /// Asking to be admitted (or welcomed again).
+    Joining,
+    /// Admitted; fetching its section's state.
+    Transferring {
+        /// Events received so far.
+        events_received: u64,
+        /// Events the handover promised.
+        events_expected: u64,
+    },
+    /// Not a member of any section.
+    NotAMember,
+}
+
+/// A lag hint counts for readiness this long (hints repeat every `JOIN_RETRY_MS` while the
+/// lag lasts).
+pub const BEHIND_REPORT_MS: u64 = 3 * JOIN_RETRY_MS;
+
 /// A joiner waiting to be welcomed.
 struct Joining {
     /// When it last asked.
@@ -624,7 +677,11 @@ pub const BEHIND_MEMBERS_MAX: usize = 256;
 pub const REFRESH_GIVE_UP_MS: u64 = 10_000;
 /// A member is voted a refresh at most this often (each refresh is a generation switch with
 /// a handover, which a faulty member could otherwise provoke at will).
-pub const REFRESH_INTERVAL_MIN_MS: u64 = 30_000;
+pub const REFRESH_INTERVAL_MIN_MS: u64 = 10_000;
+/// How long a member welcomed into the current generation counts as new (not behind) while
+/// we hold none of its events: a lost welcome is sent again within `JOIN_RETRY_MS`, so a
+/// member still silent after this is refreshed like any laggard.
+pub const NEW_MEMBER_GRACE_MS: u64 = 10_000;
 /// A joiner asks another source after this long without a transfer chunk.
 pub const TRANSFER_TIMEOUT_MS: u64 = 2_000;
 /// A section update is sent once more after this long.
@@ -801,6 +858,8 @@ impl Engine {
             joining: None,
             behind_told: BTreeMap::new(),
             refreshed_at: BTreeMap::new(),
+            generation_started_ms: now_ms,
+            behind: None,
             transfer: None,
             updates_heard: BTreeMap::new(),
             announcement: None,
@@ -937,6 +996,33 @@ impl Engine {
         )
     }
 
+    /// Whether this node can serve its section now, and if not, why (for `/health`).
+    pub fn readiness(&self) -> Readiness {
+        let behind = self
+            .behind
+            .filter(|lag| self.now_ms < lag.told_at_ms + BEHIND_REPORT_MS);
+        if let Some(lag) = behind {
+            return Readiness::Behind(lag);
+        }
+        if self.state.members.is_empty() || self.consensus.is_none() {
+            return Readiness::NotAMember;
+        }
+        if let Some(run) = &self.transfer {
+            return Readiness::Transferring {
+                events_received: run.events.len() as u64,
+                events_expected: self
+                    .state
+                    .transfer
+                    .as_ref()
+                    .map_or(0, |target| target.welcome.events),
+            };
+        }
+        if self.joining.is_some() || !self.is_active_member() {
+            return Readiness::Joining;
+        }
+        Readiness::Ready
+    }
+
     /// Commands this node waits to answer (its clients' and forwarded ones).
     pub fn commands_in_flight(&self) -> usize {
         self.waiters.len()
@@ -1022,15 +1108,28 @@ impl Engine {
                 if hint {
                     self.behind_told.insert(from, now_ms);
                     let members = self.state.members.clone();
+                    let round = self
+                        .consensus
+                        .as_ref()
+                        .map_or(0, |consensus| consensus.stats().max_round);
+                    let head_position = self.store.head_position().unwrap_or(0);
                     self.send(
                         from,
                         &Message::Behind {
                             generation,
+                            round,
+                            head_position,
                             members,
                         },
                     );
                 }
-                let instance = if generation == self.state.generation {
+                // A member that lags beyond the window cannot insert what we would send (the
+                // ancestry is pruned here): it gets the hint and nothing else, so a laggard
+                // costs us one small message per `JOIN_RETRY_MS`, not a sync response per
+                // gossip tick (those once filled its memory and starved the section).
+                let instance = if lags {
+                    None
+                } else if generation == self.state.generation {
                     self.consensus.as_mut()
                 } else {
                     self.retired
@@ -1087,8 +1186,10 @@ impl Engine {
             }
             Message::Behind {
                 generation,
+                round,
+                head_position,
                 members,
-            } => self.on_behind(from, generation, members),
+            } => self.on_behind(from, generation, (round, head_position), members),
             Message::JoinRequest => self.on_join_request(from),
             Message::LeaveRequest => {
                 if self.state.members.contains(&from) {
@@ -1208,8 +1309,18 @@ impl Engine {
     /// `accept` for the `attempt`-th send of a command: a forward goes to the
     /// `attempt`-th closest member of the responsible section (cycling), so a command sent
     /// again does not wait on the same crashed or silent member forever.
-    fn route(&mut self, waiter: Waiter, request: CommandRequest, attempt: u32) {
+    fn route(&mut self, waiter: Waiter, mut request: CommandRequest, attempt: u32) {
         let command_id = request.command_id;
+        // One form from here on: what we propose is what every member compares with the
+        // agreed command and stores (a JSON number or an ignored field could otherwise make
+        // our own agreed command look like another one's).
+        match self.registry.canonical_command(&request) {
+            Ok(command) => request.command = command,
+            Err(error) => {
+                self.answer_waiter(waiter, command_id, outcome_of_dispatch(error));
+                return;
+            }
+        }
         let address = XorName::from_stream_key(&request.stream.qualified());
         // Our section as agreed decides what we take, not the map (a joiner's or a lagging
         // member's map may still show a section before its split).
@@ -1921,11 +2032,21 @@ impl Engine {
                 self.send(from, &Message::Welcome(welcome));
             }
             // A member asking again lags: brought back if our own graph shows it, unless it
-            // was welcomed into this very generation (a joiner or a refreshed member still
-            // fetching its state has no events yet: it is not behind, only new).
+            // is new here: welcomed into this very generation and not yet heard from, for at
+            // most `NEW_MEMBER_GRACE_MS` (a joiner or a refreshed member still fetching its
+            // state has no events yet: it is not behind, only new). A member that took part
+            // in this generation and fell behind again is refreshed again: skipping it
+            // because of its earlier welcome left it stuck for good.
             let welcomed_now = self.state.handovers.iter().any(|handover| {
                 handover.joiner == from && handover.generation == self.state.generation
             });
+            let heard_from = self
+                .consensus
+                .as_ref()
+                .is_some_and(|consensus| consensus.holds_events_of(&from));
+            let new_here = welcomed_now
+                && !heard_from
+                && self.now_ms < self.generation_started_ms + NEW_MEMBER_GRACE_MS;
             // And at most once per `REFRESH_INTERVAL_MIN_MS` per member (by our clock): a
             // faulty member can make itself look behind, and each refresh is a switch.
             let refreshed_lately = self
@@ -1935,7 +2056,7 @@ impl Engine {
             // Behind: beyond our window, or not in this generation at all (it missed the
             // switch that started it; an honest member asks only when told it lags, so a
             // member that takes part is not refreshed by a false hint).
-            let lags = !welcomed_now
+            let lags = !new_here
                 && !refreshed_lately
                 && self.is_active_member()
                 && self.consensus.as_ref().is_some_and(|consensus| {
@@ -1953,12 +2074,32 @@ impl Engine {
 
     /// A member says we lag beyond its prune window: we ask to be welcomed again (each member
     /// votes on what its own graph shows, so a false hint costs a few requests).
-    fn on_behind(&mut self, from: PeerId, generation: u64, members: Vec<PeerId>) {
+    fn on_behind(
+        &mut self,
+        from: PeerId,
+        generation: u64,
+        (round, head_position): (u64, u64),
+        members: Vec<PeerId>,
+    ) {
         if generation != self.state.generation
             || !self.state.members.contains(&from)
             || !self.is_active_member()
-            || self.joining.is_some()
         {
+            return;
+        }
+        // What operators see (`readiness`): the lag the latest hint shows, kept while hints
+        // keep coming.
+        let our_round = self
+            .consensus
+            .as_ref()
+            .map_or(0, |consensus| consensus.stats().max_round);
+        let our_head = self.store.head_position().unwrap_or(0);
+        self.behind = Some(Lag {
+            told_at_ms: self.now_ms,
+            rounds: round.saturating_sub(our_round),
+            positions: head_position.saturating_sub(our_head),
+        });
+        if self.joining.is_some() {
             return;
         }
         warn!(peer = %from, generation, "a member says we fell too far behind; asking for a state transfer");
@@ -2073,6 +2214,8 @@ impl Engine {
         }
         self.map = map;
         self.state = state;
+        self.generation_started_ms = self.now_ms;
+        self.behind = None;
         match Consensus::new(
             consensus_config(&self.config, &self.state),
             self.key.clone(),
@@ -2497,6 +2640,8 @@ impl Engine {
         }
         self.map = map;
         self.state = state;
+        self.generation_started_ms = self.now_ms;
+        self.behind = None;
         self.update_generations.insert(change.node(), generation);
         let old = self.consensus.take();
         self.retired = old.map(|consensus| (generation - 1, consensus));

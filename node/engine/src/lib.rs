@@ -21,6 +21,8 @@ pub mod membership;
 pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
-pub use engine::{ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, Message};
+pub use engine::{
+    ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, Lag, Message, Readiness,
+};
 pub use membership::{MemberChange, MembershipProposal, SectionState, Welcome};
 pub use proposal::{Proposal, ProposalError};
