@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Up, command_id, events, http, json_of, submit};
+use support::{Up, command_id, events, http, json_of, submit, try_raw};
 
 #[test]
 fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
@@ -71,6 +71,29 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         Some(&huge),
     );
     assert_eq!(status, 413);
+    // A declared length far over the limit with two bytes sent (the body never comes): 413 at
+    // once, in the API's error shape.
+    let (status, text) = try_raw(
+        &nodes[1],
+        "POST /streams/BankAccount@alice/commands HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/json\r\nContent-Length: 2000000000\r\n\
+         Connection: close\r\n\r\n{}",
+        Duration::from_secs(10),
+    )
+    .expect("answered within 10 s");
+    assert_eq!(status, 413, "{text}");
+    assert!(json_of(&text)["error"].is_string(), "{text}");
+    // A wrong method and a query parameter the route does not take: JSON errors too.
+    let (status, text) = http(&nodes[1], "DELETE", "/all", None);
+    assert_eq!(status, 405, "{text}");
+    assert!(json_of(&text)["error"].is_string(), "{text}");
+    let (status, text) = http(&nodes[1], "GET", "/all?database=Bad!", None);
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        json_of(&text)["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("database"))
+    );
     let (status, answer) = submit(
         &nodes[3],
         "BankAccount@alice",

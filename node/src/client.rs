@@ -17,6 +17,13 @@ use serde_json::{Value, json};
 /// the node itself answers 504 after 30 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// How long an idle keep-alive connection stays in the pool: less than the node's
+/// `HEADER_READ_TIMEOUT`, after which the node closes it, so the pool never picks a
+/// connection the node is closing at that moment.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+const _: () = assert!(POOL_IDLE_TIMEOUT.as_secs() < crate::http::HEADER_READ_TIMEOUT.as_secs());
+
 /// A node's answer: the HTTP status and the JSON body.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -43,7 +50,7 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
         Ok(Self { http, base })
     }

@@ -1,17 +1,33 @@
-//! The HTTP API (axum). Every handler hands its request to the engine thread and waits for
-//! the answer, at most `ANSWER_TIMEOUT`. Errors are JSON `{"error": "..."}` with the status
-//! code that fits: 400 for bad input (a pinned `expected_version` the stream has passed
-//! included, as EventStoreDB answers it: versions only grow, so the command can never run as
-//! it is), 404 for an unknown route, 409 for a command the aggregate refused, 413 for an
-//! oversized body, 503 when the node cannot carry a command now (the client may send the
-//! same command id again), 504 when no answer came in time.
+//! The HTTP API (axum), served over HTTP/1.1 by `serve`. Every handler hands its request to
+//! the engine thread and waits for the answer, at most `ANSWER_TIMEOUT`. Errors are JSON
+//! `{"error": "..."}` with the status code that fits: 400 for bad input (a path parameter
+//! that is not UTF-8, a query parameter the route does not take or whose value does not
+//! parse or validate, named; a body that is not JSON; a pinned `expected_version` the stream
+//! has passed included, as EventStoreDB answers it: versions only grow, so the command can
+//! never run as it is), 404 for an unknown route, 405 for a method the route does not take
+//! (`Allow` names those it does), 408 for a body not complete within `BODY_READ_TIMEOUT`,
+//! 409 for a command the aggregate refused, 413 for a body over `BODY_BYTES_MAX` (at once,
+//! unread, when its declared length is), 415 for a body not declared JSON, 422 for JSON of
+//! the wrong shape, 503 when the node cannot carry a command now (the client may send the
+//! same command id again), 504 when no answer came in time. Each route takes exactly its
+//! query parameters (a struct that denies unknown fields), except `/health` and `/status`,
+//! which ignore any.
+//!
+//! Two edges are hyper's, not JSON: a connection whose request headers are not complete
+//! within `HEADER_READ_TIMEOUT` (or that stays idle that long between requests) is closed
+//! without an answer, and a request hyper cannot parse gets hyper's own bodiless 400 or 431.
+
+mod extract;
+mod server;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,14 +42,31 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::http::extract::{JsonBody, PathParams, QueryParams};
 use crate::runtime::{Input, Read, ReadAnswer};
+
+pub use crate::http::server::serve;
 
 /// How long a handler waits for the engine (a command waits for agreement).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request body.
+/// Largest request body (a command). A body is read whole before its route sees it, so this
+/// bounds what one request holds in memory; a larger declared length is refused unread.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// How long a client has to send a request's headers, from the moment the server waits for
+/// them: a client that trickles them (slowloris) would otherwise hold a connection and its
+/// task forever. It also closes a keep-alive connection left idle that long, so a client's
+/// pool must drop idle connections sooner (`client::POOL_IDLE_TIMEOUT`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to send a whole body after its headers: `BODY_BYTES_MAX` in this
+/// time is about 100 KiB/s, far slower than any client of a cluster needs, while a client
+/// that trickles a body cannot hold a connection and a buffer longer.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events one read returns.
 pub const READ_COUNT_MAX: usize = 1_000;
+/// Events one read returns when the query does not say.
+pub const READ_COUNT_DEFAULT: usize = 100;
+
+const _: () = assert!(READ_COUNT_DEFAULT <= READ_COUNT_MAX);
 
 /// The routes, over the engine thread's input channel.
 pub fn router(engine: mpsc::Sender<Input>) -> Router {
@@ -55,8 +88,10 @@ pub fn router(engine: mpsc::Sender<Input>) -> Router {
             "/databases/{database}/categories/{category}/streams",
             get(list_streams),
         )
+        // After the routes: it applies to the routes added before it.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn(server::read_body))
         .with_state(engine)
 }
 
@@ -66,6 +101,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} {}: method not allowed (the Allow header names those that are)",
+            uri.path()
+        ),
+    )
 }
 
 /// Readiness: 200 when the node is an active member in step with its section; 503 while it
@@ -165,13 +210,10 @@ fn parse_expected(value: Option<&Value>) -> Result<ExpectedVersion, String> {
 
 async fn submit(
     State(engine): State<mpsc::Sender<Input>>,
-    Path(stream): Path<String>,
-    body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
+    PathParams(stream): PathParams<String>,
+    QueryParams(NoQuery {}): QueryParams<NoQuery>,
+    JsonBody(body): JsonBody<SubmitBody>,
 ) -> Response {
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
-    };
     let stream = match StreamKey::parse(&stream) {
         Ok(stream) => stream,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem.to_string()),
@@ -210,16 +252,28 @@ async fn submit(
     (status, Json(body)).into_response()
 }
 
-/// Paging of a read.
+/// The query of a stream read or subscription, and of `$all`'s.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
-    /// First sequence number of a stream, or first global position of `$all` or a category
-    /// (1 by default).
+    /// First sequence number of a stream, or first global position of `$all` (1 by default;
+    /// 0 reads from the start too).
     pub from: Option<u64>,
-    /// Most events (100 by default, at most `READ_COUNT_MAX`).
+    /// Most events (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`); a
+    /// subscription's catch-up batch.
     pub count: Option<usize>,
-    /// The database of a category read (`default` if absent).
+}
+
+/// The query of a category read or subscription.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryQuery {
+    /// First global position (1 by default; 0 reads from the start too).
+    pub from: Option<u64>,
+    /// Most events (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`); a
+    /// subscription's catch-up batch.
+    pub count: Option<usize>,
+    /// The category's database (`default` if absent).
     pub database: Option<String>,
 }
 
@@ -229,12 +283,16 @@ pub struct ReadQuery {
 pub struct ListQuery {
     /// List streams whose id sorts after this one.
     pub after: Option<String>,
-    /// Most streams (100 by default, at most `READ_COUNT_MAX`).
+    /// Most streams (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`).
     pub count: Option<usize>,
 }
 
+/// The query of a route that takes no parameters: any is refused, named.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 type Engine = State<mpsc::Sender<Input>>;
-type Checked<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 fn bad(problem: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, problem.to_string())
@@ -279,49 +337,46 @@ async fn events_page(engine: &mpsc::Sender<Input>, query: Read) -> Response {
     }
 }
 
-/// The checked query string: where to start (1 by default) and how many (100 by default,
-/// at most `READ_COUNT_MAX`).
-fn paging(query: Checked<ReadQuery>) -> Result<(ReadQuery, u64, usize), String> {
-    let Query(query) = query.map_err(|rejection| rejection.body_text())?;
-    let from = query.from.unwrap_or(1).max(1);
-    let count = query.count.unwrap_or(100).clamp(1, READ_COUNT_MAX);
-    Ok((query, from, count))
+/// Where a read starts (1 by default, and for 0) and how many it returns: `count` is
+/// `READ_COUNT_DEFAULT` by default and must be 1 to `READ_COUNT_MAX`.
+fn paging(from: Option<u64>, count: Option<usize>) -> Result<(u64, usize), String> {
+    Ok((from.unwrap_or(1).max(1), page_count(count)?))
+}
+
+fn page_count(count: Option<usize>) -> Result<usize, String> {
+    match count.unwrap_or(READ_COUNT_DEFAULT) {
+        count @ 1..=READ_COUNT_MAX => Ok(count),
+        count => Err(format!(
+            "query parameter count is {count}; it must be 1 to {READ_COUNT_MAX}"
+        )),
+    }
 }
 
 /// A stream read's parameters.
-fn stream_read(stream: &str, query: Checked<ReadQuery>) -> Result<(StreamKey, u64, usize), String> {
-    let (_, from, count) = paging(query)?;
+fn stream_read(stream: &str, query: &ReadQuery) -> Result<(StreamKey, u64, usize), String> {
+    let (from, count) = paging(query.from, query.count)?;
     let stream = StreamKey::parse(stream).map_err(|problem| problem.to_string())?;
     Ok((stream, from, count))
 }
 
-/// A log read's parameters: `$all` without a category, else the category of `database`
-/// (`default` if absent).
-fn log_read(
-    category: Option<String>,
-    query: Checked<ReadQuery>,
-) -> Result<(Filter, u64, usize), String> {
-    let (query, from, count) = paging(query)?;
-    let filter = match category {
-        None => Filter::All,
-        Some(category) => {
-            let database = match query.database {
-                Some(name) => DatabaseName::new(name).map_err(|problem| problem.to_string())?,
-                None => DatabaseName::default_database(),
-            };
-            let category = CategoryName::new(category).map_err(|problem| problem.to_string())?;
-            Filter::Category(database, category)
-        }
+/// A category read's parameters: the category of `database` (`default` if absent).
+fn category_read(category: String, query: CategoryQuery) -> Result<(Filter, u64, usize), String> {
+    let (from, count) = paging(query.from, query.count)?;
+    let database = match query.database {
+        Some(name) => DatabaseName::new(name)
+            .map_err(|problem| format!("query parameter database: {problem}"))?,
+        None => DatabaseName::default_database(),
     };
-    Ok((filter, from, count))
+    let category = CategoryName::new(category).map_err(|problem| problem.to_string())?;
+    Ok((Filter::Category(database, category), from, count))
 }
 
 async fn read_stream(
     State(engine): Engine,
-    Path(stream): Path<String>,
-    query: Checked<ReadQuery>,
+    PathParams(stream): PathParams<String>,
+    QueryParams(query): QueryParams<ReadQuery>,
 ) -> Response {
-    match stream_read(&stream, query) {
+    match stream_read(&stream, &query) {
         Ok((stream, from, count)) => {
             let query = Read::Stream {
                 stream,
@@ -336,10 +391,9 @@ async fn read_stream(
 
 async fn read_log(
     engine: &mpsc::Sender<Input>,
-    category: Option<String>,
-    query: Checked<ReadQuery>,
+    log_read: Result<(Filter, u64, usize), String>,
 ) -> Response {
-    match log_read(category, query) {
+    match log_read {
         Ok((filter, from, count)) => {
             let query = Read::Log {
                 filter,
@@ -352,19 +406,23 @@ async fn read_log(
     }
 }
 
-async fn read_all(State(engine): Engine, query: Checked<ReadQuery>) -> Response {
-    read_log(&engine, None, query).await
+async fn read_all(State(engine): Engine, QueryParams(query): QueryParams<ReadQuery>) -> Response {
+    let log_read = paging(query.from, query.count).map(|(from, count)| (Filter::All, from, count));
+    read_log(&engine, log_read).await
 }
 
 async fn read_category(
     State(engine): Engine,
-    Path(category): Path<String>,
-    query: Checked<ReadQuery>,
+    PathParams(category): PathParams<String>,
+    QueryParams(query): QueryParams<CategoryQuery>,
 ) -> Response {
-    read_log(&engine, Some(category), query).await
+    read_log(&engine, category_read(category, query)).await
 }
 
-async fn list_databases(State(engine): Engine) -> Response {
+async fn list_databases(
+    State(engine): Engine,
+    QueryParams(NoQuery {}): QueryParams<NoQuery>,
+) -> Response {
     match read(&engine, Read::Databases).await {
         Ok(ReadAnswer::Names(names)) => Json(json!({ "databases": names })).into_response(),
         Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
@@ -372,7 +430,11 @@ async fn list_databases(State(engine): Engine) -> Response {
     }
 }
 
-async fn list_categories(State(engine): Engine, Path(database): Path<String>) -> Response {
+async fn list_categories(
+    State(engine): Engine,
+    PathParams(database): PathParams<String>,
+    QueryParams(NoQuery {}): QueryParams<NoQuery>,
+) -> Response {
     let database = match DatabaseName::new(database) {
         Ok(database) => database,
         Err(problem) => return bad(problem),
@@ -386,18 +448,17 @@ async fn list_categories(State(engine): Engine, Path(database): Path<String>) ->
 
 async fn list_streams(
     State(engine): Engine,
-    Path((database, category)): Path<(String, String)>,
-    query: Checked<ListQuery>,
+    PathParams((database, category)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad(rejection.body_text()),
+    let count = match page_count(query.count) {
+        Ok(count) => count,
+        Err(problem) => return bad(problem),
     };
     let (database, category) = match (DatabaseName::new(database), CategoryName::new(category)) {
         (Ok(database), Ok(category)) => (database, category),
         (Err(problem), _) | (_, Err(problem)) => return bad(problem),
     };
-    let count = query.count.unwrap_or(100).clamp(1, READ_COUNT_MAX);
     let listing = Read::Streams {
         database,
         category,
@@ -471,10 +532,10 @@ fn subscription(
 
 async fn subscribe_stream(
     State(engine): Engine,
-    Path(stream): Path<String>,
-    query: Checked<ReadQuery>,
+    PathParams(stream): PathParams<String>,
+    QueryParams(query): QueryParams<ReadQuery>,
 ) -> Response {
-    match stream_read(&stream, query) {
+    match stream_read(&stream, &query) {
         Ok((stream, from, count)) => subscription(
             engine,
             from,
@@ -491,10 +552,9 @@ async fn subscribe_stream(
 
 fn subscribe_log(
     engine: mpsc::Sender<Input>,
-    category: Option<String>,
-    query: Checked<ReadQuery>,
+    log_read: Result<(Filter, u64, usize), String>,
 ) -> Response {
-    match log_read(category, query) {
+    match log_read {
         Ok((filter, from, count)) => subscription(
             engine,
             from,
@@ -509,20 +569,24 @@ fn subscribe_log(
     }
 }
 
-async fn subscribe_all(State(engine): Engine, query: Checked<ReadQuery>) -> Response {
-    subscribe_log(engine, None, query)
+async fn subscribe_all(
+    State(engine): Engine,
+    QueryParams(query): QueryParams<ReadQuery>,
+) -> Response {
+    let log_read = paging(query.from, query.count).map(|(from, count)| (Filter::All, from, count));
+    subscribe_log(engine, log_read)
 }
 
 async fn subscribe_category(
     State(engine): Engine,
-    Path(category): Path<String>,
-    query: Checked<ReadQuery>,
+    PathParams(category): PathParams<String>,
+    QueryParams(query): QueryParams<CategoryQuery>,
 ) -> Response {
-    subscribe_log(engine, Some(category), query)
+    subscribe_log(engine, category_read(category, query))
 }
 
 /// Prometheus text format: the node's section, store, consensus and command figures.
-async fn metrics(State(engine): Engine) -> Response {
+async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQuery>) -> Response {
     let status = match ask(&engine, Input::Status).await {
         Ok(status) => status,
         Err(response) => return response,

@@ -247,9 +247,7 @@ fn run_node(path: &Path) -> Result<(), String> {
             hex(&key.verifying_key().to_bytes())
         ));
         info!(%http, %p2p, "node running");
-        let served = axum::serve(listener, http::router(inputs))
-            .with_graceful_shutdown(shutdown_signal())
-            .into_future();
+        let served = http::serve(listener, http::router(inputs), shutdown_signal());
         // On a signal the server stops taking connections and finishes open requests, but
         // a command waiting for agreement can wait long: they get `SHUTDOWN_GRACE`.
         let grace = async {
@@ -257,11 +255,7 @@ fn run_node(path: &Path) -> Result<(), String> {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         tokio::select! {
-            served = served => {
-                if let Err(error) = served {
-                    error!(%error, "http server failed");
-                }
-            }
+            () = served => {}
             () = grace => info!("open requests dropped at shutdown"),
         }
         // The engine thread ends when every input sender is gone (the tasks holding them stop
