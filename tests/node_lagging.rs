@@ -84,6 +84,16 @@ fn assert_caught_up(nodes: &Nodes, story: &str) -> Duration {
     }
 }
 
+/// `kill -9` of every node, then every node started again from its data.
+fn kill_all_and_restart(nodes: &mut Nodes) {
+    for index in 0..nodes.addresses.len() {
+        nodes.kill(index);
+    }
+    for index in 0..nodes.addresses.len() {
+        nodes.restart(index);
+    }
+}
+
 #[test]
 fn a_lagging_member_is_brought_back_whatever_the_order_of_faults() {
     let directory = tempfile::tempdir().expect("temp dir");
@@ -132,12 +142,7 @@ fn a_lagging_member_is_brought_back_whatever_the_order_of_faults() {
         300_000,
     ));
     nodes.restart(2);
-    for index in 0..4 {
-        nodes.kill(index);
-    }
-    for index in 0..4 {
-        nodes.restart(index);
-    }
+    kill_all_and_restart(&mut nodes);
     assert_caught_up(&nodes, "kill, then kill all");
 
     // A 9 s stall, then the whole section.
@@ -150,12 +155,7 @@ fn a_lagging_member_is_brought_back_whatever_the_order_of_faults() {
         400_000,
     ));
     nodes.resume(3);
-    for index in 0..4 {
-        nodes.kill(index);
-    }
-    for index in 0..4 {
-        nodes.restart(index);
-    }
+    kill_all_and_restart(&mut nodes);
     assert_caught_up(&nodes, "stall, then kill all");
 
     // Nothing acknowledged lost or doubled; commands that got no answer may or may not have
