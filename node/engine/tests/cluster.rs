@@ -599,7 +599,7 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
         generation: 1,
         round: 1,
         head_position: 1,
-        members: (0..=chorus_engine::engine::BEHIND_MEMBERS_MAX)
+        members: (0..=chorus_engine::engine::limits::BEHIND_MEMBERS_MAX)
             .map(|index| PeerId([(index % 251) as u8; 32]))
             .collect(),
     };

@@ -1,0 +1,291 @@
+//! Membership changes and generations: votes, counting the agreed votes, and the switch
+//! from one generation of the section to the next (with the handover a joiner fetches).
+
+use chorus_aggregate::StoreError;
+use chorus_consensus::{
+    Block, BlockMode, Config, Consensus, Observation, PeerId, is_supermajority,
+};
+use chorus_routing::{Prefix, SectionMap, XorName};
+use ed25519_dalek::SigningKey;
+use tracing::{debug, warn};
+
+use crate::membership::{
+    HANDOVERS_MAX, Handover, MemberChange, MembershipProposal, SectionState, Welcome,
+    all_section_events, change_allowed, group_id, name_of, section_after, section_commands,
+    section_digest, sort_members,
+};
+
+use super::wire::Message;
+use super::{Engine, EngineConfig, EngineError};
+
+/// The welcome of a handover: the joiner's section in the handover's generation and the state
+/// it starts from.
+pub(super) fn welcome_for(handover: &Handover) -> Welcome {
+    Welcome {
+        generation: handover.generation,
+        prefix: handover.prefix,
+        members: handover.members.clone(),
+        events: handover.events,
+        bytes: handover.bytes,
+        commands: handover.commands.len() as u64,
+        digest: handover.digest,
+    }
+}
+
+/// The section state of a node at the network's start (generation 0), from the map.
+pub(super) fn initial_state(
+    key: &SigningKey,
+    map: &SectionMap,
+) -> Result<SectionState, EngineError> {
+    let our_name = XorName::from_public_key(&key.verifying_key().to_bytes());
+    let section = map
+        .section_of_member(&our_name)
+        .ok_or(EngineError::NotAMember)?;
+    Ok(SectionState {
+        generation: 0,
+        prefix: section.prefix(),
+        members: section.member_keys().into_iter().map(PeerId).collect(),
+        network: network_of(map),
+        transferred: true,
+        start_head: 0,
+        transfer: None,
+        handovers: Vec::new(),
+    })
+}
+
+/// Every member of the map, in name order.
+pub(super) fn network_of(map: &SectionMap) -> Vec<PeerId> {
+    map.sections()
+        .flat_map(|section| section.member_keys())
+        .map(PeerId)
+        .collect()
+}
+
+/// The consensus configuration of a section's generation: the node's, with the group id of
+/// that generation.
+pub(super) fn consensus_config(config: &EngineConfig, state: &SectionState) -> Config {
+    Config {
+        group: group_id(&state.prefix, state.generation),
+        ..config.consensus.clone()
+    }
+}
+
+impl Engine {
+    /// Votes for a membership change of the current generation, once.
+    pub(super) fn vote_change(&mut self, change: MemberChange) {
+        let voter = (self.config.consensus.block_mode == BlockMode::Single).then_some(self.our_id);
+        let proposal = MembershipProposal {
+            generation: self.state.generation,
+            change,
+            voter,
+        };
+        if !change_allowed(
+            &self.state.prefix,
+            &self.state.members,
+            &change,
+            self.map.section_size_min(),
+        ) || self.voted_changes.contains(&proposal)
+        {
+            return;
+        }
+        let Some(consensus) = self.consensus.as_mut() else {
+            return;
+        };
+        match consensus.vote_for(Observation::Payload(proposal.encode().into())) {
+            Ok(_) => {
+                self.voted_changes.insert(proposal);
+            }
+            Err(error) => debug!(%error, "membership vote not taken"),
+        }
+    }
+
+    /// An agreed membership change: counts the votes its block proves; once more than two
+    /// thirds of the members voted for the change, it is the one to make (after the blocks
+    /// before it). Every member counts the same blocks in the same order.
+    pub(super) fn count_change(&mut self, block: &Block, proposal: MembershipProposal) {
+        if proposal.generation != self.state.generation
+            || !change_allowed(
+                &self.state.prefix,
+                &self.state.members,
+                &proposal.change,
+                self.map.section_size_min(),
+            )
+        {
+            debug!(?proposal, "agreed membership change does not apply");
+            return;
+        }
+        let members = &self.state.members;
+        let voters = self.membership_votes.entry(proposal.change).or_default();
+        for vote in &block.proof {
+            let voter = vote.event.header.creator;
+            if members.contains(&voter) && proposal.voter.is_none_or(|named| named == voter) {
+                voters.insert(voter);
+            }
+        }
+        if is_supermajority(voters.len(), members.len()) {
+            self.pending_change = Some(proposal);
+        }
+    }
+
+    /// Applies an agreed membership change (every block before it is applied): ends this
+    /// generation and starts the next, with the new members, split if the section can split.
+    /// Fixes the handover a joiner will fetch, saves the section state, welcomes the joiner,
+    /// tells the other sections, and routes our pending commands again (their proposals
+    /// died with the old instance; the new one or another section takes them). Returns
+    /// false, changing nothing, if the store fails: the change waits and is tried again (a
+    /// next generation started without its state saved could, after a crash, sign a second
+    /// first event in it).
+    pub(super) fn switch(&mut self, change: MemberChange) -> bool {
+        let old_prefix = self.state.prefix;
+        let generation = self.state.generation + 1;
+        let min = self.map.section_size_min();
+        let mut all = self.state.members.clone();
+        match change {
+            MemberChange::Join(node) => all.push(node),
+            MemberChange::Leave(node) => all.retain(|member| *member != node),
+            MemberChange::Refresh(_) => {}
+        }
+        sort_members(&mut all);
+        let head = match self.store.head_position() {
+            Ok(head) => head,
+            Err(error) => {
+                warn!(%error, "the store does not read; the membership change waits");
+                return false;
+            }
+        };
+        let mut handovers = self.state.handovers.clone();
+        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
+            match self.handover(joiner, generation, old_prefix, &all, min, head) {
+                Ok(handover) => handovers.push(handover),
+                Err(error) => {
+                    warn!(%error, "no handover for the joiner; the membership change waits");
+                    return false;
+                }
+            }
+        }
+        let excess = handovers.len().saturating_sub(HANDOVERS_MAX);
+        handovers.drain(..excess);
+        let mut map = self.map.clone();
+        match change {
+            MemberChange::Join(node) => {
+                map.add_member(node.0);
+            }
+            MemberChange::Leave(node) => {
+                map.remove_member(&name_of(&node));
+            }
+            MemberChange::Refresh(_) => {}
+        }
+        let ours = section_after(old_prefix, &all, &self.our_id, min);
+        let state = SectionState {
+            generation,
+            prefix: ours.as_ref().map_or(old_prefix, |(prefix, _)| *prefix),
+            members: ours.map(|(_, members)| members).unwrap_or_default(),
+            network: network_of(&map),
+            transferred: true,
+            start_head: head,
+            transfer: None,
+            handovers,
+        };
+        if let Err(error) = state.save(&self.store) {
+            warn!(%error, "section state not saved; the membership change waits");
+            return false;
+        }
+        self.map = map;
+        self.state = state;
+        self.generation_started_ms = self.now_ms;
+        self.behind = None;
+        self.update_generations.insert(change.node(), generation);
+        let old = self.consensus.take();
+        self.retired = old.map(|consensus| (generation - 1, consensus));
+        self.voted_changes.clear();
+        self.membership_votes.clear();
+        self.deferred_seconds.clear();
+        self.behind_told.clear();
+        // A refresh we asked for is moot once we switch generations ourselves.
+        if self
+            .joining
+            .as_ref()
+            .is_some_and(|joining| joining.refresh.is_some())
+        {
+            self.joining = None;
+        }
+        if !self.state.members.is_empty() {
+            match Consensus::new(
+                consensus_config(&self.config, &self.state),
+                self.key.clone(),
+                &self.state.members,
+                self.now_ms,
+            ) {
+                Ok(consensus) => self.consensus = Some(consensus),
+                Err(error) => warn!(%error, "the next generation does not start"),
+            }
+        } else {
+            self.leaving = None;
+        }
+        debug!(generation, prefix = %self.state.prefix, members = self.state.members.len(), ?change, "section changed");
+        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
+            if let Some(welcome) = self
+                .state
+                .handovers
+                .iter()
+                .rev()
+                .find(|handover| handover.joiner == joiner)
+                .map(welcome_for)
+            {
+                self.send(joiner, &Message::Welcome(welcome));
+            }
+        }
+        if let MemberChange::Refresh(member) = change {
+            self.refreshed_at.insert(member, self.now_ms);
+            // Nobody else's map changes.
+            self.reroute_pending();
+            return true;
+        }
+        let update = Message::SectionUpdate {
+            prefix: old_prefix,
+            generation,
+            change,
+        };
+        let outsiders: Vec<PeerId> = self
+            .state
+            .network
+            .iter()
+            .copied()
+            .filter(|node| !old_prefix.matches(&name_of(node)) && *node != self.our_id)
+            .collect();
+        for node in &outsiders {
+            self.send(*node, &update);
+        }
+        self.announcement = Some((self.now_ms, outsiders, update));
+        self.reroute_pending();
+        true
+    }
+
+    /// The state a joiner of `generation` fetches: our store's `head` now, the digest of its
+    /// section's events up to there and of its section's eventless commands.
+    pub(super) fn handover(
+        &self,
+        joiner: PeerId,
+        generation: u64,
+        old_prefix: Prefix,
+        all: &[PeerId],
+        min: usize,
+        head: u64,
+    ) -> Result<Handover, StoreError> {
+        let (prefix, members) = section_after(old_prefix, all, &joiner, min)
+            .unwrap_or_else(|| (old_prefix, all.to_vec()));
+        let events = all_section_events(&self.store, &prefix, Some(head))?;
+        let commands = section_commands(&self.store, &prefix)?;
+        Ok(Handover {
+            joiner,
+            generation,
+            prefix,
+            members,
+            head,
+            events: events.len() as u64,
+            bytes: events.iter().map(|event| event.payload.len() as u64).sum(),
+            digest: section_digest(&events, &commands),
+            commands,
+        })
+    }
+}

@@ -1,0 +1,332 @@
+//! Joining and leaving: join requests, refreshes of members that fell behind, welcomes,
+//! leave requests, and what the node reports about its own readiness.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chorus_consensus::{Consensus, PeerId, faulty_max};
+use chorus_routing::SectionMap;
+use tracing::{debug, warn};
+
+use crate::membership::{
+    MemberChange, SectionState, TransferTarget, Welcome, name_of, sort_members,
+};
+
+use super::Engine;
+use super::generation::{consensus_config, network_of, welcome_for};
+use super::limits::{BEHIND_REPORT_MS, NEW_MEMBER_GRACE_MS, REFRESH_INTERVAL_MIN_MS};
+use super::wire::Message;
+
+/// How far behind a member said we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    /// When the hint came (our clock).
+    pub told_at_ms: u64,
+    /// Rounds between the hinting member's latest and ours.
+    pub rounds: u64,
+    /// Store positions between the hinting member's head and ours.
+    pub positions: u64,
+}
+
+/// Whether a node can serve its section now ([`Engine::readiness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// An active member in step with its section.
+    Ready,
+    /// A member told it lags beyond the prune window; it is being brought back.
+    Behind(Lag),
+    /// Asking to be admitted (or welcomed again).
+    Joining,
+    /// Admitted; fetching its section's state.
+    Transferring {
+        /// Events received so far.
+        events_received: u64,
+        /// Events the handover promised.
+        events_expected: u64,
+    },
+    /// Not a member of any section.
+    NotAMember,
+}
+
+/// A joiner waiting to be welcomed.
+pub(super) struct Joining {
+    /// When it last asked.
+    pub(super) asked_at_ms: Option<u64>,
+    /// A member brought back by a refresh: the generation it lags in and when it began to
+    /// ask (it gives up after `REFRESH_GIVE_UP_MS` without a welcome: the hint may have been
+    /// false, and it is asked again if it was not).
+    pub(super) refresh: Option<(u64, u64)>,
+    /// A lagging member: the members the hint named, asked too (those that joined since
+    /// its map was current; their votes count in the generation it missed).
+    pub(super) also_ask: BTreeSet<PeerId>,
+    /// Per sender, its latest welcome (so a faulty sender cannot crowd out honest ones).
+    pub(super) welcomes: BTreeMap<PeerId, Welcome>,
+}
+
+impl Engine {
+    /// Whether this node can serve its section now, and if not, why (for `/health`).
+    pub fn readiness(&self) -> Readiness {
+        let behind = self
+            .behind
+            .filter(|lag| self.now_ms < lag.told_at_ms + BEHIND_REPORT_MS);
+        if let Some(lag) = behind {
+            return Readiness::Behind(lag);
+        }
+        if self.state.members.is_empty() || self.consensus.is_none() {
+            return Readiness::NotAMember;
+        }
+        if let Some(run) = &self.transfer {
+            return Readiness::Transferring {
+                events_received: run.events.len() as u64,
+                events_expected: self
+                    .state
+                    .transfer
+                    .as_ref()
+                    .map_or(0, |target| target.welcome.events),
+            };
+        }
+        if self.joining.is_some() || !self.is_active_member() {
+            return Readiness::Joining;
+        }
+        Readiness::Ready
+    }
+
+    /// Asks the section to let this node leave: the member votes for its own leave and asks
+    /// the others to. Once agreed, the node is no member any more (it still forwards
+    /// commands and answers gossip about the generation it left). A leave that would shrink
+    /// a section below `section_size_min` is not applied (merging is not built).
+    pub fn leave(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.consensus.is_none() {
+            return;
+        }
+        self.ask_to_leave();
+        self.drain();
+    }
+
+    /// Votes for our own leave and asks the others to (again every `JOIN_RETRY_MS` until it
+    /// is agreed: requests get lost).
+    pub(super) fn ask_to_leave(&mut self) {
+        self.leaving = Some(self.now_ms);
+        self.vote_change(MemberChange::Leave(self.our_id));
+        for member in self.state.members.clone() {
+            if member != self.our_id {
+                self.send(member, &Message::LeaveRequest);
+            }
+        }
+    }
+
+    /// A node asks to join: a member votes to admit it if its name falls in our section; one
+    /// admitted in this generation gets its welcome again (the first may have been lost).
+    pub(super) fn on_join_request(&mut self, from: PeerId) {
+        if self.state.members.contains(&from) {
+            if let Some(welcome) = self
+                .state
+                .handovers
+                .iter()
+                .rev()
+                .find(|handover| handover.joiner == from)
+                .map(welcome_for)
+            {
+                self.send(from, &Message::Welcome(welcome));
+            }
+            // A member asking again lags: brought back if our own graph shows it, unless it
+            // is new here: welcomed into this very generation and not yet heard from, for at
+            // most `NEW_MEMBER_GRACE_MS` (a joiner or a refreshed member still fetching its
+            // state has no events yet: it is not behind, only new). A member that took part
+            // in this generation and fell behind again is refreshed again: skipping it
+            // because of its earlier welcome left it stuck for good.
+            let welcomed_now = self.state.handovers.iter().any(|handover| {
+                handover.joiner == from && handover.generation == self.state.generation
+            });
+            let heard_from = self
+                .consensus
+                .as_ref()
+                .is_some_and(|consensus| consensus.holds_events_of(&from));
+            let new_here = welcomed_now
+                && !heard_from
+                && self.now_ms < self.generation_started_ms + NEW_MEMBER_GRACE_MS;
+            // And at most once per `REFRESH_INTERVAL_MIN_MS` per member (by our clock): a
+            // faulty member can make itself look behind, and each refresh is a switch.
+            let refreshed_lately = self
+                .refreshed_at
+                .get(&from)
+                .is_some_and(|at| self.now_ms < at + REFRESH_INTERVAL_MIN_MS);
+            // Behind: beyond our window, or not in this generation at all (it missed the
+            // switch that started it; an honest member asks only when told it lags, so a
+            // member that takes part is not refreshed by a false hint).
+            let lags = !new_here
+                && !refreshed_lately
+                && self.is_active_member()
+                && self.consensus.as_ref().is_some_and(|consensus| {
+                    consensus.lags_beyond_window(&from) || !consensus.holds_events_of(&from)
+                });
+            if lags {
+                self.vote_change(MemberChange::Refresh(from));
+            }
+            return;
+        }
+        if self.is_active_member() {
+            self.vote_change(MemberChange::Join(from));
+        }
+    }
+
+    /// A member says we lag beyond its prune window: we ask to be welcomed again (each member
+    /// votes on what its own graph shows, so a false hint costs a few requests).
+    pub(super) fn on_behind(
+        &mut self,
+        from: PeerId,
+        generation: u64,
+        (round, head_position): (u64, u64),
+        members: Vec<PeerId>,
+    ) {
+        if generation != self.state.generation
+            || !self.state.members.contains(&from)
+            || !self.is_active_member()
+        {
+            return;
+        }
+        // What operators see (`readiness`): the lag the latest hint shows, kept while hints
+        // keep coming.
+        let our_round = self
+            .consensus
+            .as_ref()
+            .map_or(0, |consensus| consensus.stats().max_round);
+        let our_head = self.store.head_position().unwrap_or(0);
+        self.behind = Some(Lag {
+            told_at_ms: self.now_ms,
+            rounds: round.saturating_sub(our_round),
+            positions: head_position.saturating_sub(our_head),
+        });
+        if self.joining.is_some() {
+            return;
+        }
+        warn!(peer = %from, generation, "a member says we fell too far behind; asking for a state transfer");
+        self.joining = Some(Joining {
+            asked_at_ms: None,
+            refresh: Some((generation, self.now_ms)),
+            also_ask: members.into_iter().collect(),
+            welcomes: BTreeMap::new(),
+        });
+        self.ask_to_join();
+    }
+
+    /// Joiner: asks every member of the section covering its name to admit it.
+    pub(super) fn ask_to_join(&mut self) {
+        let section = self.map.section_for(&name_of(&self.our_id));
+        let mut members: BTreeSet<PeerId> = section.member_keys().into_iter().map(PeerId).collect();
+        if let Some(joining) = &self.joining {
+            members.extend(joining.also_ask.iter().copied());
+        }
+        for member in members {
+            if member != self.our_id {
+                self.send(member, &Message::JoinRequest);
+            }
+        }
+        if let Some(joining) = self.joining.as_mut() {
+            joining.asked_at_ms = Some(self.now_ms);
+        }
+    }
+
+    /// Joiner: a welcome. Believed once `f + 1` members of the section the joiner knows sent
+    /// the same one (at least one of them honest); then the joiner starts the generation's
+    /// consensus instance and fetches the state.
+    pub(super) fn on_welcome(&mut self, from: PeerId, welcome: Welcome) {
+        let Some(joining) = self.joining.as_mut() else {
+            return;
+        };
+        let our_name = name_of(&self.our_id);
+        let known = self.map.section_for(&our_name);
+        let voters: Vec<PeerId> = known.member_keys().into_iter().map(PeerId).collect();
+        let mut sorted = welcome.members.clone();
+        sort_members(&mut sorted);
+        // A lagging member takes only a welcome to a later generation than the one it is in
+        // (a welcome from its own admission sent again, or one to the generation it reached
+        // by itself meanwhile, must not start that instance a second time: it would sign a
+        // second first event).
+        let later = joining.refresh.is_none_or(|(generation, _)| {
+            welcome.generation > generation && welcome.generation > self.state.generation
+        });
+        let plausible = later
+            && voters.contains(&from)
+            && welcome.members.contains(&self.our_id)
+            && sorted == welcome.members
+            && welcome.prefix.matches(&our_name)
+            && welcome
+                .members
+                .iter()
+                .all(|member| welcome.prefix.matches(&name_of(member)));
+        if !plausible {
+            debug!(peer = %from, "implausible welcome ignored");
+            return;
+        }
+        joining.welcomes.insert(from, welcome.clone());
+        let sources: Vec<PeerId> = joining
+            .welcomes
+            .iter()
+            .filter(|(_, heard)| **heard == welcome)
+            .map(|(sender, _)| *sender)
+            .collect();
+        if sources.len() <= faulty_max(voters.len()) {
+            return;
+        }
+        // Our map: what we knew, with our section as the welcome says it is now.
+        let mut network: Vec<[u8; 32]> = network_of(&self.map)
+            .into_iter()
+            .filter(|member| !welcome.prefix.matches(&name_of(member)))
+            .map(|member| member.0)
+            .collect();
+        network.extend(welcome.members.iter().map(|member| member.0));
+        let map = SectionMap::with_members(self.map.section_size_min(), &network);
+        let state = SectionState {
+            generation: welcome.generation,
+            prefix: welcome.prefix,
+            members: welcome.members.clone(),
+            network: network_of(&map),
+            transferred: false,
+            start_head: 0,
+            transfer: Some(TransferTarget { welcome, sources }),
+            handovers: Vec::new(),
+        };
+        if let Err(error) = state.save(&self.store) {
+            warn!(%error, "section state not saved; will ask to join again");
+            return;
+        }
+        let refreshed = self
+            .joining
+            .take()
+            .is_some_and(|joining| joining.refresh.is_some());
+        if refreshed {
+            // The generation we lagged in is over for us: what it did not apply, the
+            // transfer brings; our pending commands go to the new one.
+            let old_generation = self.state.generation;
+            self.retired = self
+                .consensus
+                .take()
+                .map(|consensus| (old_generation, consensus));
+            self.pending_change = None;
+            self.unapplied.clear();
+            self.voted_changes.clear();
+            self.membership_votes.clear();
+            self.deferred_seconds.clear();
+            self.behind_told.clear();
+        }
+        self.map = map;
+        self.state = state;
+        self.generation_started_ms = self.now_ms;
+        self.behind = None;
+        match Consensus::new(
+            consensus_config(&self.config, &self.state),
+            self.key.clone(),
+            &self.state.members,
+            self.now_ms,
+        ) {
+            Ok(consensus) => self.consensus = Some(consensus),
+            Err(error) => warn!(%error, "the welcomed generation does not start"),
+        }
+        if refreshed {
+            self.reroute_pending();
+        }
+        self.start_transfer(0);
+    }
+}

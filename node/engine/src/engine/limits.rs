@@ -1,0 +1,86 @@
+//! Every limit and timeout of the engine, with the relations between them checked at
+//! compile time. Times are in milliseconds of the caller's clock.
+
+use chorus_aggregate::limits::EVENT_PAYLOAD_BYTES_MAX;
+
+// ---- the command path ----
+
+/// Commands waiting for an answer at one node (its own clients' and forwarded ones).
+pub const COMMANDS_IN_FLIGHT_MAX: usize = 10_000;
+/// Times a node decides and proposes one command again after it lost a race (Supermajority
+/// mode). Each block on a contended stream lets one proposal win; with k members proposing on
+/// one stream at once, a proposal waits for up to k - 1 others in the fair case, and the
+/// agreed order is not guaranteed fair, hence the margin.
+pub const STALE_RETRIES_MAX: u32 = 64;
+/// Proposals of others kept for seconding once this node's store catches up.
+pub const DEFERRED_SECONDS_MAX: usize = 10_000;
+/// How far ahead of our store a proposal may be decided for us to keep it for a later second.
+pub const DEFER_AHEAD_MAX: u64 = 16;
+
+// ---- messages ----
+
+/// Largest engine message other than consensus sync messages (forwards and answers).
+pub const MESSAGE_BYTES_MAX: usize = 2 << 20;
+/// Outputs queued before the caller drains them.
+pub const OUTBOX_MAX: usize = 100_000;
+/// Most members a `Behind` hint may name.
+pub const BEHIND_MEMBERS_MAX: usize = 256;
+
+// ---- process managers ----
+
+/// A process manager's command that failed (no answer from another section, overload) is sent
+/// again after this long.
+pub const MANAGER_RETRY_MS: u64 = 1_000;
+/// A process manager's checkpoint is saved at least every this many events.
+pub const MANAGER_CHECKPOINT_EVERY: u32 = 64;
+/// Events each manager takes on per call, so one call stays short.
+pub const MANAGER_EVENTS_PER_RUN: usize = 256;
+
+// ---- joining, refresh and readiness ----
+
+/// A joiner asks again after this long without a welcome.
+pub const JOIN_RETRY_MS: u64 = 1_000;
+/// A lag hint counts for readiness this long (hints repeat every `JOIN_RETRY_MS` while the
+/// lag lasts).
+pub const BEHIND_REPORT_MS: u64 = 3 * JOIN_RETRY_MS;
+/// A lagging member that got no welcome this long after it began to ask stops asking.
+pub const REFRESH_GIVE_UP_MS: u64 = 10_000;
+/// A member is voted a refresh at most this often (each refresh is a generation switch with
+/// a handover, which a faulty member could otherwise provoke at will).
+pub const REFRESH_INTERVAL_MIN_MS: u64 = 10_000;
+/// How long a member welcomed into the current generation counts as new (not behind) while
+/// we hold none of its events: a lost welcome is sent again within `JOIN_RETRY_MS`, so a
+/// member still silent after this is refreshed like any laggard.
+pub const NEW_MEMBER_GRACE_MS: u64 = 10_000;
+
+// ---- state transfer ----
+
+/// A joiner asks another source after this long without a transfer chunk.
+pub const TRANSFER_TIMEOUT_MS: u64 = 2_000;
+/// Payload bytes per transfer chunk (one event more may go over it: an event's payload is at
+/// most `EVENT_PAYLOAD_BYTES_MAX`, which fits a message with this much before it).
+pub const TRANSFER_CHUNK_BYTES: usize = MESSAGE_BYTES_MAX / 4;
+/// Eventless commands per transfer chunk.
+pub const TRANSFER_CHUNK_COMMANDS: usize = 2_000;
+/// Events per transfer chunk.
+pub const TRANSFER_CHUNK_EVENTS: usize = 500;
+
+// ---- other sections' updates ----
+
+/// A section update is sent once more after this long.
+pub const ANNOUNCE_REPEAT_MS: u64 = 1_000;
+/// Section updates kept per sender until they count (a section may change a few times in a
+/// row; a faulty sender's variants only push out its own older ones).
+pub const UPDATES_PER_SENDER_MAX: usize = 8;
+
+// A chunk at its byte budget plus one largest event still fits a message (with room for the
+// events' envelopes).
+const _: () = assert!(TRANSFER_CHUNK_BYTES + EVENT_PAYLOAD_BYTES_MAX < MESSAGE_BYTES_MAX);
+// A lag hint outlives the interval at which hints repeat, so readiness does not flicker.
+const _: () = assert!(BEHIND_REPORT_MS > JOIN_RETRY_MS);
+// A lost welcome is sent again (on the next join request) well within the grace period.
+const _: () = assert!(NEW_MEMBER_GRACE_MS >= 2 * JOIN_RETRY_MS);
+// A laggard asks several times before it gives up.
+const _: () = assert!(REFRESH_GIVE_UP_MS >= 2 * JOIN_RETRY_MS);
+// A transfer source is given up on only after several chunk round trips could have passed.
+const _: () = assert!(TRANSFER_TIMEOUT_MS >= JOIN_RETRY_MS);

@@ -1,0 +1,205 @@
+//! Process managers run on the section's agreed events, one event at a time from a
+//! checkpoint; their commands go through the command path.
+
+use std::collections::BTreeMap;
+
+use chorus_aggregate::{CommandId, CommandRequest, ProcessManager, RecordedEvent, StoreError};
+use chorus_routing::XorName;
+use tracing::{debug, warn};
+
+use super::command_path::{CommandOutcome, ID_TAKEN, Waiter};
+use super::limits::{MANAGER_CHECKPOINT_EVERY, MANAGER_EVENTS_PER_RUN, MANAGER_RETRY_MS};
+use super::{Engine, EngineError};
+
+/// A process manager the engine runs: one event at a time, from its checkpoint.
+pub(super) struct ManagerRun {
+    pub(super) manager: Box<dyn ProcessManager>,
+    /// The next global position of our store to look at.
+    pub(super) next_position: u64,
+    /// The event being handled and its commands not answered yet.
+    pub(super) current: Option<ManagerEvent>,
+    /// Events handled since the checkpoint was last saved.
+    pub(super) unsaved: u32,
+}
+
+pub(super) struct ManagerEvent {
+    pub(super) event: RecordedEvent,
+    /// Commands sent for the event and not answered yet, with the time to send each (again;
+    /// `None` while one is on its way) and the number of sends so far (a command for another
+    /// section goes to another of its members each time).
+    pub(super) outstanding: BTreeMap<CommandId, (CommandRequest, Option<u64>, u32)>,
+}
+
+/// The checkpoint name of a process manager run by the engine.
+pub(super) fn manager_checkpoint(name: &str) -> String {
+    format!("$engine/manager/{name}")
+}
+
+impl Engine {
+    /// Runs a process manager on this section's agreed events, from its saved checkpoint (the
+    /// first event if none). Every member of a section runs the same managers, and their
+    /// commands have ids derived from the event ([`CommandRequest::caused_by`]), so the
+    /// section agrees on each command once whoever sends it; the members of another section
+    /// dedupe forwarded copies the same way. A refused command is handed to the manager's
+    /// `on_rejected` (its compensation); one that failed is sent again after
+    /// `MANAGER_RETRY_MS`. Add managers again after a restart: they resume from their
+    /// checkpoints (saved without fsync, so a crash may replay events, which the ids absorb).
+    pub fn add_process_manager(
+        &mut self,
+        manager: Box<dyn ProcessManager>,
+    ) -> Result<(), EngineError> {
+        let next_position = match self
+            .store
+            .load_checkpoint(&manager_checkpoint(manager.name()))?
+        {
+            Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("checkpoint of process manager {}", manager.name()))
+            })?),
+            None => 1,
+        };
+        self.managers.push(ManagerRun {
+            manager,
+            next_position,
+            current: None,
+            unsaved: 0,
+        });
+        self.run_managers();
+        Ok(())
+    }
+
+    /// Takes the process managers forward: handles the answers to their commands (a
+    /// refusal goes to `on_rejected`, a failure is sent again later), sends what is due, and
+    /// hands each manager its next event of our section once the previous one's commands are
+    /// all answered. Only an active member runs them (a joiner's store is not complete).
+    pub(super) fn run_managers(&mut self) {
+        if self.managers.is_empty() || !self.is_active_member() {
+            return;
+        }
+        let now = self.now_ms;
+        let Ok(head) = self.store.head_position() else {
+            return;
+        };
+        for _ in 0..MANAGER_EVENTS_PER_RUN {
+            let mut progressed = false;
+            while let Some((index, command_id, outcome)) = self.manager_answers.pop_front() {
+                progressed = true;
+                let Some(run) = self.managers.get_mut(index) else {
+                    continue;
+                };
+                let Some(current) = run.current.as_mut() else {
+                    continue;
+                };
+                let Some((request, _, _)) = current.outstanding.get(&command_id).cloned() else {
+                    continue;
+                };
+                match outcome {
+                    CommandOutcome::Committed(_) | CommandOutcome::AlreadyCommitted(_) => {
+                        current.outstanding.remove(&command_id);
+                    }
+                    CommandOutcome::Invalid(reason) if reason == ID_TAKEN => {
+                        warn!(%command_id, "a process manager's command id was taken by another command; not compensated");
+                        current.outstanding.remove(&command_id);
+                    }
+                    CommandOutcome::Refused(reason) | CommandOutcome::Invalid(reason) => {
+                        current.outstanding.remove(&command_id);
+                        for compensation in
+                            run.manager.on_rejected(&current.event, &request, &reason)
+                        {
+                            current
+                                .outstanding
+                                .insert(compensation.command_id, (compensation, Some(now), 0));
+                        }
+                    }
+                    CommandOutcome::Failed(reason) => {
+                        debug!(%command_id, %reason, "a process manager's command failed; will retry");
+                        if let Some(entry) = current.outstanding.get_mut(&command_id) {
+                            entry.1 = Some(now + MANAGER_RETRY_MS);
+                        }
+                    }
+                }
+            }
+            for index in 0..self.managers.len() {
+                progressed |= self.step_manager(index, now, head);
+            }
+            if !progressed && self.manager_answers.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// One step of one manager: send its due commands, or finish its event and take the next
+    /// one of our section. True if anything moved.
+    pub(super) fn step_manager(&mut self, index: usize, now: u64, head: u64) -> bool {
+        let prefix = self.state.prefix;
+        let Some(run) = self.managers.get_mut(index) else {
+            return false;
+        };
+        if let Some(current) = run.current.as_mut() {
+            let due: Vec<(CommandRequest, u32)> = current
+                .outstanding
+                .values_mut()
+                .filter(|(_, send_at, _)| send_at.is_some_and(|at| at <= now))
+                .map(|(request, send_at, sends)| {
+                    *send_at = None;
+                    *sends += 1;
+                    (request.clone(), *sends - 1)
+                })
+                .collect();
+            if !current.outstanding.is_empty() {
+                let sent = !due.is_empty();
+                for (request, attempt) in due {
+                    self.route(Waiter::Manager(index), request, attempt);
+                }
+                return sent;
+            }
+            run.next_position = current.event.position + 1;
+            run.current = None;
+            run.unsaved += 1;
+            // Saved when caught up, or every so many events: a checkpoint is a write
+            // transaction, and a lost one only replays events whose commands the ids absorb.
+            if run.next_position > head || run.unsaved >= MANAGER_CHECKPOINT_EVERY {
+                run.unsaved = 0;
+                let checkpoint = run.next_position.to_le_bytes();
+                let name = manager_checkpoint(run.manager.name());
+                if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
+                    debug!(%error, "process manager checkpoint not saved");
+                }
+            }
+            return true;
+        }
+        if run.next_position > head {
+            return false; // nothing new in the store
+        }
+        let filter = run.manager.filter();
+        let slice = match self.store.read_log(&filter, run.next_position, 1) {
+            Ok(slice) => slice,
+            Err(error) => {
+                warn!(%error, "a process manager cannot read the store");
+                return false;
+            }
+        };
+        let Some(event) = slice.events.into_iter().next() else {
+            // Nothing matched in the scanned stretch: skip it.
+            let moved = slice.next.is_some_and(|next| next > run.next_position);
+            if let Some(next) = slice.next {
+                run.next_position = run.next_position.max(next);
+            }
+            return moved;
+        };
+        // Only the section that owns an event's stream reacts to it (after a split, each half
+        // its own streams).
+        if !prefix.matches(&XorName::from_stream_key(&event.stream.qualified())) {
+            run.next_position = event.position + 1;
+            return true;
+        }
+        let commands = run.manager.handle(&event);
+        run.current = Some(ManagerEvent {
+            event,
+            outstanding: commands
+                .into_iter()
+                .map(|request| (request.command_id, (request, Some(now), 0)))
+                .collect(),
+        });
+        true
+    }
+}

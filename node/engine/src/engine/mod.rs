@@ -1,0 +1,821 @@
+//! The engine: one node's state machine for the command path.
+//!
+//! Call order (as for the consensus core): feed inputs (`submit`, `handle_message`, `tick`,
+//! `handle_persisted`), then drain every output: `poll_log_record` and `poll_unpersisted` (make
+//! them durable, then call `handle_persisted`), `poll_send` (bytes for a peer), `poll_reply`
+//! (answers to the caller's clients). Nothing here does IO or reads a clock: time and
+//! randomness come in as arguments; the event store is the caller's, lent at construction.
+//!
+//! The path of a command (design.md, "The command path"):
+//!
+//! 1. `submit` takes a client's command. If the node's section is responsible for the stream
+//!    (routing), it proposes it; otherwise it forwards it to the closest member of the
+//!    responsible section and waits for that member's answer.
+//! 2. Proposing: in Single mode the command itself; in Supermajority mode the events the node
+//!    decides on the stream's current state ([`Proposal::Decided`]). The proposal becomes a
+//!    consensus observation; the node votes for it.
+//! 3. Supermajority mode: when a member sees another's proposal it decides the command itself
+//!    and votes for the proposal only if it decided the very same events.
+//! 4. Blocks are applied in order ([`crate::apply::apply_agreed`]); a proposal that lost a race (`Stale`) is
+//!    decided again and re-proposed by its originator, a bounded number of times.
+//! 5. Once a block's batch is durable, the node answers the clients and forwarding members
+//!    that wait for its commands.
+//!
+//! Around it: membership changes end a *generation* of the section's consensus instance and
+//! start the next (or two, on a split) at the change's block (`switch`, and the
+//! [`crate::membership`] module doc); a joiner receives the section's state by transfer
+//! before it applies anything; process managers run on the section's agreed events and send
+//! their commands through the same path (`add_process_manager`).
+//!
+//! This module keeps the `Engine` value, its construction, the inputs, `tick`, the `poll_*`
+//! outputs and `drain`; each concern is a child module with its own `impl Engine` block:
+//!
+//! - [`wire`]: the messages between engines and their encoding;
+//! - [`limits`]: every limit and timeout, with their relations checked at compile time;
+//! - `command_path`: route, propose, retry, forward and answer a command;
+//! - `seconding`: second others' proposals, apply agreed blocks;
+//! - `generation`: membership votes, their count, the switch to the next generation;
+//! - `joining`: join and leave requests, refreshes of laggards, welcomes, readiness;
+//! - `transfer`: a joiner's state transfer, both sides;
+//! - `section_updates`: other sections' membership changes, for routing;
+//! - `managers`: process managers on the section's agreed events.
+
+mod command_path;
+mod generation;
+mod joining;
+pub mod limits;
+mod managers;
+mod seconding;
+mod section_updates;
+mod transfer;
+pub mod wire;
+
+pub use command_path::{ClientTicket, CommandOutcome, ID_TAKEN};
+use command_path::{Forwarded, InFlight, StreamQueue, Waiter};
+use generation::{consensus_config, initial_state, network_of};
+use joining::Joining;
+pub use joining::{Lag, Readiness};
+use limits::{
+    ANNOUNCE_REPEAT_MS, COMMANDS_IN_FLIGHT_MAX, JOIN_RETRY_MS, OUTBOX_MAX, REFRESH_GIVE_UP_MS,
+    TRANSFER_TIMEOUT_MS,
+};
+use managers::ManagerRun;
+use seconding::{Agreed, agreed_item};
+use transfer::TransferRun;
+pub use wire::{Message, MessageError, TransferChunk};
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chorus_aggregate::{AggregateRegistry, CommandId, CommandRequest, EventStore, StoreError};
+use chorus_consensus::{Config, Consensus, LogRecord, ObservationHash, PeerId, SignedEvent};
+use chorus_routing::{Prefix, SectionMap, XorName};
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
+use tracing::{debug, warn};
+
+use crate::apply::AgreedProposal;
+use crate::membership::{MemberChange, MembershipProposal, SectionState, name_of};
+use crate::proposal::Proposal;
+
+/// Why the engine cannot start or take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The node is in no section of the map.
+    #[error("this node is not a member of any section")]
+    NotAMember,
+    /// Consensus refused the setup.
+    #[error("consensus setup: {0}")]
+    Consensus(#[from] chorus_consensus::SetupError),
+    /// Too many commands in flight.
+    #[error("{COMMANDS_IN_FLIGHT_MAX} commands are waiting already; try again later")]
+    Busy,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The replay log holds records of a later generation than the store's section state.
+    #[error(
+        "the store's section state is generation {saved} but the replay log has records of generation {logged}: the store is older than the log"
+    )]
+    StaleState {
+        /// The generation the store saved.
+        saved: u64,
+        /// The later generation the log holds.
+        logged: u64,
+    },
+}
+
+/// Settings of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The consensus settings of the node's section; `block_mode` chooses Single or
+    /// Supermajority mode for the command path too.
+    pub consensus: Config,
+    /// A forwarded command with no answer after this long is answered `Failed` (the client
+    /// may send it again; its id keeps it from applying twice).
+    pub forward_timeout_ms: u64,
+    /// One of our proposals with no block after this long is decided and proposed again
+    /// (its votes may have been dropped under back-pressure, or too few members seconded it).
+    pub proposal_timeout_ms: u64,
+}
+
+impl EngineConfig {
+    /// Defaults around a consensus configuration.
+    pub fn new(consensus: Config) -> Self {
+        Self {
+            consensus,
+            forward_timeout_ms: 10_000,
+            proposal_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One node's engine.
+pub struct Engine {
+    config: EngineConfig,
+    key: SigningKey,
+    our_id: PeerId,
+    /// Our section as agreed (durable in the store).
+    state: SectionState,
+    /// The consensus instance of our section's current generation; `None` while we are no
+    /// member (a joiner not yet welcomed, or a member that left).
+    consensus: Option<Consensus>,
+    /// The previous generation's instance, kept to answer the sync requests of members that
+    /// have not reached the change yet (they need its events to decide it). It creates no
+    /// event and outputs nothing.
+    retired: Option<(u64, Consensus)>,
+    /// A membership change agreed and waiting for the blocks before it to apply.
+    pending_change: Option<MembershipProposal>,
+    /// Membership changes we voted for in this generation (once each).
+    voted_changes: BTreeSet<MembershipProposal>,
+    /// Agreed votes for membership changes of this generation: the members whose votes the
+    /// blocks prove, per change (rebuilt by replaying the generation's blocks).
+    membership_votes: BTreeMap<MemberChange, BTreeSet<PeerId>>,
+    /// When we last asked to leave; asked again until the leave is agreed.
+    leaving: Option<u64>,
+    /// Per node, the generation of the latest section update applied to our map about it (so
+    /// an older update that arrives late does not undo a newer one).
+    update_generations: BTreeMap<PeerId, u64>,
+    /// Joiner, or a lagging member asking to be brought back: welcomes heard, by content,
+    /// with their senders.
+    joining: Option<Joining>,
+    /// Per member, when we last told it that it lags (`Message::Behind`).
+    behind_told: BTreeMap<PeerId, u64>,
+    /// Per member, when a refresh of it last took effect here.
+    refreshed_at: BTreeMap<PeerId, u64>,
+    /// The latest hint that we lag beyond a member's window, while hints keep coming.
+    behind: Option<Lag>,
+    /// When this node entered its current generation, by its clock (or started, after a
+    /// restart).
+    generation_started_ms: u64,
+    /// Joiner: the state transfer under way.
+    transfer: Option<TransferRun>,
+    /// Section updates heard from other sections, by content, with their senders.
+    /// Per sender its latest `UPDATES_PER_SENDER_MAX` updates, so faulty senders cannot
+    /// crowd out honest ones.
+    updates_heard: BTreeMap<PeerId, VecDeque<(Prefix, u64, MemberChange)>>,
+    /// Our last section update, sent once more after `ANNOUNCE_REPEAT_MS` (messages get lost).
+    announcement: Option<(u64, Vec<PeerId>, Message)>,
+    map: SectionMap,
+    registry: AggregateRegistry,
+    store: EventStore,
+    now_ms: u64,
+    waiters: BTreeMap<CommandId, Vec<Waiter>>,
+    /// Our own proposals not yet applied.
+    proposed: BTreeMap<CommandId, InFlight>,
+    /// Commands we forwarded, and the member whose answer we wait for.
+    forwarded: BTreeMap<CommandId, Forwarded>,
+    /// Per stream (qualified key), the one command of ours in agreement and the ones queued
+    /// behind it: our commands on one stream are proposed one at a time, so they never race
+    /// each other for a version.
+    streams: BTreeMap<String, StreamQueue>,
+    /// Supermajority mode: other members' proposals decided at a version our store has not
+    /// reached yet (but at most `DEFER_AHEAD_MAX` ahead), to second once it has.
+    deferred_seconds: Vec<(ObservationHash, Proposal)>,
+    /// Agreed proposals not applied yet: consensus hands each block out once, so a batch
+    /// whose apply failed is kept and applied again, before anything later, until it goes.
+    unapplied: Vec<AgreedProposal>,
+    sends: VecDeque<(PeerId, Vec<u8>)>,
+    replies: VecDeque<(ClientTicket, CommandOutcome)>,
+    /// Process managers run on our section's events.
+    managers: Vec<ManagerRun>,
+    /// Answers to managers' commands, for `run_managers` to handle.
+    manager_answers: VecDeque<(usize, CommandId, CommandOutcome)>,
+}
+
+impl Engine {
+    /// Starts the engine of the node `key`, member of the section `map` puts it in, over
+    /// `store`, at generation 0 (the network's start). For a node's first start only: after a
+    /// crash, use [`Engine::restore`] (a new start would sign a new first event and fork the
+    /// node's own chain). A node joining a running network uses [`Engine::join`].
+    pub fn new(
+        config: EngineConfig,
+        key: SigningKey,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        now_ms: u64,
+    ) -> Result<Self, EngineError> {
+        let state = initial_state(&key, &map)?;
+        let consensus = Consensus::new(
+            consensus_config(&config, &state),
+            key.clone(),
+            &state.members,
+            now_ms,
+        )?;
+        let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.consensus = Some(consensus);
+        Ok(engine)
+    }
+
+    /// Starts a node that joins a running network: `map` is what it knows of the network
+    /// (it need not be current), `store` should hold nothing of the section it joins. It asks
+    /// the section covering its name to admit it (again every `JOIN_RETRY_MS`), then fetches
+    /// the section's state and takes part from the generation it was admitted to.
+    pub fn join(
+        config: EngineConfig,
+        key: SigningKey,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        now_ms: u64,
+    ) -> Result<Self, EngineError> {
+        let our_id = PeerId(key.verifying_key().to_bytes());
+        let section = map.section_for(&name_of(&our_id));
+        let state = SectionState {
+            generation: 0,
+            prefix: section.prefix(),
+            members: Vec::new(),
+            network: network_of(&map),
+            transferred: false,
+            start_head: 0,
+            transfer: None,
+            handovers: Vec::new(),
+        };
+        let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.joining = Some(Joining {
+            refresh: None,
+            also_ask: BTreeSet::new(),
+            asked_at_ms: None,
+            welcomes: BTreeMap::new(),
+        });
+        engine.ask_to_join();
+        Ok(engine)
+    }
+
+    /// Restarts the engine of the node `key` after a crash, from its event store (which holds
+    /// its section state) and its consensus replay log (the records `poll_log_record` gave,
+    /// with their generation, made durable; `Config::log_records` must be on). Only the
+    /// current generation's records are replayed; consensus outputs every block of it again
+    /// from the first, and since every command's fate is recorded in the store (appended or
+    /// refused), those already applied change nothing: the store catches up with the blocks
+    /// it missed and nothing is applied twice. `map` is used only if the store holds no
+    /// section state yet (generation 0, or a joiner never welcomed).
+    pub fn restore(
+        config: EngineConfig,
+        key: SigningKey,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        log: impl IntoIterator<Item = (u64, LogRecord)>,
+        now_ms: u64,
+    ) -> Result<Self, EngineError> {
+        let state = match SectionState::load(&store)? {
+            Some(state) => state,
+            None => match initial_state(&key, &map) {
+                Ok(state) => state,
+                Err(EngineError::NotAMember) => {
+                    return Self::join(config, key, map, registry, store, now_ms);
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        let map = SectionMap::with_members(
+            map.section_size_min(),
+            &state.network.iter().map(|id| id.0).collect::<Vec<_>>(),
+        );
+        let generation = state.generation;
+        let mut records = Vec::new();
+        for (record_generation, record) in log {
+            // A generation is saved before its instance logs anything, so a later one in the
+            // log means the store is older than the log (a store restored from a backup, say):
+            // starting the saved generation again could sign a second first event in the
+            // later one.
+            if record_generation > generation {
+                return Err(EngineError::StaleState {
+                    saved: generation,
+                    logged: record_generation,
+                });
+            }
+            if record_generation == generation {
+                records.push(record);
+            }
+        }
+        let consensus = if state.members.is_empty() {
+            None
+        } else if records.is_empty() {
+            // Nothing of this generation was made durable, so nothing of ours was sent in it:
+            // a new first event forks nothing.
+            Some(Consensus::new(
+                consensus_config(&config, &state),
+                key.clone(),
+                &state.members,
+                now_ms,
+            )?)
+        } else {
+            Some(Consensus::restore(
+                consensus_config(&config, &state),
+                key.clone(),
+                &state.members,
+                records,
+                now_ms,
+            )?)
+        };
+        let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.consensus = consensus;
+        if !engine.state.transferred && engine.state.transfer.is_some() {
+            engine.start_transfer(0);
+        }
+        engine.drain();
+        Ok(engine)
+    }
+
+    fn assemble(
+        config: EngineConfig,
+        key: SigningKey,
+        state: SectionState,
+        map: SectionMap,
+        registry: AggregateRegistry,
+        store: EventStore,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            config,
+            our_id: PeerId(key.verifying_key().to_bytes()),
+            key,
+            state,
+            consensus: None,
+            retired: None,
+            pending_change: None,
+            voted_changes: BTreeSet::new(),
+            membership_votes: BTreeMap::new(),
+            leaving: None,
+            update_generations: BTreeMap::new(),
+            joining: None,
+            behind_told: BTreeMap::new(),
+            refreshed_at: BTreeMap::new(),
+            generation_started_ms: now_ms,
+            behind: None,
+            transfer: None,
+            updates_heard: BTreeMap::new(),
+            announcement: None,
+            map,
+            registry,
+            store,
+            now_ms,
+            waiters: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            forwarded: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            deferred_seconds: Vec::new(),
+            unapplied: Vec::new(),
+            sends: VecDeque::new(),
+            replies: VecDeque::new(),
+            managers: Vec::new(),
+            manager_answers: VecDeque::new(),
+        }
+    }
+
+    /// This node's id (its public key).
+    pub fn id(&self) -> PeerId {
+        self.our_id
+    }
+
+    /// The node's event store.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// The section map the node routes by.
+    pub fn map(&self) -> &SectionMap {
+        &self.map
+    }
+
+    /// The node's section as agreed: generation, prefix, members (empty if the node is no
+    /// member), whether its state is transferred.
+    pub fn section(&self) -> &SectionState {
+        &self.state
+    }
+
+    /// Whether the node takes part in its section's agreement with a complete store (a
+    /// member, welcomed and done transferring).
+    pub fn is_active_member(&self) -> bool {
+        self.consensus.is_some() && self.state.transferred
+    }
+
+    /// The consensus instance of the node's section (for status and tests); `None` while the
+    /// node is no member.
+    pub fn consensus(&self) -> Option<&Consensus> {
+        self.consensus.as_ref()
+    }
+
+    /// Byzantine hook (feature `byzantine`, for the simulator): votes for arbitrary
+    /// observation bytes, as a faulty member that proposes what it likes would. Honest code
+    /// never calls it. Returns whether consensus took the vote.
+    #[cfg(feature = "byzantine")]
+    pub fn vote_for_raw(&mut self, bytes: Vec<u8>) -> bool {
+        let taken = self.consensus.as_mut().is_some_and(|consensus| {
+            consensus
+                .vote_for(chorus_consensus::Observation::Payload(bytes.into()))
+                .is_ok()
+        });
+        self.drain();
+        taken
+    }
+
+    /// A one-line account of the engine's state, for diagnostics and status pages.
+    pub fn summary(&self) -> String {
+        format!(
+            "generation {} prefix {} members {} active {} retired {:?} pending change {:?} \
+             waiting {} proposed {} forwarded {} queued streams {} unapplied {} deferred {} \
+             joining {} transferring {} managers busy {}; oldest proposal {:?}",
+            self.state.generation,
+            self.state.prefix,
+            self.state.members.len(),
+            self.is_active_member(),
+            self.retired.as_ref().map(|(generation, _)| *generation),
+            self.pending_change,
+            self.waiters.len(),
+            self.proposed.len(),
+            self.forwarded.len(),
+            self.streams.len(),
+            self.unapplied.len(),
+            self.deferred_seconds.len(),
+            self.joining.is_some(),
+            self.transfer.is_some(),
+            self.managers
+                .iter()
+                .filter(|run| run.current.is_some())
+                .count(),
+            self.proposed
+                .values()
+                .min_by_key(|in_flight| in_flight.proposed_at_ms)
+                .map(|in_flight| format!(
+                    "{} on {}: attempt {}, decided at {:?}, proposed at {} ms",
+                    in_flight.request.command_id,
+                    in_flight.request.stream,
+                    in_flight.attempts,
+                    in_flight.decided_at,
+                    in_flight.proposed_at_ms
+                )),
+        )
+    }
+
+    /// Commands this node waits to answer (its clients' and forwarded ones).
+    pub fn commands_in_flight(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Takes a client's command; its answer comes out of `poll_reply` with `ticket`.
+    pub fn submit(
+        &mut self,
+        now_ms: u64,
+        ticket: ClientTicket,
+        request: CommandRequest,
+    ) -> Result<(), EngineError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.waiters.len() >= COMMANDS_IN_FLIGHT_MAX {
+            return Err(EngineError::Busy);
+        }
+        self.accept(Waiter::Client(ticket), request);
+        self.drain();
+        Ok(())
+    }
+
+    /// A message from a peer. Bad input is logged and dropped; it never stops the engine.
+    pub fn handle_message(&mut self, now_ms: u64, from: PeerId, bytes: &[u8]) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(peer = %from, %error, "undecodable engine message");
+                return;
+            }
+        };
+        match message {
+            Message::SyncRequest {
+                generation,
+                request,
+            } => {
+                // Behind, as far as we can tell: in our generation, its latest event is older
+                // than what we keep; in an older one (it missed a switch), the retired
+                // instance shows the same, or we no longer have that instance at all.
+                let lags = if generation == self.state.generation {
+                    self.consensus
+                        .as_ref()
+                        .is_some_and(|consensus| consensus.lags_beyond_window(&from))
+                } else {
+                    generation < self.state.generation
+                        && self.state.members.contains(&from)
+                        && self
+                            .retired
+                            .as_ref()
+                            .filter(|(retired, _)| *retired == generation)
+                            .is_none_or(|(_, consensus)| consensus.lags_beyond_window(&from))
+                };
+                let hint = lags
+                    && self
+                        .behind_told
+                        .get(&from)
+                        .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
+                if hint {
+                    self.behind_told.insert(from, now_ms);
+                    let members = self.state.members.clone();
+                    let round = self
+                        .consensus
+                        .as_ref()
+                        .map_or(0, |consensus| consensus.stats().max_round);
+                    let head_position = self.store.head_position().unwrap_or(0);
+                    self.send(
+                        from,
+                        &Message::Behind {
+                            generation,
+                            round,
+                            head_position,
+                            members,
+                        },
+                    );
+                }
+                // A member that lags beyond the window cannot insert what we would send (the
+                // ancestry is pruned here): it gets the hint and nothing else, so a laggard
+                // costs us one small message per `JOIN_RETRY_MS`, not a sync response per
+                // gossip tick (those once filled its memory and starved the section).
+                let instance = if lags {
+                    None
+                } else if generation == self.state.generation {
+                    self.consensus.as_mut()
+                } else {
+                    self.retired
+                        .as_mut()
+                        .filter(|(retired, _)| *retired == generation)
+                        .map(|(_, consensus)| consensus)
+                };
+                // A request for a generation we have not reached is answered once we have.
+                if let Some(consensus) = instance {
+                    match consensus.handle_sync_request(&from, &request) {
+                        Ok(response) => self.send(
+                            from,
+                            &Message::SyncResponse {
+                                generation,
+                                response,
+                            },
+                        ),
+                        Err(error) => debug!(peer = %from, %error, "sync request refused"),
+                    }
+                }
+            }
+            Message::SyncResponse {
+                generation,
+                response,
+            } => {
+                if generation == self.state.generation {
+                    if let Some(consensus) = self.consensus.as_mut() {
+                        if let Err(error) = consensus.handle_sync_response(now_ms, &from, response)
+                        {
+                            debug!(peer = %from, %error, "sync response refused");
+                        }
+                    }
+                }
+            }
+            Message::Forward(request) => {
+                if self.waiters.len() >= COMMANDS_IN_FLIGHT_MAX {
+                    let outcome = CommandOutcome::Failed("the member is busy".to_owned());
+                    self.answer_peer(from, request.command_id, outcome);
+                } else {
+                    self.accept(Waiter::Peer(from), request);
+                }
+            }
+            Message::Outcome {
+                command_id,
+                outcome,
+            } => {
+                // Only the member we forwarded to answers for it.
+                if self.forwarded.get(&command_id).map(|forward| forward.to) == Some(from) {
+                    self.forwarded.remove(&command_id);
+                    self.answer(command_id, &outcome);
+                } else {
+                    debug!(peer = %from, %command_id, "an answer nobody asked this peer for");
+                }
+            }
+            Message::Behind {
+                generation,
+                round,
+                head_position,
+                members,
+            } => self.on_behind(from, generation, (round, head_position), members),
+            Message::JoinRequest => self.on_join_request(from),
+            Message::LeaveRequest => {
+                if self.state.members.contains(&from) {
+                    self.vote_change(MemberChange::Leave(from));
+                }
+            }
+            Message::Welcome(welcome) => self.on_welcome(from, welcome),
+            Message::TransferRequest {
+                generation,
+                from: position,
+            } => {
+                self.on_transfer_request(from, generation, position);
+            }
+            Message::TransferChunk(chunk) => self.on_transfer_chunk(from, chunk),
+            Message::SectionUpdate {
+                prefix,
+                generation,
+                change,
+            } => self.on_section_update(from, prefix, generation, change),
+        }
+        self.drain();
+    }
+
+    /// Time passed: gossip as the consensus schedule says, retry what waited too long.
+    pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if let Some(consensus) = self.consensus.as_mut() {
+            consensus.tick(now_ms, rng);
+        }
+        let gave_up = self.joining.as_ref().is_some_and(|joining| {
+            joining
+                .refresh
+                .is_some_and(|(_, since)| now_ms >= since + REFRESH_GIVE_UP_MS)
+        });
+        if gave_up {
+            self.joining = None;
+        }
+        if let Some(joining) = &self.joining {
+            if joining
+                .asked_at_ms
+                .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS)
+            {
+                self.ask_to_join();
+            }
+        }
+        if self
+            .leaving
+            .is_some_and(|at| now_ms >= at + JOIN_RETRY_MS && self.consensus.is_some())
+        {
+            self.ask_to_leave();
+        }
+        if let Some(transfer) = &self.transfer {
+            if now_ms >= transfer.requested_at_ms + TRANSFER_TIMEOUT_MS {
+                let next = transfer.source + 1;
+                debug!("state transfer timed out; asking another member");
+                self.start_transfer(next);
+            }
+        }
+        if let Some((at, _, _)) = &self.announcement {
+            if now_ms >= at + ANNOUNCE_REPEAT_MS {
+                if let Some((_, peers, message)) = self.announcement.take() {
+                    for peer in peers {
+                        self.send(peer, &message);
+                    }
+                }
+            }
+        }
+        self.sweep();
+        self.drain();
+        self.run_managers();
+    }
+
+    /// The next replay-log record to make durable (with `Config::log_records`), with the
+    /// generation it belongs to ([`Engine::restore`] replays the current generation's).
+    pub fn poll_log_record(&mut self) -> Option<(u64, LogRecord)> {
+        let generation = self.state.generation;
+        self.consensus
+            .as_mut()
+            .and_then(Consensus::poll_log_record)
+            .map(|record| (generation, record))
+    }
+
+    /// The next own event to make durable before it may be sent, with its generation.
+    pub fn poll_unpersisted(&mut self) -> Option<(u64, std::sync::Arc<SignedEvent>)> {
+        let generation = self.state.generation;
+        self.consensus
+            .as_mut()
+            .and_then(Consensus::poll_unpersisted)
+            .map(|event| (generation, event))
+    }
+
+    /// Own events of `generation` up to `index` are durable.
+    pub fn handle_persisted(&mut self, generation: u64, index: u64) {
+        if generation == self.state.generation {
+            if let Some(consensus) = self.consensus.as_mut() {
+                consensus.handle_persisted(index);
+            }
+        }
+        self.drain();
+    }
+
+    /// The next message to send: (peer, bytes).
+    pub fn poll_send(&mut self) -> Option<(PeerId, Vec<u8>)> {
+        self.sends.pop_front()
+    }
+
+    /// The next answer for a client.
+    pub fn poll_reply(&mut self) -> Option<(ClientTicket, CommandOutcome)> {
+        self.replies.pop_front()
+    }
+
+    /// Drains consensus: gossip to send, proposals to second, blocks to apply, and a
+    /// membership change to make once the blocks before it are applied.
+    fn drain(&mut self) {
+        let generation = self.state.generation;
+        let Some(consensus) = self.consensus.as_mut() else {
+            self.run_managers();
+            return;
+        };
+        let mut requests = Vec::new();
+        while let Some(transmit) = consensus.poll_transmit() {
+            requests.push(transmit);
+        }
+        // Fork evidence is the consensus layer's: it votes the accusation itself.
+        while let Some(evidence) = consensus.poll_evidence() {
+            debug!(offender = %evidence.first.header.creator, "fork evidence");
+        }
+        let mut observations = Vec::new();
+        while let Some((hash, observation)) = consensus.poll_observation() {
+            observations.push((hash, observation));
+        }
+        // Blocks after a membership change belong to a generation that has ended: they are
+        // never taken out, on any member (the next generation's blocks follow the change).
+        while self.pending_change.is_none() {
+            let Some(block) = self.consensus.as_mut().and_then(Consensus::poll_block) else {
+                break;
+            };
+            match agreed_item(&block) {
+                Some(Agreed::Proposal(proposal)) => {
+                    let stream = proposal.proposal.request().stream.qualified();
+                    if self
+                        .state
+                        .prefix
+                        .matches(&XorName::from_stream_key(&stream))
+                    {
+                        self.unapplied.push(proposal);
+                    } else {
+                        // Agreed here for a stream another section owns (a stale map, or a
+                        // faulty member): every member ignores it alike, and records
+                        // nothing, so the owner can still take the command.
+                        let command_id = proposal.proposal.request().command_id;
+                        debug!(%command_id, %stream, "agreed proposal for another section's stream ignored");
+                        self.answer(
+                            command_id,
+                            &CommandOutcome::Failed(
+                                "the stream belongs to another section; send the command again"
+                                    .to_owned(),
+                            ),
+                        );
+                    }
+                }
+                Some(Agreed::Membership(change)) => self.count_change(&block, change),
+                None => {}
+            }
+        }
+        for transmit in requests {
+            self.send(
+                transmit.to,
+                &Message::SyncRequest {
+                    generation,
+                    request: transmit.request,
+                },
+            );
+        }
+        // A joiner applies nothing before its store holds the state the generation starts
+        // from.
+        if !self.unapplied.is_empty() && self.state.transferred {
+            self.apply();
+        }
+        // After the blocks, so proposals are judged on the freshest store; before a switch,
+        // so a second goes to the instance that carries the observation.
+        for (hash, observation) in observations {
+            self.consider_second(hash, &observation);
+        }
+        if self.unapplied.is_empty() && self.state.transferred {
+            if let Some(change) = self.pending_change {
+                if self.switch(change.change) {
+                    self.pending_change = None;
+                    self.drain();
+                    return;
+                }
+            }
+        }
+        self.run_managers();
+    }
+
+    fn send(&mut self, to: PeerId, message: &Message) {
+        if self.sends.len() >= OUTBOX_MAX {
+            debug!(peer = %to, "outbox full; message dropped (gossip and timeouts repair it)");
+            return;
+        }
+        match message.encode() {
+            Ok(bytes) => self.sends.push_back((to, bytes)),
+            Err(error) => debug!(peer = %to, %error, "message not encoded"),
+        }
+    }
+}

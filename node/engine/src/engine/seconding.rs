@@ -1,0 +1,229 @@
+//! Other members' proposals seconded when this member decides the same, and agreed blocks
+//! applied to the store in order.
+
+use chorus_aggregate::{CommandId, CommandRequest, EventStore};
+use chorus_consensus::{Block, BlockMode, Observation, ObservationHash};
+use chorus_routing::XorName;
+use tracing::{debug, warn};
+
+use crate::apply::{AgreedProposal, Applied, apply_agreed};
+use crate::membership::MembershipProposal;
+use crate::proposal::Proposal;
+
+use super::Engine;
+use super::command_path::{CommandOutcome, ID_TAKEN, same_command};
+use super::limits::{DEFER_AHEAD_MAX, DEFERRED_SECONDS_MAX};
+
+/// What a block carries for the engine.
+pub(super) enum Agreed {
+    Proposal(AgreedProposal),
+    Membership(MembershipProposal),
+}
+
+/// A block's proposal or membership change, if it carries one (accusations and undecodable
+/// payloads carry none).
+pub(super) fn agreed_item(block: &Block) -> Option<Agreed> {
+    let Observation::Payload(bytes) = &block.observation else {
+        return None;
+    };
+    match MembershipProposal::decode(bytes) {
+        Some(Ok(change)) => return Some(Agreed::Membership(change)),
+        Some(Err(error)) => {
+            debug!(block = block.sequence, %error, "agreed membership change does not decode");
+            return None;
+        }
+        None => {}
+    }
+    match Proposal::decode(bytes) {
+        Ok(proposal) => Some(Agreed::Proposal(AgreedProposal {
+            timestamp_ms: block.timestamp_ms,
+            proposal,
+        })),
+        Err(error) => {
+            debug!(block = block.sequence, %error, "agreed payload is not a proposal");
+            None
+        }
+    }
+}
+
+impl Engine {
+    /// Votes for another member's observation when we agree with it (Supermajority mode; a
+    /// block needs no second in Single mode): a `Decided` proposal only if we decide the same
+    /// events; one decided at a version our store has not reached yet (at most
+    /// `DEFER_AHEAD_MAX` ahead) is kept and considered again after the next blocks. A
+    /// `Command` proposal is seconded: its events are decided by every member at apply time.
+    /// Accusations are not seconded: the consensus layer votes them when it holds evidence.
+    pub(super) fn consider_second(&mut self, hash: ObservationHash, observation: &Observation) {
+        if self.config.consensus.block_mode == BlockMode::Single {
+            return;
+        }
+        let Observation::Payload(bytes) = observation else {
+            return;
+        };
+        // Membership changes are voted only by members that heard the request themselves.
+        if MembershipProposal::decode(bytes).is_some() {
+            return;
+        }
+        let proposal = Proposal::decode(bytes);
+        if let Ok(proposal) = &proposal {
+            let stream = proposal.request().stream.qualified();
+            if !self
+                .state
+                .prefix
+                .matches(&XorName::from_stream_key(&stream))
+            {
+                return; // another section's stream: never applied here
+            }
+        }
+        match proposal {
+            Ok(Proposal::Command(_)) => {
+                if let Some(consensus) = self.consensus.as_mut() {
+                    let _ = consensus.vote_for_hash(hash);
+                }
+            }
+            // Our store is not up to the agreed order yet (blocks wait to be applied, or a
+            // joiner's state is still coming): judge it once it is. Consensus announces an
+            // observation once, so one dropped here would never be seconded by us.
+            Ok(proposal @ Proposal::Decided { .. })
+                if !self.unapplied.is_empty() || !self.state.transferred =>
+            {
+                if self.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
+                    self.deferred_seconds.push((hash, proposal));
+                }
+            }
+            Ok(proposal @ Proposal::Decided { .. }) => self.second_if_agreed(hash, proposal),
+            Err(error) => debug!(%error, "an observation that is not a proposal"),
+        }
+    }
+
+    pub(super) fn second_if_agreed(&mut self, hash: ObservationHash, proposal: Proposal) {
+        let Proposal::Decided { version, .. } = &proposal else {
+            return;
+        };
+        let ours = self
+            .store
+            .stream_info(&proposal.request().stream)
+            .ok()
+            .map(|info| info.map_or(0, |info| info.version));
+        match ours {
+            // A dropped second (back-pressure) is covered by the proposer's timeout.
+            Some(ours)
+                if ours == *version
+                    && self
+                        .decide(proposal.request())
+                        .is_ok_and(|decided| decided == proposal) =>
+            {
+                if let Some(consensus) = self.consensus.as_mut() {
+                    let _ = consensus.vote_for_hash(hash);
+                }
+            }
+            // Decided at a version we have not reached: second it later, if there is room.
+            Some(ours)
+                if ours < *version
+                    && *version - ours <= DEFER_AHEAD_MAX
+                    && self.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
+            {
+                self.deferred_seconds.push((hash, proposal));
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies the agreed proposals not applied yet. On a storage failure they stay, and go
+    /// first next time: a member never applies a later block over a gap.
+    pub(super) fn apply(&mut self) {
+        let agreed = std::mem::take(&mut self.unapplied);
+        let results = match apply_agreed(&self.registry, &self.store, &agreed) {
+            Ok(results) => results,
+            Err(error) => {
+                warn!(%error, blocks = agreed.len(), "applying agreed blocks failed; will retry");
+                self.unapplied = agreed;
+                return;
+            }
+        };
+        for (agreed, result) in agreed.iter().zip(results) {
+            let request = agreed.proposal.request();
+            let command_id = request.command_id;
+            let ours = self.proposed.get(&command_id).map(|in_flight| {
+                (
+                    same_command(&in_flight.request, request),
+                    in_flight.decided_at,
+                )
+            });
+            let outcome = match result {
+                // Lost a race: its originator decides again, unless this block is an older
+                // attempt than the one in agreement now.
+                Applied::Stale { decided_at, .. } => {
+                    if let Some((true, Some(current))) = ours {
+                        if current == decided_at {
+                            self.retry(command_id);
+                        }
+                    }
+                    continue;
+                }
+                // Events the command does not decide were proposed under its id; never
+                // applied. If it was our command, we propose it again honestly.
+                Applied::Forged(reason) => {
+                    debug!(%command_id, %reason, "forged proposal not applied");
+                    if let Some((true, _)) = ours {
+                        self.retry(command_id);
+                    }
+                    continue;
+                }
+                Applied::Appended(outcome) => CommandOutcome::Committed(outcome),
+                Applied::Duplicate(outcome) => CommandOutcome::AlreadyCommitted(outcome),
+                Applied::Refused(reason) => CommandOutcome::Refused(reason),
+                Applied::Invalid(reason) => CommandOutcome::Invalid(reason),
+            };
+            match (ours, self.proposed.get(&command_id)) {
+                (Some((true, _)), Some(in_flight)) => {
+                    let request = in_flight.request.clone();
+                    self.finish(&request, &outcome);
+                }
+                // Another command was agreed under our command's id (an id reused, or taken by
+                // a faulty member): ours can no longer apply under it.
+                (Some((false, _)), Some(in_flight)) => {
+                    let request = in_flight.request.clone();
+                    let outcome = CommandOutcome::Invalid(ID_TAKEN.to_owned());
+                    self.finish(&request, &outcome);
+                }
+                _ => self.answer(command_id, &outcome),
+            }
+        }
+        self.after_blocks();
+    }
+
+    /// Supermajority mode, after blocks moved streams on: our proposals decided at a version
+    /// their stream has left can never become blocks (members vote only for what they decide
+    /// now), so they are decided again at once; deferred seconds are reconsidered, and those
+    /// whose stream has passed their version are dropped.
+    pub(super) fn after_blocks(&mut self) {
+        if self.config.consensus.block_mode == BlockMode::Single {
+            return;
+        }
+        let version_of = |store: &EventStore, request: &CommandRequest| {
+            store
+                .stream_info(&request.stream)
+                .ok()
+                .flatten()
+                .map_or(0, |info| info.version)
+        };
+        let doomed: Vec<CommandId> = self
+            .proposed
+            .iter()
+            .filter(|(_, in_flight)| {
+                let version = version_of(&self.store, &in_flight.request);
+                in_flight
+                    .decided_at
+                    .is_some_and(|decided_at| version > decided_at)
+            })
+            .map(|(command_id, _)| *command_id)
+            .collect();
+        for command_id in doomed {
+            self.retry(command_id);
+        }
+        for (hash, proposal) in std::mem::take(&mut self.deferred_seconds) {
+            self.second_if_agreed(hash, proposal);
+        }
+    }
+}

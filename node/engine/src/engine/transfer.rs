@@ -1,0 +1,304 @@
+//! State transfer, both sides: a member serves the handover fixed at a joiner's admission,
+//! a joiner fetches it chunk by chunk, checks its digest and writes it.
+
+use chorus_aggregate::{AppendBatch, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
+use chorus_consensus::PeerId;
+use tracing::{debug, warn};
+
+use crate::membership::{EventlessCommand, section_digest, section_events};
+
+use super::Engine;
+use super::limits::{TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_COMMANDS, TRANSFER_CHUNK_EVENTS};
+use super::wire::{Message, TransferChunk};
+
+/// A joiner's state transfer from one source.
+pub(super) struct TransferRun {
+    pub(super) source: usize,
+    pub(super) next_from: u64,
+    /// Payload bytes received so far.
+    pub(super) bytes: u64,
+    pub(super) events: Vec<RecordedEvent>,
+    pub(super) commands: Vec<EventlessCommand>,
+    pub(super) requested_at_ms: u64,
+}
+
+impl Engine {
+    /// Joiner: (re)starts the transfer from the `source`-th member that vouched (cycling).
+    pub(super) fn start_transfer(&mut self, source: usize) {
+        let Some(target) = &self.state.transfer else {
+            return;
+        };
+        if target.sources.is_empty() {
+            return;
+        }
+        let source = source % target.sources.len();
+        let peer = target.sources[source];
+        let generation = target.welcome.generation;
+        self.transfer = Some(TransferRun {
+            source,
+            next_from: 1,
+            bytes: 0,
+            events: Vec::new(),
+            commands: Vec::new(),
+            requested_at_ms: self.now_ms,
+        });
+        self.send(
+            peer,
+            &Message::TransferRequest {
+                generation,
+                from: 1,
+            },
+        );
+    }
+
+    /// Member: serves a joiner's state transfer, from the handover fixed at its admission.
+    /// The cursor runs over our store's positions up to the handover's head (the section's
+    /// events), then over the handover's eventless commands.
+    pub(super) fn on_transfer_request(&mut self, from: PeerId, generation: u64, position: u64) {
+        let Some(handover) = self
+            .state
+            .handovers
+            .iter()
+            .find(|handover| handover.joiner == from && handover.generation == generation)
+            .cloned()
+        else {
+            debug!(peer = %from, generation, "a transfer request without a handover");
+            return;
+        };
+        let mut events = Vec::new();
+        let mut commands = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        let mut cursor = position.max(1);
+        if cursor <= handover.head {
+            'chunks: loop {
+                let read = section_events(
+                    &self.store,
+                    &handover.prefix,
+                    cursor,
+                    Some(handover.head),
+                    100,
+                );
+                let (slice, slice_next) = match read {
+                    Ok(read) => read,
+                    Err(error) => {
+                        warn!(%error, "the store does not read; transfer chunk not sent");
+                        return;
+                    }
+                };
+                for event in slice {
+                    if !events.is_empty()
+                        && (events.len() >= TRANSFER_CHUNK_EVENTS
+                            || bytes + event.payload.len() > TRANSFER_CHUNK_BYTES)
+                    {
+                        next = Some(event.position);
+                        break 'chunks;
+                    }
+                    bytes += event.payload.len();
+                    events.push(event);
+                }
+                match slice_next {
+                    Some(slice_next) => cursor = slice_next,
+                    None => {
+                        cursor = handover.head + 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if next.is_none() {
+            let first =
+                usize::try_from(cursor.saturating_sub(handover.head + 1)).unwrap_or(usize::MAX);
+            let mut index = first;
+            while let Some(command) = handover.commands.get(index) {
+                // Commands share the chunk's byte budget with the events before them.
+                let size = command.stream.qualified().len()
+                    + command.refusal.as_ref().map_or(0, String::len)
+                    + 64;
+                if (!events.is_empty() || !commands.is_empty())
+                    && (commands.len() >= TRANSFER_CHUNK_COMMANDS
+                        || bytes + size > TRANSFER_CHUNK_BYTES)
+                {
+                    next = Some(handover.head + 1 + index as u64);
+                    break;
+                }
+                bytes += size;
+                commands.push(command.clone());
+                index += 1;
+            }
+        }
+        let chunk = TransferChunk {
+            generation,
+            from: position,
+            events,
+            commands,
+            next,
+        };
+        self.send(from, &Message::TransferChunk(chunk));
+    }
+
+    /// Joiner: a chunk of its state from the source it asked.
+    pub(super) fn on_transfer_chunk(&mut self, from: PeerId, chunk: TransferChunk) {
+        let Some(target) = &self.state.transfer else {
+            return;
+        };
+        let Some(run) = self.transfer.as_mut() else {
+            return;
+        };
+        if target.sources.get(run.source) != Some(&from)
+            || chunk.generation != target.welcome.generation
+            || chunk.from != run.next_from
+        {
+            debug!(peer = %from, "a transfer chunk nobody asked this peer for");
+            return;
+        }
+        let events = run.events.len() + chunk.events.len();
+        let commands = run.commands.len() + chunk.commands.len();
+        let bytes = run.bytes
+            + chunk
+                .events
+                .iter()
+                .map(|event| event.payload.len() as u64)
+                .sum::<u64>();
+        // Honest chunks are never empty unless last; an empty one could stall us forever.
+        let empty_and_not_last =
+            chunk.events.is_empty() && chunk.commands.is_empty() && chunk.next.is_some();
+        if events as u64 > target.welcome.events
+            || commands as u64 > target.welcome.commands
+            || bytes > target.welcome.bytes
+            || empty_and_not_last
+        {
+            let next = run.source + 1;
+            warn!(peer = %from, "a transfer bigger than its welcome promised; asking another member");
+            self.start_transfer(next);
+            return;
+        }
+        run.bytes = bytes;
+        run.events.extend(chunk.events);
+        run.commands.extend(chunk.commands);
+        run.requested_at_ms = self.now_ms;
+        match chunk.next {
+            Some(next) if next > run.next_from => {
+                run.next_from = next;
+                let generation = chunk.generation;
+                self.send(
+                    from,
+                    &Message::TransferRequest {
+                        generation,
+                        from: next,
+                    },
+                );
+            }
+            Some(_) => {
+                let next = run.source + 1;
+                debug!(peer = %from, "a transfer chunk that goes backwards; asking another member");
+                self.start_transfer(next);
+            }
+            None => self.finish_transfer(),
+        }
+    }
+
+    /// Joiner: all chunks are in. If they have the digest the welcome promised, they are
+    /// written (one write per original command, expected versions checked) and the joiner
+    /// starts applying its generation's blocks; otherwise it asks another member.
+    pub(super) fn finish_transfer(&mut self) {
+        let (Some(target), Some(run)) = (self.state.transfer.clone(), self.transfer.take()) else {
+            return;
+        };
+        if section_digest(&run.events, &run.commands) != target.welcome.digest {
+            warn!("transferred state does not match the welcome's digest; asking another member");
+            self.start_transfer(run.source + 1);
+            return;
+        }
+        if let Err(error) = self.write_transferred(&run.events, &run.commands) {
+            warn!(%error, "transferred state not written; asking again");
+            self.start_transfer(run.source + 1);
+            return;
+        }
+        let mut state = self.state.clone();
+        state.transferred = true;
+        state.transfer = None;
+        if let Err(error) = state.save(&self.store) {
+            // The data is written (idempotently): fetch it again and save then.
+            warn!(%error, "section state not saved after the transfer; asking again");
+            self.start_transfer(run.source + 1);
+            return;
+        }
+        self.state = state;
+        debug!(events = run.events.len(), "state transfer done");
+        // Proposals deferred while the state was coming can be judged now.
+        self.after_blocks();
+    }
+
+    /// Writes transferred events as the writes they were (consecutive events of one command
+    /// on one stream), with the original ids, times and expected versions, then the eventless
+    /// commands (refusals, and appends without events).
+    pub(super) fn write_transferred(
+        &self,
+        events: &[RecordedEvent],
+        commands: &[EventlessCommand],
+    ) -> Result<(), StoreError> {
+        let mut batches: Vec<AppendBatch> = Vec::new();
+        for event in events {
+            let new_event = NewEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                event_version: event.event_version,
+                payload: event.payload.clone(),
+                supersedes: event.supersedes,
+            };
+            let continues = batches.last().is_some_and(|batch| {
+                batch.command_id == event.command_id
+                    && batch.timestamp_ms == event.timestamp_ms
+                    && batch
+                        .writes
+                        .first()
+                        .is_some_and(|write| write.stream == event.stream)
+            });
+            match batches.last_mut() {
+                Some(batch) if continues => batch.writes[0].events.push(new_event),
+                _ => batches.push(AppendBatch {
+                    command_id: event.command_id,
+                    causation_id: event.causation_id,
+                    correlation_id: event.correlation_id,
+                    timestamp_ms: event.timestamp_ms,
+                    writes: vec![chorus_aggregate::StreamWrite {
+                        stream: event.stream.clone(),
+                        expected: if event.sequence <= 1 {
+                            ExpectedVersion::NoStream
+                        } else {
+                            ExpectedVersion::Exact(event.sequence - 1)
+                        },
+                        events: vec![new_event],
+                    }],
+                }),
+            }
+        }
+        for command in commands.iter().filter(|command| command.refusal.is_none()) {
+            batches.push(AppendBatch {
+                command_id: Some(command.command_id),
+                causation_id: command.command_id.into(),
+                correlation_id: command.command_id.into(),
+                timestamp_ms: 0,
+                writes: vec![chorus_aggregate::StreamWrite {
+                    stream: command.stream.clone(),
+                    expected: ExpectedVersion::Any,
+                    events: Vec::new(),
+                }],
+            });
+        }
+        for group in batches.chunks(chorus_aggregate::limits::GROUP_BATCHES_MAX) {
+            let outcome = self.store.append_group(group)?;
+            if let Some(error) = outcome.into_iter().find_map(Result::err) {
+                return Err(error);
+            }
+        }
+        for command in commands {
+            if let Some(reason) = &command.refusal {
+                self.store
+                    .record_refusal(command.command_id, &command.stream, reason)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+//! The engine messages between nodes and their encoding: a tag byte, then the consensus
+//! codec for gossip, bincode for transfer chunks, JSON for the rest.
+
+use chorus_aggregate::{CommandId, CommandRequest, RecordedEvent};
+use chorus_consensus::codec::{decode_message, encode_message};
+use chorus_consensus::{PeerId, SyncRequest, SyncResponse};
+use chorus_routing::Prefix;
+use serde::{Deserialize, Serialize};
+
+use crate::membership::{EventlessCommand, MemberChange, Welcome};
+
+use super::command_path::CommandOutcome;
+use super::limits::{BEHIND_MEMBERS_MAX, MESSAGE_BYTES_MAX};
+
+/// A message between engines.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// Consensus gossip of one generation of the section: "here is what I know, send me what
+    /// I lack".
+    SyncRequest {
+        /// The generation (consensus instance) it is for.
+        generation: u64,
+        /// The request.
+        request: SyncRequest,
+    },
+    /// Consensus gossip: the events the requester lacks.
+    SyncResponse {
+        /// The generation it is for.
+        generation: u64,
+        /// The response.
+        response: SyncResponse,
+    },
+    /// A command for a stream the receiver's section is responsible for.
+    Forward(CommandRequest),
+    /// The answer to a forwarded command.
+    Outcome {
+        /// The command.
+        command_id: CommandId,
+        /// What became of it.
+        outcome: CommandOutcome,
+    },
+    /// A node asks the section covering its name to admit it.
+    JoinRequest,
+    /// A member asks its section to let it leave.
+    LeaveRequest,
+    /// A member tells a joiner it was admitted, and the state it starts from.
+    Welcome(Welcome),
+    /// A joiner asks a member for the section state of its welcome, from a position of the
+    /// member's store on.
+    TransferRequest {
+        /// The generation the joiner was welcomed to.
+        generation: u64,
+        /// The member's store position to continue from (1 at first).
+        from: u64,
+    },
+    /// Part of a section state, answering a `TransferRequest`.
+    TransferChunk(TransferChunk),
+    /// A member tells another that, as far as its own graph of `generation` tells, the
+    /// receiver fell behind by more than the prune window and cannot catch up by gossip. A
+    /// hint only: the receiver asks to be welcomed again, and the section decides on its
+    /// members' own evidence.
+    Behind {
+        /// The generation the receiver lags in.
+        generation: u64,
+        /// The sender's latest round in that generation (the receiver reports its lag).
+        round: u64,
+        /// The sender's store head (likewise).
+        head_position: u64,
+        /// The sender's section members now (the receiver asks them too: a member that
+        /// missed a switch does not know who joined).
+        members: Vec<PeerId>,
+    },
+    /// A section tells other sections' nodes that its members changed (routing only; believed
+    /// once `f + 1` of its members said the same).
+    SectionUpdate {
+        /// The section's prefix before the change.
+        prefix: Prefix,
+        /// The generation the change started.
+        generation: u64,
+        /// The change.
+        change: MemberChange,
+    },
+}
+
+/// Part of the section state a joiner fetches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferChunk {
+    /// The generation the joiner was welcomed to.
+    pub generation: u64,
+    /// The position this chunk starts at (the request's `from`).
+    pub from: u64,
+    /// The section's events from there, in the member's store order.
+    pub events: Vec<RecordedEvent>,
+    /// The section's eventless commands, after the events (the cursor runs over the events'
+    /// positions up to the handover's head, then over these).
+    pub commands: Vec<EventlessCommand>,
+    /// Where the next chunk starts; `None` in the last.
+    pub next: Option<u64>,
+}
+
+pub(super) const TAG_SYNC_REQUEST: u8 = 1;
+pub(super) const TAG_SYNC_RESPONSE: u8 = 2;
+pub(super) const TAG_FORWARD: u8 = 3;
+pub(super) const TAG_OUTCOME: u8 = 4;
+pub(super) const TAG_JOIN_REQUEST: u8 = 5;
+pub(super) const TAG_LEAVE_REQUEST: u8 = 6;
+pub(super) const TAG_WELCOME: u8 = 7;
+pub(super) const TAG_TRANSFER_REQUEST: u8 = 8;
+pub(super) const TAG_TRANSFER_CHUNK: u8 = 9;
+pub(super) const TAG_SECTION_UPDATE: u8 = 10;
+pub(super) const TAG_BEHIND: u8 = 11;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct OutcomeMessage {
+    pub(super) command_id: CommandId,
+    pub(super) outcome: CommandOutcome,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct TransferRequestMessage {
+    pub(super) generation: u64,
+    pub(super) from: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct SectionUpdateMessage {
+    pub(super) prefix: Prefix,
+    pub(super) generation: u64,
+    pub(super) change: MemberChange,
+}
+
+/// A message that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// Empty or with an unknown tag.
+    #[error("unknown engine message (tag {0:?})")]
+    UnknownTag(Option<u8>),
+    /// Over the size limit.
+    #[error("an engine message of {0} bytes; at most {MESSAGE_BYTES_MAX}")]
+    TooLarge(usize),
+    /// The body does not decode.
+    #[error("malformed engine message: {0}")]
+    Malformed(String),
+}
+
+impl Message {
+    /// Encodes: a tag byte, then for gossip the generation (8 bytes, little-endian) and the
+    /// consensus wire codec, JSON otherwise.
+    pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
+        let malformed = |error: &dyn std::fmt::Display| MessageError::Malformed(error.to_string());
+        let json = |value: &dyn erased::Json| value.to_json().map_err(|e| malformed(&e));
+        let (tag, body) = match self {
+            Self::SyncRequest {
+                generation,
+                request,
+            } => {
+                let mut body = generation.to_le_bytes().to_vec();
+                body.extend(encode_message(request).map_err(|e| malformed(&e))?);
+                (TAG_SYNC_REQUEST, body)
+            }
+            Self::SyncResponse {
+                generation,
+                response,
+            } => {
+                let mut body = generation.to_le_bytes().to_vec();
+                body.extend(encode_message(response).map_err(|e| malformed(&e))?);
+                (TAG_SYNC_RESPONSE, body)
+            }
+            Self::Forward(request) => (TAG_FORWARD, json(request)?),
+            Self::Outcome {
+                command_id,
+                outcome,
+            } => (
+                TAG_OUTCOME,
+                json(&OutcomeMessage {
+                    command_id: *command_id,
+                    outcome: outcome.clone(),
+                })?,
+            ),
+            Self::Behind {
+                generation,
+                round,
+                head_position,
+                members,
+            } => {
+                let mut body = generation.to_le_bytes().to_vec();
+                body.extend(round.to_le_bytes());
+                body.extend(head_position.to_le_bytes());
+                body.extend(json(members)?);
+                (TAG_BEHIND, body)
+            }
+            Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
+            Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
+            Self::Welcome(welcome) => (TAG_WELCOME, json(welcome)?),
+            Self::TransferRequest { generation, from } => (
+                TAG_TRANSFER_REQUEST,
+                json(&TransferRequestMessage {
+                    generation: *generation,
+                    from: *from,
+                })?,
+            ),
+            // Binary: event payloads are bytes, which JSON would spell in up to four.
+            Self::TransferChunk(chunk) => (
+                TAG_TRANSFER_CHUNK,
+                bincode::serde::encode_to_vec(chunk, bincode::config::standard())
+                    .map_err(|e| malformed(&e))?,
+            ),
+            Self::SectionUpdate {
+                prefix,
+                generation,
+                change,
+            } => (
+                TAG_SECTION_UPDATE,
+                json(&SectionUpdateMessage {
+                    prefix: *prefix,
+                    generation: *generation,
+                    change: *change,
+                })?,
+            ),
+        };
+        if tag != TAG_SYNC_REQUEST && tag != TAG_SYNC_RESPONSE && body.len() >= MESSAGE_BYTES_MAX {
+            return Err(MessageError::TooLarge(body.len() + 1));
+        }
+        let mut bytes = Vec::with_capacity(body.len() + 1);
+        bytes.push(tag);
+        bytes.extend_from_slice(&body);
+        Ok(bytes)
+    }
+
+    /// Decodes untrusted bytes from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        let malformed = |error: &dyn std::fmt::Display| MessageError::Malformed(error.to_string());
+        let (&tag, body) = bytes.split_first().ok_or(MessageError::UnknownTag(None))?;
+        let generation_and_rest = |body: &[u8]| -> Result<(u64, Vec<u8>), MessageError> {
+            if body.len() < 8 {
+                return Err(MessageError::Malformed(
+                    "gossip without a generation".into(),
+                ));
+            }
+            let (generation, rest) = body.split_at(8);
+            let generation = u64::from_le_bytes(
+                generation
+                    .try_into()
+                    .map_err(|_| MessageError::Malformed("generation".into()))?,
+            );
+            Ok((generation, rest.to_vec()))
+        };
+        match tag {
+            TAG_SYNC_REQUEST => {
+                let (generation, rest) = generation_and_rest(body)?;
+                Ok(Self::SyncRequest {
+                    generation,
+                    request: decode_message(&rest).map_err(|e| malformed(&e))?,
+                })
+            }
+            TAG_SYNC_RESPONSE => {
+                let (generation, rest) = generation_and_rest(body)?;
+                Ok(Self::SyncResponse {
+                    generation,
+                    response: decode_message(&rest).map_err(|e| malformed(&e))?,
+                })
+            }
+            _ if bytes.len() > MESSAGE_BYTES_MAX => Err(MessageError::TooLarge(bytes.len())),
+            TAG_FORWARD => Ok(Self::Forward(
+                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
+            )),
+            TAG_OUTCOME => {
+                let message: OutcomeMessage =
+                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                Ok(Self::Outcome {
+                    command_id: message.command_id,
+                    outcome: message.outcome,
+                })
+            }
+            TAG_BEHIND => {
+                let (generation, rest) = generation_and_rest(body)?;
+                let (round, rest) = generation_and_rest(&rest)?;
+                let (head_position, rest) = generation_and_rest(&rest)?;
+                let members: Vec<PeerId> =
+                    serde_json::from_slice(&rest).map_err(|e| malformed(&e))?;
+                if members.len() > BEHIND_MEMBERS_MAX {
+                    return Err(MessageError::Malformed(
+                        "a hint naming too many members".into(),
+                    ));
+                }
+                Ok(Self::Behind {
+                    generation,
+                    round,
+                    head_position,
+                    members,
+                })
+            }
+            TAG_JOIN_REQUEST if body.is_empty() => Ok(Self::JoinRequest),
+            TAG_LEAVE_REQUEST if body.is_empty() => Ok(Self::LeaveRequest),
+            TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
+                Err(MessageError::Malformed("a request with a body".into()))
+            }
+            TAG_WELCOME => Ok(Self::Welcome(
+                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
+            )),
+            TAG_TRANSFER_REQUEST => {
+                let message: TransferRequestMessage =
+                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                Ok(Self::TransferRequest {
+                    generation: message.generation,
+                    from: message.from,
+                })
+            }
+            TAG_TRANSFER_CHUNK => {
+                let config = bincode::config::standard().with_limit::<MESSAGE_BYTES_MAX>();
+                let (chunk, read) =
+                    bincode::serde::decode_from_slice(body, config).map_err(|e| malformed(&e))?;
+                if read != body.len() {
+                    return Err(MessageError::Malformed(
+                        "bytes after a transfer chunk".into(),
+                    ));
+                }
+                Ok(Self::TransferChunk(chunk))
+            }
+            TAG_SECTION_UPDATE => {
+                let message: SectionUpdateMessage =
+                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                Ok(Self::SectionUpdate {
+                    prefix: message.prefix,
+                    generation: message.generation,
+                    change: message.change,
+                })
+            }
+            other => Err(MessageError::UnknownTag(Some(other))),
+        }
+    }
+}
+
+/// JSON encoding of message bodies behind one object-safe trait.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+            serde_json::to_vec(self)
+        }
+    }
+}
