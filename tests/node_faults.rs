@@ -89,7 +89,7 @@ impl Step {
                 Fault::RepeatedStall {
                     first, gap, second, ..
                 } => first + gap + second,
-                Fault::KillAll => 5,
+                Fault::KillAll => 2,
             }
     }
 }
