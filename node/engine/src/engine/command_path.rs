@@ -116,7 +116,7 @@ impl Engine {
         let address = XorName::from_stream_key(&request.stream.qualified());
         // Our section as agreed decides what we take, not the map (a joiner's or a lagging
         // member's map may still show a section before its split).
-        let responsible = self.consensus.is_some() && self.state.prefix.matches(&address);
+        let responsible = self.current.consensus.is_some() && self.state.prefix.matches(&address);
         if responsible && !self.is_active_member() {
             let outcome =
                 CommandOutcome::Failed("this node is still joining; send it again".to_owned());
@@ -254,7 +254,8 @@ impl Engine {
         let bytes = proposal
             .encode()
             .map_err(|error| CommandOutcome::Invalid(error.to_string()))?;
-        self.consensus
+        self.current
+            .consensus
             .as_mut()
             .ok_or_else(|| CommandOutcome::Failed("this node is no member any more".to_owned()))?
             .vote_for(Observation::Payload(bytes.into()))

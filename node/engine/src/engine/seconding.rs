@@ -77,7 +77,7 @@ impl Engine {
         }
         match proposal {
             Ok(Proposal::Command(_)) => {
-                if let Some(consensus) = self.consensus.as_mut() {
+                if let Some(consensus) = self.current.consensus.as_mut() {
                     let _ = consensus.vote_for_hash(hash);
                 }
             }
@@ -87,8 +87,8 @@ impl Engine {
             Ok(proposal @ Proposal::Decided { .. })
                 if !self.unapplied.is_empty() || !self.state.transferred =>
             {
-                if self.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
-                    self.deferred_seconds.push((hash, proposal));
+                if self.current.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
+                    self.current.deferred_seconds.push((hash, proposal));
                 }
             }
             Ok(proposal @ Proposal::Decided { .. }) => self.second_if_agreed(hash, proposal),
@@ -113,7 +113,7 @@ impl Engine {
                         .decide(proposal.request())
                         .is_ok_and(|decided| decided == proposal) =>
             {
-                if let Some(consensus) = self.consensus.as_mut() {
+                if let Some(consensus) = self.current.consensus.as_mut() {
                     let _ = consensus.vote_for_hash(hash);
                 }
             }
@@ -121,9 +121,9 @@ impl Engine {
             Some(ours)
                 if ours < *version
                     && *version - ours <= DEFER_AHEAD_MAX
-                    && self.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
+                    && self.current.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
             {
-                self.deferred_seconds.push((hash, proposal));
+                self.current.deferred_seconds.push((hash, proposal));
             }
             _ => {}
         }
@@ -222,7 +222,7 @@ impl Engine {
         for command_id in doomed {
             self.retry(command_id);
         }
-        for (hash, proposal) in std::mem::take(&mut self.deferred_seconds) {
+        for (hash, proposal) in std::mem::take(&mut self.current.deferred_seconds) {
             self.second_if_agreed(hash, proposal);
         }
     }
