@@ -119,7 +119,7 @@ impl Answered {
             CommandOutcome::Committed(_) => &mut self.committed,
             CommandOutcome::AlreadyCommitted(_) => &mut self.already_committed,
             CommandOutcome::Refused(_) => &mut self.refused,
-            CommandOutcome::Invalid(_) => &mut self.invalid,
+            CommandOutcome::Invalid(_) | CommandOutcome::IdTaken => &mut self.invalid,
             CommandOutcome::Failed(_) => &mut self.failed,
         };
         *counter += 1;

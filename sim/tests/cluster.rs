@@ -954,7 +954,7 @@ fn a_lying_transfer_source_never_gets_its_state_written() {
     // makes the joiner ask another member.
     let forged = Message::TransferChunk(TransferChunk {
         generation,
-        from: 1,
+        position: 1,
         events: vec![lie.clone()],
         commands: Vec::new(),
         next: None,

@@ -16,11 +16,6 @@ use super::Engine;
 use super::limits::STALE_RETRIES_MAX;
 use super::wire::Message;
 
-/// The `Invalid` answer to a command whose id another command took first (an id reused, or
-/// taken by a faulty member): it says nothing about the command itself, so a process manager
-/// does not compensate it.
-pub const ID_TAKEN: &str = "the command id was used by another command";
-
 /// A caller's handle for one client request, echoed in the reply.
 pub type ClientTicket = u64;
 
@@ -35,6 +30,10 @@ pub enum CommandOutcome {
     Refused(String),
     /// It cannot execute as it is.
     Invalid(String),
+    /// Another command was agreed under its id first (an id reused, or taken by a faulty
+    /// member). It says nothing about the command itself, so a process manager does not
+    /// compensate it; sent again under a new id, it may well commit.
+    IdTaken,
     /// The engine could not carry it (forwarding failed, retries exhausted, overload); the
     /// client may send the same command id again.
     Failed(String),
@@ -244,7 +243,7 @@ impl Engine {
         }
         let (proposal, decided_at) = match self.config.consensus.block_mode {
             BlockMode::Single => (Proposal::Command(request.clone()), None),
-            BlockMode::Supermajority => match self.decide(&request) {
+            BlockMode::Supermajority => match self.decide_proposal(&request) {
                 Ok(proposal @ Proposal::Decided { version, .. }) => (proposal, Some(version)),
                 Ok(proposal) => (proposal, None),
                 Err(CommandOutcome::Failed(reason)) => return Err(CommandOutcome::Failed(reason)),
@@ -333,7 +332,10 @@ impl Engine {
 
     /// Supermajority mode: the command decided on the stream's current state, at the agreed
     /// time of the stream's last event (0 for a new stream).
-    pub(super) fn decide(&self, request: &CommandRequest) -> Result<Proposal, CommandOutcome> {
+    pub(super) fn decide_proposal(
+        &self,
+        request: &CommandRequest,
+    ) -> Result<Proposal, CommandOutcome> {
         let info = self
             .store
             .stream_info(&request.stream)

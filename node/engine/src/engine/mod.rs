@@ -50,7 +50,7 @@ mod section_updates;
 mod transfer;
 pub mod wire;
 
-pub use command_path::{ClientTicket, CommandOutcome, ID_TAKEN};
+pub use command_path::{ClientTicket, CommandOutcome};
 use command_path::{Forwarded, InFlight, StreamQueue, Waiter};
 use generation::{Generation, initial_state, network_of};
 use joining::Joining;
@@ -581,7 +581,7 @@ impl Engine {
             Message::Welcome(welcome) => self.on_welcome(from, welcome),
             Message::TransferRequest {
                 generation,
-                from: position,
+                position,
             } => {
                 self.on_transfer_request(from, generation, position);
             }

@@ -11,7 +11,7 @@ use crate::membership::MembershipProposal;
 use crate::proposal::Proposal;
 
 use super::Engine;
-use super::command_path::{CommandOutcome, ID_TAKEN, same_command};
+use super::command_path::{CommandOutcome, same_command};
 use super::limits::{DEFER_AHEAD_MAX, DEFERRED_SECONDS_MAX};
 
 /// What a block carries for the engine.
@@ -110,7 +110,7 @@ impl Engine {
             Some(ours)
                 if ours == *version
                     && self
-                        .decide(proposal.request())
+                        .decide_proposal(proposal.request())
                         .is_ok_and(|decided| decided == proposal) =>
             {
                 if let Some(consensus) = self.current.consensus.as_mut() {
@@ -184,8 +184,7 @@ impl Engine {
                 // a faulty member): ours can no longer apply under it.
                 (Some((false, _)), Some(in_flight)) => {
                     let request = in_flight.request.clone();
-                    let outcome = CommandOutcome::Invalid(ID_TAKEN.to_owned());
-                    self.finish(&request, &outcome);
+                    self.finish(&request, &CommandOutcome::IdTaken);
                 }
                 _ => self.answer(command_id, &outcome),
             }
