@@ -149,8 +149,8 @@ pub struct Status {
     pub consensus: Option<Stats>,
     /// Commands this node answered since it started, by outcome.
     pub answered: Answered,
-    /// The engine's one-line state.
-    pub engine: String,
+    /// The engine's state in figures.
+    pub engine: chorus_engine::EngineStats,
 }
 
 /// Why the engine thread cannot start or had to stop.
@@ -281,7 +281,7 @@ pub fn run_engine(
                         readiness: engine.readiness(),
                         consensus: engine.consensus().map(Consensus::stats),
                         answered: answered.clone(),
-                        engine: engine.summary(),
+                        engine: engine.stats(),
                     };
                     let _ = reply.send(status);
                 }

@@ -38,7 +38,8 @@
 //! - `joining`: join and leave requests, refreshes of laggards, welcomes, readiness;
 //! - `transfer`: a joiner's state transfer, both sides;
 //! - `section_updates`: other sections' membership changes, for routing;
-//! - `managers`: process managers on the section's agreed events.
+//! - `managers`: process managers on the section's agreed events;
+//! - `stats`: what the engine reports about itself.
 
 mod command_path;
 mod generation;
@@ -47,6 +48,7 @@ pub mod limits;
 mod managers;
 mod seconding;
 mod section_updates;
+mod stats;
 mod transfer;
 pub mod wire;
 
@@ -61,6 +63,7 @@ use limits::{
 };
 use managers::ManagerRun;
 use seconding::{Agreed, agreed_item};
+pub use stats::{EngineStats, OldestProposal};
 use transfer::TransferRun;
 pub use wire::{Message, MessageError, TransferChunk};
 
@@ -71,7 +74,7 @@ use chorus_consensus::{Config, Consensus, LogRecord, PeerId, SignedEvent};
 use chorus_routing::{Prefix, SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply::AgreedProposal;
 use crate::membership::{MemberChange, SectionState, name_of};
@@ -261,6 +264,10 @@ impl Engine {
             None => match initial_state(&key, &map) {
                 Ok(state) => state,
                 Err(EngineError::NotAMember) => {
+                    info!(
+                        "the store holds no section state and the map has no section with this \
+                         node: asking to join the section its name falls in"
+                    );
                     return Self::join(config, key, map, registry, store, now_ms);
                 }
                 Err(error) => return Err(error),
@@ -387,44 +394,6 @@ impl Engine {
         });
         self.drain();
         taken
-    }
-
-    /// A one-line account of the engine's state, for diagnostics and status pages.
-    pub fn summary(&self) -> String {
-        format!(
-            "generation {} prefix {} members {} active {} retired {:?} pending change {:?} \
-             waiting {} proposed {} forwarded {} queued streams {} unapplied {} deferred {} \
-             joining {} transferring {} managers busy {}; oldest proposal {:?}",
-            self.state.generation,
-            self.state.prefix,
-            self.state.members.len(),
-            self.is_active_member(),
-            self.retired.as_ref().map(|(generation, _)| *generation),
-            self.current.pending_change,
-            self.waiters.len(),
-            self.proposed.len(),
-            self.forwarded.len(),
-            self.streams.len(),
-            self.unapplied.len(),
-            self.current.deferred_seconds.len(),
-            self.joining.is_some(),
-            self.transfer.is_some(),
-            self.managers
-                .iter()
-                .filter(|run| run.current.is_some())
-                .count(),
-            self.proposed
-                .values()
-                .min_by_key(|in_flight| in_flight.proposed_at_ms)
-                .map(|in_flight| format!(
-                    "{} on {}: attempt {}, decided at {:?}, proposed at {} ms",
-                    in_flight.request.command_id,
-                    in_flight.request.stream,
-                    in_flight.attempts,
-                    in_flight.decided_at,
-                    in_flight.proposed_at_ms
-                )),
-        )
     }
 
     /// Commands this node waits to answer (its clients' and forwarded ones).
