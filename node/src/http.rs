@@ -245,7 +245,7 @@ async fn submit(
         CommandOutcome::Committed(_) => StatusCode::CREATED,
         CommandOutcome::AlreadyCommitted(_) => StatusCode::OK,
         CommandOutcome::Refused(_) => StatusCode::CONFLICT,
-        CommandOutcome::Invalid(_) => StatusCode::BAD_REQUEST,
+        CommandOutcome::Invalid(_) | CommandOutcome::IdTaken => StatusCode::BAD_REQUEST,
         CommandOutcome::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = json!({ "command_id": command_id.to_hex(), "outcome": outcome });

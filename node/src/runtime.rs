@@ -119,7 +119,7 @@ impl Answered {
             CommandOutcome::Committed(_) => &mut self.committed,
             CommandOutcome::AlreadyCommitted(_) => &mut self.already_committed,
             CommandOutcome::Refused(_) => &mut self.refused,
-            CommandOutcome::Invalid(_) => &mut self.invalid,
+            CommandOutcome::Invalid(_) | CommandOutcome::IdTaken => &mut self.invalid,
             CommandOutcome::Failed(_) => &mut self.failed,
         };
         *counter += 1;
@@ -149,8 +149,8 @@ pub struct Status {
     pub consensus: Option<Stats>,
     /// Commands this node answered since it started, by outcome.
     pub answered: Answered,
-    /// The engine's one-line state.
-    pub engine: String,
+    /// The engine's state in figures.
+    pub engine: chorus_engine::EngineStats,
 }
 
 /// Why the engine thread cannot start or had to stop.
@@ -281,7 +281,7 @@ pub fn run_engine(
                         readiness: engine.readiness(),
                         consensus: engine.consensus().map(Consensus::stats),
                         answered: answered.clone(),
-                        engine: engine.summary(),
+                        engine: engine.stats(),
                     };
                     let _ = reply.send(status);
                 }

@@ -1230,7 +1230,7 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
                     submitted.at_ms,
                     sim.engines[submitted.node]
                         .as_ref()
-                        .map_or("down".to_owned(), Engine::summary)
+                        .map_or("down".to_owned(), |engine| format!("{:?}", engine.stats()))
                 )
             })
             .collect();

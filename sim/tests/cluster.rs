@@ -251,8 +251,8 @@ fn a_member_down_longer_than_the_prune_window_is_brought_back_by_state_transfer(
         sim.settle(30_000);
         assert!(
             run_until(&mut sim, 30_000, |sim| sim.engine(1).is_active_member()),
-            "seed {seed}: node 1 never became active again: {}",
-            sim.engine(1).summary()
+            "seed {seed}: node 1 never became active again: {:?}",
+            sim.engine(1).stats()
         );
         let generation = sim.engine(1).section().generation;
         assert!(
@@ -303,8 +303,8 @@ fn a_member_down_while_its_section_changes_generation_is_brought_back_too() {
         assert!(
             run_until(&mut sim, 60_000, |sim| sim.engine(1).is_active_member()
                 && sim.engine(1).section().generation >= 2),
-            "seed {seed}: node 1 never came back: {}",
-            sim.engine(1).summary()
+            "seed {seed}: node 1 never came back: {:?}",
+            sim.engine(1).stats()
         );
         assert!(
             sim.run_until_answered(120_000),
@@ -954,7 +954,7 @@ fn a_lying_transfer_source_never_gets_its_state_written() {
     // makes the joiner ask another member.
     let forged = Message::TransferChunk(TransferChunk {
         generation,
-        from: 1,
+        position: 1,
         events: vec![lie.clone()],
         commands: Vec::new(),
         next: None,

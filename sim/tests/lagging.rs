@@ -63,8 +63,8 @@ fn assert_healthy_commit(sim: &mut ClusterSim, down: usize, tag: &str) {
         assert!(
             answered && matches!(answer, Some((CommandOutcome::Committed(_), _))),
             "{tag}: node {node} did not commit within {HEALTHY_COMMIT_BOUND_MS} ms while node \
-             {down} was down: {answer:?}; {}",
-            sim.engine(node).summary()
+             {down} was down: {answer:?}; {:?}",
+            sim.engine(node).stats()
         );
     }
 }
@@ -109,7 +109,7 @@ fn assert_caught_up(sim: &mut ClusterSim, lagging: usize, story: &str) {
         "{story}: node {lagging} did not catch up within {CATCH_UP_BOUND_MS} ms: heads {:?}{}",
         sim.heads(),
         (0..sim.node_count())
-            .map(|node| format!("\nnode {node}: {}", sim.engine(node).summary()))
+            .map(|node| format!("\nnode {node}: {:?}", sim.engine(node).stats()))
             .collect::<String>()
     );
     eprintln!(

@@ -92,9 +92,9 @@ pub fn apply_agreed(
             }
             None => {}
         }
-        match decide(registry, store, agreed)? {
-            Ok(batch) => wave.add(index, request, batch),
-            Err(outcome) => {
+        match judge(registry, store, agreed)? {
+            Verdict::Append(batch) => wave.add(index, request, batch),
+            Verdict::Settled(outcome) => {
                 if let Applied::Refused(reason) | Applied::Invalid(reason) = &outcome {
                     store.record_refusal(request.command_id, &request.stream, reason)?;
                 }
@@ -109,12 +109,21 @@ pub fn apply_agreed(
         .collect())
 }
 
-/// Decides one agreed proposal: the batch to append, or what it became instead.
-fn decide(
+/// What an agreed proposal comes to once judged on the agreed state.
+enum Verdict {
+    /// The batch to append (with the rest of its wave).
+    Append(AppendBatch),
+    /// Nothing to append: what it became instead.
+    Settled(Applied),
+}
+
+/// Judges one agreed proposal on the agreed state: the batch to append, or what it became
+/// instead. The error is a storage failure.
+fn judge(
     registry: &AggregateRegistry,
     store: &EventStore,
     agreed: &AgreedProposal,
-) -> Result<Result<AppendBatch, Applied>, StoreError> {
+) -> Result<Verdict, StoreError> {
     let (request, proposed) = match &agreed.proposal {
         Proposal::Command(request) => {
             // Single mode executes at the block's agreed time.
@@ -138,7 +147,7 @@ fn decide(
             .stream_info(&request.stream)?
             .map_or(0, |info| info.version);
         if actual != decided_at {
-            return Ok(Err(Applied::Stale { decided_at, actual }));
+            return Ok(Verdict::Settled(Applied::Stale { decided_at, actual }));
         }
     }
     let decision = match registry.decide(store, &request) {
@@ -147,13 +156,13 @@ fn decide(
     };
     if let Some((decided_at, events)) = proposed {
         if decision.version != decided_at {
-            return Ok(Err(Applied::Stale {
+            return Ok(Verdict::Settled(Applied::Stale {
                 decided_at,
                 actual: decision.version,
             }));
         }
         if request.timestamp_ms != decision.stream_timestamp_ms {
-            return Ok(Err(Applied::Forged(format!(
+            return Ok(Verdict::Settled(Applied::Forged(format!(
                 "decided at time {}, but the stream's last event is at {}",
                 request.timestamp_ms, decision.stream_timestamp_ms
             ))));
@@ -165,7 +174,7 @@ fn decide(
             .map(|write| write.events.as_slice())
             .unwrap_or_default();
         if decided != events.as_slice() {
-            return Ok(Err(Applied::Forged(format!(
+            return Ok(Verdict::Settled(Applied::Forged(format!(
                 "the proposal carries {} events that the command does not decide",
                 events.len()
             ))));
@@ -176,19 +185,19 @@ fn decide(
     // command itself executed at the time of its stream's last event, which the proposal
     // fixed): time moves on in Supermajority mode as in Single mode.
     batch.timestamp_ms = agreed.timestamp_ms;
-    Ok(Ok(batch))
+    Ok(Verdict::Append(batch))
 }
 
 /// Sorts a failed decision: final answers become results, storage failures stop the apply.
-fn rejection(error: DispatchError) -> Result<Result<AppendBatch, Applied>, StoreError> {
+fn rejection(error: DispatchError) -> Result<Verdict, StoreError> {
     match error {
-        DispatchError::Refused(reason) => Ok(Err(Applied::Refused(reason))),
+        DispatchError::Refused(reason) => Ok(Verdict::Settled(Applied::Refused(reason))),
         DispatchError::Store(error) => Err(error),
         // Contention cannot happen here (a decision appends nothing), but if it did, it would
         // say nothing about the command: treat it like any other failure to execute.
         error @ (DispatchError::UnknownCategory { .. }
         | DispatchError::Invalid(_)
-        | DispatchError::Conflict(_)) => Ok(Err(Applied::Invalid(error.to_string()))),
+        | DispatchError::Conflict(_)) => Ok(Verdict::Settled(Applied::Invalid(error.to_string()))),
     }
 }
 

@@ -22,7 +22,8 @@ pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
 pub use engine::{
-    ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, Lag, Message, Readiness,
+    ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, EngineStats, Lag, Message,
+    Readiness,
 };
 pub use membership::{MemberChange, MembershipProposal, SectionState, Welcome};
 pub use proposal::{Proposal, ProposalError};

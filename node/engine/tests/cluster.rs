@@ -538,11 +538,11 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
         }),
         Message::TransferRequest {
             generation: 2,
-            from: 9,
+            position: 9,
         },
         Message::TransferChunk(TransferChunk {
             generation: 2,
-            from: 9,
+            position: 9,
             events: Vec::new(),
             commands: vec![EventlessCommand {
                 command_id: CommandId::derive(&[b"c"]),
@@ -570,6 +570,10 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
         Message::Outcome {
             command_id: CommandId::derive(&[b"o"]),
             outcome: CommandOutcome::Refused("no".into()),
+        },
+        Message::Outcome {
+            command_id: CommandId::derive(&[b"p"]),
+            outcome: CommandOutcome::IdTaken,
         },
     ];
     for message in messages {
@@ -688,7 +692,7 @@ fn assert_answer_matches_store(cluster: &mut Cluster, stream: &str, command: ser
                 "{command}: the resend answered {again:?}"
             );
         }
-        CommandOutcome::Invalid(_) | CommandOutcome::Refused(_) => {
+        CommandOutcome::Invalid(_) | CommandOutcome::Refused(_) | CommandOutcome::IdTaken => {
             assert_eq!(stored, 0, "{command}: answered {answer:?} but stored");
             assert_eq!(
                 std::mem::discriminant(answer),

@@ -16,11 +16,6 @@ use super::Engine;
 use super::limits::STALE_RETRIES_MAX;
 use super::wire::Message;
 
-/// The `Invalid` answer to a command whose id another command took first (an id reused, or
-/// taken by a faulty member): it says nothing about the command itself, so a process manager
-/// does not compensate it.
-pub const ID_TAKEN: &str = "the command id was used by another command";
-
 /// A caller's handle for one client request, echoed in the reply.
 pub type ClientTicket = u64;
 
@@ -35,6 +30,10 @@ pub enum CommandOutcome {
     Refused(String),
     /// It cannot execute as it is.
     Invalid(String),
+    /// Another command was agreed under its id first (an id reused, or taken by a faulty
+    /// member). It says nothing about the command itself, so a process manager does not
+    /// compensate it; sent again under a new id, it may well commit.
+    IdTaken,
     /// The engine could not carry it (forwarding failed, retries exhausted, overload); the
     /// client may send the same command id again.
     Failed(String),
@@ -116,7 +115,7 @@ impl Engine {
         let address = XorName::from_stream_key(&request.stream.qualified());
         // Our section as agreed decides what we take, not the map (a joiner's or a lagging
         // member's map may still show a section before its split).
-        let responsible = self.consensus.is_some() && self.state.prefix.matches(&address);
+        let responsible = self.current.consensus.is_some() && self.state.prefix.matches(&address);
         if responsible && !self.is_active_member() {
             let outcome =
                 CommandOutcome::Failed("this node is still joining; send it again".to_owned());
@@ -244,7 +243,7 @@ impl Engine {
         }
         let (proposal, decided_at) = match self.config.consensus.block_mode {
             BlockMode::Single => (Proposal::Command(request.clone()), None),
-            BlockMode::Supermajority => match self.decide(&request) {
+            BlockMode::Supermajority => match self.decide_proposal(&request) {
                 Ok(proposal @ Proposal::Decided { version, .. }) => (proposal, Some(version)),
                 Ok(proposal) => (proposal, None),
                 Err(CommandOutcome::Failed(reason)) => return Err(CommandOutcome::Failed(reason)),
@@ -254,7 +253,8 @@ impl Engine {
         let bytes = proposal
             .encode()
             .map_err(|error| CommandOutcome::Invalid(error.to_string()))?;
-        self.consensus
+        self.current
+            .consensus
             .as_mut()
             .ok_or_else(|| CommandOutcome::Failed("this node is no member any more".to_owned()))?
             .vote_for(Observation::Payload(bytes.into()))
@@ -332,7 +332,10 @@ impl Engine {
 
     /// Supermajority mode: the command decided on the stream's current state, at the agreed
     /// time of the stream's last event (0 for a new stream).
-    pub(super) fn decide(&self, request: &CommandRequest) -> Result<Proposal, CommandOutcome> {
+    pub(super) fn decide_proposal(
+        &self,
+        request: &CommandRequest,
+    ) -> Result<Proposal, CommandOutcome> {
         let info = self
             .store
             .stream_info(&request.stream)

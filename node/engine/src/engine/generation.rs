@@ -1,9 +1,12 @@
 //! Membership changes and generations: votes, counting the agreed votes, and the switch
 //! from one generation of the section to the next (with the handover a joiner fetches).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chorus_aggregate::StoreError;
 use chorus_consensus::{
-    Block, BlockMode, Config, Consensus, Observation, PeerId, is_supermajority,
+    Block, BlockMode, Config, Consensus, LogRecord, Observation, ObservationHash, PeerId,
+    SetupError, is_supermajority,
 };
 use chorus_routing::{Prefix, SectionMap, XorName};
 use ed25519_dalek::SigningKey;
@@ -15,8 +18,101 @@ use crate::membership::{
     section_digest, sort_members,
 };
 
+use super::joining::Lag;
 use super::wire::Message;
 use super::{Engine, EngineConfig, EngineError};
+use crate::proposal::Proposal;
+
+/// What lives for one generation of the section and means nothing in the next: its
+/// consensus instance, the membership votes, proposals kept for a later second, lag hints.
+/// A switch or a refresh replaces the whole value, so nothing of a generation outlives it.
+pub(super) struct Generation {
+    /// The consensus instance; `None` while we are no member (a joiner not yet welcomed, or
+    /// a member that left).
+    pub(super) consensus: Option<Consensus>,
+    /// A membership change agreed and waiting for the blocks before it to apply.
+    pub(super) pending_change: Option<MembershipProposal>,
+    /// Membership changes we voted for (once each).
+    pub(super) voted_changes: BTreeSet<MembershipProposal>,
+    /// Agreed votes for membership changes: the members whose votes the blocks prove, per
+    /// change (rebuilt by replaying the generation's blocks).
+    pub(super) membership_votes: BTreeMap<MemberChange, BTreeSet<PeerId>>,
+    /// Supermajority mode: other members' proposals decided at a version our store has not
+    /// reached yet (but at most `DEFER_AHEAD_MAX` ahead), to second once it has.
+    pub(super) deferred_seconds: Vec<(ObservationHash, Proposal)>,
+    /// Per member, when we last told it that it lags (`Message::Behind`).
+    pub(super) behind_told: BTreeMap<PeerId, u64>,
+    /// The latest hint that we lag beyond a member's window, while hints keep coming.
+    pub(super) behind: Option<Lag>,
+    /// When this node entered the generation, by its clock (or started, after a restart).
+    pub(super) started_ms: u64,
+}
+
+impl Generation {
+    /// A generation this node takes no part in (yet).
+    pub(super) fn without_consensus(now_ms: u64) -> Self {
+        Self {
+            consensus: None,
+            pending_change: None,
+            voted_changes: BTreeSet::new(),
+            membership_votes: BTreeMap::new(),
+            deferred_seconds: Vec::new(),
+            behind_told: BTreeMap::new(),
+            behind: None,
+            started_ms: now_ms,
+        }
+    }
+
+    /// The generation `state` describes, with a new consensus instance (none if `state` has
+    /// no members: we left).
+    pub(super) fn start(
+        config: &EngineConfig,
+        key: &SigningKey,
+        state: &SectionState,
+        now_ms: u64,
+    ) -> Result<Self, SetupError> {
+        let mut generation = Self::without_consensus(now_ms);
+        if !state.members.is_empty() {
+            let config = consensus_config(config, state);
+            generation.consensus =
+                Some(Consensus::new(config, key.clone(), &state.members, now_ms)?);
+        }
+        Ok(generation)
+    }
+
+    /// The generation `state` describes, its consensus instance rebuilt from its replay log
+    /// after a restart.
+    pub(super) fn restore(
+        config: &EngineConfig,
+        key: &SigningKey,
+        state: &SectionState,
+        records: Vec<LogRecord>,
+        now_ms: u64,
+    ) -> Result<Self, SetupError> {
+        let mut generation = Self::without_consensus(now_ms);
+        if !state.members.is_empty() {
+            let config = consensus_config(config, state);
+            let consensus =
+                Consensus::restore(config, key.clone(), &state.members, records, now_ms)?;
+            generation.consensus = Some(consensus);
+        }
+        Ok(generation)
+    }
+}
+
+impl Engine {
+    /// The generation `self.state` describes, started now. If its consensus instance does not
+    /// start (a setup error: not expected for a saved state), the node takes no part in it
+    /// and says why.
+    pub(super) fn start_generation(&self) -> Generation {
+        Generation::start(&self.config, &self.key, &self.state, self.now_ms).unwrap_or_else(
+            |error| {
+                warn!(%error, generation = self.state.generation, "the generation does not start");
+                Generation::without_consensus(self.now_ms)
+            },
+        )
+    }
+}
 
 /// The welcome of a handover: the joiner's section in the handover's generation and the state
 /// it starts from.
@@ -84,16 +180,16 @@ impl Engine {
             &self.state.members,
             &change,
             self.map.section_size_min(),
-        ) || self.voted_changes.contains(&proposal)
+        ) || self.current.voted_changes.contains(&proposal)
         {
             return;
         }
-        let Some(consensus) = self.consensus.as_mut() else {
+        let Some(consensus) = self.current.consensus.as_mut() else {
             return;
         };
         match consensus.vote_for(Observation::Payload(proposal.encode().into())) {
             Ok(_) => {
-                self.voted_changes.insert(proposal);
+                self.current.voted_changes.insert(proposal);
             }
             Err(error) => debug!(%error, "membership vote not taken"),
         }
@@ -115,7 +211,11 @@ impl Engine {
             return;
         }
         let members = &self.state.members;
-        let voters = self.membership_votes.entry(proposal.change).or_default();
+        let voters = self
+            .current
+            .membership_votes
+            .entry(proposal.change)
+            .or_default();
         for vote in &block.proof {
             let voter = vote.event.header.creator;
             if members.contains(&voter) && proposal.voter.is_none_or(|named| named == voter) {
@@ -123,7 +223,7 @@ impl Engine {
             }
         }
         if is_supermajority(voters.len(), members.len()) {
-            self.pending_change = Some(proposal);
+            self.current.pending_change = Some(proposal);
         }
     }
 
@@ -192,15 +292,12 @@ impl Engine {
         }
         self.map = map;
         self.state = state;
-        self.generation_started_ms = self.now_ms;
-        self.behind = None;
         self.update_generations.insert(change.node(), generation);
-        let old = self.consensus.take();
-        self.retired = old.map(|consensus| (generation - 1, consensus));
-        self.voted_changes.clear();
-        self.membership_votes.clear();
-        self.deferred_seconds.clear();
-        self.behind_told.clear();
+        let next = self.start_generation();
+        let previous = std::mem::replace(&mut self.current, next);
+        self.retired = previous
+            .consensus
+            .map(|consensus| (generation - 1, consensus));
         // A refresh we asked for is moot once we switch generations ourselves.
         if self
             .joining
@@ -209,17 +306,7 @@ impl Engine {
         {
             self.joining = None;
         }
-        if !self.state.members.is_empty() {
-            match Consensus::new(
-                consensus_config(&self.config, &self.state),
-                self.key.clone(),
-                &self.state.members,
-                self.now_ms,
-            ) {
-                Ok(consensus) => self.consensus = Some(consensus),
-                Err(error) => warn!(%error, "the next generation does not start"),
-            }
-        } else {
+        if self.state.members.is_empty() {
             self.leaving = None;
         }
         debug!(generation, prefix = %self.state.prefix, members = self.state.members.len(), ?change, "section changed");

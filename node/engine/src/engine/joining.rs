@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chorus_consensus::{Consensus, PeerId, faulty_max};
+use chorus_consensus::{PeerId, faulty_max};
 use chorus_routing::SectionMap;
 use tracing::{debug, warn};
 
@@ -12,7 +12,7 @@ use crate::membership::{
 };
 
 use super::Engine;
-use super::generation::{consensus_config, network_of, welcome_for};
+use super::generation::{network_of, welcome_for};
 use super::limits::{BEHIND_REPORT_MS, NEW_MEMBER_GRACE_MS, REFRESH_INTERVAL_MIN_MS};
 use super::wire::Message;
 
@@ -67,12 +67,13 @@ impl Engine {
     /// Whether this node can serve its section now, and if not, why (for `/health`).
     pub fn readiness(&self) -> Readiness {
         let behind = self
+            .current
             .behind
             .filter(|lag| self.now_ms < lag.told_at_ms + BEHIND_REPORT_MS);
         if let Some(lag) = behind {
             return Readiness::Behind(lag);
         }
-        if self.state.members.is_empty() || self.consensus.is_none() {
+        if self.state.members.is_empty() || self.current.consensus.is_none() {
             return Readiness::NotAMember;
         }
         if let Some(run) = &self.transfer {
@@ -97,7 +98,7 @@ impl Engine {
     /// a section below `section_size_min` is not applied (merging is not built).
     pub fn leave(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        if self.consensus.is_none() {
+        if self.current.consensus.is_none() {
             return;
         }
         self.ask_to_leave();
@@ -140,12 +141,13 @@ impl Engine {
                 handover.joiner == from && handover.generation == self.state.generation
             });
             let heard_from = self
+                .current
                 .consensus
                 .as_ref()
                 .is_some_and(|consensus| consensus.holds_events_of(&from));
             let new_here = welcomed_now
                 && !heard_from
-                && self.now_ms < self.generation_started_ms + NEW_MEMBER_GRACE_MS;
+                && self.now_ms < self.current.started_ms + NEW_MEMBER_GRACE_MS;
             // And at most once per `REFRESH_INTERVAL_MIN_MS` per member (by our clock): a
             // faulty member can make itself look behind, and each refresh is a switch.
             let refreshed_lately = self
@@ -158,7 +160,7 @@ impl Engine {
             let lags = !new_here
                 && !refreshed_lately
                 && self.is_active_member()
-                && self.consensus.as_ref().is_some_and(|consensus| {
+                && self.current.consensus.as_ref().is_some_and(|consensus| {
                     consensus.lags_beyond_window(&from) || !consensus.holds_events_of(&from)
                 });
             if lags {
@@ -189,11 +191,12 @@ impl Engine {
         // What operators see (`readiness`): the lag the latest hint shows, kept while hints
         // keep coming.
         let our_round = self
+            .current
             .consensus
             .as_ref()
             .map_or(0, |consensus| consensus.stats().max_round);
         let our_head = self.store.head_position().unwrap_or(0);
-        self.behind = Some(Lag {
+        self.current.behind = Some(Lag {
             told_at_ms: self.now_ms,
             rounds: round.saturating_sub(our_round),
             positions: head_position.saturating_sub(our_head),
@@ -296,35 +299,18 @@ impl Engine {
             .joining
             .take()
             .is_some_and(|joining| joining.refresh.is_some());
+        let old_generation = self.state.generation;
+        self.map = map;
+        self.state = state;
+        let next = self.start_generation();
+        let previous = std::mem::replace(&mut self.current, next);
         if refreshed {
             // The generation we lagged in is over for us: what it did not apply, the
             // transfer brings; our pending commands go to the new one.
-            let old_generation = self.state.generation;
-            self.retired = self
+            self.retired = previous
                 .consensus
-                .take()
                 .map(|consensus| (old_generation, consensus));
-            self.pending_change = None;
             self.unapplied.clear();
-            self.voted_changes.clear();
-            self.membership_votes.clear();
-            self.deferred_seconds.clear();
-            self.behind_told.clear();
-        }
-        self.map = map;
-        self.state = state;
-        self.generation_started_ms = self.now_ms;
-        self.behind = None;
-        match Consensus::new(
-            consensus_config(&self.config, &self.state),
-            self.key.clone(),
-            &self.state.members,
-            self.now_ms,
-        ) {
-            Ok(consensus) => self.consensus = Some(consensus),
-            Err(error) => warn!(%error, "the welcomed generation does not start"),
-        }
-        if refreshed {
             self.reroute_pending();
         }
         self.start_transfer(0);

@@ -7,7 +7,7 @@ use chorus_aggregate::{CommandId, CommandRequest, ProcessManager, RecordedEvent,
 use chorus_routing::XorName;
 use tracing::{debug, warn};
 
-use super::command_path::{CommandOutcome, ID_TAKEN, Waiter};
+use super::command_path::{CommandOutcome, Waiter};
 use super::limits::{MANAGER_CHECKPOINT_EVERY, MANAGER_EVENTS_PER_RUN, MANAGER_RETRY_MS};
 use super::{Engine, EngineError};
 
@@ -96,7 +96,7 @@ impl Engine {
                     CommandOutcome::Committed(_) | CommandOutcome::AlreadyCommitted(_) => {
                         current.outstanding.remove(&command_id);
                     }
-                    CommandOutcome::Invalid(reason) if reason == ID_TAKEN => {
+                    CommandOutcome::IdTaken => {
                         warn!(%command_id, "a process manager's command id was taken by another command; not compensated");
                         current.outstanding.remove(&command_id);
                     }

@@ -38,7 +38,8 @@
 //! - `joining`: join and leave requests, refreshes of laggards, welcomes, readiness;
 //! - `transfer`: a joiner's state transfer, both sides;
 //! - `section_updates`: other sections' membership changes, for routing;
-//! - `managers`: process managers on the section's agreed events.
+//! - `managers`: process managers on the section's agreed events;
+//! - `stats`: what the engine reports about itself.
 
 mod command_path;
 mod generation;
@@ -47,12 +48,13 @@ pub mod limits;
 mod managers;
 mod seconding;
 mod section_updates;
+mod stats;
 mod transfer;
 pub mod wire;
 
-pub use command_path::{ClientTicket, CommandOutcome, ID_TAKEN};
+pub use command_path::{ClientTicket, CommandOutcome};
 use command_path::{Forwarded, InFlight, StreamQueue, Waiter};
-use generation::{consensus_config, initial_state, network_of};
+use generation::{Generation, initial_state, network_of};
 use joining::Joining;
 pub use joining::{Lag, Readiness};
 use limits::{
@@ -61,21 +63,21 @@ use limits::{
 };
 use managers::ManagerRun;
 use seconding::{Agreed, agreed_item};
+pub use stats::{EngineStats, OldestProposal};
 use transfer::TransferRun;
 pub use wire::{Message, MessageError, TransferChunk};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chorus_aggregate::{AggregateRegistry, CommandId, CommandRequest, EventStore, StoreError};
-use chorus_consensus::{Config, Consensus, LogRecord, ObservationHash, PeerId, SignedEvent};
+use chorus_consensus::{Config, Consensus, LogRecord, PeerId, SignedEvent};
 use chorus_routing::{Prefix, SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply::AgreedProposal;
-use crate::membership::{MemberChange, MembershipProposal, SectionState, name_of};
-use crate::proposal::Proposal;
+use crate::membership::{MemberChange, SectionState, name_of};
 
 /// Why the engine cannot start or take a command.
 #[derive(Debug, thiserror::Error)]
@@ -136,20 +138,13 @@ pub struct Engine {
     our_id: PeerId,
     /// Our section as agreed (durable in the store).
     state: SectionState,
-    /// The consensus instance of our section's current generation; `None` while we are no
-    /// member (a joiner not yet welcomed, or a member that left).
-    consensus: Option<Consensus>,
+    /// What lives for our section's current generation: its consensus instance, membership
+    /// votes, deferred seconds, lag hints.
+    current: Generation,
     /// The previous generation's instance, kept to answer the sync requests of members that
     /// have not reached the change yet (they need its events to decide it). It creates no
     /// event and outputs nothing.
     retired: Option<(u64, Consensus)>,
-    /// A membership change agreed and waiting for the blocks before it to apply.
-    pending_change: Option<MembershipProposal>,
-    /// Membership changes we voted for in this generation (once each).
-    voted_changes: BTreeSet<MembershipProposal>,
-    /// Agreed votes for membership changes of this generation: the members whose votes the
-    /// blocks prove, per change (rebuilt by replaying the generation's blocks).
-    membership_votes: BTreeMap<MemberChange, BTreeSet<PeerId>>,
     /// When we last asked to leave; asked again until the leave is agreed.
     leaving: Option<u64>,
     /// Per node, the generation of the latest section update applied to our map about it (so
@@ -158,15 +153,8 @@ pub struct Engine {
     /// Joiner, or a lagging member asking to be brought back: welcomes heard, by content,
     /// with their senders.
     joining: Option<Joining>,
-    /// Per member, when we last told it that it lags (`Message::Behind`).
-    behind_told: BTreeMap<PeerId, u64>,
     /// Per member, when a refresh of it last took effect here.
     refreshed_at: BTreeMap<PeerId, u64>,
-    /// The latest hint that we lag beyond a member's window, while hints keep coming.
-    behind: Option<Lag>,
-    /// When this node entered its current generation, by its clock (or started, after a
-    /// restart).
-    generation_started_ms: u64,
     /// Joiner: the state transfer under way.
     transfer: Option<TransferRun>,
     /// Section updates heard from other sections, by content, with their senders.
@@ -188,9 +176,6 @@ pub struct Engine {
     /// behind it: our commands on one stream are proposed one at a time, so they never race
     /// each other for a version.
     streams: BTreeMap<String, StreamQueue>,
-    /// Supermajority mode: other members' proposals decided at a version our store has not
-    /// reached yet (but at most `DEFER_AHEAD_MAX` ahead), to second once it has.
-    deferred_seconds: Vec<(ObservationHash, Proposal)>,
     /// Agreed proposals not applied yet: consensus hands each block out once, so a batch
     /// whose apply failed is kept and applied again, before anything later, until it goes.
     unapplied: Vec<AgreedProposal>,
@@ -216,14 +201,9 @@ impl Engine {
         now_ms: u64,
     ) -> Result<Self, EngineError> {
         let state = initial_state(&key, &map)?;
-        let consensus = Consensus::new(
-            consensus_config(&config, &state),
-            key.clone(),
-            &state.members,
-            now_ms,
-        )?;
+        let current = Generation::start(&config, &key, &state, now_ms)?;
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
-        engine.consensus = Some(consensus);
+        engine.current = current;
         Ok(engine)
     }
 
@@ -284,6 +264,10 @@ impl Engine {
             None => match initial_state(&key, &map) {
                 Ok(state) => state,
                 Err(EngineError::NotAMember) => {
+                    info!(
+                        "the store holds no section state and the map has no section with this \
+                         node: asking to join the section its name falls in"
+                    );
                     return Self::join(config, key, map, registry, store, now_ms);
                 }
                 Err(error) => return Err(error),
@@ -310,28 +294,15 @@ impl Engine {
                 records.push(record);
             }
         }
-        let consensus = if state.members.is_empty() {
-            None
-        } else if records.is_empty() {
-            // Nothing of this generation was made durable, so nothing of ours was sent in it:
-            // a new first event forks nothing.
-            Some(Consensus::new(
-                consensus_config(&config, &state),
-                key.clone(),
-                &state.members,
-                now_ms,
-            )?)
+        // Nothing of this generation made durable means nothing of ours was sent in it: a new
+        // first event forks nothing.
+        let current = if records.is_empty() {
+            Generation::start(&config, &key, &state, now_ms)?
         } else {
-            Some(Consensus::restore(
-                consensus_config(&config, &state),
-                key.clone(),
-                &state.members,
-                records,
-                now_ms,
-            )?)
+            Generation::restore(&config, &key, &state, records, now_ms)?
         };
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
-        engine.consensus = consensus;
+        engine.current = current;
         if !engine.state.transferred && engine.state.transfer.is_some() {
             engine.start_transfer(0);
         }
@@ -353,18 +324,12 @@ impl Engine {
             our_id: PeerId(key.verifying_key().to_bytes()),
             key,
             state,
-            consensus: None,
+            current: Generation::without_consensus(now_ms),
             retired: None,
-            pending_change: None,
-            voted_changes: BTreeSet::new(),
-            membership_votes: BTreeMap::new(),
             leaving: None,
             update_generations: BTreeMap::new(),
             joining: None,
-            behind_told: BTreeMap::new(),
             refreshed_at: BTreeMap::new(),
-            generation_started_ms: now_ms,
-            behind: None,
             transfer: None,
             updates_heard: BTreeMap::new(),
             announcement: None,
@@ -376,7 +341,6 @@ impl Engine {
             proposed: BTreeMap::new(),
             forwarded: BTreeMap::new(),
             streams: BTreeMap::new(),
-            deferred_seconds: Vec::new(),
             unapplied: Vec::new(),
             sends: VecDeque::new(),
             replies: VecDeque::new(),
@@ -409,13 +373,13 @@ impl Engine {
     /// Whether the node takes part in its section's agreement with a complete store (a
     /// member, welcomed and done transferring).
     pub fn is_active_member(&self) -> bool {
-        self.consensus.is_some() && self.state.transferred
+        self.current.consensus.is_some() && self.state.transferred
     }
 
     /// The consensus instance of the node's section (for status and tests); `None` while the
     /// node is no member.
     pub fn consensus(&self) -> Option<&Consensus> {
-        self.consensus.as_ref()
+        self.current.consensus.as_ref()
     }
 
     /// Byzantine hook (feature `byzantine`, for the simulator): votes for arbitrary
@@ -423,51 +387,13 @@ impl Engine {
     /// never calls it. Returns whether consensus took the vote.
     #[cfg(feature = "byzantine")]
     pub fn vote_for_raw(&mut self, bytes: Vec<u8>) -> bool {
-        let taken = self.consensus.as_mut().is_some_and(|consensus| {
+        let taken = self.current.consensus.as_mut().is_some_and(|consensus| {
             consensus
                 .vote_for(chorus_consensus::Observation::Payload(bytes.into()))
                 .is_ok()
         });
         self.drain();
         taken
-    }
-
-    /// A one-line account of the engine's state, for diagnostics and status pages.
-    pub fn summary(&self) -> String {
-        format!(
-            "generation {} prefix {} members {} active {} retired {:?} pending change {:?} \
-             waiting {} proposed {} forwarded {} queued streams {} unapplied {} deferred {} \
-             joining {} transferring {} managers busy {}; oldest proposal {:?}",
-            self.state.generation,
-            self.state.prefix,
-            self.state.members.len(),
-            self.is_active_member(),
-            self.retired.as_ref().map(|(generation, _)| *generation),
-            self.pending_change,
-            self.waiters.len(),
-            self.proposed.len(),
-            self.forwarded.len(),
-            self.streams.len(),
-            self.unapplied.len(),
-            self.deferred_seconds.len(),
-            self.joining.is_some(),
-            self.transfer.is_some(),
-            self.managers
-                .iter()
-                .filter(|run| run.current.is_some())
-                .count(),
-            self.proposed
-                .values()
-                .min_by_key(|in_flight| in_flight.proposed_at_ms)
-                .map(|in_flight| format!(
-                    "{} on {}: attempt {}, decided at {:?}, proposed at {} ms",
-                    in_flight.request.command_id,
-                    in_flight.request.stream,
-                    in_flight.attempts,
-                    in_flight.decided_at,
-                    in_flight.proposed_at_ms
-                )),
-        )
     }
 
     /// Commands this node waits to answer (its clients' and forwarded ones).
@@ -510,7 +436,8 @@ impl Engine {
                 // than what we keep; in an older one (it missed a switch), the retired
                 // instance shows the same, or we no longer have that instance at all.
                 let lags = if generation == self.state.generation {
-                    self.consensus
+                    self.current
+                        .consensus
                         .as_ref()
                         .is_some_and(|consensus| consensus.lags_beyond_window(&from))
                 } else {
@@ -524,13 +451,15 @@ impl Engine {
                 };
                 let hint = lags
                     && self
+                        .current
                         .behind_told
                         .get(&from)
                         .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
                 if hint {
-                    self.behind_told.insert(from, now_ms);
+                    self.current.behind_told.insert(from, now_ms);
                     let members = self.state.members.clone();
                     let round = self
+                        .current
                         .consensus
                         .as_ref()
                         .map_or(0, |consensus| consensus.stats().max_round);
@@ -552,7 +481,7 @@ impl Engine {
                 let instance = if lags {
                     None
                 } else if generation == self.state.generation {
-                    self.consensus.as_mut()
+                    self.current.consensus.as_mut()
                 } else {
                     self.retired
                         .as_mut()
@@ -578,7 +507,7 @@ impl Engine {
                 response,
             } => {
                 if generation == self.state.generation {
-                    if let Some(consensus) = self.consensus.as_mut() {
+                    if let Some(consensus) = self.current.consensus.as_mut() {
                         if let Err(error) = consensus.handle_sync_response(now_ms, &from, response)
                         {
                             debug!(peer = %from, %error, "sync response refused");
@@ -621,7 +550,7 @@ impl Engine {
             Message::Welcome(welcome) => self.on_welcome(from, welcome),
             Message::TransferRequest {
                 generation,
-                from: position,
+                position,
             } => {
                 self.on_transfer_request(from, generation, position);
             }
@@ -638,7 +567,7 @@ impl Engine {
     /// Time passed: gossip as the consensus schedule says, retry what waited too long.
     pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
         self.now_ms = self.now_ms.max(now_ms);
-        if let Some(consensus) = self.consensus.as_mut() {
+        if let Some(consensus) = self.current.consensus.as_mut() {
             consensus.tick(now_ms, rng);
         }
         let gave_up = self.joining.as_ref().is_some_and(|joining| {
@@ -659,7 +588,7 @@ impl Engine {
         }
         if self
             .leaving
-            .is_some_and(|at| now_ms >= at + JOIN_RETRY_MS && self.consensus.is_some())
+            .is_some_and(|at| now_ms >= at + JOIN_RETRY_MS && self.current.consensus.is_some())
         {
             self.ask_to_leave();
         }
@@ -688,7 +617,8 @@ impl Engine {
     /// generation it belongs to ([`Engine::restore`] replays the current generation's).
     pub fn poll_log_record(&mut self) -> Option<(u64, LogRecord)> {
         let generation = self.state.generation;
-        self.consensus
+        self.current
+            .consensus
             .as_mut()
             .and_then(Consensus::poll_log_record)
             .map(|record| (generation, record))
@@ -697,7 +627,8 @@ impl Engine {
     /// The next own event to make durable before it may be sent, with its generation.
     pub fn poll_unpersisted(&mut self) -> Option<(u64, std::sync::Arc<SignedEvent>)> {
         let generation = self.state.generation;
-        self.consensus
+        self.current
+            .consensus
             .as_mut()
             .and_then(Consensus::poll_unpersisted)
             .map(|event| (generation, event))
@@ -706,7 +637,7 @@ impl Engine {
     /// Own events of `generation` up to `index` are durable.
     pub fn handle_persisted(&mut self, generation: u64, index: u64) {
         if generation == self.state.generation {
-            if let Some(consensus) = self.consensus.as_mut() {
+            if let Some(consensus) = self.current.consensus.as_mut() {
                 consensus.handle_persisted(index);
             }
         }
@@ -727,7 +658,7 @@ impl Engine {
     /// membership change to make once the blocks before it are applied.
     fn drain(&mut self) {
         let generation = self.state.generation;
-        let Some(consensus) = self.consensus.as_mut() else {
+        let Some(consensus) = self.current.consensus.as_mut() else {
             self.run_managers();
             return;
         };
@@ -745,8 +676,13 @@ impl Engine {
         }
         // Blocks after a membership change belong to a generation that has ended: they are
         // never taken out, on any member (the next generation's blocks follow the change).
-        while self.pending_change.is_none() {
-            let Some(block) = self.consensus.as_mut().and_then(Consensus::poll_block) else {
+        while self.current.pending_change.is_none() {
+            let Some(block) = self
+                .current
+                .consensus
+                .as_mut()
+                .and_then(Consensus::poll_block)
+            else {
                 break;
             };
             match agreed_item(&block) {
@@ -797,9 +733,9 @@ impl Engine {
             self.consider_second(hash, &observation);
         }
         if self.unapplied.is_empty() && self.state.transferred {
-            if let Some(change) = self.pending_change {
+            if let Some(change) = self.current.pending_change {
+                // A switch starts a new `Generation`: the change is no longer pending there.
                 if self.switch(change.change) {
-                    self.pending_change = None;
                     self.drain();
                     return;
                 }

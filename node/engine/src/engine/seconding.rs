@@ -11,7 +11,7 @@ use crate::membership::MembershipProposal;
 use crate::proposal::Proposal;
 
 use super::Engine;
-use super::command_path::{CommandOutcome, ID_TAKEN, same_command};
+use super::command_path::{CommandOutcome, same_command};
 use super::limits::{DEFER_AHEAD_MAX, DEFERRED_SECONDS_MAX};
 
 /// What a block carries for the engine.
@@ -77,7 +77,7 @@ impl Engine {
         }
         match proposal {
             Ok(Proposal::Command(_)) => {
-                if let Some(consensus) = self.consensus.as_mut() {
+                if let Some(consensus) = self.current.consensus.as_mut() {
                     let _ = consensus.vote_for_hash(hash);
                 }
             }
@@ -87,8 +87,8 @@ impl Engine {
             Ok(proposal @ Proposal::Decided { .. })
                 if !self.unapplied.is_empty() || !self.state.transferred =>
             {
-                if self.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
-                    self.deferred_seconds.push((hash, proposal));
+                if self.current.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
+                    self.current.deferred_seconds.push((hash, proposal));
                 }
             }
             Ok(proposal @ Proposal::Decided { .. }) => self.second_if_agreed(hash, proposal),
@@ -110,10 +110,10 @@ impl Engine {
             Some(ours)
                 if ours == *version
                     && self
-                        .decide(proposal.request())
+                        .decide_proposal(proposal.request())
                         .is_ok_and(|decided| decided == proposal) =>
             {
-                if let Some(consensus) = self.consensus.as_mut() {
+                if let Some(consensus) = self.current.consensus.as_mut() {
                     let _ = consensus.vote_for_hash(hash);
                 }
             }
@@ -121,9 +121,9 @@ impl Engine {
             Some(ours)
                 if ours < *version
                     && *version - ours <= DEFER_AHEAD_MAX
-                    && self.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
+                    && self.current.deferred_seconds.len() < DEFERRED_SECONDS_MAX =>
             {
-                self.deferred_seconds.push((hash, proposal));
+                self.current.deferred_seconds.push((hash, proposal));
             }
             _ => {}
         }
@@ -184,8 +184,7 @@ impl Engine {
                 // a faulty member): ours can no longer apply under it.
                 (Some((false, _)), Some(in_flight)) => {
                     let request = in_flight.request.clone();
-                    let outcome = CommandOutcome::Invalid(ID_TAKEN.to_owned());
-                    self.finish(&request, &outcome);
+                    self.finish(&request, &CommandOutcome::IdTaken);
                 }
                 _ => self.answer(command_id, &outcome),
             }
@@ -222,7 +221,7 @@ impl Engine {
         for command_id in doomed {
             self.retry(command_id);
         }
-        for (hash, proposal) in std::mem::take(&mut self.deferred_seconds) {
+        for (hash, proposal) in std::mem::take(&mut self.current.deferred_seconds) {
             self.second_if_agreed(hash, proposal);
         }
     }

@@ -14,7 +14,7 @@ use super::wire::{Message, TransferChunk};
 /// A joiner's state transfer from one source.
 pub(super) struct TransferRun {
     pub(super) source: usize,
-    pub(super) next_from: u64,
+    pub(super) next_position: u64,
     /// Payload bytes received so far.
     pub(super) bytes: u64,
     pub(super) events: Vec<RecordedEvent>,
@@ -36,7 +36,7 @@ impl Engine {
         let generation = target.welcome.generation;
         self.transfer = Some(TransferRun {
             source,
-            next_from: 1,
+            next_position: 1,
             bytes: 0,
             events: Vec::new(),
             commands: Vec::new(),
@@ -46,7 +46,7 @@ impl Engine {
             peer,
             &Message::TransferRequest {
                 generation,
-                from: 1,
+                position: 1,
             },
         );
     }
@@ -129,7 +129,7 @@ impl Engine {
         }
         let chunk = TransferChunk {
             generation,
-            from: position,
+            position,
             events,
             commands,
             next,
@@ -147,7 +147,7 @@ impl Engine {
         };
         if target.sources.get(run.source) != Some(&from)
             || chunk.generation != target.welcome.generation
-            || chunk.from != run.next_from
+            || chunk.position != run.next_position
         {
             debug!(peer = %from, "a transfer chunk nobody asked this peer for");
             return;
@@ -178,14 +178,14 @@ impl Engine {
         run.commands.extend(chunk.commands);
         run.requested_at_ms = self.now_ms;
         match chunk.next {
-            Some(next) if next > run.next_from => {
-                run.next_from = next;
+            Some(next) if next > run.next_position => {
+                run.next_position = next;
                 let generation = chunk.generation;
                 self.send(
                     from,
                     &Message::TransferRequest {
                         generation,
-                        from: next,
+                        position: next,
                     },
                 );
             }

@@ -51,7 +51,7 @@ pub enum Message {
         /// The generation the joiner was welcomed to.
         generation: u64,
         /// The member's store position to continue from (1 at first).
-        from: u64,
+        position: u64,
     },
     /// Part of a section state, answering a `TransferRequest`.
     TransferChunk(TransferChunk),
@@ -87,8 +87,8 @@ pub enum Message {
 pub struct TransferChunk {
     /// The generation the joiner was welcomed to.
     pub generation: u64,
-    /// The position this chunk starts at (the request's `from`).
-    pub from: u64,
+    /// The position this chunk starts at (the request's `position`).
+    pub position: u64,
     /// The section's events from there, in the member's store order.
     pub events: Vec<RecordedEvent>,
     /// The section's eventless commands, after the events (the cursor runs over the events'
@@ -119,7 +119,7 @@ pub(super) struct OutcomeMessage {
 #[derive(Serialize, Deserialize)]
 pub(super) struct TransferRequestMessage {
     pub(super) generation: u64,
-    pub(super) from: u64,
+    pub(super) position: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,11 +192,14 @@ impl Message {
             Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
             Self::Welcome(welcome) => (TAG_WELCOME, json(welcome)?),
-            Self::TransferRequest { generation, from } => (
+            Self::TransferRequest {
+                generation,
+                position,
+            } => (
                 TAG_TRANSFER_REQUEST,
                 json(&TransferRequestMessage {
                     generation: *generation,
-                    from: *from,
+                    position: *position,
                 })?,
             ),
             // Binary: event payloads are bytes, which JSON would spell in up to four.
@@ -303,7 +306,7 @@ impl Message {
                     serde_json::from_slice(body).map_err(|e| malformed(&e))?;
                 Ok(Self::TransferRequest {
                     generation: message.generation,
-                    from: message.from,
+                    position: message.position,
                 })
             }
             TAG_TRANSFER_CHUNK => {
