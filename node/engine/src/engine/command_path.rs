@@ -131,43 +131,7 @@ impl Engine {
             return;
         }
         if !responsible {
-            let target = XorName::from_stream_key(&request.stream.qualified());
-            let closest = section.closest_members(&target, section.len());
-            let peer = closest
-                .get(attempt as usize % closest.len().max(1))
-                .and_then(|name| {
-                    section
-                        .members()
-                        .find(|(member, _)| *member == name)
-                        .map(|(_, key)| PeerId(*key))
-                });
-            match (peer, waiter) {
-                (Some(peer), Waiter::Client(_) | Waiter::Manager(_)) => {
-                    let first = self.add_waiter(command_id, waiter);
-                    if first {
-                        self.forwarded.insert(
-                            command_id,
-                            Forwarded {
-                                to: peer,
-                                since_ms: self.now_ms,
-                            },
-                        );
-                        self.send(peer, &Message::Forward(request));
-                    }
-                }
-                // A forwarded command must land at a responsible member: our map disagrees
-                // with the sender's, and forwarding on could loop.
-                (_, Waiter::Peer(from)) => self.answer_peer(
-                    from,
-                    command_id,
-                    CommandOutcome::Failed("forwarded to a member not responsible".to_owned()),
-                ),
-                (None, waiter) => self.answer_waiter(
-                    waiter,
-                    command_id,
-                    CommandOutcome::Failed("the responsible section has no member".to_owned()),
-                ),
-            }
+            self.forward(waiter, request, attempt);
             return;
         }
         if !self.add_waiter(command_id, waiter) {
@@ -180,6 +144,50 @@ impl Engine {
             .waiting
             .push_back(request);
         self.start_next(&stream);
+    }
+
+    /// Forwards a command to the `attempt`-th closest member of the section responsible for
+    /// its stream (cycling), and waits for that member's answer.
+    fn forward(&mut self, waiter: Waiter, request: CommandRequest, attempt: u32) {
+        let command_id = request.command_id;
+        let address = XorName::from_stream_key(&request.stream.qualified());
+        let section = self.map.section_for(&address);
+        let closest = section.closest_members(&address, section.len());
+        let peer = closest
+            .get(attempt as usize % closest.len().max(1))
+            .and_then(|name| {
+                section
+                    .members()
+                    .find(|(member, _)| *member == name)
+                    .map(|(_, key)| PeerId(*key))
+            });
+        match (peer, waiter) {
+            (Some(peer), Waiter::Client(_) | Waiter::Manager(_)) => {
+                let first = self.add_waiter(command_id, waiter);
+                if first {
+                    self.forwarded.insert(
+                        command_id,
+                        Forwarded {
+                            to: peer,
+                            since_ms: self.now_ms,
+                        },
+                    );
+                    self.send(peer, &Message::Forward(request));
+                }
+            }
+            // A forwarded command must land at a responsible member: our map disagrees
+            // with the sender's, and forwarding on could loop.
+            (_, Waiter::Peer(from)) => self.answer_peer(
+                from,
+                command_id,
+                CommandOutcome::Failed("forwarded to a member not responsible".to_owned()),
+            ),
+            (None, waiter) => self.answer_waiter(
+                waiter,
+                command_id,
+                CommandOutcome::Failed("the responsible section has no member".to_owned()),
+            ),
+        }
     }
 
     /// Registers a waiter once; true when it is the command's first.

@@ -237,59 +237,18 @@ impl Engine {
     /// first event in it).
     pub(super) fn switch(&mut self, change: MemberChange) -> bool {
         let old_prefix = self.state.prefix;
-        let generation = self.state.generation + 1;
-        let min = self.map.section_size_min();
-        let mut all = self.state.members.clone();
-        match change {
-            MemberChange::Join(node) => all.push(node),
-            MemberChange::Leave(node) => all.retain(|member| *member != node),
-            MemberChange::Refresh(_) => {}
-        }
-        sort_members(&mut all);
-        let head = match self.store.head_position() {
-            Ok(head) => head,
-            Err(error) => {
-                warn!(%error, "the store does not read; the membership change waits");
+        let (map, state) = match self.state_after(change) {
+            Ok(next) => next,
+            Err(reason) => {
+                warn!("{reason}; the membership change waits");
                 return false;
             }
-        };
-        let mut handovers = self.state.handovers.clone();
-        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
-            match self.handover(joiner, generation, old_prefix, &all, min, head) {
-                Ok(handover) => handovers.push(handover),
-                Err(error) => {
-                    warn!(%error, "no handover for the joiner; the membership change waits");
-                    return false;
-                }
-            }
-        }
-        let excess = handovers.len().saturating_sub(HANDOVERS_MAX);
-        handovers.drain(..excess);
-        let mut map = self.map.clone();
-        match change {
-            MemberChange::Join(node) => {
-                map.add_member(node.0);
-            }
-            MemberChange::Leave(node) => {
-                map.remove_member(&name_of(&node));
-            }
-            MemberChange::Refresh(_) => {}
-        }
-        let ours = section_after(old_prefix, &all, &self.our_id, min);
-        let state = SectionState {
-            generation,
-            prefix: ours.as_ref().map_or(old_prefix, |(prefix, _)| *prefix),
-            members: ours.map(|(_, members)| members).unwrap_or_default(),
-            network: network_of(&map),
-            transferred: true,
-            start_head: head,
-            transfer: None,
-            handovers,
         };
         if let Err(error) = state.save(&self.store) {
             warn!(%error, "section state not saved; the membership change waits");
             return false;
         }
+        let generation = state.generation;
         self.map = map;
         self.state = state;
         self.update_generations.insert(change.node(), generation);
@@ -310,24 +269,86 @@ impl Engine {
             self.leaving = None;
         }
         debug!(generation, prefix = %self.state.prefix, members = self.state.members.len(), ?change, "section changed");
-        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
-            if let Some(welcome) = self
-                .state
-                .handovers
-                .iter()
-                .rev()
-                .find(|handover| handover.joiner == joiner)
-                .map(welcome_for)
-            {
-                self.send(joiner, &Message::Welcome(welcome));
+        match change {
+            MemberChange::Join(joiner) => {
+                self.send_welcome(joiner);
+                self.announce(old_prefix, generation, change);
             }
-        }
-        if let MemberChange::Refresh(member) = change {
-            self.refreshed_at.insert(member, self.now_ms);
             // Nobody else's map changes.
-            self.reroute_pending();
-            return true;
+            MemberChange::Refresh(member) => {
+                self.send_welcome(member);
+                self.refreshed_at.insert(member, self.now_ms);
+            }
+            MemberChange::Leave(_) => self.announce(old_prefix, generation, change),
         }
+        self.reroute_pending();
+        true
+    }
+
+    /// The map and section state after `change`, with the handover a joiner (or a refreshed
+    /// member) will fetch; why not, if the store does not read.
+    fn state_after(&self, change: MemberChange) -> Result<(SectionMap, SectionState), String> {
+        let old_prefix = self.state.prefix;
+        let generation = self.state.generation + 1;
+        let min = self.map.section_size_min();
+        let mut all = self.state.members.clone();
+        let mut map = self.map.clone();
+        match change {
+            MemberChange::Join(node) => {
+                all.push(node);
+                map.add_member(node.0);
+            }
+            MemberChange::Leave(node) => {
+                all.retain(|member| *member != node);
+                map.remove_member(&name_of(&node));
+            }
+            MemberChange::Refresh(_) => {}
+        }
+        sort_members(&mut all);
+        let head = self
+            .store
+            .head_position()
+            .map_err(|error| format!("the store does not read ({error})"))?;
+        let mut handovers = self.state.handovers.clone();
+        if let MemberChange::Join(joiner) | MemberChange::Refresh(joiner) = change {
+            let handover = self
+                .handover(joiner, generation, old_prefix, &all, min, head)
+                .map_err(|error| format!("no handover for the joiner ({error})"))?;
+            handovers.push(handover);
+        }
+        let excess = handovers.len().saturating_sub(HANDOVERS_MAX);
+        handovers.drain(..excess);
+        let ours = section_after(old_prefix, &all, &self.our_id, min);
+        let state = SectionState {
+            generation,
+            prefix: ours.as_ref().map_or(old_prefix, |(prefix, _)| *prefix),
+            members: ours.map(|(_, members)| members).unwrap_or_default(),
+            network: network_of(&map),
+            transferred: true,
+            start_head: head,
+            transfer: None,
+            handovers,
+        };
+        Ok((map, state))
+    }
+
+    /// Sends `joiner` the welcome of its latest handover, if we hold one.
+    pub(super) fn send_welcome(&mut self, joiner: PeerId) {
+        if let Some(welcome) = self
+            .state
+            .handovers
+            .iter()
+            .rev()
+            .find(|handover| handover.joiner == joiner)
+            .map(welcome_for)
+        {
+            self.send(joiner, &Message::Welcome(welcome));
+        }
+    }
+
+    /// Tells every node outside the section (as it was) that its members changed, and once
+    /// more after `ANNOUNCE_REPEAT_MS`.
+    fn announce(&mut self, old_prefix: Prefix, generation: u64, change: MemberChange) {
         let update = Message::SectionUpdate {
             prefix: old_prefix,
             generation,
@@ -344,8 +365,6 @@ impl Engine {
             self.send(*node, &update);
         }
         self.announcement = Some((self.now_ms, outsiders, update));
-        self.reroute_pending();
-        true
     }
 
     /// The state a joiner of `generation` fetches: our store's `head` now, the digest of its

@@ -12,7 +12,7 @@ use crate::membership::{
 };
 
 use super::Engine;
-use super::generation::{network_of, welcome_for};
+use super::generation::network_of;
 use super::limits::{BEHIND_REPORT_MS, NEW_MEMBER_GRACE_MS, REFRESH_INTERVAL_MIN_MS};
 use super::wire::Message;
 
@@ -121,16 +121,7 @@ impl Engine {
     /// admitted in this generation gets its welcome again (the first may have been lost).
     pub(super) fn on_join_request(&mut self, from: PeerId) {
         if self.state.members.contains(&from) {
-            if let Some(welcome) = self
-                .state
-                .handovers
-                .iter()
-                .rev()
-                .find(|handover| handover.joiner == from)
-                .map(welcome_for)
-            {
-                self.send(from, &Message::Welcome(welcome));
-            }
+            self.send_welcome(from);
             // A member asking again lags: brought back if our own graph shows it, unless it
             // is new here: welcomed into this very generation and not yet heard from, for at
             // most `NEW_MEMBER_GRACE_MS` (a joiner or a refreshed member still fetching its
@@ -235,34 +226,23 @@ impl Engine {
     /// the same one (at least one of them honest); then the joiner starts the generation's
     /// consensus instance and fetches the state.
     pub(super) fn on_welcome(&mut self, from: PeerId, welcome: Welcome) {
-        let Some(joining) = self.joining.as_mut() else {
+        let Some(joining) = self.joining.as_ref() else {
             return;
         };
-        let our_name = name_of(&self.our_id);
-        let known = self.map.section_for(&our_name);
-        let voters: Vec<PeerId> = known.member_keys().into_iter().map(PeerId).collect();
-        let mut sorted = welcome.members.clone();
-        sort_members(&mut sorted);
-        // A lagging member takes only a welcome to a later generation than the one it is in
-        // (a welcome from its own admission sent again, or one to the generation it reached
-        // by itself meanwhile, must not start that instance a second time: it would sign a
-        // second first event).
-        let later = joining.refresh.is_none_or(|(generation, _)| {
-            welcome.generation > generation && welcome.generation > self.state.generation
-        });
-        let plausible = later
-            && voters.contains(&from)
-            && welcome.members.contains(&self.our_id)
-            && sorted == welcome.members
-            && welcome.prefix.matches(&our_name)
-            && welcome
-                .members
-                .iter()
-                .all(|member| welcome.prefix.matches(&name_of(member)));
-        if !plausible {
+        let voters: Vec<PeerId> = self
+            .map
+            .section_for(&name_of(&self.our_id))
+            .member_keys()
+            .into_iter()
+            .map(PeerId)
+            .collect();
+        if !voters.contains(&from) || !self.welcome_is_plausible(joining, &welcome) {
             debug!(peer = %from, "implausible welcome ignored");
             return;
         }
+        let Some(joining) = self.joining.as_mut() else {
+            return;
+        };
         joining.welcomes.insert(from, welcome.clone());
         let sources: Vec<PeerId> = joining
             .welcomes
@@ -295,6 +275,34 @@ impl Engine {
             warn!(%error, "section state not saved; will ask to join again");
             return;
         }
+        self.enter_welcomed(map, state);
+    }
+
+    /// Whether a welcome could be true: it names us, in a section our name falls in, with its
+    /// members in order, and (for a lagging member) to a later generation than the one it is
+    /// in: a welcome from its own admission sent again, or one to the generation it reached
+    /// by itself meanwhile, must not start that instance a second time (it would sign a
+    /// second first event).
+    fn welcome_is_plausible(&self, joining: &Joining, welcome: &Welcome) -> bool {
+        let our_name = name_of(&self.our_id);
+        let mut sorted = welcome.members.clone();
+        sort_members(&mut sorted);
+        let later = joining.refresh.is_none_or(|(generation, _)| {
+            welcome.generation > generation && welcome.generation > self.state.generation
+        });
+        later
+            && welcome.members.contains(&self.our_id)
+            && sorted == welcome.members
+            && welcome.prefix.matches(&our_name)
+            && welcome
+                .members
+                .iter()
+                .all(|member| welcome.prefix.matches(&name_of(member)))
+    }
+
+    /// Enters the generation a believed welcome (saved as `state`) names, and starts
+    /// fetching the section's state.
+    fn enter_welcomed(&mut self, map: SectionMap, state: SectionState) {
         let refreshed = self
             .joining
             .take()

@@ -22,12 +22,32 @@ pub(super) struct ManagerRun {
     pub(super) unsaved: u32,
 }
 
+/// The event a process manager is handling.
 pub(super) struct ManagerEvent {
     pub(super) event: RecordedEvent,
-    /// Commands sent for the event and not answered yet, with the time to send each (again;
-    /// `None` while one is on its way) and the number of sends so far (a command for another
-    /// section goes to another of its members each time).
-    pub(super) outstanding: BTreeMap<CommandId, (CommandRequest, Option<u64>, u32)>,
+    /// Commands sent for the event and not answered yet.
+    pub(super) outstanding: BTreeMap<CommandId, Outstanding>,
+}
+
+/// A process manager's command not answered yet.
+pub(super) struct Outstanding {
+    pub(super) request: CommandRequest,
+    /// When to send it (again); `None` while one is on its way.
+    pub(super) send_at: Option<u64>,
+    /// Sends so far (a command for another section goes to another of its members each
+    /// time).
+    pub(super) sends: u32,
+}
+
+impl Outstanding {
+    /// A command to send at `now`.
+    fn due(request: CommandRequest, now: u64) -> Self {
+        Self {
+            request,
+            send_at: Some(now),
+            sends: 0,
+        }
+    }
 }
 
 /// The checkpoint name of a process manager run by the engine.
@@ -89,7 +109,11 @@ impl Engine {
                 let Some(current) = run.current.as_mut() else {
                     continue;
                 };
-                let Some((request, _, _)) = current.outstanding.get(&command_id).cloned() else {
+                let Some(request) = current
+                    .outstanding
+                    .get(&command_id)
+                    .map(|outstanding| outstanding.request.clone())
+                else {
                     continue;
                 };
                 match outcome {
@@ -105,15 +129,16 @@ impl Engine {
                         for compensation in
                             run.manager.on_rejected(&current.event, &request, &reason)
                         {
-                            current
-                                .outstanding
-                                .insert(compensation.command_id, (compensation, Some(now), 0));
+                            current.outstanding.insert(
+                                compensation.command_id,
+                                Outstanding::due(compensation, now),
+                            );
                         }
                     }
                     CommandOutcome::Failed(reason) => {
                         debug!(%command_id, %reason, "a process manager's command failed; will retry");
                         if let Some(entry) = current.outstanding.get_mut(&command_id) {
-                            entry.1 = Some(now + MANAGER_RETRY_MS);
+                            entry.send_at = Some(now + MANAGER_RETRY_MS);
                         }
                     }
                 }
@@ -134,38 +159,8 @@ impl Engine {
         let Some(run) = self.managers.get_mut(index) else {
             return false;
         };
-        if let Some(current) = run.current.as_mut() {
-            let due: Vec<(CommandRequest, u32)> = current
-                .outstanding
-                .values_mut()
-                .filter(|(_, send_at, _)| send_at.is_some_and(|at| at <= now))
-                .map(|(request, send_at, sends)| {
-                    *send_at = None;
-                    *sends += 1;
-                    (request.clone(), *sends - 1)
-                })
-                .collect();
-            if !current.outstanding.is_empty() {
-                let sent = !due.is_empty();
-                for (request, attempt) in due {
-                    self.route(Waiter::Manager(index), request, attempt);
-                }
-                return sent;
-            }
-            run.next_position = current.event.position + 1;
-            run.current = None;
-            run.unsaved += 1;
-            // Saved when caught up, or every so many events: a checkpoint is a write
-            // transaction, and a lost one only replays events whose commands the ids absorb.
-            if run.next_position > head || run.unsaved >= MANAGER_CHECKPOINT_EVERY {
-                run.unsaved = 0;
-                let checkpoint = run.next_position.to_le_bytes();
-                let name = manager_checkpoint(run.manager.name());
-                if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
-                    debug!(%error, "process manager checkpoint not saved");
-                }
-            }
-            return true;
+        if run.current.is_some() {
+            return self.step_current_event(index, now, head);
         }
         if run.next_position > head {
             return false; // nothing new in the store
@@ -197,9 +192,52 @@ impl Engine {
             event,
             outstanding: commands
                 .into_iter()
-                .map(|request| (request.command_id, (request, Some(now), 0)))
+                .map(|request| (request.command_id, Outstanding::due(request, now)))
                 .collect(),
         });
+        true
+    }
+
+    /// A manager's event in hand: sends its commands that are due, or, once all are
+    /// answered, moves past the event (saving the checkpoint now and then). True if anything
+    /// moved.
+    fn step_current_event(&mut self, index: usize, now: u64, head: u64) -> bool {
+        let Some(run) = self.managers.get_mut(index) else {
+            return false;
+        };
+        let Some(current) = run.current.as_mut() else {
+            return false;
+        };
+        let due: Vec<(CommandRequest, u32)> = current
+            .outstanding
+            .values_mut()
+            .filter(|outstanding| outstanding.send_at.is_some_and(|at| at <= now))
+            .map(|outstanding| {
+                outstanding.send_at = None;
+                outstanding.sends += 1;
+                (outstanding.request.clone(), outstanding.sends - 1)
+            })
+            .collect();
+        if !current.outstanding.is_empty() {
+            let sent = !due.is_empty();
+            for (request, attempt) in due {
+                self.route(Waiter::Manager(index), request, attempt);
+            }
+            return sent;
+        }
+        run.next_position = current.event.position + 1;
+        run.current = None;
+        run.unsaved += 1;
+        // Saved when caught up, or every so many events: a checkpoint is a write
+        // transaction, and a lost one only replays events whose commands the ids absorb.
+        if run.next_position > head || run.unsaved >= MANAGER_CHECKPOINT_EVERY {
+            run.unsaved = 0;
+            let checkpoint = run.next_position.to_le_bytes();
+            let name = manager_checkpoint(run.manager.name());
+            if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
+                debug!(%error, "process manager checkpoint not saved");
+            }
+        }
         true
     }
 }

@@ -34,6 +34,7 @@
 //! - [`limits`]: every limit and timeout, with their relations checked at compile time;
 //! - `command_path`: route, propose, retry, forward and answer a command;
 //! - `seconding`: second others' proposals, apply agreed blocks;
+//! - `gossip`: sync requests and responses, and the hint to a member that fell behind;
 //! - `generation`: membership votes, their count, the switch to the next generation;
 //! - `joining`: join and leave requests, refreshes of laggards, welcomes, readiness;
 //! - `transfer`: a joiner's state transfer, both sides;
@@ -43,6 +44,7 @@
 
 mod command_path;
 mod generation;
+mod gossip;
 mod joining;
 pub mod limits;
 mod managers;
@@ -62,7 +64,6 @@ use limits::{
     TRANSFER_TIMEOUT_MS,
 };
 use managers::ManagerRun;
-use seconding::{Agreed, agreed_item};
 pub use stats::{EngineStats, OldestProposal};
 use transfer::TransferRun;
 pub use wire::{Message, MessageError, TransferChunk};
@@ -71,7 +72,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chorus_aggregate::{AggregateRegistry, CommandId, CommandRequest, EventStore, StoreError};
 use chorus_consensus::{Config, Consensus, LogRecord, PeerId, SignedEvent};
-use chorus_routing::{Prefix, SectionMap, XorName};
+use chorus_routing::{Prefix, SectionMap};
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
 use tracing::{debug, info, warn};
@@ -431,90 +432,11 @@ impl Engine {
             Message::SyncRequest {
                 generation,
                 request,
-            } => {
-                // Behind, as far as we can tell: in our generation, its latest event is older
-                // than what we keep; in an older one (it missed a switch), the retired
-                // instance shows the same, or we no longer have that instance at all.
-                let lags = if generation == self.state.generation {
-                    self.current
-                        .consensus
-                        .as_ref()
-                        .is_some_and(|consensus| consensus.lags_beyond_window(&from))
-                } else {
-                    generation < self.state.generation
-                        && self.state.members.contains(&from)
-                        && self
-                            .retired
-                            .as_ref()
-                            .filter(|(retired, _)| *retired == generation)
-                            .is_none_or(|(_, consensus)| consensus.lags_beyond_window(&from))
-                };
-                let hint = lags
-                    && self
-                        .current
-                        .behind_told
-                        .get(&from)
-                        .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
-                if hint {
-                    self.current.behind_told.insert(from, now_ms);
-                    let members = self.state.members.clone();
-                    let round = self
-                        .current
-                        .consensus
-                        .as_ref()
-                        .map_or(0, |consensus| consensus.stats().max_round);
-                    let head_position = self.store.head_position().unwrap_or(0);
-                    self.send(
-                        from,
-                        &Message::Behind {
-                            generation,
-                            round,
-                            head_position,
-                            members,
-                        },
-                    );
-                }
-                // A member that lags beyond the window cannot insert what we would send (the
-                // ancestry is pruned here): it gets the hint and nothing else, so a laggard
-                // costs us one small message per `JOIN_RETRY_MS`, not a sync response per
-                // gossip tick (those once filled its memory and starved the section).
-                let instance = if lags {
-                    None
-                } else if generation == self.state.generation {
-                    self.current.consensus.as_mut()
-                } else {
-                    self.retired
-                        .as_mut()
-                        .filter(|(retired, _)| *retired == generation)
-                        .map(|(_, consensus)| consensus)
-                };
-                // A request for a generation we have not reached is answered once we have.
-                if let Some(consensus) = instance {
-                    match consensus.handle_sync_request(&from, &request) {
-                        Ok(response) => self.send(
-                            from,
-                            &Message::SyncResponse {
-                                generation,
-                                response,
-                            },
-                        ),
-                        Err(error) => debug!(peer = %from, %error, "sync request refused"),
-                    }
-                }
-            }
+            } => self.on_sync_request(from, generation, &request),
             Message::SyncResponse {
                 generation,
                 response,
-            } => {
-                if generation == self.state.generation {
-                    if let Some(consensus) = self.current.consensus.as_mut() {
-                        if let Err(error) = consensus.handle_sync_response(now_ms, &from, response)
-                        {
-                            debug!(peer = %from, %error, "sync response refused");
-                        }
-                    }
-                }
-            }
+            } => self.on_sync_response(from, generation, response),
             Message::Forward(request) => {
                 if self.waiters.len() >= COMMANDS_IN_FLIGHT_MAX {
                     let outcome = CommandOutcome::Failed("the member is busy".to_owned());
@@ -674,45 +596,7 @@ impl Engine {
         while let Some((hash, observation)) = consensus.poll_observation() {
             observations.push((hash, observation));
         }
-        // Blocks after a membership change belong to a generation that has ended: they are
-        // never taken out, on any member (the next generation's blocks follow the change).
-        while self.current.pending_change.is_none() {
-            let Some(block) = self
-                .current
-                .consensus
-                .as_mut()
-                .and_then(Consensus::poll_block)
-            else {
-                break;
-            };
-            match agreed_item(&block) {
-                Some(Agreed::Proposal(proposal)) => {
-                    let stream = proposal.proposal.request().stream.qualified();
-                    if self
-                        .state
-                        .prefix
-                        .matches(&XorName::from_stream_key(&stream))
-                    {
-                        self.unapplied.push(proposal);
-                    } else {
-                        // Agreed here for a stream another section owns (a stale map, or a
-                        // faulty member): every member ignores it alike, and records
-                        // nothing, so the owner can still take the command.
-                        let command_id = proposal.proposal.request().command_id;
-                        debug!(%command_id, %stream, "agreed proposal for another section's stream ignored");
-                        self.answer(
-                            command_id,
-                            &CommandOutcome::Failed(
-                                "the stream belongs to another section; send the command again"
-                                    .to_owned(),
-                            ),
-                        );
-                    }
-                }
-                Some(Agreed::Membership(change)) => self.count_change(&block, change),
-                None => {}
-            }
-        }
+        self.take_blocks();
         for transmit in requests {
             self.send(
                 transmit.to,

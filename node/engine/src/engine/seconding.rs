@@ -2,7 +2,7 @@
 //! applied to the store in order.
 
 use chorus_aggregate::{CommandId, CommandRequest, EventStore};
-use chorus_consensus::{Block, BlockMode, Observation, ObservationHash};
+use chorus_consensus::{Block, BlockMode, Consensus, Observation, ObservationHash};
 use chorus_routing::XorName;
 use tracing::{debug, warn};
 
@@ -47,6 +47,50 @@ pub(super) fn agreed_item(block: &Block) -> Option<Agreed> {
 }
 
 impl Engine {
+    /// Takes the agreed blocks out of consensus: proposals for our streams wait to be
+    /// applied; membership votes are counted.
+    pub(super) fn take_blocks(&mut self) {
+        // Blocks after a membership change belong to a generation that has ended: they are
+        // never taken out, on any member (the next generation's blocks follow the change).
+        while self.current.pending_change.is_none() {
+            let Some(block) = self
+                .current
+                .consensus
+                .as_mut()
+                .and_then(Consensus::poll_block)
+            else {
+                break;
+            };
+            match agreed_item(&block) {
+                Some(Agreed::Proposal(proposal)) => {
+                    let stream = proposal.proposal.request().stream.qualified();
+                    if self
+                        .state
+                        .prefix
+                        .matches(&XorName::from_stream_key(&stream))
+                    {
+                        self.unapplied.push(proposal);
+                    } else {
+                        // Agreed here for a stream another section owns (a stale map, or a
+                        // faulty member): every member ignores it alike, and records
+                        // nothing, so the owner can still take the command.
+                        let command_id = proposal.proposal.request().command_id;
+                        debug!(%command_id, %stream, "agreed proposal for another section's stream ignored");
+                        self.answer(
+                            command_id,
+                            &CommandOutcome::Failed(
+                                "the stream belongs to another section; send the command again"
+                                    .to_owned(),
+                            ),
+                        );
+                    }
+                }
+                Some(Agreed::Membership(change)) => self.count_change(&block, change),
+                None => {}
+            }
+        }
+    }
+
     /// Votes for another member's observation when we agree with it (Supermajority mode; a
     /// block needs no second in Single mode): a `Decided` proposal only if we decide the same
     /// events; one decided at a version our store has not reached yet (at most

@@ -1,11 +1,13 @@
 //! State transfer, both sides: a member serves the handover fixed at a joiner's admission,
 //! a joiner fetches it chunk by chunk, checks its digest and writes it.
 
-use chorus_aggregate::{AppendBatch, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
+use chorus_aggregate::{
+    AppendBatch, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError,
+};
 use chorus_consensus::PeerId;
 use tracing::{debug, warn};
 
-use crate::membership::{EventlessCommand, section_digest, section_events};
+use crate::membership::{EventlessCommand, Handover, section_digest, section_events};
 
 use super::Engine;
 use super::limits::{TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_COMMANDS, TRANSFER_CHUNK_EVENTS};
@@ -65,75 +67,23 @@ impl Engine {
             debug!(peer = %from, generation, "a transfer request without a handover");
             return;
         };
-        let mut events = Vec::new();
-        let mut commands = Vec::new();
-        let mut bytes = 0;
-        let mut next = None;
-        let mut cursor = position.max(1);
-        if cursor <= handover.head {
-            'chunks: loop {
-                let read = section_events(
-                    &self.store,
-                    &handover.prefix,
-                    cursor,
-                    Some(handover.head),
-                    100,
-                );
-                let (slice, slice_next) = match read {
-                    Ok(read) => read,
-                    Err(error) => {
-                        warn!(%error, "the store does not read; transfer chunk not sent");
-                        return;
-                    }
-                };
-                for event in slice {
-                    if !events.is_empty()
-                        && (events.len() >= TRANSFER_CHUNK_EVENTS
-                            || bytes + event.payload.len() > TRANSFER_CHUNK_BYTES)
-                    {
-                        next = Some(event.position);
-                        break 'chunks;
-                    }
-                    bytes += event.payload.len();
-                    events.push(event);
-                }
-                match slice_next {
-                    Some(slice_next) => cursor = slice_next,
-                    None => {
-                        cursor = handover.head + 1;
-                        break;
-                    }
-                }
-            }
-        }
-        if next.is_none() {
-            let first =
-                usize::try_from(cursor.saturating_sub(handover.head + 1)).unwrap_or(usize::MAX);
-            let mut index = first;
-            while let Some(command) = handover.commands.get(index) {
-                // Commands share the chunk's byte budget with the events before them.
-                let size = command.stream.qualified().len()
-                    + command.refusal.as_ref().map_or(0, String::len)
-                    + 64;
-                if (!events.is_empty() || !commands.is_empty())
-                    && (commands.len() >= TRANSFER_CHUNK_COMMANDS
-                        || bytes + size > TRANSFER_CHUNK_BYTES)
-                {
-                    next = Some(handover.head + 1 + index as u64);
-                    break;
-                }
-                bytes += size;
-                commands.push(command.clone());
-                index += 1;
-            }
-        }
-        let chunk = TransferChunk {
+        let mut chunk = TransferChunk {
             generation,
             position,
-            events,
-            commands,
-            next,
+            events: Vec::new(),
+            commands: Vec::new(),
+            next: None,
         };
+        let (cursor, bytes) = match fill_events(&self.store, &handover, &mut chunk) {
+            Ok(filled) => filled,
+            Err(error) => {
+                warn!(%error, "the store does not read; transfer chunk not sent");
+                return;
+            }
+        };
+        if chunk.next.is_none() {
+            fill_commands(&handover, &mut chunk, cursor, bytes);
+        }
         self.send(from, &Message::TransferChunk(chunk));
     }
 
@@ -300,5 +250,59 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// Fills `chunk` with the section's events from its position up to the handover's head,
+/// within the chunk limits (setting `next` if they do not all fit). Returns where the cursor
+/// stands after them (past the head once every event is in) and the payload bytes taken.
+fn fill_events(
+    store: &EventStore,
+    handover: &Handover,
+    chunk: &mut TransferChunk,
+) -> Result<(u64, usize), StoreError> {
+    let mut bytes = 0;
+    let mut cursor = chunk.position.max(1);
+    if cursor > handover.head {
+        return Ok((cursor, bytes));
+    }
+    loop {
+        let (slice, slice_next) =
+            section_events(store, &handover.prefix, cursor, Some(handover.head), 100)?;
+        for event in slice {
+            if !chunk.events.is_empty()
+                && (chunk.events.len() >= TRANSFER_CHUNK_EVENTS
+                    || bytes + event.payload.len() > TRANSFER_CHUNK_BYTES)
+            {
+                chunk.next = Some(event.position);
+                return Ok((cursor, bytes));
+            }
+            bytes += event.payload.len();
+            chunk.events.push(event);
+        }
+        match slice_next {
+            Some(next) if next <= handover.head => cursor = next,
+            _ => return Ok((handover.head + 1, bytes)),
+        }
+    }
+}
+
+/// Fills the rest of `chunk` with the handover's eventless commands from `cursor` on (their
+/// cursor positions follow the head), sharing the byte budget with the events before them.
+fn fill_commands(handover: &Handover, chunk: &mut TransferChunk, cursor: u64, mut bytes: usize) {
+    let mut index = usize::try_from(cursor.saturating_sub(handover.head + 1)).unwrap_or(usize::MAX);
+    while let Some(command) = handover.commands.get(index) {
+        let size =
+            command.stream.qualified().len() + command.refusal.as_ref().map_or(0, String::len) + 64;
+        if (!chunk.events.is_empty() || !chunk.commands.is_empty())
+            && (chunk.commands.len() >= TRANSFER_CHUNK_COMMANDS
+                || bytes + size > TRANSFER_CHUNK_BYTES)
+        {
+            chunk.next = Some(handover.head + 1 + index as u64);
+            return;
+        }
+        bytes += size;
+        chunk.commands.push(command.clone());
+        index += 1;
     }
 }

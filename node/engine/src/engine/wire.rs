@@ -145,34 +145,25 @@ pub enum MessageError {
 
 impl Message {
     /// Encodes: a tag byte, then for gossip the generation (8 bytes, little-endian) and the
-    /// consensus wire codec, JSON otherwise.
+    /// consensus wire codec, bincode for a transfer chunk, JSON otherwise (the `Behind` hint:
+    /// three little-endian numbers, then JSON).
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        let malformed = |error: &dyn std::fmt::Display| MessageError::Malformed(error.to_string());
-        let json = |value: &dyn erased::Json| value.to_json().map_err(|e| malformed(&e));
         let (tag, body) = match self {
             Self::SyncRequest {
                 generation,
                 request,
-            } => {
-                let mut body = generation.to_le_bytes().to_vec();
-                body.extend(encode_message(request).map_err(|e| malformed(&e))?);
-                (TAG_SYNC_REQUEST, body)
-            }
+            } => (TAG_SYNC_REQUEST, gossip_body(*generation, request)?),
             Self::SyncResponse {
                 generation,
                 response,
-            } => {
-                let mut body = generation.to_le_bytes().to_vec();
-                body.extend(encode_message(response).map_err(|e| malformed(&e))?);
-                (TAG_SYNC_RESPONSE, body)
-            }
-            Self::Forward(request) => (TAG_FORWARD, json(request)?),
+            } => (TAG_SYNC_RESPONSE, gossip_body(*generation, response)?),
+            Self::Forward(request) => (TAG_FORWARD, to_json(request)?),
             Self::Outcome {
                 command_id,
                 outcome,
             } => (
                 TAG_OUTCOME,
-                json(&OutcomeMessage {
+                to_json(&OutcomeMessage {
                     command_id: *command_id,
                     outcome: outcome.clone(),
                 })?,
@@ -183,21 +174,20 @@ impl Message {
                 head_position,
                 members,
             } => {
-                let mut body = generation.to_le_bytes().to_vec();
-                body.extend(round.to_le_bytes());
-                body.extend(head_position.to_le_bytes());
-                body.extend(json(members)?);
+                let numbers = [*generation, *round, *head_position];
+                let mut body: Vec<u8> = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
+                body.extend(to_json(members)?);
                 (TAG_BEHIND, body)
             }
             Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
-            Self::Welcome(welcome) => (TAG_WELCOME, json(welcome)?),
+            Self::Welcome(welcome) => (TAG_WELCOME, to_json(welcome)?),
             Self::TransferRequest {
                 generation,
                 position,
             } => (
                 TAG_TRANSFER_REQUEST,
-                json(&TransferRequestMessage {
+                to_json(&TransferRequestMessage {
                     generation: *generation,
                     position: *position,
                 })?,
@@ -206,7 +196,7 @@ impl Message {
             Self::TransferChunk(chunk) => (
                 TAG_TRANSFER_CHUNK,
                 bincode::serde::encode_to_vec(chunk, bincode::config::standard())
-                    .map_err(|e| malformed(&e))?,
+                    .map_err(malformed)?,
             ),
             Self::SectionUpdate {
                 prefix,
@@ -214,115 +204,60 @@ impl Message {
                 change,
             } => (
                 TAG_SECTION_UPDATE,
-                json(&SectionUpdateMessage {
+                to_json(&SectionUpdateMessage {
                     prefix: *prefix,
                     generation: *generation,
                     change: *change,
                 })?,
             ),
         };
-        if tag != TAG_SYNC_REQUEST && tag != TAG_SYNC_RESPONSE && body.len() >= MESSAGE_BYTES_MAX {
-            return Err(MessageError::TooLarge(body.len() + 1));
-        }
-        let mut bytes = Vec::with_capacity(body.len() + 1);
-        bytes.push(tag);
-        bytes.extend_from_slice(&body);
-        Ok(bytes)
+        frame(tag, &body)
     }
 
     /// Decodes untrusted bytes from a peer.
     pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
-        let malformed = |error: &dyn std::fmt::Display| MessageError::Malformed(error.to_string());
         let (&tag, body) = bytes.split_first().ok_or(MessageError::UnknownTag(None))?;
-        let generation_and_rest = |body: &[u8]| -> Result<(u64, Vec<u8>), MessageError> {
-            if body.len() < 8 {
-                return Err(MessageError::Malformed(
-                    "gossip without a generation".into(),
-                ));
-            }
-            let (generation, rest) = body.split_at(8);
-            let generation = u64::from_le_bytes(
-                generation
-                    .try_into()
-                    .map_err(|_| MessageError::Malformed("generation".into()))?,
-            );
-            Ok((generation, rest.to_vec()))
-        };
         match tag {
             TAG_SYNC_REQUEST => {
-                let (generation, rest) = generation_and_rest(body)?;
+                let (generation, rest) = leading_number(body)?;
                 Ok(Self::SyncRequest {
                     generation,
-                    request: decode_message(&rest).map_err(|e| malformed(&e))?,
+                    request: decode_message(rest).map_err(malformed)?,
                 })
             }
             TAG_SYNC_RESPONSE => {
-                let (generation, rest) = generation_and_rest(body)?;
+                let (generation, rest) = leading_number(body)?;
                 Ok(Self::SyncResponse {
                     generation,
-                    response: decode_message(&rest).map_err(|e| malformed(&e))?,
+                    response: decode_message(rest).map_err(malformed)?,
                 })
             }
             _ if bytes.len() > MESSAGE_BYTES_MAX => Err(MessageError::TooLarge(bytes.len())),
-            TAG_FORWARD => Ok(Self::Forward(
-                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
-            )),
+            TAG_FORWARD => Ok(Self::Forward(from_json(body)?)),
             TAG_OUTCOME => {
-                let message: OutcomeMessage =
-                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                let message: OutcomeMessage = from_json(body)?;
                 Ok(Self::Outcome {
                     command_id: message.command_id,
                     outcome: message.outcome,
                 })
             }
-            TAG_BEHIND => {
-                let (generation, rest) = generation_and_rest(body)?;
-                let (round, rest) = generation_and_rest(&rest)?;
-                let (head_position, rest) = generation_and_rest(&rest)?;
-                let members: Vec<PeerId> =
-                    serde_json::from_slice(&rest).map_err(|e| malformed(&e))?;
-                if members.len() > BEHIND_MEMBERS_MAX {
-                    return Err(MessageError::Malformed(
-                        "a hint naming too many members".into(),
-                    ));
-                }
-                Ok(Self::Behind {
-                    generation,
-                    round,
-                    head_position,
-                    members,
-                })
-            }
+            TAG_BEHIND => decode_behind(body),
             TAG_JOIN_REQUEST if body.is_empty() => Ok(Self::JoinRequest),
             TAG_LEAVE_REQUEST if body.is_empty() => Ok(Self::LeaveRequest),
             TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
                 Err(MessageError::Malformed("a request with a body".into()))
             }
-            TAG_WELCOME => Ok(Self::Welcome(
-                serde_json::from_slice(body).map_err(|e| malformed(&e))?,
-            )),
+            TAG_WELCOME => Ok(Self::Welcome(from_json(body)?)),
             TAG_TRANSFER_REQUEST => {
-                let message: TransferRequestMessage =
-                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                let message: TransferRequestMessage = from_json(body)?;
                 Ok(Self::TransferRequest {
                     generation: message.generation,
                     position: message.position,
                 })
             }
-            TAG_TRANSFER_CHUNK => {
-                let config = bincode::config::standard().with_limit::<MESSAGE_BYTES_MAX>();
-                let (chunk, read) =
-                    bincode::serde::decode_from_slice(body, config).map_err(|e| malformed(&e))?;
-                if read != body.len() {
-                    return Err(MessageError::Malformed(
-                        "bytes after a transfer chunk".into(),
-                    ));
-                }
-                Ok(Self::TransferChunk(chunk))
-            }
+            TAG_TRANSFER_CHUNK => decode_chunk(body),
             TAG_SECTION_UPDATE => {
-                let message: SectionUpdateMessage =
-                    serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+                let message: SectionUpdateMessage = from_json(body)?;
                 Ok(Self::SectionUpdate {
                     prefix: message.prefix,
                     generation: message.generation,
@@ -334,14 +269,71 @@ impl Message {
     }
 }
 
-/// JSON encoding of message bodies behind one object-safe trait.
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
+/// The tag, then the body; only gossip may exceed `MESSAGE_BYTES_MAX` (consensus bounds it).
+fn frame(tag: u8, body: &[u8]) -> Result<Vec<u8>, MessageError> {
+    if tag != TAG_SYNC_REQUEST && tag != TAG_SYNC_RESPONSE && body.len() >= MESSAGE_BYTES_MAX {
+        return Err(MessageError::TooLarge(body.len() + 1));
     }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-            serde_json::to_vec(self)
-        }
+    let mut bytes = Vec::with_capacity(body.len() + 1);
+    bytes.push(tag);
+    bytes.extend_from_slice(body);
+    Ok(bytes)
+}
+
+fn malformed(error: impl std::fmt::Display) -> MessageError {
+    MessageError::Malformed(error.to_string())
+}
+
+fn to_json(value: &impl Serialize) -> Result<Vec<u8>, MessageError> {
+    serde_json::to_vec(value).map_err(malformed)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, MessageError> {
+    serde_json::from_slice(body).map_err(malformed)
+}
+
+/// A gossip body: the generation, then the consensus wire codec.
+fn gossip_body(generation: u64, message: &impl Serialize) -> Result<Vec<u8>, MessageError> {
+    let mut body = generation.to_le_bytes().to_vec();
+    body.extend(encode_message(message).map_err(malformed)?);
+    Ok(body)
+}
+
+/// A little-endian u64 at the start of `body`, and the rest.
+fn leading_number(body: &[u8]) -> Result<(u64, &[u8]), MessageError> {
+    let Some((number, rest)) = body.split_first_chunk::<8>() else {
+        return Err(MessageError::Malformed(
+            "gossip without a generation".into(),
+        ));
+    };
+    Ok((u64::from_le_bytes(*number), rest))
+}
+
+fn decode_behind(body: &[u8]) -> Result<Message, MessageError> {
+    let (generation, rest) = leading_number(body)?;
+    let (round, rest) = leading_number(rest)?;
+    let (head_position, rest) = leading_number(rest)?;
+    let members: Vec<PeerId> = from_json(rest)?;
+    if members.len() > BEHIND_MEMBERS_MAX {
+        return Err(MessageError::Malformed(
+            "a hint naming too many members".into(),
+        ));
     }
+    Ok(Message::Behind {
+        generation,
+        round,
+        head_position,
+        members,
+    })
+}
+
+fn decode_chunk(body: &[u8]) -> Result<Message, MessageError> {
+    let config = bincode::config::standard().with_limit::<MESSAGE_BYTES_MAX>();
+    let (chunk, read) = bincode::serde::decode_from_slice(body, config).map_err(malformed)?;
+    if read != body.len() {
+        return Err(MessageError::Malformed(
+            "bytes after a transfer chunk".into(),
+        ));
+    }
+    Ok(Message::TransferChunk(chunk))
 }

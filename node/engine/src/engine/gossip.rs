@@ -1,0 +1,109 @@
+//! Consensus gossip between members: sync requests answered from the generation they are
+//! for (the current one, or the retired one for members that have not reached the switch),
+//! and the `Behind` hint for a member that fell beyond the prune window, which gets nothing
+//! else.
+
+use chorus_consensus::{PeerId, SyncRequest, SyncResponse};
+use tracing::debug;
+
+use super::Engine;
+use super::limits::JOIN_RETRY_MS;
+use super::wire::Message;
+
+impl Engine {
+    /// A member's sync request for `generation`.
+    pub(super) fn on_sync_request(&mut self, from: PeerId, generation: u64, request: &SyncRequest) {
+        let now_ms = self.now_ms;
+        let lags = self.lags_beyond_window(from, generation);
+        let hint = lags
+            && self
+                .current
+                .behind_told
+                .get(&from)
+                .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
+        if hint {
+            self.current.behind_told.insert(from, now_ms);
+            let members = self.state.members.clone();
+            let round = self
+                .current
+                .consensus
+                .as_ref()
+                .map_or(0, |consensus| consensus.stats().max_round);
+            let head_position = self.store.head_position().unwrap_or(0);
+            self.send(
+                from,
+                &Message::Behind {
+                    generation,
+                    round,
+                    head_position,
+                    members,
+                },
+            );
+        }
+        // A member that lags beyond the window cannot insert what we would send (the
+        // ancestry is pruned here): it gets the hint and nothing else, so a laggard
+        // costs us one small message per `JOIN_RETRY_MS`, not a sync response per
+        // gossip tick (those once filled its memory and starved the section).
+        let instance = if lags {
+            None
+        } else if generation == self.state.generation {
+            self.current.consensus.as_mut()
+        } else {
+            self.retired
+                .as_mut()
+                .filter(|(retired, _)| *retired == generation)
+                .map(|(_, consensus)| consensus)
+        };
+        // A request for a generation we have not reached is answered once we have.
+        if let Some(consensus) = instance {
+            match consensus.handle_sync_request(&from, request) {
+                Ok(response) => self.send(
+                    from,
+                    &Message::SyncResponse {
+                        generation,
+                        response,
+                    },
+                ),
+                Err(error) => debug!(peer = %from, %error, "sync request refused"),
+            }
+        }
+    }
+
+    /// Whether `from` lags beyond our prune window in `generation`, as far as we can tell:
+    /// in our generation, its latest event is older than what we keep; in an older one (it
+    /// missed a switch), the retired instance shows the same, or we no longer have that
+    /// instance at all.
+    fn lags_beyond_window(&self, from: PeerId, generation: u64) -> bool {
+        if generation == self.state.generation {
+            self.current
+                .consensus
+                .as_ref()
+                .is_some_and(|consensus| consensus.lags_beyond_window(&from))
+        } else {
+            generation < self.state.generation
+                && self.state.members.contains(&from)
+                && self
+                    .retired
+                    .as_ref()
+                    .filter(|(retired, _)| *retired == generation)
+                    .is_none_or(|(_, consensus)| consensus.lags_beyond_window(&from))
+        }
+    }
+
+    /// The events a sync request of ours asked for.
+    pub(super) fn on_sync_response(
+        &mut self,
+        from: PeerId,
+        generation: u64,
+        response: SyncResponse,
+    ) {
+        let now_ms = self.now_ms;
+        if generation == self.state.generation {
+            if let Some(consensus) = self.current.consensus.as_mut() {
+                if let Err(error) = consensus.handle_sync_response(now_ms, &from, response) {
+                    debug!(peer = %from, %error, "sync response refused");
+                }
+            }
+        }
+    }
+}
