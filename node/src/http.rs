@@ -22,8 +22,8 @@ mod server;
 #[cfg(test)]
 mod tests;
 
+use crate::queues::{Drops, EngineInputs, Refused};
 use std::convert::Infallible;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -69,7 +69,7 @@ pub const READ_COUNT_DEFAULT: usize = 100;
 const _: () = assert!(READ_COUNT_DEFAULT <= READ_COUNT_MAX);
 
 /// The routes, over the engine thread's input channel.
-pub fn router(engine: mpsc::Sender<Input>) -> Router {
+pub fn router(engine: EngineInputs) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
@@ -115,7 +115,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 /// Readiness: 200 when the node is an active member in step with its section; 503 while it
 /// joins, fetches state or lags (with how far), so a load balancer sends clients elsewhere.
-async fn health(State(engine): State<mpsc::Sender<Input>>) -> Response {
+async fn health(State(engine): State<EngineInputs>) -> Response {
     let status = match ask(&engine, Input::Status).await {
         Ok(status) => status,
         Err(response) => return response,
@@ -151,13 +151,19 @@ async fn live() -> Json<Value> {
 
 /// Sends an input built around a reply channel and waits for the reply.
 async fn ask<T>(
-    engine: &mpsc::Sender<Input>,
+    engine: &EngineInputs,
     input: impl FnOnce(oneshot::Sender<T>) -> Input,
 ) -> Result<T, Response> {
     let (reply, answer) = oneshot::channel();
     engine
-        .send(input(reply))
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"))?;
+        .offer_request(input(reply))
+        .map_err(|refused| match refused {
+            Refused::Busy => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node is busy (its engine queue is full); try again shortly",
+            ),
+            Refused::Stopped => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
+        })?;
     match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(_)) => Err(error(
@@ -171,7 +177,7 @@ async fn ask<T>(
     }
 }
 
-async fn status(State(engine): State<mpsc::Sender<Input>>) -> Response {
+async fn status(State(engine): State<EngineInputs>) -> Response {
     match ask(&engine, Input::Status).await {
         Ok(status) => Json(status).into_response(),
         Err(response) => response,
@@ -209,7 +215,7 @@ fn parse_expected(value: Option<&Value>) -> Result<ExpectedVersion, String> {
 }
 
 async fn submit(
-    State(engine): State<mpsc::Sender<Input>>,
+    State(engine): State<EngineInputs>,
     PathParams(stream): PathParams<String>,
     QueryParams(NoQuery {}): QueryParams<NoQuery>,
     JsonBody(body): JsonBody<SubmitBody>,
@@ -292,7 +298,7 @@ pub struct ListQuery {
 #[serde(deny_unknown_fields)]
 pub struct NoQuery {}
 
-type Engine = State<mpsc::Sender<Input>>;
+type Engine = State<EngineInputs>;
 
 fn bad(problem: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, problem.to_string())
@@ -315,7 +321,7 @@ fn event_json(event: &RecordedEvent) -> Value {
     })
 }
 
-async fn read(engine: &mpsc::Sender<Input>, read: Read) -> Result<ReadAnswer, Response> {
+async fn read(engine: &EngineInputs, read: Read) -> Result<ReadAnswer, Response> {
     match ask(engine, |reply| Input::Read(read, reply)).await? {
         Ok(answer) => Ok(answer),
         Err(problem) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, problem)),
@@ -323,7 +329,7 @@ async fn read(engine: &mpsc::Sender<Input>, read: Read) -> Result<ReadAnswer, Re
 }
 
 /// One page of events as JSON, with where the next page starts.
-async fn events_page(engine: &mpsc::Sender<Input>, query: Read) -> Response {
+async fn events_page(engine: &EngineInputs, query: Read) -> Response {
     match read(engine, query).await {
         Ok(ReadAnswer::Events { events, next }) => {
             let events: Vec<Value> = events.iter().map(event_json).collect();
@@ -390,7 +396,7 @@ async fn read_stream(
 }
 
 async fn read_log(
-    engine: &mpsc::Sender<Input>,
+    engine: &EngineInputs,
     log_read: Result<(Filter, u64, usize), String>,
 ) -> Response {
     match log_read {
@@ -495,7 +501,7 @@ pub const SUBSCRIPTION_POLL: Duration = Duration::from_millis(100);
 /// event's JSON as data and its cursor (sequence or position) as id, so a client that
 /// reconnects continues from the id after the last it saw.
 fn subscription(
-    engine: mpsc::Sender<Input>,
+    engine: EngineInputs,
     from: u64,
     read_at: impl Fn(u64) -> Read + Send + 'static,
     cursor_of: fn(&RecordedEvent) -> u64,
@@ -550,10 +556,7 @@ async fn subscribe_stream(
     }
 }
 
-fn subscribe_log(
-    engine: mpsc::Sender<Input>,
-    log_read: Result<(Filter, u64, usize), String>,
-) -> Response {
+fn subscribe_log(engine: EngineInputs, log_read: Result<(Filter, u64, usize), String>) -> Response {
     match log_read {
         Ok((filter, from, count)) => subscription(
             engine,
@@ -629,6 +632,26 @@ async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQ
         "gauge",
         "Global position of the last event in the node's store.",
         &[("", status.head_position)],
+    );
+    let drops = &engine.drops;
+    metric(
+        "dropped_total",
+        "counter",
+        "Requests and messages the node's bounded queues refused or dropped, by queue.",
+        &[
+            (
+                "{queue=\"client_requests\"}",
+                Drops::read(&drops.client_requests),
+            ),
+            (
+                "{queue=\"peer_messages\"}",
+                Drops::read(&drops.peer_messages),
+            ),
+            (
+                "{queue=\"outbound_messages\"}",
+                Drops::read(&drops.outbound_messages),
+            ),
+        ],
     );
     let answered = &status.answered;
     metric(

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod http;
 mod local;
+mod queues;
 mod runtime;
 mod transport;
 
@@ -195,8 +196,9 @@ fn run_node(path: &Path) -> Result<(), String> {
         let http = listener
             .local_addr()
             .map_err(|error| format!("http address: {error}"))?;
-        let (inputs, input_receiver) = std::sync::mpsc::channel();
-        let (outbound, outbound_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let (inputs, input_receiver) = queues::EngineInputs::new(queues::ENGINE_INPUTS_MAX);
+        let (outbound, outbound_receiver) =
+            queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
         // The engine lives on its own thread (its store blocks on fsync), built there: it
         // holds process managers, which need not be `Send`.
         let (started, startup) = std::sync::mpsc::sync_channel(1);
@@ -237,7 +239,8 @@ fn run_node(path: &Path) -> Result<(), String> {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 timer.tick().await;
-                if ticks.send(runtime::Input::Tick).is_err() {
+                // A full queue skips a tick: the engine is busy, and ticks carry no data.
+                if let Err((queues::Refused::Stopped, _)) = ticks.offer(runtime::Input::Tick) {
                     return;
                 }
             }

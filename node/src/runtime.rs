@@ -23,7 +23,7 @@ use chorus_routing::SectionMap;
 use ed25519_dalek::SigningKey;
 use rand::SeedableRng;
 use serde::Serialize;
-use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{Checked, hex};
@@ -228,7 +228,7 @@ pub const INPUTS_PER_DRAIN_MAX: usize = 256;
 pub fn run_engine(
     mut engine: Engine,
     inputs: mpsc::Receiver<Input>,
-    outbound: async_mpsc::UnboundedSender<(PeerId, Vec<u8>)>,
+    outbound: crate::queues::Outbound,
 ) -> Result<(), RuntimeError> {
     engine.add_process_manager(Box::new(TransferSaga))?;
     let mut rng = rand::rngs::StdRng::from_entropy();
@@ -307,7 +307,7 @@ pub fn run_engine(
 /// produce more records), then messages and answers.
 fn drain(
     engine: &mut Engine,
-    outbound: &async_mpsc::UnboundedSender<(PeerId, Vec<u8>)>,
+    outbound: &crate::queues::Outbound,
     waiting: &mut BTreeMap<u64, oneshot::Sender<CommandOutcome>>,
     answered: &mut Answered,
 ) -> Result<(), RuntimeError> {
@@ -338,7 +338,7 @@ fn drain(
         }
     }
     while let Some((peer, bytes)) = engine.poll_send() {
-        if outbound.send((peer, bytes)).is_err() {
+        if outbound.send(peer, bytes).is_err() {
             break; // the transport stopped; the node is shutting down
         }
     }

@@ -217,13 +217,17 @@ pub async fn start(
 }
 
 /// Runs a started swarm until `outbound` closes: messages from `outbound` go to their
-/// peers, messages from peers go to the engine thread's `inbound` channel.
+/// peers, messages from peers go to the engine thread's input queue, through a backlog per
+/// peer when it is full ([`crate::queues::PeerInbound`]).
 pub async fn run(
     mut swarm: Swarm<Behaviour>,
     peers: Vec<(PeerId, Multiaddr)>,
-    mut outbound: mpsc::UnboundedReceiver<(PeerId, Vec<u8>)>,
-    inbound: std::sync::mpsc::Sender<crate::runtime::Input>,
+    mut outbound: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    engine: crate::queues::EngineInputs,
 ) {
+    let mut inbound = crate::queues::PeerInbound::new(engine);
+    // While peer messages wait for room in the engine's queue, it is looked at this often.
+    let mut pump = tokio::time::interval(Duration::from_millis(1));
     let addresses: BTreeMap<libp2p::PeerId, Multiaddr> = peers
         .iter()
         .filter_map(|(peer, address)| Some((libp2p_id(peer).ok()?, address.clone())))
@@ -245,6 +249,11 @@ pub async fn run(
                     Err(error) => debug!(%error, "message for a peer with a bad key dropped"),
                 }
             }
+            _ = pump.tick(), if inbound.has_backlog() => {
+                if inbound.pump().is_err() {
+                    return;
+                }
+            }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::Behaviour(BehaviourEvent::Engine(event)) => match event {
                     request_response::Event::Message { peer, message, .. } => match message {
@@ -254,7 +263,7 @@ pub async fn run(
                             let _ = swarm.behaviour_mut().engine.send_response(channel, Vec::new());
                             match consensus_id(&peer) {
                                 Some(from) => {
-                                    if inbound.send(crate::runtime::Input::Message(from, request)).is_err() {
+                                    if inbound.push(from, request).is_err() {
                                         return;
                                     }
                                 }

@@ -5,7 +5,6 @@
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,7 +26,7 @@ const COMMAND: &str = r#"{"command": {"Deposit": {"amount": 1, "transfer": null}
 /// listing and drops every other input (a command then gets 503, "the node is stopping").
 /// The thread ends when the router (the last sender) is dropped.
 fn router_over_empty_store() -> Router {
-    let (engine, inputs) = mpsc::channel();
+    let (engine, inputs) = crate::queues::EngineInputs::new(64);
     std::thread::spawn(move || {
         for input in inputs {
             if let Input::Read(read, reply) = input {
@@ -396,4 +395,33 @@ fn a_client_sending_its_body_too_slowly_gets_408() {
         }
         Outcome::Closed => panic!("closed without an answer"),
     }
+}
+
+#[tokio::test]
+async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
+    // A queue with no room and an engine that never takes from it: every request is refused
+    // without waiting for an answer.
+    let (engine, inputs) = crate::queues::EngineInputs::new(0);
+    let drops = std::sync::Arc::clone(&engine.drops);
+    let app = router(engine);
+    let request = Request::builder()
+        .method("POST")
+        .uri(COMMANDS)
+        .header("content-type", "application/json")
+        .body(Body::from(COMMAND))
+        .expect("a valid request");
+    let response = app
+        .oneshot(request)
+        .await
+        .expect("the router is infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the body")
+        .to_bytes();
+    assert_error_shape(&String::from_utf8_lossy(&body), "busy", "a full queue");
+    assert_eq!(crate::queues::Drops::read(&drops.client_requests), 1);
+    drop(inputs);
 }
