@@ -30,12 +30,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chorus_aggregate::domain::encode_event;
-use chorus_aggregate::examples::bank_account::{BankAccount, BankAccountEvent};
 use chorus_aggregate::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX};
 use chorus_aggregate::{
     Aggregate, AppendBatch, Direction, EventId, EventStore, ExpectedVersion, Filter, MessageId,
     NewEvent, Repository, SnapshotRecord, StreamKey, StreamWrite, TypeName,
 };
+use chorus_demo::bank_account::{BankAccount, BankAccountEvent};
 use clap::{CommandFactory, Parser};
 use serde_json::{Value, json};
 

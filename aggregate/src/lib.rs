@@ -10,7 +10,6 @@
 //! - **On top of the store**: repositories with snapshots ([`repository`]), catch-up
 //!   subscriptions ([`subscription`]), checkpointed projections ([`projection`]), process
 //!   managers and an event router ([`process`]), a given/when/then test kit ([`testkit`]).
-//! - **Examples** ([`examples`]): `Notebook`, `BankAccount` and a transfer saga between accounts.
 //!
 //! Architecture invariant: aggregate code is deterministic. Time and ids come from the command
 //! or the agreed block, never from the machine; nothing here reads a clock or draws randomness.
@@ -19,7 +18,6 @@ pub mod codec;
 pub mod domain;
 pub mod envelope;
 pub mod error;
-pub mod examples;
 pub mod ids;
 pub mod limits;
 pub mod names;

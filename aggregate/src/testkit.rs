@@ -1,7 +1,7 @@
 //! Given / when / then tests for aggregates, for users of the crate:
 //!
 //! ```
-//! use chorus_aggregate::examples::bank_account::*;
+//! use chorus_demo::bank_account::*;
 //! use chorus_aggregate::testkit::AggregateTest;
 //!
 //! AggregateTest::<BankAccount>::given([BankAccountEvent::AccountOpened { owner: "ada".into() }])

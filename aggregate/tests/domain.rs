@@ -5,13 +5,6 @@
 use std::time::Duration;
 
 use chorus_aggregate::domain::encode_event;
-use chorus_aggregate::examples::bank_account::{
-    BankAccount, BankAccountCommand, BankAccountError, BankAccountEvent,
-};
-use chorus_aggregate::examples::notebook::{Note, Notebook, NotebookCommand, NotebookEvent};
-use chorus_aggregate::examples::transfer::{
-    Transfer, TransferCommand, TransferSaga, TransferStatus,
-};
 use chorus_aggregate::testkit::AggregateTest;
 use chorus_aggregate::{
     Aggregate, AggregateRegistry, AppendBatch, CommandEnvelope, CommandError, CommandId,
@@ -19,6 +12,11 @@ use chorus_aggregate::{
     Projection, ProjectionRunner, RecordedEvent, Repository, SnapshotRecord, StreamKey,
     Subscription, TypeName,
 };
+use chorus_demo::bank_account::{
+    BankAccount, BankAccountCommand, BankAccountError, BankAccountEvent,
+};
+use chorus_demo::notebook::{Note, Notebook, NotebookCommand, NotebookEvent};
+use chorus_demo::transfer::{Transfer, TransferCommand, TransferSaga, TransferStatus};
 
 fn store() -> (tempfile::TempDir, EventStore) {
     let directory = tempfile::tempdir().expect("temp dir");
@@ -64,7 +62,7 @@ fn the_test_kit_checks_events_errors_and_state() {
             text: "x".into(),
             author: "ada".into(),
         })
-        .then_error(chorus_aggregate::examples::notebook::NotebookError::NotInitiated);
+        .then_error(chorus_demo::notebook::NotebookError::NotInitiated);
     AggregateTest::<BankAccount>::given([
         BankAccountEvent::AccountOpened {
             owner: "ada".into(),

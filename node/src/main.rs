@@ -207,7 +207,7 @@ fn run_node(path: &Path) -> Result<(), String> {
         let engine_thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                let engine = match runtime::start_engine(&engine_checked, &engine_key) {
+                let engine = match runtime::start_engine(&engine_checked, &engine_key, DEMO) {
                     Ok(engine) => {
                         let _ = started.send(Ok(()));
                         engine
@@ -217,7 +217,7 @@ fn run_node(path: &Path) -> Result<(), String> {
                         return;
                     }
                 };
-                if let Err(error) = runtime::run_engine(engine, input_receiver, outbound) {
+                if let Err(error) = runtime::run_engine(engine, input_receiver, outbound, DEMO) {
                     error!(%error, "the engine stopped");
                     std::process::exit(2);
                 }
@@ -291,6 +291,12 @@ fn simulator(args: &[String]) -> Result<(), String> {
         Err(format!("chorus-sim exited with {status}"))
     }
 }
+
+/// The application this binary runs: the demo domain (`chorus-demo`).
+const DEMO: runtime::Domain = runtime::Domain {
+    registry: chorus_demo::registry,
+    process_managers: chorus_demo::process_managers,
+};
 
 /// How long a stopping node lets open HTTP requests finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

@@ -9,12 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chorus_aggregate::examples::bank_account::BankAccount;
-use chorus_aggregate::examples::notebook::Notebook;
-use chorus_aggregate::examples::transfer::{Transfer, TransferSaga};
 use chorus_aggregate::{
     AggregateRegistry, CategoryName, CommandRequest, DatabaseName, Direction, EventStore, Filter,
-    RecordedEvent, StoreError, StreamInfo, StreamKey,
+    ProcessManager, RecordedEvent, StoreError, StreamInfo, StreamKey,
 };
 use chorus_consensus::codec::{decode_log_record, encode_log_record};
 use chorus_consensus::{Config, Consensus, PeerId, Stats};
@@ -178,17 +175,24 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// The aggregates a node executes.
-pub fn registry() -> AggregateRegistry {
-    AggregateRegistry::new()
-        .register::<BankAccount>()
-        .register::<Notebook>()
-        .register::<Transfer>()
+/// The application a node runs, given by its caller (the runtime names no domain): the
+/// aggregates it executes and the process managers it runs. Functions, because both are
+/// built on the engine thread (process managers need not be `Send`).
+#[derive(Clone, Copy)]
+pub struct Domain {
+    /// The aggregates, registered.
+    pub registry: fn() -> AggregateRegistry,
+    /// The process managers, each resumed from its checkpoint.
+    pub process_managers: fn() -> Vec<Box<dyn ProcessManager>>,
 }
 
 /// Opens the store, starts or restores the engine (restore when the store holds a replay log
 /// or a saved section state), and returns it ready to run.
-pub fn start_engine(checked: &Checked, key: &SigningKey) -> Result<Engine, RuntimeError> {
+pub fn start_engine(
+    checked: &Checked,
+    key: &SigningKey,
+    domain: Domain,
+) -> Result<Engine, RuntimeError> {
     let store = EventStore::open(checked.config.data_dir.join("node.redb"))?;
     let mut members: Vec<[u8; 32]> = checked.peers.iter().map(|(peer, _)| peer.0).collect();
     members.push(key.verifying_key().to_bytes());
@@ -203,7 +207,14 @@ pub fn start_engine(checked: &Checked, key: &SigningKey) -> Result<Engine, Runti
     let records = store.log_records()?;
     let engine = if records.is_empty() && saved.is_none() {
         info!("first start");
-        Engine::new(config, key.clone(), map, registry(), store, now_ms())?
+        Engine::new(
+            config,
+            key.clone(),
+            map,
+            (domain.registry)(),
+            store,
+            now_ms(),
+        )?
     } else {
         let mut log = Vec::with_capacity(records.len());
         for (index, (generation, bytes)) in records.into_iter().enumerate() {
@@ -214,7 +225,15 @@ pub fn start_engine(checked: &Checked, key: &SigningKey) -> Result<Engine, Runti
             log.push((generation, record));
         }
         info!(records = log.len(), "restoring from the replay log");
-        Engine::restore(config, key.clone(), map, registry(), store, log, now_ms())?
+        Engine::restore(
+            config,
+            key.clone(),
+            map,
+            (domain.registry)(),
+            store,
+            log,
+            now_ms(),
+        )?
     };
     Ok(engine)
 }
@@ -223,14 +242,17 @@ pub fn start_engine(checked: &Checked, key: &SigningKey) -> Result<Engine, Runti
 pub const INPUTS_PER_DRAIN_MAX: usize = 256;
 
 /// Runs the engine until `inputs` closes or the store fails (then the node must stop: it can
-/// no longer make its own events durable). The process managers (the transfer saga) start
-/// here, on the engine thread, from their checkpoints.
+/// no longer make its own events durable). The domain's process managers start here, on
+/// the engine thread, from their checkpoints.
 pub fn run_engine(
     mut engine: Engine,
     inputs: mpsc::Receiver<Input>,
     outbound: crate::queues::Outbound,
+    domain: Domain,
 ) -> Result<(), RuntimeError> {
-    engine.add_process_manager(Box::new(TransferSaga))?;
+    for manager in (domain.process_managers)() {
+        engine.add_process_manager(manager)?;
+    }
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut waiting: BTreeMap<u64, oneshot::Sender<CommandOutcome>> = BTreeMap::new();
     let mut next_ticket = 0u64;

@@ -24,12 +24,9 @@
 
 use std::collections::BTreeMap;
 
-use chorus_aggregate::examples::bank_account::{BankAccount, BankAccountEvent};
-use chorus_aggregate::examples::notebook::Notebook;
-use chorus_aggregate::{
-    AggregateRegistry, CommandId, CommandRecord, CommandRequest, EventStore, Filter, StreamKey,
-};
+use chorus_aggregate::{CommandId, CommandRecord, CommandRequest, EventStore, Filter, StreamKey};
 use chorus_consensus::{BlockMode, Config, PeerId};
+use chorus_demo::bank_account::{BankAccount, BankAccountEvent};
 use chorus_engine::{CommandOutcome, Engine, EngineConfig};
 use chorus_routing::{SectionMap, XorName};
 use ed25519_dalek::SigningKey;
@@ -157,7 +154,7 @@ impl ClusterSim {
                 engine_config(&setup),
                 key.clone(),
                 map.clone(),
-                registry(),
+                chorus_demo::registry(),
                 store,
                 0,
             )
@@ -253,7 +250,7 @@ impl ClusterSim {
             engine_config(&self.setup),
             key.clone(),
             self.map.clone(),
-            registry(),
+            chorus_demo::registry(),
             store,
             self.now_ms,
         )
@@ -288,7 +285,7 @@ impl ClusterSim {
         }
         if let Some(engine) = self.engines[node].as_mut() {
             engine
-                .add_process_manager(Box::new(chorus_aggregate::examples::transfer::TransferSaga))
+                .add_process_manager(Box::new(chorus_demo::transfer::TransferSaga))
                 .map_err(|error| error.to_string())?;
         }
         self.collect(node);
@@ -406,7 +403,7 @@ impl ClusterSim {
             engine_config(&self.setup),
             self.keys[node].clone(),
             self.map.clone(),
-            registry(),
+            chorus_demo::registry(),
             store,
             self.logs[node].clone(),
             self.now_ms,
@@ -459,7 +456,7 @@ impl ClusterSim {
         id: &str,
         claimed: u64,
     ) -> bool {
-        use chorus_aggregate::examples::bank_account::BankAccountCommand;
+        use chorus_demo::bank_account::BankAccountCommand;
         let Some(engine) = self.engines[node].as_ref() else {
             return false;
         };
@@ -719,9 +716,7 @@ impl ClusterSim {
         if !self.saga {
             return Vec::new();
         }
-        let name = chorus_aggregate::examples::transfer::TransferSaga
-            .name()
-            .to_owned();
+        let name = chorus_demo::transfer::TransferSaga.name().to_owned();
         let mut ids = Vec::new();
         for engine in self.engines.iter().flatten() {
             let mut from = 1;
@@ -914,13 +909,6 @@ fn engine_config(setup: &ClusterSetup) -> EngineConfig {
     })
 }
 
-fn registry() -> AggregateRegistry {
-    AggregateRegistry::new()
-        .register::<BankAccount>()
-        .register::<Notebook>()
-        .register::<chorus_aggregate::examples::transfer::Transfer>()
-}
-
 fn open_store(directory: &std::path::Path, node: usize) -> Result<EventStore, String> {
     EventStore::open(directory.join(format!("node-{node}.redb"))).map_err(|error| error.to_string())
 }
@@ -1028,7 +1016,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterOutcome {
 }
 
 fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
-    use chorus_aggregate::examples::bank_account::BankAccountCommand;
+    use chorus_demo::bank_account::BankAccountCommand;
 
     let mut plan = ChaCha8Rng::seed_from_u64(seed ^ 0xc1u64.rotate_left(56));
     let sections = [1usize, 2, 4][plan.gen_range(0..3)];
@@ -1167,14 +1155,13 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
         if accounts >= 2 && plan.gen_bool(0.1) {
             let from = plan.gen_range(0..accounts);
             let to = (from + plan.gen_range(1..accounts)) % accounts;
-            let start = serde_json::to_value(
-                chorus_aggregate::examples::transfer::TransferCommand::StartTransfer {
+            let start =
+                serde_json::to_value(chorus_demo::transfer::TransferCommand::StartTransfer {
                     from: format!("a{from}"),
                     to: format!("a{to}"),
                     amount: plan.gen_range(1..30),
-                },
-            )
-            .map_err(|error| error.to_string())?;
+                })
+                .map_err(|error| error.to_string())?;
             let stream = StreamKey::new("Transfer", &format!("t{step}"))
                 .map_err(|error| error.to_string())?;
             let node = plan.gen_range(0..nodes);

@@ -702,7 +702,7 @@ struct ClusterRun {
 
 fn cluster_run(args: &BenchArgs, sections: usize, nodes: usize) -> Result<ClusterRun, String> {
     use chorus_aggregate::StreamKey;
-    use chorus_aggregate::examples::bank_account::BankAccountCommand;
+    use chorus_demo::bank_account::BankAccountCommand;
     use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
     use rand::{Rng, SeedableRng};
 

@@ -2,8 +2,8 @@
 //! network with a partition, and the command path's checkers.
 
 use chorus_aggregate::StreamKey;
-use chorus_aggregate::examples::bank_account::BankAccountCommand;
 use chorus_consensus::BlockMode;
+use chorus_demo::bank_account::BankAccountCommand;
 use chorus_engine::CommandOutcome;
 use chorus_sim::NetworkConfig;
 use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
@@ -82,7 +82,7 @@ fn the_checkers_catch_a_diverging_store_and_an_overdraft() {
     assert!(sim.check().is_empty());
     // Write behind the engine's back into one member's store: an overdraft of a fresh account.
     let overdraft = chorus_aggregate::domain::encode_event(
-        &chorus_aggregate::examples::bank_account::BankAccountEvent::Withdrawn {
+        &chorus_demo::bank_account::BankAccountEvent::Withdrawn {
             amount: 5,
             balance: 0,
             transfer: None,
@@ -573,12 +573,11 @@ fn concurrent_commands_on_one_stream_apply_exactly_once_in_one_order() {
                 deposits as u64 + 1,
                 "seed {seed}: node {node}"
             );
-            let state = chorus_aggregate::Repository::<
-                chorus_aggregate::examples::bank_account::BankAccount,
-            >::new(store)
-            .load(&account(0))
-            .expect("loads")
-            .state;
+            let state =
+                chorus_aggregate::Repository::<chorus_demo::bank_account::BankAccount>::new(store)
+                    .load(&account(0))
+                    .expect("loads")
+                    .state;
             let sum: u64 = (1..=deposits as u64).sum();
             assert_eq!(state.balance, sum, "seed {seed}: node {node}");
         }
@@ -610,7 +609,7 @@ fn balance(sim: &ClusterSim, id: &str) -> u64 {
                 ))
         })
         .expect("a running member");
-    chorus_aggregate::Repository::<chorus_aggregate::examples::bank_account::BankAccount>::new(
+    chorus_aggregate::Repository::<chorus_demo::bank_account::BankAccount>::new(
         sim.engine(member).store(),
     )
     .load(&stream)
@@ -619,10 +618,7 @@ fn balance(sim: &ClusterSim, id: &str) -> u64 {
     .balance
 }
 
-fn transfer_status(
-    sim: &ClusterSim,
-    id: &str,
-) -> chorus_aggregate::examples::transfer::TransferStatus {
+fn transfer_status(sim: &ClusterSim, id: &str) -> chorus_demo::transfer::TransferStatus {
     let stream = StreamKey::new("Transfer", id).expect("key");
     let section = sim.map().section_for_stream(&stream.qualified()).clone();
     let member = (0..sim.node_count())
@@ -633,18 +629,16 @@ fn transfer_status(
                 ))
         })
         .expect("a running member");
-    chorus_aggregate::Repository::<chorus_aggregate::examples::transfer::Transfer>::new(
-        sim.engine(member).store(),
-    )
-    .load(&stream)
-    .expect("loads")
-    .state
-    .status
+    chorus_aggregate::Repository::<chorus_demo::transfer::Transfer>::new(sim.engine(member).store())
+        .load(&stream)
+        .expect("loads")
+        .state
+        .status
 }
 
 #[test]
 fn the_transfer_saga_moves_money_between_accounts_of_two_sections() {
-    use chorus_aggregate::examples::transfer::{TransferCommand, TransferStatus};
+    use chorus_demo::transfer::{TransferCommand, TransferStatus};
     for (seed, block_mode) in [(61, BlockMode::Supermajority), (62, BlockMode::Single)] {
         let setup = ClusterSetup {
             nodes: 8,

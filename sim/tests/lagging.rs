@@ -3,8 +3,8 @@
 //! `CATCH_UP_BOUND_MS` of the last fault, and the healthy members keep committing throughout.
 
 use chorus_aggregate::StreamKey;
-use chorus_aggregate::examples::bank_account::BankAccountCommand;
 use chorus_consensus::BlockMode;
+use chorus_demo::bank_account::BankAccountCommand;
 use chorus_engine::CommandOutcome;
 use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
 

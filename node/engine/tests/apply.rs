@@ -1,12 +1,12 @@
 //! Applying agreed proposals: exactly once, in order, the same on every member whatever
 //! batches the blocks arrive in, and forged or stale decisions never applied.
 
-use chorus_aggregate::examples::bank_account::{BankAccount, BankAccountCommand, BankAccountEvent};
-use chorus_aggregate::examples::notebook::{Notebook, NotebookCommand};
 use chorus_aggregate::{
     AggregateRegistry, CommandId, CommandRequest, EventStore, ExpectedVersion, NewEvent,
     Repository, StreamKey,
 };
+use chorus_demo::bank_account::{BankAccount, BankAccountCommand, BankAccountEvent};
+use chorus_demo::notebook::{Notebook, NotebookCommand};
 use chorus_engine::{AgreedProposal, Applied, Proposal, apply_agreed};
 use proptest::prelude::*;
 

@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use chorus_aggregate::examples::bank_account::{BankAccount, BankAccountCommand};
-use chorus_aggregate::examples::notebook::{Notebook, NotebookCommand};
 use chorus_aggregate::{
     AggregateRegistry, CommandId, CommandRequest, EventStore, ExpectedVersion, Repository,
     StreamKey,
 };
 use chorus_consensus::{BlockMode, Config, PeerId};
+use chorus_demo::bank_account::{BankAccount, BankAccountCommand};
+use chorus_demo::notebook::{Notebook, NotebookCommand};
 use chorus_engine::{CommandOutcome, Engine, EngineConfig};
 use chorus_routing::SectionMap;
 use ed25519_dalek::SigningKey;
@@ -468,9 +468,7 @@ fn a_long_queue_of_commands_answered_without_agreement_does_not_grow_the_stack()
     // in one group commit: this test is about the engine's queue, not agreement.
     let stream = StreamKey::parse("BankAccount@q").expect("key");
     let opened = chorus_aggregate::domain::encode_event(
-        &chorus_aggregate::examples::bank_account::BankAccountEvent::AccountOpened {
-            owner: "q".into(),
-        },
+        &chorus_demo::bank_account::BankAccountEvent::AccountOpened { owner: "q".into() },
     )
     .expect("encode");
     let batches: Vec<chorus_aggregate::AppendBatch> = (0..3_000)

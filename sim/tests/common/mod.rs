@@ -4,8 +4,8 @@
 #![allow(dead_code)] // each test file uses its own part of these
 
 use chorus_aggregate::StreamKey;
-use chorus_aggregate::examples::bank_account::BankAccountCommand;
-use chorus_aggregate::examples::notebook::NotebookCommand;
+use chorus_demo::bank_account::BankAccountCommand;
+use chorus_demo::notebook::NotebookCommand;
 use chorus_engine::CommandOutcome;
 use chorus_sim::cluster::{ClusterSim, command};
 

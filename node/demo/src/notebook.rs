@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::{Aggregate, CommandContext, DomainEvent, Upcaster};
+use chorus_aggregate::{Aggregate, CommandContext, DomainEvent, Upcaster};
 
 /// Longest note text, in bytes.
 pub const NOTE_BYTES_MAX: usize = 4096;

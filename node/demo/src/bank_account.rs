@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Aggregate, CommandContext, DomainEvent};
+use chorus_aggregate::{Aggregate, CommandContext, DomainEvent};
 
 /// An account's state. Amounts are in the smallest unit (cents).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

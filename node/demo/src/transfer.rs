@@ -12,11 +12,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Aggregate, CommandContext, DomainEvent};
-use crate::envelope::{Filter, RecordedEvent};
-use crate::examples::bank_account::{BankAccountCommand, BankAccountEvent, TransferLeg};
-use crate::names::StreamKey;
-use crate::process::{CommandRequest, ProcessManager};
+use crate::bank_account::{BankAccountCommand, BankAccountEvent, TransferLeg};
+use chorus_aggregate::StreamKey;
+use chorus_aggregate::{Aggregate, CommandContext, DomainEvent};
+use chorus_aggregate::{CommandRequest, ProcessManager};
+use chorus_aggregate::{Filter, RecordedEvent};
 
 /// A transfer's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +219,7 @@ impl ProcessManager for TransferSaga {
         let category = event.stream.category().as_str();
         if category == Transfer::CATEGORY {
             let Ok(TransferEvent::TransferStarted { from, to, amount }) =
-                crate::domain::decode_event::<TransferEvent>(
+                chorus_aggregate::domain::decode_event::<TransferEvent>(
                     event.event_type.as_str(),
                     event.event_version,
                     &event.payload,
@@ -238,10 +238,10 @@ impl ProcessManager for TransferSaga {
             };
             return Self::command(event, 0, account(&from), &withdraw);
         }
-        if category != <crate::examples::bank_account::BankAccount as Aggregate>::CATEGORY {
+        if category != <crate::bank_account::BankAccount as Aggregate>::CATEGORY {
             return Vec::new();
         }
-        match crate::domain::decode_event::<BankAccountEvent>(
+        match chorus_aggregate::domain::decode_event::<BankAccountEvent>(
             event.event_type.as_str(),
             event.event_version,
             &event.payload,
