@@ -9,7 +9,8 @@
 //!   categories, event types and `$all`, listings, stream metadata, corrections.
 //! - **On top of the store**: repositories with snapshots ([`repository`]), catch-up
 //!   subscriptions ([`subscription`]), checkpointed projections ([`projection`]), process
-//!   managers and an event router ([`process`]), a given/when/then test kit ([`testkit`]).
+//!   managers and an event router ([`process`]), a given/when/then test kit (`testkit`,
+//!   behind the feature of that name: for tests, not part of the production API).
 //!
 //! Architecture invariant: aggregate code is deterministic. Time and ids come from the command
 //! or the agreed block, never from the machine; nothing here reads a clock or draws randomness.
@@ -26,6 +27,7 @@ pub mod projection;
 pub mod repository;
 pub mod store;
 pub mod subscription;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use domain::{Aggregate, CommandContext, DomainEvent, Upcaster};

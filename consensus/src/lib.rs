@@ -25,6 +25,7 @@ mod event;
 mod evidence;
 mod fame;
 mod graph;
+#[cfg(feature = "harness")]
 pub mod harness;
 mod ids;
 mod log;
