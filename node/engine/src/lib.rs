@@ -25,5 +25,5 @@ pub use engine::{
     ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, EngineStats, Lag, Message,
     Readiness,
 };
-pub use membership::{MemberChange, MembershipProposal, SectionState, Welcome};
+pub use membership::{Holding, MemberChange, MembershipProposal, SectionState, Welcome};
 pub use proposal::{Proposal, ProposalError};

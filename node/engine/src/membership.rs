@@ -176,8 +176,21 @@ pub struct TransferTarget {
     pub sources: Vec<PeerId>,
 }
 
+/// How much of its section's state this node's store holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// All of it: a founding member, or a joiner whose transfer is done.
+    Complete,
+    /// Admitted: fetching the state the believed welcome promises, from the members that
+    /// vouched for it.
+    Fetching(TransferTarget),
+    /// Nothing yet: a joiner not welcomed.
+    Nothing,
+}
+
 /// The engine's durable view of its own section, saved whenever it changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SavedSectionState", try_from = "SavedSectionState")]
 pub struct SectionState {
     /// Generation of the section's consensus instance (0 at the network's start).
     pub generation: u64,
@@ -189,17 +202,85 @@ pub struct SectionState {
     /// Every member of every section as this node knows them (the section map is a function
     /// of this set).
     pub network: Vec<PeerId>,
-    /// Whether the store holds the section's state (false while a joiner transfers it).
-    pub transferred: bool,
+    /// How much of the section's state the store holds.
+    pub holding: Holding,
     /// The store's head when this generation started: the events above it were written in
     /// this generation (for checkers; 0 for a joiner, whose transferred events are all its
     /// section's).
     pub start_head: u64,
-    /// Joiner, until its transfer is done: the welcome it believed and the members that
-    /// vouched for it (the sources it fetches the state from).
-    pub transfer: Option<TransferTarget>,
     /// Handovers to serve to joiners, latest last.
     pub handovers: Vec<Handover>,
+}
+
+impl SectionState {
+    /// Whether the store holds the section's state.
+    pub fn holds_state(&self) -> bool {
+        self.holding == Holding::Complete
+    }
+
+    /// The transfer a joiner is fetching, if any.
+    pub fn transfer_target(&self) -> Option<&TransferTarget> {
+        match &self.holding {
+            Holding::Fetching(target) => Some(target),
+            Holding::Complete | Holding::Nothing => None,
+        }
+    }
+}
+
+/// `SectionState` as it is saved (the format of the first releases: a flag and an optional
+/// transfer, which `Holding` now says in one value).
+#[derive(Serialize, Deserialize)]
+struct SavedSectionState {
+    generation: u64,
+    prefix: Prefix,
+    members: Vec<PeerId>,
+    network: Vec<PeerId>,
+    transferred: bool,
+    start_head: u64,
+    transfer: Option<TransferTarget>,
+    handovers: Vec<Handover>,
+}
+
+impl From<SectionState> for SavedSectionState {
+    fn from(state: SectionState) -> Self {
+        let (transferred, transfer) = match state.holding {
+            Holding::Complete => (true, None),
+            Holding::Fetching(target) => (false, Some(target)),
+            Holding::Nothing => (false, None),
+        };
+        Self {
+            generation: state.generation,
+            prefix: state.prefix,
+            members: state.members,
+            network: state.network,
+            transferred,
+            start_head: state.start_head,
+            transfer,
+            handovers: state.handovers,
+        }
+    }
+}
+
+impl TryFrom<SavedSectionState> for SectionState {
+    type Error = String;
+
+    fn try_from(saved: SavedSectionState) -> Result<Self, Self::Error> {
+        let holding = match (saved.transferred, saved.transfer) {
+            (true, None) => Holding::Complete,
+            (false, Some(target)) => Holding::Fetching(target),
+            (false, None) => Holding::Nothing,
+            (true, Some(_)) => return Err("transferred, yet with a transfer to fetch".into()),
+        };
+        Ok(Self {
+            generation: saved.generation,
+            prefix: saved.prefix,
+            members: saved.members,
+            network: saved.network,
+            holding,
+            start_head: saved.start_head,
+            handovers: saved.handovers,
+        })
+    }
 }
 
 /// Checkpoint name the section state is saved under in the event store.
@@ -412,6 +493,65 @@ mod tests {
     fn peer(byte: u8) -> PeerId {
         let key = ed25519_dalek::SigningKey::from_bytes(&[byte; 32]);
         PeerId(key.verifying_key().to_bytes())
+    }
+
+    #[test]
+    fn the_section_state_keeps_its_saved_format() {
+        // As the first releases saved it: `holding` is written as the old flag and transfer.
+        let welcome = Welcome {
+            generation: 2,
+            prefix: Prefix::ROOT,
+            members: vec![peer(1)],
+            events: 5,
+            commands: 1,
+            bytes: 40,
+            digest: [7; 32],
+        };
+        let target = TransferTarget {
+            welcome,
+            sources: vec![peer(1)],
+        };
+        for (holding, transferred, transfer) in [
+            (Holding::Complete, true, None),
+            (Holding::Nothing, false, None),
+            (
+                Holding::Fetching(target.clone()),
+                false,
+                Some(target.clone()),
+            ),
+        ] {
+            let state = SectionState {
+                generation: 2,
+                prefix: Prefix::ROOT,
+                members: vec![peer(1)],
+                network: vec![peer(1), peer(2)],
+                holding,
+                start_head: 9,
+                handovers: Vec::new(),
+            };
+            let saved: serde_json::Value = serde_json::to_value(&state).expect("encodes");
+            assert_eq!(saved["transferred"], serde_json::json!(transferred));
+            assert_eq!(
+                saved["transfer"],
+                serde_json::to_value(&transfer).expect("encodes")
+            );
+            assert!(saved.get("holding").is_none(), "{saved}");
+            let loaded: SectionState = serde_json::from_value(saved).expect("decodes");
+            assert_eq!(loaded, state);
+        }
+        // Both a flag saying done and a transfer to fetch cannot be: refused, not guessed.
+        let mut contradiction = serde_json::to_value(SectionState {
+            generation: 0,
+            prefix: Prefix::ROOT,
+            members: Vec::new(),
+            network: Vec::new(),
+            holding: Holding::Fetching(target),
+            start_head: 0,
+            handovers: Vec::new(),
+        })
+        .expect("encodes");
+        contradiction["transferred"] = serde_json::json!(true);
+        assert!(serde_json::from_value::<SectionState>(contradiction).is_err());
     }
 
     #[test]

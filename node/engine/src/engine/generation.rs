@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use tracing::{debug, warn};
 
 use crate::membership::{
-    HANDOVERS_MAX, Handover, MemberChange, MembershipProposal, SectionState, Welcome,
+    HANDOVERS_MAX, Handover, Holding, MemberChange, MembershipProposal, SectionState, Welcome,
     all_section_events, change_allowed, group_id, name_of, section_after, section_commands,
     section_digest, sort_members,
 };
@@ -142,9 +142,8 @@ pub(super) fn initial_state(
         prefix: section.prefix(),
         members: section.member_keys().into_iter().map(PeerId).collect(),
         network: network_of(map),
-        transferred: true,
+        holding: Holding::Complete,
         start_head: 0,
-        transfer: None,
         handovers: Vec::new(),
     })
 }
@@ -324,9 +323,8 @@ impl Engine {
             prefix: ours.as_ref().map_or(old_prefix, |(prefix, _)| *prefix),
             members: ours.map(|(_, members)| members).unwrap_or_default(),
             network: network_of(&map),
-            transferred: true,
+            holding: Holding::Complete,
             start_head: head,
-            transfer: None,
             handovers,
         };
         Ok((map, state))

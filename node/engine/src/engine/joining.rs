@@ -8,7 +8,7 @@ use chorus_routing::SectionMap;
 use tracing::{debug, warn};
 
 use crate::membership::{
-    MemberChange, SectionState, TransferTarget, Welcome, name_of, sort_members,
+    Holding, MemberChange, SectionState, TransferTarget, Welcome, name_of, sort_members,
 };
 
 use super::Engine;
@@ -81,8 +81,7 @@ impl Engine {
                 events_received: run.events.len() as u64,
                 events_expected: self
                     .state
-                    .transfer
-                    .as_ref()
+                    .transfer_target()
                     .map_or(0, |target| target.welcome.events),
             };
         }
@@ -266,9 +265,8 @@ impl Engine {
             prefix: welcome.prefix,
             members: welcome.members.clone(),
             network: network_of(&map),
-            transferred: false,
+            holding: Holding::Fetching(TransferTarget { welcome, sources }),
             start_head: 0,
-            transfer: Some(TransferTarget { welcome, sources }),
             handovers: Vec::new(),
         };
         if let Err(error) = state.save(&self.store) {

@@ -78,7 +78,7 @@ use rand::RngCore;
 use tracing::{debug, info, warn};
 
 use crate::apply::AgreedProposal;
-use crate::membership::{MemberChange, SectionState, name_of};
+use crate::membership::{Holding, MemberChange, SectionState, name_of};
 
 /// Why the engine cannot start or take a command.
 #[derive(Debug, thiserror::Error)]
@@ -227,9 +227,8 @@ impl Engine {
             prefix: section.prefix(),
             members: Vec::new(),
             network: network_of(&map),
-            transferred: false,
+            holding: Holding::Nothing,
             start_head: 0,
-            transfer: None,
             handovers: Vec::new(),
         };
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
@@ -304,7 +303,7 @@ impl Engine {
         };
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
         engine.current = current;
-        if !engine.state.transferred && engine.state.transfer.is_some() {
+        if engine.state.transfer_target().is_some() {
             engine.start_transfer(0);
         }
         engine.drain();
@@ -366,7 +365,7 @@ impl Engine {
     }
 
     /// The node's section as agreed: generation, prefix, members (empty if the node is no
-    /// member), whether its state is transferred.
+    /// member), how much of its state the store holds.
     pub fn section(&self) -> &SectionState {
         &self.state
     }
@@ -374,7 +373,7 @@ impl Engine {
     /// Whether the node takes part in its section's agreement with a complete store (a
     /// member, welcomed and done transferring).
     pub fn is_active_member(&self) -> bool {
-        self.current.consensus.is_some() && self.state.transferred
+        self.current.consensus.is_some() && self.state.holds_state()
     }
 
     /// The consensus instance of the node's section (for status and tests); `None` while the
@@ -608,7 +607,7 @@ impl Engine {
         }
         // A joiner applies nothing before its store holds the state the generation starts
         // from.
-        if !self.unapplied.is_empty() && self.state.transferred {
+        if !self.unapplied.is_empty() && self.state.holds_state() {
             self.apply();
         }
         // After the blocks, so proposals are judged on the freshest store; before a switch,
@@ -616,7 +615,7 @@ impl Engine {
         for (hash, observation) in observations {
             self.consider_second(hash, &observation);
         }
-        if self.unapplied.is_empty() && self.state.transferred {
+        if self.unapplied.is_empty() && self.state.holds_state() {
             if let Some(change) = self.current.pending_change {
                 // A switch starts a new `Generation`: the change is no longer pending there.
                 if self.switch(change.change) {

@@ -129,7 +129,7 @@ impl Engine {
             // joiner's state is still coming): judge it once it is. Consensus announces an
             // observation once, so one dropped here would never be seconded by us.
             Ok(proposal @ Proposal::Decided { .. })
-                if !self.unapplied.is_empty() || !self.state.transferred =>
+                if !self.unapplied.is_empty() || !self.state.holds_state() =>
             {
                 if self.current.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
                     self.current.deferred_seconds.push((hash, proposal));

@@ -7,7 +7,7 @@ use chorus_aggregate::{
 use chorus_consensus::PeerId;
 use tracing::{debug, warn};
 
-use crate::membership::{EventlessCommand, Handover, section_digest, section_events};
+use crate::membership::{EventlessCommand, Handover, Holding, section_digest, section_events};
 
 use super::Engine;
 use super::limits::{TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_COMMANDS, TRANSFER_CHUNK_EVENTS};
@@ -27,7 +27,7 @@ pub(super) struct TransferRun {
 impl Engine {
     /// Joiner: (re)starts the transfer from the `source`-th member that vouched (cycling).
     pub(super) fn start_transfer(&mut self, source: usize) {
-        let Some(target) = &self.state.transfer else {
+        let Some(target) = self.state.transfer_target() else {
             return;
         };
         if target.sources.is_empty() {
@@ -89,7 +89,7 @@ impl Engine {
 
     /// Joiner: a chunk of its state from the source it asked.
     pub(super) fn on_transfer_chunk(&mut self, from: PeerId, chunk: TransferChunk) {
-        let Some(target) = &self.state.transfer else {
+        let Some(target) = self.state.transfer_target() else {
             return;
         };
         let Some(run) = self.transfer.as_mut() else {
@@ -152,7 +152,9 @@ impl Engine {
     /// written (one write per original command, expected versions checked) and the joiner
     /// starts applying its generation's blocks; otherwise it asks another member.
     pub(super) fn finish_transfer(&mut self) {
-        let (Some(target), Some(run)) = (self.state.transfer.clone(), self.transfer.take()) else {
+        let (Some(target), Some(run)) =
+            (self.state.transfer_target().cloned(), self.transfer.take())
+        else {
             return;
         };
         if section_digest(&run.events, &run.commands) != target.welcome.digest {
@@ -166,8 +168,7 @@ impl Engine {
             return;
         }
         let mut state = self.state.clone();
-        state.transferred = true;
-        state.transfer = None;
+        state.holding = Holding::Complete;
         if let Err(error) = state.save(&self.store) {
             // The data is written (idempotently): fetch it again and save then.
             warn!(%error, "section state not saved after the transfer; asking again");
