@@ -12,8 +12,10 @@
 //!   and the state a joiner receives;
 //! - [`engine`]: the state machine that ties them to consensus and routing.
 //!
-//! Architecture invariant: everything here is a function of the agreed order and the store;
-//! no clock (timestamps come from blocks or from the store), no randomness, no hash-map order.
+//! Architecture invariant: what a member applies is a function of the agreed order and the
+//! store; no clock (timestamps come from blocks or from the store), no hash-map order, and no
+//! randomness of its own (the caller's generator is passed through to consensus, which uses it
+//! only to pick gossip partners).
 
 pub mod apply;
 pub mod engine;

@@ -3,8 +3,10 @@
 //! Call order (as for the consensus core): feed inputs (`submit`, `handle_message`, `tick`,
 //! `handle_persisted`), then drain every output: `poll_log_record` and `poll_unpersisted` (make
 //! them durable, then call `handle_persisted`), `poll_send` (bytes for a peer), `poll_reply`
-//! (answers to the caller's clients). Nothing here does IO or reads a clock: time and
-//! randomness come in as arguments; the event store is the caller's, lent at construction.
+//! (answers to the caller's clients). Nothing here touches the network or reads a clock:
+//! time and randomness come in as arguments. The one IO is the event store, the caller's,
+//! lent at construction: inputs read it (to decide commands) and write it (agreed batches,
+//! refusals, the section state, transferred state, process-manager checkpoints).
 //!
 //! The path of a command (design.md, "The command path"):
 //!
