@@ -28,6 +28,7 @@
 
 mod node_log;
 mod read;
+mod reader;
 mod write;
 
 use std::path::{Path, PathBuf};
