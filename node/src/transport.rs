@@ -228,6 +228,7 @@ pub async fn run(
     let mut inbound = crate::queues::PeerInbound::new(engine);
     // While peer messages wait for room in the engine's queue, it is looked at this often.
     let mut pump = tokio::time::interval(Duration::from_millis(1));
+    pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let addresses: BTreeMap<libp2p::PeerId, Multiaddr> = peers
         .iter()
         .filter_map(|(peer, address)| Some((libp2p_id(peer).ok()?, address.clone())))
