@@ -17,8 +17,18 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
     let directory = tempfile::tempdir().expect("temp dir");
     let up = Up::start(directory.path(), 4);
     let nodes = up.addresses.clone();
+    commands_commit_once_whoever_gets_them(&nodes);
+    bad_input_gets_clear_errors(&nodes);
+    gossip_garbage_does_not_take_a_node_down(directory.path(), &nodes);
+    every_node_serves_the_same_stream(&nodes);
+    reads_across_streams(&nodes);
+    metrics_are_prometheus_text(&nodes);
+    a_subscription_catches_up_then_goes_live(&nodes);
+    up.stop();
+}
 
-    // Commands to every node; each is committed once, whoever gets it.
+/// Commands to every node; each is committed once, whoever gets it.
+fn commands_commit_once_whoever_gets_them(nodes: &[String]) {
     let (status, answer) = submit(
         &nodes[0],
         "BankAccount@alice",
@@ -47,8 +57,10 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         answer["outcome"]["AlreadyCommitted"].is_object(),
         "{answer}"
     );
+}
 
-    // Bad input: clear errors with the right status, nothing written.
+/// Bad input: clear errors with the right status, nothing written.
+fn bad_input_gets_clear_errors(nodes: &[String]) {
     let (status, text) = http(
         &nodes[1],
         "POST",
@@ -125,9 +137,12 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
     );
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("expected_version"), "{text}");
-    // Garbage on the gossip port: the noise handshake fails, the node stays up and keeps
-    // agreeing.
-    let config = std::fs::read_to_string(directory.path().join("node-0/node.toml"))
+}
+
+/// Garbage on the gossip port: the noise handshake fails, the node stays up and keeps
+/// agreeing.
+fn gossip_garbage_does_not_take_a_node_down(directory: &std::path::Path, nodes: &[String]) {
+    let config = std::fs::read_to_string(directory.join("node-0/node.toml"))
         .expect("up wrote the configuration");
     let port = config
         .lines()
@@ -152,12 +167,14 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         &command_id(2),
     );
     assert_eq!(status, 201, "and still agrees: {answer}");
+}
 
-    // Every node serves the same stream: the opening and eight deposits.
+/// Every node serves the same stream: the opening and eight deposits.
+fn every_node_serves_the_same_stream(nodes: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let expected = events(&nodes[0], "BankAccount@alice");
     assert_eq!(expected.len(), 9, "{expected:?}");
-    for node in &nodes {
+    for node in nodes {
         loop {
             let held = events(node, "BankAccount@alice");
             if held == expected {
@@ -171,9 +188,12 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         .last()
         .and_then(|event| event["payload"]["balance"].as_u64());
     assert_eq!(balance, Some(80));
+}
 
-    // Reads across streams: the category, $all (in store order, paged), listings. Node 1
-    // first applies bob's opening (node 0 answered it; the others apply it moments later).
+/// Reads across streams: the category, $all (in store order, paged), listings. Node 1
+/// first applies bob's opening (node 0 answered it; the others apply it moments later).
+fn reads_across_streams(nodes: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
     while events(&nodes[1], "BankAccount@bob").is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -226,8 +246,10 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
     assert_eq!(streams[1]["stream"], "BankAccount@bob", "{text}");
     let (status, _) = http(&nodes[1], "GET", "/categories/no%20such?from=x", None);
     assert_eq!(status, 400);
+}
 
-    // Metrics in Prometheus text.
+/// Metrics in Prometheus text.
+fn metrics_are_prometheus_text(nodes: &[String]) {
     let (status, text) = http(&nodes[0], "GET", "/metrics", None);
     assert_eq!(status, 200, "{text}");
     assert!(
@@ -242,8 +264,10 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         .and_then(|value| value.parse().ok())
         .expect("a committed count");
     assert!(committed >= 3, "{text}");
+}
 
-    // A subscription: catch-up from sequence 8, then a new event arrives live.
+/// A subscription: catch-up from sequence 8, then a new event arrives live.
+fn a_subscription_catches_up_then_goes_live(nodes: &[String]) {
     let mut subscription =
         TcpStream::connect(nodes[2].trim_start_matches("http://")).expect("connects");
     subscription
@@ -276,5 +300,4 @@ fn four_real_nodes_agree_answer_bad_input_clearly_and_stop_cleanly() {
         );
     }
     assert!(seen.contains("\"balance\":85"), "the live event: {seen}");
-    up.stop();
 }
