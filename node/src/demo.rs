@@ -146,7 +146,49 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
         .iter()
         .map(|address| Client::new(address))
         .collect::<Result<_, _>>()?;
-    // Set-up: the accounts and the journal (already there if an earlier demo made them).
+    set_up(&clients).await?;
+    say(&format!(
+        "sending {} commands, {} at a time, to every node in turn",
+        options.commands, options.concurrency
+    ));
+    let begin = Instant::now();
+    let steps = steps(options.commands);
+    let transfers: Vec<String> = steps
+        .iter()
+        .filter(|step| step.stream.starts_with("Transfer@"))
+        .map(|step| step.stream.clone())
+        .collect();
+    let tally = send(options, &clients, steps).await?;
+    let elapsed = begin.elapsed().as_secs_f64();
+    say(&format!(
+        "{} commands in {elapsed:.1} s ({:.0}/s); latency p50 {:.0} ms, p99 {:.0} ms",
+        options.commands,
+        options.commands as f64 / elapsed.max(1e-9),
+        percentile(&tally.latencies, 0.5),
+        percentile(&tally.latencies, 0.99),
+    ));
+    for (name, count) in &tally.outcomes {
+        match tally.examples.get(name) {
+            Some(example) => say(&format!("  {name:>16}: {count} (for example: {example})")),
+            None => say(&format!("  {name:>16}: {count}")),
+        }
+    }
+    // Transfers finish in the background (the saga withdraws, deposits, completes): give it
+    // a moment, then show what every node agreed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    say("what the cluster agreed (read back from every node):");
+    let accounts_agree = report_streams(&clients).await?;
+    let transfers_agree = report_transfers(&clients, &transfers).await?;
+    if accounts_agree && transfers_agree {
+        say("every node serves the same streams");
+        Ok(())
+    } else {
+        Err("the nodes serve different streams".into())
+    }
+}
+
+/// The accounts and the journal (already there if an earlier demo made them).
+async fn set_up(clients: &[Client]) -> Result<(), String> {
     for (index, name) in ACCOUNTS.iter().enumerate() {
         let answer = clients[index % clients.len()]
             .submit(
@@ -169,22 +211,41 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
     if !matches!(answer.status, 201 | 409) {
         return Err(format!("creating the journal: {}", outcome_name(&answer)));
     }
+    Ok(())
+}
 
-    say(&format!(
-        "sending {} commands, {} at a time, to every node in turn",
-        options.commands, options.concurrency
-    ));
+/// What the clients were told: outcomes by name, latencies of decided commands (ms), and one
+/// example reason per outcome.
+#[derive(Default)]
+struct Tally {
+    outcomes: BTreeMap<String, usize>,
+    latencies: Vec<f64>,
+    examples: BTreeMap<String, String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        for (name, count) in other.outcomes {
+            *self.outcomes.entry(name).or_default() += count;
+        }
+        self.latencies.extend(other.latencies);
+        for (name, example) in other.examples {
+            self.examples.entry(name).or_insert(example);
+        }
+    }
+}
+
+/// Sends `steps` from `options.concurrency` workers spread over the nodes, with a progress
+/// bar.
+async fn send(
+    options: &DemoOptions,
+    clients: &[Client],
+    steps: Vec<Step>,
+) -> Result<Tally, String> {
     let progress = ProgressBar::new(options.commands as u64).with_style(
         ProgressStyle::with_template("  {bar:40} {pos}/{len} commands, {per_sec}, eta {eta}")
             .map_err(|error| error.to_string())?,
     );
-    let begin = Instant::now();
-    let steps = steps(options.commands);
-    let transfers: Vec<String> = steps
-        .iter()
-        .filter(|step| step.stream.starts_with("Transfer@"))
-        .map(|step| step.stream.clone())
-        .collect();
     let queue: StepQueue = Arc::new(Mutex::new(steps.into_iter()));
     let mut tasks = Vec::new();
     for worker in 0..options.concurrency {
@@ -192,9 +253,7 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
         let queue = Arc::clone(&queue);
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
-            let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-            let mut latencies = Vec::new();
-            let mut examples: BTreeMap<String, String> = BTreeMap::new();
+            let mut tally = Tally::default();
             while let Some(step) = next_step(&queue).await {
                 let sent = Instant::now();
                 let name = match client.submit(&step.stream, step.command, None).await {
@@ -202,62 +261,42 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
                         // Latency of what the cluster decided (committed or refused), not
                         // of errors.
                         if matches!(answer.status, 200 | 201 | 409) {
-                            latencies.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                            tally.latencies.push(sent.elapsed().as_secs_f64() * 1_000.0);
                         }
                         let name = outcome_name(&answer);
                         if let Some(reason) = answer.body["outcome"]["Refused"].as_str() {
-                            examples
+                            tally
+                                .examples
                                 .entry(name.clone())
                                 .or_insert_with(|| reason.to_owned());
                         }
                         name
                     }
                     Err(error) => {
-                        examples.entry("unreachable".into()).or_insert(error);
+                        tally.examples.entry("unreachable".into()).or_insert(error);
                         "unreachable".into()
                     }
                 };
-                *outcomes.entry(name).or_default() += 1;
+                *tally.outcomes.entry(name).or_default() += 1;
                 progress.inc(1);
             }
-            (outcomes, latencies, examples)
+            tally
         }));
     }
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut latencies = Vec::new();
-    let mut examples: BTreeMap<String, String> = BTreeMap::new();
+    let mut tally = Tally::default();
     for task in tasks {
-        let (task_outcomes, task_latencies, task_examples) = task
-            .await
-            .map_err(|error| format!("a client task failed: {error}"))?;
-        for (name, count) in task_outcomes {
-            *outcomes.entry(name).or_default() += count;
-        }
-        latencies.extend(task_latencies);
-        for (name, example) in task_examples {
-            examples.entry(name).or_insert(example);
-        }
+        tally.add(
+            task.await
+                .map_err(|error| format!("a client task failed: {error}"))?,
+        );
     }
     progress.finish_and_clear();
-    let elapsed = begin.elapsed().as_secs_f64();
-    say(&format!(
-        "{} commands in {elapsed:.1} s ({:.0}/s); latency p50 {:.0} ms, p99 {:.0} ms",
-        options.commands,
-        options.commands as f64 / elapsed.max(1e-9),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-    ));
-    for (name, count) in &outcomes {
-        match examples.get(name) {
-            Some(example) => say(&format!("  {name:>16}: {count} (for example: {example})")),
-            None => say(&format!("  {name:>16}: {count}")),
-        }
-    }
+    Ok(tally)
+}
 
-    // Transfers finish in the background (the saga withdraws, deposits, completes): give it
-    // a moment, then show what every node agreed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    say("what the cluster agreed (read back from every node):");
+/// Prints each account's balance and the journal's notes as every node serves them; true if
+/// every node served the same.
+async fn report_streams(clients: &[Client]) -> Result<bool, String> {
     let mut all_agree = true;
     let mut total = 0;
     let mut streams: Vec<String> = ACCOUNTS
@@ -266,7 +305,7 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
         .collect();
     streams.push(JOURNAL.to_owned());
     for stream in &streams {
-        let (events, agree) = read_everywhere(&clients, stream).await?;
+        let (events, agree) = read_everywhere(clients, stream).await?;
         all_agree &= agree;
         let last = events.last().cloned().unwrap_or(Value::Null);
         let detail = if stream.starts_with("BankAccount@") {
@@ -296,9 +335,15 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
         ));
     }
     say(&format!("  money in all accounts: {total}"));
+    Ok(all_agree)
+}
+
+/// Prints how many transfers reached each state; true if every node served the same.
+async fn report_transfers(clients: &[Client], transfers: &[String]) -> Result<bool, String> {
+    let mut all_agree = true;
     let mut transfer_states: BTreeMap<String, usize> = BTreeMap::new();
-    for stream in &transfers {
-        let (events, agree) = read_everywhere(&clients, stream).await?;
+    for stream in transfers {
+        let (events, agree) = read_everywhere(clients, stream).await?;
         all_agree &= agree;
         let state = events
             .last()
@@ -317,12 +362,7 @@ async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), Str
             states.join(", ")
         ));
     }
-    if all_agree {
-        say("every node serves the same streams");
-        Ok(())
-    } else {
-        Err("the nodes serve different streams".into())
-    }
+    Ok(all_agree)
 }
 
 /// A stream as every node serves it (all pages), and whether they all serve the same. Nodes
