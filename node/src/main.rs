@@ -199,52 +199,17 @@ fn run_node(path: &Path) -> Result<(), String> {
         let (inputs, input_receiver) = queues::EngineInputs::new(queues::ENGINE_INPUTS_MAX);
         let (outbound, outbound_receiver) =
             queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
-        // The engine lives on its own thread (its store blocks on fsync), built there: it
-        // holds process managers, which need not be `Send`.
-        let (started, startup) = std::sync::mpsc::sync_channel(1);
-        let engine_checked = checked.clone();
-        let engine_key = key.clone();
-        let engine_thread = std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || {
-                let engine = match runtime::start_engine(&engine_checked, &engine_key, DEMO) {
-                    Ok(engine) => {
-                        let _ = started.send(Ok(()));
-                        engine
-                    }
-                    Err(error) => {
-                        let _ = started.send(Err(error.to_string()));
-                        return;
-                    }
-                };
-                if let Err(error) = runtime::run_engine(engine, input_receiver, outbound, DEMO) {
-                    error!(%error, "the engine stopped");
-                    std::process::exit(2);
-                }
-            })
-            .map_err(|error| format!("cannot start the engine thread: {error}"))?;
-        startup
-            .recv()
-            .map_err(|_| "the engine thread died while starting".to_owned())??;
+        let engine_thread = spawn_engine(&checked, &key, input_receiver, outbound)?;
         tokio::spawn(transport::run(
             swarm,
             checked.peers.clone(),
             outbound_receiver,
             inputs.clone(),
         ));
-        let ticks = inputs.clone();
-        let interval = Duration::from_millis(checked.config.gossip_interval_ms);
-        tokio::spawn(async move {
-            let mut timer = tokio::time::interval(interval);
-            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                timer.tick().await;
-                // A full queue skips a tick: the engine is busy, and ticks carry no data.
-                if let Err((queues::Refused::Stopped, _)) = ticks.offer(runtime::Input::Tick) {
-                    return;
-                }
-            }
-        });
+        spawn_ticks(
+            inputs.clone(),
+            Duration::from_millis(checked.config.gossip_interval_ms),
+        );
         say(&format!(
             "node {} p2p {p2p} http http://{http}",
             hex(&key.verifying_key().to_bytes())
@@ -266,6 +231,58 @@ fn run_node(path: &Path) -> Result<(), String> {
         drop(engine_thread);
         Ok(())
     })
+}
+
+/// Starts the engine thread and waits until the engine is built there.
+fn spawn_engine(
+    checked: &config::Checked,
+    key: &ed25519_dalek::SigningKey,
+    input_receiver: std::sync::mpsc::Receiver<runtime::Input>,
+    outbound: queues::Outbound,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    // The engine lives on its own thread (its store blocks on fsync), built there: it
+    // holds process managers, which need not be `Send`.
+    let (started, startup) = std::sync::mpsc::sync_channel(1);
+    let engine_checked = checked.clone();
+    let engine_key = key.clone();
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            let engine = match runtime::start_engine(&engine_checked, &engine_key, DEMO) {
+                Ok(engine) => {
+                    let _ = started.send(Ok(()));
+                    engine
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error.to_string()));
+                    return;
+                }
+            };
+            if let Err(error) = runtime::run_engine(engine, input_receiver, outbound, DEMO) {
+                error!(%error, "the engine stopped");
+                std::process::exit(2);
+            }
+        })
+        .map_err(|error| format!("cannot start the engine thread: {error}"))?;
+    startup
+        .recv()
+        .map_err(|_| "the engine thread died while starting".to_owned())??;
+    Ok(engine_thread)
+}
+
+/// Sends the engine a tick every `interval` until it stops.
+fn spawn_ticks(ticks: queues::EngineInputs, interval: Duration) {
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            timer.tick().await;
+            // A full queue skips a tick: the engine is busy, and ticks carry no data.
+            if let Err((queues::Refused::Stopped, _)) = ticks.offer(runtime::Input::Tick) {
+                return;
+            }
+        }
+    });
 }
 
 /// Runs `chorus-sim` from this program's directory (the simulator is its own binary: it is

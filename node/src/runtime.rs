@@ -287,25 +287,7 @@ pub fn run_engine(
                     let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
                 }
                 Input::Status(reply) => {
-                    let section = engine.section();
-                    let status = Status {
-                        id: hex(&engine.id().0),
-                        generation: section.generation,
-                        prefix: section.prefix.to_string(),
-                        members: section
-                            .members
-                            .iter()
-                            .map(|member| hex(&member.0))
-                            .collect(),
-                        sections: engine.map().section_count(),
-                        head_position: engine.store().head_position().unwrap_or(0),
-                        active: engine.is_active_member(),
-                        readiness: engine.readiness(),
-                        consensus: engine.consensus().map(Consensus::stats),
-                        answered: answered.clone(),
-                        engine: engine.stats(),
-                    };
-                    let _ = reply.send(status);
+                    let _ = reply.send(status_of(&engine, &answered));
                 }
             }
             if handled < INPUTS_PER_DRAIN_MAX {
@@ -323,6 +305,28 @@ pub fn run_engine(
         }
     }
     Ok(())
+}
+
+/// The node's status as `/status` shows it.
+fn status_of(engine: &Engine, answered: &Answered) -> Status {
+    let section = engine.section();
+    Status {
+        id: hex(&engine.id().0),
+        generation: section.generation,
+        prefix: section.prefix.to_string(),
+        members: section
+            .members
+            .iter()
+            .map(|member| hex(&member.0))
+            .collect(),
+        sections: engine.map().section_count(),
+        head_position: engine.store().head_position().unwrap_or(0),
+        active: engine.is_active_member(),
+        readiness: engine.readiness(),
+        consensus: engine.consensus().map(Consensus::stats),
+        answered: answered.clone(),
+        engine: engine.stats(),
+    }
 }
 
 /// Drains the engine: log records durable first, then own events acknowledged (which may
