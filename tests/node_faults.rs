@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use support::{
-    Nodes, Sent, check_accounts, command_id, deposit, http, json_of, open_accounts, try_http,
-    try_http_within,
+    Nodes, Sent, check_accounts, command_id, deposit, open_accounts, try_http_within,
+    wait_caught_up,
 };
 
 /// Nodes in the section.
@@ -424,37 +424,6 @@ fn longest_gap(acknowledged: &[Duration], span: Span) -> Duration {
     longest.max(span.to.saturating_sub(last))
 }
 
-/// Every node answers `/health` 200 (ready) with the same head, within `CATCH_UP_BOUND`.
-fn wait_caught_up(nodes: &Nodes) -> (Duration, u64) {
-    let started = Instant::now();
-    loop {
-        let ready = nodes
-            .addresses
-            .iter()
-            .all(|address| matches!(try_http(address, "GET", "/health", None), Ok((200, _))));
-        let heads: Vec<u64> = nodes
-            .addresses
-            .iter()
-            .map(|address| {
-                let (_, text) = http(address, "GET", "/status", None);
-                json_of(&text)["head_position"].as_u64().unwrap_or(0)
-            })
-            .collect();
-        if ready && heads.windows(2).all(|pair| pair[0] == pair[1]) {
-            return (started.elapsed(), heads[0]);
-        }
-        if started.elapsed() > CATCH_UP_BOUND {
-            let health: Vec<String> = nodes
-                .addresses
-                .iter()
-                .map(|address| format!("{:?}", try_http(address, "GET", "/health", None)))
-                .collect();
-            panic!("not caught up within {CATCH_UP_BOUND:?}: heads {heads:?}, {health:?}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(text) => text
@@ -495,7 +464,7 @@ fn the_section_heals_from_a_random_fault_schedule_under_load() {
     std::thread::sleep(Duration::from_secs(5));
     let outcomes = clients.finish();
     let samples = monitor.finish();
-    let (catch_up, head) = wait_caught_up(&nodes);
+    let (catch_up, head) = wait_caught_up(&nodes.addresses, CATCH_UP_BOUND, "after the faults");
 
     let mut acknowledged: Vec<Duration> = outcomes
         .iter()

@@ -6,9 +6,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Load, Nodes, Sent, check_accounts, http, json_of, open_accounts, try_http};
+use support::{Load, Nodes, Sent, check_accounts, open_accounts, wait_caught_up};
 
 /// Real time within which a lagging node is ready with the others' head once its faults are
 /// over and the load stopped (ARCHITECTURE.md: refresh interval, hint and transfer).
@@ -50,38 +50,9 @@ fn load_healthy(
 
 /// Every node answers `/health` 200 (ready) with the same head, within `CATCH_UP_BOUND`.
 fn assert_caught_up(nodes: &Nodes, story: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        let ready = nodes
-            .addresses
-            .iter()
-            .all(|address| matches!(try_http(address, "GET", "/health", None), Ok((200, _))));
-        let heads: Vec<u64> = nodes
-            .addresses
-            .iter()
-            .map(|address| {
-                let (_, text) = http(address, "GET", "/status", None);
-                json_of(&text)["head_position"].as_u64().unwrap_or(0)
-            })
-            .collect();
-        if ready && heads.windows(2).all(|pair| pair[0] == pair[1]) {
-            eprintln!(
-                "{story}: every node ready at head {} after {:?}",
-                heads[0],
-                started.elapsed()
-            );
-            return started.elapsed();
-        }
-        if started.elapsed() > CATCH_UP_BOUND {
-            let health: Vec<String> = nodes
-                .addresses
-                .iter()
-                .map(|address| format!("{:?}", try_http(address, "GET", "/health", None)))
-                .collect();
-            panic!("{story}: not caught up within {CATCH_UP_BOUND:?}: heads {heads:?}, {health:?}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let (took, head) = wait_caught_up(&nodes.addresses, CATCH_UP_BOUND, story);
+    eprintln!("{story}: every node ready at head {head} after {took:?}");
+    took
 }
 
 /// `kill -9` of every node, then every node started again from its data.

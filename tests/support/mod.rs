@@ -495,3 +495,33 @@ pub fn check_accounts(
     }
     agreed
 }
+
+/// Waits until every node answers `/health` 200 (ready) with the same head; panics naming
+/// `story`, the heads and each node's health after `bound`. Returns how long it took and
+/// the head.
+pub fn wait_caught_up(addresses: &[String], bound: Duration, story: &str) -> (Duration, u64) {
+    let started = Instant::now();
+    loop {
+        let ready = addresses
+            .iter()
+            .all(|address| matches!(try_http(address, "GET", "/health", None), Ok((200, _))));
+        let heads: Vec<u64> = addresses
+            .iter()
+            .map(|address| {
+                let (_, text) = http(address, "GET", "/status", None);
+                json_of(&text)["head_position"].as_u64().unwrap_or(0)
+            })
+            .collect();
+        if ready && heads.windows(2).all(|pair| pair[0] == pair[1]) {
+            return (started.elapsed(), heads[0]);
+        }
+        if started.elapsed() > bound {
+            let health: Vec<String> = addresses
+                .iter()
+                .map(|address| format!("{:?}", try_http(address, "GET", "/health", None)))
+                .collect();
+            panic!("{story}: not caught up within {bound:?}: heads {heads:?}, {health:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
