@@ -2,6 +2,10 @@
 //! every honest node's blocks are a prefix of), validity (each Supermajority block carries a
 //! proof that verifies), no duplicates, and no gaps. Liveness is checked by the simulator,
 //! which knows the proposals and the fault schedule.
+//!
+//! [`Violation`] is the one report type of both simulators: the consensus simulator (`Sim`)
+//! and the engine cluster (`ClusterSim`, whose store checkers use the kinds from
+//! `Membership` on).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,8 +30,25 @@ pub enum ViolationKind {
     /// The simulated code panicked.
     Panic,
     /// After the last fault healed, an honest proposal was not agreed by every honest node
-    /// within the liveness bound.
+    /// within the liveness bound (engine cluster: a command was not answered, or none was
+    /// committed).
     Liveness,
+    /// Engine cluster: the section map breaks an invariant, or a section's members disagree on
+    /// its generation and members, or a listed member is not active in it.
+    Membership,
+    /// Engine cluster: the members of one section hold different stores.
+    Divergence,
+    /// Engine cluster: a command answered `Committed` is missing from a member's store.
+    Lost,
+    /// Engine cluster: a member wrote an event of a stream its section did not cover.
+    Routing,
+    /// Engine cluster: a command no client (and no saga) sent had effects.
+    Forgery,
+    /// Engine cluster: the demo domain's invariant broke (an account overdrawn, a balance
+    /// that is not the running sum), or a store could not be read back.
+    Domain,
+    /// The run could not be set up (a bad configuration, not a finding about the code).
+    Setup,
 }
 
 impl ViolationKind {
@@ -42,6 +63,13 @@ impl ViolationKind {
             ViolationKind::HonestFork => "honest-fork",
             ViolationKind::Panic => "panic",
             ViolationKind::Liveness => "liveness",
+            ViolationKind::Membership => "membership",
+            ViolationKind::Divergence => "divergence",
+            ViolationKind::Lost => "lost",
+            ViolationKind::Routing => "routing",
+            ViolationKind::Forgery => "forgery",
+            ViolationKind::Domain => "domain",
+            ViolationKind::Setup => "setup",
         }
     }
 }
@@ -69,6 +97,27 @@ impl fmt::Display for Violation {
             self.node,
             self.detail
         )
+    }
+}
+
+impl Violation {
+    /// The `Panic` violation for what `std::panic::catch_unwind` caught.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send), at_ms: u64) -> Self {
+        let detail = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| {
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+            })
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        Violation {
+            kind: ViolationKind::Panic,
+            at_ms,
+            node: 0,
+            detail,
+        }
     }
 }
 

@@ -3,12 +3,15 @@
 //! ```text
 //! chorus-sim sweep --seeds 10000 --nodes 4..=10 --faults all
 //! chorus-sim replay --seed 42
+//! chorus-sim sweep --engine --seeds 400
+//! chorus-sim replay --engine --seed 7
 //! chorus-sim bench --nodes 7 --seconds 30 --faults drop,crash,fork
 //! ```
 
 mod commands {
     pub(crate) mod common;
     pub(crate) mod consensus_mode;
+    pub(crate) mod driver;
     pub(crate) mod engine_mode;
 }
 
@@ -19,6 +22,7 @@ use chorus_sim::sweep::{FaultSet, SweepOptions, parse_node_range};
 use clap::{Args, Parser, Subcommand};
 
 use commands::consensus_mode::{bench, replay, sweep};
+use commands::engine_mode::replay_engine;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -107,6 +111,9 @@ struct ReplayArgs {
     /// Print the whole trace (every fault, block and note), not just the summary.
     #[arg(long)]
     trace: bool,
+    /// Replay a seed of `sweep --engine` (the run options below do not apply).
+    #[arg(long, conflicts_with = "trace")]
+    engine: bool,
     #[command(flatten)]
     options: RunOptions,
 }
@@ -153,6 +160,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sweep(args) => sweep(args),
+        Command::Replay(args) if args.engine => Ok(replay_engine(args.seed)),
         Command::Replay(args) => replay(args),
         Command::Bench(args) => bench(args),
     };

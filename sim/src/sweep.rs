@@ -248,128 +248,18 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Draws the plan of `seed`.
+    /// Draws the plan of `seed`: the group and its network, its Byzantine members, then
+    /// the faults of a fault phase.
     pub fn new(seed: u64, options: &SweepOptions) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(10);
-        let faults = &options.faults.0;
-        let has = |kind: FaultKind| faults.contains(&kind);
-        let nodes = rng.gen_range(options.nodes.clone());
-        let mut setup = Setup {
-            nodes,
-            liveness_bound_ms: options.liveness_bound_ms,
-            ..Setup::default()
-        };
-        if rng.gen_bool(0.2) {
-            setup.consensus.block_mode = BlockMode::Single;
-        }
-        setup.proposals_per_node_per_sec = rng.gen_range(2..=30);
-        // Mostly small payloads, sometimes large ones (size limits and hashing at work).
-        setup.payload_bytes = [16, 64, 256, 1_024, 16_384][rng.gen_range(0..5)];
-        // Group commit every 1 to 20 ms: what a crash loses varies.
-        setup.log_sync_interval_ms = rng.gen_range(1..=20);
-        let latency_min_ms = rng.gen_range(1..=10);
-        setup.network = NetworkConfig {
-            latency_min_ms,
-            latency_max_ms: latency_min_ms + rng.gen_range(0..=60),
-            jitter_ms: rng.gen_range(0..=10),
-            ..NetworkConfig::default()
-        };
-        let behaviours: Vec<Behaviour> = faults
-            .iter()
-            .filter_map(|kind| match kind {
-                FaultKind::Byzantine(behaviour) => Some(*behaviour),
-                _ => None,
-            })
-            .collect();
-        if !behaviours.is_empty() {
-            let drawn = rng.gen_range(0..=faulty_max(nodes));
-            let count = options.byzantine_count.unwrap_or(drawn).min(nodes);
-            // Byzantine members anywhere in the group, each with its own behaviour.
-            let mut indices: Vec<usize> = (0..nodes).collect();
-            indices.shuffle(&mut rng);
-            for &node in indices.iter().take(count) {
-                let behaviour = behaviours[rng.gen_range(0..behaviours.len())];
-                setup.byzantine.insert(node, behaviour);
-            }
-        }
-        let honest: Vec<usize> = (0..nodes)
-            .filter(|node| !setup.byzantine.contains_key(node))
-            .collect();
+        let mut setup = draw_setup(&mut rng, options);
+        draw_byzantine(&mut rng, options, &mut setup);
         let phase_ms = rng.gen_range(options.fault_phase_ms_max / 4..=options.fault_phase_ms_max);
-        let mut schedule = Vec::new();
-        let rates_on = [FaultKind::Drop, FaultKind::Duplicate, FaultKind::Reorder]
+        let mut schedule: Vec<(u64, Action)> = draw_rates(&mut rng, &options.faults, phase_ms)
             .into_iter()
-            .any(has);
-        if rates_on {
-            let drop = if has(FaultKind::Drop) {
-                rng.gen_range(0.0..=0.3)
-            } else {
-                0.0
-            };
-            let duplicate = if has(FaultKind::Duplicate) {
-                rng.gen_range(0.0..=0.1)
-            } else {
-                0.0
-            };
-            let reorder = if has(FaultKind::Reorder) {
-                rng.gen_range(0.0..=0.2)
-            } else {
-                0.0
-            };
-            let start = rng.gen_range(0..phase_ms / 2);
-            schedule.push((
-                start,
-                Action::Rates {
-                    drop,
-                    duplicate,
-                    reorder,
-                },
-            ));
-        }
-        let timed: Vec<FaultKind> = [
-            FaultKind::Partition,
-            FaultKind::OneWayPartition,
-            FaultKind::Crash,
-            FaultKind::Slow,
-        ]
-        .into_iter()
-        .filter(|kind| has(*kind))
-        .collect();
-        if !timed.is_empty() {
-            for _ in 0..rng.gen_range(0..=4) {
-                let kind = timed[rng.gen_range(0..timed.len())];
-                let start = rng.gen_range(0..phase_ms);
-                let end = (start + rng.gen_range(100..=2_000)).min(phase_ms);
-                match kind {
-                    FaultKind::Partition | FaultKind::OneWayPartition => {
-                        let mut shuffled: Vec<usize> = (0..nodes).collect();
-                        shuffled.shuffle(&mut rng);
-                        let cut = rng.gen_range(1..nodes.max(2));
-                        let (a, b) = shuffled.split_at(cut.min(nodes));
-                        let (a, b) = (a.to_vec(), b.to_vec());
-                        let action = if kind == FaultKind::Partition {
-                            Action::Partition(a, b)
-                        } else {
-                            Action::OneWay(a, b)
-                        };
-                        schedule.push((start, action));
-                        schedule.push((end, Action::Heal));
-                    }
-                    FaultKind::Crash if !honest.is_empty() => {
-                        let node = honest[rng.gen_range(0..honest.len())];
-                        schedule.push((start, Action::Crash(node)));
-                        schedule.push((end, Action::Restart(node)));
-                    }
-                    FaultKind::Slow => {
-                        let node = rng.gen_range(0..nodes);
-                        schedule.push((start, Action::Slow(node, rng.gen_range(2..=6))));
-                        schedule.push((end, Action::Slow(node, 1)));
-                    }
-                    _ => {}
-                }
-            }
-        }
+            .collect();
+        schedule.extend(draw_timed(&mut rng, &options.faults, &setup, phase_ms));
         // Stable sort: actions at the same time keep the order they were drawn in.
         schedule.sort_by_key(|(at, _)| *at);
         Plan {
@@ -406,6 +296,149 @@ impl Plan {
         ));
         lines
     }
+}
+
+/// The group: its size, mode, load, payloads, group commit and link latencies.
+fn draw_setup(rng: &mut ChaCha8Rng, options: &SweepOptions) -> Setup {
+    let nodes = rng.gen_range(options.nodes.clone());
+    let mut setup = Setup {
+        nodes,
+        liveness_bound_ms: options.liveness_bound_ms,
+        ..Setup::default()
+    };
+    if rng.gen_bool(0.2) {
+        setup.consensus.block_mode = BlockMode::Single;
+    }
+    setup.proposals_per_node_per_sec = rng.gen_range(2..=30);
+    // Mostly small payloads, sometimes large ones (size limits and hashing at work).
+    setup.payload_bytes = [16, 64, 256, 1_024, 16_384][rng.gen_range(0..5)];
+    // Group commit every 1 to 20 ms: what a crash loses varies.
+    setup.log_sync_interval_ms = rng.gen_range(1..=20);
+    let latency_min_ms = rng.gen_range(1..=10);
+    setup.network = NetworkConfig {
+        latency_min_ms,
+        latency_max_ms: latency_min_ms + rng.gen_range(0..=60),
+        jitter_ms: rng.gen_range(0..=10),
+        ..NetworkConfig::default()
+    };
+    setup
+}
+
+/// Byzantine members anywhere in the group (0 to f, or `--byzantine`), each with one of the
+/// fault set's behaviours.
+fn draw_byzantine(rng: &mut ChaCha8Rng, options: &SweepOptions, setup: &mut Setup) {
+    let behaviours: Vec<Behaviour> = options
+        .faults
+        .0
+        .iter()
+        .filter_map(|kind| match kind {
+            FaultKind::Byzantine(behaviour) => Some(*behaviour),
+            _ => None,
+        })
+        .collect();
+    if behaviours.is_empty() {
+        return;
+    }
+    let nodes = setup.nodes;
+    let drawn = rng.gen_range(0..=faulty_max(nodes));
+    let count = options.byzantine_count.unwrap_or(drawn).min(nodes);
+    let mut indices: Vec<usize> = (0..nodes).collect();
+    indices.shuffle(rng);
+    for &node in indices.iter().take(count) {
+        let behaviour = behaviours[rng.gen_range(0..behaviours.len())];
+        setup.byzantine.insert(node, behaviour);
+    }
+}
+
+/// Loss, duplication and reordering from some time in the first half of the fault phase,
+/// when the fault set has any of them.
+fn draw_rates(rng: &mut ChaCha8Rng, faults: &FaultSet, phase_ms: u64) -> Option<(u64, Action)> {
+    let has = |kind: FaultKind| faults.0.contains(&kind);
+    if ![FaultKind::Drop, FaultKind::Duplicate, FaultKind::Reorder]
+        .into_iter()
+        .any(has)
+    {
+        return None;
+    }
+    let mut rate = |kind: FaultKind, max: f64| {
+        if has(kind) {
+            rng.gen_range(0.0..=max)
+        } else {
+            0.0
+        }
+    };
+    let drop = rate(FaultKind::Drop, 0.3);
+    let duplicate = rate(FaultKind::Duplicate, 0.1);
+    let reorder = rate(FaultKind::Reorder, 0.2);
+    let start = rng.gen_range(0..phase_ms / 2);
+    Some((
+        start,
+        Action::Rates {
+            drop,
+            duplicate,
+            reorder,
+        },
+    ))
+}
+
+/// Up to four timed faults (partitions, crashes of honest members, slow members), each
+/// lasting 100 ms to 2 s within the fault phase.
+fn draw_timed(
+    rng: &mut ChaCha8Rng,
+    faults: &FaultSet,
+    setup: &Setup,
+    phase_ms: u64,
+) -> Vec<(u64, Action)> {
+    let nodes = setup.nodes;
+    let honest: Vec<usize> = (0..nodes)
+        .filter(|node| !setup.byzantine.contains_key(node))
+        .collect();
+    let timed: Vec<FaultKind> = [
+        FaultKind::Partition,
+        FaultKind::OneWayPartition,
+        FaultKind::Crash,
+        FaultKind::Slow,
+    ]
+    .into_iter()
+    .filter(|kind| faults.0.contains(kind))
+    .collect();
+    let mut schedule = Vec::new();
+    if timed.is_empty() {
+        return schedule;
+    }
+    for _ in 0..rng.gen_range(0..=4) {
+        let kind = timed[rng.gen_range(0..timed.len())];
+        let start = rng.gen_range(0..phase_ms);
+        let end = (start + rng.gen_range(100..=2_000)).min(phase_ms);
+        match kind {
+            FaultKind::Partition | FaultKind::OneWayPartition => {
+                let mut shuffled: Vec<usize> = (0..nodes).collect();
+                shuffled.shuffle(rng);
+                let cut = rng.gen_range(1..nodes.max(2));
+                let (a, b) = shuffled.split_at(cut.min(nodes));
+                let (a, b) = (a.to_vec(), b.to_vec());
+                let action = if kind == FaultKind::Partition {
+                    Action::Partition(a, b)
+                } else {
+                    Action::OneWay(a, b)
+                };
+                schedule.push((start, action));
+                schedule.push((end, Action::Heal));
+            }
+            FaultKind::Crash if !honest.is_empty() => {
+                let node = honest[rng.gen_range(0..honest.len())];
+                schedule.push((start, Action::Crash(node)));
+                schedule.push((end, Action::Restart(node)));
+            }
+            FaultKind::Slow => {
+                let node = rng.gen_range(0..nodes);
+                schedule.push((start, Action::Slow(node, rng.gen_range(2..=6))));
+                schedule.push((end, Action::Slow(node, 1)));
+            }
+            _ => {}
+        }
+    }
+    schedule
 }
 
 /// What one seed's run produced.

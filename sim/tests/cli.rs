@@ -126,3 +126,18 @@ fn engine_sweep_succeeds_with_a_summary() {
     );
     assert_eq!(summary["failed"], serde_json::json!([]));
 }
+
+// `replay --engine` replays one seed of the engine sweep: its story and its checkers, the
+// same output every time.
+#[test]
+fn engine_replay_prints_the_story_the_same_every_time() {
+    let args = ["replay", "--engine", "--seed", "3"];
+    let first = chorus_sim(&args);
+    let second = chorus_sim(&args);
+    let text = stdout(&first);
+    assert!(first.status.success(), "{text}");
+    assert_eq!(first.stdout, second.stdout);
+    assert!(text.starts_with("engine seed 3\n"), "{text}");
+    assert!(text.contains("section(s)"), "{text}");
+    assert!(text.contains("no violation"), "{text}");
+}

@@ -5,8 +5,8 @@ use chorus_aggregate::StreamKey;
 use chorus_consensus::BlockMode;
 use chorus_demo::bank_account::BankAccountCommand;
 use chorus_engine::CommandOutcome;
-use chorus_sim::NetworkConfig;
 use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
+use chorus_sim::{NetworkConfig, ViolationKind, millis, secs};
 
 mod common;
 use common::{account, assert_clean, bank, load, open_accounts, run_until, workload};
@@ -56,11 +56,10 @@ fn a_partitioned_member_catches_up_and_its_section_agrees() {
     open_accounts(&mut sim, 4);
     // Node 0 is cut off while the load runs; commands sent to it wait (or time out), and it
     // must catch up with its section once the partition heals.
-    sim.network_mut().block(&[0], &[1, 2, 3, 4, 5, 6, 7]);
-    sim.network_mut().block(&[1, 2, 3, 4, 5, 6, 7], &[0]);
+    sim.partition(&[0], &[1, 2, 3, 4, 5, 6, 7]);
     load(&mut sim, 4, 3, "");
-    sim.run_for(2_000);
-    sim.network_mut().heal();
+    sim.run_for(secs(2));
+    sim.heal();
     assert!(sim.run_until_answered(120_000), "commands left unanswered");
     sim.settle(30_000);
     assert_clean(&sim);
@@ -79,7 +78,7 @@ fn the_checkers_catch_a_diverging_store_and_an_overdraft() {
     .expect("cluster");
     open_accounts(&mut sim, 1);
     sim.settle(10_000);
-    assert!(sim.check().is_empty());
+    assert!(sim.violations().is_empty());
     // Write behind the engine's back into one member's store: an overdraft of a fresh account.
     let overdraft = chorus_aggregate::domain::encode_event(
         &chorus_demo::bank_account::BankAccountEvent::Withdrawn {
@@ -104,13 +103,13 @@ fn the_checkers_catch_a_diverging_store_and_an_overdraft() {
         1,
     );
     sim.engine(1).store().append(&batch).expect("append");
-    let violations = sim.check();
+    let violations = sim.violations();
+    let kinds: Vec<ViolationKind> = violations.iter().map(|violation| violation.kind).collect();
+    assert!(kinds.contains(&ViolationKind::Divergence), "{violations:?}");
     assert!(
-        violations.iter().any(|v| v.contains("different stores")),
-        "{violations:?}"
-    );
-    assert!(
-        violations.iter().any(|v| v.contains("overdraft")),
+        violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::Domain && v.detail.contains("overdraft")),
         "{violations:?}"
     );
 }
@@ -170,9 +169,9 @@ fn a_byzantine_member_proposing_forged_events_never_gets_them_applied() {
         // claiming a deposit of 1,000: only the event check at apply time can catch it.
         assert!(sim.forge_deposit(0, &stream, "forged", 1_000));
         let forged_request = command("forged", &stream, serde_json::Value::Null);
-        sim.run_for(5_000);
+        sim.run_for(secs(5));
         sim.settle(10_000);
-        let violations = sim.check();
+        let violations = sim.violations();
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
         for node in 0..sim.node_count() {
             let record = sim
@@ -202,7 +201,7 @@ fn a_member_that_crashes_under_load_restores_and_loses_nothing() {
         load(&mut sim, 4, 2, "before");
         sim.crash(1);
         load(&mut sim, 4, 2, "during");
-        sim.run_for(1_000);
+        sim.run_for(secs(1));
         sim.restart(1).expect("restart");
         load(&mut sim, 4, 2, "after");
         assert!(
@@ -229,7 +228,7 @@ fn a_member_down_longer_than_the_prune_window_is_brought_back_by_state_transfer(
         sim.crash(1);
         // Long enough under load for the others to prune past everything node 1 holds.
         load(&mut sim, 4, 40, "during");
-        sim.run_for(2_000);
+        sim.run_for(secs(2));
         let lagging = (0..4)
             .filter(|node| *node != 1)
             .filter(|node| {
@@ -279,7 +278,7 @@ fn a_member_down_while_its_section_changes_generation_is_brought_back_too() {
         let down = sim.engine(1).id();
         sim.crash(1);
         load(&mut sim, 4, 40, "down");
-        sim.run_for(2_000);
+        sim.run_for(secs(2));
         assert!(
             sim.engine(0)
                 .consensus()
@@ -960,7 +959,7 @@ fn a_lying_transfer_source_never_gets_its_state_written() {
         for member in 0..5 {
             sim.send_raw(member, joiner, forged.clone());
         }
-        sim.run_for(5);
+        sim.run_for(millis(5));
         let store = sim.engine(joiner).store();
         let lies = store
             .read_log(&chorus_aggregate::Filter::All, 1, 1_000)

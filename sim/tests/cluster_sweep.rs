@@ -26,7 +26,12 @@ fn random_engine_runs_find_no_violation() {
             failures.push(format!(
                 "seed {seed} (replay: CHORUS_SIM_CLUSTER_START={seed} CHORUS_SIM_CLUSTER_SEEDS=1 cargo test -p chorus-sim --test cluster_sweep)\n  {}\n  violations:\n    {}",
                 outcome.story.join("\n  "),
-                outcome.violations.join("\n    ")
+                outcome
+                    .violations
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
             ));
         }
     }

@@ -7,6 +7,7 @@ use chorus_consensus::BlockMode;
 use chorus_demo::bank_account::BankAccountCommand;
 use chorus_engine::CommandOutcome;
 use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
+use chorus_sim::millis;
 
 mod common;
 use common::{bank, load, open_accounts, run_until};
@@ -121,7 +122,7 @@ fn assert_caught_up(sim: &mut ClusterSim, lagging: usize, story: &str) {
         "{story}: commands left unanswered"
     );
     sim.settle(10_000);
-    let violations = sim.check();
+    let violations = sim.violations();
     assert!(violations.is_empty(), "{story}: {violations:#?}");
     let unfinished: Vec<_> = sim.submitted()[after..]
         .iter()
@@ -168,7 +169,7 @@ fn a_member_killed_then_the_whole_section_killed_catches_up() {
     for (seed, mode) in MODES {
         let mut sim = four_nodes(seed + 20, mode);
         crash(&mut sim, 1, 5_000, "kill1");
-        sim.run_for(300);
+        sim.run_for(millis(300));
         crash_all(&mut sim);
         assert_caught_up(&mut sim, 1, &format!("seed {seed}: kill then kill all"));
     }
@@ -179,7 +180,7 @@ fn a_member_stalled_then_the_whole_section_killed_catches_up() {
     for (seed, mode) in MODES {
         let mut sim = four_nodes(seed + 30, mode);
         stall(&mut sim, 3, 9_000, "stall");
-        sim.run_for(200);
+        sim.run_for(millis(200));
         crash_all(&mut sim);
         assert_caught_up(&mut sim, 3, &format!("seed {seed}: stall then kill all"));
     }

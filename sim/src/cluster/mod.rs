@@ -11,7 +11,7 @@
 //! sections splitting; the transfer saga run by every member. Not yet: loss of unsynced log
 //! records at a crash, other Byzantine behaviours.
 //!
-//! Checkers ([`ClusterSim::check`], after the run settles), per section of the current map:
+//! Checkers ([`ClusterSim::violations`], after the run settles; typed [`crate::Violation`]s), per section of the current map:
 //! - every listed member is active in it and agrees on its generation and members;
 //! - every member holds the same section state (digest of the section's events without
 //!   positions, and of its eventless commands);
@@ -23,11 +23,14 @@
 //!   the balance below zero and every event's balance is the running sum.
 
 mod checks;
+mod plan;
 mod seed;
 
-pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, run_cluster_seed};
+pub use plan::{ClusterPlan, Step};
+pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, run_cluster_seed, run_plan};
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chorus_aggregate::{CommandId, CommandRequest, EventStore, StreamKey};
 use chorus_consensus::{BlockMode, Config, PeerId};
@@ -38,6 +41,7 @@ use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::millis;
 use crate::network::{Fate, Network, NetworkConfig};
 
 /// How a cluster run is set up.
@@ -152,30 +156,7 @@ impl ClusterSim {
             }
         }
         let directory = tempfile::tempdir().map_err(|error| error.to_string())?;
-        let mut engines = Vec::with_capacity(keys.len());
-        for (index, key) in keys.iter().enumerate() {
-            let store = open_store(directory.path(), index)?;
-            let engine = Engine::new(
-                engine_config(&setup),
-                key.clone(),
-                map.clone(),
-                chorus_demo::registry(),
-                store,
-                0,
-            )
-            .map_err(|error| error.to_string())?;
-            engines.push(Some(engine));
-        }
-        let ids = keys
-            .iter()
-            .map(|key| PeerId(key.verifying_key().to_bytes()))
-            .collect();
-        let logs = vec![Vec::new(); keys.len()];
-        let network = Network::new(
-            setup.network.clone(),
-            setup.nodes + setup.spare_nodes,
-            &mut network_rng,
-        );
+        let engines = start_engines(&setup, &keys, &map, directory.path())?;
         let histories = keys
             .iter()
             .map(|key| {
@@ -185,17 +166,20 @@ impl ClusterSim {
                     .collect()
             })
             .collect();
-        let setup_nodes = setup.nodes + setup.spare_nodes;
+        let capacity = setup.nodes + setup.spare_nodes;
         let mut sim = Self {
+            network: Network::new(setup.network.clone(), capacity, &mut network_rng),
             setup,
             engines,
+            ids: keys
+                .iter()
+                .map(|key| PeerId(key.verifying_key().to_bytes()))
+                .collect(),
+            logs: vec![Vec::new(); keys.len()],
             keys,
             map,
-            logs,
             histories,
             key_rng,
-            ids,
-            network,
             network_rng,
             gossip_rng,
             queue: BTreeMap::new(),
@@ -203,7 +187,7 @@ impl ClusterSim {
             now_ms: 0,
             submitted: Vec::new(),
             saga: false,
-            paused: vec![None; setup_nodes],
+            paused: vec![None; capacity],
             _directory: directory,
         };
         for node in 0..sim.engines.len() {
@@ -315,9 +299,20 @@ impl ClusterSim {
         self.engines.len()
     }
 
-    /// The network, to partition, heal and change rates.
-    pub fn network_mut(&mut self) -> &mut Network {
-        &mut self.network
+    /// Cuts every link between the two sides, both ways (as `Sim::partition`).
+    pub fn partition(&mut self, side_a: &[usize], side_b: &[usize]) {
+        self.network.block(side_a, side_b);
+        self.network.block(side_b, side_a);
+    }
+
+    /// Cuts the links from `from` to `to` only: `to` still reaches `from`.
+    pub fn partition_one_way(&mut self, from: &[usize], to: &[usize]) {
+        self.network.block(from, to);
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        self.network.heal();
     }
 
     /// Every submitted command, in submission order.
@@ -544,9 +539,9 @@ impl ClusterSim {
         self.now_ms = self.now_ms.max(until_ms);
     }
 
-    /// Runs for `duration_ms` of virtual time.
-    pub fn run_for(&mut self, duration_ms: u64) {
-        self.run_until(self.now_ms + duration_ms);
+    /// Runs for `duration` of virtual time (`run_for(secs(2))`, as `Sim::run_for`).
+    pub fn run_for(&mut self, duration: Duration) {
+        self.run_until(self.now_ms + duration.as_millis() as u64);
     }
 
     /// Runs until every submitted command is answered, or `limit_ms` passed; true if all were.
@@ -560,7 +555,7 @@ impl ClusterSim {
             {
                 return true;
             }
-            self.run_for(10);
+            self.run_for(millis(10));
         }
         self.submitted
             .iter()
@@ -571,7 +566,7 @@ impl ClusterSim {
     pub fn settle(&mut self, limit_ms: u64) {
         let deadline = self.now_ms + limit_ms;
         while self.now_ms < deadline && !self.stores_agree() {
-            self.run_for(50);
+            self.run_for(millis(50));
         }
     }
 
@@ -681,6 +676,30 @@ fn engine_config(setup: &ClusterSetup) -> EngineConfig {
         log_records: true,
         ..Config::default()
     })
+}
+
+/// One engine per key, each with its own store under `directory`, all members of `map`.
+fn start_engines(
+    setup: &ClusterSetup,
+    keys: &[SigningKey],
+    map: &SectionMap,
+    directory: &std::path::Path,
+) -> Result<Vec<Option<Engine>>, String> {
+    keys.iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let engine = Engine::new(
+                engine_config(setup),
+                key.clone(),
+                map.clone(),
+                chorus_demo::registry(),
+                open_store(directory, index)?,
+                0,
+            )
+            .map_err(|error| error.to_string())?;
+            Ok(Some(engine))
+        })
+        .collect()
 }
 
 fn open_store(directory: &std::path::Path, node: usize) -> Result<EventStore, String> {

@@ -1,278 +1,213 @@
-//! One seeded engine-mode run (`chorus-sim sweep --engine`): sections, workload and faults
-//! drawn from the seed, then the checkers.
+//! One seeded engine-mode run (`chorus-sim sweep --engine`): the seed's [`ClusterPlan`]
+//! played on a [`ClusterSim`], then every command must be answered and the checkers run.
 
-use chorus_aggregate::StreamKey;
-use chorus_consensus::BlockMode;
+use std::collections::BTreeMap;
+
 use chorus_engine::CommandOutcome;
 use chorus_routing::XorName;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
-use crate::network::NetworkConfig;
-
-use super::{ClusterSetup, ClusterSim, command};
+use super::plan::{LOAD_MS, account};
+use super::{ClusterPlan, ClusterSim, Step};
+use crate::{Violation, ViolationKind};
 
 /// What one random engine-mode run did and found.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOutcome {
     /// The seed.
     pub seed: u64,
-    /// What the seed decided and what happened, one line each.
+    /// What the plan did, one line per fault or membership change.
     pub story: Vec<String>,
-    /// Commands sent, and those answered `Committed`.
+    /// The faults and membership changes of the plan, counted by kind (and `saga` when the
+    /// members ran the transfer saga).
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Commands sent.
     pub commands: usize,
     /// Commands answered `Committed`.
     pub committed: usize,
     /// Commands never answered within the liveness bound.
     pub unanswered: usize,
     /// What the checkers found (a panic of the simulated code counts as one).
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
 }
 
 /// Virtual time a run waits, after its faults healed, for every command to be answered.
 pub const LIVENESS_BOUND_MS: u64 = 120_000;
 
-/// One random engine-mode run: the seed decides the cluster (8 to 16 nodes in 1, 2 or 4
-/// sections, the mode, whether the transfer saga runs), the network (loss, duplication,
-/// reordering), a fault schedule (a partition, a crash and restart, a member stopped twice
-/// in a row, a crash of every node, a Byzantine member's forged proposal), membership changes (a member leaving, a node joining) and the workload
-/// (deposits, withdrawals, transfers);
-/// then everything heals, every command must be answered within `LIVENESS_BOUND_MS`, and the
-/// checkers run. A panic in the simulated code is a violation of the seed.
+/// One random engine-mode run: [`ClusterPlan::draw`] decides the cluster, the network, the
+/// faults, the membership changes and the workload; [`run_plan`] plays it. A panic in the
+/// simulated code, or a plan that cannot be set up, is a violation of the seed.
 pub fn run_cluster_seed(seed: u64) -> ClusterOutcome {
-    let result = std::panic::catch_unwind(|| run_cluster_seed_inner(seed));
-    match result {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(error)) => ClusterOutcome {
-            seed,
-            violations: vec![format!("the run could not be set up: {error}")],
-            ..ClusterOutcome::default()
+    let result = std::panic::catch_unwind(|| run_plan(seed, &ClusterPlan::draw(seed)?));
+    let violation = match result {
+        Ok(Ok(outcome)) => return outcome,
+        Ok(Err(error)) => Violation {
+            kind: ViolationKind::Setup,
+            at_ms: 0,
+            node: 0,
+            detail: format!("the run could not be set up: {error}"),
         },
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
-                .unwrap_or_else(|| "a panic".to_owned());
-            ClusterOutcome {
-                seed,
-                violations: vec![format!("panic: {message}")],
-                ..ClusterOutcome::default()
-            }
-        }
+        Err(panic) => Violation::from_panic(panic.as_ref(), 0),
+    };
+    ClusterOutcome {
+        seed,
+        violations: vec![violation],
+        ..ClusterOutcome::default()
     }
 }
 
-fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
-    use chorus_demo::bank_account::BankAccountCommand;
-
-    let mut plan = ChaCha8Rng::seed_from_u64(seed ^ 0xc1u64.rotate_left(56));
-    let sections = [1usize, 2, 4][plan.gen_range(0..3)];
-    let per_section = plan.gen_range(4..=(16 / sections).max(4));
-    let block_mode = if plan.gen_bool(0.5) {
-        BlockMode::Supermajority
-    } else {
-        BlockMode::Single
-    };
-    let network = NetworkConfig {
-        drop_probability: plan.gen_range(0.0..0.1),
-        duplicate_probability: plan.gen_range(0.0..0.1),
-        reorder_probability: plan.gen_range(0.0..0.2),
-        ..NetworkConfig::default()
-    };
-    let nodes = sections * per_section;
-    let mut story = vec![format!(
-        "{nodes} nodes in {sections} section(s), {block_mode:?} mode, drop {:.2} duplicate {:.2} reorder {:.2}",
-        network.drop_probability, network.duplicate_probability, network.reorder_probability
-    )];
-    let setup = ClusterSetup {
-        nodes,
-        sections: Some(sections),
-        block_mode,
-        network,
-        spare_nodes: 1,
-        ..ClusterSetup::default()
-    };
-    let mut sim = ClusterSim::new(seed, setup)?;
-    if plan.gen_bool(0.5) {
+/// Plays `plan` on a new cluster of `seed`: its steps at their times until the load phase
+/// ends, then heals, waits up to [`LIVENESS_BOUND_MS`] for every answer, lets the sections
+/// settle and runs the checkers.
+pub fn run_plan(seed: u64, plan: &ClusterPlan) -> Result<ClusterOutcome, String> {
+    let mut sim = ClusterSim::new(seed, plan.setup.clone())?;
+    let mut story = vec![plan.headline()];
+    let mut faults = BTreeMap::new();
+    if plan.saga {
         sim.run_transfer_saga()?;
         story.push("every member runs the transfer saga".to_owned());
+        faults.insert("saga", 1);
     }
-    let accounts = plan.gen_range(2..8);
-    let account = |index: usize| {
-        StreamKey::new("BankAccount", &format!("a{index}")).map_err(|e| e.to_string())
-    };
-    for index in 0..accounts {
-        let open = serde_json::to_value(BankAccountCommand::OpenAccount {
-            owner: format!("o{index}"),
-        })
-        .map_err(|error| error.to_string())?;
-        let node = plan.gen_range(0..nodes);
-        sim.submit(
-            node,
-            command(&format!("open{index}"), &account(index)?, open),
-        );
+    for (at, step) in &plan.schedule {
+        // Steps at one time run back to back, as one moment of the schedule.
+        if *at > sim.now_ms() {
+            sim.run_until(*at);
+        }
+        if let Some(line) = play(&mut sim, step, plan)? {
+            story.push(format!("{at} ms: {line}"));
+        }
+        if let Some(name) = step.fault_name() {
+            *faults.entry(name).or_default() += 1;
+        }
     }
-    // The fault schedule, at fixed virtual times within a 3 s load phase.
-    let partitioned = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
-    let crashed = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
-    let forger = plan.gen_bool(0.5).then(|| plan.gen_range(0..nodes));
-    let leaver = plan.gen_bool(0.4).then(|| plan.gen_range(0..nodes));
-    let joins = plan.gen_bool(0.4);
-    // One member stopped twice in a row (SIGSTOP, SIGCONT), and a crash of every node.
-    let stalled = plan.gen_bool(0.4).then(|| plan.gen_range(0..nodes));
-    let crash_all = plan.gen_bool(0.2);
-    let load_ms = 3_000;
-    for step in 0..load_ms / 100 {
-        let now = step * 100;
-        if now == 500 {
-            if let Some(node) = partitioned {
-                let others: Vec<usize> = (0..nodes).filter(|other| *other != node).collect();
-                sim.network_mut().block(&[node], &others);
-                sim.network_mut().block(&others, &[node]);
-                story.push(format!("{now} ms: node {node} cut off"));
-            }
-            if let Some(node) = crashed {
-                sim.crash(node);
-                story.push(format!("{now} ms: node {node} crashed"));
-            }
-        }
-        if let Some(node) = stalled {
-            if now == 600 || now == 1_700 {
-                sim.pause(node);
-                story.push(format!("{now} ms: node {node} stopped"));
-            }
-            if now == 1_400 || now == 2_500 {
-                sim.resume(node);
-                story.push(format!("{now} ms: node {node} continues"));
-            }
-        }
-        if now == 2_700 && crash_all {
-            let running: Vec<usize> = (0..sim.node_count())
-                .filter(|node| sim.is_running(*node))
-                .collect();
-            for node in &running {
-                sim.crash(*node);
-            }
-            for node in &running {
-                sim.restart(*node)?;
-            }
-            story.push(format!("{now} ms: every node crashed and restarted"));
-        }
-        if now == 1_000 {
-            if let Some(node) = forger {
-                // A stream of the forger's own section, so the forgery reaches its section.
-                let own = XorName::from_public_key(&sim.ids[node].0);
-                let target = (0..accounts).find_map(|index| {
-                    let stream = account(index).ok()?;
-                    sim.map()
-                        .section_for_stream(&stream.qualified())
-                        .contains(&own)
-                        .then_some(stream)
-                });
-                if let Some(stream) = target {
-                    let taken = sim.forge_deposit(node, &stream, &format!("forged{seed}"), 1_000);
-                    story.push(format!(
-                        "{now} ms: node {node} proposes a forged deposit on {stream} (vote taken: {taken})"
-                    ));
-                }
-            }
-        }
-        if now == 1_500 {
-            if let Some(node) = leaver {
-                sim.leave(node);
-                story.push(format!("{now} ms: node {node} asks to leave"));
-            }
-            if joins {
-                let key = sim.draw_key();
-                let node = sim.add_node(key)?;
-                story.push(format!("{now} ms: node {node} joins"));
-            }
-        }
-        if now == 2_000 {
-            if partitioned.is_some() {
-                sim.network_mut().heal();
-                story.push(format!("{now} ms: partition healed"));
-            }
-            if let Some(node) = crashed {
-                sim.restart(node)?;
-                story.push(format!("{now} ms: node {node} restarted"));
-            }
-        }
-        // Now and then a transfer between two accounts (the saga moves the money, if it runs).
-        if accounts >= 2 && plan.gen_bool(0.1) {
-            let from = plan.gen_range(0..accounts);
-            let to = (from + plan.gen_range(1..accounts)) % accounts;
-            let start =
-                serde_json::to_value(chorus_demo::transfer::TransferCommand::StartTransfer {
-                    from: format!("a{from}"),
-                    to: format!("a{to}"),
-                    amount: plan.gen_range(1..30),
-                })
-                .map_err(|error| error.to_string())?;
-            let stream = StreamKey::new("Transfer", &format!("t{step}"))
-                .map_err(|error| error.to_string())?;
-            let node = plan.gen_range(0..nodes);
-            sim.submit(node, command(&format!("t{step}"), &stream, start));
-        }
-        // Two commands per 100 ms on random accounts from random nodes.
-        for _ in 0..2 {
-            let index = plan.gen_range(0..accounts);
-            let body = if plan.gen_bool(0.3) {
-                BankAccountCommand::Withdraw {
-                    amount: plan.gen_range(1..40),
-                    transfer: None,
-                }
-            } else {
-                BankAccountCommand::Deposit {
-                    amount: plan.gen_range(1..20),
-                    transfer: None,
-                }
-            };
-            let json = serde_json::to_value(body).map_err(|error| error.to_string())?;
-            let node = plan.gen_range(0..nodes);
-            sim.submit(
-                node,
-                command(
-                    &format!("c{step}-{index}-{}", sim.submitted().len()),
-                    &account(index)?,
-                    json,
-                ),
-            );
-        }
-        sim.run_for(100);
-    }
+    sim.run_until(LOAD_MS);
+    sim.heal();
     let answered = sim.run_until_answered(LIVENESS_BOUND_MS);
     sim.settle(30_000);
-    let mut violations = sim.check();
-    let unanswered = sim
+    Ok(conclude(&sim, seed, story, faults, answered))
+}
+
+/// Does one step; returns its line of the story (none for client commands).
+fn play(sim: &mut ClusterSim, step: &Step, plan: &ClusterPlan) -> Result<Option<String>, String> {
+    let line = match step {
+        Step::Submit { node, request } => {
+            sim.submit(*node, request.clone());
+            return Ok(None);
+        }
+        Step::Partition(side_a, side_b) => {
+            sim.partition(side_a, side_b);
+            format!("nodes {side_a:?} cut off from {side_b:?}")
+        }
+        Step::Heal => {
+            sim.heal();
+            "partition healed".to_owned()
+        }
+        Step::Crash(node) => {
+            sim.crash(*node);
+            format!("node {node} crashed")
+        }
+        Step::Restart(node) => {
+            sim.restart(*node)?;
+            format!("node {node} restarted")
+        }
+        Step::Pause(node) => {
+            sim.pause(*node);
+            format!("node {node} stopped")
+        }
+        Step::Resume(node) => {
+            sim.resume(*node);
+            format!("node {node} continues")
+        }
+        Step::CrashAll => {
+            crash_all(sim)?;
+            "every node crashed and restarted".to_owned()
+        }
+        Step::Forge { node, command_id } => forge(sim, *node, command_id, plan.accounts),
+        Step::Leave(node) => {
+            sim.leave(*node);
+            format!("node {node} asks to leave")
+        }
+        Step::Join => {
+            let key = sim.draw_key();
+            format!("node {} joins", sim.add_node(key)?)
+        }
+    };
+    Ok(Some(line))
+}
+
+fn crash_all(sim: &mut ClusterSim) -> Result<(), String> {
+    let running: Vec<usize> = (0..sim.node_count())
+        .filter(|node| sim.is_running(*node))
+        .collect();
+    for node in &running {
+        sim.crash(*node);
+    }
+    for node in &running {
+        sim.restart(*node)?;
+    }
+    Ok(())
+}
+
+/// A forged deposit on the first account of the forger's own section, so that the forgery
+/// reaches its section.
+fn forge(sim: &mut ClusterSim, node: usize, command_id: &str, accounts: usize) -> String {
+    let own = XorName::from_public_key(&sim.ids[node].0);
+    let map = sim.map();
+    let target = (0..accounts).find_map(|index| {
+        let stream = account(index).ok()?;
+        map.section_for_stream(&stream.qualified())
+            .contains(&own)
+            .then_some(stream)
+    });
+    match target {
+        Some(stream) => {
+            let taken = sim.forge_deposit(node, &stream, command_id, 1_000);
+            format!("node {node} proposes a forged deposit on {stream} (vote taken: {taken})")
+        }
+        None => format!("node {node} has no account in its section to forge on"),
+    }
+}
+
+/// The outcome: the checkers' findings, plus a liveness violation for commands never
+/// answered and for a run that committed nothing.
+fn conclude(
+    sim: &ClusterSim,
+    seed: u64,
+    story: Vec<String>,
+    faults: BTreeMap<&'static str, u64>,
+    answered: bool,
+) -> ClusterOutcome {
+    let mut violations = sim.violations();
+    let unanswered: Vec<_> = sim
         .submitted()
         .iter()
         .filter(|submitted| submitted.answer.is_none())
-        .count();
+        .collect();
     if !answered {
-        let examples: Vec<String> = sim
-            .submitted()
+        let examples: Vec<String> = unanswered
             .iter()
-            .filter(|submitted| submitted.answer.is_none())
             .take(3)
             .map(|submitted| {
+                let state = sim.engines[submitted.node]
+                    .as_ref()
+                    .map_or("down".to_owned(), |engine| format!("{:?}", engine.stats()));
+                let request = &submitted.request;
                 format!(
-                    "{} on {} sent to node {} at {} ms (node: {})",
-                    submitted.request.command_id,
-                    submitted.request.stream,
-                    submitted.node,
-                    submitted.at_ms,
-                    sim.engines[submitted.node]
-                        .as_ref()
-                        .map_or("down".to_owned(), |engine| format!("{:?}", engine.stats()))
+                    "{} on {} sent to node {} at {} ms (node: {state})",
+                    request.command_id, request.stream, submitted.node, submitted.at_ms
                 )
             })
             .collect();
-        violations.push(format!(
-            "{unanswered} commands unanswered {LIVENESS_BOUND_MS} virtual ms after the faults healed (first: {})",
-            examples.join("; ")
-        ));
+        violations.push(Violation {
+            kind: ViolationKind::Liveness,
+            at_ms: sim.now_ms(),
+            node: unanswered.first().map_or(0, |submitted| submitted.node),
+            detail: format!(
+                "{} commands unanswered {LIVENESS_BOUND_MS} virtual ms after the faults healed \
+                 (first: {})",
+                unanswered.len(),
+                examples.join("; ")
+            ),
+        });
     }
     let committed = sim
         .submitted()
@@ -280,14 +215,21 @@ fn run_cluster_seed_inner(seed: u64) -> Result<ClusterOutcome, String> {
         .filter(|submitted| matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))))
         .count();
     if committed == 0 {
-        violations.push("no command was committed".to_owned());
+        let detail = "no command was committed".to_owned();
+        violations.push(Violation {
+            kind: ViolationKind::Liveness,
+            at_ms: sim.now_ms(),
+            node: 0,
+            detail,
+        });
     }
-    Ok(ClusterOutcome {
+    ClusterOutcome {
         seed,
         story,
+        faults,
         commands: sim.submitted().len(),
         committed,
-        unanswered,
+        unanswered: unanswered.len(),
         violations,
-    })
+    }
 }

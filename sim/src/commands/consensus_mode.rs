@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use chorus_sim::sweep::{FaultKind, FaultSet, SeedOutcome, SweepOptions, run_seed};
-use chorus_sim::{Behaviour, Setup, Sim};
+use chorus_sim::{Behaviour, Setup, Sim, Violation};
+use serde_json::{Map, Value, json};
 
-use super::common::{hex, percentile, seed_progress, thread_cpu_seconds};
-use super::engine_mode::{cluster_bench, engine_sweep};
+use super::common::{hex, percentile, thread_cpu_seconds};
+use super::driver::{self, SeedRange, SweepMode};
+use super::engine_mode::{EngineSweep, cluster_bench};
 use crate::{BenchArgs, ReplayArgs, RunOptions, SweepArgs};
 
 pub(crate) fn replay_command(seed: u64, options: &SweepOptions) -> String {
@@ -33,162 +33,141 @@ pub(crate) fn dump_dot(dir: &Path, outcome: &SeedOutcome) -> Result<Option<PathB
     Ok(Some(path))
 }
 
-pub(crate) fn report_failure(outcome: &SeedOutcome, options: &RunOptions) -> Result<(), String> {
-    let sweep_options = options.sweep_options();
-    println!("seed {} FAILED:", outcome.seed);
-    for violation in &outcome.violations {
-        println!("  {violation}");
-    }
-    println!("  replay: {}", replay_command(outcome.seed, &sweep_options));
-    // A dump that cannot be written is worth a line, not the end of the sweep.
-    match dump_dot(&options.dump_dir, outcome) {
-        Ok(Some(path)) => println!("  graph around the failure: {}", path.display()),
-        Ok(None) => {}
-        Err(error) => println!("  graph not written: {error}"),
-    }
-    Ok(())
+/// The consensus core's sweep: random groups, networks and fault schedules (`run_seed`).
+pub(crate) struct ConsensusSweep {
+    pub(crate) options: RunOptions,
 }
 
-pub(crate) fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
-    if args.seeds == 0 {
-        return Err("--seeds must be at least 1".into());
+/// What the summary of a consensus sweep adds up.
+#[derive(Default)]
+pub(crate) struct ConsensusTally {
+    simulated_ms: u64,
+    blocks: u64,
+    quiet_ms: Vec<u64>,
+    records_lost: u64,
+    own_lost: u64,
+    evidence: u64,
+    faults: BTreeMap<&'static str, u64>,
+}
+
+impl ConsensusTally {
+    fn quiet_at(&self, percent: usize) -> u64 {
+        let mut sorted = self.quiet_ms.clone();
+        sorted.sort_unstable();
+        percentile(&sorted, percent)
     }
-    if args.engine {
-        return engine_sweep(&args);
+
+    fn quiet_max(&self) -> u64 {
+        self.quiet_ms.iter().copied().max().unwrap_or(0)
     }
-    let options = args.options.sweep_options();
-    let jobs = match args.jobs {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        jobs => jobs,
+}
+
+impl SweepMode for ConsensusSweep {
+    type Outcome = SeedOutcome;
+    type Tally = ConsensusTally;
+
+    fn name(&self) -> &'static str {
+        "consensus"
     }
-    .min(args.seeds as usize);
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(args.start_seed));
-    let end = args.start_seed.saturating_add(args.seeds);
-    let (sender, receiver) = mpsc::channel::<SeedOutcome>();
-    let mut workers = Vec::new();
-    for _ in 0..jobs {
-        let next = Arc::clone(&next);
-        let sender = sender.clone();
-        let options = options.clone();
-        workers.push(std::thread::spawn(move || {
-            loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    break;
-                }
-                if sender.send(run_seed(seed, &options, false)).is_err() {
-                    break;
-                }
-            }
-        }));
+
+    fn flags(&self) -> String {
+        self.options.sweep_options().flags()
     }
-    drop(sender);
-    let progress = seed_progress(args.seeds)?;
-    let mut simulated_ms = 0u64;
-    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut violations_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut failed = Vec::new();
-    let mut blocks = 0u64;
-    let mut runs = 0u64;
-    let mut quiet_ms: Vec<u64> = Vec::new();
-    let (mut records_lost, mut own_lost, mut evidence) = (0u64, 0u64, 0u64);
-    for outcome in receiver {
-        runs += 1;
-        simulated_ms += outcome.simulated_ms;
-        blocks += outcome.stats.blocks;
-        quiet_ms.extend(outcome.quiet_after_heal_ms);
-        records_lost += outcome.stats.log_records_lost;
-        own_lost += outcome.stats.own_events_lost;
-        evidence += outcome.stats.evidence;
+
+    fn run(&self, seed: u64) -> SeedOutcome {
+        run_seed(seed, &self.options.sweep_options(), false)
+    }
+
+    fn verdict<'a>(&self, outcome: &'a SeedOutcome) -> (u64, &'a [Violation]) {
+        (outcome.seed, &outcome.violations)
+    }
+
+    fn replay_command(&self, seed: u64) -> String {
+        replay_command(seed, &self.options.sweep_options())
+    }
+
+    fn failure_details(&self, outcome: &SeedOutcome) -> Vec<String> {
+        // A dump that cannot be written is worth a line, not the end of the sweep.
+        match dump_dot(&self.options.dump_dir, outcome) {
+            Ok(Some(path)) => vec![format!("graph around the failure: {}", path.display())],
+            Ok(None) => Vec::new(),
+            Err(error) => vec![format!("graph not written: {error}")],
+        }
+    }
+
+    fn add(&self, tally: &mut ConsensusTally, outcome: &SeedOutcome) {
+        tally.simulated_ms += outcome.simulated_ms;
+        tally.blocks += outcome.stats.blocks;
+        tally.quiet_ms.extend(outcome.quiet_after_heal_ms);
+        tally.records_lost += outcome.stats.log_records_lost;
+        tally.own_lost += outcome.stats.own_events_lost;
+        tally.evidence += outcome.stats.evidence;
         for (kind, count) in &outcome.stats.faults {
-            *faults.entry(kind).or_default() += count;
-        }
-        if !outcome.violations.is_empty() {
-            for violation in &outcome.violations {
-                *violations_by_kind.entry(violation.kind.name()).or_default() += 1;
-            }
-            progress.suspend(|| report_failure(&outcome, &args.options))?;
-            failed.push(outcome.seed);
-            progress.set_message(format!("{} failed", failed.len()));
-        }
-        progress.inc(1);
-        // Without a terminal the bar is hidden: print a line every 5% instead.
-        if progress.is_hidden() && (runs % (args.seeds / 20).max(1) == 0 || runs == args.seeds) {
-            eprintln!(
-                "{runs}/{} seeds, {} failed, {:.0} s",
-                args.seeds,
-                failed.len(),
-                started.elapsed().as_secs_f64()
-            );
+            *tally.faults.entry(kind).or_default() += count;
         }
     }
-    for worker in workers {
-        worker
-            .join()
-            .map_err(|_| "a sweep worker panicked".to_string())?;
+
+    fn summary(&self, tally: &ConsensusTally) -> Vec<(String, String)> {
+        let hours = tally.simulated_ms as f64 / 3_600_000.0;
+        let mut rows = vec![
+            ("simulated hours".to_owned(), format!("{hours:.2}")),
+            ("blocks agreed".to_owned(), tally.blocks.to_string()),
+            (
+                "heal to all agreed".to_owned(),
+                format!(
+                    "p50 {} ms, p99 {} ms, max {} ms",
+                    tally.quiet_at(50),
+                    tally.quiet_at(99),
+                    tally.quiet_max()
+                ),
+            ),
+        ];
+        let names = FaultKind::all().into_iter().map(FaultKind::name);
+        for name in names.chain(["restart"]) {
+            let count = tally.faults.get(name).copied().unwrap_or(0);
+            rows.push((format!("fault: {name}"), count.to_string()));
+        }
+        rows.push((
+            "lost at crashes".to_owned(),
+            format!(
+                "{} unsynced log records, {} unsent own events",
+                tally.records_lost, tally.own_lost
+            ),
+        ));
+        rows.push(("fork evidence found".to_owned(), tally.evidence.to_string()));
+        rows
     }
-    progress.finish_and_clear();
-    failed.sort_unstable();
-    let hours = simulated_ms as f64 / 3_600_000.0;
-    println!(
-        "sweep: seeds {}..{} ({})",
-        args.start_seed,
-        end,
-        options.flags()
-    );
-    println!("  {:<28} {runs}", "seeds run");
-    println!("  {:<28} {hours:.2}", "simulated hours");
-    println!("  {:<28} {blocks}", "blocks agreed");
-    quiet_ms.sort_unstable();
-    let quiet_at = |percent: usize| percentile(&quiet_ms, percent);
-    let quiet_max = quiet_ms.last().copied().unwrap_or(0);
-    println!(
-        "  {:<28} p50 {} ms, p99 {} ms, max {quiet_max} ms",
-        "heal to all agreed",
-        quiet_at(50),
-        quiet_at(99)
-    );
-    println!(
-        "  {:<28} {:.1}",
-        "wall seconds",
-        started.elapsed().as_secs_f64()
-    );
-    println!("  faults injected:");
-    for kind in FaultKind::all() {
-        let count = faults.get(kind.name()).copied().unwrap_or(0);
-        println!("    {:<26} {count}", kind.name());
+
+    fn figures(&self, tally: &ConsensusTally) -> Map<String, Value> {
+        let hours = tally.simulated_ms as f64 / 3_600_000.0;
+        let mut figures = Map::new();
+        figures.insert("flags".into(), json!(self.flags()));
+        figures.insert("simulated_hours".into(), json!((hours * 1e3).round() / 1e3));
+        figures.insert("blocks".into(), json!(tally.blocks));
+        figures.insert("heal_to_agreed_p50_ms".into(), json!(tally.quiet_at(50)));
+        figures.insert("heal_to_agreed_p99_ms".into(), json!(tally.quiet_at(99)));
+        figures.insert("heal_to_agreed_max_ms".into(), json!(tally.quiet_max()));
+        figures.insert("faults".into(), json!(tally.faults));
+        figures
     }
-    println!(
-        "    {:<26} {}",
-        "restart",
-        faults.get("restart").copied().unwrap_or(0)
-    );
-    println!("  crashes lost {records_lost} unsynced log records, {own_lost} unsent own events");
-    println!("  fork evidence found by honest nodes: {evidence}");
-    println!("  violations: {}", failed.len());
-    for (kind, count) in &violations_by_kind {
-        println!("    {kind:<26} {count}");
+}
+
+/// `sweep`: the consensus sweep, or the engine sweep with `--engine`.
+pub(crate) fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
+    let range = SeedRange {
+        start: args.start_seed,
+        seeds: args.seeds,
+        jobs: args.jobs,
+    };
+    if args.engine {
+        return driver::sweep(&EngineSweep, &range);
     }
-    if !failed.is_empty() {
-        println!("  failing seeds: {failed:?}");
-    }
-    let faults_json: Vec<String> = faults
-        .iter()
-        .map(|(kind, count)| format!("\"{kind}\":{count}"))
-        .collect();
-    println!(
-        "{{\"seeds\":{runs},\"simulated_hours\":{hours:.3},\"blocks\":{blocks},\"failed_seeds\":{},\"heal_to_agreed_p50_ms\":{},\"heal_to_agreed_p99_ms\":{},\"heal_to_agreed_max_ms\":{quiet_max},\"faults\":{{{}}}}}",
-        failed.len(),
-        quiet_at(50),
-        quiet_at(99),
-        faults_json.join(",")
-    );
-    Ok(if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    driver::sweep(
+        &ConsensusSweep {
+            options: args.options,
+        },
+        &range,
+    )
 }
 
 pub(crate) fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
@@ -228,7 +207,15 @@ pub(crate) fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
         println!("no violation");
         Ok(ExitCode::SUCCESS)
     } else {
-        report_failure(&outcome, &args.options)?;
+        for violation in &outcome.violations {
+            println!("  {violation}");
+        }
+        let mode = ConsensusSweep {
+            options: args.options,
+        };
+        for line in mode.failure_details(&outcome) {
+            println!("  {line}");
+        }
         Ok(ExitCode::FAILURE)
     }
 }

@@ -8,6 +8,7 @@ use chorus_demo::bank_account::BankAccountCommand;
 use chorus_demo::notebook::NotebookCommand;
 use chorus_engine::CommandOutcome;
 use chorus_sim::cluster::{ClusterSim, command};
+use chorus_sim::millis;
 
 pub fn bank(command: BankAccountCommand) -> serde_json::Value {
     serde_json::to_value(command).expect("json")
@@ -69,18 +70,12 @@ pub fn load(sim: &mut ClusterSim, accounts: usize, rounds: usize, tag: &str) {
             round % nodes,
             command(&format!("{tag}n{round}"), &notebook, initiate),
         );
-        sim.run_for(100);
+        sim.run_for(millis(100));
     }
 }
 
 pub fn assert_clean(sim: &ClusterSim) {
-    let violations = sim.check();
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}",
-        violations.len(),
-        violations.join("\n")
-    );
+    sim.assert_no_violations();
     let committed = sim
         .submitted()
         .iter()
@@ -99,7 +94,7 @@ pub fn run_until(sim: &mut ClusterSim, limit_ms: u64, done: impl Fn(&ClusterSim)
         if done(sim) {
             return true;
         }
-        sim.run_for(50);
+        sim.run_for(millis(50));
     }
     done(sim)
 }

@@ -1,0 +1,340 @@
+//! The random run of one seed as data: the cluster, the network, and a schedule of steps
+//! (faults, membership changes, client commands) at virtual times, all drawn from the seed
+//! before anything runs. [`super::run_plan`] plays it on a [`ClusterSim`](super::ClusterSim).
+
+use chorus_aggregate::{CommandRequest, StreamKey};
+use chorus_consensus::BlockMode;
+use chorus_demo::bank_account::BankAccountCommand;
+use chorus_demo::transfer::TransferCommand;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClusterSetup, command};
+use crate::network::NetworkConfig;
+
+/// How long clients send commands and faults happen; everything heals at its end.
+pub const LOAD_MS: u64 = 3_000;
+/// The workload's pace: every `STEP_MS`, two account commands and now and then a transfer.
+const STEP_MS: u64 = 100;
+
+/// One thing the plan does at its time.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A client sends `request` to `node`.
+    Submit {
+        /// The node the client reaches.
+        node: usize,
+        /// The command.
+        request: CommandRequest,
+    },
+    /// Every link between the two sides is cut, both ways.
+    Partition(Vec<usize>, Vec<usize>),
+    /// Every partition heals.
+    Heal,
+    /// The node crashes.
+    Crash(usize),
+    /// The crashed node restarts from its disk.
+    Restart(usize),
+    /// The node stops as under SIGSTOP.
+    Pause(usize),
+    /// The stopped node continues.
+    Resume(usize),
+    /// Every running node crashes, then all restart.
+    CrashAll,
+    /// The (Byzantine) node proposes a forged deposit, under `command_id`, on an account of
+    /// its own section, and votes for it.
+    Forge {
+        /// The forger.
+        node: usize,
+        /// The made-up command id.
+        command_id: String,
+    },
+    /// The node asks its section to let it leave.
+    Leave(usize),
+    /// A new node starts and joins.
+    Join,
+}
+
+impl Step {
+    /// The name a sweep counts the step under (`None`: client commands, not counted).
+    pub fn fault_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Step::Submit { .. } => return None,
+            Step::Partition(..) => "partition",
+            Step::Heal => "heal",
+            Step::Crash(_) => "crash",
+            Step::Restart(_) => "restart",
+            Step::Pause(_) => "pause",
+            Step::Resume(_) => "resume",
+            Step::CrashAll => "crash-all",
+            Step::Forge { .. } => "forge",
+            Step::Leave(_) => "leave",
+            Step::Join => "join",
+        })
+    }
+}
+
+/// A random engine-mode run, fully decided by its seed.
+#[derive(Clone, Debug)]
+pub struct ClusterPlan {
+    /// The cluster and its network.
+    pub setup: ClusterSetup,
+    /// Whether every member runs the transfer saga.
+    pub saga: bool,
+    /// The accounts the workload uses (`BankAccount@a0` ..).
+    pub accounts: usize,
+    /// What happens when, in time order (steps at one time in the order drawn).
+    pub schedule: Vec<(u64, Step)>,
+}
+
+impl ClusterPlan {
+    /// Draws the plan of `seed`: 8 to 16 nodes in 1, 2 or 4 sections, the mode, the network
+    /// (loss, duplication, reordering), whether the saga runs, the faults of a 3 s load phase
+    /// and the workload (deposits, withdrawals, transfers).
+    pub fn draw(seed: u64) -> Result<Self, String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc1u64.rotate_left(56));
+        let setup = draw_setup(&mut rng);
+        let nodes = setup.nodes;
+        let saga = rng.gen_bool(0.5);
+        let accounts = rng.gen_range(2..8);
+        let mut schedule = Vec::new();
+        for index in 0..accounts {
+            let open = BankAccountCommand::OpenAccount {
+                owner: format!("o{index}"),
+            };
+            let request = command(&format!("open{index}"), &account(index)?, to_json(open)?);
+            let node = rng.gen_range(0..nodes);
+            schedule.push((0, Step::Submit { node, request }));
+        }
+        schedule.extend(draw_faults(&mut rng, nodes, seed));
+        draw_workload(&mut rng, nodes, accounts, &mut schedule)?;
+        // Stable: at one time, faults (drawn first) come before that step's commands.
+        schedule.sort_by_key(|(at, _)| *at);
+        Ok(ClusterPlan {
+            setup,
+            saga,
+            accounts,
+            schedule,
+        })
+    }
+
+    /// The first line of the run's story: the cluster and the network.
+    pub fn headline(&self) -> String {
+        let network = &self.setup.network;
+        format!(
+            "{} nodes in {} section(s), {:?} mode, drop {:.2} duplicate {:.2} reorder {:.2}",
+            self.setup.nodes,
+            self.setup.sections.unwrap_or(1),
+            self.setup.block_mode,
+            network.drop_probability,
+            network.duplicate_probability,
+            network.reorder_probability
+        )
+    }
+}
+
+/// `BankAccount@a{index}`.
+pub(super) fn account(index: usize) -> Result<StreamKey, String> {
+    StreamKey::new("BankAccount", &format!("a{index}")).map_err(|error| error.to_string())
+}
+
+fn to_json(command: impl serde::Serialize) -> Result<serde_json::Value, String> {
+    serde_json::to_value(command).map_err(|error| error.to_string())
+}
+
+fn draw_setup(rng: &mut ChaCha8Rng) -> ClusterSetup {
+    let sections = [1usize, 2, 4][rng.gen_range(0..3)];
+    let per_section = rng.gen_range(4..=(16 / sections).max(4));
+    let block_mode = if rng.gen_bool(0.5) {
+        BlockMode::Supermajority
+    } else {
+        BlockMode::Single
+    };
+    let network = NetworkConfig {
+        drop_probability: rng.gen_range(0.0..0.1),
+        duplicate_probability: rng.gen_range(0.0..0.1),
+        reorder_probability: rng.gen_range(0.0..0.2),
+        ..NetworkConfig::default()
+    };
+    ClusterSetup {
+        nodes: sections * per_section,
+        sections: Some(sections),
+        block_mode,
+        network,
+        spare_nodes: 1,
+        ..ClusterSetup::default()
+    }
+}
+
+/// The fault schedule, at fixed times of the load phase: a node cut off (500 to 2,000 ms), a
+/// crash and restart (500 to 2,000), a forgery (1,000), a leave and a join (1,500), a node
+/// stopped twice (600 to 1,400 and 1,700 to 2,500), a crash of every node (2,700). Each is
+/// drawn on or off.
+fn draw_faults(rng: &mut ChaCha8Rng, nodes: usize, seed: u64) -> Vec<(u64, Step)> {
+    let mut pick = |probability: f64| rng.gen_bool(probability).then(|| rng.gen_range(0..nodes));
+    let partitioned = pick(0.5);
+    let crashed = pick(0.5);
+    let forger = pick(0.5);
+    let leaver = pick(0.4);
+    let joins = rng.gen_bool(0.4);
+    let stalled = rng.gen_bool(0.4).then(|| rng.gen_range(0..nodes));
+    let crash_all = rng.gen_bool(0.2);
+    let mut schedule = Vec::new();
+    if let Some(node) = partitioned {
+        let others: Vec<usize> = (0..nodes).filter(|other| *other != node).collect();
+        schedule.push((500, Step::Partition(vec![node], others)));
+        schedule.push((2_000, Step::Heal));
+    }
+    if let Some(node) = crashed {
+        schedule.push((500, Step::Crash(node)));
+        schedule.push((2_000, Step::Restart(node)));
+    }
+    if let Some(node) = stalled {
+        schedule.extend([
+            (600, Step::Pause(node)),
+            (1_400, Step::Resume(node)),
+            (1_700, Step::Pause(node)),
+            (2_500, Step::Resume(node)),
+        ]);
+    }
+    if let Some(node) = forger {
+        let command_id = format!("forged{seed}");
+        schedule.push((1_000, Step::Forge { node, command_id }));
+    }
+    if let Some(node) = leaver {
+        schedule.push((1_500, Step::Leave(node)));
+    }
+    if joins {
+        schedule.push((1_500, Step::Join));
+    }
+    if crash_all {
+        schedule.push((2_700, Step::CrashAll));
+    }
+    schedule
+}
+
+/// Every 100 ms of the load phase: a transfer between two accounts one time in ten, and two
+/// deposits or withdrawals on random accounts, each from a random node.
+fn draw_workload(
+    rng: &mut ChaCha8Rng,
+    nodes: usize,
+    accounts: usize,
+    schedule: &mut Vec<(u64, Step)>,
+) -> Result<(), String> {
+    let mut sent = schedule.len();
+    for step in 0..LOAD_MS / STEP_MS {
+        let at = step * STEP_MS;
+        let mut submit = |node: usize, request: CommandRequest| {
+            schedule.push((at, Step::Submit { node, request }));
+        };
+        if accounts >= 2 && rng.gen_bool(0.1) {
+            let from = rng.gen_range(0..accounts);
+            let to = (from + rng.gen_range(1..accounts)) % accounts;
+            let start = TransferCommand::StartTransfer {
+                from: format!("a{from}"),
+                to: format!("a{to}"),
+                amount: rng.gen_range(1..30),
+            };
+            let stream = StreamKey::new("Transfer", &format!("t{step}"))
+                .map_err(|error| error.to_string())?;
+            submit(
+                rng.gen_range(0..nodes),
+                command(&format!("t{step}"), &stream, to_json(start)?),
+            );
+            sent += 1;
+        }
+        for _ in 0..2 {
+            let index = rng.gen_range(0..accounts);
+            let body = if rng.gen_bool(0.3) {
+                BankAccountCommand::Withdraw {
+                    amount: rng.gen_range(1..40),
+                    transfer: None,
+                }
+            } else {
+                BankAccountCommand::Deposit {
+                    amount: rng.gen_range(1..20),
+                    transfer: None,
+                }
+            };
+            let id = format!("c{step}-{index}-{sent}");
+            submit(
+                rng.gen_range(0..nodes),
+                command(&id, &account(index)?, to_json(body)?),
+            );
+            sent += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_draws_one_plan_in_time_order_within_the_load_phase() {
+        for seed in 0..100 {
+            let plan = ClusterPlan::draw(seed).expect("plan");
+            let again = ClusterPlan::draw(seed).expect("plan");
+            assert_eq!(format!("{plan:?}"), format!("{again:?}"), "seed {seed}");
+            let nodes = plan.setup.nodes;
+            assert!((4..=16).contains(&nodes), "seed {seed}: {nodes} nodes");
+            let times: Vec<u64> = plan.schedule.iter().map(|(at, _)| *at).collect();
+            assert!(
+                times.windows(2).all(|pair| pair[0] <= pair[1]),
+                "seed {seed}"
+            );
+            assert!(times.iter().all(|at| *at < LOAD_MS), "seed {seed}");
+            for (_, step) in &plan.schedule {
+                let node = match step {
+                    Step::Submit { node, .. }
+                    | Step::Crash(node)
+                    | Step::Restart(node)
+                    | Step::Pause(node)
+                    | Step::Resume(node)
+                    | Step::Leave(node)
+                    | Step::Forge { node, .. } => *node,
+                    Step::Partition(a, b) => {
+                        assert_eq!(a.len() + b.len(), nodes, "seed {seed}");
+                        a[0]
+                    }
+                    Step::Heal | Step::CrashAll | Step::Join => 0,
+                };
+                assert!(node < nodes, "seed {seed}: {step:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_crash_restarts_and_every_pause_resumes_and_every_partition_heals() {
+        for seed in 0..100 {
+            let plan = ClusterPlan::draw(seed).expect("plan");
+            let count = |wanted: fn(&Step) -> bool| {
+                plan.schedule
+                    .iter()
+                    .filter(|(_, step)| wanted(step))
+                    .count()
+            };
+            assert_eq!(
+                count(|step| matches!(step, Step::Crash(_))),
+                count(|step| matches!(step, Step::Restart(_))),
+                "seed {seed}"
+            );
+            assert_eq!(
+                count(|step| matches!(step, Step::Pause(_))),
+                count(|step| matches!(step, Step::Resume(_))),
+                "seed {seed}"
+            );
+            assert_eq!(
+                count(|step| matches!(step, Step::Partition(..))),
+                count(|step| matches!(step, Step::Heal)),
+                "seed {seed}"
+            );
+            let opens = plan.schedule.iter().take_while(|(at, _)| *at == 0).count();
+            assert!(
+                opens >= plan.accounts,
+                "seed {seed}: the accounts open first"
+            );
+        }
+    }
+}
