@@ -207,6 +207,8 @@ async fn levels(options: &BenchOptions, targets: &[String]) -> Result<Vec<Level>
 /// a client keeps a few).
 const STREAMS_PER_CLIENT: usize = 4;
 
+/// One level: every client's notebooks are created (not timed), then `concurrency`
+/// clients send notes for `--seconds`.
 async fn level(
     options: &BenchOptions,
     nodes: &[Client],
@@ -214,7 +216,71 @@ async fn level(
     level_index: usize,
     concurrency: usize,
 ) -> Result<Level, String> {
-    // Set-up, not timed: every client's notebooks exist.
+    let streams = StreamNames { run, level_index };
+    create_notebooks(nodes, streams, concurrency).await?;
+    let text = "n".repeat(options.payload_bytes);
+    let duration = Duration::from_secs_f64(options.seconds);
+    let progress = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("  {spinner} {msg}").map_err(|error| error.to_string())?,
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    progress.set_message(format!("{concurrency} clients"));
+    let deadline = Instant::now() + duration;
+    let begin = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|client| {
+            let node = nodes[client % nodes.len()].clone();
+            let (text, progress) = (text.clone(), progress.clone());
+            tokio::spawn(async move {
+                send_notes(node, streams, client, text, deadline, progress).await
+            })
+        })
+        .collect();
+    let mut level = Level {
+        concurrency,
+        committed: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        latencies_ms: Vec::new(),
+    };
+    for task in tasks {
+        let sent = task
+            .await
+            .map_err(|error| format!("a client task failed: {error}"))?;
+        level.committed += sent.latencies_ms.len();
+        level.latencies_ms.extend(sent.latencies_ms);
+        level.errors += sent.errors;
+        if level.first_error.is_none() {
+            level.first_error = sent.first_error;
+        }
+    }
+    // Every client stops at the deadline once its command in flight is answered.
+    level.elapsed = begin.elapsed();
+    progress.finish_and_clear();
+    Ok(level)
+}
+
+/// The names of one level's streams: unique per bench run and level.
+#[derive(Clone, Copy)]
+struct StreamNames {
+    run: u32,
+    level_index: usize,
+}
+
+impl StreamNames {
+    fn of(self, client: usize, stream: usize) -> String {
+        let StreamNames { run, level_index } = self;
+        format!("Notebook@bench-{run:08x}-{level_index}-{client}-{stream}")
+    }
+}
+
+/// Creates every client's `STREAMS_PER_CLIENT` notebooks, with a progress bar.
+async fn create_notebooks(
+    nodes: &[Client],
+    streams: StreamNames,
+    concurrency: usize,
+) -> Result<(), String> {
     let setup = ProgressBar::new((concurrency * STREAMS_PER_CLIENT) as u64).with_style(
         ProgressStyle::with_template("  creating notebooks {bar:30} {pos}/{len}")
             .map_err(|error| error.to_string())?,
@@ -225,7 +291,7 @@ async fn level(
         let setup = setup.clone();
         creations.push(tokio::spawn(async move {
             for stream in 0..STREAMS_PER_CLIENT {
-                let name = format!("Notebook@bench-{run:08x}-{level_index}-{client}-{stream}");
+                let name = streams.of(client, stream);
                 let command = json!({"InitiateNotebook": {"title": "bench"}});
                 let answer = node.submit(&name, command, None).await?;
                 if answer.status != 201 {
@@ -242,77 +308,57 @@ async fn level(
             .map_err(|error| format!("a client task failed: {error}"))??;
     }
     setup.finish_and_clear();
+    Ok(())
+}
 
-    let text = "n".repeat(options.payload_bytes);
-    let duration = Duration::from_secs_f64(options.seconds);
-    let progress = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("  {spinner} {msg}").map_err(|error| error.to_string())?,
-    );
-    progress.enable_steady_tick(Duration::from_millis(200));
-    progress.set_message(format!("{concurrency} clients"));
-    let begin = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..concurrency {
-        let node = nodes[client % nodes.len()].clone();
-        let text = text.clone();
-        let progress = progress.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0usize;
-            let mut first_error = None;
-            let mut next = 0usize;
-            while begin.elapsed() < duration {
-                let stream = format!(
-                    "Notebook@bench-{run:08x}-{level_index}-{client}-{}",
-                    next % STREAMS_PER_CLIENT
-                );
-                next += 1;
-                let command = json!({"AddNote": {"text": text, "author": "bench"}});
-                let sent = Instant::now();
-                match node.submit(&stream, command, None).await {
-                    Ok(answer) if answer.status == 201 => {
-                        latencies.push(sent.elapsed().as_secs_f64() * 1_000.0);
-                        progress.inc(1);
-                    }
-                    Ok(answer) => {
-                        errors += 1;
-                        first_error.get_or_insert_with(|| outcome_name(&answer));
-                        // A busy or failing node is not hammered by a client in a tight loop.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(error) => {
-                        errors += 1;
-                        first_error.get_or_insert(error);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            (latencies, errors, first_error)
-        }));
-    }
-    let mut level = Level {
-        concurrency,
-        committed: 0,
+/// What one client's notes came to.
+struct Sent {
+    latencies_ms: Vec<f64>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// One client: a note at a time, round its notebooks, until `deadline`.
+async fn send_notes(
+    node: Client,
+    streams: StreamNames,
+    client: usize,
+    text: String,
+    deadline: Instant,
+    progress: ProgressBar,
+) -> Sent {
+    let mut sent = Sent {
+        latencies_ms: Vec::new(),
         errors: 0,
         first_error: None,
-        elapsed: Duration::ZERO,
-        latencies_ms: Vec::new(),
     };
-    for task in tasks {
-        let (latencies, errors, first_error) = task
-            .await
-            .map_err(|error| format!("a client task failed: {error}"))?;
-        level.committed += latencies.len();
-        level.latencies_ms.extend(latencies);
-        level.errors += errors;
-        if level.first_error.is_none() {
-            level.first_error = first_error;
+    let mut next = 0usize;
+    while Instant::now() < deadline {
+        let stream = streams.of(client, next % STREAMS_PER_CLIENT);
+        next += 1;
+        let command = json!({"AddNote": {"text": text, "author": "bench"}});
+        let started = Instant::now();
+        match node.submit(&stream, command, None).await {
+            Ok(answer) if answer.status == 201 => {
+                sent.latencies_ms
+                    .push(started.elapsed().as_secs_f64() * 1_000.0);
+                progress.inc(1);
+            }
+            Ok(answer) => {
+                sent.errors += 1;
+                sent.first_error
+                    .get_or_insert_with(|| outcome_name(&answer));
+                // A busy or failing node is not hammered by a client in a tight loop.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => {
+                sent.errors += 1;
+                sent.first_error.get_or_insert(error);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
-    // Every client stops at the deadline once its command in flight is answered.
-    level.elapsed = begin.elapsed();
-    progress.finish_and_clear();
-    Ok(level)
+    sent
 }
 
 #[cfg(test)]

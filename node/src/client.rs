@@ -251,27 +251,7 @@ pub async fn run_cli(
             command,
             id,
             expected_version,
-        } => {
-            let command: Value = serde_json::from_str(&command)
-                .map_err(|error| format!("the command is not JSON: {error}"))?;
-            let mut body = json!({ "command": command });
-            if let Some(id) = id {
-                body["command_id"] = Value::String(id);
-            }
-            if let Some(expected) = expected_version {
-                body["expected_version"] = match expected.parse::<u64>() {
-                    Ok(version) => json!(version),
-                    Err(_) => Value::String(expected),
-                };
-            }
-            let answer = client.submit_body(&stream, &body).await?;
-            crate::say(&answer.body.to_string());
-            if (200..300).contains(&answer.status) {
-                Ok(())
-            } else {
-                Err(format!("{} ({})", outcome_name(&answer), answer.status))
-            }
-        }
+        } => send(&client, &stream, &command, id, expected_version).await,
         ClientAction::Read {
             stream,
             from,
@@ -287,24 +267,13 @@ pub async fn run_cli(
             from,
             poll_ms,
         } => {
-            let mut next = from.max(1);
-            let poll = Duration::from_millis(poll_ms.max(10));
-            loop {
-                let events = tokio::select! {
-                    () = crate::shutdown_signal() => return Ok(()),
-                    events = client.read(&stream, next, 1_000) => events?,
-                };
-                for event in &events {
-                    crate::say(&event.to_string());
-                    next = next.max(event["sequence"].as_u64().unwrap_or(next) + 1);
-                }
-                if events.is_empty() {
-                    tokio::select! {
-                        () = crate::shutdown_signal() => return Ok(()),
-                        () = tokio::time::sleep(poll) => {}
-                    }
-                }
-            }
+            tail(
+                &client,
+                &stream,
+                from,
+                Duration::from_millis(poll_ms.max(10)),
+            )
+            .await
         }
         ClientAction::Status => {
             let answer = client.get("/status").await?;
@@ -313,6 +282,57 @@ pub async fn run_cli(
                 Ok(())
             } else {
                 Err(format!("status {}", answer.status))
+            }
+        }
+    }
+}
+
+/// `chorus client send`: `expected_version` is a number or a name (`no_stream`, ...).
+async fn send(
+    client: &Client,
+    stream: &str,
+    command: &str,
+    id: Option<String>,
+    expected_version: Option<String>,
+) -> Result<(), String> {
+    let command: Value = serde_json::from_str(command)
+        .map_err(|error| format!("the command is not JSON: {error}"))?;
+    let mut body = json!({ "command": command });
+    if let Some(id) = id {
+        body["command_id"] = Value::String(id);
+    }
+    if let Some(expected) = expected_version {
+        body["expected_version"] = match expected.parse::<u64>() {
+            Ok(version) => json!(version),
+            Err(_) => Value::String(expected),
+        };
+    }
+    let answer = client.submit_body(stream, &body).await?;
+    crate::say(&answer.body.to_string());
+    if (200..300).contains(&answer.status) {
+        Ok(())
+    } else {
+        Err(format!("{} ({})", outcome_name(&answer), answer.status))
+    }
+}
+
+/// `chorus client tail`: prints the stream's events from `from`, then polls for new ones
+/// every `poll` until Ctrl-C.
+async fn tail(client: &Client, stream: &str, from: u64, poll: Duration) -> Result<(), String> {
+    let mut next = from.max(1);
+    loop {
+        let events = tokio::select! {
+            () = crate::shutdown_signal() => return Ok(()),
+            events = client.read(stream, next, 1_000) => events?,
+        };
+        for event in &events {
+            crate::say(&event.to_string());
+            next = next.max(event["sequence"].as_u64().unwrap_or(next) + 1);
+        }
+        if events.is_empty() {
+            tokio::select! {
+                () = crate::shutdown_signal() => return Ok(()),
+                () = tokio::time::sleep(poll) => {}
             }
         }
     }

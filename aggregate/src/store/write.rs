@@ -423,7 +423,7 @@ impl<'t> Writer<'t> {
         let mut streams = Vec::new();
         let (mut first_position, mut last_position) = (u64::MAX, 0);
         for write in &batch.writes {
-            let Some(first) = write.events.first() else {
+            if write.events.is_empty() {
                 let version =
                     stream_record(&self.streams, &write.stream)?.map_or(0, |record| record.version);
                 streams.push(StreamOutcome {
@@ -431,35 +431,16 @@ impl<'t> Writer<'t> {
                     version,
                 });
                 continue;
-            };
-            let conflict = || StoreError::EventIdConflict {
-                event_id: first.event_id,
-            };
+            }
             let position = known
                 .next()
                 .ok_or_else(|| StoreError::Corrupt("a known write id went missing".to_owned()))?;
-            let stored_first = self.disk_event(position)?;
-            let record = stream_record(&self.streams, &write.stream)?.ok_or_else(conflict)?;
-            if record.stream_no != stored_first.stream_no {
-                return Err(conflict());
-            }
-            let mut sequence = stored_first.sequence;
-            for event in &write.events {
-                let stored_position = self
-                    .stream_events
-                    .get((record.stream_no, sequence))?
-                    .ok_or_else(conflict)?
-                    .value();
-                if self.disk_event(stored_position)?.event_id != event.event_id.0 {
-                    return Err(conflict());
-                }
-                first_position = first_position.min(stored_position);
-                last_position = last_position.max(stored_position);
-                sequence += 1;
-            }
+            let (version, first, last) = self.stored_write(write, position)?;
+            first_position = first_position.min(first);
+            last_position = last_position.max(last);
             streams.push(StreamOutcome {
                 stream: write.stream.clone(),
-                version: sequence - 1,
+                version,
             });
         }
         Ok(Some(AppendOutcome {
@@ -468,6 +449,40 @@ impl<'t> Writer<'t> {
             streams,
             duplicate: true,
         }))
+    }
+
+    /// A repeated (non-empty) write whose first event is stored at `position`: each of its
+    /// events must be the stored one at its place in the stream, or it is a conflict.
+    /// Returns the stream version after it and its first and last positions.
+    fn stored_write(
+        &self,
+        write: &crate::envelope::StreamWrite,
+        position: u64,
+    ) -> Result<(u64, u64, u64), StoreError> {
+        let conflict = || StoreError::EventIdConflict {
+            event_id: write.events[0].event_id,
+        };
+        let stored_first = self.disk_event(position)?;
+        let record = stream_record(&self.streams, &write.stream)?.ok_or_else(conflict)?;
+        if record.stream_no != stored_first.stream_no {
+            return Err(conflict());
+        }
+        let (mut first_position, mut last_position) = (u64::MAX, 0);
+        let mut sequence = stored_first.sequence;
+        for event in &write.events {
+            let stored_position = self
+                .stream_events
+                .get((record.stream_no, sequence))?
+                .ok_or_else(conflict)?
+                .value();
+            if self.disk_event(stored_position)?.event_id != event.event_id.0 {
+                return Err(conflict());
+            }
+            first_position = first_position.min(stored_position);
+            last_position = last_position.max(stored_position);
+            sequence += 1;
+        }
+        Ok((sequence - 1, first_position, last_position))
     }
 
     /// Checks one write against its stream: expected version and corrections.
@@ -555,32 +570,7 @@ impl<'t> Writer<'t> {
         for event in &write.events {
             // `plan` checked the stream's numbers can grow; the head counter is checked here.
             sequence += 1;
-            self.head_position = self
-                .head_position
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt("the head position cannot grow".to_owned()))?;
-            let position = self.head_position;
-            let type_no = self.type_number(&event.event_type)?;
-            let disk = DiskEvent {
-                event_id: event.event_id.0,
-                stream_no: record.stream_no,
-                sequence,
-                type_no,
-                event_version: event.event_version,
-                command_id: batch.command_id.map(|id| id.0),
-                causation_id: batch.causation_id.0,
-                correlation_id: batch.correlation_id.0,
-                timestamp_ms: batch.timestamp_ms,
-                supersedes: event.supersedes,
-                payload: Vec::new(),
-            };
-            encode_event(&disk, &event.payload, &mut self.scratch);
-            self.events.insert(position, self.scratch.as_slice())?;
-            self.stream_events
-                .insert((record.stream_no, sequence), position)?;
-            self.category_events
-                .insert((record.category_no, position), ())?;
-            self.type_events.insert((type_no, position), ())?;
+            let position = self.insert_event(batch, &record, event, sequence)?;
             if sequence == plan.version_before + 1 {
                 self.write_ids.insert(event.event_id.0, position)?;
             }
@@ -612,6 +602,44 @@ impl<'t> Writer<'t> {
             encode_record(&record)?.as_slice(),
         )?;
         Ok(sequence)
+    }
+
+    /// Stores `event` at the next head position as event `sequence` of the stream of
+    /// `record`, with its stream, category and type indexes; returns the position.
+    fn insert_event(
+        &mut self,
+        batch: &AppendBatch,
+        record: &StreamRecord,
+        event: &crate::envelope::NewEvent,
+        sequence: u64,
+    ) -> Result<u64, StoreError> {
+        self.head_position = self
+            .head_position
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("the head position cannot grow".to_owned()))?;
+        let position = self.head_position;
+        let type_no = self.type_number(&event.event_type)?;
+        let disk = DiskEvent {
+            event_id: event.event_id.0,
+            stream_no: record.stream_no,
+            sequence,
+            type_no,
+            event_version: event.event_version,
+            command_id: batch.command_id.map(|id| id.0),
+            causation_id: batch.causation_id.0,
+            correlation_id: batch.correlation_id.0,
+            timestamp_ms: batch.timestamp_ms,
+            supersedes: event.supersedes,
+            payload: Vec::new(),
+        };
+        encode_event(&disk, &event.payload, &mut self.scratch);
+        self.events.insert(position, self.scratch.as_slice())?;
+        self.stream_events
+            .insert((record.stream_no, sequence), position)?;
+        self.category_events
+            .insert((record.category_no, position), ())?;
+        self.type_events.insert((type_no, position), ())?;
+        Ok(position)
     }
 
     /// What the stream's aggregate is built from changed other than by appending (a

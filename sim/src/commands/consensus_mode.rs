@@ -297,6 +297,22 @@ pub(crate) fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
     }
 }
 
+impl BenchRun {
+    fn per_sim_s(&self) -> f64 {
+        self.payloads as f64 / self.simulated_s
+    }
+
+    fn per_cpu_s(&self) -> f64 {
+        self.payloads as f64 / self.cpu_s.max(1e-9)
+    }
+
+    fn offered_per_sim_s(&self) -> f64 {
+        self.offered as f64 / self.simulated_s
+    }
+}
+
+/// `bench`: the same group and load without faults, then with `--faults`; or engine mode
+/// with `--sections`.
 pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     if let Some(sections) = args.sections {
         return cluster_bench(&args, sections);
@@ -319,6 +335,37 @@ pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         eprintln!("{:.1} CPU s", run.cpu_s);
         runs.push(run);
     }
+    let [baseline, faulty] = &runs[..] else {
+        unreachable!("two runs were made");
+    };
+    print_bench(&args, baseline, faulty);
+    let violations = baseline.violations + faulty.violations;
+    let round = |value: f64| (value * 10.0).round() / 10.0;
+    let figures = json!({
+        "nodes": args.nodes,
+        "load_per_node": args.load,
+        "faults": args.faults.to_string(),
+        "baseline_payloads_per_sim_s": round(baseline.per_sim_s()),
+        "baseline_payloads_per_cpu_s": round(baseline.per_cpu_s()),
+        "baseline_p50_ms": baseline.p50_ms,
+        "baseline_p99_ms": baseline.p99_ms,
+        "faulty_payloads_per_sim_s": round(faulty.per_sim_s()),
+        "faulty_payloads_per_cpu_s": round(faulty.per_cpu_s()),
+        "faulty_p50_ms": faulty.p50_ms,
+        "faulty_p99_ms": faulty.p99_ms,
+        "baseline_offered_per_sim_s": round(baseline.offered_per_sim_s()),
+        "faulty_offered_per_sim_s": round(faulty.offered_per_sim_s()),
+        "violations": violations,
+    });
+    println!("{figures}");
+    Ok(if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_bench(args: &BenchArgs, baseline: &BenchRun, faulty: &BenchRun) {
     println!(
         "{} nodes, {} proposals/s/node offered, {} B payloads, {} virtual s per run",
         args.nodes, args.load, args.payload_bytes, args.seconds
@@ -327,47 +374,21 @@ pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         "  {:<36} {:>10} {:>10} {:>14} {:>8} {:>8} {:>10}",
         "faults", "offered/s", "agreed/s", "agreed/CPU s", "p50 ms", "p99 ms", "violations"
     );
-    let mut json = Vec::new();
-    for run in &runs {
-        let per_sim = run.payloads as f64 / run.simulated_s;
-        let per_cpu = run.payloads as f64 / run.cpu_s.max(1e-9);
-        let offered = run.offered as f64 / run.simulated_s;
+    for run in [baseline, faulty] {
         println!(
-            "  {:<36} {offered:>10.0} {per_sim:>10.0} {per_cpu:>14.0} {:>8} {:>8} {:>10}",
-            run.label, run.p50_ms, run.p99_ms, run.violations
+            "  {:<36} {:>10.0} {:>10.0} {:>14.0} {:>8} {:>8} {:>10}",
+            run.label,
+            run.offered_per_sim_s(),
+            run.per_sim_s(),
+            run.per_cpu_s(),
+            run.p50_ms,
+            run.p99_ms,
+            run.violations
         );
-        json.push((run.label.clone(), per_sim, per_cpu, run.p50_ms, run.p99_ms));
     }
-    let ratio = |index: usize| {
-        let base = if index == 1 { json[0].1 } else { json[0].2 };
-        let with = if index == 1 { json[1].1 } else { json[1].2 };
-        with / base.max(1e-9)
-    };
     println!(
         "  with faults / without: {:.2} per simulated s, {:.2} per CPU s",
-        ratio(1),
-        ratio(2)
+        faulty.per_sim_s() / baseline.per_sim_s().max(1e-9),
+        faulty.per_cpu_s() / baseline.per_cpu_s().max(1e-9)
     );
-    let violations: usize = runs.iter().map(|run| run.violations).sum();
-    println!(
-        "{{\"nodes\":{},\"load_per_node\":{},\"faults\":\"{}\",\"baseline_payloads_per_sim_s\":{:.1},\"baseline_payloads_per_cpu_s\":{:.1},\"baseline_p50_ms\":{},\"baseline_p99_ms\":{},\"faulty_payloads_per_sim_s\":{:.1},\"faulty_payloads_per_cpu_s\":{:.1},\"faulty_p50_ms\":{},\"faulty_p99_ms\":{},\"baseline_offered_per_sim_s\":{:.1},\"faulty_offered_per_sim_s\":{:.1},\"violations\":{violations}}}",
-        args.nodes,
-        args.load,
-        args.faults,
-        json[0].1,
-        json[0].2,
-        json[0].3,
-        json[0].4,
-        json[1].1,
-        json[1].2,
-        json[1].3,
-        json[1].4,
-        runs[0].offered as f64 / runs[0].simulated_s,
-        runs[1].offered as f64 / runs[1].simulated_s
-    );
-    Ok(if violations == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }

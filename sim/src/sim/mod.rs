@@ -161,6 +161,26 @@ struct SimNode {
 }
 
 impl SimNode {
+    /// A member that has output nothing yet, running `consensus`.
+    fn new(key: SigningKey, behaviour: Behaviour, consensus: Consensus) -> Self {
+        SimNode {
+            key,
+            behaviour,
+            consensus: Some(consensus),
+            durable_log: Vec::new(),
+            unsynced_log: Vec::new(),
+            unsynced_own: Vec::new(),
+            blocks: Vec::new(),
+            block_digests: Vec::new(),
+            next_position: 0,
+            accused: std::collections::BTreeSet::new(),
+            latest_own: None,
+            slow_factor: 1,
+            lie_nonce: 0,
+            proposal_counter: 0,
+        }
+    }
+
     fn is_honest(&self) -> bool {
         self.behaviour == Behaviour::Honest
     }

@@ -62,49 +62,40 @@ impl World {
             rng,
         };
         for (node, key) in keys.into_iter().enumerate() {
-            let behaviour = setup
-                .byzantine
-                .get(&node)
-                .copied()
-                .unwrap_or(Behaviour::Honest);
-            if behaviour != Behaviour::Honest {
-                *world.stats.faults.entry(behaviour.name()).or_default() += 1;
-            }
-            let consensus = Consensus::new(config.clone(), key.clone(), &ids, 0)
-                .unwrap_or_else(|error| panic!("invalid setup: {error}"));
-            world.nodes.push(SimNode {
-                key,
-                behaviour,
-                consensus: Some(consensus),
-                durable_log: Vec::new(),
-                unsynced_log: Vec::new(),
-                unsynced_own: Vec::new(),
-                blocks: Vec::new(),
-                block_digests: Vec::new(),
-                next_position: 0,
-                accused: std::collections::BTreeSet::new(),
-                latest_own: None,
-                slow_factor: 1,
-                lie_nonce: 0,
-                proposal_counter: 0,
-            });
-            world.drain(node);
-            // Spread the first ticks and proposals so the nodes do not move in lockstep.
-            let phase = world
-                .rng
-                .gossip
-                .gen_range(0..config.gossip_interval_ms.max(1));
-            world.schedule(phase, Item::Tick(node));
-            let sync_phase = world.rng.gossip.gen_range(0..world.log_sync_interval_ms);
-            world.schedule(sync_phase, Item::LogSync(node));
-            if behaviour == Behaviour::Honest && setup.proposals_per_node_per_sec > 0 {
-                let interval = world.proposal_interval_ms;
-                let phase = world.rng.gossip.gen_range(0..interval);
-                world.schedule(phase, Item::Propose(node));
-            }
+            world.start_member(node, key, setup, &ids);
         }
         world.setup_note(setup);
         world
+    }
+
+    /// Starts member `node` (honest unless `setup` names it Byzantine) and schedules its
+    /// first tick, log sync and proposal at random phases, so the members do not move in
+    /// lockstep.
+    fn start_member(&mut self, node: usize, key: SigningKey, setup: &Setup, ids: &[PeerId]) {
+        let behaviour = setup
+            .byzantine
+            .get(&node)
+            .copied()
+            .unwrap_or(Behaviour::Honest);
+        if behaviour != Behaviour::Honest {
+            *self.stats.faults.entry(behaviour.name()).or_default() += 1;
+        }
+        let consensus = Consensus::new(self.config.clone(), key.clone(), ids, 0)
+            .unwrap_or_else(|error| panic!("invalid setup: {error}"));
+        self.nodes.push(SimNode::new(key, behaviour, consensus));
+        self.drain(node);
+        let phase = self
+            .rng
+            .gossip
+            .gen_range(0..self.config.gossip_interval_ms.max(1));
+        self.schedule(phase, Item::Tick(node));
+        let sync_phase = self.rng.gossip.gen_range(0..self.log_sync_interval_ms);
+        self.schedule(sync_phase, Item::LogSync(node));
+        if behaviour == Behaviour::Honest && setup.proposals_per_node_per_sec > 0 {
+            let interval = self.proposal_interval_ms;
+            let phase = self.rng.gossip.gen_range(0..interval);
+            self.schedule(phase, Item::Propose(node));
+        }
     }
 
     pub(super) fn setup_note(&mut self, setup: &Setup) {
