@@ -356,96 +356,17 @@ impl ReadView {
         count: usize,
         visibility: Visibility,
     ) -> Result<ReadSlice, StoreError> {
-        let transaction = &self.transaction;
-        let mut reader = Reader::new(transaction, visibility)?;
+        let mut reader = Reader::new(&self.transaction, visibility)?;
         let head_position = reader.head_position;
-        let (low, high) = match direction {
+        let bounds = match direction {
             Direction::Forward => (from, u64::MAX),
             Direction::Backward => (0, from),
         };
-        fn ordered<'a, T: 'a>(
-            range: impl DoubleEndedIterator<Item = T> + 'a,
-            direction: Direction,
-        ) -> Box<dyn Iterator<Item = T> + 'a> {
-            match direction {
-                Direction::Forward => Box::new(range),
-                Direction::Backward => Box::new(range.rev()),
-            }
-        }
-        let empty = || ReadSlice {
-            events: Vec::new(),
-            next: None,
-            head_position,
+        let positions = index_positions(&self.transaction, &mut reader, filter, bounds, direction)?;
+        let (events, next) = match positions {
+            Some(positions) => reader.collect(positions, count)?,
+            None => (Vec::new(), None),
         };
-        // Each index yields (the number to page on, the event's position).
-        let positions: Box<dyn Iterator<Item = IndexEntry>> = match filter {
-            Filter::All => {
-                let range = transaction.open_table(EVENTS)?.range(low..=high)?;
-                // The global order is the events table itself: decode what the range returns
-                // instead of looking each event up again.
-                ordered(range, direction)
-                    .map(|entry| {
-                        let (key, value) = entry?;
-                        let position = key.value();
-                        Ok((position, position, Some(DiskEvent::decode(value.value())?)))
-                    })
-                    .boxed()
-            }
-            Filter::Category(database, category) => {
-                let Some(category_no) = reader.category_number(database, category)? else {
-                    return Ok(empty());
-                };
-                let range = reader
-                    .category_events
-                    .range((category_no, low)..=(category_no, high))?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.0.value().1;
-                        Ok((position, position, None))
-                    })
-                    .boxed()
-            }
-            Filter::EventType(event_type) => {
-                let types = transaction.open_table(TYPES)?;
-                let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value())
-                else {
-                    return Ok(empty());
-                };
-                let range = transaction
-                    .open_table(TYPE_EVENTS)?
-                    .range((type_no, low)..=(type_no, high))?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.0.value().1;
-                        Ok((position, position, None))
-                    })
-                    .boxed()
-            }
-            Filter::Stream(stream) => {
-                let Some(record) = stream_record(&reader.streams, stream)? else {
-                    return Ok(empty());
-                };
-                let stream_no = record.stream_no;
-                let first = reader.first_sequence_at_or_after(stream_no, record.version, low)?;
-                let last = reader.last_sequence_at_or_before(stream_no, record.version, high)?;
-                reader
-                    .known_streams
-                    .insert(stream_no, (stream.clone(), record));
-                if first > last {
-                    return Ok(empty());
-                }
-                let range = reader
-                    .stream_events
-                    .range((stream_no, first)..=(stream_no, last))?;
-                ordered(range, direction)
-                    .map(|entry| {
-                        let position = entry?.1.value();
-                        Ok((position, position, None))
-                    })
-                    .boxed()
-            }
-        };
-        let (events, next) = reader.collect(positions, count)?;
         Ok(ReadSlice {
             events,
             next,
@@ -602,4 +523,102 @@ impl ReadView {
         let checkpoints = transaction.open_table(CHECKPOINTS)?;
         Ok(checkpoints.get(name)?.map(|guard| guard.value().to_vec()))
     }
+}
+
+/// An entry of the events table, decoded: the position is both the number to page on and
+/// the event's.
+fn decoded_entry(
+    entry: Result<
+        (
+            redb::AccessGuard<'static, u64>,
+            redb::AccessGuard<'static, &'static [u8]>,
+        ),
+        redb::StorageError,
+    >,
+) -> IndexEntry {
+    let (key, value) = entry?;
+    let position = key.value();
+    Ok((position, position, Some(DiskEvent::decode(value.value())?)))
+}
+
+/// `range` in `direction`.
+fn ordered<'a, T: 'a>(
+    range: impl DoubleEndedIterator<Item = T> + 'a,
+    direction: Direction,
+) -> Box<dyn Iterator<Item = T> + 'a> {
+    match direction {
+        Direction::Forward => Box::new(range),
+        Direction::Backward => Box::new(range.rev()),
+    }
+}
+
+/// The index entries `filter` selects between the bounds (positions, or a stream's
+/// sequences), in `direction`: each gives the number to page on, the event's position, and
+/// the event itself when the index holds it. `None` when the filter names a category, type or
+/// stream the store never had.
+fn index_positions(
+    transaction: &ReadTransaction,
+    reader: &mut Reader,
+    filter: &Filter,
+    (low, high): (u64, u64),
+    direction: Direction,
+) -> Result<Option<Box<dyn Iterator<Item = IndexEntry>>>, StoreError> {
+    // A category's or a type's index: keys (number, position), no values.
+    let by_position = |range: redb::Range<'static, (u64, u64), ()>| {
+        ordered(range, direction).map(|entry| {
+            let position = entry?.0.value().1;
+            Ok((position, position, None))
+        })
+    };
+    let positions = match filter {
+        Filter::All => {
+            let range = transaction.open_table(EVENTS)?.range(low..=high)?;
+            // The global order is the events table itself: decode what the range returns
+            // instead of looking each event up again.
+            ordered(range, direction).map(decoded_entry).boxed()
+        }
+        Filter::Category(database, category) => {
+            let Some(category_no) = reader.category_number(database, category)? else {
+                return Ok(None);
+            };
+            let range = reader
+                .category_events
+                .range((category_no, low)..=(category_no, high))?;
+            by_position(range).boxed()
+        }
+        Filter::EventType(event_type) => {
+            let types = transaction.open_table(TYPES)?;
+            let Some(type_no) = types.get(event_type.as_str())?.map(|guard| guard.value()) else {
+                return Ok(None);
+            };
+            let range = transaction
+                .open_table(TYPE_EVENTS)?
+                .range((type_no, low)..=(type_no, high))?;
+            by_position(range).boxed()
+        }
+        Filter::Stream(stream) => {
+            let Some(record) = stream_record(&reader.streams, stream)? else {
+                return Ok(None);
+            };
+            let stream_no = record.stream_no;
+            let first = reader.first_sequence_at_or_after(stream_no, record.version, low)?;
+            let last = reader.last_sequence_at_or_before(stream_no, record.version, high)?;
+            reader
+                .known_streams
+                .insert(stream_no, (stream.clone(), record));
+            if first > last {
+                return Ok(None);
+            }
+            let range = reader
+                .stream_events
+                .range((stream_no, first)..=(stream_no, last))?;
+            ordered(range, direction)
+                .map(|entry| {
+                    let position = entry?.1.value();
+                    Ok((position, position, None))
+                })
+                .boxed()
+        }
+    };
+    Ok(Some(positions))
 }
