@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::byzantine::Behaviour;
-use crate::checker::{Violation, ViolationKind};
+use crate::checker::Violation;
 use crate::network::NetworkConfig;
 use crate::sim::{Setup, Sim, SimStats};
 
@@ -474,29 +474,17 @@ pub fn run_seed(seed: u64, options: &SweepOptions, traced: bool) -> SeedOutcome 
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_plan(seed, &plan, traced)
     }));
-    run.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        SeedOutcome {
-            seed,
-            nodes: plan.setup.nodes,
-            story: plan.story(),
-            violations: vec![Violation {
-                kind: ViolationKind::Panic,
-                at_ms: 0,
-                node: 0,
-                detail: message,
-            }],
-            stats: SimStats::default(),
-            simulated_ms: 0,
-            quiet_after_heal_ms: None,
-            trace_hash: [0; 32],
-            trace: Vec::new(),
-            dot: None,
-        }
+    run.unwrap_or_else(|panic| SeedOutcome {
+        seed,
+        nodes: plan.setup.nodes,
+        story: plan.story(),
+        violations: vec![Violation::from_panic(panic.as_ref(), 0)],
+        stats: SimStats::default(),
+        simulated_ms: 0,
+        quiet_after_heal_ms: None,
+        trace_hash: [0; 32],
+        trace: Vec::new(),
+        dot: None,
     })
 }
 
