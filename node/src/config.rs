@@ -198,7 +198,9 @@ pub fn parse_hex32(text: &str) -> Result<[u8; 32], String> {
 }
 
 /// The node's secret key from `data_dir/node.key` (64 hex digits), created with fresh
-/// randomness if the file does not exist.
+/// randomness if the file does not exist: the directory (if new) readable by its owner only
+/// (0700), the key file created exclusively with mode 0600 and synced, so a crash never
+/// leaves a half-written key and two processes never write two different keys.
 pub fn load_or_create_key(data_dir: &Path) -> Result<ed25519_dalek::SigningKey, ConfigError> {
     let path = data_dir.join("node.key");
     let read = |error| ConfigError::Read {
@@ -214,13 +216,46 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<ed25519_dalek::SigningKey, 
             Ok(ed25519_dalek::SigningKey::from_bytes(&secret))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(read)?;
+            create_private_dir(data_dir).map_err(read)?;
             let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-            std::fs::write(&path, hex(&key.to_bytes())).map_err(read)?;
-            Ok(key)
+            match write_secret(&path, hex(&key.to_bytes()).as_bytes()) {
+                Ok(()) => Ok(key),
+                // Another process created it meanwhile: its key is the node's.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_key(data_dir)
+                }
+                Err(error) => Err(read(error)),
+            }
         }
         Err(error) => Err(read(error)),
     }
+}
+
+/// Creates `directory` and its missing parents, mode 0700 on Unix (an existing directory is
+/// left as it is).
+pub fn create_private_dir(directory: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(directory)
+}
+
+/// Writes `bytes` to a new file at `path` (failing if it exists), mode 0600 on Unix, and
+/// syncs the file and its directory.
+fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    if let Some(directory) = path.parent() {
+        std::fs::File::open(directory)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -292,5 +327,35 @@ mod tests {
         assert!(parse_hex32("zz").is_err());
         assert!(parse_hex32(&"g".repeat(64)).is_err());
         assert!(parse_hex32(&"é".repeat(32)).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_key_is_private_and_loads_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let data_dir = root.path().join("a").join("node-0");
+        let key = load_or_create_key(&data_dir).expect("created");
+        let mode = |path: &Path| {
+            std::fs::metadata(path)
+                .expect("metadata")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&data_dir.join("node.key")), 0o600);
+        assert_eq!(mode(&data_dir), 0o700);
+        let again = load_or_create_key(&data_dir).expect("loaded");
+        assert_eq!(key.to_bytes(), again.to_bytes());
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error_naming_it_and_is_left_alone() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("node.key");
+        std::fs::write(&path, "not a key").expect("write");
+        let error = load_or_create_key(root.path()).expect_err("refused");
+        assert!(error.to_string().contains("node.key"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "not a key");
     }
 }

@@ -11,10 +11,35 @@ use crate::name::XorName;
 /// with those bits. Ordered by bits, then length, so sorted prefixes follow the address space
 /// and an ancestor comes before its descendants.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawPrefix")]
 pub struct Prefix {
     /// The bits, with every bit from `len` on cleared.
     bits: XorName,
     len: u16,
+}
+
+/// A prefix as bytes from a peer or a file present it: checked before it becomes a
+/// `Prefix` (same fields, so the encoding is `Prefix`'s).
+#[derive(Deserialize)]
+struct RawPrefix {
+    bits: XorName,
+    len: u16,
+}
+
+impl TryFrom<RawPrefix> for Prefix {
+    type Error = PrefixError;
+
+    fn try_from(raw: RawPrefix) -> Result<Self, Self::Error> {
+        let len = usize::from(raw.len);
+        if len > 256 {
+            return Err(PrefixError::TooLong(len));
+        }
+        let prefix = Prefix::new(len, raw.bits);
+        if prefix.bits != raw.bits {
+            return Err(PrefixError::BitsBeyondLength(len));
+        }
+        Ok(prefix)
+    }
 }
 
 /// A prefix that does not parse.
@@ -26,6 +51,9 @@ pub enum PrefixError {
     /// More than 256 bits.
     #[error("a prefix has at most 256 bits, this one has {0}")]
     TooLong(usize),
+    /// A decoded prefix with bits set past its length (its bits past `len` must be clear).
+    #[error("a prefix of {0} bits has bits set beyond its length")]
+    BitsBeyondLength(usize),
 }
 
 impl Prefix {
@@ -235,5 +263,20 @@ mod tests {
                 prop_assert_eq!(a.cmp_closeness(&b, &c), std::cmp::Ordering::Less);
             }
         }
+    }
+
+    #[test]
+    fn decoding_checks_the_length_and_the_cleared_bits() {
+        let prefix = Prefix::new(3, XorName([0xff; 32]));
+        let text = serde_json::to_string(&prefix).expect("encodes");
+        let back: Prefix = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back, prefix);
+        let mut value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        value["len"] = serde_json::json!(300);
+        let error = serde_json::from_value::<Prefix>(value.clone()).expect_err("too long");
+        assert!(error.to_string().contains("at most 256 bits"), "{error}");
+        value["len"] = serde_json::json!(2);
+        let error = serde_json::from_value::<Prefix>(value).expect_err("stray bits");
+        assert!(error.to_string().contains("beyond its length"), "{error}");
     }
 }

@@ -555,6 +555,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_section_state_with_a_bad_prefix_is_corrupt_not_a_panic() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = EventStore::open(directory.path().join("node.redb")).expect("store");
+        let state = SectionState {
+            generation: 1,
+            prefix: Prefix::ROOT,
+            members: vec![peer(1)],
+            network: vec![peer(1)],
+            holding: Holding::Complete,
+            start_head: 0,
+            handovers: Vec::new(),
+        };
+        let mut saved = serde_json::to_value(&state).expect("encodes");
+        saved["prefix"]["len"] = serde_json::json!(300);
+        let bytes = serde_json::to_vec(&saved).expect("encodes");
+        store
+            .save_checkpoint_durable(SECTION_STATE_CHECKPOINT, &bytes)
+            .expect("saved");
+        match SectionState::load(&store) {
+            Err(StoreError::Corrupt(reason)) => {
+                assert!(reason.contains("at most 256 bits"), "{reason}");
+            }
+            other => panic!("expected a corrupt section state, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn membership_proposals_round_trip_and_are_told_apart_from_commands() {
         let proposal = MembershipProposal {
             generation: 3,
