@@ -67,13 +67,18 @@ async fn send(request: Request<Body>) -> (StatusCode, String) {
     if content_type.is_some_and(|value| value == "text/event-stream") {
         return (status, String::new());
     }
+    (status, body_text(response).await)
+}
+
+/// The whole body of `response`, as text.
+async fn body_text(response: axum::response::Response) -> String {
     let body = response
         .into_body()
         .collect()
         .await
         .expect("the body")
         .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// The request gets `status` and an error of the API's shape that mentions `needle`.
@@ -415,13 +420,7 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
         .await
         .expect("the router is infallible");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("the body")
-        .to_bytes();
-    assert_error_shape(&String::from_utf8_lossy(&body), "busy", "a full queue");
+    assert_error_shape(&body_text(response).await, "busy", "a full queue");
     assert_eq!(crate::queues::Drops::read(&drops.client_requests), 1);
     drop(inputs);
 }

@@ -1,4 +1,5 @@
-//! Helpers the subcommands share: percentiles, hex, CPU time, a progress bar.
+//! Helpers the subcommands share: percentiles, hex, CPU time, a progress bar, the rates of a
+//! bench run.
 
 use std::time::Instant;
 
@@ -35,4 +36,48 @@ pub(crate) fn seed_progress(seeds: u64) -> Result<ProgressBar, String> {
         .progress_chars("=> "),
     );
     Ok(progress)
+}
+
+/// What a bench run offered and got done (agreed or committed), over simulated and CPU time.
+pub(crate) struct Throughput {
+    /// Work offered.
+    pub(crate) offered: u64,
+    /// Work done within the run.
+    pub(crate) done: u64,
+    pub(crate) simulated_s: f64,
+    pub(crate) cpu_s: f64,
+    pub(crate) p50_ms: u64,
+    pub(crate) p99_ms: u64,
+}
+
+impl Throughput {
+    /// The rates of a run that did one piece of work per latency in `latencies_ms`.
+    pub(crate) fn new(
+        offered: u64,
+        mut latencies_ms: Vec<u64>,
+        simulated_s: f64,
+        cpu_s: f64,
+    ) -> Self {
+        latencies_ms.sort_unstable();
+        Throughput {
+            offered,
+            done: latencies_ms.len() as u64,
+            simulated_s,
+            cpu_s,
+            p50_ms: percentile(&latencies_ms, 50),
+            p99_ms: percentile(&latencies_ms, 99),
+        }
+    }
+
+    pub(crate) fn per_sim_s(&self) -> f64 {
+        self.done as f64 / self.simulated_s
+    }
+
+    pub(crate) fn per_cpu_s(&self) -> f64 {
+        self.done as f64 / self.cpu_s.max(1e-9)
+    }
+
+    pub(crate) fn offered_per_sim_s(&self) -> f64 {
+        self.offered as f64 / self.simulated_s
+    }
 }

@@ -10,7 +10,7 @@ use chorus_sim::sweep::{FaultKind, FaultSet, SeedOutcome, SweepOptions, run_seed
 use chorus_sim::{Behaviour, Setup, Sim, Violation};
 use serde_json::{Map, Value, json};
 
-use super::common::{hex, percentile, thread_cpu_seconds};
+use super::common::{Throughput, hex, percentile, thread_cpu_seconds};
 use super::driver::{self, SeedRange, SweepMode};
 use super::engine_mode::{EngineSweep, cluster_bench};
 use crate::{BenchArgs, ReplayArgs, RunOptions, SweepArgs};
@@ -222,13 +222,8 @@ pub(crate) fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
 
 pub(crate) struct BenchRun {
     label: String,
-    /// Payloads honest nodes proposed (crashed and Byzantine nodes propose nothing).
-    offered: u64,
-    payloads: u64,
-    simulated_s: f64,
-    cpu_s: f64,
-    p50_ms: u64,
-    p99_ms: u64,
+    /// Offered: payloads honest nodes proposed; done: payloads agreed.
+    rate: Throughput,
     violations: usize,
 }
 
@@ -283,31 +278,11 @@ pub(crate) fn bench_run(args: &BenchArgs, faults: &FaultSet) -> BenchRun {
     }
     let simulated_s = sim.now_ms() as f64 / 1e3;
     let cpu_s = thread_cpu_seconds(&wall) - start_cpu;
-    let mut latencies = sim.agreement_latencies_ms();
-    latencies.sort_unstable();
+    let offered = sim.stats().proposals;
     BenchRun {
         label: faults.to_string(),
-        offered: sim.stats().proposals,
-        payloads: latencies.len() as u64,
-        simulated_s,
-        cpu_s,
-        p50_ms: percentile(&latencies, 50),
-        p99_ms: percentile(&latencies, 99),
+        rate: Throughput::new(offered, sim.agreement_latencies_ms(), simulated_s, cpu_s),
         violations: sim.violations().len(),
-    }
-}
-
-impl BenchRun {
-    fn per_sim_s(&self) -> f64 {
-        self.payloads as f64 / self.simulated_s
-    }
-
-    fn per_cpu_s(&self) -> f64 {
-        self.payloads as f64 / self.cpu_s.max(1e-9)
-    }
-
-    fn offered_per_sim_s(&self) -> f64 {
-        self.offered as f64 / self.simulated_s
     }
 }
 
@@ -332,7 +307,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         );
         let _ = std::io::stderr().flush();
         let run = bench_run(&args, faults);
-        eprintln!("{:.1} CPU s", run.cpu_s);
+        eprintln!("{:.1} CPU s", run.rate.cpu_s);
         runs.push(run);
     }
     let [baseline, faulty] = &runs[..] else {
@@ -345,16 +320,16 @@ pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         "nodes": args.nodes,
         "load_per_node": args.load,
         "faults": args.faults.to_string(),
-        "baseline_payloads_per_sim_s": round(baseline.per_sim_s()),
-        "baseline_payloads_per_cpu_s": round(baseline.per_cpu_s()),
-        "baseline_p50_ms": baseline.p50_ms,
-        "baseline_p99_ms": baseline.p99_ms,
-        "faulty_payloads_per_sim_s": round(faulty.per_sim_s()),
-        "faulty_payloads_per_cpu_s": round(faulty.per_cpu_s()),
-        "faulty_p50_ms": faulty.p50_ms,
-        "faulty_p99_ms": faulty.p99_ms,
-        "baseline_offered_per_sim_s": round(baseline.offered_per_sim_s()),
-        "faulty_offered_per_sim_s": round(faulty.offered_per_sim_s()),
+        "baseline_payloads_per_sim_s": round(baseline.rate.per_sim_s()),
+        "baseline_payloads_per_cpu_s": round(baseline.rate.per_cpu_s()),
+        "baseline_p50_ms": baseline.rate.p50_ms,
+        "baseline_p99_ms": baseline.rate.p99_ms,
+        "faulty_payloads_per_sim_s": round(faulty.rate.per_sim_s()),
+        "faulty_payloads_per_cpu_s": round(faulty.rate.per_cpu_s()),
+        "faulty_p50_ms": faulty.rate.p50_ms,
+        "faulty_p99_ms": faulty.rate.p99_ms,
+        "baseline_offered_per_sim_s": round(baseline.rate.offered_per_sim_s()),
+        "faulty_offered_per_sim_s": round(faulty.rate.offered_per_sim_s()),
         "violations": violations,
     });
     println!("{figures}");
@@ -378,17 +353,17 @@ fn print_bench(args: &BenchArgs, baseline: &BenchRun, faulty: &BenchRun) {
         println!(
             "  {:<36} {:>10.0} {:>10.0} {:>14.0} {:>8} {:>8} {:>10}",
             run.label,
-            run.offered_per_sim_s(),
-            run.per_sim_s(),
-            run.per_cpu_s(),
-            run.p50_ms,
-            run.p99_ms,
+            run.rate.offered_per_sim_s(),
+            run.rate.per_sim_s(),
+            run.rate.per_cpu_s(),
+            run.rate.p50_ms,
+            run.rate.p99_ms,
             run.violations
         );
     }
     println!(
         "  with faults / without: {:.2} per simulated s, {:.2} per CPU s",
-        faulty.per_sim_s() / baseline.per_sim_s().max(1e-9),
-        faulty.per_cpu_s() / baseline.per_cpu_s().max(1e-9)
+        faulty.rate.per_sim_s() / baseline.rate.per_sim_s().max(1e-9),
+        faulty.rate.per_cpu_s() / baseline.rate.per_cpu_s().max(1e-9)
     );
 }

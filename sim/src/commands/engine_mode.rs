@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
-use super::common::{percentile, thread_cpu_seconds};
+use super::common::{Throughput, thread_cpu_seconds};
 use super::driver::SweepMode;
 use crate::BenchArgs;
 
@@ -109,41 +109,26 @@ pub(crate) fn replay_engine(seed: u64) -> ExitCode {
 pub(crate) struct ClusterRun {
     sections: usize,
     nodes: usize,
-    offered: u64,
-    committed: u64,
-    simulated_s: f64,
-    cpu_s: f64,
-    p50_ms: u64,
-    p99_ms: u64,
+    /// Offered: commands sent; done: commands committed within the load window.
+    rate: Throughput,
     unanswered: usize,
     violations: Vec<Violation>,
 }
 
 impl ClusterRun {
-    fn per_sim_s(&self) -> f64 {
-        self.committed as f64 / self.simulated_s
-    }
-
-    fn per_cpu_s(&self) -> f64 {
-        self.committed as f64 / self.cpu_s.max(1e-9)
-    }
-
-    fn offered_per_sim_s(&self) -> f64 {
-        self.offered as f64 / self.simulated_s
-    }
-
     fn figures(&self) -> Value {
+        let rate = &self.rate;
         json!({
             "sections": self.sections,
             "nodes": self.nodes,
-            "offered": self.offered,
-            "committed": self.committed,
-            "cpu_s": (self.cpu_s * 1e3).round() / 1e3,
-            "offered_per_sim_s": (self.offered_per_sim_s() * 10.0).round() / 10.0,
-            "committed_per_sim_s": (self.per_sim_s() * 10.0).round() / 10.0,
-            "committed_per_cpu_s": (self.per_cpu_s() * 10.0).round() / 10.0,
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
+            "offered": rate.offered,
+            "committed": rate.done,
+            "cpu_s": (rate.cpu_s * 1e3).round() / 1e3,
+            "offered_per_sim_s": (rate.offered_per_sim_s() * 10.0).round() / 10.0,
+            "committed_per_sim_s": (rate.per_sim_s() * 10.0).round() / 10.0,
+            "committed_per_cpu_s": (rate.per_cpu_s() * 10.0).round() / 10.0,
+            "p50_ms": rate.p50_ms,
+            "p99_ms": rate.p99_ms,
             "unanswered": self.unanswered,
             "violations": self.violations.len(),
         })
@@ -195,16 +180,10 @@ pub(crate) fn cluster_run(
             None => unanswered += 1,
         }
     }
-    latencies.sort_unstable();
     Ok(ClusterRun {
         sections,
         nodes,
-        offered,
-        committed: latencies.len() as u64,
-        simulated_s: args.seconds as f64,
-        cpu_s,
-        p50_ms: percentile(&latencies, 50),
-        p99_ms: percentile(&latencies, 99),
+        rate: Throughput::new(offered, latencies, args.seconds as f64, cpu_s),
         unanswered,
         violations: sim.violations(),
     })
@@ -272,7 +251,7 @@ pub(crate) fn cluster_bench(args: &BenchArgs, sections: usize) -> Result<ExitCod
         );
         let _ = std::io::stderr().flush();
         let run = cluster_run(args, count, per_section * count)?;
-        eprintln!("{:.1} CPU s", run.cpu_s);
+        eprintln!("{:.1} CPU s", run.rate.cpu_s);
         runs.push(run);
     }
     print_cluster_runs(args, per_section, &runs);
@@ -329,11 +308,11 @@ fn print_cluster_runs(args: &BenchArgs, per_section: usize, runs: &[ClusterRun])
             "  {:>8} {:>6} {:>10.0} {:>12.0} {:>16.0} {:>8} {:>8} {:>10} {:>10}",
             run.sections,
             run.nodes,
-            run.offered_per_sim_s(),
-            run.per_sim_s(),
-            run.per_cpu_s(),
-            run.p50_ms,
-            run.p99_ms,
+            run.rate.offered_per_sim_s(),
+            run.rate.per_sim_s(),
+            run.rate.per_cpu_s(),
+            run.rate.p50_ms,
+            run.rate.p99_ms,
             run.unanswered,
             run.violations.len()
         );
@@ -346,7 +325,7 @@ fn print_cluster_runs(args: &BenchArgs, per_section: usize, runs: &[ClusterRun])
             println!(
                 "  {} sections / 1 section: {:.2}x committed per simulated s",
                 run.sections,
-                run.committed as f64 / (base.committed as f64).max(1.0)
+                run.rate.done as f64 / (base.rate.done as f64).max(1.0)
             );
         }
     }
