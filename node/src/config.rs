@@ -199,8 +199,9 @@ pub fn parse_hex32(text: &str) -> Result<[u8; 32], String> {
 
 /// The node's secret key from `data_dir/node.key` (64 hex digits), created with fresh
 /// randomness if the file does not exist: the directory (if new) readable by its owner only
-/// (0700), the key file created exclusively with mode 0600 and synced, so a crash never
-/// leaves a half-written key and two processes never write two different keys.
+/// (0700), the key written whole to a private temporary file (0600, synced) and then linked
+/// as `node.key`, so a crash never leaves a half-written key and two processes never end
+/// with two different keys.
 pub fn load_or_create_key(data_dir: &Path) -> Result<ed25519_dalek::SigningKey, ConfigError> {
     let path = data_dir.join("node.key");
     let read = |error| ConfigError::Read {
@@ -233,7 +234,7 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<ed25519_dalek::SigningKey, 
 
 /// Creates `directory` and its missing parents, mode 0700 on Unix (an existing directory is
 /// left as it is).
-pub fn create_private_dir(directory: &Path) -> std::io::Result<()> {
+fn create_private_dir(directory: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -241,17 +242,23 @@ pub fn create_private_dir(directory: &Path) -> std::io::Result<()> {
     builder.create(directory)
 }
 
-/// Writes `bytes` to a new file at `path` (failing if it exists), mode 0600 on Unix, and
-/// syncs the file and its directory.
+/// Writes `bytes` to a new file at `path`, failing with `AlreadyExists` if it exists: whole
+/// or not at all. The bytes go to a temporary file beside it (mode 0600 on Unix), synced,
+/// then hard-linked as `path` (which fails if `path` exists) and the directory synced.
 fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
+    let _ = std::fs::remove_file(&temporary);
+    linked?;
     if let Some(directory) = path.parent() {
         std::fs::File::open(directory)?.sync_all()?;
     }
@@ -345,6 +352,8 @@ mod tests {
         };
         assert_eq!(mode(&data_dir.join("node.key")), 0o600);
         assert_eq!(mode(&data_dir), 0o700);
+        // Only the key: its temporary file is gone.
+        assert_eq!(std::fs::read_dir(&data_dir).expect("listed").count(), 1);
         let again = load_or_create_key(&data_dir).expect("loaded");
         assert_eq!(key.to_bytes(), again.to_bytes());
     }

@@ -206,10 +206,6 @@ fn run_node(path: &Path) -> Result<(), String> {
             outbound_receiver,
             inputs.clone(),
         ));
-        spawn_ticks(
-            inputs.clone(),
-            Duration::from_millis(checked.config.gossip_interval_ms),
-        );
         say(&format!(
             "node {} p2p {p2p} http http://{http}",
             hex(&key.verifying_key().to_bytes())
@@ -237,7 +233,7 @@ fn run_node(path: &Path) -> Result<(), String> {
 fn spawn_engine(
     checked: &config::Checked,
     key: &ed25519_dalek::SigningKey,
-    input_receiver: std::sync::mpsc::Receiver<runtime::Input>,
+    input_receiver: queues::EngineReceiver,
     outbound: queues::Outbound,
 ) -> Result<std::thread::JoinHandle<()>, String> {
     // The engine lives on its own thread (its store blocks on fsync), built there: it
@@ -245,6 +241,7 @@ fn spawn_engine(
     let (started, startup) = std::sync::mpsc::sync_channel(1);
     let engine_checked = checked.clone();
     let engine_key = key.clone();
+    let tick_interval = Duration::from_millis(checked.config.gossip_interval_ms);
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
@@ -258,7 +255,9 @@ fn spawn_engine(
                     return;
                 }
             };
-            if let Err(error) = runtime::run_engine(engine, input_receiver, outbound, DEMO) {
+            if let Err(error) =
+                runtime::run_engine(engine, input_receiver, outbound, DEMO, tick_interval)
+            {
                 error!(%error, "the engine stopped");
                 std::process::exit(2);
             }
@@ -268,21 +267,6 @@ fn spawn_engine(
         .recv()
         .map_err(|_| "the engine thread died while starting".to_owned())??;
     Ok(engine_thread)
-}
-
-/// Sends the engine a tick every `interval` until it stops.
-fn spawn_ticks(ticks: queues::EngineInputs, interval: Duration) {
-    tokio::spawn(async move {
-        let mut timer = tokio::time::interval(interval);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            timer.tick().await;
-            // A full queue skips a tick: the engine is busy, and ticks carry no data.
-            if let Err((queues::Refused::Stopped, _)) = ticks.offer(runtime::Input::Tick) {
-                return;
-            }
-        }
-    });
 }
 
 /// Runs `chorus-sim` from this program's directory (the simulator is its own binary: it is

@@ -1,28 +1,30 @@
-//! The bounded queues between the node's tasks, and what each does when full. Nothing grows
-//! without bound: a client gets a 503 at once when the engine's input queue is full; a peer's
-//! message is dropped (gossip and timeouts repair it) when that peer's own backlog is full,
-//! so one flooding peer cannot starve the others; a message for a peer is dropped when the
-//! transport's queue is full. Every drop is counted in `/metrics`.
+//! The bounded queues between the node's tasks, and what each does when full. Every queue
+//! has a limit: a client gets a 503 at once when the engine's input queue is full; peer
+//! messages take at most half of that queue (so no peer, however fast, can keep clients
+//! out), and beyond it wait in their sender's own backlog, fed to the engine one message per
+//! peer in turn (so one flooding peer cannot starve the others); a message over a backlog's
+//! limit is dropped (gossip and timeouts repair it); a message for a peer is dropped when
+//! the transport's queue is full. Every drop is counted in `/metrics`. (How many peers may
+//! have a backlog is bounded by who may connect: issue 15's admission.)
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-
-use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
 
 use chorus_consensus::PeerId;
 
 use crate::runtime::Input;
 
-/// Inputs (client requests, peer messages, ticks) waiting for the engine thread.
+/// Inputs (client requests, peer messages) waiting for the engine thread.
 pub const ENGINE_INPUTS_MAX: usize = 16_384;
 /// Messages from one peer waiting for room in the engine's input queue.
 pub const PEER_BACKLOG_MAX: usize = 1_024;
 /// Messages the engine produced that wait for the transport to send them.
 pub const OUTBOUND_MAX: usize = 65_536;
 
-// A peer's backlog is a small share of the engine's queue, so a few busy peers still leave
-// room for clients.
+// A peer's backlog is a small share of the engine's queue.
 const _: () = assert!(PEER_BACKLOG_MAX * 8 <= ENGINE_INPUTS_MAX);
 
 /// What the queues dropped since the node started.
@@ -61,41 +63,101 @@ pub enum Refused {
 #[derive(Clone, Debug)]
 pub struct EngineInputs {
     sender: SyncSender<Input>,
+    /// Peer messages in the queue now (the engine's side counts them down).
+    peer_messages: Arc<AtomicUsize>,
+    /// Most peer messages in the queue at once: half of it.
+    peer_share: usize,
     /// What the node's queues dropped.
     pub drops: Arc<Drops>,
 }
 
+/// The engine thread's side of its input queue.
+#[derive(Debug)]
+pub struct EngineReceiver {
+    receiver: Receiver<Input>,
+    peer_messages: Arc<AtomicUsize>,
+}
+
 impl EngineInputs {
     /// A bounded input queue of `capacity` and its receiving end (for the engine thread).
-    pub fn new(capacity: usize) -> (Self, Receiver<Input>) {
+    pub fn new(capacity: usize) -> (Self, EngineReceiver) {
         let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
+        let peer_messages = Arc::new(AtomicUsize::new(0));
         let inputs = Self {
             sender,
+            peer_messages: Arc::clone(&peer_messages),
+            peer_share: capacity / 2,
             drops: Arc::new(Drops::default()),
         };
-        (inputs, receiver)
+        (
+            inputs,
+            EngineReceiver {
+                receiver,
+                peer_messages,
+            },
+        )
     }
 
-    /// Queues an input without waiting; the input comes back when it cannot be queued.
-    #[expect(
-        clippy::result_large_err,
-        reason = "the input goes back to its sender, which keeps it; boxing it would allocate"
-    )]
-    pub fn offer(&self, input: Input) -> Result<(), (Refused, Input)> {
-        self.sender.try_send(input).map_err(|error| match error {
-            TrySendError::Full(input) => (Refused::Busy, input),
-            TrySendError::Disconnected(input) => (Refused::Stopped, input),
-        })
-    }
-
-    /// A client's request: queued, or refused (a full queue is counted).
+    /// A client's request: queued without waiting, or refused (a full queue is counted).
     pub fn offer_request(&self, input: Input) -> Result<(), Refused> {
-        self.offer(input).map_err(|(refused, _)| {
-            if refused == Refused::Busy {
+        self.sender.try_send(input).map_err(|error| match error {
+            TrySendError::Full(_) => {
                 Drops::count(&self.drops.client_requests);
+                Refused::Busy
             }
-            refused
+            TrySendError::Disconnected(_) => Refused::Stopped,
         })
+    }
+
+    /// A peer's message: queued without waiting while peer messages hold less than their
+    /// share of the queue; else its bytes come back.
+    fn offer_message(&self, from: PeerId, bytes: Vec<u8>) -> Result<(), (Refused, Vec<u8>)> {
+        if self.peer_messages.load(Ordering::Acquire) >= self.peer_share {
+            return Err((Refused::Busy, bytes));
+        }
+        // Counted before it is queued, so the engine never counts down below zero.
+        self.peer_messages.fetch_add(1, Ordering::AcqRel);
+        let refused = match self.sender.try_send(Input::Message(from, bytes)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(input)) => (Refused::Busy, input),
+            Err(TrySendError::Disconnected(input)) => (Refused::Stopped, input),
+        };
+        self.peer_messages.fetch_sub(1, Ordering::AcqRel);
+        match refused {
+            (refused, Input::Message(_, bytes)) => Err((refused, bytes)),
+            _ => unreachable!("the input sent was a message"),
+        }
+    }
+}
+
+impl EngineReceiver {
+    /// The next input, waiting for it; `None` once every sender is gone (for tests: the
+    /// engine thread waits with `recv_timeout`, to tick).
+    #[cfg(test)]
+    pub fn recv(&self) -> Option<Input> {
+        self.receiver.recv().ok().map(|input| self.taken(input))
+    }
+
+    /// The next input, waiting at most `timeout`; `Ok(None)` when none came. Err once every
+    /// sender is gone.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Input>, Refused> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(input) => Ok(Some(self.taken(input))),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Refused::Stopped),
+        }
+    }
+
+    /// The next input if one waits.
+    pub fn try_recv(&self) -> Option<Input> {
+        self.receiver.try_recv().ok().map(|input| self.taken(input))
+    }
+
+    fn taken(&self, input: Input) -> Input {
+        if matches!(input, Input::Message(..)) {
+            self.peer_messages.fetch_sub(1, Ordering::AcqRel);
+        }
+        input
     }
 }
 
@@ -136,9 +198,9 @@ impl Outbound {
 #[derive(Debug)]
 pub struct PeerInbound {
     engine: EngineInputs,
-    backlogs: BTreeMap<PeerId, VecDeque<Vec<u8>>>,
-    /// The peer whose turn it is when room appears again.
-    turn: Option<PeerId>,
+    backlogs: HashMap<PeerId, VecDeque<Vec<u8>>>,
+    /// The peers with a backlog, each once, in the order of their turns.
+    turns: VecDeque<PeerId>,
 }
 
 impl PeerInbound {
@@ -146,31 +208,31 @@ impl PeerInbound {
     pub fn new(engine: EngineInputs) -> Self {
         Self {
             engine,
-            backlogs: BTreeMap::new(),
-            turn: None,
+            backlogs: HashMap::new(),
+            turns: VecDeque::new(),
         }
     }
 
     /// Whether messages wait for room in the engine's queue.
     pub fn has_backlog(&self) -> bool {
-        !self.backlogs.is_empty()
+        !self.turns.is_empty()
     }
 
     /// A message from `from`. Err once the engine has stopped.
     pub fn push(&mut self, from: PeerId, bytes: Vec<u8>) -> Result<(), Refused> {
-        let bytes = if self.backlogs.is_empty() {
-            match self.engine.offer(Input::Message(from, bytes)) {
+        let bytes = if self.turns.is_empty() {
+            match self.engine.offer_message(from, bytes) {
                 Ok(()) => return Ok(()),
                 Err((Refused::Stopped, _)) => return Err(Refused::Stopped),
-                Err((Refused::Busy, input)) => match input {
-                    Input::Message(_, bytes) => bytes,
-                    _ => return Ok(()),
-                },
+                Err((Refused::Busy, bytes)) => bytes,
             }
         } else {
             bytes
         };
         let backlog = self.backlogs.entry(from).or_default();
+        if backlog.is_empty() {
+            self.turns.push_back(from);
+        }
         if backlog.len() >= PEER_BACKLOG_MAX {
             Drops::count(&self.engine.drops.peer_messages);
         } else {
@@ -179,38 +241,29 @@ impl PeerInbound {
         Ok(())
     }
 
-    /// Moves backlogged messages into the engine's queue, one per peer in turn, until it is
-    /// full or every backlog is empty. Err once the engine has stopped.
+    /// Moves backlogged messages into the engine's queue, one per peer in turn, until there
+    /// is no room or every backlog is empty. Err once the engine has stopped.
     pub fn pump(&mut self) -> Result<(), Refused> {
-        while !self.backlogs.is_empty() {
-            let start = self.turn.unwrap_or(PeerId([0; 32]));
-            let order: Vec<PeerId> = self
-                .backlogs
-                .range(start..)
-                .chain(self.backlogs.range(..start))
-                .map(|(peer, _)| *peer)
-                .collect();
-            for peer in order {
-                let Some(bytes) = self.backlogs.get_mut(&peer).and_then(VecDeque::pop_front) else {
-                    continue;
-                };
-                match self.engine.offer(Input::Message(peer, bytes)) {
-                    Ok(()) => {}
-                    Err((Refused::Stopped, _)) => return Err(Refused::Stopped),
-                    Err((Refused::Busy, input)) => {
-                        if let (Input::Message(_, bytes), Some(backlog)) =
-                            (input, self.backlogs.get_mut(&peer))
-                        {
-                            backlog.push_front(bytes);
-                        }
-                        self.turn = Some(peer);
-                        self.backlogs.retain(|_, backlog| !backlog.is_empty());
-                        return Ok(());
-                    }
+        while let Some(peer) = self.turns.pop_front() {
+            let Some(backlog) = self.backlogs.get_mut(&peer) else {
+                continue;
+            };
+            let Some(bytes) = backlog.pop_front() else {
+                continue;
+            };
+            match self.engine.offer_message(peer, bytes) {
+                Ok(()) if backlog.is_empty() => {
+                    self.backlogs.remove(&peer);
+                }
+                Ok(()) => self.turns.push_back(peer),
+                Err((Refused::Stopped, _)) => return Err(Refused::Stopped),
+                Err((Refused::Busy, bytes)) => {
+                    // Still this peer's turn when room appears.
+                    backlog.push_front(bytes);
+                    self.turns.push_front(peer);
+                    return Ok(());
                 }
             }
-            self.backlogs.retain(|_, backlog| !backlog.is_empty());
-            self.turn = None;
         }
         Ok(())
     }
@@ -220,51 +273,77 @@ impl PeerInbound {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_full_queue_refuses_at_once_and_counts_client_requests() {
-        let (inputs, receiver) = EngineInputs::new(2);
-        assert_eq!(inputs.offer_request(Input::Tick), Ok(()));
-        assert_eq!(inputs.offer_request(Input::Tick), Ok(()));
-        assert_eq!(inputs.offer_request(Input::Tick), Err(Refused::Busy));
-        assert_eq!(Drops::read(&inputs.drops.client_requests), 1);
-        assert!(matches!(receiver.recv(), Ok(Input::Tick)));
-        assert_eq!(inputs.offer_request(Input::Tick), Ok(()));
-        drop(receiver);
-        assert_eq!(inputs.offer_request(Input::Tick), Err(Refused::Stopped));
-        assert_eq!(Drops::read(&inputs.drops.client_requests), 1);
+    /// A client's input (a status request; its answer is never read).
+    fn client_input() -> Input {
+        Input::Status(tokio::sync::oneshot::channel().0)
     }
 
-    fn message_from(input: Input) -> (PeerId, Vec<u8>) {
+    fn sender_of(input: Input) -> PeerId {
         match input {
-            Input::Message(from, bytes) => (from, bytes),
+            Input::Message(from, _) => from,
             _ => panic!("not a peer message"),
         }
     }
 
     #[test]
-    fn a_flooding_peer_fills_only_its_own_backlog_and_the_others_take_turns() {
-        let (inputs, receiver) = EngineInputs::new(4);
+    fn a_full_queue_refuses_at_once_and_counts_client_requests() {
+        let (inputs, receiver) = EngineInputs::new(2);
+        assert_eq!(inputs.offer_request(client_input()), Ok(()));
+        assert_eq!(inputs.offer_request(client_input()), Ok(()));
+        assert_eq!(inputs.offer_request(client_input()), Err(Refused::Busy));
+        assert_eq!(Drops::read(&inputs.drops.client_requests), 1);
+        assert!(matches!(receiver.try_recv(), Some(Input::Status(_))));
+        assert_eq!(inputs.offer_request(client_input()), Ok(()));
+        drop(receiver);
+        assert_eq!(inputs.offer_request(client_input()), Err(Refused::Stopped));
+        assert_eq!(Drops::read(&inputs.drops.client_requests), 1);
+    }
+
+    #[test]
+    fn a_flooding_peer_takes_half_the_queue_and_clients_keep_the_rest() {
+        let (inputs, receiver) = EngineInputs::new(8);
         let mut inbound = PeerInbound::new(inputs.clone());
-        let (flooder, quiet) = (PeerId([1; 32]), PeerId([2; 32]));
+        let flooder = PeerId([1; 32]);
         for index in 0..(4 + PEER_BACKLOG_MAX + 10) {
             inbound
                 .push(flooder, vec![index as u8])
                 .expect("engine running");
         }
-        inbound.push(quiet, vec![200]).expect("engine running");
-        // The engine queue took 4, the flooder's backlog holds its limit, 10 were dropped,
-        // and the quiet peer's message waits in its own backlog.
+        // Half the queue went to the peer, its backlog holds its limit, 10 were dropped.
         assert_eq!(Drops::read(&inputs.drops.peer_messages), 10);
-        assert!(inbound.has_backlog());
-        // Room for two: the flooder's next, then the quiet peer's (turns alternate).
-        for _ in 0..4 {
-            message_from(receiver.recv().expect("queued"));
-        }
         inbound.pump().expect("engine running");
-        let first = message_from(receiver.recv().expect("pumped"));
-        let second = message_from(receiver.recv().expect("pumped"));
-        assert_eq!([first.0, second.0], [flooder, quiet]);
-        assert_eq!(second.1, vec![200]);
+        for _ in 0..4 {
+            assert_eq!(inputs.offer_request(client_input()), Ok(()));
+        }
+        assert_eq!(inputs.offer_request(client_input()), Err(Refused::Busy));
+        let senders: Vec<bool> = std::iter::from_fn(|| receiver.try_recv())
+            .map(|input| matches!(input, Input::Message(..)))
+            .collect();
+        assert_eq!(
+            senders,
+            [true, true, true, true, false, false, false, false]
+        );
+        // Taking the peer's messages gave its share back: the backlog moves up.
+        inbound.pump().expect("engine running");
+        assert_eq!(sender_of(receiver.try_recv().expect("pumped")), flooder);
+    }
+
+    #[test]
+    fn backlogged_peers_take_turns_one_message_each() {
+        // Room for one peer message at a time.
+        let (inputs, receiver) = EngineInputs::new(2);
+        let mut inbound = PeerInbound::new(inputs);
+        let (a, b, c) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
+        for peer in [a, a, a, a, a, b, b, c, c] {
+            inbound.push(peer, vec![0]).expect("engine running");
+        }
+        let mut order = Vec::new();
+        for _ in 0..9 {
+            order.push(sender_of(receiver.try_recv().expect("a message waits")));
+            inbound.pump().expect("engine running");
+        }
+        assert_eq!(order, [a, a, b, c, a, b, c, a, a]);
+        assert!(!inbound.has_backlog());
     }
 
     #[test]

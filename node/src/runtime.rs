@@ -6,8 +6,7 @@
 //! thread only, never the async runtime.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_aggregate::{
     AggregateRegistry, CategoryName, CommandRequest, DatabaseName, Direction, EventStore, Filter,
@@ -25,10 +24,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Checked, hex};
 
-/// What the engine thread takes.
+/// What the engine thread takes (it ticks itself, by its own clock).
 pub enum Input {
-    /// Time to gossip and sweep timeouts.
-    Tick,
     /// A message from an authenticated peer.
     Message(PeerId, Vec<u8>),
     /// A client's command; the answer goes back on the channel.
@@ -242,59 +239,48 @@ pub fn start_engine(
 pub const INPUTS_PER_DRAIN_MAX: usize = 256;
 
 /// Runs the engine until `inputs` closes or the store fails (then the node must stop: it can
-/// no longer make its own events durable). The domain's process managers start here, on
-/// the engine thread, from their checkpoints.
+/// no longer make its own events durable). The engine ticks (gossip, timeouts) every
+/// `tick_interval` by this thread's clock, between inputs, so a full input queue never
+/// delays a tick. The domain's process managers start here, on the engine thread, from their
+/// checkpoints.
 pub fn run_engine(
     mut engine: Engine,
-    inputs: mpsc::Receiver<Input>,
+    inputs: crate::queues::EngineReceiver,
     outbound: crate::queues::Outbound,
     domain: Domain,
+    tick_interval: Duration,
 ) -> Result<(), RuntimeError> {
     for manager in (domain.process_managers)() {
         engine.add_process_manager(manager)?;
     }
     let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut waiting: BTreeMap<u64, oneshot::Sender<CommandOutcome>> = BTreeMap::new();
-    let mut next_ticket = 0u64;
+    let mut serving = Serving::default();
     let mut log_generation = engine.section().generation;
-    let mut answered = Answered::default();
-    drain(&mut engine, &outbound, &mut waiting, &mut answered)?;
-    while let Ok(first) = inputs.recv() {
+    serving.drain(&mut engine, &outbound)?;
+    let mut next_tick = Instant::now();
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let Ok(first) = inputs.recv_timeout(wait) else {
+            return Ok(());
+        };
         // Everything queued meanwhile is handled before one drain: its log records go to
         // disk in one durable transaction instead of one each, and still nothing is sent
         // before it is durable.
-        let mut next = Some(first);
+        let mut next = first;
         let mut handled = 0;
         while let Some(input) = next.take() {
             handled += 1;
-            let now = now_ms();
-            match input {
-                Input::Tick => engine.tick(now, &mut rng),
-                Input::Message(from, bytes) => engine.handle_message(now, from, &bytes),
-                Input::Submit(request, reply) => {
-                    let ticket = next_ticket;
-                    next_ticket += 1;
-                    match engine.submit(now, ticket, request) {
-                        Ok(()) => {
-                            waiting.insert(ticket, reply);
-                        }
-                        Err(error) => {
-                            let _ = reply.send(CommandOutcome::Failed(error.to_string()));
-                        }
-                    }
-                }
-                Input::Read(read, reply) => {
-                    let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
-                }
-                Input::Status(reply) => {
-                    let _ = reply.send(status_of(&engine, &answered));
-                }
-            }
+            serving.handle(&mut engine, input);
             if handled < INPUTS_PER_DRAIN_MAX {
-                next = inputs.try_recv().ok();
+                next = inputs.try_recv();
             }
         }
-        drain(&mut engine, &outbound, &mut waiting, &mut answered)?;
+        if Instant::now() >= next_tick {
+            engine.tick(now_ms(), &mut rng);
+            // A late tick is not made up for: the next one is an interval from now.
+            next_tick = Instant::now() + tick_interval;
+        }
+        serving.drain(&mut engine, &outbound)?;
         // Records of generations before the current one are never replayed again.
         let generation = engine.section().generation;
         if generation > log_generation {
@@ -304,7 +290,50 @@ pub fn run_engine(
             }
         }
     }
-    Ok(())
+}
+
+/// What the engine thread keeps for its clients: the commands waiting for an answer, and
+/// what `/status` reports of the answers.
+#[derive(Default)]
+struct Serving {
+    waiting: BTreeMap<u64, oneshot::Sender<CommandOutcome>>,
+    next_ticket: u64,
+    answered: Answered,
+}
+
+impl Serving {
+    fn handle(&mut self, engine: &mut Engine, input: Input) {
+        let now = now_ms();
+        match input {
+            Input::Message(from, bytes) => engine.handle_message(now, from, &bytes),
+            Input::Submit(request, reply) => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                match engine.submit(now, ticket, request) {
+                    Ok(()) => {
+                        self.waiting.insert(ticket, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(CommandOutcome::Failed(error.to_string()));
+                    }
+                }
+            }
+            Input::Read(read, reply) => {
+                let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
+            }
+            Input::Status(reply) => {
+                let _ = reply.send(status_of(engine, &self.answered));
+            }
+        }
+    }
+
+    fn drain(
+        &mut self,
+        engine: &mut Engine,
+        outbound: &crate::queues::Outbound,
+    ) -> Result<(), RuntimeError> {
+        drain(engine, outbound, &mut self.waiting, &mut self.answered)
+    }
 }
 
 /// The node's status as `/status` shows it.

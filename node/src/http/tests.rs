@@ -28,7 +28,7 @@ const COMMAND: &str = r#"{"command": {"Deposit": {"amount": 1, "transfer": null}
 fn router_over_empty_store() -> Router {
     let (engine, inputs) = crate::queues::EngineInputs::new(64);
     std::thread::spawn(move || {
-        for input in inputs {
+        while let Some(input) = inputs.recv() {
             if let Input::Read(read, reply) = input {
                 let answer = match read {
                     Read::Stream { .. } | Read::Log { .. } => ReadAnswer::Events {

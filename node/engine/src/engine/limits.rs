@@ -1,7 +1,10 @@
-//! Every limit and timeout of the engine, with the relations between them checked at
-//! compile time. Times are in milliseconds of the caller's clock.
+//! The engine's limits and timeouts, with the relations between them checked at compile
+//! time. Times are in milliseconds of the caller's clock. Elsewhere: `HANDOVERS_MAX`
+//! (`membership.rs`), `WAVE_BYTES_MAX` (`apply.rs`), and the timeouts a node may configure
+//! (`EngineConfig`).
 
-use chorus_aggregate::limits::EVENT_PAYLOAD_BYTES_MAX;
+use chorus_aggregate::limits::{COMMAND_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
+use chorus_consensus::MEMBERS_MAX;
 
 // ---- the command path ----
 
@@ -23,8 +26,8 @@ pub const DEFER_AHEAD_MAX: u64 = 16;
 pub const MESSAGE_BYTES_MAX: usize = 2 << 20;
 /// Outputs queued before the caller drains them.
 pub const OUTBOX_MAX: usize = 100_000;
-/// Most members a `Behind` hint may name.
-pub const BEHIND_MEMBERS_MAX: usize = 256;
+/// Most members a `Behind` hint may name: as many as a section may have.
+pub const BEHIND_MEMBERS_MAX: usize = MEMBERS_MAX;
 
 // ---- process managers ----
 
@@ -73,14 +76,18 @@ pub const ANNOUNCE_REPEAT_MS: u64 = 1_000;
 /// row; a faulty sender's variants only push out its own older ones).
 pub const UPDATES_PER_SENDER_MAX: usize = 8;
 
-// A chunk at its byte budget plus one largest event still fits a message (with room for the
-// events' envelopes).
-const _: () = assert!(TRANSFER_CHUNK_BYTES + EVENT_PAYLOAD_BYTES_MAX < MESSAGE_BYTES_MAX);
-// A lag hint outlives the interval at which hints repeat, so readiness does not flicker.
-const _: () = assert!(BEHIND_REPORT_MS > JOIN_RETRY_MS);
+// A chunk at its byte budget plus one largest event still fits a message, with a quarter of
+// a message (512 KiB) left for the envelopes of its events and commands.
+const _: () = assert!(TRANSFER_CHUNK_BYTES + EVENT_PAYLOAD_BYTES_MAX <= MESSAGE_BYTES_MAX * 3 / 4);
+// A forwarded command of the largest size a client may send fits a message, with half a
+// message left for its envelope.
+const _: () = assert!(COMMAND_BYTES_MAX <= MESSAGE_BYTES_MAX / 2);
+// A lag hint naming every member of the largest section fits a message (a name in JSON is
+// at most 32 numbers of up to 3 digits with separators: under 160 bytes).
+const _: () = assert!(BEHIND_MEMBERS_MAX * 160 < MESSAGE_BYTES_MAX);
 // A lost welcome is sent again (on the next join request) well within the grace period.
 const _: () = assert!(NEW_MEMBER_GRACE_MS >= 2 * JOIN_RETRY_MS);
 // A laggard asks several times before it gives up.
 const _: () = assert!(REFRESH_GIVE_UP_MS >= 2 * JOIN_RETRY_MS);
-// A transfer source is given up on only after several chunk round trips could have passed.
+// A transfer source is given up on no sooner than a joiner would ask again for a welcome.
 const _: () = assert!(TRANSFER_TIMEOUT_MS >= JOIN_RETRY_MS);

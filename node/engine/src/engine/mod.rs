@@ -532,8 +532,8 @@ impl Engine {
             }
         }
         self.sweep();
+        // `drain` ends by running the process managers.
         self.drain();
-        self.run_managers();
     }
 
     /// The next replay-log record to make durable (with `Config::log_records`), with the
