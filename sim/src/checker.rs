@@ -4,8 +4,8 @@
 //! which knows the proposals and the fault schedule.
 //!
 //! [`Violation`] is the one report type of both simulators: the consensus simulator (`Sim`)
-//! and the engine cluster (`ClusterSim`, whose store checkers use the kinds from
-//! `Membership` on).
+//! and the engine cluster (`ClusterSim`, whose checkers use the kinds from `Membership` on,
+//! and `Duplicate`, `Liveness` and `Panic`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,7 +19,7 @@ pub enum ViolationKind {
     Agreement,
     /// A block's proof does not verify.
     Validity,
-    /// An observation was agreed twice.
+    /// An observation was agreed twice (engine cluster: an event id stored twice).
     Duplicate,
     /// A node skipped a position, or a restored node re-emitted a different block.
     Sequence,
@@ -101,23 +101,25 @@ impl fmt::Display for Violation {
 }
 
 impl Violation {
-    /// The `Panic` violation for what `std::panic::catch_unwind` caught.
-    pub fn from_panic(payload: &(dyn std::any::Any + Send), at_ms: u64) -> Self {
-        let detail = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| {
-                payload
-                    .downcast_ref::<&str>()
-                    .map(|text| (*text).to_owned())
-            })
-            .unwrap_or_else(|| "a panic without a message".to_owned());
-        Violation {
-            kind: ViolationKind::Panic,
-            at_ms,
-            node: 0,
-            detail,
-        }
+    /// Runs `run`; a panic of the simulated code comes back as a `Panic` violation.
+    pub fn catching_panics<T>(run: impl FnOnce() -> T) -> Result<T, Violation> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|payload| {
+            let detail = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| {
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                })
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Violation {
+                kind: ViolationKind::Panic,
+                at_ms: 0,
+                node: 0,
+                detail,
+            }
+        })
     }
 }
 

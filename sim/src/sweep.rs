@@ -471,20 +471,19 @@ pub struct SeedOutcome {
 /// `Panic` violation of that seed.
 pub fn run_seed(seed: u64, options: &SweepOptions, traced: bool) -> SeedOutcome {
     let plan = Plan::new(seed, options);
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_plan(seed, &plan, traced)
-    }));
-    run.unwrap_or_else(|panic| SeedOutcome {
-        seed,
-        nodes: plan.setup.nodes,
-        story: plan.story(),
-        violations: vec![Violation::from_panic(panic.as_ref(), 0)],
-        stats: SimStats::default(),
-        simulated_ms: 0,
-        quiet_after_heal_ms: None,
-        trace_hash: [0; 32],
-        trace: Vec::new(),
-        dot: None,
+    Violation::catching_panics(|| run_plan(seed, &plan, traced)).unwrap_or_else(|panic| {
+        SeedOutcome {
+            seed,
+            nodes: plan.setup.nodes,
+            story: plan.story(),
+            violations: vec![panic],
+            stats: SimStats::default(),
+            simulated_ms: 0,
+            quiet_after_heal_ms: None,
+            trace_hash: [0; 32],
+            trace: Vec::new(),
+            dot: None,
+        }
     })
 }
 

@@ -84,16 +84,6 @@ fn crash(sim: &mut ClusterSim, node: usize, duration_ms: u64, tag: &str) {
     assert_healthy_commit(sim, node, &format!("{tag}restarted"));
 }
 
-/// Every node crashes at once and restarts.
-fn crash_all(sim: &mut ClusterSim) {
-    for node in 0..sim.node_count() {
-        sim.crash(node);
-    }
-    for node in 0..sim.node_count() {
-        sim.restart(node).expect("restart");
-    }
-}
-
 /// After the last fault: light load, then every node is an active member with the same head
 /// within `CATCH_UP_BOUND_MS`, every command is answered and the checkers find nothing.
 fn assert_caught_up(sim: &mut ClusterSim, lagging: usize, story: &str) {
@@ -170,7 +160,7 @@ fn a_member_killed_then_the_whole_section_killed_catches_up() {
         let mut sim = four_nodes(seed + 20, mode);
         crash(&mut sim, 1, 5_000, "kill1");
         sim.run_for(millis(300));
-        crash_all(&mut sim);
+        sim.crash_all().expect("restart");
         assert_caught_up(&mut sim, 1, &format!("seed {seed}: kill then kill all"));
     }
 }
@@ -181,7 +171,7 @@ fn a_member_stalled_then_the_whole_section_killed_catches_up() {
         let mut sim = four_nodes(seed + 30, mode);
         stall(&mut sim, 3, 9_000, "stall");
         sim.run_for(millis(200));
-        crash_all(&mut sim);
+        sim.crash_all().expect("restart");
         assert_caught_up(&mut sim, 3, &format!("seed {seed}: stall then kill all"));
     }
 }

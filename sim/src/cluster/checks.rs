@@ -1,5 +1,6 @@
-//! The checkers of an engine-mode run: stores agree within each section, every acknowledged
-//! command is stored exactly once, money is conserved, every saga ran exactly once.
+//! The checkers of an engine-mode run: each section's members agree on it and hold the same
+//! store, every acknowledged command is stored, every event is of the writer's section and of a
+//! command someone sent, no event id twice, no account overdrawn or misbalanced.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -27,7 +27,7 @@ mod plan;
 mod seed;
 
 pub use plan::{ClusterPlan, Step};
-pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, run_cluster_seed, run_plan};
+pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, SETTLE_BOUND_MS, run_cluster_seed, run_plan};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -305,11 +305,6 @@ impl ClusterSim {
         self.network.block(side_b, side_a);
     }
 
-    /// Cuts the links from `from` to `to` only: `to` still reaches `from`.
-    pub fn partition_one_way(&mut self, from: &[usize], to: &[usize]) {
-        self.network.block(from, to);
-    }
-
     /// Removes every partition.
     pub fn heal(&mut self) {
         self.network.heal();
@@ -350,6 +345,21 @@ impl ClusterSim {
         }
     }
 
+    /// Crashes every running node at once, then restarts them all from their disks (a power
+    /// cut of the whole cluster).
+    pub fn crash_all(&mut self) -> Result<(), String> {
+        let running: Vec<usize> = (0..self.engines.len())
+            .filter(|node| self.is_running(*node))
+            .collect();
+        for node in &running {
+            self.crash(*node);
+        }
+        for node in &running {
+            self.restart(*node)?;
+        }
+        Ok(())
+    }
+
     /// Pauses `node` as SIGSTOP would: it keeps its memory but neither ticks nor handles
     /// messages; what reaches it meanwhile waits (up to `PAUSED_MESSAGES_MAX`, then dropped,
     /// as a full socket buffer would) and is handled, in order, when it resumes.
@@ -386,11 +396,6 @@ impl ClusterSim {
                     .and_then(|engine| engine.store().head_position().ok())
             })
             .collect()
-    }
-
-    /// Whether `node` is paused.
-    pub fn is_paused(&self, node: usize) -> bool {
-        self.paused[node].is_some()
     }
 
     /// Restarts a crashed node from its store and replay log (`Engine::restore`).

@@ -88,7 +88,7 @@ pub struct ClusterPlan {
 }
 
 impl ClusterPlan {
-    /// Draws the plan of `seed`: 8 to 16 nodes in 1, 2 or 4 sections, the mode, the network
+    /// Draws the plan of `seed`: 4 to 16 nodes in 1, 2 or 4 sections (8 or more in 2 or 4), the mode, the network
     /// (loss, duplication, reordering), whether the saga runs, the faults of a 3 s load phase
     /// and the workload (deposits, withdrawals, transfers).
     pub fn draw(seed: u64) -> Result<Self, String> {
@@ -227,7 +227,7 @@ fn draw_workload(
         let mut submit = |node: usize, request: CommandRequest| {
             schedule.push((at, Step::Submit { node, request }));
         };
-        if accounts >= 2 && rng.gen_bool(0.1) {
+        if rng.gen_bool(0.1) {
             let from = rng.gen_range(0..accounts);
             let to = (from + rng.gen_range(1..accounts)) % accounts;
             let start = TransferCommand::StartTransfer {
@@ -330,11 +330,18 @@ mod tests {
                 count(|step| matches!(step, Step::Heal)),
                 "seed {seed}"
             );
-            let opens = plan.schedule.iter().take_while(|(at, _)| *at == 0).count();
-            assert!(
-                opens >= plan.accounts,
-                "seed {seed}: the accounts open first"
-            );
+            // The accounts open first, one command each.
+            for (index, (at, step)) in plan.schedule.iter().take(plan.accounts).enumerate() {
+                let Step::Submit { request, .. } = step else {
+                    panic!("seed {seed}: step {index} is {step:?}");
+                };
+                assert_eq!(*at, 0, "seed {seed}");
+                assert_eq!(request.stream, account(index).expect("name"), "seed {seed}");
+                assert!(
+                    request.command.get("OpenAccount").is_some(),
+                    "seed {seed}: {request:?}"
+                );
+            }
         }
     }
 }

@@ -32,13 +32,14 @@ pub struct ClusterOutcome {
 
 /// Virtual time a run waits, after its faults healed, for every command to be answered.
 pub const LIVENESS_BOUND_MS: u64 = 120_000;
+/// Virtual time a run then waits for every section's members to hold the same store.
+pub const SETTLE_BOUND_MS: u64 = 30_000;
 
 /// One random engine-mode run: [`ClusterPlan::draw`] decides the cluster, the network, the
 /// faults, the membership changes and the workload; [`run_plan`] plays it. A panic in the
 /// simulated code, or a plan that cannot be set up, is a violation of the seed.
 pub fn run_cluster_seed(seed: u64) -> ClusterOutcome {
-    let result = std::panic::catch_unwind(|| run_plan(seed, &ClusterPlan::draw(seed)?));
-    let violation = match result {
+    let violation = match Violation::catching_panics(|| run_plan(seed, &ClusterPlan::draw(seed)?)) {
         Ok(Ok(outcome)) => return outcome,
         Ok(Err(error)) => Violation {
             kind: ViolationKind::Setup,
@@ -46,7 +47,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterOutcome {
             node: 0,
             detail: format!("the run could not be set up: {error}"),
         },
-        Err(panic) => Violation::from_panic(panic.as_ref(), 0),
+        Err(panic) => panic,
     };
     ClusterOutcome {
         seed,
@@ -82,7 +83,7 @@ pub fn run_plan(seed: u64, plan: &ClusterPlan) -> Result<ClusterOutcome, String>
     sim.run_until(LOAD_MS);
     sim.heal();
     let answered = sim.run_until_answered(LIVENESS_BOUND_MS);
-    sim.settle(30_000);
+    sim.settle(SETTLE_BOUND_MS);
     Ok(conclude(&sim, seed, story, faults, answered))
 }
 
@@ -118,7 +119,7 @@ fn play(sim: &mut ClusterSim, step: &Step, plan: &ClusterPlan) -> Result<Option<
             format!("node {node} continues")
         }
         Step::CrashAll => {
-            crash_all(sim)?;
+            sim.crash_all()?;
             "every node crashed and restarted".to_owned()
         }
         Step::Forge { node, command_id } => forge(sim, *node, command_id, plan.accounts),
@@ -132,19 +133,6 @@ fn play(sim: &mut ClusterSim, step: &Step, plan: &ClusterPlan) -> Result<Option<
         }
     };
     Ok(Some(line))
-}
-
-fn crash_all(sim: &mut ClusterSim) -> Result<(), String> {
-    let running: Vec<usize> = (0..sim.node_count())
-        .filter(|node| sim.is_running(*node))
-        .collect();
-    for node in &running {
-        sim.crash(*node);
-    }
-    for node in &running {
-        sim.restart(*node)?;
-    }
-    Ok(())
 }
 
 /// A forged deposit on the first account of the forger's own section, so that the forgery

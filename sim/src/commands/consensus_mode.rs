@@ -35,7 +35,17 @@ pub(crate) fn dump_dot(dir: &Path, outcome: &SeedOutcome) -> Result<Option<PathB
 
 /// The consensus core's sweep: random groups, networks and fault schedules (`run_seed`).
 pub(crate) struct ConsensusSweep {
-    pub(crate) options: RunOptions,
+    options: SweepOptions,
+    dump_dir: PathBuf,
+}
+
+impl ConsensusSweep {
+    pub(crate) fn new(options: &RunOptions) -> Self {
+        Self {
+            options: options.sweep_options(),
+            dump_dir: options.dump_dir.clone(),
+        }
+    }
 }
 
 /// What the summary of a consensus sweep adds up.
@@ -51,14 +61,12 @@ pub(crate) struct ConsensusTally {
 }
 
 impl ConsensusTally {
-    fn quiet_at(&self, percent: usize) -> u64 {
+    /// Heal-to-agreed times: p50, p99 and the longest.
+    fn quiet(&self) -> (u64, u64, u64) {
         let mut sorted = self.quiet_ms.clone();
         sorted.sort_unstable();
-        percentile(&sorted, percent)
-    }
-
-    fn quiet_max(&self) -> u64 {
-        self.quiet_ms.iter().copied().max().unwrap_or(0)
+        let longest = sorted.last().copied().unwrap_or(0);
+        (percentile(&sorted, 50), percentile(&sorted, 99), longest)
     }
 }
 
@@ -71,11 +79,11 @@ impl SweepMode for ConsensusSweep {
     }
 
     fn flags(&self) -> String {
-        self.options.sweep_options().flags()
+        self.options.flags()
     }
 
     fn run(&self, seed: u64) -> SeedOutcome {
-        run_seed(seed, &self.options.sweep_options(), false)
+        run_seed(seed, &self.options, false)
     }
 
     fn verdict<'a>(&self, outcome: &'a SeedOutcome) -> (u64, &'a [Violation]) {
@@ -83,12 +91,12 @@ impl SweepMode for ConsensusSweep {
     }
 
     fn replay_command(&self, seed: u64) -> String {
-        replay_command(seed, &self.options.sweep_options())
+        replay_command(seed, &self.options)
     }
 
     fn failure_details(&self, outcome: &SeedOutcome) -> Vec<String> {
         // A dump that cannot be written is worth a line, not the end of the sweep.
-        match dump_dot(&self.options.dump_dir, outcome) {
+        match dump_dot(&self.dump_dir, outcome) {
             Ok(Some(path)) => vec![format!("graph around the failure: {}", path.display())],
             Ok(None) => Vec::new(),
             Err(error) => vec![format!("graph not written: {error}")],
@@ -109,17 +117,13 @@ impl SweepMode for ConsensusSweep {
 
     fn summary(&self, tally: &ConsensusTally) -> Vec<(String, String)> {
         let hours = tally.simulated_ms as f64 / 3_600_000.0;
+        let (p50, p99, longest) = tally.quiet();
         let mut rows = vec![
             ("simulated hours".to_owned(), format!("{hours:.2}")),
             ("blocks agreed".to_owned(), tally.blocks.to_string()),
             (
                 "heal to all agreed".to_owned(),
-                format!(
-                    "p50 {} ms, p99 {} ms, max {} ms",
-                    tally.quiet_at(50),
-                    tally.quiet_at(99),
-                    tally.quiet_max()
-                ),
+                format!("p50 {p50} ms, p99 {p99} ms, max {longest} ms"),
             ),
         ];
         let names = FaultKind::all().into_iter().map(FaultKind::name);
@@ -140,13 +144,14 @@ impl SweepMode for ConsensusSweep {
 
     fn figures(&self, tally: &ConsensusTally) -> Map<String, Value> {
         let hours = tally.simulated_ms as f64 / 3_600_000.0;
+        let (p50, p99, longest) = tally.quiet();
         let mut figures = Map::new();
         figures.insert("flags".into(), json!(self.flags()));
         figures.insert("simulated_hours".into(), json!((hours * 1e3).round() / 1e3));
         figures.insert("blocks".into(), json!(tally.blocks));
-        figures.insert("heal_to_agreed_p50_ms".into(), json!(tally.quiet_at(50)));
-        figures.insert("heal_to_agreed_p99_ms".into(), json!(tally.quiet_at(99)));
-        figures.insert("heal_to_agreed_max_ms".into(), json!(tally.quiet_max()));
+        figures.insert("heal_to_agreed_p50_ms".into(), json!(p50));
+        figures.insert("heal_to_agreed_p99_ms".into(), json!(p99));
+        figures.insert("heal_to_agreed_max_ms".into(), json!(longest));
         figures.insert("faults".into(), json!(tally.faults));
         figures
     }
@@ -162,12 +167,7 @@ pub(crate) fn sweep(args: SweepArgs) -> Result<ExitCode, String> {
     if args.engine {
         return driver::sweep(&EngineSweep, &range);
     }
-    driver::sweep(
-        &ConsensusSweep {
-            options: args.options,
-        },
-        &range,
-    )
+    driver::sweep(&ConsensusSweep::new(&args.options), &range)
 }
 
 pub(crate) fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
@@ -210,10 +210,7 @@ pub(crate) fn replay(args: ReplayArgs) -> Result<ExitCode, String> {
         for violation in &outcome.violations {
             println!("  {violation}");
         }
-        let mode = ConsensusSweep {
-            options: args.options,
-        };
-        for line in mode.failure_details(&outcome) {
+        for line in ConsensusSweep::new(&args.options).failure_details(&outcome) {
             println!("  {line}");
         }
         Ok(ExitCode::FAILURE)

@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use chorus_aggregate::StreamKey;
 use chorus_demo::bank_account::BankAccountCommand;
-use chorus_sim::cluster::{ClusterOutcome, ClusterSetup, ClusterSim, command, run_cluster_seed};
+use chorus_sim::cluster::{
+    ClusterOutcome, ClusterSetup, ClusterSim, LIVENESS_BOUND_MS, SETTLE_BOUND_MS, command,
+    run_cluster_seed,
+};
 use chorus_sim::{Violation, millis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -167,8 +170,8 @@ pub(crate) fn cluster_run(
     let window_end = sim.now_ms();
     // CPU spent on the window, whose commits are the ones counted.
     let cpu_s = thread_cpu_seconds(&wall) - start_cpu;
-    sim.run_until_answered(120_000);
-    sim.settle(30_000);
+    sim.run_until_answered(LIVENESS_BOUND_MS);
+    sim.settle(SETTLE_BOUND_MS);
     let mut latencies = Vec::new();
     let mut unanswered = 0;
     for submitted in sim.submitted() {
