@@ -35,7 +35,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(4);
 const CLIENT_TRIES: usize = 2 * NODES;
 /// The longest the section may go without acknowledging a command while at most one node is
 /// out of step: the simulator's bound (5 s) with room for debug builds on a shared 2-core
-/// machine. Measured: about 0.3 s (RELIABILITY.md).
+/// machine. Measured in the two long runs of RELIABILITY.md: at most 1.11 s and 1.36 s.
 const HEALTHY_GAP_BOUND: Duration = Duration::from_secs(10);
 /// After a whole-section kill and restart, the first command is acknowledged within this.
 const RESTART_BOUND: Duration = Duration::from_secs(30);
@@ -252,20 +252,18 @@ impl Monitor {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let at = started.elapsed();
-                    let nodes = addresses
-                        .iter()
-                        .map(|address| {
-                            let (status, text) =
-                                try_http_within(address, "GET", "/status", None, MONITOR_TIMEOUT)
-                                    .ok()?;
-                            let status_json: serde_json::Value =
-                                serde_json::from_str(&text).ok().filter(|_| status == 200)?;
-                            Some(Seen {
-                                ready: status_json["readiness"] == "ready",
-                                head: status_json["head_position"].as_u64()?,
-                            })
-                        })
-                        .collect();
+                    // All nodes at once, so every reading is within `MONITOR_TIMEOUT` of `at`
+                    // (one after another, a stopped node would delay the others' readings).
+                    let nodes = std::thread::scope(|scope| {
+                        let probes: Vec<_> = addresses
+                            .iter()
+                            .map(|address| scope.spawn(move || probe(address)))
+                            .collect();
+                        probes
+                            .into_iter()
+                            .map(|probe| probe.join().ok().flatten())
+                            .collect()
+                    });
                     samples.push(Sample { at, nodes });
                     std::thread::sleep(MONITOR_EVERY);
                 }
@@ -279,6 +277,17 @@ impl Monitor {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("monitor thread")
     }
+}
+
+/// One node's `/status`, or `None` when it does not answer within `MONITOR_TIMEOUT`.
+fn probe(address: &str) -> Option<Seen> {
+    let (status, text) = try_http_within(address, "GET", "/status", None, MONITOR_TIMEOUT).ok()?;
+    let status_json: serde_json::Value =
+        serde_json::from_str(&text).ok().filter(|_| status == 200)?;
+    Some(Seen {
+        ready: status_json["readiness"] == "ready",
+        head: status_json["head_position"].as_u64()?,
+    })
 }
 
 /// A node is in step when it answers, is ready, and holds at least the highest head any
@@ -515,8 +524,14 @@ fn the_section_heals_from_a_random_fault_schedule_under_load() {
             )
         );
         worst_back = worst_back.max(back.unwrap_or(Duration::ZERO));
+        // Not seen back is a failure too, unless the run ended within the bound.
+        let run_ended = steps_seen.last().map_or(span.to, |(at, _)| *at);
+        let in_time = match back {
+            Some(back) => back <= CATCH_UP_BOUND,
+            None => run_ended < span.to + CATCH_UP_BOUND,
+        };
         assert!(
-            back.is_none_or(|back| back <= CATCH_UP_BOUND),
+            in_time,
             "node {node} not in step within {CATCH_UP_BOUND:?} of {fault:?}"
         );
     }

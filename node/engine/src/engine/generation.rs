@@ -101,6 +101,15 @@ impl Generation {
 }
 
 impl Engine {
+    /// Moves to the generation `state` describes, under `map`, with a new `Generation`;
+    /// returns the one left (whose consensus instance may serve as the retired one).
+    pub(super) fn enter_generation(&mut self, map: SectionMap, state: SectionState) -> Generation {
+        self.map = map;
+        self.state = state;
+        let next = self.start_generation();
+        std::mem::replace(&mut self.current, next)
+    }
+
     /// The generation `self.state` describes, started now. If its consensus instance does not
     /// start (a setup error: not expected for a saved state), the node takes no part in it
     /// and says why.
@@ -248,11 +257,8 @@ impl Engine {
             return false;
         }
         let generation = state.generation;
-        self.map = map;
-        self.state = state;
         self.update_generations.insert(change.node(), generation);
-        let next = self.start_generation();
-        let previous = std::mem::replace(&mut self.current, next);
+        let previous = self.enter_generation(map, state);
         self.retired = previous
             .consensus
             .map(|consensus| (generation - 1, consensus));

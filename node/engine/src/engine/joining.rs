@@ -306,10 +306,7 @@ impl Engine {
             .take()
             .is_some_and(|joining| joining.refresh.is_some());
         let old_generation = self.state.generation;
-        self.map = map;
-        self.state = state;
-        let next = self.start_generation();
-        let previous = std::mem::replace(&mut self.current, next);
+        let previous = self.enter_generation(map, state);
         if refreshed {
             // The generation we lagged in is over for us: what it did not apply, the
             // transfer brings; our pending commands go to the new one.

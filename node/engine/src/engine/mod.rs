@@ -398,11 +398,6 @@ impl Engine {
         taken
     }
 
-    /// Commands this node waits to answer (its clients' and forwarded ones).
-    pub fn commands_in_flight(&self) -> usize {
-        self.waiters.len()
-    }
-
     /// Takes a client's command; its answer comes out of `poll_reply` with `ticket`.
     pub fn submit(
         &mut self,
