@@ -247,9 +247,11 @@ fn create_private_dir(directory: &Path) -> std::io::Result<()> {
 /// then hard-linked as `path` (which fails if `path` exists) and the directory synced.
 fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    // A name no other writer uses, process or thread.
+    let nonce: u64 = rand::random();
+    let temporary = path.with_extension(format!("tmp-{}-{nonce:016x}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let written = options.open(&temporary).and_then(|mut file| {
@@ -356,6 +358,26 @@ mod tests {
         assert_eq!(std::fs::read_dir(&data_dir).expect("listed").count(), 1);
         let again = load_or_create_key(&data_dir).expect("loaded");
         assert_eq!(key.to_bytes(), again.to_bytes());
+    }
+
+    #[test]
+    fn processes_racing_to_create_a_key_end_with_one_key() {
+        for _ in 0..20 {
+            let root = tempfile::tempdir().expect("tempdir");
+            let data_dir = root.path().join("node-0");
+            let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| load_or_create_key(&data_dir).expect("key").to_bytes()))
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|racer| racer.join().expect("racer"))
+                    .collect()
+            });
+            assert!(keys.windows(2).all(|pair| pair[0] == pair[1]), "{keys:?}");
+            let stored = load_or_create_key(&data_dir).expect("stored").to_bytes();
+            assert_eq!(stored, keys[0]);
+        }
     }
 
     #[test]
