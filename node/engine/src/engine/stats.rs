@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::Engine;
+use crate::membership::MemberChange;
 
 /// The engine's state in figures ([`Engine::stats`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -19,7 +20,7 @@ pub struct EngineStats {
     /// The previous generation, while its instance still answers laggards' gossip.
     pub retired_generation: Option<u64>,
     /// A membership change agreed and waiting for the blocks before it.
-    pub pending_change: Option<String>,
+    pub pending_change: Option<MemberChange>,
     /// Commands waiting for an answer here (clients', forwarded ones, managers').
     pub waiting: usize,
     /// Our proposals in agreement.
@@ -70,10 +71,7 @@ impl Engine {
             members: self.state.members.len(),
             active: self.is_active_member(),
             retired_generation: self.retired.as_ref().map(|(generation, _)| *generation),
-            pending_change: self
-                .current
-                .pending_change
-                .map(|proposal| format!("{:?}", proposal.change)),
+            pending_change: self.current.pending_change.map(|proposal| proposal.change),
             waiting: self.waiters.len(),
             proposed: self.proposed.len(),
             forwarded: self.forwarded.len(),
