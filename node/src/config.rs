@@ -30,6 +30,21 @@ pub struct NodeConfig {
     /// Gossip interval, ms.
     #[serde(default = "default_gossip_interval_ms")]
     pub gossip_interval_ms: u64,
+    /// Whom this member votes to admit: `allow-list` (the founding `peers`, the keys in
+    /// `admit`, and those admitted at run time) or `open` (any node: local experiments only).
+    #[serde(default = "default_admission")]
+    pub admission: String,
+    /// Keys (64 hex digits) this member votes to admit when they ask to join.
+    #[serde(default)]
+    pub admit: Vec<String>,
+    /// The bearer token of the admin API (`/admin/...`, `chorus admin`); without one the
+    /// admin API is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// A member from which nothing new was heard this long (ms) is voted out; 0 turns the
+    /// rule off. A restart shorter than this does not remove a member.
+    #[serde(default = "default_remove_silent_after_ms")]
+    pub remove_silent_after_ms: u64,
 }
 
 /// Another node: its public key (hex) and libp2p address.
@@ -53,6 +68,17 @@ fn default_block_mode() -> String {
 fn default_gossip_interval_ms() -> u64 {
     20
 }
+
+fn default_admission() -> String {
+    "allow-list".to_owned()
+}
+
+fn default_remove_silent_after_ms() -> u64 {
+    chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS
+}
+
+/// Shortest admin token: guessing it must be hopeless.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 16;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +122,12 @@ pub struct Checked {
     pub peers: Vec<(PeerId, Multiaddr)>,
     /// The block mode.
     pub block_mode: BlockMode,
+    /// `admission = "open"`.
+    pub open_admission: bool,
+    /// The keys of `admit`, parsed.
+    pub admit: Vec<PeerId>,
+    /// The liveness rule's span; `None` if off.
+    pub remove_silent_after_ms: Option<u64>,
 }
 
 impl NodeConfig {
@@ -130,21 +162,15 @@ impl NodeConfig {
         })?;
         let mut peers = Vec::with_capacity(self.peers.len());
         for (index, peer) in self.peers.iter().enumerate() {
-            let key = parse_hex32(&peer.public_key)
+            let key = parse_public_key(&peer.public_key)
                 .map_err(|error| field(&format!("peers[{index}].public_key"), error))?;
-            if ed25519_dalek::VerifyingKey::from_bytes(&key).is_err() {
-                return Err(field(
-                    &format!("peers[{index}].public_key"),
-                    "not an ed25519 public key".to_owned(),
-                ));
-            }
             let address: Multiaddr = peer.address.parse().map_err(|error| {
                 field(
                     &format!("peers[{index}].address"),
                     format!("not a multiaddr: {error}"),
                 )
             })?;
-            peers.push((PeerId(key), address));
+            peers.push((key, address));
         }
         let block_mode = match self.block_mode.as_str() {
             "supermajority" => BlockMode::Supermajority,
@@ -165,12 +191,53 @@ impl NodeConfig {
                 "must be between 1 and 10000".to_owned(),
             ));
         }
+        let open_admission = match self.admission.as_str() {
+            "allow-list" => false,
+            "open" => true,
+            other => {
+                return Err(field(
+                    "admission",
+                    format!("{other:?}; use \"allow-list\" or \"open\""),
+                ));
+            }
+        };
+        let admit = self
+            .admit
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                parse_public_key(key).map_err(|error| field(&format!("admit[{index}]"), error))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(token) = &self.admin_token {
+            if token.chars().count() < ADMIN_TOKEN_CHARS_MIN
+                || token.chars().any(char::is_whitespace)
+            {
+                return Err(field(
+                    "admin_token",
+                    format!("must be at least {ADMIN_TOKEN_CHARS_MIN} characters, without spaces"),
+                ));
+            }
+        }
+        let remove_silent_after_ms = match self.remove_silent_after_ms {
+            0 => None,
+            span if span < 10 * self.gossip_interval_ms => {
+                return Err(field(
+                    "remove_silent_after_ms",
+                    format!("{span} is under ten gossip intervals; use 0 to turn the rule off"),
+                ));
+            }
+            span => Some(span),
+        };
         Ok(Checked {
             config: self,
             listen,
             http,
             peers,
             block_mode,
+            open_admission,
+            admit,
+            remove_silent_after_ms,
         })
     }
 }
@@ -178,6 +245,15 @@ impl NodeConfig {
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// An ed25519 public key from 64 hex digits.
+pub fn parse_public_key(text: &str) -> Result<PeerId, String> {
+    let key = parse_hex32(text)?;
+    if ed25519_dalek::VerifyingKey::from_bytes(&key).is_err() {
+        return Err("not an ed25519 public key".to_owned());
+    }
+    Ok(PeerId(key))
 }
 
 /// 32 bytes from 64 hex digits.
@@ -230,6 +306,21 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<ed25519_dalek::SigningKey, 
         }
         Err(error) => Err(read(error)),
     }
+}
+
+/// Writes `bytes` to `path`, replacing it, readable by its owner only (0600 on Unix).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // An existing file keeps its mode on open: make it private too.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Creates `directory` and its missing parents, mode 0700 on Unix (an existing directory is
@@ -285,6 +376,12 @@ mod tests {
             section_size_min: 4,
             block_mode: "supermajority".into(),
             gossip_interval_ms: 20,
+            admission: "allow-list".into(),
+            admit: vec![hex(&ed25519_dalek::SigningKey::from_bytes(&[2; 32])
+                .verifying_key()
+                .to_bytes())],
+            admin_token: Some("a-long-enough-admin-token".into()),
+            remove_silent_after_ms: 60_000,
         }
     }
 
@@ -296,6 +393,9 @@ mod tests {
         let checked = parsed.check().expect("checks");
         assert_eq!(checked.peers.len(), 1);
         assert_eq!(checked.block_mode, BlockMode::Supermajority);
+        assert!(!checked.open_admission);
+        assert_eq!(checked.admit.len(), 1);
+        assert_eq!(checked.remove_silent_after_ms, Some(60_000));
     }
 
     #[test]
@@ -315,6 +415,16 @@ mod tests {
             (Box::new(|c| c.block_mode = "fast".into()), "block_mode"),
             (Box::new(|c| c.section_size_min = 0), "section_size_min"),
             (Box::new(|c| c.gossip_interval_ms = 0), "gossip_interval_ms"),
+            (Box::new(|c| c.admission = "closed".into()), "admission"),
+            (Box::new(|c| c.admit[0] = "00".repeat(31)), "admit[0]"),
+            (
+                Box::new(|c| c.admin_token = Some("short".into())),
+                "admin_token",
+            ),
+            (
+                Box::new(|c| c.remove_silent_after_ms = 100),
+                "remove_silent_after_ms",
+            ),
         ];
         for (mutate, name) in cases {
             let mut bad = config();

@@ -17,6 +17,7 @@
 //! within `HEADER_READ_TIMEOUT` (or that stays idle that long between requests) is closed
 //! without an answer, and a request hyper cannot parse gets hyper's own bodiless 400 or 431.
 
+pub mod admin;
 mod extract;
 mod server;
 #[cfg(test)]
@@ -68,9 +69,10 @@ pub const READ_COUNT_DEFAULT: usize = 100;
 
 const _: () = assert!(READ_COUNT_DEFAULT <= READ_COUNT_MAX);
 
-/// The routes, over the engine thread's input channel.
-pub fn router(engine: EngineInputs) -> Router {
+/// The routes, over the engine thread's input channel; the admin routes need `admin_token`.
+pub fn router(engine: EngineInputs, admin_token: admin::AdminToken) -> Router {
     Router::new()
+        .merge(admin::routes(admin_token))
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/status", get(status))

@@ -79,18 +79,26 @@ pub fn init(
             Some(checked) => (
                 checked.config.listen,
                 checked.config.http,
-                (checked.config.block_mode, checked.config.gossip_interval_ms),
+                (
+                    checked.config.block_mode,
+                    checked.config.gossip_interval_ms,
+                    checked.config.admin_token.unwrap_or_else(new_token),
+                ),
             ),
             None => (
                 format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
                 format!("127.0.0.1:{}", free_port()?),
-                (options.block_mode.clone(), options.gossip_interval_ms),
+                (
+                    options.block_mode.clone(),
+                    options.gossip_interval_ms,
+                    new_token(),
+                ),
             ),
         };
         members.push((directory, key, listen, http, settings));
     }
     let mut configs = Vec::with_capacity(nodes);
-    for (index, (directory, _, listen, http, (block_mode, gossip_interval_ms))) in
+    for (index, (directory, _, listen, http, (block_mode, gossip_interval_ms, token))) in
         members.iter().enumerate()
     {
         let peers = members
@@ -110,14 +118,25 @@ pub fn init(
             section_size_min: 4,
             block_mode: block_mode.clone(),
             gossip_interval_ms: *gossip_interval_ms,
+            admission: "allow-list".to_owned(),
+            admit: Vec::new(),
+            admin_token: Some(token.clone()),
+            remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = directory.join("node.toml");
         let text = toml::to_string(&config).map_err(|error| error.to_string())?;
-        std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
+        // Private: it holds the admin token.
+        crate::config::write_private(&path, text.as_bytes())
+            .map_err(|error| format!("{}: {error}", path.display()))?;
         configs.push((path, config));
     }
     Ok(configs)
+}
+
+/// A fresh admin token: 32 random bytes, hex.
+fn new_token() -> String {
+    hex(&rand::random::<[u8; 32]>())
 }
 
 /// The configuration files of the local cluster under `data_dir` (`node-0/node.toml`, ...,

@@ -2,6 +2,7 @@
 //! processes (`chorus init`, `chorus up --nodes 4`), the demo (`chorus demo`), a benchmark
 //! against a cluster (`chorus bench`), or a client (`chorus client ...`).
 
+mod admission;
 mod bench;
 mod client;
 mod config;
@@ -211,7 +212,14 @@ fn run_node(path: &Path) -> Result<(), String> {
             hex(&key.verifying_key().to_bytes())
         ));
         info!(%http, %p2p, "node running");
-        let served = http::serve(listener, http::router(inputs), shutdown_signal());
+        let served = http::serve(
+            listener,
+            http::router(
+                inputs,
+                http::admin::AdminToken(checked.config.admin_token.clone()),
+            ),
+            shutdown_signal(),
+        );
         // On a signal the server stops taking connections and finishes open requests, but
         // a command waiting for agreement can wait long: they get `SHUTDOWN_GRACE`.
         let grace = async {
@@ -245,7 +253,14 @@ fn spawn_engine(
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let engine = match runtime::start_engine(&engine_checked, &engine_key, DEMO) {
+            let policy = match admission::Policy::load(&engine_checked) {
+                Ok(policy) => policy,
+                Err(error) => {
+                    let _ = started.send(Err(format!("admission policy: {error}")));
+                    return;
+                }
+            };
+            let engine = match runtime::start_engine(&engine_checked, &engine_key, DEMO, &policy) {
                 Ok(engine) => {
                     let _ = started.send(Ok(()));
                     engine
@@ -255,9 +270,13 @@ fn spawn_engine(
                     return;
                 }
             };
-            if let Err(error) =
-                runtime::run_engine(engine, input_receiver, outbound, DEMO, tick_interval)
-            {
+            if let Err(error) = runtime::run_engine(
+                engine,
+                input_receiver,
+                outbound,
+                DEMO,
+                (tick_interval, policy),
+            ) {
                 error!(%error, "the engine stopped");
                 std::process::exit(2);
             }

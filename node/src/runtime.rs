@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use crate::admission::Policy;
 use crate::config::{Checked, hex};
 
 /// What the engine thread takes (it ticks itself, by its own clock).
@@ -34,6 +35,29 @@ pub enum Input {
     Read(Read, oneshot::Sender<Result<ReadAnswer, String>>),
     /// The node's status.
     Status(oneshot::Sender<Status>),
+    /// An operator's change to the admission policy or membership (admin API).
+    Admin(AdminRequest, oneshot::Sender<Result<AdminAnswer, String>>),
+}
+
+/// What an operator asks through the admin API.
+#[derive(Clone, Copy, Debug)]
+pub enum AdminRequest {
+    /// Approve this key: this member votes to admit it when it asks to join.
+    Admit(PeerId),
+    /// Withdraw this key's approval and, if it is a member, vote to remove it.
+    Remove(PeerId),
+    /// Show the policy.
+    Show,
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Clone, Debug, Serialize)]
+pub struct AdminAnswer {
+    /// The policy now.
+    pub policy: crate::admission::PolicyView,
+    /// For a removal: whether this member voted to remove a member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removal: Option<chorus_engine::RemovalRequest>,
 }
 
 /// A read of the node's store (what the node applied: its section's streams).
@@ -189,17 +213,22 @@ pub fn start_engine(
     checked: &Checked,
     key: &SigningKey,
     domain: Domain,
+    policy: &Policy,
 ) -> Result<Engine, RuntimeError> {
     let store = EventStore::open(checked.config.data_dir.join("node.redb"))?;
     let mut members: Vec<[u8; 32]> = checked.peers.iter().map(|(peer, _)| peer.0).collect();
     members.push(key.verifying_key().to_bytes());
     let map = SectionMap::with_members(checked.config.section_size_min, &members);
-    let config = EngineConfig::new(Config {
-        block_mode: checked.block_mode,
-        gossip_interval_ms: checked.config.gossip_interval_ms,
-        log_records: true,
-        ..Config::default()
-    });
+    let config = EngineConfig {
+        admission: policy.admission(),
+        remove_silent_after_ms: checked.remove_silent_after_ms,
+        ..EngineConfig::new(Config {
+            block_mode: checked.block_mode,
+            gossip_interval_ms: checked.config.gossip_interval_ms,
+            log_records: true,
+            ..Config::default()
+        })
+    };
     let saved = SectionState::load(&store)?;
     let records = store.log_records()?;
     let engine = if records.is_empty() && saved.is_none() {
@@ -248,13 +277,18 @@ pub fn run_engine(
     inputs: crate::queues::EngineReceiver,
     outbound: crate::queues::Outbound,
     domain: Domain,
-    tick_interval: Duration,
+    (tick_interval, policy): (Duration, Policy),
 ) -> Result<(), RuntimeError> {
     for manager in (domain.process_managers)() {
         engine.add_process_manager(manager)?;
     }
     let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut serving = Serving::default();
+    let mut serving = Serving {
+        waiting: BTreeMap::new(),
+        next_ticket: 0,
+        answered: Answered::default(),
+        policy,
+    };
     let mut log_generation = engine.section().generation;
     serving.drain(&mut engine, &outbound)?;
     let mut next_tick = Instant::now();
@@ -292,13 +326,13 @@ pub fn run_engine(
     }
 }
 
-/// What the engine thread keeps for its clients: the commands waiting for an answer, and
-/// what `/status` reports of the answers.
-#[derive(Default)]
+/// What the engine thread keeps for its clients: the commands waiting for an answer, what
+/// `/status` reports of the answers, and the admission policy the operator changes.
 struct Serving {
     waiting: BTreeMap<u64, oneshot::Sender<CommandOutcome>>,
     next_ticket: u64,
     answered: Answered,
+    policy: Policy,
 }
 
 impl Serving {
@@ -324,7 +358,37 @@ impl Serving {
             Input::Status(reply) => {
                 let _ = reply.send(status_of(engine, &self.answered));
             }
+            Input::Admin(request, reply) => {
+                let _ = reply.send(self.admin(engine, now, request));
+            }
         }
+    }
+
+    /// An operator's request: the policy changes durably first, then the engine votes by it.
+    fn admin(
+        &mut self,
+        engine: &mut Engine,
+        now: u64,
+        request: AdminRequest,
+    ) -> Result<AdminAnswer, String> {
+        let removal = match request {
+            AdminRequest::Admit(node) => {
+                self.policy.admit(node)?;
+                info!(peer = %node, "the operator admitted a key");
+                None
+            }
+            AdminRequest::Remove(node) => {
+                self.policy.remove(node)?;
+                info!(peer = %node, "the operator removed a key");
+                Some(engine.request_removal(now, node))
+            }
+            AdminRequest::Show => None,
+        };
+        engine.set_admission(self.policy.admission());
+        Ok(AdminAnswer {
+            policy: self.policy.view(),
+            removal,
+        })
     }
 
     fn drain(

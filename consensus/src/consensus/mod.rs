@@ -324,6 +324,14 @@ impl Consensus {
             .is_some_and(|&index| self.graph.head(index).is_some())
     }
 
+    /// The index of `member`'s latest event we hold (`None` if none, or not a member): the
+    /// caller watches it to tell a silent member from one that takes part.
+    pub fn latest_index_of(&self, member: &PeerId) -> Option<u64> {
+        let &index = self.member_index.get(member)?;
+        let slot = self.graph.head(index)?;
+        Some(self.graph.get(slot).index)
+    }
+
     /// Marks our own events up to `index` durable: from now on they may be sent to peers.
     pub fn handle_persisted(&mut self, index: u64) {
         self.durable_index = Some(

@@ -24,8 +24,8 @@ pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
 pub use engine::{
-    ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, EngineStats, Lag, Message,
-    Readiness,
+    Admission, ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, EngineStats,
+    JoinRefusal, Lag, Message, Readiness, Refusals, RemovalRequest,
 };
 pub use membership::{Holding, MemberChange, MembershipProposal, SectionState, Welcome};
 pub use proposal::{Proposal, ProposalError};

@@ -11,7 +11,7 @@ use chorus_aggregate::{
 use chorus_consensus::{BlockMode, Config, PeerId};
 use chorus_demo::bank_account::{BankAccount, BankAccountCommand};
 use chorus_demo::notebook::{Notebook, NotebookCommand};
-use chorus_engine::{CommandOutcome, Engine, EngineConfig};
+use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig};
 use chorus_routing::SectionMap;
 use ed25519_dalek::SigningKey;
 use rand::{RngCore, SeedableRng};
@@ -27,12 +27,24 @@ struct Cluster {
     rng: ChaCha8Rng,
     in_flight: VecDeque<(PeerId, PeerId, Vec<u8>)>,
     replies: BTreeMap<u64, CommandOutcome>,
-    /// Nodes whose incoming messages are lost (a crashed or cut-off node).
+    /// Nodes that neither tick nor receive (a crashed or cut-off node).
     down: std::collections::BTreeSet<usize>,
 }
 
 impl Cluster {
     fn new(nodes: usize, section_size_min: usize, block_mode: BlockMode, seed: u64) -> Self {
+        Self::with_config(nodes, section_size_min, block_mode, seed, |_| {})
+    }
+
+    /// A cluster whose engines' configuration `adjust` changes (admission is open unless it
+    /// says otherwise).
+    fn with_config(
+        nodes: usize,
+        section_size_min: usize,
+        block_mode: BlockMode,
+        seed: u64,
+        adjust: impl Fn(&mut EngineConfig),
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let keys: Vec<SigningKey> = (0..nodes)
             .map(|_| {
@@ -51,17 +63,9 @@ impl Cluster {
         for key in keys {
             let directory = tempfile::tempdir().expect("temp dir");
             let store = EventStore::open(directory.path().join("events.redb")).expect("store");
-            let config = EngineConfig::new(Config {
-                block_mode,
-                gossip_interval_ms: 10,
-                ..Config::default()
-            });
-            let registry = AggregateRegistry::new()
-                .register::<BankAccount>()
-                .register::<Notebook>()
-                .register::<Gauge>();
+            let config = engine_config(block_mode, &adjust);
             engines
-                .push(Engine::new(config, key, map.clone(), registry, store, 0).expect("engine"));
+                .push(Engine::new(config, key, map.clone(), registry(), store, 0).expect("engine"));
             directories.push(directory);
         }
         let ids = engines.iter().map(Engine::id).collect();
@@ -75,6 +79,47 @@ impl Cluster {
             replies: BTreeMap::new(),
             down: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Starts a node with a fresh key that asks to join (`Engine::join`); returns its index.
+    fn add_joiner(&mut self, block_mode: BlockMode) -> usize {
+        let mut secret = [0u8; 32];
+        self.rng.fill_bytes(&mut secret);
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = EventStore::open(directory.path().join("events.redb")).expect("store");
+        let map = self.engines[0].map().clone();
+        let config = engine_config(block_mode, &|_: &mut EngineConfig| {});
+        let engine = Engine::join(
+            config,
+            SigningKey::from_bytes(&secret),
+            map,
+            registry(),
+            store,
+            self.now_ms,
+        )
+        .expect("joiner");
+        self.ids.push(engine.id());
+        self.engines.push(engine);
+        self._directories.push(directory);
+        let node = self.engines.len() - 1;
+        self.collect(node);
+        node
+    }
+
+    /// Steps for `virtual_ms`.
+    fn run_for(&mut self, virtual_ms: u64) {
+        let until = self.now_ms + virtual_ms;
+        while self.now_ms < until {
+            self.step();
+        }
+    }
+
+    /// The member count each running node sees of its section.
+    fn member_counts(&self) -> Vec<usize> {
+        (0..self.engines.len())
+            .filter(|node| !self.down.contains(node))
+            .map(|node| self.engines[node].section().members.len())
+            .collect()
     }
 
     fn submit(&mut self, node: usize, ticket: u64, request: CommandRequest) {
@@ -109,6 +154,9 @@ impl Cluster {
     fn step(&mut self) {
         self.now_ms += STEP_MS;
         for node in 0..self.engines.len() {
+            if self.down.contains(&node) {
+                continue;
+            }
             self.engines[node].tick(self.now_ms, &mut self.rng);
             self.collect(node);
         }
@@ -227,6 +275,27 @@ impl Cluster {
             .state
             .balance
     }
+}
+
+fn registry() -> AggregateRegistry {
+    AggregateRegistry::new()
+        .register::<BankAccount>()
+        .register::<Notebook>()
+        .register::<Gauge>()
+}
+
+fn engine_config(block_mode: BlockMode, adjust: &impl Fn(&mut EngineConfig)) -> EngineConfig {
+    let mut config = EngineConfig {
+        admission: Admission::Open,
+        remove_silent_after_ms: None,
+        ..EngineConfig::new(Config {
+            block_mode,
+            gossip_interval_ms: 10,
+            ..Config::default()
+        })
+    };
+    adjust(&mut config);
+    config
 }
 
 fn request(id: &str, stream: &str, command: serde_json::Value) -> CommandRequest {
@@ -795,4 +864,126 @@ fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> 
                 .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
         ]
     })
+}
+
+/// Every founding member's allow-list: the founders only.
+fn founders_only(cluster: &Cluster) -> Admission {
+    Admission::AllowList(cluster.ids.iter().copied().collect())
+}
+
+#[test]
+fn a_stranger_may_only_ask_to_join_and_is_admitted_only_with_more_than_two_thirds_approving() {
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::new(4, 4, mode, 21);
+    let founders = founders_only(&cluster);
+    for engine in &mut cluster.engines {
+        engine.set_admission(founders.clone());
+    }
+    let stranger = cluster.add_joiner(mode);
+    let stranger_id = cluster.ids[stranger];
+    // A command forwarded by the stranger is refused with the reason, and never applied.
+    let open = bank(BankAccountCommand::OpenAccount { owner: "s".into() });
+    let forward = chorus_engine::Message::Forward(request("smuggled", "BankAccount@s", open));
+    cluster.engines[0].handle_message(
+        cluster.now_ms,
+        stranger_id,
+        &forward.encode().expect("encode"),
+    );
+    let answers: Vec<_> = std::iter::from_fn(|| cluster.engines[0].poll_send())
+        .filter(|(to, _)| *to == stranger_id)
+        .map(|(_, bytes)| chorus_engine::Message::decode(&bytes).expect("decodes"))
+        .collect();
+    assert!(
+        matches!(&answers[..], [chorus_engine::Message::Outcome { outcome: CommandOutcome::Failed(reason), .. }] if reason.contains("network map")),
+        "{answers:?}"
+    );
+    assert_eq!(cluster.engines[0].refusals().stranger_messages, 1);
+    // Not approved anywhere: refused by every member, for as long as it asks.
+    cluster.run_for(3_000);
+    assert_eq!(cluster.member_counts()[..4], [4, 4, 4, 4]);
+    assert_eq!(
+        cluster.engines[stranger].readiness(),
+        chorus_engine::Readiness::Joining
+    );
+    for engine in &cluster.engines[..4] {
+        assert!(
+            engine.refusals().joins_refused >= 1,
+            "{:?}",
+            engine.refusals()
+        );
+    }
+    assert_eq!(cluster.engines[0].store().head_position().expect("head"), 0);
+    // Approved by two of four members: not more than two thirds, still refused.
+    let mut approving = founders_only(&cluster);
+    if let Admission::AllowList(keys) = &mut approving {
+        keys.insert(stranger_id);
+    }
+    for node in 0..2 {
+        cluster.engines[node].set_admission(approving.clone());
+    }
+    cluster.run_for(3_000);
+    assert_eq!(cluster.member_counts()[..4], [4, 4, 4, 4]);
+    // A third approves: admitted, and it takes part.
+    cluster.engines[2].set_admission(approving);
+    cluster.run_for(5_000);
+    assert_eq!(cluster.member_counts(), [5, 5, 5, 5, 5]);
+    assert!(cluster.engines[stranger].is_active_member());
+}
+
+#[test]
+fn a_member_silent_past_the_span_is_voted_out_and_a_shorter_silence_is_not() {
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::with_config(4, 4, mode, 22, |config| {
+        config.remove_silent_after_ms = Some(2_000);
+    });
+    cluster.run_for(500);
+    // A restart shorter than the span: nothing happens.
+    cluster.down.insert(3);
+    cluster.run_for(1_500);
+    cluster.down.remove(&3);
+    cluster.run_for(3_000);
+    assert_eq!(cluster.member_counts(), [4, 4, 4, 4]);
+    // Gone for good: voted out by the three others, which go on committing.
+    cluster.down.insert(3);
+    cluster.run_for(4_000);
+    assert_eq!(cluster.member_counts(), [3, 3, 3]);
+    let open = bank(BankAccountCommand::OpenAccount {
+        owner: "after".into(),
+    });
+    cluster.submit(0, 0, request("after", "BankAccount@after", open));
+    cluster.run_until_answered(1, 10_000);
+    assert!(
+        matches!(cluster.replies[&0], CommandOutcome::Committed(_)),
+        "{:?}",
+        cluster.replies[&0]
+    );
+}
+
+#[test]
+fn an_operator_removal_takes_more_than_two_thirds_of_the_members() {
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::new(4, 4, mode, 23);
+    let target = cluster.ids[3];
+    for node in 0..2 {
+        let now = cluster.now_ms;
+        assert_eq!(
+            cluster.engines[node].request_removal(now, target),
+            chorus_engine::RemovalRequest::Voted
+        );
+    }
+    cluster.run_for(3_000);
+    assert_eq!(cluster.member_counts(), [4, 4, 4, 4]);
+    let now = cluster.now_ms;
+    cluster.engines[2].request_removal(now, target);
+    cluster.run_for(3_000);
+    assert_eq!(cluster.member_counts()[..3], [3, 3, 3]);
+    assert!(
+        cluster.engines[3].section().members.is_empty(),
+        "the removed node knows it left"
+    );
+    let now = cluster.now_ms;
+    assert_eq!(
+        cluster.engines[0].request_removal(now, target),
+        chorus_engine::RemovalRequest::NotAMember
+    );
 }

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use super::admin::AdminToken;
 use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, router, serve};
 use crate::runtime::{Input, Read, ReadAnswer};
 
@@ -42,8 +43,10 @@ fn router_over_empty_store() -> Router {
             }
         }
     });
-    router(engine)
+    router(engine, AdminToken(Some(ADMIN_TOKEN.to_owned())))
 }
+
+const ADMIN_TOKEN: &str = "an-admin-token-for-tests";
 
 /// One request through the router; a body is sent as JSON.
 async fn exchange(method: &str, uri: &str, body: Option<&str>) -> (StatusCode, String) {
@@ -408,7 +411,7 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
     // without waiting for an answer.
     let (engine, inputs) = crate::queues::EngineInputs::new(0);
     let drops = std::sync::Arc::clone(&engine.drops);
-    let app = router(engine);
+    let app = router(engine, AdminToken(None));
     let request = Request::builder()
         .method("POST")
         .uri(COMMANDS)
@@ -422,5 +425,44 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_error_shape(&body_text(response).await, "busy", "a full queue");
     assert_eq!(crate::queues::Drops::read(&drops.client_requests), 1);
+    drop(inputs);
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_and_is_off_without_one() {
+    let admit = |token: Option<&str>, body: &str| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/admin/admit")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request
+            .body(Body::from(body.to_owned()))
+            .expect("a valid request")
+    };
+    let key = "11".repeat(32);
+    let body = format!(r#"{{"node": "{key}"}}"#);
+    for (token, why) in [
+        (None, "no token"),
+        (Some("wrong-token-of-some-length"), "a wrong token"),
+    ] {
+        let (status, text) = send(admit(token, &body)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {text}");
+        assert_error_shape(&text, "Bearer", why);
+    }
+    // Authorized, the body is checked: a key that is not 64 hex digits is named.
+    let (status, text) = send(admit(Some(ADMIN_TOKEN), r#"{"node": "abc"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert_error_shape(&text, "node", "a short key");
+    // A node without a token has the admin API off, whatever the request carries.
+    let (engine, inputs) = crate::queues::EngineInputs::new(1);
+    let response = router(engine, AdminToken(None))
+        .oneshot(admit(Some(ADMIN_TOKEN), &body))
+        .await
+        .expect("the router is infallible");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_error_shape(&body_text(response).await, "admin_token", "admin API off");
     drop(inputs);
 }

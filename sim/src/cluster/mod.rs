@@ -35,7 +35,7 @@ use std::time::Duration;
 use chorus_aggregate::{CommandId, CommandRequest, EventStore, StreamKey};
 use chorus_consensus::{BlockMode, Config, PeerId};
 use chorus_demo::bank_account::{BankAccount, BankAccountEvent};
-use chorus_engine::{CommandOutcome, Engine, EngineConfig};
+use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig};
 use chorus_routing::{SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
@@ -674,13 +674,19 @@ impl ClusterSim {
 }
 
 fn engine_config(setup: &ClusterSetup) -> EngineConfig {
-    EngineConfig::new(Config {
-        block_mode: setup.block_mode,
-        gossip_interval_ms: setup.gossip_interval_ms,
-        // A node restores from its replay log after a crash.
-        log_records: true,
-        ..Config::default()
-    })
+    EngineConfig {
+        // Every node the run adds is meant to join; strangers are tested apart.
+        admission: Admission::Open,
+        // Crashes and partitions here are meant to heal, not to remove members.
+        remove_silent_after_ms: None,
+        ..EngineConfig::new(Config {
+            block_mode: setup.block_mode,
+            gossip_interval_ms: setup.gossip_interval_ms,
+            // A node restores from its replay log after a crash.
+            log_records: true,
+            ..Config::default()
+        })
+    }
 }
 
 /// One engine per key, each with its own store under `directory`, all members of `map`.

@@ -18,7 +18,9 @@ use crate::membership::{
     section_digest, sort_members,
 };
 
+use super::budget::Budget;
 use super::joining::Lag;
+use super::removal::Progress;
 use super::wire::Message;
 use super::{Engine, EngineConfig, EngineError};
 use crate::proposal::Proposal;
@@ -46,6 +48,10 @@ pub(super) struct Generation {
     pub(super) behind: Option<Lag>,
     /// When this node entered the generation, by its clock (or started, after a restart).
     pub(super) started_ms: u64,
+    /// When each other member's events last grew here (the liveness rule).
+    pub(super) progress: Progress,
+    /// Per member, what its sync requests may cost us.
+    pub(super) sync_budgets: BTreeMap<PeerId, Budget>,
 }
 
 impl Generation {
@@ -60,6 +66,8 @@ impl Generation {
             behind_told: BTreeMap::new(),
             behind: None,
             started_ms: now_ms,
+            progress: Progress::new(now_ms),
+            sync_budgets: BTreeMap::new(),
         }
     }
 

@@ -7,7 +7,8 @@ use chorus_consensus::{PeerId, SyncRequest, SyncResponse};
 use tracing::debug;
 
 use super::Engine;
-use super::limits::JOIN_RETRY_MS;
+use super::budget::Budget;
+use super::limits::{JOIN_RETRY_MS, SYNC_BYTES_PER_MEMBER_PER_SEC};
 use super::wire::Message;
 
 impl Engine {
@@ -54,18 +55,43 @@ impl Engine {
                 .filter(|(retired, _)| *retired == generation)
                 .map(|(_, consensus)| consensus)
         };
-        // A request for a generation we have not reached is answered once we have.
-        if let Some(consensus) = instance {
-            match consensus.handle_sync_request(&from, request) {
-                Ok(response) => self.send(
-                    from,
-                    &Message::SyncResponse {
-                        generation,
-                        response,
-                    },
-                ),
-                Err(error) => debug!(peer = %from, %error, "sync request refused"),
+        let Some(consensus) = instance else {
+            // A request for a generation we have not reached is answered once we have.
+            return;
+        };
+        // Each member's requests may cost us `SYNC_BYTES_PER_MEMBER_PER_SEC` on average: a
+        // 50-byte request can ask for up to `SYNC_BYTES_MAX`.
+        let budget = self.current.sync_budgets.entry(from).or_insert_with(|| {
+            Budget::new(
+                SYNC_BYTES_PER_MEMBER_PER_SEC,
+                SYNC_BYTES_PER_MEMBER_PER_SEC,
+                now_ms,
+            )
+        });
+        if !budget.has_credit(now_ms) {
+            self.speakers.refusals.sync_over_budget += 1;
+            debug!(peer = %from, "sync request over the member's byte budget dropped");
+            return;
+        }
+        let response = match consensus.handle_sync_request(&from, request) {
+            Ok(response) => response,
+            Err(error) => {
+                debug!(peer = %from, %error, "sync request refused");
+                return;
             }
+        };
+        let message = Message::SyncResponse {
+            generation,
+            response,
+        };
+        match message.encode() {
+            Ok(bytes) => {
+                if let Some(budget) = self.current.sync_budgets.get_mut(&from) {
+                    budget.spend(bytes.len() as u64, now_ms);
+                }
+                self.send_bytes(from, bytes);
+            }
+            Err(error) => debug!(peer = %from, %error, "sync response not encoded"),
         }
     }
 

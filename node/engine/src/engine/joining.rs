@@ -12,6 +12,7 @@ use crate::membership::{
 };
 
 use super::Engine;
+use super::admission::JoinRefusal;
 use super::generation::network_of;
 use super::limits::{BEHIND_REPORT_MS, NEW_MEMBER_GRACE_MS, REFRESH_INTERVAL_MIN_MS};
 use super::wire::Message;
@@ -61,6 +62,8 @@ pub(super) struct Joining {
     pub(super) also_ask: BTreeSet<PeerId>,
     /// Per sender, its latest welcome (so a faulty sender cannot crowd out honest ones).
     pub(super) welcomes: BTreeMap<PeerId, Welcome>,
+    /// Per member, the latest reason it gave for not admitting us (logged when it changes).
+    pub(super) refusals: BTreeMap<PeerId, JoinRefusal>,
 }
 
 impl Engine {
@@ -73,9 +76,6 @@ impl Engine {
         if let Some(lag) = behind {
             return Readiness::Behind(lag);
         }
-        if self.state.members.is_empty() || self.current.consensus.is_none() {
-            return Readiness::NotAMember;
-        }
         if let Some(run) = &self.transfer {
             return Readiness::Transferring {
                 events_received: run.events.len() as u64,
@@ -85,7 +85,13 @@ impl Engine {
                     .map_or(0, |target| target.welcome.events),
             };
         }
-        if self.joining.is_some() || !self.is_active_member() {
+        if self.joining.is_some() {
+            return Readiness::Joining;
+        }
+        if self.state.members.is_empty() || self.current.consensus.is_none() {
+            return Readiness::NotAMember;
+        }
+        if !self.is_active_member() {
             return Readiness::Joining;
         }
         Readiness::Ready
@@ -116,8 +122,9 @@ impl Engine {
         }
     }
 
-    /// A node asks to join: a member votes to admit it if its name falls in our section; one
-    /// admitted in this generation gets its welcome again (the first may have been lost).
+    /// A node asks to join. A member of ours asking again gets its welcome again (the first
+    /// may have been lost) and is brought back if it lags; any other node is judged by
+    /// `on_stranger_join_request` (admission).
     pub(super) fn on_join_request(&mut self, from: PeerId) {
         if self.state.members.contains(&from) {
             self.send_welcome(from);
@@ -158,9 +165,7 @@ impl Engine {
             }
             return;
         }
-        if self.is_active_member() {
-            self.vote_change(MemberChange::Join(from));
-        }
+        self.on_stranger_join_request(from);
     }
 
     /// A member says we lag beyond its prune window: we ask to be welcomed again (each member
@@ -200,6 +205,7 @@ impl Engine {
             refresh: Some((generation, self.now_ms)),
             also_ask: members.into_iter().collect(),
             welcomes: BTreeMap::new(),
+            refusals: BTreeMap::new(),
         });
         self.ask_to_join();
     }

@@ -4,7 +4,7 @@
 //! (`EngineConfig`).
 
 use chorus_aggregate::limits::{COMMAND_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
-use chorus_consensus::MEMBERS_MAX;
+use chorus_consensus::{MEMBERS_MAX, SYNC_BYTES_MAX};
 
 // ---- the command path ----
 
@@ -28,6 +28,23 @@ pub const MESSAGE_BYTES_MAX: usize = 2 << 20;
 pub const OUTBOX_MAX: usize = 100_000;
 /// Most members a `Behind` hint may name: as many as a section may have.
 pub const BEHIND_MEMBERS_MAX: usize = MEMBERS_MAX;
+
+// ---- who may speak ----
+
+/// A stranger's join request is handled at most this often per stranger (an honest joiner
+/// asks every `JOIN_RETRY_MS`).
+pub const JOIN_REQUEST_INTERVAL_MIN_MS: u64 = JOIN_RETRY_MS / 2;
+/// Strangers whose last join request is remembered for that throttle (the oldest is
+/// forgotten first).
+pub const STRANGERS_TRACKED_MAX: usize = 1_024;
+/// Answers to strangers (join refusals, refused forwards) sent per second, all strangers
+/// together: keys cost nothing, so a per-stranger throttle alone bounds nothing.
+pub const JOIN_REFUSALS_PER_SEC: u64 = 64;
+/// Bytes of sync responses per second one member's requests may cost us, on average (a
+/// response may exceed what is left: the debt is paid before the next one). Honest gossip
+/// at the measured peak needs a few MiB per second per member (BENCHMARKS.md); a member
+/// that floods requests gets no more than this.
+pub const SYNC_BYTES_PER_MEMBER_PER_SEC: u64 = 16 << 20;
 
 // ---- process managers ----
 
@@ -55,6 +72,13 @@ pub const REFRESH_INTERVAL_MIN_MS: u64 = 10_000;
 /// we hold none of its events: a lost welcome is sent again within `JOIN_RETRY_MS`, so a
 /// member still silent after this is refreshed like any laggard.
 pub const NEW_MEMBER_GRACE_MS: u64 = 10_000;
+
+// ---- removal ----
+
+/// The default of `EngineConfig::remove_silent_after_ms`: a member silent this long is voted
+/// out. Long against a restart (seconds), short against a section that waits on a dead
+/// member for good.
+pub const REMOVE_SILENT_AFTER_MS: u64 = 60_000;
 
 // ---- state transfer ----
 
@@ -89,5 +113,9 @@ const _: () = assert!(BEHIND_MEMBERS_MAX * 160 < MESSAGE_BYTES_MAX);
 const _: () = assert!(NEW_MEMBER_GRACE_MS >= 2 * JOIN_RETRY_MS);
 // A laggard asks several times before it gives up.
 const _: () = assert!(REFRESH_GIVE_UP_MS >= 2 * JOIN_RETRY_MS);
+// A joiner that asks every `JOIN_RETRY_MS` is never throttled.
+const _: () = assert!(JOIN_REQUEST_INTERVAL_MIN_MS < JOIN_RETRY_MS);
+// A member over its sync budget waits at most a few seconds after one largest response.
+const _: () = assert!(SYNC_BYTES_MAX as u64 / SYNC_BYTES_PER_MEMBER_PER_SEC <= 8);
 // A transfer source is given up on no sooner than a joiner would ask again for a welcome.
 const _: () = assert!(TRANSFER_TIMEOUT_MS >= JOIN_RETRY_MS);

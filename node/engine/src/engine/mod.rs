@@ -38,24 +38,32 @@
 //! - `seconding`: second others' proposals, apply agreed blocks;
 //! - `gossip`: sync requests and responses, and the hint to a member that fell behind;
 //! - `generation`: membership votes, their count, the switch to the next generation;
+//! - `admission`: who may speak to us and whom we vote to admit;
+//! - `removal`: the members we vote out (operator, fork evidence, silence);
+//! - `budget`: a token bucket for what peers may make us do;
 //! - `joining`: join and leave requests, refreshes of laggards, welcomes, readiness;
 //! - `transfer`: a joiner's state transfer, both sides;
 //! - `section_updates`: other sections' membership changes, for routing;
 //! - `managers`: process managers on the section's agreed events;
 //! - `stats`: what the engine reports about itself.
 
+mod admission;
+mod budget;
 mod command_path;
 mod generation;
 mod gossip;
 mod joining;
 pub mod limits;
 mod managers;
+mod removal;
 mod seconding;
 mod section_updates;
 mod stats;
 mod transfer;
 pub mod wire;
 
+use admission::Speakers;
+pub use admission::{Admission, JoinRefusal, Refusals};
 pub use command_path::{ClientTicket, CommandOutcome};
 use command_path::{Forwarded, InFlight, StreamQueue, Waiter};
 use generation::{Generation, initial_state, network_of};
@@ -63,9 +71,11 @@ use joining::Joining;
 pub use joining::{Lag, Readiness};
 use limits::{
     ANNOUNCE_REPEAT_MS, COMMANDS_IN_FLIGHT_MAX, JOIN_RETRY_MS, OUTBOX_MAX, REFRESH_GIVE_UP_MS,
-    TRANSFER_TIMEOUT_MS,
+    REMOVE_SILENT_AFTER_MS, TRANSFER_TIMEOUT_MS,
 };
 use managers::ManagerRun;
+pub use removal::RemovalRequest;
+use removal::Removals;
 pub use stats::{EngineStats, OldestProposal};
 use transfer::TransferRun;
 pub use wire::{Message, MessageError, TransferChunk};
@@ -121,15 +131,24 @@ pub struct EngineConfig {
     /// One of our proposals with no block after this long is decided and proposed again
     /// (its votes may have been dropped under back-pressure, or too few members seconded it).
     pub proposal_timeout_ms: u64,
+    /// Whom this member votes to admit.
+    pub admission: Admission,
+    /// The liveness rule: a member from which nothing new was heard this long (and this
+    /// long into the generation) is voted out; `None` turns the rule off.
+    pub remove_silent_after_ms: Option<u64>,
 }
 
 impl EngineConfig {
-    /// Defaults around a consensus configuration.
+    /// Defaults around a consensus configuration: admission closed (an empty allow-list:
+    /// no node is admitted until the caller approves it), silent members voted out after a
+    /// minute.
     pub fn new(consensus: Config) -> Self {
         Self {
             consensus,
             forward_timeout_ms: 10_000,
             proposal_timeout_ms: 10_000,
+            admission: Admission::AllowList(BTreeSet::new()),
+            remove_silent_after_ms: Some(REMOVE_SILENT_AFTER_MS),
         }
     }
 }
@@ -184,6 +203,10 @@ pub struct Engine {
     unapplied: Vec<AgreedProposal>,
     sends: VecDeque<(PeerId, Vec<u8>)>,
     replies: VecDeque<(ClientTicket, CommandOutcome)>,
+    /// Strangers we heard from, and what we refused.
+    speakers: Speakers,
+    /// Members we vote to remove.
+    removals: Removals,
     /// Process managers run on our section's events.
     managers: Vec<ManagerRun>,
     /// Answers to managers' commands, for `run_managers` to handle.
@@ -239,6 +262,7 @@ impl Engine {
             also_ask: BTreeSet::new(),
             asked_at_ms: None,
             welcomes: BTreeMap::new(),
+            refusals: BTreeMap::new(),
         });
         engine.ask_to_join();
         Ok(engine)
@@ -346,6 +370,8 @@ impl Engine {
             unapplied: Vec::new(),
             sends: VecDeque::new(),
             replies: VecDeque::new(),
+            speakers: Speakers::new(now_ms),
+            removals: Removals::default(),
             managers: Vec::new(),
             manager_answers: VecDeque::new(),
         }
@@ -424,6 +450,11 @@ impl Engine {
                 return;
             }
         };
+        if !self.may_speak(from, &message) {
+            self.drain();
+            return;
+        }
+        self.heard_from(from);
         match message {
             Message::SyncRequest {
                 generation,
@@ -460,6 +491,7 @@ impl Engine {
                 members,
             } => self.on_behind(from, generation, (round, head_position), members),
             Message::JoinRequest => self.on_join_request(from),
+            Message::JoinRefused(refusal) => self.on_join_refused(from, refusal),
             Message::LeaveRequest => {
                 if self.state.members.contains(&from) {
                     self.vote_change(MemberChange::Leave(from));
@@ -526,6 +558,8 @@ impl Engine {
                 }
             }
         }
+        self.watch_silence();
+        self.vote_removals();
         self.sweep();
         // `drain` ends by running the process managers.
         self.drain();
@@ -584,13 +618,18 @@ impl Engine {
         while let Some(transmit) = consensus.poll_transmit() {
             requests.push(transmit);
         }
-        // Fork evidence is the consensus layer's: it votes the accusation itself.
+        // Fork evidence: consensus votes the accusation itself; the engine votes the
+        // offender out (`removal`).
+        let mut offenders = Vec::new();
         while let Some(evidence) = consensus.poll_evidence() {
-            debug!(offender = %evidence.first.header.creator, "fork evidence");
+            offenders.push(evidence.first.header.creator);
         }
         let mut observations = Vec::new();
         while let Some((hash, observation)) = consensus.poll_observation() {
             observations.push((hash, observation));
+        }
+        for offender in offenders {
+            self.accuse(offender);
         }
         self.take_blocks();
         for transmit in requests {
@@ -630,8 +669,17 @@ impl Engine {
             return;
         }
         match message.encode() {
-            Ok(bytes) => self.sends.push_back((to, bytes)),
+            Ok(bytes) => self.send_bytes(to, bytes),
             Err(error) => debug!(peer = %to, %error, "message not encoded"),
         }
+    }
+
+    /// Queues an encoded message (the outbox bound as in `send`).
+    fn send_bytes(&mut self, to: PeerId, bytes: Vec<u8>) {
+        if self.sends.len() >= OUTBOX_MAX {
+            debug!(peer = %to, "outbox full; message dropped (gossip and timeouts repair it)");
+            return;
+        }
+        self.sends.push_back((to, bytes));
     }
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::Engine;
+use super::admission::Refusals;
 use crate::membership::MemberChange;
 
 /// The engine's state in figures ([`Engine::stats`]).
@@ -41,6 +42,8 @@ pub struct EngineStats {
     pub managers_busy: usize,
     /// The proposal of ours that has waited longest.
     pub oldest_proposal: Option<OldestProposal>,
+    /// What the engine refused from peers since it started, by reason.
+    pub refusals: Refusals,
 }
 
 /// The proposal of ours that has waited longest for a block.
@@ -92,6 +95,7 @@ impl Engine {
                 decided_at: in_flight.decided_at,
                 proposed_at_ms: in_flight.proposed_at_ms,
             }),
+            refusals: self.refusals(),
         }
     }
 }

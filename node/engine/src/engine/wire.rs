@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership::{EventlessCommand, MemberChange, Welcome};
 
+use super::admission::JoinRefusal;
 use super::command_path::CommandOutcome;
 use super::limits::{BEHIND_MEMBERS_MAX, MESSAGE_BYTES_MAX};
 
@@ -41,6 +42,8 @@ pub enum Message {
     },
     /// A node asks the section covering its name to admit it.
     JoinRequest,
+    /// A member tells a node that asked to join why it does not vote to admit it.
+    JoinRefused(JoinRefusal),
     /// A member asks its section to let it leave.
     LeaveRequest,
     /// A member tells a joiner it was admitted, and the state it starts from.
@@ -109,6 +112,7 @@ pub(super) const TAG_TRANSFER_REQUEST: u8 = 8;
 pub(super) const TAG_TRANSFER_CHUNK: u8 = 9;
 pub(super) const TAG_SECTION_UPDATE: u8 = 10;
 pub(super) const TAG_BEHIND: u8 = 11;
+pub(super) const TAG_JOIN_REFUSED: u8 = 12;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct OutcomeMessage {
@@ -180,6 +184,7 @@ impl Message {
                 (TAG_BEHIND, body)
             }
             Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
+            Self::JoinRefused(refusal) => (TAG_JOIN_REFUSED, to_json(refusal)?),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
             Self::Welcome(welcome) => (TAG_WELCOME, to_json(welcome)?),
             Self::TransferRequest {
@@ -247,6 +252,7 @@ impl Message {
             TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
                 Err(MessageError::Malformed("a request with a body".into()))
             }
+            TAG_JOIN_REFUSED => Ok(Self::JoinRefused(from_json(body)?)),
             TAG_WELCOME => Ok(Self::Welcome(from_json(body)?)),
             TAG_TRANSFER_REQUEST => {
                 let message: TransferRequestMessage = from_json(body)?;
