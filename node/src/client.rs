@@ -38,6 +38,8 @@ pub struct Answer {
 pub struct Client {
     http: HyperClient<HttpConnector, Full<Bytes>>,
     base: String,
+    /// Sent as `Authorization: Bearer <token>` (the admin API).
+    token: Option<String>,
 }
 
 impl Client {
@@ -52,7 +54,17 @@ impl Client {
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// The same client, sending `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
     }
 
     /// The node's base address.
@@ -69,10 +81,14 @@ impl Client {
     ) -> Result<Answer, String> {
         let uri = format!("{}{path}", self.base);
         let bytes = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&uri)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(bytes))
             .map_err(|error| format!("{uri}: {error}"))?;
         let exchange = async {

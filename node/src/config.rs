@@ -19,8 +19,13 @@ pub struct NodeConfig {
     /// The HTTP API address (`127.0.0.1:7100`).
     pub http: String,
     /// The other members at the network's start: every node of a cluster lists the same set.
+    /// With `join`, the running nodes this node knows of instead.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// This node was not a founder: on its first start it asks the section its name falls in
+    /// (by the map `peers` gives) to admit it, and fetches the section's state once admitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// The smallest section (sections split when both halves keep this many).
     #[serde(default = "default_section_size_min")]
     pub section_size_min: usize,
@@ -373,6 +378,7 @@ mod tests {
                     .to_bytes()),
                 address: "/ip4/127.0.0.1/tcp/7201".into(),
             }],
+            join: false,
             section_size_min: 4,
             block_mode: "supermajority".into(),
             gossip_interval_ms: 20,

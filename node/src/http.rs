@@ -655,6 +655,23 @@ async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQ
             ),
         ],
     );
+    let refusals = &status.engine.refusals;
+    metric(
+        "peer_refusals_total",
+        "counter",
+        "Peer messages the engine refused or dropped, by reason: strangers' messages other \
+         than a join request, strangers' join requests over the throttle, joins this member \
+         did not vote for, members' sync requests over their byte budget.",
+        &[
+            ("{reason=\"stranger_message\"}", refusals.stranger_messages),
+            (
+                "{reason=\"join_request_throttled\"}",
+                refusals.join_requests_throttled,
+            ),
+            ("{reason=\"join_refused\"}", refusals.joins_refused),
+            ("{reason=\"sync_over_budget\"}", refusals.sync_over_budget),
+        ],
+    );
     let answered = &status.answered;
     metric(
         "commands_answered_total",

@@ -115,6 +115,7 @@ pub fn init(
             listen: listen.clone(),
             http: http.clone(),
             peers,
+            join: false,
             section_size_min: 4,
             block_mode: block_mode.clone(),
             gossip_interval_ms: *gossip_interval_ms,
@@ -141,7 +142,7 @@ fn new_token() -> String {
 
 /// The configuration files of the local cluster under `data_dir` (`node-0/node.toml`, ...,
 /// up to the first missing one).
-fn config_paths(data_dir: &Path) -> Vec<PathBuf> {
+pub fn config_paths(data_dir: &Path) -> Vec<PathBuf> {
     (0..)
         .map(|index| data_dir.join(format!("node-{index}")).join("node.toml"))
         .take_while(|path| path.exists())

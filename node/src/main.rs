@@ -2,6 +2,7 @@
 //! processes (`chorus init`, `chorus up --nodes 4`), the demo (`chorus demo`), a benchmark
 //! against a cluster (`chorus bench`), or a client (`chorus client ...`).
 
+mod admin_client;
 mod admission;
 mod bench;
 mod client;
@@ -91,6 +92,16 @@ enum Command {
     /// second and latency percentiles (the last line is one JSON object). Starts a fresh
     /// local cluster unless `--target` names running nodes.
     Bench(bench::BenchOptions),
+    /// An operator's request to the admin API: admit a key, remove a node, show the policy.
+    /// Goes to every node of the local cluster under `--data-dir`, or to one node
+    /// (`--node` with `--token`, or `--config`). A section admits or removes a node once more
+    /// than two thirds of its members asked for it.
+    Admin {
+        #[command(subcommand)]
+        action: admin_client::AdminAction,
+        #[command(flatten)]
+        targets: admin_client::AdminTargets,
+    },
     /// Start a local cluster of node processes on loopback, print each node's HTTP address,
     /// and stop them on Ctrl-C or SIGTERM. Data (keys, stores, configurations) stays under
     /// `--data-dir`, so running it again resumes the same cluster.
@@ -144,6 +155,9 @@ fn main() -> ExitCode {
         } => tokio_runtime()
             .and_then(|runtime| runtime.block_on(local::up(nodes, &data_dir, &local))),
         Command::Sim { args } => simulator(&args),
+        Command::Admin { action, targets } => {
+            tokio_runtime().and_then(|runtime| runtime.block_on(admin_client::run(action, targets)))
+        }
         Command::Client {
             node,
             data_dir,

@@ -217,7 +217,9 @@ pub fn start_engine(
 ) -> Result<Engine, RuntimeError> {
     let store = EventStore::open(checked.config.data_dir.join("node.redb"))?;
     let mut members: Vec<[u8; 32]> = checked.peers.iter().map(|(peer, _)| peer.0).collect();
-    members.push(key.verifying_key().to_bytes());
+    if !checked.config.join {
+        members.push(key.verifying_key().to_bytes());
+    }
     let map = SectionMap::with_members(checked.config.section_size_min, &members);
     let config = EngineConfig {
         admission: policy.admission(),
@@ -231,7 +233,17 @@ pub fn start_engine(
     };
     let saved = SectionState::load(&store)?;
     let records = store.log_records()?;
-    let engine = if records.is_empty() && saved.is_none() {
+    let engine = if records.is_empty() && saved.is_none() && checked.config.join {
+        info!("first start; asking to join");
+        Engine::join(
+            config,
+            key.clone(),
+            map,
+            (domain.registry)(),
+            store,
+            now_ms(),
+        )?
+    } else if records.is_empty() && saved.is_none() {
         info!("first start");
         Engine::new(
             config,

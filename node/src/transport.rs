@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
-use chorus_consensus::{PeerId, SYNC_BYTES_MAX};
+use chorus_consensus::{MEMBERS_MAX, PeerId, SYNC_BYTES_MAX};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, identify, identity, noise, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, identity, noise,
+    tcp, yamux,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -23,12 +24,21 @@ use tracing::{debug, info, warn};
 /// The engine protocol, with the version of the engine's wire format ([`chorus_engine::Message`]):
 /// nodes of different versions do not talk at all rather than misread each other. 2: the
 /// `Behind` hint carries the sender's round and head, `CommandOutcome::IdTaken`, and a
-/// transfer request's cursor is `position` (it was `from`).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/2");
+/// transfer request's cursor is `position` (it was `from`). 3: `JoinRefused`.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/3");
 /// Largest frame: the largest engine message (a sync response) and its framing.
 pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;
 /// Concurrent streams per connection (each message is one).
 const STREAMS_PER_CONNECTION_MAX: usize = 1_024;
+/// Connections one peer may hold with us at once (one each way is all a node needs).
+const CONNECTIONS_PER_PEER_MAX: u32 = 2;
+/// Incoming connections at once, all peers together: the members of the largest section
+/// and as many nodes of other sections that talk to us; strangers beyond it are turned away
+/// at the handshake.
+const CONNECTIONS_INCOMING_MAX: u32 = 2 * MEMBERS_MAX as u32;
+const _: () = assert!(2 * MEMBERS_MAX <= u32::MAX as usize);
+/// Incoming connections still in their handshake at once.
+const CONNECTIONS_PENDING_INCOMING_MAX: u32 = 64;
 
 /// Why the transport cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +166,7 @@ impl request_response::Codec for EngineCodec {
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    limits: connection_limits::Behaviour,
     engine: request_response::Behaviour<EngineCodec>,
     identify: identify::Behaviour,
 }
@@ -177,6 +188,12 @@ pub async fn start(
         )
         .map_err(|error| setup(&error))?
         .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+                    .with_max_established_incoming(Some(CONNECTIONS_INCOMING_MAX))
+                    .with_max_pending_incoming(Some(CONNECTIONS_PENDING_INCOMING_MAX)),
+            ),
             engine: request_response::Behaviour::new(
                 [(PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()

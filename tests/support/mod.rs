@@ -221,15 +221,38 @@ fn terminate(child: &mut Child, what: &str) {
 /// A cluster of separately started node processes (`chorus init`, then one `chorus node`
 /// per node), so a test can kill and restart each.
 pub struct Nodes {
-    configs: Vec<PathBuf>,
+    /// The nodes' configuration files.
+    pub configs: Vec<PathBuf>,
     /// The nodes' HTTP addresses.
     pub addresses: Vec<String>,
     children: Vec<Option<Child>>,
+    /// Per node, a file its stderr goes to (else the test's stderr).
+    logs: Vec<Option<PathBuf>>,
 }
 
 impl Nodes {
     /// Writes the configurations of `count` nodes under `data_dir` and starts them all.
     pub fn start(data_dir: &Path, count: usize) -> Self {
+        let mut nodes = Self::init(data_dir, count);
+        for index in 0..count {
+            nodes.restart(index);
+        }
+        nodes
+    }
+
+    /// Adds a node whose configuration the test wrote (not started); its stderr goes to
+    /// `log`. Returns its index.
+    pub fn add(&mut self, config: PathBuf, address: String, log: PathBuf) -> usize {
+        self.configs.push(config);
+        self.addresses.push(address);
+        self.children.push(None);
+        self.logs.push(Some(log));
+        self.configs.len() - 1
+    }
+
+    /// Writes the configurations of `count` nodes under `data_dir` without starting them
+    /// (`restart` starts each).
+    pub fn init(data_dir: &Path, count: usize) -> Self {
         let output = Command::new(CHORUS)
             .args(["init", "--nodes", &count.to_string(), "--data-dir"])
             .arg(data_dir)
@@ -244,27 +267,34 @@ impl Nodes {
             addresses.push(address.to_owned());
         }
         assert_eq!(configs.len(), count, "one line per node");
-        let mut nodes = Self {
+        Self {
             configs,
             addresses,
             children: (0..count).map(|_| None).collect(),
-        };
-        for index in 0..count {
-            nodes.restart(index);
+            logs: vec![None; count],
         }
-        nodes
     }
 
     /// Starts node `index` (again) from its configuration and data, and waits until it
     /// answers.
     pub fn restart(&mut self, index: usize) {
         assert!(self.children[index].is_none(), "node {index} is running");
+        let stderr = match &self.logs[index] {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("log file opens"),
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(CHORUS)
             .arg("node")
             .arg("--config")
             .arg(&self.configs[index])
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("chorus node starts");
         self.children[index] = Some(child);

@@ -1,0 +1,200 @@
+//! Membership of real processes (issue 15): who is admitted and who is removed.
+//!
+//! The adversary here is a stranger: a process with a fresh key that reaches the members'
+//! gossip port, asks to join and forwards commands. It must be refused (the members stay
+//! four and keep committing, and it logs why) until the operators of more than two thirds of
+//! the members admit its key (`chorus admin admit`); then it joins, receives the section's
+//! state, and serves the same streams. Then a member that pauses for less than the liveness
+//! span is kept, and one killed for good is voted out, while the others go on committing.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{CHORUS, Nodes, command_id, deposit, events, http, json_of, open_accounts, try_http};
+
+/// The liveness span the test runs with (nodes default to a minute).
+const SILENCE_MS: u64 = 4_000;
+/// How long anything the test waits for may take.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut nodes = Nodes::init(directory.path(), 4);
+    for config in &nodes.configs {
+        set_silence_span(config);
+    }
+    for index in 0..4 {
+        nodes.restart(index);
+    }
+    let founder = nodes.addresses[0].clone();
+    let accounts = vec!["BankAccount@m0".to_owned(), "BankAccount@m1".to_owned()];
+    open_accounts(&founder, &accounts);
+    commit(&founder, &accounts[0], 1);
+
+    // A stranger: a fresh key, the founders' addresses, not on anyone's allow-list.
+    let stranger = add_stranger(&mut nodes, directory.path());
+    nodes.restart(stranger);
+    let stranger_address = nodes.addresses[stranger].clone();
+    let stranger_key = json_of(&http(&stranger_address, "GET", "/status", None).1)["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(members(&founder), 4, "a stranger was admitted");
+    let log = std::fs::read_to_string(directory.path().join("stranger.log")).expect("log");
+    assert!(
+        log.contains("refused to admit") && log.contains("allow-list"),
+        "the stranger does not say why it was refused:\n{log}"
+    );
+    let metrics = http(&founder, "GET", "/metrics", None).1;
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("chorus_peer_refusals_total{reason=\"join_refused\"}")
+            && !line.ends_with(" 0")),
+        "refusals are not counted:\n{metrics}"
+    );
+    // A command sent through the stranger reaches the section as a forward, which is refused.
+    let body = json!({"command": deposit(), "command_id": command_id(900)});
+    let (status, text) = http(
+        &stranger_address,
+        "POST",
+        "/streams/BankAccount@m0/commands",
+        Some(&body.to_string()),
+    );
+    assert!(
+        !(200..300).contains(&status) && text.contains("network map"),
+        "{status} {text}"
+    );
+    // The section keeps committing.
+    commit(&founder, &accounts[0], 2);
+
+    // The operators of every founder admit it: it joins, fetches the state, and serves.
+    let admitted = Command::new(CHORUS)
+        .args(["admin", "admit", &stranger_key, "--data-dir"])
+        .arg(directory.path())
+        .output()
+        .expect("chorus admin runs");
+    assert!(admitted.status.success(), "chorus admin: {admitted:?}");
+    wait_for("the stranger to be admitted and serve", || {
+        members(&founder) == 5
+            && matches!(
+                try_http(&stranger_address, "GET", "/health", None),
+                Ok((200, _))
+            )
+    });
+    commit(&founder, &accounts[1], 3);
+    wait_for("the joiner to hold the same streams", || {
+        accounts
+            .iter()
+            .all(|account| events(&stranger_address, account) == events(&founder, account))
+    });
+
+    // A member paused for less than the liveness span stays a member.
+    nodes.pause(1);
+    std::thread::sleep(Duration::from_millis(SILENCE_MS / 3));
+    nodes.resume(1);
+    std::thread::sleep(Duration::from_millis(SILENCE_MS * 3 / 2));
+    assert_eq!(members(&founder), 5, "a short pause removed a member");
+
+    // A member killed for good is voted out by the others, which keep committing.
+    nodes.kill(3);
+    wait_for("the dead member to be removed", || members(&founder) == 4);
+    commit(&founder, &accounts[1], 4);
+    commit(&stranger_address, &accounts[0], 5);
+    nodes.stop();
+}
+
+/// Sets the liveness span of a node's configuration to `SILENCE_MS`.
+fn set_silence_span(config: &Path) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let mut value: toml::Table = toml::from_str(&text).expect("config parses");
+    value.insert(
+        "remove_silent_after_ms".into(),
+        toml::Value::Integer(SILENCE_MS as i64),
+    );
+    std::fs::write(config, toml::to_string(&value).expect("config writes")).expect("written");
+}
+
+/// Writes a joining node's configuration (a fresh data directory, the founders as peers)
+/// and adds it to `nodes`, not started. Its stderr goes to `stranger.log`.
+fn add_stranger(nodes: &mut Nodes, directory: &Path) -> usize {
+    let mut peers = Vec::new();
+    for config in &nodes.configs {
+        let text = std::fs::read_to_string(config).expect("config");
+        let table: toml::Table = toml::from_str(&text).expect("config parses");
+        for peer in table["peers"].as_array().expect("peers") {
+            if !peers.contains(peer) {
+                peers.push(peer.clone());
+            }
+        }
+    }
+    assert_eq!(
+        peers.len(),
+        4,
+        "every founder appears as some founder's peer"
+    );
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let http_address = format!("127.0.0.1:{}", port());
+    let mut table = toml::Table::new();
+    let data_dir = directory.join("stranger");
+    table.insert("data_dir".into(), data_dir.display().to_string().into());
+    table.insert(
+        "listen".into(),
+        format!("/ip4/127.0.0.1/tcp/{}", port()).into(),
+    );
+    table.insert("http".into(), http_address.clone().into());
+    table.insert("peers".into(), toml::Value::Array(peers));
+    table.insert("join".into(), true.into());
+    table.insert("gossip_interval_ms".into(), 5.into());
+    table.insert("remove_silent_after_ms".into(), (SILENCE_MS as i64).into());
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    let config = data_dir.join("node.toml");
+    std::fs::write(&config, toml::to_string(&table).expect("toml")).expect("written");
+    nodes.add(
+        config,
+        format!("http://{http_address}"),
+        directory.join("stranger.log"),
+    )
+}
+
+/// Members of the node's section, as its `/status` says.
+fn members(address: &str) -> usize {
+    match try_http(address, "GET", "/status", None) {
+        Ok((200, text)) => json_of(&text)["members"].as_array().map_or(0, Vec::len),
+        _ => 0,
+    }
+}
+
+/// Commits one deposit through `address` (retrying while the section changes).
+fn commit(address: &str, stream: &str, number: usize) {
+    let body = json!({"command": deposit(), "command_id": command_id(1_000 + number)});
+    wait_for(&format!("deposit {number} on {stream} to commit"), || {
+        matches!(
+            try_http(
+                address,
+                "POST",
+                &format!("/streams/{stream}/commands"),
+                Some(&body.to_string())
+            ),
+            Ok((200 | 201, _))
+        )
+    });
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {BOUND:?} for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
