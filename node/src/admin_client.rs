@@ -35,7 +35,12 @@ pub struct AdminTargets {
     #[arg(long, global = true, requires = "token")]
     pub node: Option<String>,
     /// The admin token of `--node`.
-    #[arg(long, global = true, env = "CHORUS_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// One node's configuration file (its address and token are read from it).
     #[arg(long, global = true, conflicts_with = "node")]

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 /// The engine protocol, with the version of the engine's wire format ([`chorus_engine::Message`]):
 /// nodes of different versions do not talk at all rather than misread each other. 2: the
 /// `Behind` hint carries the sender's round and head, `CommandOutcome::IdTaken`, and a
-/// transfer request's cursor is `position` (it was `from`). 3: `JoinRefused`.
+/// transfer request's cursor is `position` (it was `from`). 3: `JoinRefused`, `ForkEvidence`.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/3");
 /// Largest frame: the largest engine message (a sync response) and its framing.
 pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;

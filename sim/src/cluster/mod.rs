@@ -29,13 +29,13 @@ mod seed;
 pub use plan::{ClusterPlan, Step};
 pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, SETTLE_BOUND_MS, run_cluster_seed, run_plan};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chorus_aggregate::{CommandId, CommandRequest, EventStore, StreamKey};
 use chorus_consensus::{BlockMode, Config, PeerId};
 use chorus_demo::bank_account::{BankAccount, BankAccountEvent};
-use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig};
+use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig, Message};
 use chorus_routing::{SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
@@ -62,8 +62,11 @@ pub struct ClusterSetup {
     pub gossip_interval_ms: u64,
     /// The network.
     pub network: NetworkConfig,
-    /// Nodes that can join later ([`ClusterSim::add_node`]); the network is sized for them.
+    /// Nodes that can join later ([`ClusterSim::add_node`], [`ClusterSim::add_stranger`]);
+    /// the network is sized for them.
     pub spare_nodes: usize,
+    /// The liveness rule of every engine (`EngineConfig::remove_silent_after_ms`).
+    pub remove_silent_after_ms: Option<u64>,
 }
 
 impl Default for ClusterSetup {
@@ -76,6 +79,7 @@ impl Default for ClusterSetup {
             gossip_interval_ms: 20,
             network: NetworkConfig::default(),
             spare_nodes: 0,
+            remove_silent_after_ms: None,
         }
     }
 }
@@ -130,6 +134,13 @@ pub struct ClusterSim {
     /// Per node, `Some` while it is paused ([`ClusterSim::pause`]): the messages that reached
     /// it meanwhile, handled when it resumes (a stopped process's socket buffers).
     paused: Vec<Option<Vec<Held>>>,
+    /// The keys every member's operator approved: the founders and the nodes added with
+    /// `add_node` (not those added with `add_stranger`).
+    approved: BTreeSet<PeerId>,
+    /// Per node, the members of its section when last drained (to see who left).
+    members_seen: Vec<Vec<PeerId>>,
+    /// Nodes some member saw leave its section (by their own request or voted out).
+    departed: BTreeSet<PeerId>,
     _directory: tempfile::TempDir,
 }
 
@@ -156,7 +167,11 @@ impl ClusterSim {
             }
         }
         let directory = tempfile::tempdir().map_err(|error| error.to_string())?;
-        let engines = start_engines(&setup, &keys, &map, directory.path())?;
+        let approved: BTreeSet<PeerId> = keys
+            .iter()
+            .map(|key| PeerId(key.verifying_key().to_bytes()))
+            .collect();
+        let engines = start_engines(&setup, &approved, &keys, &map, directory.path())?;
         let histories = keys
             .iter()
             .map(|key| {
@@ -188,6 +203,9 @@ impl ClusterSim {
             submitted: Vec::new(),
             saga: false,
             paused: vec![None; capacity],
+            members_seen: vec![Vec::new(); capacity],
+            departed: BTreeSet::new(),
+            approved,
             _directory: directory,
         };
         for node in 0..sim.engines.len() {
@@ -225,8 +243,92 @@ impl ClusterSim {
     }
 
     /// Starts a node with `key` that joins the running network (`Engine::join`, with the map
-    /// as it was at the start: a joiner need not know the current one). Returns its index.
+    /// as it was at the start: a joiner need not know the current one), its key approved by
+    /// every member's operator first. Returns its index.
     pub fn add_node(&mut self, key: SigningKey) -> Result<usize, String> {
+        self.approved.insert(PeerId(key.verifying_key().to_bytes()));
+        let admission = Admission::AllowList(self.approved.clone());
+        for engine in self.engines.iter_mut().flatten() {
+            engine.set_admission(admission.clone());
+        }
+        self.start_joiner(key)
+    }
+
+    /// Starts a node with `key`, which no operator approved, that asks to join as
+    /// [`ClusterSim::add_node`]'s do. Returns its index.
+    pub fn add_stranger(&mut self, key: SigningKey) -> Result<usize, String> {
+        self.start_joiner(key)
+    }
+
+    /// Whether `node`'s key was approved (a founder, or added with `add_node`).
+    pub fn is_approved(&self, node: usize) -> bool {
+        self.approved.contains(&self.ids[node])
+    }
+
+    /// Whether some member saw `node` leave its section (by its own request, or voted out).
+    pub fn departed(&self, node: usize) -> bool {
+        self.departed.contains(&self.ids[node])
+    }
+
+    /// A Byzantine member's fork: `node` signs a second event with the index of its latest
+    /// (same parents, another time) and sends it to every other member of its section, as
+    /// a sync response. Returns whether it had an event to fork.
+    pub fn fork(&mut self, node: usize) -> bool {
+        use chorus_consensus::{SignedEvent, SyncResponse};
+        let Some(engine) = self.engines[node].as_ref() else {
+            return false;
+        };
+        let Some(consensus) = engine.consensus() else {
+            return false;
+        };
+        let own = self.ids[node];
+        let Some(latest) = consensus
+            .latest_index_of(&own)
+            .and_then(|index| consensus.own_event(index))
+        else {
+            return false;
+        };
+        let header = &latest.header;
+        let hashes = latest
+            .votes
+            .iter()
+            .map(chorus_consensus::Vote::observation_hash)
+            .collect();
+        let (twin, _) = SignedEvent::create_hashed(
+            header.group,
+            &self.keys[node],
+            header.index,
+            header.self_parent,
+            header.other_parent,
+            header.created_at_ms + 1,
+            latest.votes.clone(),
+            hashes,
+        );
+        let generation = engine.section().generation;
+        let members = engine.section().members.clone();
+        let message = Message::SyncResponse {
+            generation,
+            response: SyncResponse {
+                events: vec![std::sync::Arc::new(twin)],
+            },
+        };
+        let Ok(bytes) = message.encode() else {
+            return false;
+        };
+        for member in members {
+            if let Some(to) = self
+                .ids
+                .iter()
+                .position(|id| *id == member)
+                .filter(|to| *to != node)
+            {
+                self.send_raw(node, to, bytes.clone());
+            }
+        }
+        true
+    }
+
+    fn start_joiner(&mut self, key: SigningKey) -> Result<usize, String> {
         let node = self.engines.len();
         if node >= self.setup.nodes + self.setup.spare_nodes {
             return Err(format!(
@@ -236,7 +338,7 @@ impl ClusterSim {
         }
         let store = open_store(self._directory.path(), node)?;
         let engine = Engine::join(
-            engine_config(&self.setup),
+            engine_config(&self.setup, &self.approved),
             key.clone(),
             self.map.clone(),
             chorus_demo::registry(),
@@ -405,7 +507,7 @@ impl ClusterSim {
         }
         let store = open_store(self._directory.path(), node)?;
         let engine = Engine::restore(
-            engine_config(&self.setup),
+            engine_config(&self.setup, &self.approved),
             self.keys[node].clone(),
             self.map.clone(),
             chorus_demo::registry(),
@@ -639,6 +741,15 @@ impl ClusterSim {
         {
             self.histories[node].push((state.generation, state.start_head, state.prefix));
         }
+        if self.members_seen[node] != state.members {
+            let map = engine.map();
+            let gone = self.members_seen[node].iter().filter(|member| {
+                map.section_of_member(&XorName::from_public_key(&member.0))
+                    .is_none()
+            });
+            self.departed.extend(gone);
+            self.members_seen[node] = state.members.clone();
+        }
         let mut sends = Vec::new();
         while let Some(send) = engine.poll_send() {
             sends.push(send);
@@ -673,12 +784,10 @@ impl ClusterSim {
     }
 }
 
-fn engine_config(setup: &ClusterSetup) -> EngineConfig {
+fn engine_config(setup: &ClusterSetup, approved: &BTreeSet<PeerId>) -> EngineConfig {
     EngineConfig {
-        // Every node the run adds is meant to join; strangers are tested apart.
-        admission: Admission::Open,
-        // Crashes and partitions here are meant to heal, not to remove members.
-        remove_silent_after_ms: None,
+        admission: Admission::AllowList(approved.clone()),
+        remove_silent_after_ms: setup.remove_silent_after_ms,
         ..EngineConfig::new(Config {
             block_mode: setup.block_mode,
             gossip_interval_ms: setup.gossip_interval_ms,
@@ -692,6 +801,7 @@ fn engine_config(setup: &ClusterSetup) -> EngineConfig {
 /// One engine per key, each with its own store under `directory`, all members of `map`.
 fn start_engines(
     setup: &ClusterSetup,
+    approved: &BTreeSet<PeerId>,
     keys: &[SigningKey],
     map: &SectionMap,
     directory: &std::path::Path,
@@ -700,7 +810,7 @@ fn start_engines(
         .enumerate()
         .map(|(index, key)| {
             let engine = Engine::new(
-                engine_config(setup),
+                engine_config(setup, approved),
                 key.clone(),
                 map.clone(),
                 chorus_demo::registry(),

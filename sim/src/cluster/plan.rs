@@ -51,8 +51,17 @@ pub enum Step {
     },
     /// The node asks its section to let it leave.
     Leave(usize),
-    /// A new node starts and joins.
+    /// A new node starts and joins (its key approved by every operator first).
     Join,
+    /// A node with a fresh key that no operator approved asks to join, again and again: it
+    /// must never become a member.
+    Stranger,
+    /// The node crashes and never comes back: its section must vote it out (the liveness
+    /// rule) and go on.
+    Vanish(usize),
+    /// The (Byzantine) member signs a second event with the index of its latest and sends
+    /// it to its section, several times: its section must see the fork and vote it out.
+    Fork(usize),
 }
 
 impl Step {
@@ -70,6 +79,9 @@ impl Step {
             Step::Forge { .. } => "forge",
             Step::Leave(_) => "leave",
             Step::Join => "join",
+            Step::Stranger => "stranger",
+            Step::Vanish(_) => "vanish",
+            Step::Fork(_) => "fork",
         })
     }
 }
@@ -93,7 +105,7 @@ impl ClusterPlan {
     /// and the workload (deposits, withdrawals, transfers).
     pub fn draw(seed: u64) -> Result<Self, String> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc1u64.rotate_left(56));
-        let setup = draw_setup(&mut rng);
+        let mut setup = draw_setup(&mut rng);
         let nodes = setup.nodes;
         let saga = rng.gen_bool(0.5);
         let accounts = rng.gen_range(2..8);
@@ -108,6 +120,14 @@ impl ClusterPlan {
         }
         schedule.extend(draw_faults(&mut rng, nodes, seed));
         draw_workload(&mut rng, nodes, accounts, &mut schedule)?;
+        // From a generator of their own, so the rest of a seed's plan is what it was before
+        // these faults existed.
+        let membership = draw_membership_faults(seed, nodes, &schedule);
+        setup.spare_nodes += membership
+            .iter()
+            .filter(|(_, step)| matches!(step, Step::Stranger))
+            .count();
+        schedule.extend(membership);
         // Stable: at one time, faults (drawn first) come before that step's commands.
         schedule.sort_by_key(|(at, _)| *at);
         Ok(ClusterPlan {
@@ -162,8 +182,48 @@ fn draw_setup(rng: &mut ChaCha8Rng) -> ClusterSetup {
         block_mode,
         network,
         spare_nodes: 1,
+        // Longer than any fault meant to heal (the longest lasts 1.5 s), so only a node
+        // that vanishes or forks is voted out.
+        remove_silent_after_ms: Some(SILENCE_MS),
         ..ClusterSetup::default()
     }
+}
+
+/// The liveness rule's span in random runs.
+pub const SILENCE_MS: u64 = 5_000;
+
+/// The membership faults: a stranger asking to join (1,000 ms), and a member that vanishes
+/// for good (1,200 ms) or forks (at 1,200, 1,400 and 1,600 ms). A node that vanishes or forks
+/// is drawn only in runs with no forger and no leaver, and among nodes no other fault
+/// touches: with two faulty members a section of four may rightly stop (the bound is f = 1).
+fn draw_membership_faults(seed: u64, nodes: usize, schedule: &[(u64, Step)]) -> Vec<(u64, Step)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d65_6d62_6572_7321);
+    let mut faults = Vec::new();
+    if rng.gen_bool(0.3) {
+        faults.push((1_000, Step::Stranger));
+    }
+    let mut touched = Vec::new();
+    let mut byzantine_or_leaving = false;
+    for (_, step) in schedule {
+        match step {
+            Step::Crash(node) | Step::Pause(node) => touched.push(*node),
+            Step::Partition(side_a, _) => touched.extend(side_a),
+            Step::Forge { .. } | Step::Leave(_) => byzantine_or_leaving = true,
+            _ => {}
+        }
+    }
+    let candidates: Vec<usize> = (0..nodes).filter(|node| !touched.contains(node)).collect();
+    let kind = rng.gen_range(0..4);
+    if byzantine_or_leaving || candidates.is_empty() || kind >= 2 {
+        return faults;
+    }
+    let node = candidates[rng.gen_range(0..candidates.len())];
+    if kind == 0 {
+        faults.push((1_200, Step::Vanish(node)));
+    } else {
+        faults.extend([1_200, 1_400, 1_600].map(|at| (at, Step::Fork(node))));
+    }
+    faults
 }
 
 /// The fault schedule, at fixed times of the load phase: a node cut off (500 to 2,000 ms), a

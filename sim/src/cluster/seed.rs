@@ -82,9 +82,129 @@ pub fn run_plan(seed: u64, plan: &ClusterPlan) -> Result<ClusterOutcome, String>
     }
     sim.run_until(LOAD_MS);
     sim.heal();
-    let answered = sim.run_until_answered(LIVENESS_BOUND_MS);
+    let mut answered = sim.run_until_answered(LIVENESS_BOUND_MS);
     sim.settle(SETTLE_BOUND_MS);
-    Ok(conclude(&sim, seed, story, faults, answered))
+    if let Some(line) = probe_until_voted_out(&mut sim, plan)? {
+        story.push(line);
+        answered &= sim.run_until_answered(LIVENESS_BOUND_MS);
+        sim.settle(SETTLE_BOUND_MS);
+    }
+    let mut outcome = conclude(&sim, seed, story, faults, answered);
+    outcome
+        .violations
+        .extend(check_membership_faults(&sim, plan));
+    Ok(outcome)
+}
+
+/// Virtual time the probe phase lasts at most.
+pub const PROBE_BOUND_MS: u64 = 30_000;
+/// A probe command every this long.
+const PROBE_EVERY_MS: u64 = 200;
+
+/// A section votes out a silent member only while it has work (an idle section makes no
+/// rounds, and nobody waits on anyone): after a member vanished or forked, a client keeps
+/// opening accounts in its section, through the other members in turn, until some member
+/// saw it leave or [`PROBE_BOUND_MS`] passed. Returns the story line, if it ran.
+fn probe_until_voted_out(
+    sim: &mut ClusterSim,
+    plan: &ClusterPlan,
+) -> Result<Option<String>, String> {
+    let Some(victim) = plan.schedule.iter().find_map(|(_, step)| match step {
+        Step::Vanish(node) | Step::Fork(node) => Some(*node),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let started = sim.now_ms();
+    let victim_name = XorName::from_public_key(&sim.ids[victim].0);
+    let mut probes = 0usize;
+    while !sim.departed(victim) && sim.now_ms() < started + PROBE_BOUND_MS {
+        let map = sim.map();
+        let section = map.section_for(&victim_name);
+        let entries: Vec<usize> = (0..sim.node_count())
+            .filter(|node| {
+                *node != victim
+                    && sim.is_running(*node)
+                    && section.contains(&XorName::from_public_key(&sim.ids[*node].0))
+            })
+            .collect();
+        let stream = (probes..)
+            .filter_map(|k| {
+                chorus_aggregate::StreamKey::new("BankAccount", &format!("probe{k}")).ok()
+            })
+            .find(|stream| {
+                section
+                    .prefix()
+                    .matches(&XorName::from_stream_key(&stream.qualified()))
+            });
+        if let (Some(&node), Some(stream)) = (entries.get(probes % entries.len().max(1)), stream) {
+            let open = serde_json::json!({"OpenAccount": {"owner": "probe"}});
+            sim.submit(
+                node,
+                super::command(&format!("probe{probes}"), &stream, open),
+            );
+        }
+        probes += 1;
+        sim.run_for(crate::millis(PROBE_EVERY_MS));
+    }
+    Ok(Some(format!(
+        "{} ms: {probes} probe commands sent to node {victim}'s section; voted out: {}",
+        started,
+        sim.departed(victim)
+    )))
+}
+
+/// The membership faults' own checks: no stranger became a member; a member that vanished
+/// or forked was voted out, where its section could lose a member (the root section, or one
+/// above `section_size_min`: merging is not built).
+fn check_membership_faults(sim: &ClusterSim, plan: &ClusterPlan) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let found = |kind, node, detail: String| Violation {
+        kind,
+        at_ms: sim.now_ms(),
+        node,
+        detail,
+    };
+    for node in 0..sim.node_count() {
+        if sim.is_approved(node) {
+            continue;
+        }
+        let admitted = (0..sim.node_count()).any(|member| {
+            sim.is_running(member)
+                && sim
+                    .engine(member)
+                    .section()
+                    .members
+                    .contains(&sim.ids[node])
+        });
+        if admitted {
+            violations.push(found(
+                ViolationKind::Membership,
+                node,
+                "a stranger no operator approved became a member".to_owned(),
+            ));
+        }
+    }
+    let mut victims = BTreeMap::new();
+    for (_, step) in &plan.schedule {
+        if let Step::Vanish(node) | Step::Fork(node) = step {
+            victims.insert(*node, step);
+        }
+    }
+    for (node, step) in victims {
+        let node = &node;
+        let map = sim.map();
+        let section = map.section_for(&XorName::from_public_key(&sim.ids[*node].0));
+        let removable = section.prefix().is_empty() || section.len() > map.section_size_min();
+        if !sim.departed(*node) && removable {
+            violations.push(found(
+                ViolationKind::Membership,
+                *node,
+                format!("{step:?}: the member was never voted out"),
+            ));
+        }
+    }
+    violations
 }
 
 /// Does one step; returns its line of the story (none for client commands).
@@ -130,6 +250,21 @@ fn play(sim: &mut ClusterSim, step: &Step, plan: &ClusterPlan) -> Result<Option<
         Step::Join => {
             let key = sim.draw_key();
             format!("node {} joins", sim.add_node(key)?)
+        }
+        Step::Stranger => {
+            let key = sim.draw_key();
+            format!(
+                "node {} (a stranger, not approved) asks to join",
+                sim.add_stranger(key)?
+            )
+        }
+        Step::Vanish(node) => {
+            sim.crash(*node);
+            format!("node {node} crashed for good")
+        }
+        Step::Fork(node) => {
+            let forked = sim.fork(*node);
+            format!("node {node} forks its chain (an event to fork: {forked})")
         }
     };
     Ok(Some(line))

@@ -79,6 +79,10 @@ pub const NEW_MEMBER_GRACE_MS: u64 = 10_000;
 /// out. Long against a restart (seconds), short against a section that waits on a dead
 /// member for good.
 pub const REMOVE_SILENT_AFTER_MS: u64 = 60_000;
+/// Rounds our graph must go on without a member's events before it counts as silent:
+/// several decisions' worth (a block takes about a dozen rounds), so a section that is
+/// merely slow or idle removes nobody.
+pub const SILENT_ROUNDS_MIN: u64 = 32;
 
 // ---- state transfer ----
 

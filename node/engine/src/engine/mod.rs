@@ -492,6 +492,7 @@ impl Engine {
             } => self.on_behind(from, generation, (round, head_position), members),
             Message::JoinRequest => self.on_join_request(from),
             Message::JoinRefused(refusal) => self.on_join_refused(from, refusal),
+            Message::ForkEvidence(evidence) => self.on_fork_evidence(from, &evidence),
             Message::LeaveRequest => {
                 if self.state.members.contains(&from) {
                     self.vote_change(MemberChange::Leave(from));
@@ -620,16 +621,16 @@ impl Engine {
         }
         // Fork evidence: consensus votes the accusation itself; the engine votes the
         // offender out (`removal`).
-        let mut offenders = Vec::new();
-        while let Some(evidence) = consensus.poll_evidence() {
-            offenders.push(evidence.first.header.creator);
+        let mut evidence = Vec::new();
+        while let Some(fork) = consensus.poll_evidence() {
+            evidence.push(fork);
         }
         let mut observations = Vec::new();
         while let Some((hash, observation)) = consensus.poll_observation() {
             observations.push((hash, observation));
         }
-        for offender in offenders {
-            self.accuse(offender);
+        for fork in evidence {
+            self.accuse(&fork);
         }
         self.take_blocks();
         for transmit in requests {

@@ -9,11 +9,12 @@
 //! - a member its consensus instance caught forking (fork evidence: two events with one
 //!   creator and index): an honest member never forks, since its events are durable before
 //!   they are sent;
-//! - a member from which this member heard nothing (no message, and no new event of it in its
-//!   graph, which may come through others) for `remove_silent_after_ms` of its clock, once
-//!   this generation is that old too (the grace period: a member that restarts within it is
-//!   not removed). Members gossip every interval even when idle, so only a member that is
-//!   down, cut off or withholding everything goes silent.
+//! - a member none of whose events reached its graph (directly or through others) for
+//!   `remove_silent_after_ms` of its clock, once this generation is that old too (the grace
+//!   period: a member that restarts within it is not removed), while the graph went on for
+//!   `SILENT_ROUNDS_MIN` rounds without it (an idle section creates no events: nobody waits
+//!   on a member then). A member that is down, cut off, withholding its events, or whose
+//!   events are refused (one that lost its disk and signs a second chain) is silent so.
 //!
 //! Votes are per generation, so each wish is voted again in the next one until it happens or
 //! the node is no member. A member that finds every other member silent for that long may
@@ -22,12 +23,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chorus_consensus::PeerId;
-use tracing::{info, warn};
+use chorus_consensus::{ForkEvidence, PeerId};
+use tracing::{debug, info, warn};
 
 use super::Engine;
 use super::joining::Joining;
-use crate::membership::MemberChange;
+use super::limits::SILENT_ROUNDS_MIN;
+use super::wire::Message;
+use crate::membership::{MemberChange, group_id};
 
 /// What this member asks its section to remove.
 #[derive(Default)]
@@ -49,34 +52,49 @@ pub enum RemovalRequest {
     NotAMember,
 }
 
-/// When this member last saw each other member's graph grow (per generation). Silence is
-/// measured on the caller's clock and in ticks both: a clock that jumps (a wall clock set
-/// forward) must not make every member look silent at once.
+/// A moment by three clocks: the caller's ms, our ticks, and our graph's latest round.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    ms: u64,
+    tick: u64,
+    round: u64,
+}
+
+/// When this member last saw each other member take part (per generation). Silence is
+/// measured by the caller's clock and in ticks both (a wall clock set forward must not make
+/// every member look silent at once), and for voting a member out also in rounds of our
+/// graph: an idle section creates no events, and nobody is waiting on a member then.
 pub(super) struct Progress {
-    /// Since when silence counts (ms and tick): the generation's start here, or our last
-    /// request to be admitted again.
-    from: (u64, u64),
+    /// Since when silence counts: the generation's start here, or our last request to be
+    /// admitted again.
+    from: Mark,
     /// Ticks seen so far.
     ticks: u64,
-    /// Per member: the index of its latest event we held, and when (ms and tick) we last
-    /// heard from it (a message from it, or that event new here).
-    latest: BTreeMap<PeerId, (Option<u64>, (u64, u64))>,
+    /// Per member: the index of its latest event we held, and when it was new here.
+    latest: BTreeMap<PeerId, (Option<u64>, Mark)>,
+    /// When a message of any other member last came (its gossip goes on when idle).
+    heard_any: Option<Mark>,
 }
 
 impl Progress {
     pub(super) fn new(now_ms: u64) -> Self {
         Self {
-            from: (now_ms, 0),
+            from: Mark {
+                ms: now_ms,
+                tick: 0,
+                round: 0,
+            },
             ticks: 0,
             latest: BTreeMap::new(),
+            heard_any: None,
         }
     }
 
-    /// Whether what began at `since` (ms, tick) lasted `span_ms` by the clock and half as
-    /// many gossip intervals in ticks (ticks may come late, never early).
-    fn lasted(&self, since: (u64, u64), now_ms: u64, span_ms: u64, interval_ms: u64) -> bool {
+    /// Whether what began at `since` lasted `span_ms` by the clock and half as many gossip
+    /// intervals in ticks (ticks may come late, never early).
+    fn lasted(&self, since: Mark, now_ms: u64, span_ms: u64, interval_ms: u64) -> bool {
         let ticks_min = span_ms / (2 * interval_ms.max(1));
-        now_ms >= since.0 + span_ms && self.ticks >= since.1 + ticks_min
+        now_ms >= since.ms + span_ms && self.ticks >= since.tick + ticks_min
     }
 }
 
@@ -95,10 +113,39 @@ impl Engine {
         RemovalRequest::Voted
     }
 
-    /// Consensus caught `offender` forking: vote it out.
-    pub(super) fn accuse(&mut self, offender: PeerId) {
-        if self.state.members.contains(&offender) && self.removals.accused.insert(offender) {
-            warn!(peer = %offender, "a member forked its chain; voting to remove it");
+    /// Proof that a member forked (our consensus caught it, or a member passed it on): we
+    /// vote it out, and pass the proof on to the other members once, so each of them votes
+    /// on evidence it checked itself (one member's word would let a faulty one remove
+    /// anyone).
+    pub(super) fn accuse(&mut self, evidence: &ForkEvidence) {
+        let offender = evidence.offender();
+        if !self.state.members.contains(&offender) || !self.removals.accused.insert(offender) {
+            return;
+        }
+        warn!(peer = %offender, "a member forked its chain; voting to remove it");
+        let message = Message::ForkEvidence(Box::new(evidence.clone()));
+        for member in self.state.members.clone() {
+            if member != self.our_id && member != offender {
+                self.send(member, &message);
+            }
+        }
+    }
+
+    /// A member passes on fork evidence: believed if it checks (two events signed by the
+    /// offender at one index of one of our section's instances, this generation's or the
+    /// retired one's).
+    pub(super) fn on_fork_evidence(&mut self, from: PeerId, evidence: &ForkEvidence) {
+        let ours = |generation: u64| group_id(&self.state.prefix, generation);
+        let group = evidence.first.header.group;
+        let in_our_section = group == ours(self.state.generation)
+            || self
+                .retired
+                .as_ref()
+                .is_some_and(|(generation, _)| group == ours(*generation));
+        match evidence.verify() {
+            Ok(_) if in_our_section && self.state.members.contains(&from) => self.accuse(evidence),
+            Ok(_) => debug!(peer = %from, "fork evidence about another section ignored"),
+            Err(error) => warn!(peer = %from, %error, "false fork evidence"),
         }
     }
 
@@ -122,23 +169,26 @@ impl Engine {
         }
     }
 
-    /// A message came from `from`: if it is a member, it is not silent (an idle section
-    /// creates no events, but its members gossip every interval).
+    /// A message came from `from`: if it is another member, we are not cut off.
     pub(super) fn heard_from(&mut self, from: PeerId) {
-        if self.config.remove_silent_after_ms.is_none() || !self.state.members.contains(&from) {
+        if self.config.remove_silent_after_ms.is_none()
+            || from == self.our_id
+            || !self.state.members.contains(&from)
+        {
             return;
         }
         let progress = &mut self.current.progress;
-        let now = (self.now_ms, progress.ticks);
-        progress
-            .latest
-            .entry(from)
-            .and_modify(|entry| entry.1 = now)
-            .or_insert((None, now));
+        progress.heard_any = Some(Mark {
+            ms: self.now_ms,
+            tick: progress.ticks,
+            round: 0,
+        });
     }
 
-    /// The liveness rule, on each tick: votes out members silent for
-    /// `remove_silent_after_ms`, and asks to be admitted again if every other member is.
+    /// The liveness rule, on each tick: votes out each member whose events stopped coming
+    /// for `remove_silent_after_ms` (by clock and ticks) while our graph went on for
+    /// `SILENT_ROUNDS_MIN` rounds without it; and asks to be admitted again if no other
+    /// member's message came for that long.
     pub(super) fn watch_silence(&mut self) {
         let Some(span) = self.config.remove_silent_after_ms else {
             return;
@@ -149,20 +199,23 @@ impl Engine {
         if !self.is_active_member() || self.joining.is_some() {
             return;
         }
-        let now_ms = self.now_ms;
         let interval_ms = self.config.consensus.gossip_interval_ms;
         let progress = &mut self.current.progress;
         progress.ticks += 1;
-        let now = (now_ms, progress.ticks);
-        let others: Vec<PeerId> = self
+        let now = Mark {
+            ms: self.now_ms,
+            tick: progress.ticks,
+            round: consensus.stats().max_round,
+        };
+        let mut silent = Vec::new();
+        let mut others = 0;
+        for member in self
             .state
             .members
             .iter()
-            .copied()
-            .filter(|member| *member != self.our_id)
-            .collect();
-        let mut silent = Vec::new();
-        for member in &others {
+            .filter(|member| **member != self.our_id)
+        {
+            others += 1;
             let latest = consensus.latest_index_of(member);
             let from = progress.from;
             let entry = progress.latest.entry(*member).or_insert((latest, from));
@@ -170,14 +223,19 @@ impl Engine {
                 *entry = (latest, now);
             }
             let since = entry.1;
-            if progress.lasted(since, now_ms, span, interval_ms) {
+            if progress.lasted(since, now.ms, span, interval_ms)
+                && now.round >= since.round + SILENT_ROUNDS_MIN
+            {
                 silent.push(*member);
             }
         }
-        if others.is_empty() || !progress.lasted(progress.from, now_ms, span, interval_ms) {
+        if others == 0 || !progress.lasted(progress.from, now.ms, span, interval_ms) {
             return;
         }
-        if silent.len() == others.len() {
+        let cut_off = progress
+            .heard_any
+            .is_none_or(|heard| progress.lasted(heard, now.ms, span, interval_ms));
+        if cut_off {
             self.ask_again_after_silence();
             return;
         }

@@ -3,7 +3,7 @@
 
 use chorus_aggregate::{CommandId, CommandRequest, RecordedEvent};
 use chorus_consensus::codec::{decode_message, encode_message};
-use chorus_consensus::{PeerId, SyncRequest, SyncResponse};
+use chorus_consensus::{ForkEvidence, PeerId, SyncRequest, SyncResponse};
 use chorus_routing::Prefix;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,9 @@ pub enum Message {
     JoinRequest,
     /// A member tells a node that asked to join why it does not vote to admit it.
     JoinRefused(JoinRefusal),
+    /// A member passes on proof that another member forked its chain, so every member can
+    /// vote it out on evidence it checked itself.
+    ForkEvidence(Box<ForkEvidence>),
     /// A member asks its section to let it leave.
     LeaveRequest,
     /// A member tells a joiner it was admitted, and the state it starts from.
@@ -113,6 +116,7 @@ pub(super) const TAG_TRANSFER_CHUNK: u8 = 9;
 pub(super) const TAG_SECTION_UPDATE: u8 = 10;
 pub(super) const TAG_BEHIND: u8 = 11;
 pub(super) const TAG_JOIN_REFUSED: u8 = 12;
+pub(super) const TAG_FORK_EVIDENCE: u8 = 13;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct OutcomeMessage {
@@ -185,6 +189,7 @@ impl Message {
             }
             Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
             Self::JoinRefused(refusal) => (TAG_JOIN_REFUSED, to_json(refusal)?),
+            Self::ForkEvidence(evidence) => (TAG_FORK_EVIDENCE, to_json(evidence)?),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
             Self::Welcome(welcome) => (TAG_WELCOME, to_json(welcome)?),
             Self::TransferRequest {
@@ -253,6 +258,7 @@ impl Message {
                 Err(MessageError::Malformed("a request with a body".into()))
             }
             TAG_JOIN_REFUSED => Ok(Self::JoinRefused(from_json(body)?)),
+            TAG_FORK_EVIDENCE => Ok(Self::ForkEvidence(Box::new(from_json(body)?))),
             TAG_WELCOME => Ok(Self::Welcome(from_json(body)?)),
             TAG_TRANSFER_REQUEST => {
                 let message: TransferRequestMessage = from_json(body)?;
