@@ -328,6 +328,18 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Writes `key` as `data_dir/node.key` (the directory made private if new), failing if a
+/// key is there already: as `load_or_create_key` writes one, for a key drawn elsewhere.
+pub fn store_new_key(data_dir: &Path, key: &ed25519_dalek::SigningKey) -> Result<(), ConfigError> {
+    let path = data_dir.join("node.key");
+    let read = |error| ConfigError::Read {
+        path: path.clone(),
+        error,
+    };
+    create_private_dir(data_dir).map_err(read)?;
+    write_secret(&path, hex(&key.to_bytes()).as_bytes()).map_err(read)
+}
+
 /// Creates `directory` and its missing parents, mode 0700 on Unix (an existing directory is
 /// left as it is).
 fn create_private_dir(directory: &Path) -> std::io::Result<()> {

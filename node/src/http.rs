@@ -325,6 +325,20 @@ fn event_json(event: &RecordedEvent) -> Value {
 
 async fn read(engine: &EngineInputs, read: Read) -> Result<ReadAnswer, Response> {
     match ask(engine, |reply| Input::Read(read, reply)).await? {
+        // 421 Misdirected Request: this node's section does not hold the stream; the
+        // answer names the section that does and its members.
+        Ok(ReadAnswer::Elsewhere { prefix, members }) => Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(json!({
+                "error": format!(
+                    "this node's section does not hold the stream: section {prefix:?} does; \
+                     read it from one of its members"
+                ),
+                "section": prefix,
+                "members": members,
+            })),
+        )
+            .into_response()),
         Ok(answer) => Ok(answer),
         Err(problem) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, problem)),
     }
@@ -544,16 +558,28 @@ async fn subscribe_stream(
     QueryParams(query): QueryParams<ReadQuery>,
 ) -> Response {
     match stream_read(&stream, &query) {
-        Ok((stream, from, count)) => subscription(
-            engine,
-            from,
-            move |from| Read::Stream {
+        Ok((stream, from, count)) => {
+            // A stream another section holds is refused at once (421), not followed in
+            // silence.
+            let first = Read::Stream {
                 stream: stream.clone(),
                 from,
-                count,
-            },
-            |event| event.sequence,
-        ),
+                count: 1,
+            };
+            if let Err(response) = read(&engine, first).await {
+                return response;
+            }
+            subscription(
+                engine,
+                from,
+                move |from| Read::Stream {
+                    stream: stream.clone(),
+                    from,
+                    count,
+                },
+                |event| event.sequence,
+            )
+        }
         Err(problem) => bad(problem),
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::process::Child;
 
 use crate::client::Client;
-use crate::config::{NodeConfig, PeerConfig, hex, load_or_create_key};
+use crate::config::{NodeConfig, PeerConfig, hex, load_or_create_key, store_new_key};
 use crate::say;
 
 /// Most nodes a local cluster may have.
@@ -67,6 +67,15 @@ pub fn init(
             data_dir.display()
         ));
     }
+    // A new cluster gets keys balanced over its sections; an earlier run's keys are kept.
+    if existing_nodes == 0 {
+        for (index, key) in balanced_keys(nodes).iter().enumerate() {
+            let directory = data_dir.join(format!("node-{index}"));
+            if !directory.join("node.key").exists() {
+                store_new_key(&directory, key).map_err(|error| error.to_string())?;
+            }
+        }
+    }
     // Keys and ports: kept from an earlier run (its configuration files), else new.
     let mut members = Vec::with_capacity(nodes);
     for index in 0..nodes {
@@ -116,7 +125,7 @@ pub fn init(
             http: http.clone(),
             peers,
             join: false,
-            section_size_min: 4,
+            section_size_min: SECTION_SIZE_MIN,
             block_mode: block_mode.clone(),
             gossip_interval_ms: *gossip_interval_ms,
             admission: "allow-list".to_owned(),
@@ -133,6 +142,33 @@ pub fn init(
         configs.push((path, config));
     }
     Ok(configs)
+}
+
+/// The smallest section of a local cluster.
+pub const SECTION_SIZE_MIN: usize = 4;
+
+/// Keys for a new local cluster of `nodes`, drawn as the simulator draws them: the most
+/// sections (a power of two) that give each at least `SECTION_SIZE_MIN` members, and keys
+/// drawn until each section's prefix holds its share (shares differ by at most one), so
+/// `chorus up --nodes 8` forms two sections of four.
+fn balanced_keys(nodes: usize) -> Vec<ed25519_dalek::SigningKey> {
+    let mut sections = 1;
+    while nodes / (sections * 2) >= SECTION_SIZE_MIN {
+        sections *= 2;
+    }
+    let bits = sections.trailing_zeros() as usize;
+    let share = |bucket: usize| nodes / sections + usize::from(bucket < nodes % sections);
+    let mut buckets: Vec<Vec<ed25519_dalek::SigningKey>> = vec![Vec::new(); sections];
+    // Each draw lands in a given bucket with probability 1/sections: this ends quickly.
+    while (0..sections).any(|bucket| buckets[bucket].len() < share(bucket)) {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let name = chorus_routing::XorName::from_public_key(&key.verifying_key().to_bytes());
+        let bucket = (0..bits).fold(0, |index, bit| index * 2 + usize::from(name.bit(bit)));
+        if buckets[bucket].len() < share(bucket) {
+            buckets[bucket].push(key);
+        }
+    }
+    buckets.into_iter().flatten().collect()
 }
 
 /// A fresh admin token: 32 random bytes, hex.
@@ -288,5 +324,30 @@ pub async fn up(nodes: usize, data_dir: &Path, options: &LocalOptions) -> Result
         Some((index, status)) => Err(format!(
             "node {index} stopped on its own ({status}); the others were stopped"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_local_cluster_forms_balanced_sections() {
+        for (nodes, sections) in [(4, 1), (7, 1), (8, 2), (12, 2), (16, 4)] {
+            let keys: Vec<[u8; 32]> = balanced_keys(nodes)
+                .iter()
+                .map(|key| key.verifying_key().to_bytes())
+                .collect();
+            assert_eq!(keys.len(), nodes);
+            let map = chorus_routing::SectionMap::with_members(SECTION_SIZE_MIN, &keys);
+            assert_eq!(map.section_count(), sections, "{nodes} nodes");
+            let sizes: Vec<usize> = map.sections().map(|section| section.len()).collect();
+            let (least, most) = (sizes.iter().min(), sizes.iter().max());
+            assert!(
+                most.zip(least)
+                    .is_some_and(|(most, least)| most - least <= 1),
+                "{sizes:?}"
+            );
+        }
     }
 }

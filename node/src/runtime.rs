@@ -114,6 +114,13 @@ pub enum ReadAnswer {
     Names(Vec<String>),
     /// Streams with their versions.
     Streams(Vec<StreamInfo>),
+    /// The stream belongs to another section than this node's: ask one of its members.
+    Elsewhere {
+        /// That section's prefix.
+        prefix: String,
+        /// Its members' keys, hex.
+        members: Vec<String>,
+    },
 }
 
 /// Commands answered since start, by outcome (for `/metrics`).
@@ -174,6 +181,15 @@ pub struct Status {
 /// Why the engine thread cannot start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The node's store file could not be opened or read back into an engine (damaged,
+    /// or older than its replay log).
+    #[error("{path}: {error}")]
+    AtFile {
+        /// The redb file.
+        path: std::path::PathBuf,
+        /// What went wrong with it.
+        error: Box<RuntimeError>,
+    },
     /// The store failed.
     #[error("event store: {0}")]
     Store(#[from] chorus_aggregate::StoreError),
@@ -215,7 +231,21 @@ pub fn start_engine(
     domain: Domain,
     policy: &Policy,
 ) -> Result<Engine, RuntimeError> {
-    let store = EventStore::open(checked.config.data_dir.join("node.redb"))?;
+    let path = checked.config.data_dir.join("node.redb");
+    start_engine_from(&path, checked, key, domain, policy).map_err(|error| RuntimeError::AtFile {
+        path,
+        error: Box::new(error),
+    })
+}
+
+fn start_engine_from(
+    path: &std::path::Path,
+    checked: &Checked,
+    key: &SigningKey,
+    domain: Domain,
+    policy: &Policy,
+) -> Result<Engine, RuntimeError> {
+    let store = EventStore::open(path)?;
     let mut members: Vec<[u8; 32]> = checked.peers.iter().map(|(peer, _)| peer.0).collect();
     if !checked.config.join {
         members.push(key.verifying_key().to_bytes());
@@ -365,7 +395,11 @@ impl Serving {
                 }
             }
             Input::Read(read, reply) => {
-                let _ = reply.send(read_store(engine.store(), read).map_err(|e| e.to_string()));
+                let answer = match elsewhere(engine, &read) {
+                    Some(elsewhere) => Ok(elsewhere),
+                    None => read_store(engine.store(), read).map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(answer);
             }
             Input::Status(reply) => {
                 let _ = reply.send(status_of(engine, &self.answered));
@@ -482,6 +516,27 @@ fn drain(
     Ok(())
 }
 
+/// A stream read for a stream another section is responsible for (by this node's map): its
+/// store would answer with nothing, which is wrong, so the reader is sent to that section.
+fn elsewhere(engine: &Engine, read: &Read) -> Option<ReadAnswer> {
+    let Read::Stream { stream, .. } = read else {
+        return None;
+    };
+    let qualified = stream.qualified();
+    if engine
+        .section()
+        .prefix
+        .matches(&chorus_routing::XorName::from_stream_key(&qualified))
+    {
+        return None;
+    }
+    let section = engine.map().section_for_stream(&qualified);
+    Some(ReadAnswer::Elsewhere {
+        prefix: section.prefix().to_string(),
+        members: section.member_keys().iter().map(|key| hex(key)).collect(),
+    })
+}
+
 /// Serves a read from the store.
 fn read_store(store: &EventStore, read: Read) -> Result<ReadAnswer, StoreError> {
     Ok(match read {
@@ -538,4 +593,47 @@ fn read_store(store: &EventStore, read: Read) -> Result<ReadAnswer, StoreError> 
             count,
         )?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+
+    #[test]
+    fn a_damaged_store_file_is_an_error_naming_it() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            directory.path().join("node.redb"),
+            b"not a redb file at all",
+        )
+        .expect("written");
+        let checked = NodeConfig {
+            data_dir: directory.path().to_path_buf(),
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            http: "127.0.0.1:0".into(),
+            peers: Vec::new(),
+            join: false,
+            section_size_min: 1,
+            block_mode: "supermajority".into(),
+            gossip_interval_ms: 20,
+            admission: "allow-list".into(),
+            admit: Vec::new(),
+            admin_token: None,
+            remove_silent_after_ms: 0,
+        }
+        .check()
+        .expect("a valid configuration");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let policy = Policy::load(&checked).expect("policy");
+        let domain = Domain {
+            registry: chorus_demo::registry,
+            process_managers: chorus_demo::process_managers,
+        };
+        let error = start_engine(&checked, &key, domain, &policy)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("node.redb"), "{error}");
+    }
 }

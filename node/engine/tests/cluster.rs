@@ -1026,3 +1026,65 @@ fn fork_evidence() -> chorus_consensus::ForkEvidence {
     };
     chorus_consensus::ForkEvidence::new(header(a), header(b))
 }
+
+#[test]
+fn a_member_flooding_sync_requests_gets_no_more_than_its_byte_budget() {
+    use chorus_engine::engine::limits::SYNC_BYTES_PER_MEMBER_PER_SEC;
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::new(4, 4, mode, 24);
+    let mut opened = 0;
+    run_with_load(&mut cluster, &mut opened, 2_000);
+    // Member 1 asks member 0 for everything, again and again, within one millisecond.
+    let flooder = cluster.ids[1];
+    let generation = cluster.engines[0].section().generation;
+    let request = chorus_engine::Message::SyncRequest {
+        generation,
+        request: chorus_consensus::SyncRequest {
+            known: vec![0; 4],
+            wanted: Vec::new(),
+        },
+    }
+    .encode()
+    .expect("encodes");
+    let floods = 5_000;
+    let mut sizes = Vec::new();
+    for _ in 0..floods {
+        cluster.engines[0].handle_message(cluster.now_ms, flooder, &request);
+        while let Some((to, bytes)) = cluster.engines[0].poll_send() {
+            if to == flooder && bytes.first() == Some(&2) {
+                sizes.push(bytes.len() as u64);
+            }
+        }
+    }
+    let sent: u64 = sizes.iter().sum();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(largest > 0, "the first requests are answered");
+    assert!(
+        sent <= SYNC_BYTES_PER_MEMBER_PER_SEC + largest,
+        "{sent} bytes answered in one instant; the budget is {SYNC_BYTES_PER_MEMBER_PER_SEC}"
+    );
+    let dropped = cluster.engines[0].refusals().sync_over_budget;
+    assert_eq!(
+        dropped as usize + sizes.len(),
+        floods,
+        "every request answered or counted"
+    );
+    assert!(
+        dropped > 0,
+        "{} responses of up to {largest} bytes",
+        sizes.len()
+    );
+    // The section goes on committing (the flooder included).
+    let first_after = opened;
+    run_with_load(&mut cluster, &mut opened, 1_000);
+    cluster.run_for(2_000);
+    let committed = (first_after..opened)
+        .filter(|ticket| {
+            matches!(
+                cluster.replies.get(ticket),
+                Some(CommandOutcome::Committed(_))
+            )
+        })
+        .count();
+    assert_eq!(committed as u64, opened - first_after);
+}

@@ -1,0 +1,121 @@
+//! A local cluster of 8 real processes forms two sections of four (`chorus init` draws keys
+//! balanced over the prefixes). Commands for streams of both sections, sent to every node,
+//! are forwarded to the responsible section and commit once; every member of a stream's
+//! section serves the same events, and a node of the other section answers a read of it with
+//! 421, naming the section that holds it, never with an empty stream.
+
+mod support;
+
+use chorus_aggregate::StreamKey;
+use chorus_routing::XorName;
+use serde_json::json;
+use support::{Nodes, command_id, deposit, events, http, json_of, open_accounts};
+
+#[test]
+fn eight_nodes_form_two_sections_and_serve_every_stream_from_the_right_one() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let nodes = Nodes::start(directory.path(), 8);
+    let prefixes: Vec<String> = nodes
+        .addresses
+        .iter()
+        .map(|address| {
+            let status = json_of(&http(address, "GET", "/status", None).1);
+            assert_eq!(status["sections"], 2, "{status}");
+            assert_eq!(
+                status["members"].as_array().map(Vec::len),
+                Some(4),
+                "{status}"
+            );
+            status["prefix"].as_str().expect("a prefix").to_owned()
+        })
+        .collect();
+    let mut distinct = prefixes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct, ["0", "1"], "two sections of one bit");
+
+    // One account in each section.
+    let section_of = |account: &str| {
+        let stream = StreamKey::new("BankAccount", account).expect("a stream key");
+        let name = XorName::from_stream_key(&stream.qualified());
+        if name.bit(0) { "1" } else { "0" }
+    };
+    let mut accounts = Vec::new();
+    for section in ["0", "1"] {
+        let account = (0..)
+            .map(|index| format!("s{index}"))
+            .find(|account| section_of(account) == section)
+            .expect("an account name");
+        accounts.push(format!("BankAccount@{account}"));
+    }
+    open_accounts(&nodes.addresses[0], &accounts);
+
+    // A deposit on each account through every node: each commits once.
+    for (node, address) in nodes.addresses.iter().enumerate() {
+        for (index, account) in accounts.iter().enumerate() {
+            let body = json!({"command": deposit(), "command_id": command_id(node * 10 + index)});
+            let (status, text) = http(
+                address,
+                "POST",
+                &format!("/streams/{account}/commands"),
+                Some(&body.to_string()),
+            );
+            assert_eq!(status, 201, "node {node}, {account}: {text}");
+        }
+    }
+    // Sent again through another node, a deposit is not applied twice.
+    let again = json!({"command": deposit(), "command_id": command_id(0)});
+    let (status, text) = http(
+        &nodes.addresses[7],
+        "POST",
+        &format!("/streams/{}/commands", accounts[0]),
+        Some(&again.to_string()),
+    );
+    assert_eq!(status, 200, "{text}");
+
+    for (index, account) in accounts.iter().enumerate() {
+        let section = if index == 0 { "0" } else { "1" };
+        let holders: Vec<&String> = nodes
+            .addresses
+            .iter()
+            .zip(&prefixes)
+            .filter(|(_, prefix)| *prefix == section)
+            .map(|(address, _)| address)
+            .collect();
+        assert_eq!(holders.len(), 4);
+        // Every member of the section holds the open and the eight deposits, once each.
+        support::wait_caught_up(
+            &holders
+                .iter()
+                .map(|address| (*address).clone())
+                .collect::<Vec<_>>(),
+            std::time::Duration::from_secs(30),
+            "the section's members",
+        );
+        let expected = events(holders[0], account);
+        assert_eq!(
+            expected.len(),
+            1 + nodes.addresses.len(),
+            "{account}: {expected:?}"
+        );
+        for holder in &holders {
+            assert_eq!(&events(holder, account), &expected, "{account} on {holder}");
+        }
+        // The other section's nodes send the reader to the right section.
+        for (address, prefix) in nodes.addresses.iter().zip(&prefixes) {
+            if prefix == section {
+                continue;
+            }
+            let (status, text) = http(address, "GET", &format!("/streams/{account}"), None);
+            assert_eq!(status, 421, "{account} on {address}: {text}");
+            let answer = json_of(&text);
+            assert_eq!(answer["section"], section, "{text}");
+            assert_eq!(
+                answer["members"].as_array().map(Vec::len),
+                Some(4),
+                "{text}"
+            );
+        }
+    }
+    nodes.stop();
+}
