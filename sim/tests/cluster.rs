@@ -27,6 +27,7 @@ fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
                 ..NetworkConfig::default()
             },
             spare_nodes: 0,
+            remove_silent_after_ms: None,
         };
         let mut sim = ClusterSim::new(seed, setup).expect("cluster");
         assert!(

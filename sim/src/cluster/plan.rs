@@ -353,12 +353,14 @@ mod tests {
                     | Step::Pause(node)
                     | Step::Resume(node)
                     | Step::Leave(node)
+                    | Step::Vanish(node)
+                    | Step::Fork(node)
                     | Step::Forge { node, .. } => *node,
                     Step::Partition(a, b) => {
                         assert_eq!(a.len() + b.len(), nodes, "seed {seed}");
                         a[0]
                     }
-                    Step::Heal | Step::CrashAll | Step::Join => 0,
+                    Step::Heal | Step::CrashAll | Step::Join | Step::Stranger => 0,
                 };
                 assert!(node < nodes, "seed {seed}: {step:?}");
             }

@@ -133,8 +133,9 @@ pub struct EngineConfig {
     pub proposal_timeout_ms: u64,
     /// Whom this member votes to admit.
     pub admission: Admission,
-    /// The liveness rule: a member from which nothing new was heard this long (and this
-    /// long into the generation) is voted out; `None` turns the rule off.
+    /// The liveness rule: a member none of whose events arrived this long (and this long
+    /// into the generation) while the section went on for `SILENT_ROUNDS_MIN` rounds is
+    /// voted out (`removal`); `None` turns the rule off.
     pub remove_silent_after_ms: Option<u64>,
 }
 

@@ -13,8 +13,8 @@
 //!   `remove_silent_after_ms` of its clock, once this generation is that old too (the grace
 //!   period: a member that restarts within it is not removed), while the graph went on for
 //!   `SILENT_ROUNDS_MIN` rounds without it (an idle section creates no events: nobody waits
-//!   on a member then). A member that is down, cut off, withholding its events, or whose
-//!   events are refused (one that lost its disk and signs a second chain) is silent so.
+//!   on a member then). A member that is down, cut off or withholding its events is silent
+//!   so.
 //!
 //! Votes are per generation, so each wish is voted again in the next one until it happens or
 //! the node is no member. A member that finds every other member silent for that long may
@@ -142,9 +142,16 @@ impl Engine {
                 .retired
                 .as_ref()
                 .is_some_and(|(generation, _)| group == ours(*generation));
+        // The cheap checks first: signatures are checked only for news from a member.
+        if !in_our_section
+            || !self.state.members.contains(&from)
+            || self.removals.accused.contains(&evidence.offender())
+        {
+            debug!(peer = %from, "fork evidence ignored (not about our section, or known)");
+            return;
+        }
         match evidence.verify() {
-            Ok(_) if in_our_section && self.state.members.contains(&from) => self.accuse(evidence),
-            Ok(_) => debug!(peer = %from, "fork evidence about another section ignored"),
+            Ok(_) => self.accuse(evidence),
             Err(error) => warn!(peer = %from, %error, "false fork evidence"),
         }
     }
