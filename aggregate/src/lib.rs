@@ -19,6 +19,8 @@ pub mod codec;
 pub mod domain;
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod names;

@@ -292,8 +292,12 @@ impl SectionState {
         let Some(bytes) = store.load_checkpoint(SECTION_STATE_CHECKPOINT)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
+        Self::decode(&bytes).map(Some)
+    }
+
+    /// Decodes a saved state from untrusted bytes (a damaged file is an error, never a panic).
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes)
             .map_err(|error| StoreError::Corrupt(format!("engine section state: {error}")))
     }
 
