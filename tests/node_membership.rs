@@ -36,7 +36,7 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
     open_accounts(&founder, &accounts);
     commit(&founder, &accounts[0], 1);
 
-    // A stranger: a fresh key, the founders' addresses, not on anyone's allow-list.
+    // A stranger: a fresh key, pointed at one founder (`--join`), on nobody's allow-list.
     let stranger = add_stranger(&mut nodes, directory.path());
     nodes.restart(stranger);
     let stranger_address = nodes.addresses[stranger].clone();
@@ -133,24 +133,10 @@ fn set_silence_span(config: &Path) {
     std::fs::write(config, toml::to_string(&value).expect("config writes")).expect("written");
 }
 
-/// Writes a joining node's configuration (a fresh data directory, the founders as peers)
-/// and adds it to `nodes`, not started. Its stderr goes to `stranger.log`.
+/// Writes a joining node's configuration (a fresh data directory, no peers: it learns the
+/// network from the founder it is pointed at with `--join`) and adds it to `nodes`, not
+/// started. Its stderr goes to `stranger.log`.
 fn add_stranger(nodes: &mut Nodes, directory: &Path) -> usize {
-    let mut peers = Vec::new();
-    for config in &nodes.configs {
-        let text = std::fs::read_to_string(config).expect("config");
-        let table: toml::Table = toml::from_str(&text).expect("config parses");
-        for peer in table["peers"].as_array().expect("peers") {
-            if !peers.contains(peer) {
-                peers.push(peer.clone());
-            }
-        }
-    }
-    assert_eq!(
-        peers.len(),
-        4,
-        "every founder appears as some founder's peer"
-    );
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -166,17 +152,17 @@ fn add_stranger(nodes: &mut Nodes, directory: &Path) -> usize {
         format!("/ip4/127.0.0.1/tcp/{}", port()).into(),
     );
     table.insert("http".into(), http_address.clone().into());
-    table.insert("peers".into(), toml::Value::Array(peers));
-    table.insert("join".into(), true.into());
     table.insert("gossip_interval_ms".into(), 5.into());
     table.insert("remove_silent_after_ms".into(), (SILENCE_MS as i64).into());
     std::fs::create_dir_all(&data_dir).expect("data dir");
     let config = data_dir.join("node.toml");
     std::fs::write(&config, toml::to_string(&table).expect("toml")).expect("written");
+    let founder = nodes.addresses[0].clone();
     nodes.add(
         config,
         format!("http://{http_address}"),
         directory.join("stranger.log"),
+        &["--join", &founder],
     )
 }
 

@@ -32,7 +32,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chorus_aggregate::{
     CategoryName, CommandId, CommandRequest, DatabaseName, ExpectedVersion, Filter, RecordedEvent,
     StreamKey,
@@ -43,8 +43,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::config::parse_hex32;
 use crate::http::extract::{JsonBody, PathParams, QueryParams};
 use crate::runtime::{Input, Read, ReadAnswer};
+use crate::transport::AddressBook;
 
 pub use crate::http::server::serve;
 
@@ -69,8 +71,13 @@ pub const READ_COUNT_DEFAULT: usize = 100;
 
 const _: () = assert!(READ_COUNT_DEFAULT <= READ_COUNT_MAX);
 
-/// The routes, over the engine thread's input channel; the admin routes need `admin_token`.
-pub fn router(engine: EngineInputs, admin_token: admin::AdminToken) -> Router {
+/// The routes, over the engine thread's input channel; the admin routes need `admin_token`;
+/// `/status` shows the addresses the transport knows.
+pub fn router(
+    engine: EngineInputs,
+    admin_token: admin::AdminToken,
+    addresses: AddressBook,
+) -> Router {
     Router::new()
         .merge(admin::routes(admin_token))
         .route("/health", get(health))
@@ -94,6 +101,7 @@ pub fn router(engine: EngineInputs, admin_token: admin::AdminToken) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(server::read_body))
+        .layer(Extension(addresses))
         .with_state(engine)
 }
 
@@ -179,9 +187,24 @@ async fn ask<T>(
     }
 }
 
-async fn status(State(engine): State<EngineInputs>) -> Response {
+async fn status(
+    State(engine): State<EngineInputs>,
+    Extension(addresses): Extension<AddressBook>,
+) -> Response {
     match ask(&engine, Input::Status).await {
-        Ok(status) => Json(status).into_response(),
+        Ok(mut status) => {
+            for member in status
+                .map
+                .iter_mut()
+                .flat_map(|section| &mut section.members)
+            {
+                member.address = parse_hex32(&member.key)
+                    .ok()
+                    .and_then(|key| addresses.get(&chorus_consensus::PeerId(key)))
+                    .map(|address| address.to_string());
+            }
+            Json(status).into_response()
+        }
         Err(response) => response,
     }
 }

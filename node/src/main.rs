@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod demo;
 mod http;
+mod joining;
 mod local;
 mod queues;
 mod runtime;
@@ -51,6 +52,12 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// On the first start, join the running network this node (an HTTP address,
+        /// `http://HOST:PORT`) belongs to: learn its map there, ask the section this node's
+        /// name falls in to admit it (an operator must approve its key: `chorus admin
+        /// admit`), fetch the section's state, and serve.
+        #[arg(long)]
+        join: Option<String>,
     },
     /// Write (or keep) the keys and configuration files of a local cluster of N nodes on
     /// loopback without starting it; prints each node's configuration file and HTTP address.
@@ -132,7 +139,7 @@ fn main() -> ExitCode {
     }
     let _ = LOG_FORMAT.set(cli.log_format.clone());
     let result = match cli.command {
-        Command::Node { config } => run_node(&config),
+        Command::Node { config, join } => run_node(&config, join.as_deref()),
         Command::Init {
             nodes,
             data_dir,
@@ -197,14 +204,21 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn run_node(path: &Path) -> Result<(), String> {
-    let checked = NodeConfig::load(path).map_err(|error| error.to_string())?;
+fn run_node(path: &Path, join: Option<&str>) -> Result<(), String> {
+    let mut checked = NodeConfig::load(path).map_err(|error| error.to_string())?;
     let key = load_or_create_key(&checked.config.data_dir).map_err(|error| error.to_string())?;
     let runtime = tokio_runtime()?;
     runtime.block_on(async move {
+        joining::learn_peers(&mut checked, join).await?;
+        let addresses = transport::AddressBook::new(&checked.peers);
         let (swarm, p2p) = transport::start(key.to_bytes(), checked.listen.clone(), &checked.peers)
             .await
             .map_err(|error| error.to_string())?;
+        // Our own address too: a joiner that asks us learns it with the others'.
+        addresses.insert(
+            chorus_consensus::PeerId(key.verifying_key().to_bytes()),
+            p2p.clone(),
+        );
         let listener = tokio::net::TcpListener::bind(checked.http)
             .await
             .map_err(|error| format!("cannot listen on {}: {error}", checked.http))?;
@@ -217,7 +231,7 @@ fn run_node(path: &Path) -> Result<(), String> {
         let engine_thread = spawn_engine(&checked, &key, input_receiver, outbound)?;
         tokio::spawn(transport::run(
             swarm,
-            checked.peers.clone(),
+            addresses.clone(),
             outbound_receiver,
             inputs.clone(),
         ));
@@ -231,6 +245,7 @@ fn run_node(path: &Path) -> Result<(), String> {
             http::router(
                 inputs,
                 http::admin::AdminToken(checked.config.admin_token.clone()),
+                addresses,
             ),
             shutdown_signal(),
         );

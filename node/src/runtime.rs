@@ -164,6 +164,9 @@ pub struct Status {
     pub members: Vec<String>,
     /// Sections in its map.
     pub sections: usize,
+    /// Its map: every section, with its members and (as far as this node knows) their
+    /// libp2p addresses; what a joining node learns the network from.
+    pub map: Vec<SectionView>,
     /// Its store's head position.
     pub head_position: u64,
     /// Whether the node is an active member (not joining, not fetching state).
@@ -176,6 +179,24 @@ pub struct Status {
     pub answered: Answered,
     /// The engine's state in figures.
     pub engine: chorus_engine::EngineStats,
+}
+
+/// A section of the map, as `/status` shows it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct SectionView {
+    /// Its prefix (`""` for the root).
+    pub prefix: String,
+    /// Its members.
+    pub members: Vec<MemberView>,
+}
+
+/// A member, as `/status` shows it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct MemberView {
+    /// Its public key, hex.
+    pub key: String,
+    /// Its libp2p address, if this node knows it.
+    pub address: Option<String>,
 }
 
 /// Why the engine thread cannot start or had to stop.
@@ -459,6 +480,21 @@ fn status_of(engine: &Engine, answered: &Answered) -> Status {
             .map(|member| hex(&member.0))
             .collect(),
         sections: engine.map().section_count(),
+        map: engine
+            .map()
+            .sections()
+            .map(|section| SectionView {
+                prefix: section.prefix().to_string(),
+                members: section
+                    .member_keys()
+                    .iter()
+                    .map(|key| MemberView {
+                        key: hex(key),
+                        address: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
         head_position: engine.store().head_position().unwrap_or(0),
         active: engine.is_active_member(),
         readiness: engine.readiness(),

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_consensus::{MEMBERS_MAX, PeerId, SYNC_BYTES_MAX};
@@ -39,6 +40,39 @@ const CONNECTIONS_INCOMING_MAX: u32 = 2 * MEMBERS_MAX as u32;
 const _: () = assert!(2 * MEMBERS_MAX <= u32::MAX as usize);
 /// Incoming connections still in their handshake at once.
 const CONNECTIONS_PENDING_INCOMING_MAX: u32 = 64;
+
+/// Most keys the address book holds (identify answers beyond it are not recorded: strangers
+/// must not grow it without bound).
+pub const ADDRESS_BOOK_MAX: usize = 4 * MEMBERS_MAX;
+
+/// The libp2p addresses this node knows, by consensus id: its configuration's peers, and
+/// what each connected peer's identify says it listens on (a node that joined later is
+/// reached so). Shared with the HTTP API, whose `/status` map shows them: a node that joins
+/// learns the network from there (`chorus node --join`).
+#[derive(Clone, Default)]
+pub struct AddressBook(Arc<Mutex<BTreeMap<PeerId, Multiaddr>>>);
+
+impl AddressBook {
+    /// A book with `entries`.
+    pub fn new(entries: &[(PeerId, Multiaddr)]) -> Self {
+        Self(Arc::new(Mutex::new(entries.iter().cloned().collect())))
+    }
+
+    /// The address of `peer`, if known.
+    pub fn get(&self, peer: &PeerId) -> Option<Multiaddr> {
+        self.0.lock().ok()?.get(peer).cloned()
+    }
+
+    /// Records `address` for `peer` (an existing key is updated; a new one only below
+    /// `ADDRESS_BOOK_MAX`).
+    pub fn insert(&self, peer: PeerId, address: Multiaddr) {
+        if let Ok(mut book) = self.0.lock() {
+            if book.len() < ADDRESS_BOOK_MAX || book.contains_key(&peer) {
+                book.insert(peer, address);
+            }
+        }
+    }
+}
 
 /// Why the transport cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +273,7 @@ pub async fn start(
 /// peer when it is full ([`crate::queues::PeerInbound`]).
 pub async fn run(
     mut swarm: Swarm<Behaviour>,
-    peers: Vec<(PeerId, Multiaddr)>,
+    addresses: AddressBook,
     mut outbound: mpsc::Receiver<(PeerId, Vec<u8>)>,
     engine: crate::queues::EngineInputs,
 ) {
@@ -247,10 +281,6 @@ pub async fn run(
     // While peer messages wait for room in the engine's queue, it is looked at this often.
     let mut pump = tokio::time::interval(Duration::from_millis(1));
     pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let addresses: BTreeMap<libp2p::PeerId, Multiaddr> = peers
-        .iter()
-        .filter_map(|(peer, address)| Some((libp2p_id(peer).ok()?, address.clone())))
-        .collect();
     loop {
         tokio::select! {
             message = outbound.recv() => {
@@ -258,12 +288,12 @@ pub async fn run(
                     return;
                 };
                 match libp2p_id(&peer) {
-                    Ok(peer) => {
+                    Ok(libp2p_peer) => {
                         // A failed dial drops the address from the swarm's cache: keep it there.
                         if let Some(address) = addresses.get(&peer) {
-                            swarm.add_peer_address(peer, address.clone());
+                            swarm.add_peer_address(libp2p_peer, address);
                         }
-                        swarm.behaviour_mut().engine.send_request(&peer, bytes);
+                        swarm.behaviour_mut().engine.send_request(&libp2p_peer, bytes);
                     }
                     Err(error) => debug!(%error, "message for a peer with a bad key dropped"),
                 }
@@ -299,6 +329,20 @@ pub async fn run(
                     }
                     request_response::Event::ResponseSent { .. } => {}
                 },
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                    peer_id,
+                    info,
+                    ..
+                })) => {
+                    let listening = info.listen_addrs.iter().find(|address| {
+                        !address.iter().any(|part| {
+                            matches!(part, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
+                        })
+                    });
+                    if let (Some(peer), Some(address)) = (consensus_id(&peer_id), listening) {
+                        addresses.insert(peer, address.clone());
+                    }
+                }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
                 SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
                 _ => {}

@@ -228,6 +228,8 @@ pub struct Nodes {
     children: Vec<Option<Child>>,
     /// Per node, a file its stderr goes to (else the test's stderr).
     logs: Vec<Option<PathBuf>>,
+    /// Per node, more arguments for `chorus node` (`--join URL`).
+    extra_args: Vec<Vec<String>>,
 }
 
 impl Nodes {
@@ -242,11 +244,13 @@ impl Nodes {
 
     /// Adds a node whose configuration the test wrote (not started); its stderr goes to
     /// `log`. Returns its index.
-    pub fn add(&mut self, config: PathBuf, address: String, log: PathBuf) -> usize {
+    pub fn add(&mut self, config: PathBuf, address: String, log: PathBuf, args: &[&str]) -> usize {
         self.configs.push(config);
         self.addresses.push(address);
         self.children.push(None);
         self.logs.push(Some(log));
+        self.extra_args
+            .push(args.iter().map(|arg| (*arg).to_owned()).collect());
         self.configs.len() - 1
     }
 
@@ -272,6 +276,7 @@ impl Nodes {
             addresses,
             children: (0..count).map(|_| None).collect(),
             logs: vec![None; count],
+            extra_args: vec![Vec::new(); count],
         }
     }
 
@@ -293,6 +298,7 @@ impl Nodes {
             .arg("node")
             .arg("--config")
             .arg(&self.configs[index])
+            .args(&self.extra_args[index])
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use super::admin::AdminToken;
 use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, router, serve};
 use crate::runtime::{Input, Read, ReadAnswer};
+use crate::transport::AddressBook;
 
 const STREAM: &str = "/streams/BankAccount@alice";
 const COMMANDS: &str = "/streams/BankAccount@alice/commands";
@@ -43,7 +44,11 @@ fn router_over_empty_store() -> Router {
             }
         }
     });
-    router(engine, AdminToken(Some(ADMIN_TOKEN.to_owned())))
+    router(
+        engine,
+        AdminToken(Some(ADMIN_TOKEN.to_owned())),
+        AddressBook::default(),
+    )
 }
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-tests";
@@ -411,7 +416,7 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
     // without waiting for an answer.
     let (engine, inputs) = crate::queues::EngineInputs::new(0);
     let drops = std::sync::Arc::clone(&engine.drops);
-    let app = router(engine, AdminToken(None));
+    let app = router(engine, AdminToken(None), AddressBook::default());
     let request = Request::builder()
         .method("POST")
         .uri(COMMANDS)
@@ -458,7 +463,7 @@ async fn the_admin_api_needs_the_token_and_is_off_without_one() {
     assert_error_shape(&text, "node", "a short key");
     // A node without a token has the admin API off, whatever the request carries.
     let (engine, inputs) = crate::queues::EngineInputs::new(1);
-    let response = router(engine, AdminToken(None))
+    let response = router(engine, AdminToken(None), AddressBook::default())
         .oneshot(admit(Some(ADMIN_TOKEN), &body))
         .await
         .expect("the router is infallible");
