@@ -94,6 +94,20 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
             .all(|account| events(&stranger_address, account) == events(&founder, account))
     });
 
+    // Restarted, the joiner serves again. Its configuration lists no peers: it keeps those
+    // it learned at join time in `peers.json` (the members, having learned its address
+    // from identify, may also reach it first).
+    assert!(directory.path().join("stranger/peers.json").exists());
+    nodes.kill(stranger);
+    nodes.restart(stranger);
+    wait_for("the joiner to serve again after a restart", || {
+        matches!(
+            try_http(&stranger_address, "GET", "/health", None),
+            Ok((200, _))
+        )
+    });
+    commit(&stranger_address, &accounts[0], 6);
+
     // A member paused for less than the liveness span stays a member.
     nodes.pause(1);
     std::thread::sleep(Duration::from_millis(SILENCE_MS / 3));
