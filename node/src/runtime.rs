@@ -284,19 +284,16 @@ fn start_engine_from(
     };
     let saved = SectionState::load(&store)?;
     let records = store.log_records()?;
-    let engine = if records.is_empty() && saved.is_none() && checked.config.join {
-        info!("first start; asking to join");
-        Engine::join(
-            config,
-            key.clone(),
-            map,
-            (domain.registry)(),
-            store,
-            now_ms(),
-        )?
-    } else if records.is_empty() && saved.is_none() {
-        info!("first start");
-        Engine::new(
+    let engine = if records.is_empty() && saved.is_none() {
+        // A founder starts the network's generation 0; a joiner asks to be admitted.
+        let start = if checked.config.join {
+            info!("first start; asking to join");
+            Engine::join
+        } else {
+            info!("first start");
+            Engine::new
+        };
+        start(
             config,
             key.clone(),
             map,

@@ -884,6 +884,22 @@ fn run_with_load(cluster: &mut Cluster, opened: &mut u64, virtual_ms: u64) {
     }
 }
 
+/// Opens an account every 100 ms for a second, lets the section settle two seconds, and
+/// returns how many of those ten were committed.
+fn load_then_count_committed(cluster: &mut Cluster, opened: &mut u64) -> usize {
+    let first = *opened;
+    run_with_load(cluster, opened, 1_000);
+    cluster.run_for(2_000);
+    (first..*opened)
+        .filter(|ticket| {
+            matches!(
+                cluster.replies.get(ticket),
+                Some(CommandOutcome::Committed(_))
+            )
+        })
+        .count()
+}
+
 /// Every founding member's allow-list: the founders only.
 fn founders_only(cluster: &Cluster) -> Admission {
     Admission::AllowList(cluster.ids.iter().copied().collect())
@@ -971,17 +987,7 @@ fn a_member_silent_past_the_span_is_voted_out_and_a_shorter_silence_is_not() {
     // With work, the three others vote it out and go on committing.
     run_with_load(&mut cluster, &mut opened, 4_000);
     assert_eq!(cluster.member_counts(), [3, 3, 3]);
-    let first_after = opened;
-    run_with_load(&mut cluster, &mut opened, 1_000);
-    cluster.run_for(2_000);
-    let committed_after = (first_after..opened)
-        .filter(|ticket| {
-            matches!(
-                cluster.replies.get(ticket),
-                Some(CommandOutcome::Committed(_))
-            )
-        })
-        .count();
+    let committed_after = load_then_count_committed(&mut cluster, &mut opened);
     assert!(committed_after > 0, "nothing committed after the removal");
 }
 
@@ -1075,16 +1081,39 @@ fn a_member_flooding_sync_requests_gets_no_more_than_its_byte_budget() {
         sizes.len()
     );
     // The section goes on committing (the flooder included).
-    let first_after = opened;
-    run_with_load(&mut cluster, &mut opened, 1_000);
-    cluster.run_for(2_000);
-    let committed = (first_after..opened)
-        .filter(|ticket| {
-            matches!(
-                cluster.replies.get(ticket),
-                Some(CommandOutcome::Committed(_))
-            )
-        })
-        .count();
-    assert_eq!(committed as u64, opened - first_after);
+    let committed = load_then_count_committed(&mut cluster, &mut opened);
+    assert_eq!(committed, 10, "of 10 accounts opened after the flood");
+}
+
+#[test]
+fn fork_evidence_a_member_made_up_removes_nobody() {
+    // The adversary: member 1 (a faulty member may send anything) claims member 3 forked,
+    // with two headers naming member 3 as creator in this generation's group but signed with
+    // its own key (it has no other). Every member checks the signatures: no honest one votes.
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::new(4, 4, mode, 25);
+    let victim = cluster.ids[3];
+    let liar = cluster.ids[1];
+    let group = chorus_engine::membership::group_id(&chorus_routing::Prefix::ROOT, 0);
+    let mut evidence = fork_evidence();
+    for header in [&mut evidence.first, &mut evidence.second] {
+        header.header.creator = victim;
+        header.header.group = group;
+    }
+    let message = chorus_engine::Message::ForkEvidence(Box::new(evidence))
+        .encode()
+        .expect("encodes");
+    for node in [0, 2, 3] {
+        let now = cluster.now_ms;
+        cluster.engines[node].handle_message(now, liar, &message);
+        cluster.collect(node);
+    }
+    // The liar votes the victim out itself: had members 0 and 2 believed the evidence, three
+    // of four votes would remove it.
+    let now = cluster.now_ms;
+    cluster.engines[1].request_removal(now, victim);
+    cluster.collect(1);
+    let mut opened = 0;
+    run_with_load(&mut cluster, &mut opened, 3_000);
+    assert_eq!(cluster.member_counts(), [4, 4, 4, 4]);
 }

@@ -7,7 +7,7 @@
 //! `Network` of the consensus simulator); crashes and restarts (`Engine::restore` from the
 //! node's saved section state, replay log and store; own events are acknowledged at once, so
 //! a crash loses only what was in memory); a Byzantine member voting for forged proposals
-//! (`propose_raw`, `forge_deposit`); members leaving and nodes joining (with state transfer),
+//! (`byzantine.rs`: `propose_raw`, `forge_deposit`, `fork`); members leaving and nodes joining (with state transfer),
 //! sections splitting; the transfer saga run by every member. Not yet: loss of unsynced log
 //! records at a crash, other Byzantine behaviours.
 //!
@@ -22,6 +22,7 @@
 //! - no bank account was ever overdrawn: replaying each account's events, no withdrawal takes
 //!   the balance below zero and every event's balance is the running sum.
 
+mod byzantine;
 mod checks;
 mod plan;
 mod seed;
@@ -34,8 +35,7 @@ use std::time::Duration;
 
 use chorus_aggregate::{CommandId, CommandRequest, EventStore, StreamKey};
 use chorus_consensus::{BlockMode, Config, PeerId};
-use chorus_demo::bank_account::{BankAccount, BankAccountEvent};
-use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig, Message};
+use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig};
 use chorus_routing::{SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
@@ -270,64 +270,6 @@ impl ClusterSim {
         self.departed.contains(&self.ids[node])
     }
 
-    /// A Byzantine member's fork: `node` signs a second event with the index of its latest
-    /// (same parents, another time) and sends it to every other member of its section, as
-    /// a sync response. Returns whether it had an event to fork.
-    pub fn fork(&mut self, node: usize) -> bool {
-        use chorus_consensus::{SignedEvent, SyncResponse};
-        let Some(engine) = self.engines[node].as_ref() else {
-            return false;
-        };
-        let Some(consensus) = engine.consensus() else {
-            return false;
-        };
-        let own = self.ids[node];
-        let Some(latest) = consensus
-            .latest_index_of(&own)
-            .and_then(|index| consensus.own_event(index))
-        else {
-            return false;
-        };
-        let header = &latest.header;
-        let hashes = latest
-            .votes
-            .iter()
-            .map(chorus_consensus::Vote::observation_hash)
-            .collect();
-        let (twin, _) = SignedEvent::create_hashed(
-            header.group,
-            &self.keys[node],
-            header.index,
-            header.self_parent,
-            header.other_parent,
-            header.created_at_ms + 1,
-            latest.votes.clone(),
-            hashes,
-        );
-        let generation = engine.section().generation;
-        let members = engine.section().members.clone();
-        let message = Message::SyncResponse {
-            generation,
-            response: SyncResponse {
-                events: vec![std::sync::Arc::new(twin)],
-            },
-        };
-        let Ok(bytes) = message.encode() else {
-            return false;
-        };
-        for member in members {
-            if let Some(to) = self
-                .ids
-                .iter()
-                .position(|id| *id == member)
-                .filter(|to| *to != node)
-            {
-                self.send_raw(node, to, bytes.clone());
-            }
-        }
-        true
-    }
-
     fn start_joiner(&mut self, key: SigningKey) -> Result<usize, String> {
         let node = self.engines.len();
         if node >= self.setup.nodes + self.setup.spare_nodes {
@@ -519,92 +461,6 @@ impl ClusterSim {
         self.engines[node] = Some(engine);
         self.collect(node);
         self.add_saga(node)
-    }
-
-    /// A Byzantine node's move: `from` sends `to` arbitrary bytes (a forged welcome, section
-    /// update or transfer chunk, say), over the network like any message.
-    pub fn send_raw(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
-        match self.network.route(from, to, &mut self.network_rng) {
-            Fate::Delivered(delays) => {
-                for delay in delays {
-                    self.schedule(
-                        delay,
-                        Item::Deliver {
-                            from,
-                            to,
-                            bytes: bytes.clone(),
-                        },
-                    );
-                }
-            }
-            Fate::Dropped | Fate::Partitioned => {}
-        }
-    }
-
-    /// A Byzantine member's move: `node` votes for arbitrary observation bytes (a forged
-    /// proposal, say). Returns whether its consensus took the vote.
-    pub fn propose_raw(&mut self, node: usize, bytes: Vec<u8>) -> bool {
-        let Some(engine) = self.engines[node].as_mut() else {
-            return false;
-        };
-        let taken = engine.vote_for_raw(bytes);
-        self.collect(node);
-        taken
-    }
-
-    /// A Byzantine member's forgery that only the event check can catch: `node` proposes a
-    /// valid command (a deposit of 1 on `stream`, which must be in its section, under the
-    /// command id `id`) at the stream's current version and time, but with events that claim
-    /// a deposit of `claimed`. Returns whether its consensus took the vote.
-    pub fn forge_deposit(
-        &mut self,
-        node: usize,
-        stream: &StreamKey,
-        id: &str,
-        claimed: u64,
-    ) -> bool {
-        use chorus_demo::bank_account::BankAccountCommand;
-        let Some(engine) = self.engines[node].as_ref() else {
-            return false;
-        };
-        let Ok(info) = engine.store().stream_info(stream) else {
-            return false;
-        };
-        let (version, timestamp_ms) =
-            info.map_or((0, 0), |info| (info.version, info.last_timestamp_ms));
-        let balance = chorus_aggregate::Repository::<BankAccount>::new(engine.store())
-            .load(stream)
-            .map_or(0, |loaded| loaded.state.balance);
-        let Ok(body) = serde_json::to_value(BankAccountCommand::Deposit {
-            amount: 1,
-            transfer: None,
-        }) else {
-            return false;
-        };
-        let mut request = command(id, stream, body);
-        request.timestamp_ms = timestamp_ms;
-        let Ok(lie) = chorus_aggregate::domain::encode_event(&BankAccountEvent::Deposited {
-            amount: claimed,
-            balance: balance.saturating_add(claimed),
-            transfer: None,
-        }) else {
-            return false;
-        };
-        let forged = chorus_engine::Proposal::Decided {
-            events: vec![chorus_aggregate::NewEvent {
-                event_id: chorus_aggregate::EventId::for_command(request.command_id, 0),
-                event_type: lie.event_type,
-                event_version: lie.event_version,
-                payload: lie.payload,
-                supersedes: None,
-            }],
-            request,
-            version,
-        };
-        match forged.encode() {
-            Ok(bytes) => self.propose_raw(node, bytes),
-            Err(_) => false,
-        }
     }
 
     /// Sends a client command to `node`; returns its ticket (index in `submitted`).
