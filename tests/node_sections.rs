@@ -1,18 +1,38 @@
 //! A local cluster of 8 real processes forms two sections of four (`chorus init` draws keys
 //! balanced over the prefixes). Commands for streams of both sections, sent to every node,
-//! are forwarded to the responsible section and commit once; every member of a stream's
-//! section serves the same events, and a node of the other section answers a read of it with
-//! 421, naming the section that holds it, never with an empty stream.
+//! are forwarded to the responsible section and commit once; every node answers a read of
+//! any stream with the same events (a node of the other section reads it from a member of
+//! the responsible one), and `$all` and a category, gathered from both sections page by page,
+//! are the same from every node and hold every event once. A subscription to a stream the
+//! node's section does not hold is answered 421, naming the section that does.
 
 mod support;
 
 use chorus_aggregate::StreamKey;
 use chorus_routing::XorName;
+use serde_json::Value;
 use serde_json::json;
 use support::{Nodes, command_id, deposit, events, http, json_of, open_accounts};
 
+/// Every event of `path` (`/all` or a category), three at a time, following each page's
+/// `next` cursor to the end.
+fn gathered(address: &str, path: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut from = "1".to_owned();
+    loop {
+        let (status, text) = http(address, "GET", &format!("{path}?from={from}&count=3"), None);
+        assert_eq!(status, 200, "{path} on {address}: {text}");
+        let page = json_of(&text);
+        all.extend(page["events"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(next) => from = next.to_owned(),
+            None => return all,
+        }
+    }
+}
+
 #[test]
-fn eight_nodes_form_two_sections_and_serve_every_stream_from_the_right_one() {
+fn eight_nodes_form_two_sections_and_any_node_answers_every_read() {
     let directory = tempfile::tempdir().expect("temp dir");
     let nodes = Nodes::start(directory.path(), 8);
     let prefixes: Vec<String> = nodes
@@ -101,12 +121,22 @@ fn eight_nodes_form_two_sections_and_serve_every_stream_from_the_right_one() {
         for holder in &holders {
             assert_eq!(&events(holder, account), &expected, "{account} on {holder}");
         }
-        // The other section's nodes send the reader to the right section.
+        // Every other node reads it from the responsible section: the same events.
+        for address in &nodes.addresses {
+            assert_eq!(
+                &events(address, account),
+                &expected,
+                "{account} on {address}"
+            );
+        }
+        // A subscription follows one node's store: the other section's nodes send the
+        // subscriber to the right section.
         for (address, prefix) in nodes.addresses.iter().zip(&prefixes) {
             if prefix == section {
                 continue;
             }
-            let (status, text) = http(address, "GET", &format!("/streams/{account}"), None);
+            let path = format!("/streams/{account}/subscribe");
+            let (status, text) = http(address, "GET", &path, None);
             assert_eq!(status, 421, "{account} on {address}: {text}");
             let answer = json_of(&text);
             assert_eq!(answer["section"], section, "{text}");
@@ -115,6 +145,22 @@ fn eight_nodes_form_two_sections_and_serve_every_stream_from_the_right_one() {
                 Some(4),
                 "{text}"
             );
+        }
+    }
+
+    // `$all` and the category, gathered from both sections in small pages, are the same
+    // from every node and hold each account's events once.
+    for path in ["/all", "/categories/BankAccount"] {
+        let first = gathered(&nodes.addresses[0], path);
+        for account in &accounts {
+            let held = first
+                .iter()
+                .filter(|event| event["stream"] == account.as_str())
+                .count();
+            assert_eq!(held, 1 + nodes.addresses.len(), "{path}: {account}");
+        }
+        for address in &nodes.addresses[1..] {
+            assert_eq!(gathered(address, path), first, "{path} on {address}");
         }
     }
     nodes.stop();

@@ -17,37 +17,40 @@
 //! within `HEADER_READ_TIMEOUT` (or that stays idle that long between requests) is closed
 //! without an answer, and a request hyper cannot parse gets hyper's own bodiless 400 or 431.
 
+mod across;
 pub mod admin;
 mod extract;
+mod reads;
 mod server;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 
-use crate::queues::{Drops, EngineInputs, Refused};
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use chorus_aggregate::{
-    CategoryName, CommandId, CommandRequest, DatabaseName, ExpectedVersion, Filter, RecordedEvent,
-    StreamKey,
-};
+use chorus_aggregate::{CommandId, CommandRequest, ExpectedVersion, StreamKey};
 use chorus_engine::CommandOutcome;
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::config::parse_hex32;
 use crate::http::extract::{JsonBody, PathParams, QueryParams};
-use crate::runtime::{Input, Read, ReadAnswer};
+use crate::http::reads::{
+    list_categories, list_databases, list_streams, read_all, read_category, read_stream,
+};
+use crate::http::subscriptions::{subscribe_all, subscribe_category, subscribe_stream};
+use crate::peer_reads::PeerReads;
+use crate::queues::{Drops, EngineInputs, Refused};
+use crate::runtime::Input;
 use crate::transport::AddressBook;
 
+pub use crate::http::reads::event_json;
 pub use crate::http::server::serve;
 
 /// How long a handler waits for the engine (a command waits for agreement).
@@ -71,13 +74,18 @@ pub const READ_COUNT_DEFAULT: usize = 100;
 
 const _: () = assert!(READ_COUNT_DEFAULT <= READ_COUNT_MAX);
 
-/// The routes, over the engine thread's input channel; the admin routes need `admin_token`;
-/// `/status` shows the addresses the transport knows.
-pub fn router(
-    engine: EngineInputs,
-    admin_token: admin::AdminToken,
-    addresses: AddressBook,
-) -> Router {
+/// What the HTTP API reaches beside its engine, through the transport: the addresses it
+/// knows (shown in `/status`) and reads of other nodes (for data other sections hold).
+#[derive(Clone, Default)]
+pub struct Network {
+    /// The libp2p addresses the transport knows.
+    pub addresses: AddressBook,
+    /// Reads asked of other nodes.
+    pub reads: PeerReads,
+}
+
+/// The routes, over the engine thread's input channel; the admin routes need `admin_token`.
+pub fn router(engine: EngineInputs, admin_token: admin::AdminToken, network: Network) -> Router {
     Router::new()
         .merge(admin::routes(admin_token))
         .route("/health", get(health))
@@ -101,7 +109,8 @@ pub fn router(
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(server::read_body))
-        .layer(Extension(addresses))
+        .layer(Extension(network.addresses))
+        .layer(Extension(network.reads))
         .with_state(engine)
 }
 
@@ -283,41 +292,6 @@ async fn submit(
     (status, Json(body)).into_response()
 }
 
-/// The query of a stream read or subscription, and of `$all`'s.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    /// First sequence number of a stream, or first global position of `$all` (1 by default;
-    /// 0 reads from the start too).
-    pub from: Option<u64>,
-    /// Most events (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`); a
-    /// subscription's catch-up batch.
-    pub count: Option<usize>,
-}
-
-/// The query of a category read or subscription.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CategoryQuery {
-    /// First global position (1 by default; 0 reads from the start too).
-    pub from: Option<u64>,
-    /// Most events (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`); a
-    /// subscription's catch-up batch.
-    pub count: Option<usize>,
-    /// The category's database (`default` if absent).
-    pub database: Option<String>,
-}
-
-/// Paging of a stream listing.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// List streams whose id sorts after this one.
-    pub after: Option<String>,
-    /// Most streams (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`).
-    pub count: Option<usize>,
-}
-
 /// The query of a route that takes no parameters: any is refused, named.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,317 +302,6 @@ type Engine = State<EngineInputs>;
 fn bad(problem: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, problem.to_string())
 }
-
-/// One event as the API shows it: the payload as JSON when it is JSON.
-fn event_json(event: &RecordedEvent) -> Value {
-    let payload: Value = serde_json::from_slice(&event.payload)
-        .unwrap_or_else(|_| Value::String(format!("{} bytes", event.payload.len())));
-    json!({
-        "stream": event.stream.to_string(),
-        "sequence": event.sequence,
-        "position": event.position,
-        "event_id": event.event_id.to_hex(),
-        "type": event.event_type.as_str(),
-        "version": event.event_version,
-        "payload": payload,
-        "command_id": event.command_id.map(|id| id.to_hex()),
-        "timestamp_ms": event.timestamp_ms,
-    })
-}
-
-async fn read(engine: &EngineInputs, read: Read) -> Result<ReadAnswer, Response> {
-    match ask(engine, |reply| Input::Read(read, reply)).await? {
-        // 421 Misdirected Request: this node's section does not hold the stream; the
-        // answer names the section that does and its members.
-        Ok(ReadAnswer::Elsewhere { prefix, members }) => Err((
-            StatusCode::MISDIRECTED_REQUEST,
-            Json(json!({
-                "error": format!(
-                    "this node's section does not hold the stream: section {prefix:?} does; \
-                     read it from one of its members"
-                ),
-                "section": prefix,
-                "members": members,
-            })),
-        )
-            .into_response()),
-        Ok(answer) => Ok(answer),
-        Err(problem) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, problem)),
-    }
-}
-
-/// One page of events as JSON, with where the next page starts.
-async fn events_page(engine: &EngineInputs, query: Read) -> Response {
-    match read(engine, query).await {
-        Ok(ReadAnswer::Events { events, next }) => {
-            let events: Vec<Value> = events.iter().map(event_json).collect();
-            Json(json!({ "events": events, "next": next })).into_response()
-        }
-        Ok(other) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected answer {other:?}"),
-        ),
-        Err(response) => response,
-    }
-}
-
-/// Where a read starts (1 by default, and for 0) and how many it returns: `count` is
-/// `READ_COUNT_DEFAULT` by default and must be 1 to `READ_COUNT_MAX`.
-fn paging(from: Option<u64>, count: Option<usize>) -> Result<(u64, usize), String> {
-    Ok((from.unwrap_or(1).max(1), page_count(count)?))
-}
-
-fn page_count(count: Option<usize>) -> Result<usize, String> {
-    match count.unwrap_or(READ_COUNT_DEFAULT) {
-        count @ 1..=READ_COUNT_MAX => Ok(count),
-        count => Err(format!(
-            "query parameter count is {count}; it must be 1 to {READ_COUNT_MAX}"
-        )),
-    }
-}
-
-/// A stream read's parameters.
-fn stream_read(stream: &str, query: &ReadQuery) -> Result<(StreamKey, u64, usize), String> {
-    let (from, count) = paging(query.from, query.count)?;
-    let stream = StreamKey::parse(stream).map_err(|problem| problem.to_string())?;
-    Ok((stream, from, count))
-}
-
-/// A category read's parameters: the category of `database` (`default` if absent).
-fn category_read(category: String, query: CategoryQuery) -> Result<(Filter, u64, usize), String> {
-    let (from, count) = paging(query.from, query.count)?;
-    let database = match query.database {
-        Some(name) => DatabaseName::new(name)
-            .map_err(|problem| format!("query parameter database: {problem}"))?,
-        None => DatabaseName::default_database(),
-    };
-    let category = CategoryName::new(category).map_err(|problem| problem.to_string())?;
-    Ok((Filter::Category(database, category), from, count))
-}
-
-async fn read_stream(
-    State(engine): Engine,
-    PathParams(stream): PathParams<String>,
-    QueryParams(query): QueryParams<ReadQuery>,
-) -> Response {
-    match stream_read(&stream, &query) {
-        Ok((stream, from, count)) => {
-            let query = Read::Stream {
-                stream,
-                from,
-                count,
-            };
-            events_page(&engine, query).await
-        }
-        Err(problem) => bad(problem),
-    }
-}
-
-async fn read_log(
-    engine: &EngineInputs,
-    log_read: Result<(Filter, u64, usize), String>,
-) -> Response {
-    match log_read {
-        Ok((filter, from, count)) => {
-            let query = Read::Log {
-                filter,
-                from,
-                count,
-            };
-            events_page(engine, query).await
-        }
-        Err(problem) => bad(problem),
-    }
-}
-
-async fn read_all(State(engine): Engine, QueryParams(query): QueryParams<ReadQuery>) -> Response {
-    let log_read = paging(query.from, query.count).map(|(from, count)| (Filter::All, from, count));
-    read_log(&engine, log_read).await
-}
-
-async fn read_category(
-    State(engine): Engine,
-    PathParams(category): PathParams<String>,
-    QueryParams(query): QueryParams<CategoryQuery>,
-) -> Response {
-    read_log(&engine, category_read(category, query)).await
-}
-
-async fn list_databases(
-    State(engine): Engine,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Response {
-    match read(&engine, Read::Databases).await {
-        Ok(ReadAnswer::Names(names)) => Json(json!({ "databases": names })).into_response(),
-        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
-        Err(response) => response,
-    }
-}
-
-async fn list_categories(
-    State(engine): Engine,
-    PathParams(database): PathParams<String>,
-    QueryParams(NoQuery {}): QueryParams<NoQuery>,
-) -> Response {
-    let database = match DatabaseName::new(database) {
-        Ok(database) => database,
-        Err(problem) => return bad(problem),
-    };
-    match read(&engine, Read::Categories(database)).await {
-        Ok(ReadAnswer::Names(names)) => Json(json!({ "categories": names })).into_response(),
-        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
-        Err(response) => response,
-    }
-}
-
-async fn list_streams(
-    State(engine): Engine,
-    PathParams((database, category)): PathParams<(String, String)>,
-    QueryParams(query): QueryParams<ListQuery>,
-) -> Response {
-    let count = match page_count(query.count) {
-        Ok(count) => count,
-        Err(problem) => return bad(problem),
-    };
-    let (database, category) = match (DatabaseName::new(database), CategoryName::new(category)) {
-        (Ok(database), Ok(category)) => (database, category),
-        (Err(problem), _) | (_, Err(problem)) => return bad(problem),
-    };
-    let listing = Read::Streams {
-        database,
-        category,
-        after: query.after,
-        count,
-    };
-    match read(&engine, listing).await {
-        Ok(ReadAnswer::Streams(streams)) => {
-            let after = (streams.len() == count)
-                .then(|| streams.last().map(|info| info.stream.id().to_owned()))
-                .flatten();
-            let streams: Vec<Value> = streams
-                .iter()
-                .map(|info| {
-                    json!({
-                        "stream": info.stream.to_string(),
-                        "version": info.version,
-                        "last_timestamp_ms": info.last_timestamp_ms,
-                    })
-                })
-                .collect();
-            Json(json!({ "streams": streams, "next_after": after })).into_response()
-        }
-        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
-        Err(response) => response,
-    }
-}
-
-/// How often a subscription looks for new events once it has caught up.
-pub const SUBSCRIPTION_POLL: Duration = Duration::from_millis(100);
-
-/// Server-sent events: the events from `from` on (catch-up), then each new one as the node
-/// applies it (live; the node is polled every `SUBSCRIPTION_POLL`). Each SSE event has the
-/// event's JSON as data and its cursor (sequence or position) as id, so a client that
-/// reconnects continues from the id after the last it saw.
-fn subscription(
-    engine: EngineInputs,
-    from: u64,
-    read_at: impl Fn(u64) -> Read + Send + 'static,
-    cursor_of: fn(&RecordedEvent) -> u64,
-) -> Response {
-    let events = futures::stream::unfold(
-        (engine, from.max(1), read_at),
-        move |(engine, cursor, read_at)| async move {
-            loop {
-                match read(&engine, read_at(cursor)).await {
-                    Ok(ReadAnswer::Events { events, .. }) if !events.is_empty() => {
-                        let next = events.last().map_or(cursor, |last| cursor_of(last) + 1);
-                        let batch: Vec<Result<Event, Infallible>> = events
-                            .iter()
-                            .map(|event| {
-                                Ok(Event::default()
-                                    .id(cursor_of(event).to_string())
-                                    .data(event_json(event).to_string()))
-                            })
-                            .collect();
-                        return Some((futures::stream::iter(batch), (engine, next, read_at)));
-                    }
-                    Ok(ReadAnswer::Events { .. }) => tokio::time::sleep(SUBSCRIPTION_POLL).await,
-                    // The node is stopping or its store failed: the subscription ends.
-                    Ok(_) | Err(_) => return None,
-                }
-            }
-        },
-    )
-    .flatten();
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-async fn subscribe_stream(
-    State(engine): Engine,
-    PathParams(stream): PathParams<String>,
-    QueryParams(query): QueryParams<ReadQuery>,
-) -> Response {
-    match stream_read(&stream, &query) {
-        Ok((stream, from, count)) => {
-            // A stream another section holds is refused at once (421), not followed in
-            // silence.
-            let first = Read::Stream {
-                stream: stream.clone(),
-                from,
-                count: 1,
-            };
-            if let Err(response) = read(&engine, first).await {
-                return response;
-            }
-            subscription(
-                engine,
-                from,
-                move |from| Read::Stream {
-                    stream: stream.clone(),
-                    from,
-                    count,
-                },
-                |event| event.sequence,
-            )
-        }
-        Err(problem) => bad(problem),
-    }
-}
-
-fn subscribe_log(engine: EngineInputs, log_read: Result<(Filter, u64, usize), String>) -> Response {
-    match log_read {
-        Ok((filter, from, count)) => subscription(
-            engine,
-            from,
-            move |from| Read::Log {
-                filter: filter.clone(),
-                from,
-                count,
-            },
-            |event| event.position,
-        ),
-        Err(problem) => bad(problem),
-    }
-}
-
-async fn subscribe_all(
-    State(engine): Engine,
-    QueryParams(query): QueryParams<ReadQuery>,
-) -> Response {
-    let log_read = paging(query.from, query.count).map(|(from, count)| (Filter::All, from, count));
-    subscribe_log(engine, log_read)
-}
-
-async fn subscribe_category(
-    State(engine): Engine,
-    PathParams(category): PathParams<String>,
-    QueryParams(query): QueryParams<CategoryQuery>,
-) -> Response {
-    subscribe_log(engine, category_read(category, query))
-}
-
 /// Prometheus text format: the node's section, store, consensus and command figures.
 async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQuery>) -> Response {
     let status = match ask(&engine, Input::Status).await {

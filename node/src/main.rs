@@ -11,6 +11,7 @@ mod demo;
 mod http;
 mod joining;
 mod local;
+mod peer_reads;
 mod queues;
 mod runtime;
 mod transport;
@@ -229,10 +230,12 @@ fn run_node(path: &Path, join: Option<&str>) -> Result<(), String> {
         let (outbound, outbound_receiver) =
             queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
         let engine_thread = spawn_engine(&checked, &key, input_receiver, outbound)?;
+        let (reads, reads_receiver) = peer_reads::PeerReads::new();
         tokio::spawn(transport::run(
             swarm,
             addresses.clone(),
             outbound_receiver,
+            reads_receiver,
             inputs.clone(),
         ));
         say(&format!(
@@ -245,7 +248,7 @@ fn run_node(path: &Path, join: Option<&str>) -> Result<(), String> {
             http::router(
                 inputs,
                 http::admin::AdminToken(checked.config.admin_token.clone()),
-                addresses,
+                http::Network { addresses, reads },
             ),
             shutdown_signal(),
         );

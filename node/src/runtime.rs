@@ -15,7 +15,7 @@ use chorus_aggregate::{
 use chorus_consensus::codec::{decode_log_record, encode_log_record};
 use chorus_consensus::{Config, Consensus, PeerId, Stats};
 use chorus_engine::{CommandOutcome, Engine, EngineConfig, SectionState};
-use chorus_routing::SectionMap;
+use chorus_routing::{Prefix, SectionMap, XorName};
 use ed25519_dalek::SigningKey;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -33,6 +33,8 @@ pub enum Input {
     Submit(CommandRequest, oneshot::Sender<CommandOutcome>),
     /// A read of the node's store.
     Read(Read, oneshot::Sender<Result<ReadAnswer, String>>),
+    /// Another node's read (`peer_reads`): served only to a node in the network map.
+    PeerRead(PeerId, Read, oneshot::Sender<Result<ReadAnswer, String>>),
     /// The node's status.
     Status(oneshot::Sender<Status>),
     /// An operator's change to the admission policy or membership (admin API).
@@ -82,6 +84,19 @@ pub enum Read {
         /// At most this many events.
         count: usize,
     },
+    /// Like `Log`, but only events of streams this node's section is responsible for (after
+    /// a split the store still holds the other half's earlier events). A page may hold fewer
+    /// than `count` events before its end.
+    SectionLog {
+        /// Which events.
+        filter: Filter,
+        /// First global position.
+        from: u64,
+        /// At most this many events.
+        count: usize,
+    },
+    /// The network map as this node knows it.
+    Map,
     /// The databases that hold streams.
     Databases,
     /// The categories of a database.
@@ -114,12 +129,19 @@ pub enum ReadAnswer {
     Names(Vec<String>),
     /// Streams with their versions.
     Streams(Vec<StreamInfo>),
+    /// The network map: this node's section's prefix, and each section's prefix and members.
+    Map {
+        /// This node's section.
+        own: chorus_routing::Prefix,
+        /// Every section, in prefix order.
+        sections: Vec<(chorus_routing::Prefix, Vec<PeerId>)>,
+    },
     /// The stream belongs to another section than this node's: ask one of its members.
     Elsewhere {
         /// That section's prefix.
         prefix: String,
-        /// Its members' keys, hex.
-        members: Vec<String>,
+        /// Its members.
+        members: Vec<PeerId>,
     },
 }
 
@@ -413,11 +435,18 @@ impl Serving {
                 }
             }
             Input::Read(read, reply) => {
-                let answer = match elsewhere(engine, &read) {
-                    Some(elsewhere) => Ok(elsewhere),
-                    None => read_store(engine.store(), read).map_err(|e| e.to_string()),
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(answer_read(engine, read));
+            }
+            Input::PeerRead(from, read, reply) => {
+                let known = engine
+                    .map()
+                    .sections()
+                    .any(|section| section.member_keys().contains(&from.0));
+                let _ = reply.send(if known {
+                    answer_read(engine, read)
+                } else {
+                    Err("a read from a node outside the network map".into())
+                });
             }
             Input::Status(reply) => {
                 let _ = reply.send(status_of(engine, &self.answered));
@@ -549,6 +578,28 @@ fn drain(
     Ok(())
 }
 
+/// A read: sent elsewhere, or answered with the map, or served from the store.
+fn answer_read(engine: &Engine, read: Read) -> Result<ReadAnswer, String> {
+    if let Some(elsewhere) = elsewhere(engine, &read) {
+        return Ok(elsewhere);
+    }
+    if let Read::Map = read {
+        let sections = engine
+            .map()
+            .sections()
+            .map(|section| {
+                let members = section.member_keys().into_iter().map(PeerId).collect();
+                (section.prefix(), members)
+            })
+            .collect();
+        return Ok(ReadAnswer::Map {
+            own: engine.section().prefix,
+            sections,
+        });
+    }
+    read_store(engine.store(), engine.section().prefix, read).map_err(|error| error.to_string())
+}
+
 /// A stream read for a stream another section is responsible for (by this node's map): its
 /// store would answer with nothing, which is wrong, so the reader is sent to that section.
 fn elsewhere(engine: &Engine, read: &Read) -> Option<ReadAnswer> {
@@ -566,12 +617,12 @@ fn elsewhere(engine: &Engine, read: &Read) -> Option<ReadAnswer> {
     let section = engine.map().section_for_stream(&qualified);
     Some(ReadAnswer::Elsewhere {
         prefix: section.prefix().to_string(),
-        members: section.member_keys().iter().map(|key| hex(key)).collect(),
+        members: section.member_keys().into_iter().map(PeerId).collect(),
     })
 }
 
-/// Serves a read from the store.
-fn read_store(store: &EventStore, read: Read) -> Result<ReadAnswer, StoreError> {
+/// Serves a read from the store of a member of section `own`.
+fn read_store(store: &EventStore, own: Prefix, read: Read) -> Result<ReadAnswer, StoreError> {
     Ok(match read {
         Read::Stream {
             stream,
@@ -600,6 +651,24 @@ fn read_store(store: &EventStore, read: Read) -> Result<ReadAnswer, StoreError> 
                 next: slice.next,
             }
         }
+        Read::SectionLog {
+            filter,
+            from,
+            count,
+        } => {
+            let slice = store.read(&filter, from, Direction::Forward, count)?;
+            let mut events = slice.events;
+            events
+                .retain(|event| own.matches(&XorName::from_stream_key(&event.stream.qualified())));
+            ReadAnswer::Events {
+                events,
+                next: slice.next,
+            }
+        }
+        Read::Map => ReadAnswer::Map {
+            own,
+            sections: Vec::new(),
+        },
         Read::Databases => ReadAnswer::Names(
             store
                 .list_databases()?

@@ -117,18 +117,35 @@ pub fn consensus_id(peer: &libp2p::PeerId) -> Option<PeerId> {
     Some(PeerId(key.try_into_ed25519().ok()?.to_bytes()))
 }
 
-/// Engine messages as frames: a u32 big-endian length, then the bytes.
-#[derive(Clone, Default)]
-pub struct EngineCodec;
+/// Messages as frames: a u32 big-endian length, then the bytes; each direction with its
+/// largest frame (refused before anything is allocated for it).
+#[derive(Clone)]
+pub struct FrameCodec {
+    request_bytes_max: usize,
+    response_bytes_max: usize,
+}
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+impl FrameCodec {
+    /// The engine protocol's: a message either way, answered by an empty acknowledgement.
+    pub const ENGINE: Self = Self {
+        request_bytes_max: FRAME_BYTES_MAX,
+        response_bytes_max: FRAME_BYTES_MAX,
+    };
+    /// The read protocol's: a small request, a page of events back.
+    pub const READS: Self = Self {
+        request_bytes_max: crate::peer_reads::READ_REQUEST_BYTES_MAX,
+        response_bytes_max: FRAME_BYTES_MAX,
+    };
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut length = [0u8; 4];
     io.read_exact(&mut length).await?;
     let length = u32::from_be_bytes(length) as usize;
-    if length > FRAME_BYTES_MAX {
+    if length > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a frame of {length} bytes; at most {FRAME_BYTES_MAX}"),
+            format!("a frame of {length} bytes; at most {max}"),
         ));
     }
     let mut bytes = vec![0u8; length];
@@ -153,7 +170,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> 
     io.write_all(bytes).await
 }
 
-impl request_response::Codec for EngineCodec {
+impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
     type Response = Vec<u8>;
@@ -162,14 +179,14 @@ impl request_response::Codec for EngineCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, self.request_bytes_max).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, self.response_bytes_max).await
     }
 
     async fn write_request<T>(
@@ -201,7 +218,8 @@ impl request_response::Codec for EngineCodec {
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     limits: connection_limits::Behaviour,
-    engine: request_response::Behaviour<EngineCodec>,
+    engine: request_response::Behaviour<FrameCodec>,
+    reads: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
 }
 
@@ -228,11 +246,19 @@ pub async fn start(
                     .with_max_established_incoming(Some(CONNECTIONS_INCOMING_MAX))
                     .with_max_pending_incoming(Some(CONNECTIONS_PENDING_INCOMING_MAX)),
             ),
-            engine: request_response::Behaviour::new(
+            engine: request_response::Behaviour::with_codec(
+                FrameCodec::ENGINE,
                 [(PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(30))
                     .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX),
+            ),
+            reads: request_response::Behaviour::with_codec(
+                FrameCodec::READS,
+                [(crate::peer_reads::READ_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(crate::peer_reads::READ_TIMEOUT)
+                    .with_max_concurrent_streams(crate::peer_reads::READS_SERVED_MAX),
             ),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/chorus/1.0.0".into(),
@@ -270,14 +296,17 @@ pub async fn start(
 
 /// Runs a started swarm until `outbound` closes: messages from `outbound` go to their
 /// peers, messages from peers go to the engine thread's input queue, through a backlog per
-/// peer when it is full ([`crate::queues::PeerInbound`]).
+/// peer when it is full ([`crate::queues::PeerInbound`]). Reads asked through `reads` go to
+/// their peers, and peers' reads to the engine thread ([`crate::peer_reads`]).
 pub async fn run(
     mut swarm: Swarm<Behaviour>,
     addresses: AddressBook,
     mut outbound: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    mut reads: mpsc::Receiver<crate::peer_reads::Asked>,
     engine: crate::queues::EngineInputs,
 ) {
-    let mut inbound = crate::queues::PeerInbound::new(engine);
+    let mut read_peers = crate::peer_reads::ReadPeers::new();
+    let mut inbound = crate::queues::PeerInbound::new(engine.clone());
     // While peer messages wait for room in the engine's queue, it is looked at this often.
     let mut pump = tokio::time::interval(Duration::from_millis(1));
     pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -297,6 +326,20 @@ pub async fn run(
                     }
                     Err(error) => debug!(%error, "message for a peer with a bad key dropped"),
                 }
+            }
+            Some((peer, read, reply)) = reads.recv() => match libp2p_id(&peer) {
+                Ok(libp2p_peer) => {
+                    if let Some(address) = addresses.get(&peer) {
+                        swarm.add_peer_address(libp2p_peer, address);
+                    }
+                    read_peers.send(&mut swarm.behaviour_mut().reads, &libp2p_peer, &read, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(crate::peer_reads::PeerPage::Refused(error.to_string()));
+                }
+            },
+            (channel, page) = read_peers.next_served() => {
+                let _ = swarm.behaviour_mut().reads.send_response(channel, page);
             }
             _ = pump.tick(), if inbound.has_backlog() => {
                 if inbound.pump().is_err() {
@@ -329,6 +372,9 @@ pub async fn run(
                     }
                     request_response::Event::ResponseSent { .. } => {}
                 },
+                SwarmEvent::Behaviour(BehaviourEvent::Reads(event)) => {
+                    read_event(&mut swarm, &mut read_peers, &engine, event);
+                }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                     peer_id,
                     info,
@@ -348,6 +394,38 @@ pub async fn run(
                 _ => {}
             },
         }
+    }
+}
+
+/// One event of the read protocol: a peer's read to serve, or an answer to ours.
+fn read_event(
+    swarm: &mut Swarm<Behaviour>,
+    read_peers: &mut crate::peer_reads::ReadPeers,
+    engine: &crate::queues::EngineInputs,
+    event: request_response::Event<Vec<u8>, Vec<u8>>,
+) {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                let Some(from) = consensus_id(&peer) else {
+                    return;
+                };
+                if let Some((channel, page)) = read_peers.serve(engine, from, &request, channel) {
+                    let _ = swarm.behaviour_mut().reads.send_response(channel, page);
+                }
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => read_peers.answered(request_id, Ok(response)),
+        },
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => read_peers.answered(request_id, Err(error.to_string())),
+        request_response::Event::InboundFailure { .. }
+        | request_response::Event::ResponseSent { .. } => {}
     }
 }
 
@@ -372,10 +450,10 @@ mod tests {
             .await
             .expect("writes");
         let mut reader = futures::io::Cursor::new(buffer);
-        assert_eq!(read_frame(&mut reader).await.expect("reads"), b"hello");
+        assert_eq!(read_frame(&mut reader, 5).await.expect("reads"), b"hello");
         let mut huge = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
         huge.extend_from_slice(b"x");
-        let error = read_frame(&mut futures::io::Cursor::new(huge))
+        let error = read_frame(&mut futures::io::Cursor::new(huge), FRAME_BYTES_MAX)
             .await
             .expect_err("refused");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);

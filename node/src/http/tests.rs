@@ -16,9 +16,8 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::admin::AdminToken;
-use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, router, serve};
+use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, Network, router, serve};
 use crate::runtime::{Input, Read, ReadAnswer};
-use crate::transport::AddressBook;
 
 const STREAM: &str = "/streams/BankAccount@alice";
 const COMMANDS: &str = "/streams/BankAccount@alice/commands";
@@ -33,9 +32,15 @@ fn router_over_empty_store() -> Router {
         while let Some(input) = inputs.recv() {
             if let Input::Read(read, reply) = input {
                 let answer = match read {
-                    Read::Stream { .. } | Read::Log { .. } => ReadAnswer::Events {
-                        events: Vec::new(),
-                        next: None,
+                    Read::Stream { .. } | Read::Log { .. } | Read::SectionLog { .. } => {
+                        ReadAnswer::Events {
+                            events: Vec::new(),
+                            next: None,
+                        }
+                    }
+                    Read::Map => ReadAnswer::Map {
+                        own: chorus_routing::Prefix::ROOT,
+                        sections: vec![(chorus_routing::Prefix::ROOT, Vec::new())],
                     },
                     Read::Databases | Read::Categories(_) => ReadAnswer::Names(Vec::new()),
                     Read::Streams { .. } => ReadAnswer::Streams(Vec::new()),
@@ -47,7 +52,7 @@ fn router_over_empty_store() -> Router {
     router(
         engine,
         AdminToken(Some(ADMIN_TOKEN.to_owned())),
-        AddressBook::default(),
+        Network::default(),
     )
 }
 
@@ -416,7 +421,7 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
     // without waiting for an answer.
     let (engine, inputs) = crate::queues::EngineInputs::new(0);
     let drops = std::sync::Arc::clone(&engine.drops);
-    let app = router(engine, AdminToken(None), AddressBook::default());
+    let app = router(engine, AdminToken(None), Network::default());
     let request = Request::builder()
         .method("POST")
         .uri(COMMANDS)
@@ -463,7 +468,7 @@ async fn the_admin_api_needs_the_token_and_is_off_without_one() {
     assert_error_shape(&text, "node", "a short key");
     // A node without a token has the admin API off, whatever the request carries.
     let (engine, inputs) = crate::queues::EngineInputs::new(1);
-    let response = router(engine, AdminToken(None), AddressBook::default())
+    let response = router(engine, AdminToken(None), Network::default())
         .oneshot(admit(Some(ADMIN_TOKEN), &body))
         .await
         .expect("the router is infallible");

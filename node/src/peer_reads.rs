@@ -1,0 +1,327 @@
+//! Reads between nodes: how a node serves a stream, a category or `$all` that another section
+//! holds. The HTTP handler asks a member of the responsible section over libp2p
+//! (`/chorus/read/1`, beside the engine protocol), and that member answers from its store
+//! what it applied: a page of events as the HTTP API shows them.
+//!
+//! Who may ask: a node in the asked member's network map (a stranger is refused, named).
+//! What is asked: one stream, or the log (`$all` or a category) restricted to the asked
+//! member's own section (after a split both halves still hold the parent's events; each
+//! answers for its own prefix only, so a gathered read counts no event twice). The asked
+//! member never forwards in turn: a read names the section it is for, and a member of
+//! another section refuses it.
+//!
+//! Trust: the answer comes from one member, as any read over HTTP comes from the one node
+//! asked; it may lag its section. Proven reads (signed by more than two thirds) are not built.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chorus_aggregate::{CategoryName, DatabaseName, Filter, StreamKey};
+use chorus_consensus::PeerId;
+use futures::future::BoxFuture;
+use libp2p::StreamProtocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::{READ_COUNT_MAX, event_json};
+use crate::queues::EngineInputs;
+use crate::runtime::{Input, Read, ReadAnswer};
+
+/// The read protocol; its version changes with the request's or the answer's shape.
+pub const READ_PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/read/1");
+/// Largest read request (a stream key and a few numbers).
+pub const READ_REQUEST_BYTES_MAX: usize = 4 * 1024;
+/// How long a node waits for a member's answer before it asks the next.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads other nodes asked of this one that wait for its engine at once; beyond, a read is
+/// answered busy at once (a member cannot fill the engine's queue with reads).
+pub const READS_SERVED_MAX: usize = 64;
+/// Reads this node asks of others at once; beyond, an HTTP read is answered busy.
+pub const READS_ASKED_MAX: usize = 256;
+
+/// What one node asks another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerRead {
+    /// One stream, forward from sequence `from`.
+    Stream {
+        /// `Category@id`, as in the HTTP path.
+        stream: String,
+        /// First sequence number.
+        from: u64,
+        /// Most events.
+        count: usize,
+    },
+    /// The asked member's section's log (`$all` without a category), forward from a
+    /// position of that member's store.
+    Log {
+        /// The category's database (with `category`).
+        database: Option<String>,
+        /// Only this category.
+        category: Option<String>,
+        /// First position.
+        from: u64,
+        /// Most events.
+        count: usize,
+    },
+}
+
+impl PeerRead {
+    /// The engine thread's read for it, or why it is not one.
+    pub fn to_read(&self) -> Result<Read, String> {
+        let count = |count: usize| {
+            if (1..=READ_COUNT_MAX).contains(&count) {
+                Ok(count)
+            } else {
+                Err(format!("count {count}: it must be 1 to {READ_COUNT_MAX}"))
+            }
+        };
+        match self {
+            Self::Stream {
+                stream,
+                from,
+                count: asked,
+            } => Ok(Read::Stream {
+                stream: StreamKey::parse(stream).map_err(|problem| problem.to_string())?,
+                from: (*from).max(1),
+                count: count(*asked)?,
+            }),
+            Self::Log {
+                database,
+                category,
+                from,
+                count: asked,
+            } => {
+                let filter = match (database, category) {
+                    (None, None) => Filter::All,
+                    (database, Some(category)) => Filter::Category(
+                        match database {
+                            Some(name) => DatabaseName::new(name.clone())
+                                .map_err(|problem| problem.to_string())?,
+                            None => DatabaseName::default_database(),
+                        },
+                        CategoryName::new(category.clone())
+                            .map_err(|problem| problem.to_string())?,
+                    ),
+                    (Some(_), None) => return Err("a database without a category".into()),
+                };
+                Ok(Read::SectionLog {
+                    filter,
+                    from: (*from).max(1),
+                    count: count(*asked)?,
+                })
+            }
+        }
+    }
+}
+
+/// A member's answer: a page of events as the HTTP API shows them, or why not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerPage {
+    /// The events and where the next page starts (`None`: the end, for now).
+    Events {
+        /// Each event's JSON (`http::event_json`).
+        events: Vec<Value>,
+        /// The next page's first sequence or position.
+        next: Option<u64>,
+    },
+    /// Refused or failed, and why.
+    Refused(String),
+}
+
+/// The asking side, shared by the HTTP handlers: sends a read to a peer through the
+/// transport and waits for its page.
+#[derive(Clone, Debug)]
+pub struct PeerReads(mpsc::Sender<Asked>);
+
+/// A read on its way to the transport.
+pub type Asked = (PeerId, PeerRead, oneshot::Sender<PeerPage>);
+
+impl PeerReads {
+    /// A handle and the transport's receiving end.
+    pub fn new() -> (Self, mpsc::Receiver<Asked>) {
+        let (sender, receiver) = mpsc::channel(READS_ASKED_MAX);
+        (Self(sender), receiver)
+    }
+
+    /// Asks `peer`; its page, or why there is none (busy, no answer in `READ_TIMEOUT`, the
+    /// transport stopped, the peer refused).
+    pub async fn ask(&self, peer: PeerId, read: PeerRead) -> Result<PeerPage, String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .try_send((peer, read, reply))
+            .map_err(|_| "too many reads to other nodes at once".to_owned())?;
+        match tokio::time::timeout(READ_TIMEOUT, answer).await {
+            Ok(Ok(page)) => Ok(page),
+            Ok(Err(_)) => Err("the transport stopped".into()),
+            Err(_) => Err(format!("no answer within {READ_TIMEOUT:?}")),
+        }
+    }
+}
+
+impl Default for PeerReads {
+    /// A handle with no transport behind it (tests): every read fails.
+    fn default() -> Self {
+        Self(mpsc::channel(1).0)
+    }
+}
+
+/// The transport's side: reads it sent and waits for, and reads it serves.
+pub struct ReadPeers {
+    asked: HashMap<OutboundRequestId, oneshot::Sender<PeerPage>>,
+    served: futures::stream::FuturesUnordered<BoxFuture<'static, Served>>,
+}
+
+/// A served read's channel and its encoded answer.
+pub type Served = (ResponseChannel<Vec<u8>>, Vec<u8>);
+
+impl ReadPeers {
+    /// Nothing in flight.
+    pub fn new() -> Self {
+        Self {
+            asked: HashMap::new(),
+            served: futures::stream::FuturesUnordered::new(),
+        }
+    }
+
+    /// Sends `read` to `peer` (its libp2p id).
+    pub fn send(
+        &mut self,
+        behaviour: &mut request_response::Behaviour<crate::transport::FrameCodec>,
+        peer: &libp2p::PeerId,
+        read: &PeerRead,
+        reply: oneshot::Sender<PeerPage>,
+    ) {
+        match serde_json::to_vec(read) {
+            Ok(bytes) => {
+                let id = behaviour.send_request(peer, bytes);
+                self.asked.insert(id, reply);
+            }
+            Err(error) => {
+                let _ = reply.send(PeerPage::Refused(error.to_string()));
+            }
+        }
+    }
+
+    /// A peer's answer to a read we sent (or its failure, as `Refused`).
+    pub fn answered(&mut self, id: OutboundRequestId, bytes: Result<Vec<u8>, String>) {
+        if let Some(reply) = self.asked.remove(&id) {
+            let page = bytes.and_then(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|error| format!("a bad answer: {error}"))
+            });
+            let _ = reply.send(page.unwrap_or_else(PeerPage::Refused));
+        }
+    }
+
+    /// A read `from` asked of us: to the engine thread (which checks who asks), answered when
+    /// it replies. Refused at once when it does not parse or too many wait.
+    pub fn serve(
+        &mut self,
+        engine: &EngineInputs,
+        from: PeerId,
+        request: &[u8],
+        channel: ResponseChannel<Vec<u8>>,
+    ) -> Option<Served> {
+        let refuse = |channel, reason: String| Some((channel, encode(&PeerPage::Refused(reason))));
+        if self.served.len() >= READS_SERVED_MAX {
+            return refuse(channel, "busy: too many reads from other nodes".into());
+        }
+        let read = match serde_json::from_slice::<PeerRead>(request)
+            .map_err(|error| error.to_string())
+            .and_then(|read| read.to_read())
+        {
+            Ok(read) => read,
+            Err(problem) => return refuse(channel, format!("a bad read: {problem}")),
+        };
+        let (reply, answer) = oneshot::channel();
+        if engine
+            .offer_request(Input::PeerRead(from, read, reply))
+            .is_err()
+        {
+            return refuse(channel, "busy: the engine's queue is full".into());
+        }
+        self.served.push(Box::pin(async move {
+            let page = match answer.await {
+                Ok(Ok(ReadAnswer::Events { events, next })) => PeerPage::Events {
+                    events: events.iter().map(event_json).collect(),
+                    next,
+                },
+                Ok(Ok(ReadAnswer::Elsewhere { prefix, .. })) => PeerPage::Refused(format!(
+                    "this node's section does not hold it: {prefix:?} does"
+                )),
+                Ok(Ok(other)) => PeerPage::Refused(format!("unexpected answer {other:?}")),
+                Ok(Err(problem)) => PeerPage::Refused(problem),
+                Err(_) => PeerPage::Refused("the node is stopping".into()),
+            };
+            (channel, encode(&page))
+        }));
+        None
+    }
+
+    /// The next served read whose answer is ready (pending forever when none waits).
+    pub async fn next_served(&mut self) -> Served {
+        use futures::StreamExt;
+        match self.served.next().await {
+            Some(served) => served,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn encode(page: &PeerPage) -> Vec<u8> {
+    serde_json::to_vec(page).unwrap_or_else(|_| b"{\"refused\":\"unencodable\"}".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_round_trip_and_bad_ones_are_refused_with_the_reason() {
+        let read = PeerRead::Log {
+            database: None,
+            category: Some("BankAccount".into()),
+            from: 0,
+            count: 10,
+        };
+        let bytes = serde_json::to_vec(&read).expect("encodes");
+        let back: PeerRead = serde_json::from_slice(&bytes).expect("decodes");
+        assert_eq!(back, read);
+        assert!(matches!(
+            back.to_read(),
+            Ok(Read::SectionLog {
+                from: 1,
+                count: 10,
+                ..
+            })
+        ));
+        let too_many = PeerRead::Stream {
+            stream: "Notebook@a".into(),
+            from: 1,
+            count: READ_COUNT_MAX + 1,
+        };
+        assert!(too_many.to_read().expect_err("too many").contains("count"));
+        let bad_stream = PeerRead::Stream {
+            stream: "no-at-sign".into(),
+            from: 1,
+            count: 1,
+        };
+        assert!(bad_stream.to_read().is_err());
+        let orphan = PeerRead::Log {
+            database: Some("default".into()),
+            category: None,
+            from: 1,
+            count: 1,
+        };
+        assert!(
+            orphan
+                .to_read()
+                .expect_err("no category")
+                .contains("database")
+        );
+        assert!(serde_json::from_slice::<PeerRead>(b"{\"kind\":\"drop_tables\"}").is_err());
+    }
+}
