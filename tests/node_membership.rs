@@ -147,37 +147,11 @@ fn set_silence_span(config: &Path) {
     std::fs::write(config, toml::to_string(&value).expect("config writes")).expect("written");
 }
 
-/// Writes a joining node's configuration (a fresh data directory, no peers: it learns the
-/// network from the founder it is pointed at with `--join`) and adds it to `nodes`, not
-/// started. Its stderr goes to `stranger.log`.
+/// A stranger: a fresh key, no peers, pointed at the first founder with `--join`.
 fn add_stranger(nodes: &mut Nodes, directory: &Path) -> usize {
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port()
-    };
-    let http_address = format!("127.0.0.1:{}", port());
-    let mut table = toml::Table::new();
-    let data_dir = directory.join("stranger");
-    table.insert("data_dir".into(), data_dir.display().to_string().into());
-    table.insert(
-        "listen".into(),
-        format!("/ip4/127.0.0.1/tcp/{}", port()).into(),
-    );
-    table.insert("http".into(), http_address.clone().into());
-    table.insert("gossip_interval_ms".into(), 5.into());
-    table.insert("remove_silent_after_ms".into(), (SILENCE_MS as i64).into());
-    std::fs::create_dir_all(&data_dir).expect("data dir");
-    let config = data_dir.join("node.toml");
-    std::fs::write(&config, toml::to_string(&table).expect("toml")).expect("written");
-    let founder = nodes.addresses[0].clone();
-    nodes.add(
-        config,
-        format!("http://{http_address}"),
-        directory.join("stranger.log"),
-        &["--join", &founder],
-    )
+    let mut fields = toml::Table::new();
+    fields.insert("remove_silent_after_ms".into(), (SILENCE_MS as i64).into());
+    nodes.add_joiner(directory, "stranger", fields)
 }
 
 /// Members of the node's section, as its `/status` says.

@@ -10,26 +10,8 @@ mod support;
 
 use chorus_aggregate::StreamKey;
 use chorus_routing::XorName;
-use serde_json::Value;
 use serde_json::json;
-use support::{Nodes, command_id, deposit, events, http, json_of, open_accounts};
-
-/// Every event of `path` (`/all` or a category), three at a time, following each page's
-/// `next` cursor to the end.
-fn gathered(address: &str, path: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut from = "1".to_owned();
-    loop {
-        let (status, text) = http(address, "GET", &format!("{path}?from={from}&count=3"), None);
-        assert_eq!(status, 200, "{path} on {address}: {text}");
-        let page = json_of(&text);
-        all.extend(page["events"].as_array().cloned().unwrap_or_default());
-        match page["next"].as_str() {
-            Some(next) => from = next.to_owned(),
-            None => return all,
-        }
-    }
-}
+use support::{Nodes, command_id, deposit, events, gathered, http, json_of, open_accounts};
 
 #[test]
 fn eight_nodes_form_two_sections_and_any_node_answers_every_read() {

@@ -234,6 +234,45 @@ fn group_commit_keeps_each_batch_independent() {
 }
 
 #[test]
+fn transferred_state_keeps_its_source_numbering_and_positions_never_go_back() {
+    let (_directory, store) = store();
+    let batches = [
+        batch("a", "Notebook@1", ExpectedVersion::NoStream, 2),
+        batch("b", "Notebook@2", ExpectedVersion::NoStream, 1),
+        batch("c", "Notebook@1", ExpectedVersion::Exact(2), 1),
+    ];
+    // The source held other streams at positions 3 to 6 and 8, and its head was 10.
+    let outcomes = store
+        .append_group_at(&batches, &[1, 7, 9], 10)
+        .expect("group");
+    let firsts: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| outcome.as_ref().expect("appended").first_position)
+        .collect();
+    assert_eq!(firsts, [1, 7, 9]);
+    assert_eq!(store.head_position().expect("head"), 10);
+    let all = store
+        .read(&Filter::All, 1, Direction::Forward, 10)
+        .expect("read");
+    let positions: Vec<u64> = all.events.iter().map(|event| event.position).collect();
+    assert_eq!(positions, [1, 2, 7, 9], "the gaps stay empty");
+    // What follows is numbered from the source's head.
+    let next = store
+        .append(&batch("d", "Notebook@2", ExpectedVersion::Exact(1), 1))
+        .expect("append");
+    assert_eq!(next.first_position, 11);
+    // A position already passed is not reused: the write goes at the next free one.
+    let late = store
+        .append_group_at(
+            &[batch("e", "Notebook@3", ExpectedVersion::NoStream, 1)],
+            &[5],
+            0,
+        )
+        .expect("group");
+    assert_eq!(late[0].as_ref().expect("appended").first_position, 12);
+}
+
+#[test]
 fn reads_page_forward_and_backward() {
     let (_directory, store) = store();
     store

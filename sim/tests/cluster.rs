@@ -9,7 +9,9 @@ use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
 use chorus_sim::{NetworkConfig, ViolationKind, millis, secs};
 
 mod common;
-use common::{account, assert_clean, bank, load, open_accounts, run_until, workload};
+use common::{
+    account, assert_clean, assert_numbering_alike, bank, load, open_accounts, run_until, workload,
+};
 
 #[test]
 fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
@@ -403,6 +405,7 @@ fn a_member_leaves_and_a_new_node_joins_under_load_and_catches_up_by_state_trans
             matches!(record, Some(chorus_aggregate::CommandRecord::Appended(_))),
             "seed {seed}: the joiner lacks a command committed before it joined"
         );
+        assert_numbering_alike(&sim);
         // The leaver is out of the map and nothing routes to it.
         let leaver = chorus_routing::XorName::from_public_key(&sim.engine(4).id().0);
         assert!(
@@ -489,6 +492,7 @@ fn a_section_splits_under_load_and_streams_move_with_their_addresses() {
         );
         sim.settle(30_000);
         assert_clean(&sim);
+        assert_numbering_alike(&sim);
         // Every half committed commands after the split, some of them sent to the other half.
         let tail = &sim.submitted()[sim.submitted().len() - accounts * 3..];
         for section in map.sections() {
@@ -838,6 +842,7 @@ fn one_faulty_member_cannot_change_membership_or_routing_alone() {
             commands: 0,
             bytes: 0,
             digest: [0; 32],
+            numbering: None,
         })
         .encode()
         .expect("encodes");
@@ -984,4 +989,72 @@ fn a_lying_transfer_source_never_gets_its_state_written() {
     sim.settle(30_000);
     assert_clean(&sim);
     assert!(sim.engine(joiner).store().head_position().expect("reads") > 0);
+}
+
+#[test]
+fn one_faulty_member_cannot_forge_the_outcome_of_a_command_forwarded_to_its_section() {
+    use chorus_engine::Message;
+    let seed = 61;
+    let setup = ClusterSetup {
+        nodes: 8,
+        sections: Some(2),
+        block_mode: BlockMode::Supermajority,
+        ..ClusterSetup::default()
+    };
+    let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+    open_accounts(&mut sim, 8);
+    assert!(sim.run_until_answered(60_000), "seed {seed}: accounts open");
+    let map = sim.map();
+    let section_of_node = |sim: &ClusterSim, node: usize| {
+        map.section_for(&chorus_routing::XorName::from_public_key(
+            &sim.engine(node).id().0,
+        ))
+        .prefix()
+    };
+    // Deposits on accounts of every section, each sent to a node of the other section.
+    // The member closest to each account (the first a forward goes to) lies at once: it
+    // tells the sender the deposit was refused.
+    let mut forged = Vec::new();
+    for index in 0..8 {
+        let stream = account(index);
+        let address = chorus_routing::XorName::from_stream_key(&stream.qualified());
+        let holder = map.section_for(&address);
+        let closest = holder.closest_members(&address, 1)[0];
+        let liar = (0..sim.node_count())
+            .find(|&node| {
+                chorus_routing::XorName::from_public_key(&sim.engine(node).id().0) == closest
+            })
+            .expect("the closest member runs");
+        let sender = (0..sim.node_count())
+            .find(|&node| section_of_node(&sim, node) != holder.prefix())
+            .expect("a node of the other section");
+        let deposit = bank(BankAccountCommand::Deposit {
+            amount: 1,
+            transfer: None,
+        });
+        let request = command(&format!("forged{index}"), &stream, deposit);
+        let command_id = request.command_id;
+        let ticket = sim.submit(sender, request);
+        let lie = Message::Outcome {
+            command_id,
+            outcome: CommandOutcome::Refused("forged: insufficient funds".into()),
+        }
+        .encode()
+        .expect("encodes");
+        sim.send_raw(liar, sender, lie);
+        forged.push(ticket);
+    }
+    assert!(
+        sim.run_until_answered(120_000),
+        "seed {seed}: commands left unanswered"
+    );
+    for ticket in forged {
+        let answer = &sim.submitted()[ticket].answer;
+        assert!(
+            matches!(answer, Some((CommandOutcome::Committed(_), _))),
+            "seed {seed}: a forged refusal was believed: {answer:?}"
+        );
+    }
+    sim.settle(30_000);
+    sim.assert_no_violations();
 }

@@ -120,6 +120,23 @@ pub fn events(base: &str, stream: &str) -> Vec<Value> {
     }
 }
 
+/// Every event of `path` (`/all` or a category), three at a time, following each page's
+/// `next` cursor to the end.
+pub fn gathered(address: &str, path: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut from = "1".to_owned();
+    loop {
+        let (status, text) = http(address, "GET", &format!("{path}?from={from}&count=3"), None);
+        assert_eq!(status, 200, "{path} on {address}: {text}");
+        let page = json_of(&text);
+        all.extend(page["events"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(next) => from = next.to_owned(),
+            None => return all,
+        }
+    }
+}
+
 /// A command id from a number (32 hex digits).
 pub fn command_id(index: usize) -> String {
     format!("{index:032x}")
@@ -252,6 +269,40 @@ impl Nodes {
         self.extra_args
             .push(args.iter().map(|arg| (*arg).to_owned()).collect());
         self.configs.len() - 1
+    }
+
+    /// Writes a joining node's configuration under `directory/name` (free ports, no peers:
+    /// it learns the network from the first node, which it is pointed at with `--join`),
+    /// with `fields` added, and adds it to the nodes, not started. Its stderr goes to
+    /// `directory/name.log`. Returns its index.
+    pub fn add_joiner(&mut self, directory: &Path, name: &str, fields: toml::Table) -> usize {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let http_address = format!("127.0.0.1:{}", port());
+        let data_dir = directory.join(name);
+        let mut table = toml::Table::new();
+        table.insert("data_dir".into(), data_dir.display().to_string().into());
+        table.insert(
+            "listen".into(),
+            format!("/ip4/127.0.0.1/tcp/{}", port()).into(),
+        );
+        table.insert("http".into(), http_address.clone().into());
+        table.insert("gossip_interval_ms".into(), 5.into());
+        table.extend(fields);
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let config = data_dir.join("node.toml");
+        std::fs::write(&config, toml::to_string(&table).expect("toml")).expect("written");
+        let founder = self.addresses[0].clone();
+        self.add(
+            config,
+            format!("http://{http_address}"),
+            directory.join(format!("{name}.log")),
+            &["--join", &founder],
+        )
     }
 
     /// Writes the configurations of `count` nodes under `data_dir` without starting them

@@ -26,6 +26,7 @@
 //! Architecture invariant: the store reads no clock; "now" for `max_age_ms` is the newest
 //! agreed timestamp it holds.
 
+mod checks;
 mod node_log;
 mod read;
 mod reader;

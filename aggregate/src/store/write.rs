@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::checks::{check_limits, check_system_event};
 use super::{
     CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, CommandRecord, DATABASES,
     EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED,
@@ -14,15 +15,11 @@ use super::{
 };
 use crate::codec::{DiskEvent, decode_record, encode_record};
 use crate::envelope::{
-    AppendBatch, AppendOutcome, DELETED_EVENT_TYPE, ExpectedVersion, METADATA_EVENT_TYPE, NewEvent,
-    StreamMetadata, StreamOutcome,
+    AppendBatch, AppendOutcome, ExpectedVersion, NewEvent, StreamMetadata, StreamOutcome,
 };
 use crate::error::StoreError;
 use crate::ids::{CommandId, EventId};
-use crate::limits::{
-    BATCH_BYTES_MAX, BATCH_EVENTS_MAX, BATCH_STREAMS_MAX, EVENT_PAYLOAD_BYTES_MAX,
-    GROUP_BATCHES_MAX, REFUSAL_CHARS_MAX,
-};
+use crate::limits::{GROUP_BATCHES_MAX, REFUSAL_CHARS_MAX};
 use crate::names::{StreamKey, TypeName};
 
 /// The result of each batch of a group commit, in the group's order.
@@ -51,6 +48,29 @@ impl EventStore {
     /// is a storage failure or a group over [`GROUP_BATCHES_MAX`], in which case nothing at all
     /// was written.
     pub fn append_group(&self, batches: &[AppendBatch]) -> Result<GroupOutcome, StoreError> {
+        self.group(batches, &[], 0)
+    }
+
+    /// A group commit of transferred state, numbered as its source numbered it: each batch's
+    /// first event goes at `positions[i]` when that is above the head (the positions skipped
+    /// stay empty: the source holds other sections' events there), else at the next free one
+    /// (positions never go back); at the end the head is raised to at least `head`, the
+    /// source's, so that what this store appends next is numbered as at the source.
+    pub fn append_group_at(
+        &self,
+        batches: &[AppendBatch],
+        positions: &[u64],
+        head: u64,
+    ) -> Result<GroupOutcome, StoreError> {
+        self.group(batches, positions, head)
+    }
+
+    fn group(
+        &self,
+        batches: &[AppendBatch],
+        positions: &[u64],
+        head: u64,
+    ) -> Result<GroupOutcome, StoreError> {
         if batches.len() > GROUP_BATCHES_MAX {
             return Err(StoreError::LimitExceeded {
                 what: "the group's number of batches",
@@ -62,13 +82,17 @@ impl EventStore {
         let (outcomes, head) = {
             let mut writer = Writer::open(&transaction)?;
             let mut outcomes = Vec::with_capacity(batches.len());
-            for batch in batches {
+            for (index, batch) in batches.iter().enumerate() {
+                if let Some(&position) = positions.get(index) {
+                    writer.head_position = writer.head_position.max(position.saturating_sub(1));
+                }
                 match writer.append(batch) {
                     Err(StoreError::Storage(error)) => return Err(StoreError::Storage(error)),
                     Err(StoreError::Corrupt(reason)) => return Err(StoreError::Corrupt(reason)),
                     other => outcomes.push(other),
                 }
             }
+            writer.head_position = writer.head_position.max(head);
             let head = writer.head_position;
             writer.finish()?;
             (outcomes, head)
@@ -729,63 +753,4 @@ fn encode_event(header: &DiskEvent, payload: &[u8], bytes: &mut Vec<u8>) {
     debug_assert!(header.payload.is_empty());
     header.encode_into(bytes);
     bytes.extend_from_slice(payload);
-}
-
-/// Checks a system event; returns its metadata (`None` for a soft delete).
-fn check_system_event(event: &NewEvent) -> Result<Option<StreamMetadata>, StoreError> {
-    let bad = |reason: &str| StoreError::BadSystemEvent {
-        event_type: event.event_type.to_string(),
-        reason: reason.to_owned(),
-    };
-    match event.event_type.as_str() {
-        METADATA_EVENT_TYPE => serde_json::from_slice(&event.payload)
-            .map(Some)
-            .map_err(|error| bad(&format!("the payload is not stream metadata: {error}"))),
-        DELETED_EVENT_TYPE if event.payload.is_empty() => Ok(None),
-        DELETED_EVENT_TYPE => Err(bad("the payload must be empty")),
-        _ => Err(bad(
-            "unknown system event; types starting with '$' are reserved",
-        )),
-    }
-}
-
-fn check_limits(batch: &AppendBatch) -> Result<(), StoreError> {
-    let limit = |what, value, max| {
-        if value > max {
-            Err(StoreError::LimitExceeded { what, value, max })
-        } else {
-            Ok(())
-        }
-    };
-    limit(
-        "the batch's number of streams",
-        batch.writes.len(),
-        BATCH_STREAMS_MAX,
-    )?;
-    limit(
-        "the batch's number of events",
-        batch.event_count(),
-        BATCH_EVENTS_MAX,
-    )?;
-    let mut bytes = 0usize;
-    for write in &batch.writes {
-        for event in &write.events {
-            limit(
-                "an event's payload size in bytes",
-                event.payload.len(),
-                EVENT_PAYLOAD_BYTES_MAX,
-            )?;
-            bytes += event.payload.len();
-        }
-    }
-    limit("the batch's payload size in bytes", bytes, BATCH_BYTES_MAX)?;
-    let mut streams = BTreeSet::new();
-    for write in &batch.writes {
-        if !streams.insert(&write.stream) {
-            return Err(StoreError::StreamWrittenTwice {
-                stream: write.stream.clone(),
-            });
-        }
-    }
-    Ok(())
 }

@@ -144,6 +144,39 @@ pub struct Handover {
     pub bytes: u64,
     /// [`section_digest`] of that state.
     pub digest: [u8; 32],
+    /// How this member numbers that state (absent in handovers saved by earlier releases).
+    #[serde(default)]
+    pub numbering: Option<Numbering>,
+}
+
+/// How a member numbers the state it hands over: its store's head when the generation
+/// started and a digest of the events' positions. Members that applied the same agreed
+/// sequence since their section began number alike, and a joiner keeps that numbering when
+/// `f + 1` of them vouch for it, so positions (and `supersedes`, which names a position)
+/// mean the same at every member. After a merge each former section numbered its own
+/// history; the members then differ, and a joiner numbers the state afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Numbering {
+    /// The head: the joiner's store continues from here.
+    pub head: u64,
+    /// [`numbering_digest`] of the events' positions and the head.
+    pub digest: [u8; 32],
+}
+
+/// The numbering of `events` (a section's state, in store order) at a store of head `head`.
+pub fn numbering_of<'a>(
+    events: impl IntoIterator<Item = &'a chorus_aggregate::RecordedEvent>,
+    head: u64,
+) -> Numbering {
+    let mut hasher = blake3::Hasher::new_derive_key("chorus engine section numbering v1");
+    for event in events {
+        hasher.update(&event.position.to_le_bytes());
+    }
+    hasher.update(&head.to_le_bytes());
+    Numbering {
+        head,
+        digest: *hasher.finalize().as_bytes(),
+    }
 }
 
 /// What a welcome promises a joiner: its section in the new generation and the digest of the
@@ -165,6 +198,23 @@ pub struct Welcome {
     pub bytes: u64,
     /// [`section_digest`] of the state the generation starts from.
     pub digest: [u8; 32],
+    /// How the sender numbers that state. Not part of what `f + 1` must agree on (after a
+    /// merge honest members differ); kept only when `f + 1` of them agree on it.
+    #[serde(default)]
+    pub numbering: Option<Numbering>,
+}
+
+impl Welcome {
+    /// Whether `other` promises the same state (the numbering aside).
+    pub fn same_state(&self, other: &Welcome) -> bool {
+        Welcome {
+            numbering: None,
+            ..self.clone()
+        } == Welcome {
+            numbering: None,
+            ..other.clone()
+        }
+    }
 }
 
 /// What a joiner fetches: the state `welcome` promises, from one of `sources`.
@@ -424,7 +474,8 @@ pub fn section_events(
 }
 
 /// A digest of a section's state: its streams' events (every envelope field but the global
-/// position, which differs between members), in the store's order, and its commands. Two
+/// position, which can differ between members: see [`Numbering`]), in the store's order, and
+/// its commands. Two
 /// members that applied the same agreed sequence have equal digests, whatever else their
 /// stores hold (streams of a former section, say).
 pub fn section_digest<'a>(
@@ -510,6 +561,7 @@ mod tests {
             commands: 1,
             bytes: 40,
             digest: [7; 32],
+            numbering: None,
         };
         let target = TransferTarget {
             welcome,

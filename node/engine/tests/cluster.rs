@@ -602,6 +602,10 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
             commands: 1,
             bytes: 40,
             digest: [7; 32],
+            numbering: Some(chorus_engine::membership::Numbering {
+                head: 12,
+                digest: [8; 32],
+            }),
         }),
         Message::TransferRequest {
             generation: 2,

@@ -87,6 +87,43 @@ pub fn assert_clean(sim: &ClusterSim) {
     );
 }
 
+/// Every member of each section numbers the section's events alike (positions, and so
+/// `supersedes` and log cursors, mean the same at every member): joiners keep the numbering
+/// their section's members vouched for. (Not after a merge, where each former half numbered
+/// its own history: tests with merges do not call this.)
+pub fn assert_numbering_alike(sim: &ClusterSim) {
+    let map = sim.map();
+    for section in map.sections() {
+        let mut numberings = (0..sim.node_count())
+            .filter(|&node| {
+                let engine = sim.engine(node);
+                engine.is_active_member() && engine.section().prefix == section.prefix()
+            })
+            .map(|node| {
+                let events = chorus_engine::membership::all_section_events(
+                    sim.engine(node).store(),
+                    &section.prefix(),
+                    None,
+                )
+                .expect("store reads");
+                let numbering: Vec<(u64, [u8; 16])> = events
+                    .iter()
+                    .map(|event| (event.position, event.event_id.0))
+                    .collect();
+                (node, numbering)
+            });
+        if let Some((first, expected)) = numberings.next() {
+            for (node, numbering) in numberings {
+                assert!(
+                    numbering == expected,
+                    "section {}: node {node} numbers its events unlike node {first}",
+                    section.prefix()
+                );
+            }
+        }
+    }
+}
+
 /// Runs until `done` holds (checked every 50 virtual ms), at most `limit_ms`.
 pub fn run_until(sim: &mut ClusterSim, limit_ms: u64, done: impl Fn(&ClusterSim) -> bool) -> bool {
     let deadline = sim.now_ms() + limit_ms;

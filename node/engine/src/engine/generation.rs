@@ -14,8 +14,8 @@ use tracing::{debug, warn};
 
 use crate::membership::{
     HANDOVERS_MAX, Handover, Holding, MemberChange, MembershipProposal, SectionState, Welcome,
-    all_section_events, change_allowed, group_id, name_of, section_after, section_commands,
-    section_digest, sort_members,
+    all_section_events, change_allowed, group_id, name_of, numbering_of, section_after,
+    section_commands, section_digest, sort_members,
 };
 
 use super::budget::Budget;
@@ -142,6 +142,7 @@ pub(super) fn welcome_for(handover: &Handover) -> Welcome {
         bytes: handover.bytes,
         commands: handover.commands.len() as u64,
         digest: handover.digest,
+        numbering: handover.numbering,
     }
 }
 
@@ -403,6 +404,7 @@ impl Engine {
             events: events.len() as u64,
             bytes: events.iter().map(|event| event.payload.len() as u64).sum(),
             digest: section_digest(&events, &commands),
+            numbering: Some(numbering_of(&events, head)),
             commands,
         })
     }

@@ -227,9 +227,10 @@ impl Engine {
         }
     }
 
-    /// Joiner: a welcome. Believed once `f + 1` members of the section the joiner knows sent
-    /// the same one (at least one of them honest); then the joiner starts the generation's
-    /// consensus instance and fetches the state.
+    /// Joiner: a welcome. Believed once more than two thirds of the members of the section
+    /// the joiner knows sent the same one (over channels authenticated by their keys), so the
+    /// digest it promises is the section's, not a minority's; then the joiner starts the
+    /// generation's consensus instance and fetches the state, which must match that digest.
     pub(super) fn on_welcome(&mut self, from: PeerId, welcome: Welcome) {
         let Some(joining) = self.joining.as_ref() else {
             return;
@@ -249,15 +250,30 @@ impl Engine {
             return;
         };
         joining.welcomes.insert(from, welcome.clone());
-        let sources: Vec<PeerId> = joining
+        let alike: Vec<(&PeerId, &Welcome)> = joining
             .welcomes
             .iter()
-            .filter(|(_, heard)| **heard == welcome)
-            .map(|(sender, _)| *sender)
+            .filter(|(_, heard)| heard.same_state(&welcome))
             .collect();
-        if sources.len() <= faulty_max(voters.len()) {
+        if alike.len() * 3 <= voters.len() * 2 {
             return;
         }
+        let sources: Vec<PeerId> = alike.iter().map(|(sender, _)| **sender).collect();
+        // The numbering is kept only when f + 1 of them vouch for the same one.
+        let numbering = alike
+            .iter()
+            .filter_map(|(_, heard)| heard.numbering)
+            .find(|numbering| {
+                let vouching = alike
+                    .iter()
+                    .filter(|(_, heard)| heard.numbering == Some(*numbering))
+                    .count();
+                vouching > faulty_max(voters.len())
+            });
+        let welcome = Welcome {
+            numbering,
+            ..welcome
+        };
         // Our map: what we knew, with our section as the welcome says it is now.
         let mut network: Vec<[u8; 32]> = network_of(&self.map)
             .into_iter()

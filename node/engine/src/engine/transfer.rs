@@ -7,7 +7,9 @@ use chorus_aggregate::{
 use chorus_consensus::PeerId;
 use tracing::{debug, warn};
 
-use crate::membership::{EventlessCommand, Handover, Holding, section_digest, section_events};
+use crate::membership::{
+    EventlessCommand, Handover, Holding, numbering_of, section_digest, section_events,
+};
 
 use super::Engine;
 use super::limits::{TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_COMMANDS, TRANSFER_CHUNK_EVENTS};
@@ -162,7 +164,14 @@ impl Engine {
             self.start_transfer(run.source + 1);
             return;
         }
-        if let Err(error) = self.write_transferred(&run.events, &run.commands) {
+        // The members' numbering, when f + 1 vouched for it and the events carry it; else
+        // the joiner numbers the state afresh.
+        let numbering = target
+            .welcome
+            .numbering
+            .filter(|numbering| numbering_of(&run.events, numbering.head) == *numbering);
+        let head = numbering.map(|numbering| numbering.head);
+        if let Err(error) = self.write_transferred(&run.events, &run.commands, head) {
             warn!(%error, "transferred state not written; asking again");
             self.start_transfer(run.source + 1);
             return;
@@ -183,48 +192,16 @@ impl Engine {
 
     /// Writes transferred events as the writes they were (consecutive events of one command
     /// on one stream), with the original ids, times and expected versions, then the eventless
-    /// commands (refusals, and appends without events).
+    /// commands (refusals, and appends without events). With the source's `head` (its
+    /// numbering vouched for), each write keeps its position and the store continues from
+    /// that head.
     pub(super) fn write_transferred(
         &self,
         events: &[RecordedEvent],
         commands: &[EventlessCommand],
+        head: Option<u64>,
     ) -> Result<(), StoreError> {
-        let mut batches: Vec<AppendBatch> = Vec::new();
-        for event in events {
-            let new_event = NewEvent {
-                event_id: event.event_id,
-                event_type: event.event_type.clone(),
-                event_version: event.event_version,
-                payload: event.payload.clone(),
-                supersedes: event.supersedes,
-            };
-            let continues = batches.last().is_some_and(|batch| {
-                batch.command_id == event.command_id
-                    && batch.timestamp_ms == event.timestamp_ms
-                    && batch
-                        .writes
-                        .first()
-                        .is_some_and(|write| write.stream == event.stream)
-            });
-            match batches.last_mut() {
-                Some(batch) if continues => batch.writes[0].events.push(new_event),
-                _ => batches.push(AppendBatch {
-                    command_id: event.command_id,
-                    causation_id: event.causation_id,
-                    correlation_id: event.correlation_id,
-                    timestamp_ms: event.timestamp_ms,
-                    writes: vec![chorus_aggregate::StreamWrite {
-                        stream: event.stream.clone(),
-                        expected: if event.sequence <= 1 {
-                            ExpectedVersion::NoStream
-                        } else {
-                            ExpectedVersion::Exact(event.sequence - 1)
-                        },
-                        events: vec![new_event],
-                    }],
-                }),
-            }
-        }
+        let (mut batches, positions) = transferred_writes(events);
         for command in commands.iter().filter(|command| command.refusal.is_none()) {
             batches.push(AppendBatch {
                 command_id: Some(command.command_id),
@@ -238,8 +215,21 @@ impl Engine {
                 }],
             });
         }
-        for group in batches.chunks(chorus_aggregate::limits::GROUP_BATCHES_MAX) {
-            let outcome = self.store.append_group(group)?;
+        const GROUP: usize = chorus_aggregate::limits::GROUP_BATCHES_MAX;
+        let groups = batches.len().div_ceil(GROUP).max(1);
+        for index in 0..groups {
+            let group = batches.get(index * GROUP..).unwrap_or(&[]);
+            let group = &group[..group.len().min(GROUP)];
+            let outcome = match head {
+                Some(head) => {
+                    let numbered = positions.get(index * GROUP..).unwrap_or(&[]);
+                    let numbered = &numbered[..numbered.len().min(group.len())];
+                    // The head is raised once everything is in.
+                    let raise = if index + 1 == groups { head } else { 0 };
+                    self.store.append_group_at(group, numbered, raise)?
+                }
+                None => self.store.append_group(group)?,
+            };
             if let Some(error) = outcome.into_iter().find_map(Result::err) {
                 return Err(error);
             }
@@ -252,6 +242,56 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Transferred events as the writes they were: consecutive events (by position) of one
+/// command on one stream form one write. With each write's first position.
+fn transferred_writes(events: &[RecordedEvent]) -> (Vec<AppendBatch>, Vec<u64>) {
+    let mut batches: Vec<AppendBatch> = Vec::new();
+    let mut positions = Vec::new();
+    let mut previous: Option<&RecordedEvent> = None;
+    for event in events {
+        let new_event = NewEvent {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version,
+            payload: event.payload.clone(),
+            supersedes: event.supersedes,
+        };
+        let follows = previous.is_some_and(|last| last.position + 1 == event.position);
+        previous = Some(event);
+        let continues = follows
+            && batches.last().is_some_and(|batch| {
+                batch.command_id == event.command_id
+                    && batch.timestamp_ms == event.timestamp_ms
+                    && batch
+                        .writes
+                        .first()
+                        .is_some_and(|write| write.stream == event.stream)
+            });
+        match batches.last_mut() {
+            Some(batch) if continues => batch.writes[0].events.push(new_event),
+            _ => {
+                positions.push(event.position);
+                batches.push(AppendBatch {
+                    command_id: event.command_id,
+                    causation_id: event.causation_id,
+                    correlation_id: event.correlation_id,
+                    timestamp_ms: event.timestamp_ms,
+                    writes: vec![chorus_aggregate::StreamWrite {
+                        stream: event.stream.clone(),
+                        expected: if event.sequence <= 1 {
+                            ExpectedVersion::NoStream
+                        } else {
+                            ExpectedVersion::Exact(event.sequence - 1)
+                        },
+                        events: vec![new_event],
+                    }],
+                });
+            }
+        }
+    }
+    (batches, positions)
 }
 
 /// Fills `chunk` with the section's events from its position up to the handover's head,

@@ -1,0 +1,246 @@
+//! A running section of real processes grows by admitted joiners until it splits (issue 15).
+//!
+//! Four founders with `section_size_min = 3` hold data in streams of both halves of the
+//! address space. Joiners with fresh keys, chosen so that each half reaches three members,
+//! are admitted one after another (their keys approved by the operators in advance), each
+//! pointed at one founder with `--join`. At the join that gives both halves three members the
+//! section splits in two; each half keeps `section_size_min`, holds its streams, commits new
+//! commands, and every node answers reads of both halves with the same events.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chorus_aggregate::StreamKey;
+use chorus_routing::XorName;
+use serde_json::json;
+use support::{
+    CHORUS, Nodes, command_id, deposit, events, gathered, json_of, open_accounts, try_http,
+};
+
+/// The smallest section, here: two halves of three can form from four founders and a few
+/// joiners.
+const SECTION_SIZE_MIN: i64 = 3;
+/// How long anything the test waits for may take.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[test]
+fn admitted_joiners_grow_a_section_until_it_splits_and_each_half_serves_its_streams() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut nodes = Nodes::init(directory.path(), 4);
+    for config in &nodes.configs {
+        set_field(config, "section_size_min", SECTION_SIZE_MIN.into());
+    }
+    for index in 0..4 {
+        nodes.restart(index);
+    }
+    let founder = nodes.addresses[0].clone();
+
+    // One account in each half of the address space, with a deposit each.
+    let accounts: Vec<String> = [false, true]
+        .iter()
+        .map(|&half| {
+            (0..)
+                .map(|index| format!("BankAccount@h{index}"))
+                .find(|account| stream_half(account) == half)
+                .expect("an account name")
+        })
+        .collect();
+    open_accounts(&founder, &accounts);
+    for (index, account) in accounts.iter().enumerate() {
+        commit(&founder, account, index);
+    }
+
+    // Joiners' keys: as many in each half as it lacks for three members.
+    let founder_halves: Vec<bool> = nodes
+        .addresses
+        .iter()
+        .map(|address| key_half(&node_id(address)))
+        .collect();
+    let mut joiner_keys = Vec::new();
+    let mut seed = 0u8;
+    for half in [false, true] {
+        let have = founder_halves.iter().filter(|&&bit| bit == half).count();
+        for _ in have..SECTION_SIZE_MIN as usize {
+            let key = loop {
+                seed += 1;
+                let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+                if key_half(&key.verifying_key().to_bytes()) == half {
+                    break key;
+                }
+            };
+            joiner_keys.push(key);
+        }
+    }
+    let joiner_ids: Vec<String> = joiner_keys
+        .iter()
+        .map(|key| hex(&key.verifying_key().to_bytes()))
+        .collect();
+    // The founders' operators approve every joiner; each joiner approves the others.
+    for id in &joiner_ids {
+        let admitted = Command::new(CHORUS)
+            .args(["admin", "admit", id, "--data-dir"])
+            .arg(directory.path())
+            .output()
+            .expect("chorus admin runs");
+        assert!(admitted.status.success(), "chorus admin: {admitted:?}");
+    }
+
+    let mut joiners = Vec::new();
+    for (number, key) in joiner_keys.iter().enumerate() {
+        let name = format!("joiner{number}");
+        let mut fields = toml::Table::new();
+        fields.insert("section_size_min".into(), SECTION_SIZE_MIN.into());
+        fields.insert(
+            "admit".into(),
+            toml::Value::Array(joiner_ids.iter().map(|id| id.clone().into()).collect()),
+        );
+        let index = nodes.add_joiner(directory.path(), &name, fields);
+        std::fs::write(
+            directory.path().join(&name).join("node.key"),
+            hex(&key.to_bytes()),
+        )
+        .expect("key written");
+        nodes.restart(index);
+        joiners.push(index);
+        let address = nodes.addresses[index].clone();
+        let last = number + 1 == joiner_keys.len();
+        wait_for(&format!("{name} to join and serve"), || {
+            let serving = matches!(try_http(&address, "GET", "/health", None), Ok((200, _)));
+            serving && (last || section_size(&founder) == 5 + number)
+        });
+    }
+
+    // The last join split the section: two sections of at least three, each node in the one
+    // its name falls in.
+    let total = nodes.addresses.len();
+    wait_for("the section to split", || {
+        nodes.addresses.iter().all(|address| {
+            let status = status_of(address);
+            status["sections"] == 2
+        })
+    });
+    let mut per_half = [0usize; 2];
+    for address in &nodes.addresses {
+        let status = status_of(address);
+        let members = status["members"].as_array().map_or(0, Vec::len);
+        assert!(members >= SECTION_SIZE_MIN as usize, "{status}");
+        let half = key_half(&node_id(address));
+        assert_eq!(
+            status["prefix"],
+            if half { "1" } else { "0" },
+            "{address}: {status}"
+        );
+        per_half[usize::from(half)] += 1;
+    }
+    assert!(
+        per_half
+            .iter()
+            .all(|&count| count >= SECTION_SIZE_MIN as usize),
+        "{per_half:?} of {total}"
+    );
+
+    // Each half holds its stream, commits on it, and every node reads it the same.
+    for (index, account) in accounts.iter().enumerate() {
+        commit(&founder, account, 10 + index);
+        let holder = nodes
+            .addresses
+            .iter()
+            .find(|address| key_half(&node_id(address)) == stream_half(account))
+            .expect("a member of the stream's half")
+            .clone();
+        wait_for(&format!("{account} to hold its three events"), || {
+            events(&holder, account).len() == 3
+        });
+        let expected = events(&holder, account);
+        wait_for(&format!("every node to read {account} the same"), || {
+            nodes
+                .addresses
+                .iter()
+                .all(|address| events(address, account) == expected)
+        });
+    }
+    // `$all`, gathered from both halves page by page, is the same from every node (joiners
+    // number their section's events as the founders do, so a cursor means the same at
+    // every member) and holds each account's events once.
+    let all = gathered(&founder, "/all");
+    for account in &accounts {
+        let held = all
+            .iter()
+            .filter(|event| event["stream"] == account.as_str());
+        assert_eq!(held.count(), 3, "{account} in $all");
+    }
+    for address in &nodes.addresses {
+        assert_eq!(gathered(address, "/all"), all, "$all on {address}");
+    }
+    nodes.stop();
+}
+
+/// The half of the address space (the first bit of the XOR name) a stream falls in.
+fn stream_half(account: &str) -> bool {
+    let stream = StreamKey::parse(account).expect("a stream key");
+    XorName::from_stream_key(&stream.qualified()).bit(0)
+}
+
+/// The half a node's key falls in.
+fn key_half(key: &[u8; 32]) -> bool {
+    XorName::from_public_key(key).bit(0)
+}
+
+fn node_id(address: &str) -> [u8; 32] {
+    let id = status_of(address)["id"].as_str().expect("an id").to_owned();
+    let mut bytes = [0u8; 32];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&id[2 * index..2 * index + 2], 16).expect("hex");
+    }
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn status_of(address: &str) -> serde_json::Value {
+    match try_http(address, "GET", "/status", None) {
+        Ok((200, text)) => json_of(&text),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Members of the node's section, as its `/status` says.
+fn section_size(address: &str) -> usize {
+    status_of(address)["members"].as_array().map_or(0, Vec::len)
+}
+
+fn set_field(config: &Path, field: &str, value: toml::Value) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let mut table: toml::Table = toml::from_str(&text).expect("config parses");
+    table.insert(field.into(), value);
+    std::fs::write(config, toml::to_string(&table).expect("config writes")).expect("written");
+}
+
+/// Commits one deposit through `address` (retrying while the section changes).
+fn commit(address: &str, stream: &str, number: usize) {
+    let body = json!({"command": deposit(), "command_id": command_id(1_000 + number)});
+    wait_for(&format!("deposit {number} on {stream} to commit"), || {
+        matches!(
+            try_http(
+                address,
+                "POST",
+                &format!("/streams/{stream}/commands"),
+                Some(&body.to_string())
+            ),
+            Ok((200 | 201, _))
+        )
+    });
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {BOUND:?} for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
