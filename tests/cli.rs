@@ -62,7 +62,12 @@ fn the_demo_starts_a_cluster_drives_the_workload_and_shows_agreement() {
 #[test]
 fn bad_flags_and_files_get_a_clear_error_and_start_nothing() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["init", "--join", "127.0.0.1:7100"], "--join"),
+        (
+            &["init", "--join", "http://127.0.0.1:7100", "--nodes", "3"],
+            "--nodes",
+        ),
         (&["bench", "--concurrency", "0"], "--concurrency"),
         (&["bench", "--seconds", "0"], "--seconds"),
         (&["up", "--nodes", "0"], "--nodes"),

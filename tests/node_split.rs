@@ -3,7 +3,7 @@
 //! Four founders with `section_size_min = 3` hold data in streams of both halves of the
 //! address space. Joiners with fresh keys, chosen so that each half reaches three members,
 //! are admitted one after another (their keys approved by the operators in advance), each
-//! pointed at one founder with `--join`. At the join that gives both halves three members the
+//! written by `chorus init --join` to learn the network from one founder. At the join that gives both halves three members the
 //! section splits in two; each half keeps `section_size_min`, holds its streams, commits new
 //! commands, and every node answers reads of both halves with the same events.
 
@@ -90,19 +90,39 @@ fn admitted_joiners_grow_a_section_until_it_splits_and_each_half_serves_its_stre
 
     let mut joiners = Vec::new();
     for (number, key) in joiner_keys.iter().enumerate() {
+        // `chorus init --join` writes the joiner's configuration (no peers; it learns the
+        // network from the founder on its first start) and keeps the key put there first.
         let name = format!("joiner{number}");
-        let mut fields = toml::Table::new();
-        fields.insert("section_size_min".into(), SECTION_SIZE_MIN.into());
-        fields.insert(
-            "admit".into(),
+        let data_dir = directory.path().join(&name);
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        std::fs::write(data_dir.join("node.key"), hex(&key.to_bytes())).expect("key written");
+        let output = Command::new(CHORUS)
+            .args(["init", "--join", &founder, "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .expect("chorus init runs");
+        assert!(output.status.success(), "chorus init --join: {output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (config, address) = stdout.trim().split_once(' ').expect("'<config> <address>'");
+        let guidance = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            guidance.contains(&joiner_ids[number]) && guidance.contains("chorus admin admit"),
+            "chorus init --join names the key to approve: {guidance}"
+        );
+        let config = std::path::PathBuf::from(config);
+        set_field(&config, "section_size_min", SECTION_SIZE_MIN.into());
+        set_field(
+            &config,
+            "admit",
             toml::Value::Array(joiner_ids.iter().map(|id| id.clone().into()).collect()),
         );
-        let index = nodes.add_joiner(directory.path(), &name, fields);
-        std::fs::write(
-            directory.path().join(&name).join("node.key"),
-            hex(&key.to_bytes()),
-        )
-        .expect("key written");
+        set_field(&config, "gossip_interval_ms", 5.into());
+        let index = nodes.add(
+            config,
+            address.to_owned(),
+            directory.path().join(format!("{name}.log")),
+            &[],
+        );
         nodes.restart(index);
         joiners.push(index);
         let address = nodes.addresses[index].clone();

@@ -26,6 +26,10 @@ pub struct NodeConfig {
     /// (by the map `peers` gives) to admit it, and fetches the section's state once admitted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub join: bool,
+    /// A running node's HTTP address (`http://HOST:PORT`) to learn the network from on the
+    /// first start, as `chorus node --join` gives it (written by `chorus init --join`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_from: Option<String>,
     /// The smallest section (sections split when both halves keep this many).
     #[serde(default = "default_section_size_min")]
     pub section_size_min: usize,
@@ -189,6 +193,14 @@ impl NodeConfig {
         };
         if self.section_size_min == 0 {
             return Err(field("section_size_min", "must be at least 1".to_owned()));
+        }
+        if let Some(url) = &self.join_from {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(field(
+                    "join_from",
+                    format!("{url:?} is not an HTTP address like http://127.0.0.1:7100"),
+                ));
+            }
         }
         if !(1..=10_000).contains(&self.gossip_interval_ms) {
             return Err(field(
@@ -400,6 +412,7 @@ mod tests {
                 .to_bytes())],
             admin_token: Some("a-long-enough-admin-token".into()),
             remove_silent_after_ms: 60_000,
+            join_from: None,
         }
     }
 
@@ -422,6 +435,10 @@ mod tests {
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.listen = "nowhere".into()), "listen"),
             (Box::new(|c| c.http = "localhost".into()), "http"),
+            (
+                Box::new(|c| c.join_from = Some("127.0.0.1:7100".into())),
+                "join_from",
+            ),
             (
                 Box::new(|c| c.peers[0].public_key = "abc".into()),
                 "peers[0].public_key",

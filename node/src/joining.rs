@@ -20,6 +20,8 @@ const PEERS_FILE: &str = "peers.json";
 /// configuration, or that is no joiner, is left as it is.
 pub async fn learn_peers(checked: &mut Checked, join: Option<&str>) -> Result<(), String> {
     let data_dir = checked.config.data_dir.clone();
+    let join_from = checked.config.join_from.clone();
+    let join = join.or(join_from.as_deref());
     let kept = data_dir.join(PEERS_FILE);
     let first_start = !data_dir.join("node.redb").exists();
     match join {

@@ -132,6 +132,7 @@ pub fn init(
             admit: Vec::new(),
             admin_token: Some(token.clone()),
             remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
+            join_from: None,
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = directory.join("node.toml");
@@ -142,6 +143,50 @@ pub fn init(
         configs.push((path, config));
     }
     Ok(configs)
+}
+
+/// Writes (or keeps) the key and configuration of one node that will join the running
+/// network `join_from` (a node's HTTP address) in `data_dir`: free loopback ports, no
+/// peers (it learns them from `join_from` on its first start), an admin token. Returns the
+/// configuration file, the configuration, and the node's public key (hex), which the
+/// members' operators approve with `chorus admin admit`.
+pub fn init_joiner(
+    data_dir: &Path,
+    join_from: &str,
+    options: &LocalOptions,
+) -> Result<(PathBuf, NodeConfig, String), String> {
+    // Checked before anything is written: bad input changes nothing.
+    if !join_from.starts_with("http://") && !join_from.starts_with("https://") {
+        return Err(format!(
+            "--join {join_from:?} is not an HTTP address like http://127.0.0.1:7100"
+        ));
+    }
+    let key = load_or_create_key(data_dir).map_err(|error| error.to_string())?;
+    let public = hex(&key.verifying_key().to_bytes());
+    let path = data_dir.join("node.toml");
+    if let Ok(checked) = NodeConfig::load(&path) {
+        return Ok((path, checked.config, public));
+    }
+    let config = NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen: format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
+        http: format!("127.0.0.1:{}", free_port()?),
+        peers: Vec::new(),
+        join: true,
+        join_from: Some(join_from.to_owned()),
+        section_size_min: SECTION_SIZE_MIN,
+        block_mode: options.block_mode.clone(),
+        gossip_interval_ms: options.gossip_interval_ms,
+        admission: "allow-list".to_owned(),
+        admit: Vec::new(),
+        admin_token: Some(new_token()),
+        remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
+    };
+    config.clone().check().map_err(|error| error.to_string())?;
+    let text = toml::to_string(&config).map_err(|error| error.to_string())?;
+    crate::config::write_private(&path, text.as_bytes())
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok((path, config, public))
 }
 
 /// The smallest section of a local cluster.

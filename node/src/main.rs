@@ -62,14 +62,20 @@ enum Command {
     },
     /// Write (or keep) the keys and configuration files of a local cluster of N nodes on
     /// loopback without starting it; prints each node's configuration file and HTTP address.
-    /// Start a node with `chorus node --config <file>`.
+    /// Start a node with `chorus node --config <file>`. With `--join`, write one node that
+    /// will join a running network instead (its own directory is `--data-dir`).
     Init {
         /// Number of nodes.
         #[arg(long, default_value_t = 4)]
         nodes: usize,
-        /// Where each node's directory goes (`node-0`, `node-1`, ...).
+        /// Where each node's directory goes (`node-0`, `node-1`, ...); with `--join`, the
+        /// joining node's own directory.
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+        /// A running node's HTTP address (`http://HOST:PORT`): write one node with no peer
+        /// list that learns the network there on its first start and asks to be admitted.
+        #[arg(long, conflicts_with = "nodes")]
+        join: Option<String>,
         #[command(flatten)]
         local: local::LocalOptions,
     },
@@ -142,9 +148,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node { config, join } => run_node(&config, join.as_deref()),
         Command::Init {
+            join: Some(url),
+            data_dir,
+            local,
+            ..
+        } => local::init_joiner(&data_dir, &url, &local).map(|(path, config, key)| {
+            say(&format!("{} http://{}", path.display(), config.http));
+            eprintln!(
+                "node {key} will join the network of {url}. Its section admits it once the \
+                 operators of more than two thirds of the members approve it, for a local \
+                 cluster: chorus admin admit {key} --data-dir <the cluster's data directory>. \
+                 Then start it: chorus node --config {}",
+                path.display()
+            );
+        }),
+        Command::Init {
             nodes,
             data_dir,
             local,
+            join: None,
         } => local::init(nodes, &data_dir, &local).map(|configs| {
             for (path, config) in configs {
                 say(&format!("{} http://{}", path.display(), config.http));

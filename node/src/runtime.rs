@@ -723,6 +723,7 @@ mod tests {
             admit: Vec::new(),
             admin_token: None,
             remove_silent_after_ms: 0,
+            join_from: None,
         }
         .check()
         .expect("a valid configuration");

@@ -178,9 +178,9 @@ impl Engine {
         self.start_next(&stream);
     }
 
-    /// Forwards a command to `f + 1` members of the section responsible for its stream
-    /// (the closest to it, from the `attempt`-th on, cycling), and waits until `f + 1` of
-    /// them answer the same fate (`on_outcome`).
+    /// Forwards a command to the member of the section responsible for its stream closest to
+    /// it (from the `attempt`-th on, cycling), and waits until `f + 1` of that section's
+    /// members answer the same fate (`on_outcome` asks more).
     fn forward(&mut self, waiter: Waiter, request: CommandRequest, attempt: u32) {
         let command_id = request.command_id;
         let address = XorName::from_stream_key(&request.stream.qualified());
@@ -201,7 +201,10 @@ impl Engine {
             (false, Waiter::Client(_) | Waiter::Manager(_)) => {
                 let first = self.add_waiter(command_id, waiter);
                 if first {
-                    let asked: Vec<PeerId> = closest.drain(..needed).collect();
+                    // One member proposes it; the others are asked one at a time once it
+                    // answered, and find it decided by then (asking f + 1 at once made
+                    // each propose it, and the duplicates crowded agreement out).
+                    let asked: Vec<PeerId> = closest.drain(..1).collect();
                     for peer in &asked {
                         self.send(*peer, &Message::Forward(request.clone()));
                     }
@@ -234,9 +237,10 @@ impl Engine {
 
     /// A member's answer to a command we forwarded to it. Once `f + 1` asked members
     /// answered the same fate it is proven and answered (one faulty member cannot make us
-    /// report, or a saga compensate, what did not happen). When every member asked has
-    /// answered without a proof (they disagree, or failed), one more member is asked; with
-    /// none left, the command fails and may be sent again.
+    /// report, or a saga compensate, what did not happen). While every member asked has
+    /// answered without a proof (too few yet, they disagree, or one failed), one more
+    /// member is asked (it finds the command decided, or proposes it); with none left, the
+    /// command fails and may be sent again.
     pub(super) fn on_outcome(
         &mut self,
         from: PeerId,
