@@ -1,11 +1,13 @@
 //! The bounded queues between the node's tasks, and what each does when full. Every queue
 //! has a limit: a client gets a 503 at once when the engine's input queue is full; peer
-//! messages take at most half of that queue (so no peer, however fast, can keep clients
-//! out), and beyond it wait in their sender's own backlog, fed to the engine one message per
-//! peer in turn (so one flooding peer cannot starve the others); a message over a backlog's
-//! limit is dropped (gossip and timeouts repair it); a message for a peer is dropped when
-//! the transport's queue is full. Every drop is counted in `/metrics`. (How many peers may
-//! have a backlog is bounded by who may connect: issue 15's admission.)
+//! messages take at most half of that queue and `PEER_QUEUE_BYTES_MAX` of its bytes (so no
+//! peer, however fast, can keep clients out), and beyond it wait in their sender's own
+//! backlog, fed to the engine one message per peer in turn (so one flooding peer cannot
+//! starve the others); a message over a backlog's limit (`PEER_BACKLOG_MAX` messages,
+//! `PEER_BACKLOG_BYTES_MAX` bytes) is dropped (gossip and timeouts repair it); a message for
+//! a peer is dropped when the transport's queue is full. Every drop is counted in
+//! `/metrics`. How many peers may have a backlog is bounded by who may connect (libp2p's
+//! connection limits), so what waits is bounded in bytes too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,6 +23,13 @@ use crate::runtime::Input;
 pub const ENGINE_INPUTS_MAX: usize = 16_384;
 /// Messages from one peer waiting for room in the engine's input queue.
 pub const PEER_BACKLOG_MAX: usize = 1_024;
+/// Bytes of the messages in one peer's backlog: beyond it a message is dropped, except that
+/// an empty backlog takes any one message (a sync response may be up to `SYNC_BYTES_MAX`).
+/// So a peer, a stranger included, holds at most one largest message and this much besides.
+pub const PEER_BACKLOG_BYTES_MAX: usize = 16 << 20;
+/// Bytes of peer messages in the engine's input queue: beyond it peer messages wait in
+/// their backlogs, except that any one message enters when no peer message is queued.
+pub const PEER_QUEUE_BYTES_MAX: usize = 256 << 20;
 /// Messages the engine produced that wait for the transport to send them.
 pub const OUTBOUND_MAX: usize = 65_536;
 
@@ -63,10 +72,13 @@ pub enum Refused {
 #[derive(Clone, Debug)]
 pub struct EngineInputs {
     sender: SyncSender<Input>,
-    /// Peer messages in the queue now (the engine's side counts them down).
+    /// Peer messages in the queue now, and their bytes (the engine's side counts them down).
     peer_messages: Arc<AtomicUsize>,
+    peer_bytes: Arc<AtomicUsize>,
     /// Most peer messages in the queue at once: half of it.
     peer_share: usize,
+    /// Most bytes of peer messages in the queue at once.
+    peer_bytes_share: usize,
     /// What the node's queues dropped.
     pub drops: Arc<Drops>,
 }
@@ -76,17 +88,26 @@ pub struct EngineInputs {
 pub struct EngineReceiver {
     receiver: Receiver<Input>,
     peer_messages: Arc<AtomicUsize>,
+    peer_bytes: Arc<AtomicUsize>,
 }
 
 impl EngineInputs {
     /// A bounded input queue of `capacity` and its receiving end (for the engine thread).
     pub fn new(capacity: usize) -> (Self, EngineReceiver) {
+        Self::with_byte_share(capacity, PEER_QUEUE_BYTES_MAX)
+    }
+
+    /// As `new`, with `peer_bytes_share` bytes for peer messages.
+    fn with_byte_share(capacity: usize, peer_bytes_share: usize) -> (Self, EngineReceiver) {
         let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
         let peer_messages = Arc::new(AtomicUsize::new(0));
+        let peer_bytes = Arc::new(AtomicUsize::new(0));
         let inputs = Self {
             sender,
             peer_messages: Arc::clone(&peer_messages),
+            peer_bytes: Arc::clone(&peer_bytes),
             peer_share: capacity / 2,
+            peer_bytes_share,
             drops: Arc::new(Drops::default()),
         };
         (
@@ -94,6 +115,7 @@ impl EngineInputs {
             EngineReceiver {
                 receiver,
                 peer_messages,
+                peer_bytes,
             },
         )
     }
@@ -110,19 +132,26 @@ impl EngineInputs {
     }
 
     /// A peer's message: queued without waiting while peer messages hold less than their
-    /// share of the queue; else its bytes come back.
+    /// share of the queue, in number and in bytes; else its bytes come back.
     fn offer_message(&self, from: PeerId, bytes: Vec<u8>) -> Result<(), (Refused, Vec<u8>)> {
-        if self.peer_messages.load(Ordering::Acquire) >= self.peer_share {
+        let queued = self.peer_messages.load(Ordering::Acquire);
+        let queued_bytes = self.peer_bytes.load(Ordering::Acquire);
+        if queued >= self.peer_share
+            || (queued > 0 && queued_bytes + bytes.len() > self.peer_bytes_share)
+        {
             return Err((Refused::Busy, bytes));
         }
         // Counted before it is queued, so the engine never counts down below zero.
+        let length = bytes.len();
         self.peer_messages.fetch_add(1, Ordering::AcqRel);
+        self.peer_bytes.fetch_add(length, Ordering::AcqRel);
         let refused = match self.sender.try_send(Input::Message(from, bytes)) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(input)) => (Refused::Busy, input),
             Err(TrySendError::Disconnected(input)) => (Refused::Stopped, input),
         };
         self.peer_messages.fetch_sub(1, Ordering::AcqRel);
+        self.peer_bytes.fetch_sub(length, Ordering::AcqRel);
         match refused {
             (refused, Input::Message(_, bytes)) => Err((refused, bytes)),
             _ => unreachable!("the input sent was a message"),
@@ -154,8 +183,9 @@ impl EngineReceiver {
     }
 
     fn taken(&self, input: Input) -> Input {
-        if matches!(input, Input::Message(..)) {
+        if let Input::Message(_, bytes) = &input {
             self.peer_messages.fetch_sub(1, Ordering::AcqRel);
+            self.peer_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
         }
         input
     }
@@ -198,9 +228,16 @@ impl Outbound {
 #[derive(Debug)]
 pub struct PeerInbound {
     engine: EngineInputs,
-    backlogs: HashMap<PeerId, VecDeque<Vec<u8>>>,
+    backlogs: HashMap<PeerId, Backlog>,
     /// The peers with a backlog, each once, in the order of their turns.
     turns: VecDeque<PeerId>,
+}
+
+/// One peer's messages waiting, and their bytes.
+#[derive(Debug, Default)]
+struct Backlog {
+    messages: VecDeque<Vec<u8>>,
+    bytes: usize,
 }
 
 impl PeerInbound {
@@ -230,14 +267,17 @@ impl PeerInbound {
             bytes
         };
         let backlog = self.backlogs.entry(from).or_default();
-        if backlog.is_empty() {
+        if backlog.messages.is_empty() {
             self.turns.push_back(from);
-        }
-        if backlog.len() >= PEER_BACKLOG_MAX {
+            backlog.bytes = 0;
+        } else if backlog.messages.len() >= PEER_BACKLOG_MAX
+            || backlog.bytes + bytes.len() > PEER_BACKLOG_BYTES_MAX
+        {
             Drops::count(&self.engine.drops.peer_messages);
-        } else {
-            backlog.push_back(bytes);
+            return Ok(());
         }
+        backlog.bytes += bytes.len();
+        backlog.messages.push_back(bytes);
         Ok(())
     }
 
@@ -248,18 +288,20 @@ impl PeerInbound {
             let Some(backlog) = self.backlogs.get_mut(&peer) else {
                 continue;
             };
-            let Some(bytes) = backlog.pop_front() else {
+            let Some(bytes) = backlog.messages.pop_front() else {
                 continue;
             };
+            backlog.bytes -= bytes.len();
             match self.engine.offer_message(peer, bytes) {
-                Ok(()) if backlog.is_empty() => {
+                Ok(()) if backlog.messages.is_empty() => {
                     self.backlogs.remove(&peer);
                 }
                 Ok(()) => self.turns.push_back(peer),
                 Err((Refused::Stopped, _)) => return Err(Refused::Stopped),
                 Err((Refused::Busy, bytes)) => {
                     // Still this peer's turn when room appears.
-                    backlog.push_front(bytes);
+                    backlog.bytes += bytes.len();
+                    backlog.messages.push_front(bytes);
                     self.turns.push_front(peer);
                     return Ok(());
                 }
@@ -326,6 +368,35 @@ mod tests {
         // Taking the peer's messages gave its share back: the backlog moves up.
         inbound.pump().expect("engine running");
         assert_eq!(sender_of(receiver.try_recv().expect("pumped")), flooder);
+    }
+
+    #[test]
+    fn peers_are_held_to_bytes_as_well_as_messages() {
+        // Room for 8 inputs, 4 of them peer messages, and 3 MiB of peer bytes.
+        let (inputs, receiver) = EngineInputs::with_byte_share(8, 3 << 20);
+        let mut inbound = PeerInbound::new(inputs.clone());
+        let flooder = PeerId([1; 32]);
+        let mebibyte = vec![0u8; 1 << 20];
+        // One message larger than the share still enters an empty queue.
+        inbound
+            .push(flooder, vec![0u8; 5 << 20])
+            .expect("engine running");
+        assert_eq!(receiver.try_recv().map(sender_of), Some(flooder));
+        for _ in 0..(3 + PEER_BACKLOG_BYTES_MAX / mebibyte.len() + 5) {
+            inbound
+                .push(flooder, mebibyte.clone())
+                .expect("engine running");
+        }
+        // 3 MiB in the queue, the backlog full at its byte limit, 5 dropped.
+        assert_eq!(Drops::read(&inputs.drops.peer_messages), 5);
+        let queued = std::iter::from_fn(|| receiver.try_recv()).count();
+        assert_eq!(queued, 3);
+        // An empty backlog takes one message of any size.
+        let other = PeerId([2; 32]);
+        inbound
+            .push(other, vec![0u8; PEER_BACKLOG_BYTES_MAX * 2])
+            .expect("engine running");
+        assert_eq!(Drops::read(&inputs.drops.peer_messages), 5);
     }
 
     #[test]
