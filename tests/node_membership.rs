@@ -4,8 +4,9 @@
 //! gossip port, asks to join and forwards commands. It must be refused (the members stay
 //! four and keep committing, and it logs why) until the operators of more than two thirds of
 //! the members admit its key (`chorus admin admit`); then it joins, receives the section's
-//! state, and serves the same streams. Then a member that pauses for less than the liveness
-//! span is kept, and one killed for good is voted out, while the others go on committing.
+//! state, and serves the same streams. Then a member that pauses, and one that restarts,
+//! within the liveness span are kept, and one killed for good is voted out, while the others
+//! go on committing.
 
 mod support;
 
@@ -108,12 +109,22 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
     });
     commit(&stranger_address, &accounts[0], 6);
 
-    // A member paused for less than the liveness span stays a member.
+    // A member paused for less than the liveness span stays a member, and so does one
+    // restarted within it (killed, started again from its data), while commands flow.
     nodes.pause(1);
     std::thread::sleep(Duration::from_millis(SILENCE_MS / 3));
     nodes.resume(1);
-    std::thread::sleep(Duration::from_millis(SILENCE_MS * 3 / 2));
-    assert_eq!(members(&founder), 5, "a short pause removed a member");
+    nodes.kill(2);
+    nodes.restart(2);
+    for number in 0..8 {
+        commit(&founder, &accounts[number % 2], 20 + number);
+        std::thread::sleep(Duration::from_millis(SILENCE_MS / 5));
+    }
+    assert_eq!(
+        members(&founder),
+        5,
+        "a short pause or a restart removed a member"
+    );
 
     // A member killed for good is voted out by the others, which keep committing. A
     // section votes a member out only while it has work (nobody waits on anyone in an idle
