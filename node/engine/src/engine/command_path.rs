@@ -2,13 +2,12 @@
 //! section), decide and propose it, retry what lost a race or got no block, and answer
 //! whoever waits for it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use chorus_aggregate::{AppendOutcome, CommandId, CommandRecord, CommandRequest, DispatchError};
-use chorus_consensus::{BlockMode, Observation, PeerId, faulty_max};
+use chorus_consensus::{BlockMode, Observation, PeerId};
 use chorus_routing::XorName;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
 
 use crate::membership::name_of;
 use crate::proposal::Proposal;
@@ -59,41 +58,10 @@ pub(super) struct InFlight {
     pub(super) proposed_at_ms: u64,
 }
 
-/// A command we forwarded to the responsible section, waiting until its outcome is proven:
-/// `f + 1` of that section's members (at least one honest) answered the same fate.
+/// A command we forwarded, waiting for the responsible member's answer.
 pub(super) struct Forwarded {
-    /// The command, to ask more members.
-    pub(super) request: CommandRequest,
-    /// The members asked, and each one's answer once it came.
-    pub(super) asked: BTreeMap<PeerId, Option<CommandOutcome>>,
-    /// The section's other members, closest first: asked when those asked disagree or fail.
-    pub(super) spare: VecDeque<PeerId>,
-    /// Matching answers that prove an outcome: `f + 1` of the section.
-    pub(super) needed: usize,
+    pub(super) to: PeerId,
     pub(super) since_ms: u64,
-}
-
-/// What an answer says happened to a command, for matching answers of different members:
-/// appended (with the streams' versions; positions and the duplicate flag are each member's
-/// own), refused, invalid, or its id taken. `None` for `Failed`, which is no fate.
-#[derive(PartialEq, Eq)]
-enum Fate<'a> {
-    Appended(&'a [chorus_aggregate::StreamOutcome]),
-    Refused(&'a str),
-    Invalid(&'a str),
-    IdTaken,
-}
-
-fn fate(outcome: &CommandOutcome) -> Option<Fate<'_>> {
-    match outcome {
-        CommandOutcome::Committed(appended) | CommandOutcome::AlreadyCommitted(appended) => {
-            Some(Fate::Appended(&appended.streams))
-        }
-        CommandOutcome::Refused(reason) => Some(Fate::Refused(reason)),
-        CommandOutcome::Invalid(reason) => Some(Fate::Invalid(reason)),
-        CommandOutcome::IdTaken => Some(Fate::IdTaken),
-        CommandOutcome::Failed(_) => None,
-    }
 }
 
 #[derive(Default)]
@@ -178,46 +146,33 @@ impl Engine {
         self.start_next(&stream);
     }
 
-    /// Forwards a command to the member of the section responsible for its stream closest to
-    /// it (from the `attempt`-th on, cycling), and waits until `f + 1` of that section's
-    /// members answer the same fate (`on_outcome` asks more).
+    /// Forwards a command to the `attempt`-th closest member of the section responsible for
+    /// its stream (cycling), and waits for that member's answer.
     fn forward(&mut self, waiter: Waiter, request: CommandRequest, attempt: u32) {
         let command_id = request.command_id;
         let address = XorName::from_stream_key(&request.stream.qualified());
         let section = self.map.section_for(&address);
-        let mut closest: VecDeque<PeerId> = section
-            .closest_members(&address, section.len())
-            .iter()
-            .filter_map(|name| {
+        let closest = section.closest_members(&address, section.len());
+        let peer = closest
+            .get(attempt as usize % closest.len().max(1))
+            .and_then(|name| {
                 section
                     .members()
                     .find(|(member, _)| *member == name)
                     .map(|(_, key)| PeerId(*key))
-            })
-            .collect();
-        closest.rotate_left(attempt as usize % closest.len().max(1));
-        let needed = faulty_max(closest.len()) + 1;
-        match (closest.is_empty(), waiter) {
-            (false, Waiter::Client(_) | Waiter::Manager(_)) => {
+            });
+        match (peer, waiter) {
+            (Some(peer), Waiter::Client(_) | Waiter::Manager(_)) => {
                 let first = self.add_waiter(command_id, waiter);
                 if first {
-                    // One member proposes it; the others are asked one at a time once it
-                    // answered, and find it decided by then (asking f + 1 at once made
-                    // each propose it, and the duplicates crowded agreement out).
-                    let asked: Vec<PeerId> = closest.drain(..1).collect();
-                    for peer in &asked {
-                        self.send(*peer, &Message::Forward(request.clone()));
-                    }
                     self.forwarded.insert(
                         command_id,
                         Forwarded {
-                            request,
-                            asked: asked.into_iter().map(|peer| (peer, None)).collect(),
-                            spare: closest,
-                            needed,
+                            to: peer,
                             since_ms: self.now_ms,
                         },
                     );
+                    self.send(peer, &Message::Forward(request));
                 }
             }
             // A forwarded command must land at a responsible member: our map disagrees
@@ -227,81 +182,11 @@ impl Engine {
                 command_id,
                 CommandOutcome::Failed("forwarded to a member not responsible".to_owned()),
             ),
-            (true, waiter) => self.answer_waiter(
+            (None, waiter) => self.answer_waiter(
                 waiter,
                 command_id,
                 CommandOutcome::Failed("the responsible section has no member".to_owned()),
             ),
-        }
-    }
-
-    /// A member's answer to a command we forwarded to it. Once `f + 1` asked members
-    /// answered the same fate it is proven and answered (one faulty member cannot make us
-    /// report, or a saga compensate, what did not happen). While every member asked has
-    /// answered without a proof (too few yet, they disagree, or one failed), one more
-    /// member is asked (it finds the command decided, or proposes it); with none left, the
-    /// command fails and may be sent again.
-    pub(super) fn on_outcome(
-        &mut self,
-        from: PeerId,
-        command_id: CommandId,
-        outcome: CommandOutcome,
-    ) {
-        let Some(forward) = self.forwarded.get_mut(&command_id) else {
-            debug!(peer = %from, %command_id, "an answer nobody asked for");
-            return;
-        };
-        match forward.asked.get_mut(&from) {
-            Some(answer @ None) => *answer = Some(outcome),
-            _ => {
-                debug!(peer = %from, %command_id, "an answer this peer was not asked for");
-                return;
-            }
-        }
-        let answers: Vec<&CommandOutcome> = forward.asked.values().flatten().collect();
-        let proven = answers.iter().find_map(|answer| {
-            let fate = fate(answer)?;
-            let alike: Vec<&&CommandOutcome> = answers
-                .iter()
-                .filter(|other| self::fate(other).as_ref() == Some(&fate))
-                .collect();
-            (alike.len() >= forward.needed).then(|| {
-                // A member that appended it says so; those that saw it appended already
-                // agree on the fate.
-                alike
-                    .iter()
-                    .find(|other| matches!(other, CommandOutcome::Committed(_)))
-                    .map_or((*answer).clone(), |committed| (**committed).clone())
-            })
-        });
-        if let Some(outcome) = proven {
-            self.forwarded.remove(&command_id);
-            self.answer(command_id, &outcome);
-            return;
-        }
-        if answers.len() < forward.asked.len() {
-            return;
-        }
-        match forward.spare.pop_front() {
-            Some(peer) => {
-                forward.asked.insert(peer, None);
-                let request = forward.request.clone();
-                self.send(peer, &Message::Forward(request));
-            }
-            None => {
-                let failed = answers
-                    .iter()
-                    .find_map(|answer| match answer {
-                        CommandOutcome::Failed(reason) => Some(reason.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| "the responsible section's members disagree".to_owned());
-                self.forwarded.remove(&command_id);
-                let outcome = CommandOutcome::Failed(format!(
-                    "{failed}; no outcome proven by enough members: send the command again"
-                ));
-                self.answer(command_id, &outcome);
-            }
         }
     }
 

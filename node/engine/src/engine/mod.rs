@@ -476,7 +476,15 @@ impl Engine {
             Message::Outcome {
                 command_id,
                 outcome,
-            } => self.on_outcome(from, command_id, outcome),
+            } => {
+                // Only the member we forwarded to answers for it.
+                if self.forwarded.get(&command_id).map(|forward| forward.to) == Some(from) {
+                    self.forwarded.remove(&command_id);
+                    self.answer(command_id, &outcome);
+                } else {
+                    debug!(peer = %from, %command_id, "an answer nobody asked this peer for");
+                }
+            }
             Message::Behind {
                 generation,
                 round,
