@@ -990,3 +990,41 @@ fn a_lying_transfer_source_never_gets_its_state_written() {
     assert_clean(&sim);
     assert!(sim.engine(joiner).store().head_position().expect("reads") > 0);
 }
+
+#[test]
+fn a_member_that_forks_while_another_is_cut_off_is_still_voted_out_after_the_heal() {
+    // A member forks while another is cut off: after the heal the forker is voted out,
+    // which needs the cut-off member's vote too (three of four).
+    for seed in [216, 217, 218] {
+        let setup = ClusterSetup {
+            nodes: 4,
+            sections: Some(1),
+            block_mode: BlockMode::Supermajority,
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        open_accounts(&mut sim, 4);
+        assert!(sim.run_until_answered(60_000), "seed {seed}: accounts open");
+        let (forker, cut_off) = (1, 3);
+        sim.partition(&[cut_off], &[0, 1, 2]);
+        for _ in 0..3 {
+            load(&mut sim, 4, 1, "forking");
+            assert!(sim.fork(forker), "seed {seed}: the forker had an event");
+            sim.run_for(millis(200));
+        }
+        sim.run_for(millis(500));
+        sim.heal();
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim.departed(forker)
+                && [0, 2, cut_off].iter().all(|&node| sim
+                    .engine(node)
+                    .section()
+                    .members
+                    .len()
+                    == 3)),
+            "seed {seed}: the forker was not voted out"
+        );
+        load(&mut sim, 4, 2, "after");
+        assert!(sim.run_until_answered(60_000), "seed {seed}");
+    }
+}

@@ -15,6 +15,9 @@ pub const COMMANDS_IN_FLIGHT_MAX: usize = 10_000;
 /// one stream at once, a proposal waits for up to k - 1 others in the fair case, and the
 /// agreed order is not guaranteed fair, hence the margin.
 pub const STALE_RETRIES_MAX: u32 = 64;
+/// How often a member passes on again its evidence against a member that forked, while that
+/// member is still in the section.
+pub const EVIDENCE_REPEAT_MS: u64 = 1_000;
 /// Proposals of others kept for seconding once this node's store catches up.
 pub const DEFERRED_SECONDS_MAX: usize = 10_000;
 /// How far ahead of our store a proposal may be decided for us to keep it for a later second.

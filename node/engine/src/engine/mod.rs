@@ -562,6 +562,7 @@ impl Engine {
         }
         self.watch_silence();
         self.vote_removals();
+        self.repeat_evidence();
         self.sweep();
         // `drain` ends by running the process managers.
         self.drain();

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::Engine;
 use super::joining::Joining;
-use super::limits::SILENT_ROUNDS_MIN;
+use super::limits::{EVIDENCE_REPEAT_MS, SILENT_ROUNDS_MIN};
 use super::wire::Message;
 use crate::membership::{MemberChange, group_id};
 
@@ -39,6 +39,10 @@ pub(super) struct Removals {
     requested: BTreeSet<PeerId>,
     /// Members caught forking.
     accused: BTreeSet<PeerId>,
+    /// The evidence against each, and when it was last passed on: passed on again every
+    /// `EVIDENCE_REPEAT_MS` while the offender is a member, so a member cut off when it was
+    /// first sent (and whose own graph never held both twins) still gets it.
+    evidence: BTreeMap<PeerId, (ForkEvidence, u64)>,
 }
 
 /// What became of an operator's removal request.
@@ -123,11 +127,42 @@ impl Engine {
             return;
         }
         warn!(peer = %offender, "a member forked its chain; voting to remove it");
+        self.removals
+            .evidence
+            .insert(offender, (evidence.clone(), self.now_ms));
+        self.pass_on_evidence(evidence);
+    }
+
+    fn pass_on_evidence(&mut self, evidence: &ForkEvidence) {
+        let offender = evidence.offender();
         let message = Message::ForkEvidence(Box::new(evidence.clone()));
         for member in self.state.members.clone() {
             if member != self.our_id && member != offender {
                 self.send(member, &message);
             }
+        }
+    }
+
+    /// Passes on again the evidence against members still in the section, every
+    /// `EVIDENCE_REPEAT_MS`.
+    pub(super) fn repeat_evidence(&mut self) {
+        let members = self.state.members.clone();
+        self.removals
+            .evidence
+            .retain(|offender, _| members.contains(offender));
+        let now = self.now_ms;
+        let due: Vec<ForkEvidence> = self
+            .removals
+            .evidence
+            .values_mut()
+            .filter(|(_, sent_ms)| now >= *sent_ms + EVIDENCE_REPEAT_MS)
+            .map(|(evidence, sent_ms)| {
+                *sent_ms = now;
+                evidence.clone()
+            })
+            .collect();
+        for evidence in &due {
+            self.pass_on_evidence(evidence);
         }
     }
 
