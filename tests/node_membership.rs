@@ -12,15 +12,16 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use support::{CHORUS, Nodes, command_id, deposit, events, http, json_of, open_accounts, try_http};
+use support::{
+    CHORUS, Nodes, command_id, commit, deposit, events, http, json_of, open_accounts, try_http,
+    wait_for,
+};
 
 /// The liveness span the test runs with (nodes default to a minute).
 const SILENCE_MS: u64 = 4_000;
-/// How long anything the test waits for may take.
-const BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed() {
@@ -170,29 +171,5 @@ fn members(address: &str) -> usize {
     match try_http(address, "GET", "/status", None) {
         Ok((200, text)) => json_of(&text)["members"].as_array().map_or(0, Vec::len),
         _ => 0,
-    }
-}
-
-/// Commits one deposit through `address` (retrying while the section changes).
-fn commit(address: &str, stream: &str, number: usize) {
-    let body = json!({"command": deposit(), "command_id": command_id(1_000 + number)});
-    wait_for(&format!("deposit {number} on {stream} to commit"), || {
-        matches!(
-            try_http(
-                address,
-                "POST",
-                &format!("/streams/{stream}/commands"),
-                Some(&body.to_string())
-            ),
-            Ok((200 | 201, _))
-        )
-    });
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
-    while !done() {
-        assert!(Instant::now() < deadline, "waited {BOUND:?} for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -11,20 +11,16 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use chorus_aggregate::StreamKey;
 use chorus_routing::XorName;
-use serde_json::json;
 use support::{
-    CHORUS, Nodes, command_id, deposit, events, gathered, json_of, open_accounts, try_http,
+    CHORUS, Nodes, commit, events, gathered, json_of, open_accounts, try_http, wait_for,
 };
 
 /// The smallest section, here: two halves of three can form from four founders and a few
 /// joiners.
 const SECTION_SIZE_MIN: i64 = 3;
-/// How long anything the test waits for may take.
-const BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn admitted_joiners_grow_a_section_until_it_splits_and_each_half_serves_its_streams() {
@@ -239,28 +235,4 @@ fn set_field(config: &Path, field: &str, value: toml::Value) {
     let mut table: toml::Table = toml::from_str(&text).expect("config parses");
     table.insert(field.into(), value);
     std::fs::write(config, toml::to_string(&table).expect("config writes")).expect("written");
-}
-
-/// Commits one deposit through `address` (retrying while the section changes).
-fn commit(address: &str, stream: &str, number: usize) {
-    let body = json!({"command": deposit(), "command_id": command_id(1_000 + number)});
-    wait_for(&format!("deposit {number} on {stream} to commit"), || {
-        matches!(
-            try_http(
-                address,
-                "POST",
-                &format!("/streams/{stream}/commands"),
-                Some(&body.to_string())
-            ),
-            Ok((200 | 201, _))
-        )
-    });
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
-    while !done() {
-        assert!(Instant::now() < deadline, "waited {BOUND:?} for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -621,6 +621,23 @@ fn elsewhere(engine: &Engine, read: &Read) -> Option<ReadAnswer> {
     })
 }
 
+/// A page of the log with only the events of streams section `own` is responsible for.
+fn section_log(
+    store: &EventStore,
+    own: Prefix,
+    filter: &Filter,
+    from: u64,
+    count: usize,
+) -> Result<ReadAnswer, StoreError> {
+    let slice = store.read(filter, from, Direction::Forward, count)?;
+    let mut events = slice.events;
+    events.retain(|event| own.matches(&XorName::from_stream_key(&event.stream.qualified())));
+    Ok(ReadAnswer::Events {
+        events,
+        next: slice.next,
+    })
+}
+
 /// Serves a read from the store of a member of section `own`.
 fn read_store(store: &EventStore, own: Prefix, read: Read) -> Result<ReadAnswer, StoreError> {
     Ok(match read {
@@ -655,16 +672,7 @@ fn read_store(store: &EventStore, own: Prefix, read: Read) -> Result<ReadAnswer,
             filter,
             from,
             count,
-        } => {
-            let slice = store.read(&filter, from, Direction::Forward, count)?;
-            let mut events = slice.events;
-            events
-                .retain(|event| own.matches(&XorName::from_stream_key(&event.stream.qualified())));
-            ReadAnswer::Events {
-                events,
-                next: slice.next,
-            }
-        }
+        } => section_log(store, own, &filter, from, count)?,
         Read::Map => ReadAnswer::Map {
             own,
             sections: Vec::new(),

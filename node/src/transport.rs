@@ -347,31 +347,12 @@ pub async fn run(
                 }
             }
             event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(BehaviourEvent::Engine(event)) => match event {
-                    request_response::Event::Message { peer, message, .. } => match message {
-                        request_response::Message::Request { request, channel, .. } => {
-                            // Acknowledge first: the engine's work must not run into the
-                            // request timeout.
-                            let _ = swarm.behaviour_mut().engine.send_response(channel, Vec::new());
-                            match consensus_id(&peer) {
-                                Some(from) => {
-                                    if inbound.push(from, request).is_err() {
-                                        return;
-                                    }
-                                }
-                                None => warn!(%peer, "a message from a peer without an ed25519 key"),
-                            }
-                        }
-                        request_response::Message::Response { .. } => {}
-                    },
-                    request_response::Event::OutboundFailure { peer, error, .. } => {
-                        debug!(%peer, %error, "message not delivered (gossip and timeouts repair it)");
+                SwarmEvent::Behaviour(BehaviourEvent::Engine(event)) => {
+                    let stopped = engine_event(&mut swarm, &mut inbound, event).is_err();
+                    if stopped {
+                        return;
                     }
-                    request_response::Event::InboundFailure { peer, error, .. } => {
-                        debug!(%peer, %error, "inbound message failed");
-                    }
-                    request_response::Event::ResponseSent { .. } => {}
-                },
+                }
                 SwarmEvent::Behaviour(BehaviourEvent::Reads(event)) => {
                     read_event(&mut swarm, &mut read_peers, &engine, event);
                 }
@@ -395,6 +376,43 @@ pub async fn run(
             },
         }
     }
+}
+
+/// One event of the engine protocol: a peer's message goes to the engine (acknowledged
+/// first, so the engine's work never runs into the request timeout). Err once the engine has
+/// stopped.
+fn engine_event(
+    swarm: &mut Swarm<Behaviour>,
+    inbound: &mut crate::queues::PeerInbound,
+    event: request_response::Event<Vec<u8>, Vec<u8>>,
+) -> Result<(), crate::queues::Refused> {
+    match event {
+        request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } => {
+            let _ = swarm
+                .behaviour_mut()
+                .engine
+                .send_response(channel, Vec::new());
+            match consensus_id(&peer) {
+                Some(from) => inbound.push(from, request)?,
+                None => warn!(%peer, "a message from a peer without an ed25519 key"),
+            }
+        }
+        request_response::Event::OutboundFailure { peer, error, .. } => {
+            debug!(%peer, %error, "message not delivered (gossip and timeouts repair it)");
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            debug!(%peer, %error, "inbound message failed");
+        }
+        request_response::Event::Message { .. } | request_response::Event::ResponseSent { .. } => {}
+    }
+    Ok(())
 }
 
 /// One event of the read protocol: a peer's read to serve, or an answer to ours.

@@ -137,6 +137,38 @@ pub fn gathered(address: &str, path: &str) -> Vec<Value> {
     }
 }
 
+/// How long a membership test waits for anything (a join, a removal, a commit).
+pub const MEMBERSHIP_BOUND: Duration = Duration::from_secs(60);
+
+/// Commits deposit `number` (command id `1000 + number`) on `stream` through `address`,
+/// retrying while the section changes, for at most `MEMBERSHIP_BOUND`.
+pub fn commit(address: &str, stream: &str, number: usize) {
+    let body = json!({"command": deposit(), "command_id": command_id(1_000 + number)});
+    wait_for(&format!("deposit {number} on {stream} to commit"), || {
+        matches!(
+            try_http(
+                address,
+                "POST",
+                &format!("/streams/{stream}/commands"),
+                Some(&body.to_string())
+            ),
+            Ok((200 | 201, _))
+        )
+    });
+}
+
+/// Waits until `done` holds, looking every 200 ms, at most `MEMBERSHIP_BOUND`.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + MEMBERSHIP_BOUND;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "waited {MEMBERSHIP_BOUND:?} for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A command id from a number (32 hex digits).
 pub fn command_id(index: usize) -> String {
     format!("{index:032x}")

@@ -228,6 +228,48 @@ pub async fn read_category(
     }
 }
 
+/// This node's section's part of a gathered read, as JSON events and where it goes on.
+async fn own_section_page(
+    engine: &EngineInputs,
+    filter: Filter,
+    from: u64,
+    count: usize,
+) -> Result<(Vec<Value>, Option<u64>), Vec<String>> {
+    match read(
+        engine,
+        Read::SectionLog {
+            filter,
+            from,
+            count,
+        },
+    )
+    .await
+    {
+        Ok(ReadAnswer::Events { events, next }) => {
+            Ok((events.iter().map(event_json).collect(), next))
+        }
+        Ok(other) => Err(vec![format!("unexpected answer {other:?}")]),
+        Err(_) => Err(vec!["this node could not read its own store".into()]),
+    }
+}
+
+/// The read another section's member is asked for its part of `$all` or a category.
+fn peer_log_read(filter: &Filter, from: u64, count: usize) -> PeerRead {
+    let (database, category) = match filter {
+        Filter::Category(database, category) => (
+            Some(database.as_str().to_owned()),
+            Some(category.as_str().to_owned()),
+        ),
+        _ => (None, None),
+    };
+    PeerRead::Log {
+        database,
+        category,
+        from,
+        count,
+    }
+}
+
 /// `$all` or a category: this node's own log in a network of one section, else gathered
 /// from every section.
 async fn read_log(
@@ -262,42 +304,14 @@ async fn read_log(
             Err(response) => response,
         };
     }
-    let (database, category) = match &filter {
-        Filter::Category(database, category) => (
-            Some(database.as_str().to_owned()),
-            Some(category.as_str().to_owned()),
-        ),
-        _ => (None, None),
-    };
     let pages = sections.into_iter().map(|(prefix, members)| {
         let from = cursor.start_of(&prefix);
-        let asked = PeerRead::Log {
-            database: database.clone(),
-            category: category.clone(),
-            from,
-            count,
-        };
         let filter = filter.clone();
         async move {
             let page = if prefix == own {
-                match read(
-                    engine,
-                    Read::SectionLog {
-                        filter,
-                        from,
-                        count,
-                    },
-                )
-                .await
-                {
-                    Ok(ReadAnswer::Events { events, next }) => {
-                        Ok((events.iter().map(event_json).collect(), next))
-                    }
-                    Ok(other) => Err(vec![format!("unexpected answer {other:?}")]),
-                    Err(_) => Err(vec!["this node could not read its own store".into()]),
-                }
+                own_section_page(engine, filter, from, count).await
             } else {
-                across::ask_section(reads, &members, asked).await
+                across::ask_section(reads, &members, peer_log_read(&filter, from, count)).await
             };
             page.map(|(events, next)| SectionPage {
                 prefix,
