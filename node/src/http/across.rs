@@ -142,7 +142,7 @@ pub fn merge(pages: &[SectionPage], count: usize) -> (Vec<Value>, Option<String>
             let resume = next.unwrap_or_else(|| {
                 page.events
                     .last()
-                    .map_or(page.from, |last| position(last) + 1)
+                    .map_or(page.from, |last| position(last).saturating_add(1))
             });
             format!("{}:{resume}", page.prefix)
         })

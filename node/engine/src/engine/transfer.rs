@@ -258,7 +258,9 @@ fn transferred_writes(events: &[RecordedEvent]) -> (Vec<AppendBatch>, Vec<u64>) 
             payload: event.payload.clone(),
             supersedes: event.supersedes,
         };
-        let follows = previous.is_some_and(|last| last.position + 1 == event.position);
+        // Positions come from the source: `checked_add`, as one may be `u64::MAX`.
+        let follows =
+            previous.is_some_and(|last| last.position.checked_add(1) == Some(event.position));
         previous = Some(event);
         let continues = follows
             && batches.last().is_some_and(|batch| {
