@@ -24,7 +24,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, identity, noise, tcp, yamux};
 use serde_json::json;
-use support::{Nodes, command_id, deposit, http, json_of, open_accounts, try_http};
+use support::{Nodes, command_id, deposit, http, json_of, open_accounts, parse_key, try_http};
 
 /// The engine protocol the nodes speak.
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/3");
@@ -293,12 +293,4 @@ fn node_secret(config: &std::path::Path) -> [u8; 32] {
     let key =
         std::fs::read_to_string(std::path::Path::new(data_dir).join("node.key")).expect("node.key");
     parse_key(key.trim())
-}
-
-fn parse_key(hex: &str) -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * index..2 * index + 2], 16).expect("hex");
-    }
-    bytes
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{
-    CHORUS, Nodes, command_id, commit, deposit, events, http, json_of, open_accounts, try_http,
-    wait_for,
+    CHORUS, Nodes, command_id, commit, deposit, events, http, json_of, open_accounts, section_size,
+    set_config_field, try_http, wait_for,
 };
 
 /// The liveness span the test runs with (nodes default to a minute).
@@ -28,7 +28,7 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
     let directory = tempfile::tempdir().expect("temp dir");
     let mut nodes = Nodes::init(directory.path(), 4);
     for config in &nodes.configs {
-        set_silence_span(config);
+        set_config_field(config, "remove_silent_after_ms", (SILENCE_MS as i64).into());
     }
     for index in 0..4 {
         nodes.restart(index);
@@ -47,7 +47,7 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
         .expect("an id")
         .to_owned();
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(members(&founder), 4, "a stranger was admitted");
+    assert_eq!(section_size(&founder), 4, "a stranger was admitted");
     let log = std::fs::read_to_string(directory.path().join("stranger.log")).expect("log");
     assert!(
         log.contains("refused to admit") && log.contains("allow-list"),
@@ -83,7 +83,7 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
         .expect("chorus admin runs");
     assert!(admitted.status.success(), "chorus admin: {admitted:?}");
     wait_for("the stranger to be admitted and serve", || {
-        members(&founder) == 5
+        section_size(&founder) == 5
             && matches!(
                 try_http(&stranger_address, "GET", "/health", None),
                 Ok((200, _))
@@ -122,7 +122,7 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
         std::thread::sleep(Duration::from_millis(SILENCE_MS / 5));
     }
     assert_eq!(
-        members(&founder),
+        section_size(&founder),
         5,
         "a short pause or a restart removed a member"
     );
@@ -141,22 +141,11 @@ fn a_stranger_is_refused_until_admitted_then_joins_and_a_dead_member_is_removed(
             "/streams/BankAccount@m1/commands",
             Some(&body.to_string()),
         );
-        members(&founder) == 4
+        section_size(&founder) == 4
     });
     commit(&founder, &accounts[1], 4);
     commit(&stranger_address, &accounts[0], 5);
     nodes.stop();
-}
-
-/// Sets the liveness span of a node's configuration to `SILENCE_MS`.
-fn set_silence_span(config: &Path) {
-    let text = std::fs::read_to_string(config).expect("config");
-    let mut value: toml::Table = toml::from_str(&text).expect("config parses");
-    value.insert(
-        "remove_silent_after_ms".into(),
-        toml::Value::Integer(SILENCE_MS as i64),
-    );
-    std::fs::write(config, toml::to_string(&value).expect("config writes")).expect("written");
 }
 
 /// A stranger: a fresh key, no peers, pointed at the first founder with `--join`.
@@ -164,12 +153,4 @@ fn add_stranger(nodes: &mut Nodes, directory: &Path) -> usize {
     let mut fields = toml::Table::new();
     fields.insert("remove_silent_after_ms".into(), (SILENCE_MS as i64).into());
     nodes.add_joiner(directory, "stranger", fields)
-}
-
-/// Members of the node's section, as its `/status` says.
-fn members(address: &str) -> usize {
-    match try_http(address, "GET", "/status", None) {
-        Ok((200, text)) => json_of(&text)["members"].as_array().map_or(0, Vec::len),
-        _ => 0,
-    }
 }

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Nodes, command_id, deposit, json_of, open_accounts, try_http};
+use support::{Nodes, command_id, deposit, open_accounts, section_size, try_http};
 
 /// The liveness span the test runs with (nodes default to a minute).
 const SILENCE_MS: i64 = 3_000;
@@ -27,7 +27,7 @@ fn two_dead_members_of_seven_are_voted_out_and_the_rest_commit() {
         nodes.restart(index);
     }
     let entry = nodes.addresses[0].clone();
-    assert_eq!(members(&entry), 7, "one section of seven");
+    assert_eq!(section_size(&entry), 7, "one section of seven");
     let account = "BankAccount@r0".to_owned();
     open_accounts(&entry, std::slice::from_ref(&account));
 
@@ -38,7 +38,7 @@ fn two_dead_members_of_seven_are_voted_out_and_the_rest_commit() {
     let mut sent = 0;
     let mut seen = Vec::new();
     loop {
-        let now = members(&entry);
+        let now = section_size(&entry);
         if seen.last() != Some(&now) {
             seen.push(now);
         }
@@ -60,7 +60,7 @@ fn two_dead_members_of_seven_are_voted_out_and_the_rest_commit() {
     assert!(seen.ends_with(&[6, 5]), "one at a time: {seen:?}");
     // Every live member agrees, and the section commits.
     for address in &nodes.addresses[..5] {
-        assert_eq!(members(address), 5, "{address}");
+        assert_eq!(section_size(address), 5, "{address}");
     }
     let body = json!({"command": deposit(), "command_id": command_id(1_000_000)});
     let (status, text) = try_http(
@@ -73,12 +73,4 @@ fn two_dead_members_of_seven_are_voted_out_and_the_rest_commit() {
     assert_eq!(status, 201, "{text}");
     assert!(committed > 0, "nothing committed while members were dead");
     nodes.stop();
-}
-
-/// Members of the node's section, as its `/status` says.
-fn members(address: &str) -> usize {
-    match try_http(address, "GET", "/status", None) {
-        Ok((200, text)) => json_of(&text)["members"].as_array().map_or(0, Vec::len),
-        _ => 0,
-    }
 }

@@ -9,13 +9,13 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
 use chorus_aggregate::StreamKey;
 use chorus_routing::XorName;
 use support::{
-    CHORUS, Nodes, commit, events, gathered, json_of, open_accounts, try_http, wait_for,
+    CHORUS, Nodes, commit, events, gathered, hex, node_id, open_accounts, section_size,
+    set_config_field, status_of, try_http, wait_for,
 };
 
 /// The smallest section, here: two halves of three can form from four founders and a few
@@ -27,7 +27,7 @@ fn admitted_joiners_grow_a_section_until_it_splits_and_each_half_serves_its_stre
     let directory = tempfile::tempdir().expect("temp dir");
     let mut nodes = Nodes::init(directory.path(), 4);
     for config in &nodes.configs {
-        set_field(config, "section_size_min", SECTION_SIZE_MIN.into());
+        set_config_field(config, "section_size_min", SECTION_SIZE_MIN.into());
     }
     for index in 0..4 {
         nodes.restart(index);
@@ -106,13 +106,13 @@ fn admitted_joiners_grow_a_section_until_it_splits_and_each_half_serves_its_stre
             "chorus init --join names the key to approve: {guidance}"
         );
         let config = std::path::PathBuf::from(config);
-        set_field(&config, "section_size_min", SECTION_SIZE_MIN.into());
-        set_field(
+        set_config_field(&config, "section_size_min", SECTION_SIZE_MIN.into());
+        set_config_field(
             &config,
             "admit",
             toml::Value::Array(joiner_ids.iter().map(|id| id.clone().into()).collect()),
         );
-        set_field(&config, "gossip_interval_ms", 5.into());
+        set_config_field(&config, "gossip_interval_ms", 5.into());
         let index = nodes.add(
             config,
             address.to_owned(),
@@ -203,36 +203,4 @@ fn stream_half(account: &str) -> bool {
 /// The half a node's key falls in.
 fn key_half(key: &[u8; 32]) -> bool {
     XorName::from_public_key(key).bit(0)
-}
-
-fn node_id(address: &str) -> [u8; 32] {
-    let id = status_of(address)["id"].as_str().expect("an id").to_owned();
-    let mut bytes = [0u8; 32];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&id[2 * index..2 * index + 2], 16).expect("hex");
-    }
-    bytes
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn status_of(address: &str) -> serde_json::Value {
-    match try_http(address, "GET", "/status", None) {
-        Ok((200, text)) => json_of(&text),
-        _ => serde_json::Value::Null,
-    }
-}
-
-/// Members of the node's section, as its `/status` says.
-fn section_size(address: &str) -> usize {
-    status_of(address)["members"].as_array().map_or(0, Vec::len)
-}
-
-fn set_field(config: &Path, field: &str, value: toml::Value) {
-    let text = std::fs::read_to_string(config).expect("config");
-    let mut table: toml::Table = toml::from_str(&text).expect("config parses");
-    table.insert(field.into(), value);
-    std::fs::write(config, toml::to_string(&table).expect("config writes")).expect("written");
 }

@@ -50,7 +50,7 @@ use crate::queues::{Drops, EngineInputs, Refused};
 use crate::runtime::Input;
 use crate::transport::AddressBook;
 
-pub use crate::http::reads::event_json;
+pub use crate::http::reads::{category_filter, event_json, page_count};
 pub use crate::http::server::serve;
 
 /// How long a handler waits for the engine (a command waits for agreement).

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chorus_aggregate::{CategoryName, DatabaseName, Filter, StreamKey};
+use chorus_aggregate::{Filter, StreamKey};
 use chorus_consensus::PeerId;
 use futures::future::BoxFuture;
 use libp2p::StreamProtocol;
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http::{READ_COUNT_MAX, event_json};
+use crate::http::{category_filter, event_json, page_count};
 use crate::queues::EngineInputs;
 use crate::runtime::{Input, Read, ReadAnswer};
 
@@ -69,48 +69,36 @@ pub enum PeerRead {
 }
 
 impl PeerRead {
-    /// The engine thread's read for it, or why it is not one.
+    /// The engine thread's read for it, or why it is not one (checked as the HTTP API checks
+    /// the same parameters).
     pub fn to_read(&self) -> Result<Read, String> {
-        let count = |count: usize| {
-            if (1..=READ_COUNT_MAX).contains(&count) {
-                Ok(count)
-            } else {
-                Err(format!("count {count}: it must be 1 to {READ_COUNT_MAX}"))
-            }
-        };
         match self {
             Self::Stream {
                 stream,
                 from,
-                count: asked,
+                count,
             } => Ok(Read::Stream {
                 stream: StreamKey::parse(stream).map_err(|problem| problem.to_string())?,
                 from: (*from).max(1),
-                count: count(*asked)?,
+                count: page_count(Some(*count))?,
             }),
             Self::Log {
                 database,
                 category,
                 from,
-                count: asked,
+                count,
             } => {
                 let filter = match (database, category) {
                     (None, None) => Filter::All,
-                    (database, Some(category)) => Filter::Category(
-                        match database {
-                            Some(name) => DatabaseName::new(name.clone())
-                                .map_err(|problem| problem.to_string())?,
-                            None => DatabaseName::default_database(),
-                        },
-                        CategoryName::new(category.clone())
-                            .map_err(|problem| problem.to_string())?,
-                    ),
+                    (database, Some(category)) => {
+                        category_filter(category.clone(), database.clone())?
+                    }
                     (Some(_), None) => return Err("a database without a category".into()),
                 };
                 Ok(Read::SectionLog {
                     filter,
                     from: (*from).max(1),
-                    count: count(*asked)?,
+                    count: page_count(Some(*count))?,
                 })
             }
         }
@@ -278,6 +266,7 @@ fn encode(page: &PeerPage) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::READ_COUNT_MAX;
 
     #[test]
     fn reads_round_trip_and_bad_ones_are_refused_with_the_reason() {

@@ -438,15 +438,7 @@ impl Serving {
                 let _ = reply.send(answer_read(engine, read));
             }
             Input::PeerRead(from, read, reply) => {
-                let known = engine
-                    .map()
-                    .sections()
-                    .any(|section| section.member_keys().contains(&from.0));
-                let _ = reply.send(if known {
-                    answer_read(engine, read)
-                } else {
-                    Err("a read from a node outside the network map".into())
-                });
+                let _ = reply.send(answer_peer_read(engine, from, read));
             }
             Input::Status(reply) => {
                 let _ = reply.send(status_of(engine, &self.answered));
@@ -578,26 +570,22 @@ fn drain(
     Ok(())
 }
 
-/// A read: sent elsewhere, or answered with the map, or served from the store.
+/// A read: sent elsewhere, or served from the node's state.
 fn answer_read(engine: &Engine, read: Read) -> Result<ReadAnswer, String> {
-    if let Some(elsewhere) = elsewhere(engine, &read) {
-        return Ok(elsewhere);
+    match elsewhere(engine, &read) {
+        Some(elsewhere) => Ok(elsewhere),
+        None => read_store(engine, read).map_err(|error| error.to_string()),
     }
-    if let Read::Map = read {
-        let sections = engine
-            .map()
-            .sections()
-            .map(|section| {
-                let members = section.member_keys().into_iter().map(PeerId).collect();
-                (section.prefix(), members)
-            })
-            .collect();
-        return Ok(ReadAnswer::Map {
-            own: engine.section().prefix,
-            sections,
-        });
+}
+
+/// Another node's read: served only to a node in the network map, as the engine lets only
+/// such nodes speak.
+fn answer_peer_read(engine: &Engine, from: PeerId, read: Read) -> Result<ReadAnswer, String> {
+    if engine.is_known(&from) {
+        answer_read(engine, read)
+    } else {
+        Err("a read from a node outside the network map".into())
     }
-    read_store(engine.store(), engine.section().prefix, read).map_err(|error| error.to_string())
 }
 
 /// A stream read for a stream another section is responsible for (by this node's map): its
@@ -638,8 +626,9 @@ fn section_log(
     })
 }
 
-/// Serves a read from the store of a member of section `own`.
-fn read_store(store: &EventStore, own: Prefix, read: Read) -> Result<ReadAnswer, StoreError> {
+/// Serves a read from the node's store and map.
+fn read_store(engine: &Engine, read: Read) -> Result<ReadAnswer, StoreError> {
+    let (store, own) = (engine.store(), engine.section().prefix);
     Ok(match read {
         Read::Stream {
             stream,
@@ -675,7 +664,14 @@ fn read_store(store: &EventStore, own: Prefix, read: Read) -> Result<ReadAnswer,
         } => section_log(store, own, &filter, from, count)?,
         Read::Map => ReadAnswer::Map {
             own,
-            sections: Vec::new(),
+            sections: engine
+                .map()
+                .sections()
+                .map(|section| {
+                    let members = section.member_keys().into_iter().map(PeerId).collect();
+                    (section.prefix(), members)
+                })
+                .collect(),
         },
         Read::Databases => ReadAnswer::Names(
             store
@@ -710,16 +706,10 @@ mod tests {
     use super::*;
     use crate::config::NodeConfig;
 
-    #[test]
-    fn a_damaged_store_file_is_an_error_naming_it() {
-        let directory = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            directory.path().join("node.redb"),
-            b"not a redb file at all",
-        )
-        .expect("written");
-        let checked = NodeConfig {
-            data_dir: directory.path().to_path_buf(),
+    /// A one-node network's configuration, data in `directory`.
+    fn one_node(directory: &std::path::Path) -> Checked {
+        NodeConfig {
+            data_dir: directory.to_path_buf(),
             listen: "/ip4/127.0.0.1/tcp/0".into(),
             http: "127.0.0.1:0".into(),
             peers: Vec::new(),
@@ -734,14 +724,50 @@ mod tests {
             join_from: None,
         }
         .check()
-        .expect("a valid configuration");
-        let key = SigningKey::from_bytes(&[3; 32]);
-        let policy = Policy::load(&checked).expect("policy");
-        let domain = Domain {
+        .expect("a valid configuration")
+    }
+
+    fn demo() -> Domain {
+        Domain {
             registry: chorus_demo::registry,
             process_managers: chorus_demo::process_managers,
+        }
+    }
+
+    #[test]
+    fn reads_from_other_nodes_are_served_only_to_nodes_in_the_map() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let checked = one_node(directory.path());
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let policy = Policy::load(&checked).expect("policy");
+        let engine = start_engine(&checked, &key, demo(), &policy).expect("engine");
+        let member = PeerId(key.verifying_key().to_bytes());
+        let stranger = PeerId(SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes());
+        let log = || Read::SectionLog {
+            filter: Filter::All,
+            from: 1,
+            count: 10,
         };
-        let error = start_engine(&checked, &key, domain, &policy)
+        let refused = answer_peer_read(&engine, stranger, log()).expect_err("refused");
+        assert!(refused.contains("outside the network map"), "{refused}");
+        assert!(matches!(
+            answer_peer_read(&engine, member, log()),
+            Ok(ReadAnswer::Events { .. })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_store_file_is_an_error_naming_it() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            directory.path().join("node.redb"),
+            b"not a redb file at all",
+        )
+        .expect("written");
+        let checked = one_node(directory.path());
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let policy = Policy::load(&checked).expect("policy");
+        let error = start_engine(&checked, &key, demo(), &policy)
             .err()
             .expect("refused")
             .to_string();

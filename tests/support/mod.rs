@@ -137,6 +137,46 @@ pub fn gathered(address: &str, path: &str) -> Vec<Value> {
     }
 }
 
+/// A node's `/status` (`Null` when it does not answer).
+pub fn status_of(address: &str) -> Value {
+    match try_http(address, "GET", "/status", None) {
+        Ok((200, text)) => json_of(&text),
+        _ => Value::Null,
+    }
+}
+
+/// Members of the node's section, as its `/status` says (0 when it does not answer).
+pub fn section_size(address: &str) -> usize {
+    status_of(address)["members"].as_array().map_or(0, Vec::len)
+}
+
+/// The node's public key, from its `/status`.
+pub fn node_id(address: &str) -> [u8; 32] {
+    parse_key(status_of(address)["id"].as_str().expect("an id"))
+}
+
+/// 64 hex digits to 32 bytes.
+pub fn parse_key(hex: &str) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * index..2 * index + 2], 16).expect("hex");
+    }
+    bytes
+}
+
+/// Bytes as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Sets `field` of the node configuration file `config` to `value`.
+pub fn set_config_field(config: &Path, field: &str, value: toml::Value) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let mut table: toml::Table = toml::from_str(&text).expect("config parses");
+    table.insert(field.into(), value);
+    std::fs::write(config, toml::to_string(&table).expect("config writes")).expect("written");
+}
+
 /// How long a membership test waits for anything (a join, a removal, a commit).
 pub const MEMBERSHIP_BOUND: Duration = Duration::from_secs(60);
 

@@ -147,7 +147,7 @@ pub fn category_read(
 }
 
 /// The filter of `category` in `database` (`default` if absent).
-fn category_filter(category: String, database: Option<String>) -> Result<Filter, String> {
+pub fn category_filter(category: String, database: Option<String>) -> Result<Filter, String> {
     let database = match database {
         Some(name) => DatabaseName::new(name)
             .map_err(|problem| format!("query parameter database: {problem}"))?,

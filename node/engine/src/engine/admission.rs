@@ -151,8 +151,9 @@ impl Engine {
     }
 
     /// Whether `from` is in our network map: a member of our section (this generation or the
-    /// retired one) or of a section our map knows.
-    pub(super) fn is_known(&self, from: &PeerId) -> bool {
+    /// retired one) or of a section our map knows. Only such nodes may speak to us (and the
+    /// node serves its reads only to them).
+    pub fn is_known(&self, from: &PeerId) -> bool {
         self.state.members.contains(from)
             || self
                 .retired

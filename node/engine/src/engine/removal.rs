@@ -146,7 +146,11 @@ impl Engine {
     /// Passes on again the evidence against members still in the section, every
     /// `EVIDENCE_REPEAT_MS`.
     pub(super) fn repeat_evidence(&mut self) {
-        let members = self.state.members.clone();
+        // Called every tick: nothing to do, nothing to allocate, in the common case.
+        if self.removals.evidence.is_empty() {
+            return;
+        }
+        let members = &self.state.members;
         self.removals
             .evidence
             .retain(|offender, _| members.contains(offender));
