@@ -98,7 +98,11 @@ impl ClusterSim {
 
     /// A Byzantine member's fork: `node` signs a second event with the index of its latest
     /// (same parents, another time) and sends it to every other member of its section, as
-    /// a sync response. Returns whether it had an event to fork.
+    /// a sync response, after the events of others the receiver lacks (so the twin's
+    /// parents are known and it is taken: a twin naming an unknown parent is dropped, and a
+    /// fork nobody holds is no fork). Its own original is not sent: a receiver takes the
+    /// twin for its event at that index and meets the original later, through gossip.
+    /// Returns whether it had an event to fork.
     pub fn fork(&mut self, node: usize) -> bool {
         use chorus_consensus::{SignedEvent, SyncResponse};
         let Some(engine) = self.engines[node].as_ref() else {
@@ -132,25 +136,63 @@ impl ClusterSim {
         );
         let generation = engine.section().generation;
         let members = engine.section().members.clone();
-        let message = Message::SyncResponse {
-            generation,
-            response: SyncResponse {
-                events: vec![std::sync::Arc::new(twin)],
-            },
-        };
-        let Ok(bytes) = message.encode() else {
-            return false;
-        };
+        let twin = std::sync::Arc::new(twin);
+        let mut messages = Vec::new();
         for member in members {
-            if let Some(to) = self
+            let Some(to) = self
                 .ids
                 .iter()
                 .position(|id| *id == member)
                 .filter(|to| *to != node)
-            {
-                self.send_raw(node, to, bytes.clone());
-            }
+            else {
+                continue;
+            };
+            let mut events = self.catch_up(node, to, header.index);
+            events.push(std::sync::Arc::clone(&twin));
+            let message = Message::SyncResponse {
+                generation,
+                response: SyncResponse { events },
+            };
+            let Ok(bytes) = message.encode() else {
+                return false;
+            };
+            messages.push((to, bytes));
+        }
+        for (to, bytes) in messages {
+            self.send_raw(node, to, bytes);
         }
         true
+    }
+
+    /// The events `node` holds that `to` lacks, except `node`'s own from `index` on, parents
+    /// first, leaving room for one more event in a sync response; none if `to` is down or in
+    /// another generation.
+    fn catch_up(
+        &self,
+        node: usize,
+        to: usize,
+        index: u64,
+    ) -> Vec<std::sync::Arc<chorus_consensus::SignedEvent>> {
+        let consensus = |at: usize| self.engines[at].as_ref().and_then(|e| e.consensus());
+        let (Some(ours), Some(theirs)) = (consensus(node), consensus(to)) else {
+            return Vec::new();
+        };
+        if ours.config().group != theirs.config().group {
+            return Vec::new();
+        }
+        let mut request = theirs.sync_request();
+        request.wanted.clear();
+        let max = ours.config().events_per_sync_max.saturating_sub(1);
+        let forker = self.ids[node];
+        ours.handle_sync_request(&self.ids[to], &request)
+            .map(|response| {
+                response
+                    .events
+                    .into_iter()
+                    .filter(|event| event.header.creator != forker || event.header.index < index)
+                    .take(max)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
