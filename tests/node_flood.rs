@@ -27,7 +27,7 @@ use serde_json::json;
 use support::{Nodes, command_id, deposit, http, json_of, open_accounts, parse_key, try_http};
 
 /// The engine protocol the nodes speak.
-const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/3");
+const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/4");
 /// Deposits timed before and during the flood.
 const DEPOSITS: usize = 20;
 /// The longest a deposit may take to commit while the flood runs.

@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 /// nodes of different versions do not talk at all rather than misread each other. 2: the
 /// `Behind` hint carries the sender's round and head, `CommandOutcome::IdTaken`, and a
 /// transfer request's cursor is `position` (it was `from`). 3: `JoinRefused`, `ForkEvidence`.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/3");
+/// 4: `Confirm`, and a welcome's `numbering`.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/4");
 /// Largest frame: the largest engine message (a sync response) and its framing.
 pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;
 /// Concurrent streams per connection (each message is one).

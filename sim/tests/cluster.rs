@@ -1028,3 +1028,145 @@ fn a_member_that_forks_while_another_is_cut_off_is_still_voted_out_after_the_hea
         assert!(sim.run_until_answered(60_000), "seed {seed}");
     }
 }
+
+#[test]
+fn one_faulty_member_cannot_forge_the_outcome_of_a_command_forwarded_to_its_section() {
+    use chorus_engine::Message;
+    let seed = 61;
+    let setup = ClusterSetup {
+        nodes: 8,
+        sections: Some(2),
+        block_mode: BlockMode::Supermajority,
+        ..ClusterSetup::default()
+    };
+    let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+    open_accounts(&mut sim, 8);
+    assert!(sim.run_until_answered(60_000), "seed {seed}: accounts open");
+    let map = sim.map();
+    let section_of_node = |sim: &ClusterSim, node: usize| {
+        map.section_for(&chorus_routing::XorName::from_public_key(
+            &sim.engine(node).id().0,
+        ))
+        .prefix()
+    };
+    // Deposits on accounts of every section, each sent to a node of the other section.
+    // The member closest to each account (the first a forward goes to) lies at once: it
+    // tells the sender the deposit was refused.
+    let mut forged = Vec::new();
+    for index in 0..8 {
+        let stream = account(index);
+        let address = chorus_routing::XorName::from_stream_key(&stream.qualified());
+        let holder = map.section_for(&address);
+        let closest = holder.closest_members(&address, 1)[0];
+        let liar = (0..sim.node_count())
+            .find(|&node| {
+                chorus_routing::XorName::from_public_key(&sim.engine(node).id().0) == closest
+            })
+            .expect("the closest member runs");
+        let sender = (0..sim.node_count())
+            .find(|&node| section_of_node(&sim, node) != holder.prefix())
+            .expect("a node of the other section");
+        let deposit = bank(BankAccountCommand::Deposit {
+            amount: 1,
+            transfer: None,
+        });
+        let request = command(&format!("forged{index}"), &stream, deposit);
+        let command_id = request.command_id;
+        let ticket = sim.submit(sender, request);
+        let lie = Message::Outcome {
+            command_id,
+            outcome: CommandOutcome::Refused("forged: insufficient funds".into()),
+        }
+        .encode()
+        .expect("encodes");
+        sim.send_raw(liar, sender, lie);
+        forged.push(ticket);
+    }
+    assert!(
+        sim.run_until_answered(120_000),
+        "seed {seed}: commands left unanswered"
+    );
+    for ticket in forged {
+        let answer = &sim.submitted()[ticket].answer;
+        assert!(
+            matches!(answer, Some((CommandOutcome::Committed(_), _))),
+            "seed {seed}: a forged refusal was believed: {answer:?}"
+        );
+    }
+    sim.settle(30_000);
+    sim.assert_no_violations();
+}
+
+#[test]
+fn a_forwarded_outcome_is_proven_although_the_first_member_asked_to_confirm_it_is_down() {
+    // The responsible section's second closest member to a stream (the first asked to
+    // confirm what the closest answers) is down for good: the next member is asked after
+    // `CONFIRM_PATIENCE_MS`, and the deposit is proven committed long before the forward
+    // timeout (which would answer it `Failed`).
+    let seed = 62;
+    let setup = ClusterSetup {
+        nodes: 8,
+        sections: Some(2),
+        block_mode: BlockMode::Supermajority,
+        ..ClusterSetup::default()
+    };
+    let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+    open_accounts(&mut sim, 16);
+    assert!(sim.run_until_answered(60_000), "seed {seed}: accounts open");
+    let map = sim.map();
+    let node_named = |sim: &ClusterSim, name: &chorus_routing::XorName| {
+        (0..sim.node_count())
+            .find(|&node| {
+                chorus_routing::XorName::from_public_key(&sim.engine(node).id().0) == *name
+            })
+            .expect("the member runs")
+    };
+    // Accounts by their two closest members, in the responsible section.
+    let closest: Vec<(usize, usize, usize, chorus_routing::Prefix)> = (0..16)
+        .map(|index| {
+            let address = chorus_routing::XorName::from_stream_key(&account(index).qualified());
+            let section = map.section_for(&address);
+            let two = section.closest_members(&address, 2);
+            (
+                index,
+                node_named(&sim, &two[0]),
+                node_named(&sim, &two[1]),
+                section.prefix(),
+            )
+        })
+        .collect();
+    let (_, _, down, prefix) = closest[0];
+    let sender = (0..sim.node_count())
+        .find(|&node| {
+            !prefix.matches(&chorus_routing::XorName::from_public_key(
+                &sim.engine(node).id().0,
+            ))
+        })
+        .expect("a node of the other section");
+    sim.crash(down);
+    let mut tickets = Vec::new();
+    for (index, _, _, _) in closest
+        .iter()
+        .filter(|(_, proposer, confirmer, _)| *confirmer == down && *proposer != down)
+    {
+        let deposit = bank(BankAccountCommand::Deposit {
+            amount: 1,
+            transfer: None,
+        });
+        let request = command(&format!("backed{index}"), &account(*index), deposit);
+        tickets.push(sim.submit(sender, request));
+    }
+    assert!(!tickets.is_empty(), "seed {seed}: no account to try");
+    assert!(
+        sim.run_until_answered(60_000),
+        "seed {seed}: commands left unanswered"
+    );
+    for ticket in tickets {
+        let submitted = &sim.submitted()[ticket];
+        assert!(
+            matches!(submitted.answer, Some((CommandOutcome::Committed(_), _))),
+            "seed {seed}: {:?}",
+            submitted.answer
+        );
+    }
+}

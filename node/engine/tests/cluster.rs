@@ -594,6 +594,7 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
     let messages = vec![
         Message::JoinRequest,
         Message::LeaveRequest,
+        Message::Confirm(CommandId::derive(&[b"confirm"])),
         Message::Welcome(Welcome {
             generation: 2,
             prefix: chorus_routing::Prefix::ROOT,

@@ -58,12 +58,6 @@ pub(super) struct InFlight {
     pub(super) proposed_at_ms: u64,
 }
 
-/// A command we forwarded, waiting for the responsible member's answer.
-pub(super) struct Forwarded {
-    pub(super) to: PeerId,
-    pub(super) since_ms: u64,
-}
-
 #[derive(Default)]
 pub(super) struct StreamQueue {
     pub(super) active: Option<CommandId>,
@@ -144,50 +138,6 @@ impl Engine {
             .waiting
             .push_back(request);
         self.start_next(&stream);
-    }
-
-    /// Forwards a command to the `attempt`-th closest member of the section responsible for
-    /// its stream (cycling), and waits for that member's answer.
-    fn forward(&mut self, waiter: Waiter, request: CommandRequest, attempt: u32) {
-        let command_id = request.command_id;
-        let address = XorName::from_stream_key(&request.stream.qualified());
-        let section = self.map.section_for(&address);
-        let closest = section.closest_members(&address, section.len());
-        let peer = closest
-            .get(attempt as usize % closest.len().max(1))
-            .and_then(|name| {
-                section
-                    .members()
-                    .find(|(member, _)| *member == name)
-                    .map(|(_, key)| PeerId(*key))
-            });
-        match (peer, waiter) {
-            (Some(peer), Waiter::Client(_) | Waiter::Manager(_)) => {
-                let first = self.add_waiter(command_id, waiter);
-                if first {
-                    self.forwarded.insert(
-                        command_id,
-                        Forwarded {
-                            to: peer,
-                            since_ms: self.now_ms,
-                        },
-                    );
-                    self.send(peer, &Message::Forward(request));
-                }
-            }
-            // A forwarded command must land at a responsible member: our map disagrees
-            // with the sender's, and forwarding on could loop.
-            (_, Waiter::Peer(from)) => self.answer_peer(
-                from,
-                command_id,
-                CommandOutcome::Failed("forwarded to a member not responsible".to_owned()),
-            ),
-            (None, waiter) => self.answer_waiter(
-                waiter,
-                command_id,
-                CommandOutcome::Failed("the responsible section has no member".to_owned()),
-            ),
-        }
     }
 
     /// Registers a waiter once; true when it is the command's first.
@@ -311,21 +261,8 @@ impl Engine {
 
     /// Gives up on forwards that got no answer and proposes again what got no block.
     pub(super) fn sweep(&mut self) {
+        self.sweep_forwarded();
         let now = self.now_ms;
-        let forward_deadline = now.saturating_sub(self.config.forward_timeout_ms);
-        let expired: Vec<CommandId> = self
-            .forwarded
-            .iter()
-            .filter(|(_, forward)| forward.since_ms < forward_deadline)
-            .map(|(command_id, _)| *command_id)
-            .collect();
-        for command_id in expired {
-            self.forwarded.remove(&command_id);
-            let outcome = CommandOutcome::Failed(
-                "no answer from the responsible section; send the command again".to_owned(),
-            );
-            self.answer(command_id, &outcome);
-        }
         let proposal_deadline = now.saturating_sub(self.config.proposal_timeout_ms);
         let overdue: Vec<CommandId> = self
             .proposed

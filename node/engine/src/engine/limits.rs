@@ -18,6 +18,12 @@ pub const STALE_RETRIES_MAX: u32 = 64;
 /// How often a member passes on again its evidence against a member that forked, while that
 /// member is still in the section.
 pub const EVIDENCE_REPEAT_MS: u64 = 1_000;
+/// How often a node asks again a member that had recorded nothing yet for a command this node
+/// forwarded (to confirm its proposer's answer): the member applies it within a block or two.
+pub const CONFIRM_RETRY_MS: u64 = 20;
+/// How long a member asked to confirm a forwarded command's outcome may go without telling
+/// one before the next member is asked too (it may be down or cut off).
+pub const CONFIRM_PATIENCE_MS: u64 = 500;
 /// Proposals of others kept for seconding once this node's store catches up.
 pub const DEFERRED_SECONDS_MAX: usize = 10_000;
 /// How far ahead of our store a proposal may be decided for us to keep it for a later second.

@@ -50,6 +50,7 @@
 mod admission;
 mod budget;
 mod command_path;
+mod forwarding;
 mod generation;
 mod gossip;
 mod joining;
@@ -65,7 +66,8 @@ pub mod wire;
 use admission::Speakers;
 pub use admission::{Admission, JoinRefusal, Refusals};
 pub use command_path::{ClientTicket, CommandOutcome};
-use command_path::{Forwarded, InFlight, StreamQueue, Waiter};
+use command_path::{InFlight, StreamQueue, Waiter};
+use forwarding::Forwarded;
 use generation::{Generation, initial_state, network_of};
 use joining::Joining;
 pub use joining::{Lag, Readiness};
@@ -476,15 +478,8 @@ impl Engine {
             Message::Outcome {
                 command_id,
                 outcome,
-            } => {
-                // Only the member we forwarded to answers for it.
-                if self.forwarded.get(&command_id).map(|forward| forward.to) == Some(from) {
-                    self.forwarded.remove(&command_id);
-                    self.answer(command_id, &outcome);
-                } else {
-                    debug!(peer = %from, %command_id, "an answer nobody asked this peer for");
-                }
-            }
+            } => self.on_outcome(from, command_id, outcome),
+            Message::Confirm(command_id) => self.on_confirm(from, command_id),
             Message::Behind {
                 generation,
                 round,

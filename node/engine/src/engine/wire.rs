@@ -40,6 +40,10 @@ pub enum Message {
         /// What became of it.
         outcome: CommandOutcome,
     },
+    /// A node that forwarded a command asks a member of the responsible section what its
+    /// store recorded for it (answered with an `Outcome`, `Failed` while nothing is), to
+    /// confirm the proposer's answer; the member never proposes it.
+    Confirm(CommandId),
     /// A node asks the section covering its name to admit it.
     JoinRequest,
     /// A member tells a node that asked to join why it does not vote to admit it.
@@ -117,6 +121,7 @@ pub(super) const TAG_SECTION_UPDATE: u8 = 10;
 pub(super) const TAG_BEHIND: u8 = 11;
 pub(super) const TAG_JOIN_REFUSED: u8 = 12;
 pub(super) const TAG_FORK_EVIDENCE: u8 = 13;
+pub(super) const TAG_CONFIRM: u8 = 14;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct OutcomeMessage {
@@ -166,6 +171,7 @@ impl Message {
                 response,
             } => (TAG_SYNC_RESPONSE, gossip_body(*generation, response)?),
             Self::Forward(request) => (TAG_FORWARD, to_json(request)?),
+            Self::Confirm(command_id) => (TAG_CONFIRM, to_json(command_id)?),
             Self::Outcome {
                 command_id,
                 outcome,
@@ -244,6 +250,7 @@ impl Message {
             }
             _ if bytes.len() > MESSAGE_BYTES_MAX => Err(MessageError::TooLarge(bytes.len())),
             TAG_FORWARD => Ok(Self::Forward(from_json(body)?)),
+            TAG_CONFIRM => Ok(Self::Confirm(from_json(body)?)),
             TAG_OUTCOME => {
                 let message: OutcomeMessage = from_json(body)?;
                 Ok(Self::Outcome {
