@@ -12,6 +12,8 @@
 //! `sync_over_budget` refusals in `/metrics`). The commit times before and during the flood
 //! are printed, not asserted (the machines are shared).
 
+#[path = "../node/src/frames.rs"]
+mod frames;
 mod support;
 
 use std::io;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use chorus_consensus::{PeerId, SyncRequest};
 use chorus_engine::Message;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, identity, noise, tcp, yamux};
@@ -32,6 +34,8 @@ const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/4");
 const DEPOSITS: usize = 20;
 /// The longest a deposit may take to commit while the flood runs.
 const COMMIT_BOUND: Duration = Duration::from_secs(5);
+/// Largest frame, as the node's transport has it.
+const FRAME_BYTES_MAX: usize = chorus_consensus::SYNC_BYTES_MAX + 1024;
 /// Sync requests the flooder keeps in flight to each member.
 const IN_FLIGHT: usize = 64;
 
@@ -228,22 +232,9 @@ async fn flood(
     }
 }
 
-/// The engine protocol's frames: a u32 big-endian length, then the bytes.
+/// The engine protocol's frames, by the node's own code (`node/src/frames.rs`).
 #[derive(Clone, Default)]
 struct Frames;
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut length = [0u8; 4];
-    io.read_exact(&mut length).await?;
-    let mut bytes = vec![0u8; u32::from_be_bytes(length) as usize];
-    io.read_exact(&mut bytes).await?;
-    Ok(bytes)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    io.write_all(bytes).await
-}
 
 impl request_response::Codec for Frames {
     type Protocol = StreamProtocol;
@@ -255,7 +246,7 @@ impl request_response::Codec for Frames {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
+        frames::read_frame(io, FRAME_BYTES_MAX).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -263,7 +254,7 @@ impl request_response::Codec for Frames {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
+        frames::read_frame(io, FRAME_BYTES_MAX).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -272,7 +263,7 @@ impl request_response::Codec for Frames {
         io: &mut T,
         request: Vec<u8>,
     ) -> io::Result<()> {
-        write_frame(io, &request).await
+        frames::write_frame(io, &request, FRAME_BYTES_MAX).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -281,7 +272,7 @@ impl request_response::Codec for Frames {
         io: &mut T,
         response: Vec<u8>,
     ) -> io::Result<()> {
-        write_frame(io, &response).await
+        frames::write_frame(io, &response, FRAME_BYTES_MAX).await
     }
 }
 

@@ -3,7 +3,7 @@
 //! Four founders with `section_size_min = 3` hold data in streams of both halves of the
 //! address space. Joiners with fresh keys, chosen so that each half reaches three members,
 //! are admitted one after another (their keys approved by the operators in advance), each
-//! written by `chorus init --join` to learn the network from one founder. At the join that gives both halves three members the
+//! written by `chorus init --join` to learn the network from two founders. At the join that gives both halves three members the
 //! section splits in two; each half keeps `section_size_min`, holds its streams, commits new
 //! commands, and every node answers reads of both halves with the same events.
 
@@ -84,16 +84,18 @@ fn admitted_joiners_grow_a_section_until_it_splits_and_each_half_serves_its_stre
         assert!(admitted.status.success(), "chorus admin: {admitted:?}");
     }
 
+    let bootstrap = format!("{},{}", nodes.addresses[0], nodes.addresses[1]);
     let mut joiners = Vec::new();
     for (number, key) in joiner_keys.iter().enumerate() {
-        // `chorus init --join` writes the joiner's configuration (no peers; it learns the
-        // network from the founder on its first start) and keeps the key put there first.
+        // `chorus init --join` writes the joiner's configuration (no peers; on its first
+        // start it learns the network from two founders, which must agree on the members)
+        // and keeps the key put there first.
         let name = format!("joiner{number}");
         let data_dir = directory.path().join(&name);
         std::fs::create_dir_all(&data_dir).expect("data dir");
         std::fs::write(data_dir.join("node.key"), hex(&key.to_bytes())).expect("key written");
         let output = Command::new(CHORUS)
-            .args(["init", "--join", &founder, "--data-dir"])
+            .args(["init", "--join", &bootstrap, "--data-dir"])
             .arg(&data_dir)
             .output()
             .expect("chorus init runs");

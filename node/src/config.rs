@@ -26,8 +26,9 @@ pub struct NodeConfig {
     /// (by the map `peers` gives) to admit it, and fetches the section's state once admitted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub join: bool,
-    /// A running node's HTTP address (`http://HOST:PORT`) to learn the network from on the
-    /// first start, as `chorus node --join` gives it (written by `chorus init --join`).
+    /// Running nodes' HTTP addresses (`http://HOST:PORT`, several separated by commas) to
+    /// learn the network from on the first start, as `chorus node --join` gives them
+    /// (written by `chorus init --join`). With several, they must agree on the members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_from: Option<String>,
     /// The smallest section (sections split when both halves keep this many).
@@ -194,13 +195,8 @@ impl NodeConfig {
         if self.section_size_min == 0 {
             return Err(field("section_size_min", "must be at least 1".to_owned()));
         }
-        if let Some(url) = &self.join_from {
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                return Err(field(
-                    "join_from",
-                    format!("{url:?} is not an HTTP address like http://127.0.0.1:7100"),
-                ));
-            }
+        if let Some(urls) = &self.join_from {
+            join_urls(urls).map_err(|problem| field("join_from", problem))?;
         }
         if !(1..=10_000).contains(&self.gossip_interval_ms) {
             return Err(field(
@@ -262,6 +258,21 @@ impl NodeConfig {
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The nodes to learn the network from, as `--join` and `join_from` give them: one HTTP
+/// address, or several separated by commas; why not, naming the bad one.
+pub fn join_urls(text: &str) -> Result<Vec<&str>, String> {
+    let urls: Vec<&str> = text.split(',').map(str::trim).collect();
+    for url in &urls {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(format!(
+                "{url:?} is not an HTTP address like http://127.0.0.1:7100 (several are \
+                 separated by commas)"
+            ));
+        }
+    }
+    Ok(urls)
 }
 
 /// An ed25519 public key from 64 hex digits.

@@ -156,11 +156,7 @@ pub fn init_joiner(
     options: &LocalOptions,
 ) -> Result<(PathBuf, NodeConfig, String), String> {
     // Checked before anything is written: bad input changes nothing.
-    if !join_from.starts_with("http://") && !join_from.starts_with("https://") {
-        return Err(format!(
-            "--join {join_from:?} is not an HTTP address like http://127.0.0.1:7100"
-        ));
-    }
+    crate::config::join_urls(join_from).map_err(|problem| format!("--join: {problem}"))?;
     let key = load_or_create_key(data_dir).map_err(|error| error.to_string())?;
     let public = hex(&key.verifying_key().to_bytes());
     let path = data_dir.join("node.toml");

@@ -8,11 +8,13 @@ mod bench;
 mod client;
 mod config;
 mod demo;
+mod frames;
 mod http;
 mod joining;
 mod local;
 mod peer_reads;
 mod queues;
+mod read_wire;
 mod runtime;
 mod transport;
 
@@ -56,7 +58,8 @@ enum Command {
         /// On the first start, join the running network this node (an HTTP address,
         /// `http://HOST:PORT`) belongs to: learn its map there, ask the section this node's
         /// name falls in to admit it (an operator must approve its key: `chorus admin
-        /// admit`), fetch the section's state, and serve.
+        /// admit`), fetch the section's state, and serve. Several nodes, separated by
+        /// commas, must agree on the members (one honest node among them exposes a lie).
         #[arg(long)]
         join: Option<String>,
     },
@@ -72,8 +75,9 @@ enum Command {
         /// joining node's own directory.
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
-        /// A running node's HTTP address (`http://HOST:PORT`): write one node with no peer
-        /// list that learns the network there on its first start and asks to be admitted.
+        /// A running node's HTTP address (`http://HOST:PORT`; several separated by commas
+        /// must agree): write one node with no peer list that learns the network there on
+        /// its first start and asks to be admitted.
         #[arg(long, conflicts_with = "nodes")]
         join: Option<String>,
         #[command(flatten)]

@@ -21,18 +21,15 @@ use chorus_consensus::PeerId;
 use futures::future::BoxFuture;
 use libp2p::StreamProtocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{category_filter, event_json, page_count};
 use crate::queues::EngineInputs;
+pub use crate::read_wire::{PeerPage, PeerRead, READ_REQUEST_BYTES_MAX};
 use crate::runtime::{Input, Read, ReadAnswer};
 
 /// The read protocol; its version changes with the request's or the answer's shape.
 pub const READ_PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/read/1");
-/// Largest read request (a stream key and a few numbers).
-pub const READ_REQUEST_BYTES_MAX: usize = 4 * 1024;
 /// How long a node waits for a member's answer before it asks the next.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads other nodes asked of this one that wait for its engine at once; beyond, a read is
@@ -40,33 +37,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const READS_SERVED_MAX: usize = 64;
 /// Reads this node asks of others at once; beyond, an HTTP read is answered busy.
 pub const READS_ASKED_MAX: usize = 256;
-
-/// What one node asks another.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum PeerRead {
-    /// One stream, forward from sequence `from`.
-    Stream {
-        /// `Category@id`, as in the HTTP path.
-        stream: String,
-        /// First sequence number.
-        from: u64,
-        /// Most events.
-        count: usize,
-    },
-    /// The asked member's section's log (`$all` without a category), forward from a
-    /// position of that member's store.
-    Log {
-        /// The category's database (with `category`).
-        database: Option<String>,
-        /// Only this category.
-        category: Option<String>,
-        /// First position.
-        from: u64,
-        /// Most events.
-        count: usize,
-    },
-}
 
 impl PeerRead {
     /// The engine thread's read for it, or why it is not one (checked as the HTTP API checks
@@ -103,21 +73,6 @@ impl PeerRead {
             }
         }
     }
-}
-
-/// A member's answer: a page of events as the HTTP API shows them, or why not.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerPage {
-    /// The events and where the next page starts (`None`: the end, for now).
-    Events {
-        /// Each event's JSON (`http::event_json`).
-        events: Vec<Value>,
-        /// The next page's first sequence or position.
-        next: Option<u64>,
-    },
-    /// Refused or failed, and why.
-    Refused(String),
 }
 
 /// The asking side, shared by the HTTP handlers: sends a read to a peer through the
@@ -183,7 +138,7 @@ impl ReadPeers {
         read: &PeerRead,
         reply: oneshot::Sender<PeerPage>,
     ) {
-        match serde_json::to_vec(read) {
+        match read.encode() {
             Ok(bytes) => {
                 let id = behaviour.send_request(peer, bytes);
                 self.asked.insert(id, reply);
@@ -198,7 +153,7 @@ impl ReadPeers {
     pub fn answered(&mut self, id: OutboundRequestId, bytes: Result<Vec<u8>, String>) {
         if let Some(reply) = self.asked.remove(&id) {
             let page = bytes.and_then(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|error| format!("a bad answer: {error}"))
+                PeerPage::decode(&bytes).map_err(|error| format!("a bad answer: {error}"))
             });
             let _ = reply.send(page.unwrap_or_else(PeerPage::Refused));
         }
@@ -213,14 +168,11 @@ impl ReadPeers {
         request: &[u8],
         channel: ResponseChannel<Vec<u8>>,
     ) -> Option<Served> {
-        let refuse = |channel, reason: String| Some((channel, encode(&PeerPage::Refused(reason))));
+        let refuse = |channel, reason: String| Some((channel, PeerPage::Refused(reason).encode()));
         if self.served.len() >= READS_SERVED_MAX {
             return refuse(channel, "busy: too many reads from other nodes".into());
         }
-        let read = match serde_json::from_slice::<PeerRead>(request)
-            .map_err(|error| error.to_string())
-            .and_then(|read| read.to_read())
-        {
+        let read = match PeerRead::decode(request).and_then(|read| read.to_read()) {
             Ok(read) => read,
             Err(problem) => return refuse(channel, format!("a bad read: {problem}")),
         };
@@ -244,7 +196,7 @@ impl ReadPeers {
                 Ok(Err(problem)) => PeerPage::Refused(problem),
                 Err(_) => PeerPage::Refused("the node is stopping".into()),
             };
-            (channel, encode(&page))
+            (channel, page.encode())
         }));
         None
     }
@@ -257,10 +209,6 @@ impl ReadPeers {
             None => std::future::pending().await,
         }
     }
-}
-
-fn encode(page: &PeerPage) -> Vec<u8> {
-    serde_json::to_vec(page).unwrap_or_else(|_| b"{\"refused\":\"unencodable\"}".to_vec())
 }
 
 #[cfg(test)]
@@ -276,8 +224,8 @@ mod tests {
             from: 0,
             count: 10,
         };
-        let bytes = serde_json::to_vec(&read).expect("encodes");
-        let back: PeerRead = serde_json::from_slice(&bytes).expect("decodes");
+        let bytes = read.encode().expect("encodes");
+        let back = PeerRead::decode(&bytes).expect("decodes");
         assert_eq!(back, read);
         assert!(matches!(
             back.to_read(),
@@ -311,6 +259,15 @@ mod tests {
                 .expect_err("no category")
                 .contains("database")
         );
-        assert!(serde_json::from_slice::<PeerRead>(b"{\"kind\":\"drop_tables\"}").is_err());
+        assert!(PeerRead::decode(br#"{"kind":"drop_tables"}"#).is_err());
+        let long = format!(
+            r#"{{"kind":"stream","stream":"{}","from":1,"count":1}}"#,
+            "a".repeat(5000)
+        );
+        assert!(
+            PeerRead::decode(long.as_bytes())
+                .expect_err("too long")
+                .contains("at most")
+        );
     }
 }

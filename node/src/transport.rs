@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_consensus::{MEMBERS_MAX, PeerId, SYNC_BYTES_MAX};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -118,8 +118,8 @@ pub fn consensus_id(peer: &libp2p::PeerId) -> Option<PeerId> {
     Some(PeerId(key.try_into_ed25519().ok()?.to_bytes()))
 }
 
-/// Messages as frames: a u32 big-endian length, then the bytes; each direction with its
-/// largest frame (refused before anything is allocated for it).
+/// Messages as frames (`crate::frames`); each direction with its largest frame (refused
+/// before anything is allocated for it).
 #[derive(Clone)]
 pub struct FrameCodec {
     request_bytes_max: usize,
@@ -139,38 +139,6 @@ impl FrameCodec {
     };
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut length = [0u8; 4];
-    io.read_exact(&mut length).await?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {length} bytes; at most {max}"),
-        ));
-    }
-    let mut bytes = vec![0u8; length];
-    io.read_exact(&mut bytes).await?;
-    Ok(bytes)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    let length = u32::try_from(bytes.len())
-        .ok()
-        .filter(|length| *length as usize <= FRAME_BYTES_MAX)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a frame of {} bytes; at most {FRAME_BYTES_MAX}",
-                    bytes.len()
-                ),
-            )
-        })?;
-    io.write_all(&length.to_be_bytes()).await?;
-    io.write_all(bytes).await
-}
-
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
@@ -180,14 +148,14 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.request_bytes_max).await
+        crate::frames::read_frame(io, self.request_bytes_max).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.response_bytes_max).await
+        crate::frames::read_frame(io, self.response_bytes_max).await
     }
 
     async fn write_request<T>(
@@ -199,7 +167,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request).await
+        crate::frames::write_frame(io, &request, FRAME_BYTES_MAX).await
     }
 
     async fn write_response<T>(
@@ -211,7 +179,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &response).await
+        crate::frames::write_frame(io, &response, FRAME_BYTES_MAX).await
     }
 }
 
@@ -460,21 +428,5 @@ mod tests {
         assert_eq!(consensus_id(&theirs), Some(ours));
         let pair = keypair(key.to_bytes()).expect("a valid secret");
         assert_eq!(pair.public().to_peer_id(), theirs);
-    }
-
-    #[tokio::test]
-    async fn frames_round_trip_and_oversized_ones_are_refused_before_allocating() {
-        let mut buffer = Vec::new();
-        write_frame(&mut futures::io::Cursor::new(&mut buffer), b"hello")
-            .await
-            .expect("writes");
-        let mut reader = futures::io::Cursor::new(buffer);
-        assert_eq!(read_frame(&mut reader, 5).await.expect("reads"), b"hello");
-        let mut huge = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
-        huge.extend_from_slice(b"x");
-        let error = read_frame(&mut futures::io::Cursor::new(huge), FRAME_BYTES_MAX)
-            .await
-            .expect_err("refused");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
 }
