@@ -1029,10 +1029,8 @@ fn a_member_that_forks_while_another_is_cut_off_is_still_voted_out_after_the_hea
     }
 }
 
-#[test]
-fn one_faulty_member_cannot_forge_the_outcome_of_a_command_forwarded_to_its_section() {
-    use chorus_engine::Message;
-    let seed = 61;
+/// Two sections of four in Supermajority mode, with `accounts` accounts open.
+fn two_sections_with_accounts(seed: u64, accounts: usize) -> ClusterSim {
     let setup = ClusterSetup {
         nodes: 8,
         sections: Some(2),
@@ -1040,37 +1038,58 @@ fn one_faulty_member_cannot_forge_the_outcome_of_a_command_forwarded_to_its_sect
         ..ClusterSetup::default()
     };
     let mut sim = ClusterSim::new(seed, setup).expect("cluster");
-    open_accounts(&mut sim, 8);
+    open_accounts(&mut sim, accounts);
     assert!(sim.run_until_answered(60_000), "seed {seed}: accounts open");
+    sim
+}
+
+/// The running node whose name is `name`.
+fn node_named(sim: &ClusterSim, name: &chorus_routing::XorName) -> usize {
+    (0..sim.node_count())
+        .find(|&node| {
+            sim.is_running(node)
+                && chorus_routing::XorName::from_public_key(&sim.engine(node).id().0) == *name
+        })
+        .expect("the member runs")
+}
+
+/// A running node outside the section of `prefix`.
+fn node_outside(sim: &ClusterSim, prefix: chorus_routing::Prefix) -> usize {
+    (0..sim.node_count())
+        .find(|&node| {
+            sim.is_running(node)
+                && !prefix.matches(&chorus_routing::XorName::from_public_key(
+                    &sim.engine(node).id().0,
+                ))
+        })
+        .expect("a node of another section")
+}
+
+/// A deposit of 1 on account `index`, under the command id `id`.
+fn deposit_on(id: &str, index: usize) -> chorus_aggregate::CommandRequest {
+    let deposit = bank(BankAccountCommand::Deposit {
+        amount: 1,
+        transfer: None,
+    });
+    command(id, &account(index), deposit)
+}
+
+#[test]
+fn one_faulty_member_cannot_forge_the_outcome_of_a_command_forwarded_to_its_section() {
+    use chorus_engine::Message;
+    let seed = 61;
+    let mut sim = two_sections_with_accounts(seed, 8);
     let map = sim.map();
-    let section_of_node = |sim: &ClusterSim, node: usize| {
-        map.section_for(&chorus_routing::XorName::from_public_key(
-            &sim.engine(node).id().0,
-        ))
-        .prefix()
-    };
     // Deposits on accounts of every section, each sent to a node of the other section.
-    // The member closest to each account (the first a forward goes to) lies at once: it
-    // tells the sender the deposit was refused.
+    // The member closest to each account (the one a forward goes to, which proposes it)
+    // lies at once: it tells the sender the deposit was refused.
     let mut forged = Vec::new();
     for index in 0..8 {
-        let stream = account(index);
-        let address = chorus_routing::XorName::from_stream_key(&stream.qualified());
+        let address = chorus_routing::XorName::from_stream_key(&account(index).qualified());
         let holder = map.section_for(&address);
-        let closest = holder.closest_members(&address, 1)[0];
-        let liar = (0..sim.node_count())
-            .find(|&node| {
-                chorus_routing::XorName::from_public_key(&sim.engine(node).id().0) == closest
-            })
-            .expect("the closest member runs");
-        let sender = (0..sim.node_count())
-            .find(|&node| section_of_node(&sim, node) != holder.prefix())
-            .expect("a node of the other section");
-        let deposit = bank(BankAccountCommand::Deposit {
-            amount: 1,
-            transfer: None,
-        });
-        let request = command(&format!("forged{index}"), &stream, deposit);
+        let liar = node_named(&sim, &holder.closest_members(&address, 1)[0]);
+        let sender = node_outside(&sim, holder.prefix());
+        let request = deposit_on(&format!("forged{index}"), index);
         let command_id = request.command_id;
         let ticket = sim.submit(sender, request);
         let lie = Message::Outcome {
@@ -1104,57 +1123,27 @@ fn a_forwarded_outcome_is_proven_although_the_first_member_asked_to_confirm_it_i
     // `CONFIRM_PATIENCE_MS`, and the deposit is proven committed long before the forward
     // timeout (which would answer it `Failed`).
     let seed = 62;
-    let setup = ClusterSetup {
-        nodes: 8,
-        sections: Some(2),
-        block_mode: BlockMode::Supermajority,
-        ..ClusterSetup::default()
-    };
-    let mut sim = ClusterSim::new(seed, setup).expect("cluster");
-    open_accounts(&mut sim, 16);
-    assert!(sim.run_until_answered(60_000), "seed {seed}: accounts open");
+    let mut sim = two_sections_with_accounts(seed, 16);
     let map = sim.map();
-    let node_named = |sim: &ClusterSim, name: &chorus_routing::XorName| {
-        (0..sim.node_count())
-            .find(|&node| {
-                chorus_routing::XorName::from_public_key(&sim.engine(node).id().0) == *name
-            })
-            .expect("the member runs")
-    };
-    // Accounts by their two closest members, in the responsible section.
+    // Per account: its two closest members, and its section.
     let closest: Vec<(usize, usize, usize, chorus_routing::Prefix)> = (0..16)
         .map(|index| {
             let address = chorus_routing::XorName::from_stream_key(&account(index).qualified());
             let section = map.section_for(&address);
             let two = section.closest_members(&address, 2);
-            (
-                index,
-                node_named(&sim, &two[0]),
-                node_named(&sim, &two[1]),
-                section.prefix(),
-            )
+            let (proposer, confirmer) = (node_named(&sim, &two[0]), node_named(&sim, &two[1]));
+            (index, proposer, confirmer, section.prefix())
         })
         .collect();
     let (_, _, down, prefix) = closest[0];
-    let sender = (0..sim.node_count())
-        .find(|&node| {
-            !prefix.matches(&chorus_routing::XorName::from_public_key(
-                &sim.engine(node).id().0,
-            ))
-        })
-        .expect("a node of the other section");
+    let sender = node_outside(&sim, prefix);
     sim.crash(down);
     let mut tickets = Vec::new();
     for (index, _, _, _) in closest
         .iter()
         .filter(|(_, proposer, confirmer, _)| *confirmer == down && *proposer != down)
     {
-        let deposit = bank(BankAccountCommand::Deposit {
-            amount: 1,
-            transfer: None,
-        });
-        let request = command(&format!("backed{index}"), &account(*index), deposit);
-        tickets.push(sim.submit(sender, request));
+        tickets.push(sim.submit(sender, deposit_on(&format!("backed{index}"), *index)));
     }
     assert!(!tickets.is_empty(), "seed {seed}: no account to try");
     assert!(
