@@ -365,6 +365,10 @@ async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQ
                 "{queue=\"outbound_messages\"}",
                 Drops::read(&drops.outbound_messages),
             ),
+            (
+                "{queue=\"unacknowledged_messages\"}",
+                Drops::read(&drops.unacknowledged_messages),
+            ),
         ],
     );
     let refusals = &status.engine.refusals;

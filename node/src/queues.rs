@@ -45,6 +45,9 @@ pub struct Drops {
     pub peer_messages: AtomicU64,
     /// Messages for peers dropped because the transport's queue was full.
     pub outbound_messages: AtomicU64,
+    /// Messages for a peer dropped because `UNACKNOWLEDGED_PER_PEER_MAX` sent to it were
+    /// not acknowledged yet (it stalls).
+    pub unacknowledged_messages: AtomicU64,
 }
 
 impl Drops {

@@ -6,7 +6,7 @@
 //! authenticates the member a message comes from: the engine is told the sender's consensus
 //! id, recovered from the authenticated libp2p `PeerId`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +30,19 @@ use tracing::{debug, info, warn};
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/4");
 /// Largest frame: the largest engine message (a sync response) and its framing.
 pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;
-/// Concurrent streams per connection (each message is one).
-const STREAMS_PER_CONNECTION_MAX: usize = 1_024;
+/// Engine messages sent to one peer and not acknowledged yet, at most: beyond, a message
+/// for it is dropped (gossip and timeouts repair it) and counted. A peer that stalls (a
+/// paused process) would otherwise collect a stream per message until yamux refuses more.
+const UNACKNOWLEDGED_PER_PEER_MAX: usize = 256;
+/// Concurrent engine-protocol streams per connection (each message is one), both ways.
+const STREAMS_PER_CONNECTION_MAX: usize = 2 * UNACKNOWLEDGED_PER_PEER_MAX;
+/// Yamux streams per connection. Yamux ends a connection whose peer opens one more than
+/// this, so it stays above what the protocols open together (the engine's both ways, the
+/// reads', identify's), with room for streams still closing.
+const YAMUX_STREAMS_MAX: usize = 1_024;
+const _: () = assert!(
+    STREAMS_PER_CONNECTION_MAX + crate::peer_reads::READS_SERVED_MAX + 64 <= YAMUX_STREAMS_MAX
+);
 /// Connections one peer may hold with us at once (one each way is all a node needs).
 const CONNECTIONS_PER_PEER_MAX: u32 = 2;
 /// Incoming connections at once, all peers together: the members of the largest section
@@ -205,7 +216,11 @@ pub async fn start(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            || {
+                let mut config = yamux::Config::default();
+                config.set_max_num_streams(YAMUX_STREAMS_MAX);
+                config
+            },
         )
         .map_err(|error| setup(&error))?
         .with_behaviour(|key| Behaviour {
@@ -275,6 +290,7 @@ pub async fn run(
     engine: crate::queues::EngineInputs,
 ) {
     let mut read_peers = crate::peer_reads::ReadPeers::new();
+    let mut unacknowledged = Unacknowledged::default();
     let mut inbound = crate::queues::PeerInbound::new(engine.clone());
     // While peer messages wait for room in the engine's queue, it is looked at this often.
     let mut pump = tokio::time::interval(Duration::from_millis(1));
@@ -291,7 +307,12 @@ pub async fn run(
                         if let Some(address) = addresses.get(&peer) {
                             swarm.add_peer_address(libp2p_peer, address);
                         }
-                        swarm.behaviour_mut().engine.send_request(&libp2p_peer, bytes);
+                        if unacknowledged.has_room(&libp2p_peer) {
+                            let id = swarm.behaviour_mut().engine.send_request(&libp2p_peer, bytes);
+                            unacknowledged.sent(id, libp2p_peer);
+                        } else {
+                            crate::queues::Drops::count(&engine.drops.unacknowledged_messages);
+                        }
                     }
                     Err(error) => debug!(%error, "message for a peer with a bad key dropped"),
                 }
@@ -317,7 +338,8 @@ pub async fn run(
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::Behaviour(BehaviourEvent::Engine(event)) => {
-                    let stopped = engine_event(&mut swarm, &mut inbound, event).is_err();
+                    let stopped = engine_event(&mut swarm, &mut inbound, &mut unacknowledged, event)
+                        .is_err();
                     if stopped {
                         return;
                     }
@@ -353,6 +375,7 @@ pub async fn run(
 fn engine_event(
     swarm: &mut Swarm<Behaviour>,
     inbound: &mut crate::queues::PeerInbound,
+    unacknowledged: &mut Unacknowledged,
     event: request_response::Event<Vec<u8>, Vec<u8>>,
 ) -> Result<(), crate::queues::Refused> {
     match event {
@@ -373,15 +396,64 @@ fn engine_event(
                 None => warn!(%peer, "a message from a peer without an ed25519 key"),
             }
         }
-        request_response::Event::OutboundFailure { peer, error, .. } => {
+        request_response::Event::Message {
+            message: request_response::Message::Response { request_id, .. },
+            ..
+        } => unacknowledged.acknowledged(request_id),
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            unacknowledged.acknowledged(request_id);
             debug!(%peer, %error, "message not delivered (gossip and timeouts repair it)");
         }
         request_response::Event::InboundFailure { peer, error, .. } => {
             debug!(%peer, %error, "inbound message failed");
         }
-        request_response::Event::Message { .. } | request_response::Event::ResponseSent { .. } => {}
+        request_response::Event::ResponseSent { .. } => {}
     }
     Ok(())
+}
+
+/// Engine messages sent and not acknowledged (answered or failed) yet, per peer (by request
+/// id, generic for tests).
+struct Unacknowledged<Id = request_response::OutboundRequestId> {
+    per_peer: HashMap<libp2p::PeerId, usize>,
+    requests: HashMap<Id, libp2p::PeerId>,
+}
+
+impl<Id> Default for Unacknowledged<Id> {
+    fn default() -> Self {
+        Self {
+            per_peer: HashMap::new(),
+            requests: HashMap::new(),
+        }
+    }
+}
+
+impl<Id: std::hash::Hash + Eq> Unacknowledged<Id> {
+    fn has_room(&self, peer: &libp2p::PeerId) -> bool {
+        self.per_peer.get(peer).copied().unwrap_or(0) < UNACKNOWLEDGED_PER_PEER_MAX
+    }
+
+    fn sent(&mut self, id: Id, peer: libp2p::PeerId) {
+        *self.per_peer.entry(peer).or_default() += 1;
+        self.requests.insert(id, peer);
+    }
+
+    fn acknowledged(&mut self, id: Id) {
+        let Some(peer) = self.requests.remove(&id) else {
+            return;
+        };
+        if let Some(count) = self.per_peer.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
 }
 
 /// One event of the read protocol: a peer's read to serve, or an answer to ours.
@@ -419,6 +491,32 @@ fn read_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_peer_gets_at_most_its_share_of_unacknowledged_messages() {
+        let mut unacknowledged = Unacknowledged::<u64>::default();
+        let (stalled, other) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let mut id = 0;
+        while unacknowledged.has_room(&stalled) {
+            unacknowledged.sent(id, stalled);
+            id += 1;
+        }
+        assert_eq!(id as usize, UNACKNOWLEDGED_PER_PEER_MAX);
+        // Another peer is not held back by the stalled one.
+        assert!(unacknowledged.has_room(&other));
+        // An acknowledgement (or a failure) makes room for one; an unknown id changes nothing.
+        unacknowledged.acknowledged(u64::MAX);
+        assert!(!unacknowledged.has_room(&stalled));
+        unacknowledged.acknowledged(3);
+        unacknowledged.acknowledged(3);
+        assert!(unacknowledged.has_room(&stalled));
+        unacknowledged.sent(id, stalled);
+        assert!(!unacknowledged.has_room(&stalled));
+        for id in 0..=id {
+            unacknowledged.acknowledged(id);
+        }
+        assert!(unacknowledged.per_peer.is_empty() && unacknowledged.requests.is_empty());
+    }
 
     #[test]
     fn consensus_ids_and_libp2p_ids_name_the_same_key() {
