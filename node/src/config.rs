@@ -170,18 +170,7 @@ impl NodeConfig {
                 format!("not an address like 127.0.0.1:7100: {error}"),
             )
         })?;
-        let mut peers = Vec::with_capacity(self.peers.len());
-        for (index, peer) in self.peers.iter().enumerate() {
-            let key = parse_public_key(&peer.public_key)
-                .map_err(|error| field(&format!("peers[{index}].public_key"), error))?;
-            let address: Multiaddr = peer.address.parse().map_err(|error| {
-                field(
-                    &format!("peers[{index}].address"),
-                    format!("not a multiaddr: {error}"),
-                )
-            })?;
-            peers.push((key, address));
-        }
+        let peers = self.checked_peers()?;
         let block_mode = match self.block_mode.as_str() {
             "supermajority" => BlockMode::Supermajority,
             "single" => BlockMode::Single,
@@ -214,24 +203,7 @@ impl NodeConfig {
                 ));
             }
         };
-        let admit = self
-            .admit
-            .iter()
-            .enumerate()
-            .map(|(index, key)| {
-                parse_public_key(key).map_err(|error| field(&format!("admit[{index}]"), error))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(token) = &self.admin_token {
-            if token.chars().count() < ADMIN_TOKEN_CHARS_MIN
-                || token.chars().any(char::is_whitespace)
-            {
-                return Err(field(
-                    "admin_token",
-                    format!("must be at least {ADMIN_TOKEN_CHARS_MIN} characters, without spaces"),
-                ));
-            }
-        }
+        let admit = self.checked_admission()?;
         let remove_silent_after_ms = match self.remove_silent_after_ms {
             0 => None,
             span if span < 10 * self.gossip_interval_ms => {
@@ -252,6 +224,48 @@ impl NodeConfig {
             admit,
             remove_silent_after_ms,
         })
+    }
+
+    /// The founding peers, each key and address checked.
+    fn checked_peers(&self) -> Result<Vec<(PeerId, Multiaddr)>, ConfigError> {
+        let field = |field: String, error: String| ConfigError::Field { field, error };
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for (index, peer) in self.peers.iter().enumerate() {
+            let key = parse_public_key(&peer.public_key)
+                .map_err(|error| field(format!("peers[{index}].public_key"), error))?;
+            let address: Multiaddr = peer.address.parse().map_err(|error| {
+                field(
+                    format!("peers[{index}].address"),
+                    format!("not a multiaddr: {error}"),
+                )
+            })?;
+            peers.push((key, address));
+        }
+        Ok(peers)
+    }
+
+    /// The keys approved in `admit`, with `admin_token` checked too.
+    fn checked_admission(&self) -> Result<Vec<PeerId>, ConfigError> {
+        let field = |field: String, error: String| ConfigError::Field { field, error };
+        let admit = self
+            .admit
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                parse_public_key(key).map_err(|error| field(format!("admit[{index}]"), error))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(token) = &self.admin_token {
+            if token.chars().count() < ADMIN_TOKEN_CHARS_MIN
+                || token.chars().any(char::is_whitespace)
+            {
+                return Err(field(
+                    "admin_token".to_owned(),
+                    format!("must be at least {ADMIN_TOKEN_CHARS_MIN} characters, without spaces"),
+                ));
+            }
+        }
+        Ok(admit)
     }
 }
 

@@ -77,72 +77,89 @@ pub fn init(
         }
     }
     // Keys and ports: kept from an earlier run (its configuration files), else new.
-    let mut members = Vec::with_capacity(nodes);
-    for index in 0..nodes {
-        let directory = data_dir.join(format!("node-{index}"));
-        let key = load_or_create_key(&directory).map_err(|error| error.to_string())?;
-        let existing = NodeConfig::load(&directory.join("node.toml")).ok();
-        let (listen, http, settings) = match existing {
-            // A cluster's settings stay what it was started with: its logs and saved
-            // section states depend on them.
-            Some(checked) => (
-                checked.config.listen,
-                checked.config.http,
-                (
-                    checked.config.block_mode,
-                    checked.config.gossip_interval_ms,
-                    checked.config.admin_token.unwrap_or_else(new_token),
-                ),
-            ),
-            None => (
-                format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
-                format!("127.0.0.1:{}", free_port()?),
-                (
-                    options.block_mode.clone(),
-                    options.gossip_interval_ms,
-                    new_token(),
-                ),
-            ),
-        };
-        members.push((directory, key, listen, http, settings));
-    }
+    let members = (0..nodes)
+        .map(|index| LocalMember::find_or_make(data_dir.join(format!("node-{index}")), options))
+        .collect::<Result<Vec<_>, String>>()?;
     let mut configs = Vec::with_capacity(nodes);
-    for (index, (directory, _, listen, http, (block_mode, gossip_interval_ms, token))) in
-        members.iter().enumerate()
-    {
+    for (index, member) in members.iter().enumerate() {
         let peers = members
             .iter()
             .enumerate()
             .filter(|(other, _)| *other != index)
-            .map(|(_, (_, key, listen, _, _))| PeerConfig {
-                public_key: hex(&key.verifying_key().to_bytes()),
-                address: listen.clone(),
+            .map(|(_, other)| PeerConfig {
+                public_key: hex(&other.key.verifying_key().to_bytes()),
+                address: other.listen.clone(),
             })
             .collect();
+        configs.push(member.write_config(peers)?);
+    }
+    Ok(configs)
+}
+
+/// One founder of a local cluster: its key, ports and settings, kept from an earlier run
+/// (its configuration file) or new.
+struct LocalMember {
+    directory: PathBuf,
+    key: ed25519_dalek::SigningKey,
+    listen: String,
+    http: String,
+    block_mode: String,
+    gossip_interval_ms: u64,
+    admin_token: String,
+}
+
+impl LocalMember {
+    fn find_or_make(directory: PathBuf, options: &LocalOptions) -> Result<Self, String> {
+        let key = load_or_create_key(&directory).map_err(|error| error.to_string())?;
+        Ok(match NodeConfig::load(&directory.join("node.toml")).ok() {
+            // A cluster's settings stay what it was started with: its logs and saved
+            // section states depend on them.
+            Some(checked) => Self {
+                directory,
+                key,
+                listen: checked.config.listen,
+                http: checked.config.http,
+                block_mode: checked.config.block_mode,
+                gossip_interval_ms: checked.config.gossip_interval_ms,
+                admin_token: checked.config.admin_token.unwrap_or_else(new_token),
+            },
+            None => Self {
+                directory,
+                key,
+                listen: format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
+                http: format!("127.0.0.1:{}", free_port()?),
+                block_mode: options.block_mode.clone(),
+                gossip_interval_ms: options.gossip_interval_ms,
+                admin_token: new_token(),
+            },
+        })
+    }
+
+    /// Writes its configuration (readable by its owner only: it holds the admin token), with
+    /// `peers` as the founding members.
+    fn write_config(&self, peers: Vec<PeerConfig>) -> Result<(PathBuf, NodeConfig), String> {
         let config = NodeConfig {
-            data_dir: directory.clone(),
-            listen: listen.clone(),
-            http: http.clone(),
+            data_dir: self.directory.clone(),
+            listen: self.listen.clone(),
+            http: self.http.clone(),
             peers,
             join: false,
             section_size_min: SECTION_SIZE_MIN,
-            block_mode: block_mode.clone(),
-            gossip_interval_ms: *gossip_interval_ms,
+            block_mode: self.block_mode.clone(),
+            gossip_interval_ms: self.gossip_interval_ms,
             admission: "allow-list".to_owned(),
             admit: Vec::new(),
-            admin_token: Some(token.clone()),
+            admin_token: Some(self.admin_token.clone()),
             remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
             join_from: None,
         };
         config.clone().check().map_err(|error| error.to_string())?;
-        let path = directory.join("node.toml");
+        let path = self.directory.join("node.toml");
         let text = toml::to_string(&config).map_err(|error| error.to_string())?;
-        // Private: it holds the admin token.
         crate::config::write_private(&path, text.as_bytes())
             .map_err(|error| format!("{}: {error}", path.display()))?;
-        configs.push((path, config));
+        Ok((path, config))
     }
-    Ok(configs)
 }
 
 /// Writes (or keeps) the key and configuration of one node that will join the running

@@ -156,16 +156,7 @@ fn main() -> ExitCode {
             data_dir,
             local,
             ..
-        } => local::init_joiner(&data_dir, &url, &local).map(|(path, config, key)| {
-            say(&format!("{} http://{}", path.display(), config.http));
-            eprintln!(
-                "node {key} will join the network of {url}. Its section admits it once the \
-                 operators of more than two thirds of the members approve it, for a local \
-                 cluster: chorus admin admit {key} --data-dir <the cluster's data directory>. \
-                 Then start it: chorus node --config {}",
-                path.display()
-            );
-        }),
+        } => init_joiner(&data_dir, &url, &local),
         Command::Init {
             nodes,
             data_dir,
@@ -206,6 +197,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `chorus init --join`: writes the joiner, prints its configuration file and address, and
+/// tells the operator what to approve.
+fn init_joiner(data_dir: &Path, url: &str, local: &local::LocalOptions) -> Result<(), String> {
+    let (path, config, key) = local::init_joiner(data_dir, url, local)?;
+    say(&format!("{} http://{}", path.display(), config.http));
+    eprintln!(
+        "node {key} will join the network of {url}. Its section admits it once the \
+         operators of more than two thirds of the members approve it, for a local \
+         cluster: chorus admin admit {key} --data-dir <the cluster's data directory>. \
+         Then start it: chorus node --config {}",
+        path.display()
+    );
+    Ok(())
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -634,18 +634,7 @@ fn read_store(engine: &Engine, read: Read) -> Result<ReadAnswer, StoreError> {
             stream,
             from,
             count,
-        } => {
-            let slice = store.read_stream(&stream, from, Direction::Forward, count)?;
-            let next = slice
-                .events
-                .last()
-                .filter(|_| slice.events.len() == count)
-                .map(|event| event.sequence + 1);
-            ReadAnswer::Events {
-                events: slice.events,
-                next,
-            }
-        }
+        } => stream_page(store, &stream, from, count)?,
         Read::Log {
             filter,
             from,
@@ -662,17 +651,7 @@ fn read_store(engine: &Engine, read: Read) -> Result<ReadAnswer, StoreError> {
             from,
             count,
         } => section_log(store, own, &filter, from, count)?,
-        Read::Map => ReadAnswer::Map {
-            own,
-            sections: engine
-                .map()
-                .sections()
-                .map(|section| {
-                    let members = section.member_keys().into_iter().map(PeerId).collect();
-                    (section.prefix(), members)
-                })
-                .collect(),
-        },
+        Read::Map => map_answer(engine),
         Read::Databases => ReadAnswer::Names(
             store
                 .list_databases()?
@@ -699,6 +678,40 @@ fn read_store(engine: &Engine, read: Read) -> Result<ReadAnswer, StoreError> {
             count,
         )?),
     })
+}
+
+/// A page of one stream, with where the next starts (`None` when the page is not full).
+fn stream_page(
+    store: &EventStore,
+    stream: &StreamKey,
+    from: u64,
+    count: usize,
+) -> Result<ReadAnswer, StoreError> {
+    let slice = store.read_stream(stream, from, Direction::Forward, count)?;
+    let next = slice
+        .events
+        .last()
+        .filter(|_| slice.events.len() == count)
+        .map(|event| event.sequence + 1);
+    Ok(ReadAnswer::Events {
+        events: slice.events,
+        next,
+    })
+}
+
+/// The engine's network map: its own prefix, and each section's members.
+fn map_answer(engine: &Engine) -> ReadAnswer {
+    ReadAnswer::Map {
+        own: engine.section().prefix,
+        sections: engine
+            .map()
+            .sections()
+            .map(|section| {
+                let members = section.member_keys().into_iter().map(PeerId).collect();
+                (section.prefix(), members)
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

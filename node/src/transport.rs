@@ -216,11 +216,7 @@ pub async fn start(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            || {
-                let mut config = yamux::Config::default();
-                config.set_max_num_streams(YAMUX_STREAMS_MAX);
-                config
-            },
+            yamux_config,
         )
         .map_err(|error| setup(&error))?
         .with_behaviour(|key| Behaviour {
@@ -278,6 +274,12 @@ pub async fn start(
     Ok((swarm, address))
 }
 
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(YAMUX_STREAMS_MAX);
+    config
+}
+
 /// Runs a started swarm until `outbound` closes: messages from `outbound` go to their
 /// peers, messages from peers go to the engine thread's input queue, through a backlog per
 /// peer when it is full ([`crate::queues::PeerInbound`]). Reads asked through `reads` go to
@@ -301,27 +303,17 @@ pub async fn run(
                 let Some((peer, bytes)) = message else {
                     return;
                 };
-                match libp2p_id(&peer) {
-                    Ok(libp2p_peer) => {
-                        // A failed dial drops the address from the swarm's cache: keep it there.
-                        if let Some(address) = addresses.get(&peer) {
-                            swarm.add_peer_address(libp2p_peer, address);
-                        }
-                        if unacknowledged.has_room(&libp2p_peer) {
-                            let id = swarm.behaviour_mut().engine.send_request(&libp2p_peer, bytes);
-                            unacknowledged.sent(id, libp2p_peer);
-                        } else {
-                            crate::queues::Drops::count(&engine.drops.unacknowledged_messages);
-                        }
+                match dialable(&mut swarm, &addresses, &peer) {
+                    Ok(libp2p_peer) if unacknowledged.has_room(&libp2p_peer) => {
+                        let id = swarm.behaviour_mut().engine.send_request(&libp2p_peer, bytes);
+                        unacknowledged.sent(id, libp2p_peer);
                     }
+                    Ok(_) => crate::queues::Drops::count(&engine.drops.unacknowledged_messages),
                     Err(error) => debug!(%error, "message for a peer with a bad key dropped"),
                 }
             }
-            Some((peer, read, reply)) = reads.recv() => match libp2p_id(&peer) {
+            Some((peer, read, reply)) = reads.recv() => match dialable(&mut swarm, &addresses, &peer) {
                 Ok(libp2p_peer) => {
-                    if let Some(address) = addresses.get(&peer) {
-                        swarm.add_peer_address(libp2p_peer, address);
-                    }
                     read_peers.send(&mut swarm.behaviour_mut().reads, &libp2p_peer, &read, reply);
                 }
                 Err(error) => {
@@ -351,22 +343,40 @@ pub async fn run(
                     peer_id,
                     info,
                     ..
-                })) => {
-                    let listening = info.listen_addrs.iter().find(|address| {
-                        !address.iter().any(|part| {
-                            matches!(part, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
-                        })
-                    });
-                    if let (Some(peer), Some(address)) = (consensus_id(&peer_id), listening) {
-                        addresses.insert(peer, address.clone());
-                    }
-                }
+                })) => remember_address(&addresses, &peer_id, &info),
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
                 SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
                 _ => {}
             },
         }
     }
+}
+
+/// What a peer's identify says it listens on (its first address that is not unspecified),
+/// for the address book.
+fn remember_address(addresses: &AddressBook, peer_id: &libp2p::PeerId, info: &identify::Info) {
+    let listening = info.listen_addrs.iter().find(|address| {
+        !address
+            .iter()
+            .any(|part| matches!(part, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
+    });
+    if let (Some(peer), Some(address)) = (consensus_id(peer_id), listening) {
+        addresses.insert(peer, address.clone());
+    }
+}
+
+/// `peer`'s libp2p id, with its address put back in the swarm's cache (a failed dial drops
+/// it there).
+fn dialable(
+    swarm: &mut Swarm<Behaviour>,
+    addresses: &AddressBook,
+    peer: &PeerId,
+) -> Result<libp2p::PeerId, TransportError> {
+    let libp2p_peer = libp2p_id(peer)?;
+    if let Some(address) = addresses.get(peer) {
+        swarm.add_peer_address(libp2p_peer, address);
+    }
+    Ok(libp2p_peer)
 }
 
 /// One event of the engine protocol: a peer's message goes to the engine (acknowledged

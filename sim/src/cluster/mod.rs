@@ -153,19 +153,7 @@ impl ClusterSim {
         let mut network_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
         let gossip_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
         let (keys, section_size_min) = draw_keys(&setup, &mut key_rng)?;
-        let public: Vec<[u8; 32]> = keys
-            .iter()
-            .map(|key| key.verifying_key().to_bytes())
-            .collect();
-        let map = SectionMap::with_members(section_size_min, &public);
-        if let Some(sections) = setup.sections {
-            if map.section_count() != sections {
-                return Err(format!(
-                    "asked for {sections} sections, the map has {}",
-                    map.section_count()
-                ));
-            }
-        }
+        let map = initial_map(&setup, &keys, section_size_min)?;
         let directory = tempfile::tempdir().map_err(|error| error.to_string())?;
         let approved: BTreeSet<PeerId> = keys
             .iter()
@@ -681,6 +669,26 @@ fn start_engines(
 
 fn open_store(directory: &std::path::Path, node: usize) -> Result<EventStore, String> {
     EventStore::open(directory.join(format!("node-{node}.redb"))).map_err(|error| error.to_string())
+}
+
+/// The founders' map, with as many sections as the setup asks for (if it asks).
+fn initial_map(
+    setup: &ClusterSetup,
+    keys: &[SigningKey],
+    section_size_min: usize,
+) -> Result<SectionMap, String> {
+    let public: Vec<[u8; 32]> = keys
+        .iter()
+        .map(|key| key.verifying_key().to_bytes())
+        .collect();
+    let map = SectionMap::with_members(section_size_min, &public);
+    match setup.sections {
+        Some(sections) if map.section_count() != sections => Err(format!(
+            "asked for {sections} sections, the map has {}",
+            map.section_count()
+        )),
+        _ => Ok(map),
+    }
 }
 
 /// The nodes' keys, and the `section_size_min` to build the map with.

@@ -16,30 +16,8 @@ impl Engine {
     pub(super) fn on_sync_request(&mut self, from: PeerId, generation: u64, request: &SyncRequest) {
         let now_ms = self.now_ms;
         let lags = self.lags_beyond_window(from, generation);
-        let hint = lags
-            && self
-                .current
-                .behind_told
-                .get(&from)
-                .is_none_or(|at| now_ms >= at + JOIN_RETRY_MS);
-        if hint {
-            self.current.behind_told.insert(from, now_ms);
-            let members = self.state.members.clone();
-            let round = self
-                .current
-                .consensus
-                .as_ref()
-                .map_or(0, |consensus| consensus.stats().max_round);
-            let head_position = self.store.head_position().unwrap_or(0);
-            self.send(
-                from,
-                &Message::Behind {
-                    generation,
-                    round,
-                    head_position,
-                    members,
-                },
-            );
+        if lags {
+            self.tell_behind(from, generation);
         }
         // A member that lags beyond the window cannot insert what we would send (the
         // ancestry is pruned here): it gets the hint and nothing else, so a laggard
@@ -93,6 +71,37 @@ impl Engine {
             }
             Err(error) => debug!(peer = %from, %error, "sync response not encoded"),
         }
+    }
+
+    /// Tells a member that lags beyond our prune window so (`Behind`, with our round and
+    /// head), at most once per `JOIN_RETRY_MS`.
+    fn tell_behind(&mut self, from: PeerId, generation: u64) {
+        let now_ms = self.now_ms;
+        if self
+            .current
+            .behind_told
+            .get(&from)
+            .is_some_and(|at| now_ms < at + JOIN_RETRY_MS)
+        {
+            return;
+        }
+        self.current.behind_told.insert(from, now_ms);
+        let members = self.state.members.clone();
+        let round = self
+            .current
+            .consensus
+            .as_ref()
+            .map_or(0, |consensus| consensus.stats().max_round);
+        let head_position = self.store.head_position().unwrap_or(0);
+        self.send(
+            from,
+            &Message::Behind {
+                generation,
+                round,
+                head_position,
+                members,
+            },
+        );
     }
 
     /// Whether `from` lags beyond our prune window in `generation`, as far as we can tell:
