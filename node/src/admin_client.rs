@@ -68,11 +68,11 @@ pub async fn run(action: AdminAction, targets: AdminTargets) -> Result<(), Strin
     for client in &nodes {
         match client.request(method.clone(), path, body.as_ref()).await {
             Ok(answer) if (200..300).contains(&answer.status) => {
-                crate::say(&format!("{} {}", client.base(), answer.body));
+                crate::cli::say(&format!("{} {}", client.base(), answer.body));
             }
             Ok(answer) => {
                 failed += 1;
-                crate::say(&format!(
+                crate::cli::say(&format!(
                     "{} {} {}",
                     client.base(),
                     answer.status,
@@ -81,7 +81,7 @@ pub async fn run(action: AdminAction, targets: AdminTargets) -> Result<(), Strin
             }
             Err(error) => {
                 failed += 1;
-                crate::say(&format!("{} unreachable: {error}", client.base()));
+                crate::cli::say(&format!("{} unreachable: {error}", client.base()));
             }
         }
     }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::client::{Client, outcome_name};
-use crate::local::{self, LocalCluster};
-use crate::say;
+use chorus_node::cli::say;
+use chorus_node::client::{Client, outcome_name};
+use chorus_node::local::{self, LocalCluster};
 
 /// What `chorus bench` was asked.
 #[derive(Clone, Debug, clap::Args)]
@@ -144,7 +144,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     // Ctrl-C or SIGTERM stops the load and the cluster this benchmark started.
     let result = tokio::select! {
         result = levels(&options, &targets) => result,
-        () = crate::shutdown_signal() => Err("interrupted".to_owned()),
+        () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
     };
     if let Some(cluster) = started {
         cluster.stop().await;

@@ -274,7 +274,7 @@ pub async fn run_cli(
             count,
         } => {
             for event in client.read(&stream, from, count).await? {
-                crate::say(&event.to_string());
+                crate::cli::say(&event.to_string());
             }
             Ok(())
         }
@@ -293,7 +293,7 @@ pub async fn run_cli(
         }
         ClientAction::Status => {
             let answer = client.get("/status").await?;
-            crate::say(&answer.body.to_string());
+            crate::cli::say(&answer.body.to_string());
             if answer.status == 200 {
                 Ok(())
             } else {
@@ -324,7 +324,7 @@ async fn send(
         };
     }
     let answer = client.submit_body(stream, &body).await?;
-    crate::say(&answer.body.to_string());
+    crate::cli::say(&answer.body.to_string());
     if (200..300).contains(&answer.status) {
         Ok(())
     } else {
@@ -338,16 +338,16 @@ async fn tail(client: &Client, stream: &str, from: u64, poll: Duration) -> Resul
     let mut next = from.max(1);
     loop {
         let events = tokio::select! {
-            () = crate::shutdown_signal() => return Ok(()),
+            () = crate::cli::shutdown_signal() => return Ok(()),
             events = client.read(stream, next, 1_000) => events?,
         };
         for event in &events {
-            crate::say(&event.to_string());
+            crate::cli::say(&event.to_string());
             next = next.max(event["sequence"].as_u64().unwrap_or(next) + 1);
         }
         if events.is_empty() {
             tokio::select! {
-                () = crate::shutdown_signal() => return Ok(()),
+                () = crate::cli::shutdown_signal() => return Ok(()),
                 () = tokio::time::sleep(poll) => {}
             }
         }

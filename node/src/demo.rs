@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::bench::percentile;
-use crate::client::{Client, outcome_name};
-use crate::local::{self, LocalCluster};
-use crate::say;
+use chorus_node::cli::say;
+use chorus_node::client::{Client, outcome_name};
+use chorus_node::local::{self, LocalCluster};
 
 /// What `chorus demo` was asked.
 #[derive(Clone, Debug, clap::Args)]
@@ -83,12 +83,12 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     // Ctrl-C or SIGTERM stops the workload and the cluster this demo started.
     let result = tokio::select! {
         result = workload(&options, &addresses) => result,
-        () = crate::shutdown_signal() => Err("interrupted".to_owned()),
+        () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
     };
     if let Some(cluster) = started {
         if options.keep_running && result.is_ok() {
             say("the cluster keeps running; Ctrl-C stops it");
-            crate::shutdown_signal().await;
+            chorus_node::cli::shutdown_signal().await;
         }
         cluster.stop().await;
         say("cluster stopped (its data stays; `chorus up` runs it again)");

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::process::Child;
 
+use crate::cli::say;
 use crate::client::Client;
 use crate::config::{NodeConfig, PeerConfig, hex, load_or_create_key, store_new_key};
-use crate::say;
 
 /// Most nodes a local cluster may have.
 pub const LOCAL_NODES_MAX: usize = 64;
@@ -289,7 +289,7 @@ impl LocalCluster {
                 .arg(path)
                 .env(
                     "CHORUS_LOG_FORMAT",
-                    crate::LOG_FORMAT.get().map_or("human", String::as_str),
+                    crate::cli::LOG_FORMAT.get().map_or("human", String::as_str),
                 )
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
@@ -370,7 +370,7 @@ pub async fn up(nodes: usize, data_dir: &Path, options: &LocalOptions) -> Result
         data_dir.display()
     ));
     let failed = tokio::select! {
-        () = crate::shutdown_signal() => None,
+        () = crate::cli::shutdown_signal() => None,
         exit = cluster.first_exit() => Some(exit),
     };
     cluster.stop().await;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_aggregate::{
-    AggregateRegistry, CategoryName, CommandRequest, DatabaseName, Direction, EventStore, Filter,
-    ProcessManager, RecordedEvent, StoreError, StreamInfo, StreamKey,
+    CategoryName, CommandRequest, DatabaseName, Direction, EventStore, Filter, RecordedEvent,
+    StoreError, StreamInfo, StreamKey,
 };
 use chorus_consensus::codec::{decode_log_record, encode_log_record};
 use chorus_consensus::{Config, Consensus, PeerId, Stats};
@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::admission::Policy;
+use crate::application::Application;
 use crate::config::{Checked, hex};
 
 /// What the engine thread takes (it ticks itself, by its own clock).
@@ -255,29 +256,20 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// The application a node runs, given by its caller (the runtime names no domain): the
-/// aggregates it executes and the process managers it runs. Functions, because both are
-/// built on the engine thread (process managers need not be `Send`).
-#[derive(Clone, Copy)]
-pub struct Domain {
-    /// The aggregates, registered.
-    pub registry: fn() -> AggregateRegistry,
-    /// The process managers, each resumed from its checkpoint.
-    pub process_managers: fn() -> Vec<Box<dyn ProcessManager>>,
-}
-
 /// Opens the store, starts or restores the engine (restore when the store holds a replay log
 /// or a saved section state), and returns it ready to run.
 pub fn start_engine(
     checked: &Checked,
     key: &SigningKey,
-    domain: Domain,
+    application: &Application,
     policy: &Policy,
 ) -> Result<Engine, RuntimeError> {
     let path = checked.config.data_dir.join("node.redb");
-    start_engine_from(&path, checked, key, domain, policy).map_err(|error| RuntimeError::AtFile {
-        path,
-        error: Box::new(error),
+    start_engine_from(&path, checked, key, application, policy).map_err(|error| {
+        RuntimeError::AtFile {
+            path,
+            error: Box::new(error),
+        }
     })
 }
 
@@ -285,7 +277,7 @@ fn start_engine_from(
     path: &std::path::Path,
     checked: &Checked,
     key: &SigningKey,
-    domain: Domain,
+    application: &Application,
     policy: &Policy,
 ) -> Result<Engine, RuntimeError> {
     let store = EventStore::open(path)?;
@@ -319,7 +311,7 @@ fn start_engine_from(
             config,
             key.clone(),
             map,
-            (domain.registry)(),
+            application.registry(),
             store,
             now_ms(),
         )?
@@ -337,7 +329,7 @@ fn start_engine_from(
             config,
             key.clone(),
             map,
-            (domain.registry)(),
+            application.registry(),
             store,
             log,
             now_ms(),
@@ -358,10 +350,10 @@ pub fn run_engine(
     mut engine: Engine,
     inputs: crate::queues::EngineReceiver,
     outbound: crate::queues::Outbound,
-    domain: Domain,
+    application: &Application,
     (tick_interval, policy): (Duration, Policy),
 ) -> Result<(), RuntimeError> {
-    for manager in (domain.process_managers)() {
+    for manager in application.process_managers() {
         engine.add_process_manager(manager)?;
     }
     let mut rng = rand::rngs::StdRng::from_entropy();
@@ -740,11 +732,12 @@ mod tests {
         .expect("a valid configuration")
     }
 
-    fn demo() -> Domain {
-        Domain {
-            registry: chorus_demo::registry,
-            process_managers: chorus_demo::process_managers,
-        }
+    fn demo() -> Application {
+        Application::new("demo")
+            .aggregate::<chorus_demo::bank_account::BankAccount>()
+            .aggregate::<chorus_demo::notebook::Notebook>()
+            .aggregate::<chorus_demo::transfer::Transfer>()
+            .process_manager(|| chorus_demo::transfer::TransferSaga)
     }
 
     #[test]
@@ -753,7 +746,7 @@ mod tests {
         let checked = one_node(directory.path());
         let key = SigningKey::from_bytes(&[3; 32]);
         let policy = Policy::load(&checked).expect("policy");
-        let engine = start_engine(&checked, &key, demo(), &policy).expect("engine");
+        let engine = start_engine(&checked, &key, &demo(), &policy).expect("engine");
         let member = PeerId(key.verifying_key().to_bytes());
         let stranger = PeerId(SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes());
         let log = || Read::SectionLog {
@@ -780,7 +773,7 @@ mod tests {
         let checked = one_node(directory.path());
         let key = SigningKey::from_bytes(&[3; 32]);
         let policy = Policy::load(&checked).expect("policy");
-        let error = start_engine(&checked, &key, demo(), &policy)
+        let error = start_engine(&checked, &key, &demo(), &policy)
             .err()
             .expect("refused")
             .to_string();

@@ -25,3 +25,7 @@ pub fn registry() -> AggregateRegistry {
 pub fn process_managers() -> Vec<Box<dyn ProcessManager>> {
     vec![Box::new(transfer::TransferSaga)]
 }
+
+/// The demo domain's version: part of its domain fingerprint, changed when a decision
+/// changes meaning while the types stay the same.
+pub const DOMAIN_VERSION: &str = "1";

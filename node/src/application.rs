@@ -1,0 +1,123 @@
+//! What a node runs: an application's aggregates and process managers, gathered by a builder.
+//!
+//! ```no_run
+//! # use chorus_node::Application;
+//! # fn application() -> Application { Application::new("shop") }
+//! fn main() -> std::process::ExitCode {
+//!     // `shop up --nodes 4` runs a local cluster of this program; `shop node --config FILE`
+//!     // one node of a real one; `shop client ...` talks to it.
+//!     application().main()
+//! }
+//! ```
+//!
+//! The framework names no domain: the `chorus` binary is the demo domain (`chorus-demo`)
+//! built with this same API.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chorus_aggregate::{Aggregate, AggregateRegistry, ProcessManager};
+
+/// Builds the process managers of one kind, on the engine thread (a manager need not be
+/// `Send`).
+type ManagerFactory = Arc<dyn Fn() -> Box<dyn ProcessManager> + Send + Sync>;
+
+/// An event-sourced application to run on Chorus: its name, its domain version, its
+/// aggregates and its process managers. Every member of a section runs the same code on the
+/// same agreed commands.
+#[derive(Clone)]
+pub struct Application {
+    name: String,
+    version: String,
+    registrations: Vec<fn(AggregateRegistry) -> AggregateRegistry>,
+    managers: Vec<ManagerFactory>,
+}
+
+impl Application {
+    /// An application with no aggregates yet. `name` names the program in its help and logs;
+    /// its domain version is `"1"` until [`Application::version`] sets another.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            registrations: Vec::new(),
+            managers: Vec::new(),
+        }
+    }
+
+    /// Sets the domain version: a string the application changes when its aggregates'
+    /// decisions change meaning, even where their types stay the same.
+    #[must_use]
+    pub fn version(mut self, version: &str) -> Self {
+        version.clone_into(&mut self.version);
+        self
+    }
+
+    /// Runs aggregate `A` for the streams of its category.
+    #[must_use]
+    pub fn aggregate<A: Aggregate + 'static>(mut self) -> Self {
+        self.registrations.push(|registry| registry.register::<A>());
+        self
+    }
+
+    /// Runs a process manager, built by `make` when the node starts; it resumes from its
+    /// checkpoint (kept under its name).
+    #[must_use]
+    pub fn process_manager<M, F>(mut self, make: F) -> Self
+    where
+        M: ProcessManager + 'static,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
+        self.managers.push(Arc::new(move || Box::new(make())));
+        self
+    }
+
+    /// The application's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its domain version.
+    pub fn domain_version(&self) -> &str {
+        &self.version
+    }
+
+    /// Its aggregates, registered for the engine.
+    pub fn registry(&self) -> AggregateRegistry {
+        self.registrations
+            .iter()
+            .fold(AggregateRegistry::new(), |registry, register| {
+                register(registry)
+            })
+    }
+
+    /// Its process managers, new.
+    pub fn process_managers(&self) -> Vec<Box<dyn ProcessManager>> {
+        self.managers.iter().map(|make| make()).collect()
+    }
+
+    /// Runs the command line of this application (`node`, `init`, `up`, `client`, `admin`;
+    /// `--help` lists them) from the process's arguments, and returns its exit code.
+    pub fn main(self) -> ExitCode {
+        crate::cli::main(&self)
+    }
+
+    /// Runs one node of this application from a configuration file until Ctrl-C or SIGTERM;
+    /// with `join`, on its first start it joins the running network there (see `node
+    /// --join`).
+    pub fn run_node(&self, config: &std::path::Path, join: Option<&str>) -> Result<(), String> {
+        crate::serve::run_node(self, config, join)
+    }
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Application")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("aggregates", &self.registrations.len())
+            .field("process_managers", &self.managers.len())
+            .finish()
+    }
+}

@@ -1,0 +1,27 @@
+//! A Chorus node as a library: run your own event-sourced application on a cluster whose
+//! members agree on every command.
+//!
+//! An [`Application`] names the aggregates and process managers a node runs; its
+//! [`Application::main`] gives a program the whole command line (`node`, `init`, `up`,
+//! `client`, `admin`), so `myapp up --nodes 4` runs a local cluster of `myapp` processes.
+//! The `chorus` binary is the demo domain built this way; `examples/shop` in the repository
+//! is a tutorial application.
+
+mod admin_client;
+mod admission;
+mod application;
+pub mod cli;
+pub mod client;
+mod config;
+mod frames;
+mod http;
+mod joining;
+pub mod local;
+mod peer_reads;
+mod queues;
+mod read_wire;
+mod runtime;
+mod serve;
+mod transport;
+
+pub use application::Application;

@@ -1,0 +1,133 @@
+//! One node process: the engine thread, the transport, the HTTP server, wired together and
+//! run until Ctrl-C or SIGTERM.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::{error, info};
+
+use crate::application::Application;
+use crate::cli::{say, shutdown_signal, tokio_runtime};
+use crate::config::{self, NodeConfig, hex, load_or_create_key};
+use crate::{admission, http, joining, peer_reads, queues, runtime, transport};
+
+pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> Result<(), String> {
+    let mut checked = NodeConfig::load(path).map_err(|error| error.to_string())?;
+    let key = load_or_create_key(&checked.config.data_dir).map_err(|error| error.to_string())?;
+    let runtime = tokio_runtime()?;
+    runtime.block_on(async move {
+        joining::learn_peers(&mut checked, join).await?;
+        let addresses = transport::AddressBook::new(&checked.peers);
+        let (swarm, p2p) = transport::start(key.to_bytes(), checked.listen.clone(), &checked.peers)
+            .await
+            .map_err(|error| error.to_string())?;
+        // Our own address too: a joiner that asks us learns it with the others'.
+        addresses.insert(
+            chorus_consensus::PeerId(key.verifying_key().to_bytes()),
+            p2p.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind(checked.http)
+            .await
+            .map_err(|error| format!("cannot listen on {}: {error}", checked.http))?;
+        let http = listener
+            .local_addr()
+            .map_err(|error| format!("http address: {error}"))?;
+        let (inputs, input_receiver) = queues::EngineInputs::new(queues::ENGINE_INPUTS_MAX);
+        let (outbound, outbound_receiver) =
+            queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
+        let engine_thread = spawn_engine(application, &checked, &key, input_receiver, outbound)?;
+        let (reads, reads_receiver) = peer_reads::PeerReads::new();
+        tokio::spawn(transport::run(
+            swarm,
+            addresses.clone(),
+            outbound_receiver,
+            reads_receiver,
+            inputs.clone(),
+        ));
+        say(&format!(
+            "node {} p2p {p2p} http http://{http}",
+            hex(&key.verifying_key().to_bytes())
+        ));
+        info!(%http, %p2p, "node running");
+        let served = http::serve(
+            listener,
+            http::router(
+                inputs,
+                http::admin::AdminToken(checked.config.admin_token.clone()),
+                http::Network { addresses, reads },
+            ),
+            shutdown_signal(),
+        );
+        // On a signal the server stops taking connections and finishes open requests, but
+        // a command waiting for agreement can wait long: they get `SHUTDOWN_GRACE`.
+        let grace = async {
+            shutdown_signal().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            () = served => {}
+            () = grace => info!("open requests dropped at shutdown"),
+        }
+        // The engine thread ends when every input sender is gone (the tasks holding them stop
+        // with the runtime); each input was made durable as it was handled.
+        drop(engine_thread);
+        Ok(())
+    })
+}
+
+/// Starts the engine thread and waits until the engine is built there.
+fn spawn_engine(
+    application: &Application,
+    checked: &config::Checked,
+    key: &ed25519_dalek::SigningKey,
+    input_receiver: queues::EngineReceiver,
+    outbound: queues::Outbound,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    // The engine lives on its own thread (its store blocks on fsync), built there: it
+    // holds process managers, which need not be `Send`.
+    let (started, startup) = std::sync::mpsc::sync_channel(1);
+    let engine_checked = checked.clone();
+    let engine_key = key.clone();
+    let application = application.clone();
+    let tick_interval = Duration::from_millis(checked.config.gossip_interval_ms);
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            let policy = match admission::Policy::load(&engine_checked) {
+                Ok(policy) => policy,
+                Err(error) => {
+                    let _ = started.send(Err(format!("admission policy: {error}")));
+                    return;
+                }
+            };
+            let engine =
+                match runtime::start_engine(&engine_checked, &engine_key, &application, &policy) {
+                    Ok(engine) => {
+                        let _ = started.send(Ok(()));
+                        engine
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error.to_string()));
+                        return;
+                    }
+                };
+            if let Err(error) = runtime::run_engine(
+                engine,
+                input_receiver,
+                outbound,
+                &application,
+                (tick_interval, policy),
+            ) {
+                error!(%error, "the engine stopped");
+                std::process::exit(2);
+            }
+        })
+        .map_err(|error| format!("cannot start the engine thread: {error}"))?;
+    startup
+        .recv()
+        .map_err(|_| "the engine thread died while starting".to_owned())??;
+    Ok(engine_thread)
+}
+
+/// How long a stopping node lets open HTTP requests finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
