@@ -29,7 +29,7 @@ use serde_json::json;
 use support::{Nodes, command_id, deposit, http, json_of, open_accounts, parse_key, try_http};
 
 /// The engine protocol the nodes speak.
-const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/4");
+const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/5");
 /// Deposits timed before and during the flood.
 const DEPOSITS: usize = 20;
 /// The longest a deposit may take to commit while the flood runs.
@@ -74,8 +74,14 @@ fn a_sync_flood_from_one_member_does_not_stop_the_others_committing() {
         .filter(|(peer, _)| *peer != flooder_id)
         .collect();
     assert_eq!(victims.len(), 3, "three honest members to flood");
+    // The flooder is a member running the section's domain: its requests are served, within
+    // its budget.
+    let domain =
+        chorus_engine::DomainFingerprint::of(chorus_demo::DOMAIN_VERSION, &chorus_demo::registry())
+            .expect("a short version");
     let request = Message::SyncRequest {
         generation,
+        domain: domain.digest,
         request: SyncRequest {
             known: vec![0; members],
             wanted: Vec::new(),

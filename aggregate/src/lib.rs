@@ -27,6 +27,7 @@ pub mod names;
 pub mod process;
 pub mod projection;
 pub mod repository;
+pub mod shape;
 pub mod store;
 pub mod subscription;
 #[cfg(feature = "testkit")]
@@ -45,6 +46,7 @@ pub use process::{
 };
 pub use projection::{Projection, ProjectionRunner};
 pub use repository::{Loaded, Repository, decide};
+pub use shape::{AggregateShape, EventShape};
 pub use store::{
     CommandRecord, Direction, EventStore, ReadSlice, ReadView, SnapshotRecord, StreamSlice,
 };

@@ -26,6 +26,7 @@ use crate::ids::{CommandId, MessageId};
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::names::StreamKey;
 use crate::repository::{Repository, decide};
+use crate::shape::AggregateShape;
 use crate::store::{CommandRecord, EventStore};
 use crate::subscription::Subscription;
 
@@ -150,6 +151,8 @@ trait ErasedAggregate: Send + Sync {
         store: &EventStore,
         request: &CommandRequest,
     ) -> Result<Decision, DispatchError>;
+
+    fn shape(&self) -> AggregateShape;
 }
 
 /// What executing a command on the current state would append, without appending it.
@@ -208,6 +211,10 @@ fn dispatch_error<E: std::error::Error>(error: CommandError<E>) -> DispatchError
 }
 
 impl<A: Aggregate> ErasedAggregate for Typed<A> {
+    fn shape(&self) -> AggregateShape {
+        AggregateShape::of::<A>()
+    }
+
     fn canonical(&self, command: &Value) -> Result<Value, DispatchError> {
         let typed: A::Command = serde_json::from_value(command.clone()).map_err(|error| {
             DispatchError::Invalid(format!("not a {} command: {error}", A::CATEGORY))
@@ -306,6 +313,15 @@ impl AggregateRegistry {
     /// aside: they are the type's, an `f64` keeps what an `f64` can).
     pub fn canonical_command(&self, request: &CommandRequest) -> Result<Value, DispatchError> {
         self.aggregate(request)?.canonical(&request.command)
+    }
+
+    /// What each registered aggregate is (category, state version, event types and their
+    /// versions), by category: what two nodes must share to run the same domain.
+    pub fn shapes(&self) -> Vec<AggregateShape> {
+        self.aggregates
+            .values()
+            .map(|aggregate| aggregate.shape())
+            .collect()
     }
 
     /// Executes a command on the aggregate of its stream's category.

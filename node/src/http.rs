@@ -377,7 +377,8 @@ async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQ
         "counter",
         "Peer messages the engine refused or dropped, by reason: strangers' messages other \
          than a join request, strangers' join requests over the throttle, joins this member \
-         did not vote for, members' sync requests over their byte budget.",
+         did not vote for, members' sync requests over their byte budget, sync requests \
+         naming another domain.",
         &[
             ("{reason=\"stranger_message\"}", refusals.stranger_messages),
             (
@@ -386,6 +387,7 @@ async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQ
             ),
             ("{reason=\"join_refused\"}", refusals.joins_refused),
             ("{reason=\"sync_over_budget\"}", refusals.sync_over_budget),
+            ("{reason=\"other_domain\"}", refusals.other_domain),
         ],
     );
     let answered = &status.answered;

@@ -48,10 +48,14 @@ enum Command {
     },
 }
 
-/// The application this binary runs: the demo domain.
+/// The application this binary runs: the demo domain. `CHORUS_DEMO_DOMAIN_VERSION` gives it
+/// another domain version, to see the domain check at work: a section refuses a node whose
+/// domain differs from its own, and such a node stops, naming both.
 fn demo_application() -> Application {
+    let version = std::env::var("CHORUS_DEMO_DOMAIN_VERSION")
+        .unwrap_or_else(|_| chorus_demo::DOMAIN_VERSION.to_owned());
     Application::new("chorus")
-        .version(chorus_demo::DOMAIN_VERSION)
+        .version(&version)
         .aggregate::<chorus_demo::bank_account::BankAccount>()
         .aggregate::<chorus_demo::notebook::Notebook>()
         .aggregate::<chorus_demo::transfer::Transfer>()

@@ -179,6 +179,9 @@ impl Answered {
 pub struct Status {
     /// The node's public key, hex.
     pub id: String,
+    /// The domain it runs: the application's domain version and the fingerprint (first 8
+    /// bytes of the digest, hex) every member of its section shares.
+    pub domain: DomainView,
     /// Its section's generation.
     pub generation: u64,
     /// Its section's prefix.
@@ -202,6 +205,15 @@ pub struct Status {
     pub answered: Answered,
     /// The engine's state in figures.
     pub engine: chorus_engine::EngineStats,
+}
+
+/// A domain, as `/status` shows it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct DomainView {
+    /// The application's domain version.
+    pub version: String,
+    /// The fingerprint.
+    pub fingerprint: String,
 }
 
 /// A section of the map, as `/status` shows it.
@@ -240,6 +252,9 @@ pub enum RuntimeError {
     /// The engine refused to start.
     #[error("engine: {0}")]
     Engine(#[from] chorus_engine::EngineError),
+    /// The node cannot take part in its section (it runs another domain).
+    #[error("{0}")]
+    Halted(String),
     /// A replay-log record on disk does not decode.
     #[error("replay log record {index}: {error}")]
     Log {
@@ -289,6 +304,7 @@ fn start_engine_from(
     let config = EngineConfig {
         admission: policy.admission(),
         remove_silent_after_ms: checked.remove_silent_after_ms,
+        domain_version: application.domain_version().to_owned(),
         ..EngineConfig::new(Config {
             block_mode: checked.block_mode,
             gossip_interval_ms: checked.config.gossip_interval_ms,
@@ -389,6 +405,9 @@ pub fn run_engine(
             next_tick = Instant::now() + tick_interval;
         }
         serving.drain(&mut engine, &outbound)?;
+        if let Some(reason) = engine.halted() {
+            return Err(RuntimeError::Halted(reason.to_owned()));
+        }
         // Records of generations before the current one are never replayed again.
         let generation = engine.section().generation;
         if generation > log_generation {
@@ -482,6 +501,10 @@ fn status_of(engine: &Engine, answered: &Answered) -> Status {
     let section = engine.section();
     Status {
         id: hex(&engine.id().0),
+        domain: DomainView {
+            version: engine.domain().version.clone(),
+            fingerprint: engine.domain().short(),
+        },
         generation: section.generation,
         prefix: section.prefix.to_string(),
         members: section

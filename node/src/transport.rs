@@ -26,8 +26,9 @@ use tracing::{debug, info, warn};
 /// nodes of different versions do not talk at all rather than misread each other. 2: the
 /// `Behind` hint carries the sender's round and head, `CommandOutcome::IdTaken`, and a
 /// transfer request's cursor is `position` (it was `from`). 3: `JoinRefused`, `ForkEvidence`.
-/// 4: `Confirm`, and a welcome's `numbering`.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/4");
+/// 4: `Confirm`, and a welcome's `numbering`. 5: the domain fingerprint in join and sync
+/// requests, `DomainDiffers`.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/5");
 /// Largest frame: the largest engine message (a sync response) and its framing.
 pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;
 /// Engine messages sent to one peer and not acknowledged yet, at most: beyond, a message

@@ -18,11 +18,13 @@
 //! only to pick gossip partners).
 
 pub mod apply;
+pub mod domain;
 pub mod engine;
 pub mod membership;
 pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
+pub use domain::DomainFingerprint;
 pub use engine::{
     Admission, ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, EngineStats,
     JoinRefusal, Lag, Message, Readiness, Refusals, RemovalRequest,

@@ -45,6 +45,19 @@ impl Cluster {
         seed: u64,
         adjust: impl Fn(&mut EngineConfig),
     ) -> Self {
+        Self::with_node_config(nodes, section_size_min, block_mode, seed, |_, config| {
+            adjust(config);
+        })
+    }
+
+    /// Like `with_config`, with `adjust` told which node it configures.
+    fn with_node_config(
+        nodes: usize,
+        section_size_min: usize,
+        block_mode: BlockMode,
+        seed: u64,
+        adjust: impl Fn(usize, &mut EngineConfig),
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let keys: Vec<SigningKey> = (0..nodes)
             .map(|_| {
@@ -60,10 +73,12 @@ impl Cluster {
         let map = SectionMap::with_members(section_size_min, &public);
         let mut engines = Vec::new();
         let mut directories = Vec::new();
-        for key in keys {
+        for (node, key) in keys.into_iter().enumerate() {
             let directory = tempfile::tempdir().expect("temp dir");
             let store = EventStore::open(directory.path().join("events.redb")).expect("store");
-            let config = engine_config(block_mode, &adjust);
+            let config = engine_config(block_mode, &|config: &mut EngineConfig| {
+                adjust(node, config)
+            });
             engines
                 .push(Engine::new(config, key, map.clone(), registry(), store, 0).expect("engine"));
             directories.push(directory);
@@ -83,12 +98,21 @@ impl Cluster {
 
     /// Starts a node with a fresh key that asks to join (`Engine::join`); returns its index.
     fn add_joiner(&mut self, block_mode: BlockMode) -> usize {
+        self.add_joiner_with(block_mode, |_| {})
+    }
+
+    /// Like `add_joiner`, with the joiner's configuration changed by `adjust`.
+    fn add_joiner_with(
+        &mut self,
+        block_mode: BlockMode,
+        adjust: impl Fn(&mut EngineConfig),
+    ) -> usize {
         let mut secret = [0u8; 32];
         self.rng.fill_bytes(&mut secret);
         let directory = tempfile::tempdir().expect("temp dir");
         let store = EventStore::open(directory.path().join("events.redb")).expect("store");
         let map = self.engines[0].map().clone();
-        let config = engine_config(block_mode, &|_: &mut EngineConfig| {});
+        let config = engine_config(block_mode, &adjust);
         let engine = Engine::join(
             config,
             SigningKey::from_bytes(&secret),
@@ -591,8 +615,11 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
     use chorus_engine::{MemberChange, Message, Welcome};
     let peer = PeerId([3; 32]);
     let stream = StreamKey::new("BankAccount", "x").expect("key");
+    let domain = chorus_engine::DomainFingerprint::of("1", &chorus_demo::registry())
+        .expect("a short version");
     let messages = vec![
-        Message::JoinRequest,
+        Message::JoinRequest(domain.clone()),
+        Message::DomainDiffers(domain.clone()),
         Message::LeaveRequest,
         Message::Confirm(CommandId::derive(&[b"confirm"])),
         Message::Welcome(Welcome {
@@ -1050,6 +1077,7 @@ fn a_member_flooding_sync_requests_gets_no_more_than_its_byte_budget() {
     let generation = cluster.engines[0].section().generation;
     let request = chorus_engine::Message::SyncRequest {
         generation,
+        domain: cluster.engines[0].domain().digest,
         request: chorus_consensus::SyncRequest {
             known: vec![0; 4],
             wanted: Vec::new(),
@@ -1185,4 +1213,110 @@ fn fork_evidence_reaches_a_member_that_was_cut_off_when_it_was_first_passed_on()
         [3, 3, 3],
         "the forker was not voted out"
     );
+}
+
+fn other_domain(config: &mut EngineConfig) {
+    config.domain_version = "2".to_owned();
+}
+
+#[test]
+fn a_founder_running_another_domain_halts_naming_both_and_the_others_go_on() {
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::with_node_config(4, 4, mode, 31, |node, config| {
+        if node == 3 {
+            other_domain(config);
+        }
+    });
+    let mut opened = 0;
+    // Nodes 0 to 2 take the load: three of four members are more than two thirds.
+    assert_eq!(load_then_count_committed(&mut cluster, &mut opened), 10);
+    let reason = cluster.engines[3].halted().expect("the odd founder halts");
+    let (ours, theirs) = (cluster.engines[3].domain(), cluster.engines[0].domain());
+    assert_ne!(ours, theirs);
+    for named in [ours, theirs] {
+        assert!(reason.contains(&named.to_string()), "{reason}");
+    }
+    for engine in &cluster.engines[..3] {
+        assert_eq!(engine.halted(), None);
+        assert!(
+            engine.refusals().other_domain >= 1,
+            "{:?}",
+            engine.refusals()
+        );
+    }
+}
+
+#[test]
+fn a_joiner_running_another_domain_is_refused_and_halts() {
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::new(4, 4, mode, 32);
+    let joiner = cluster.add_joiner_with(mode, other_domain);
+    cluster.run_for(3_000);
+    assert_eq!(cluster.member_counts()[..4], [4, 4, 4, 4]);
+    let reason = cluster.engines[joiner].halted().expect("the joiner halts");
+    assert!(
+        reason.contains(&cluster.engines[0].domain().to_string()),
+        "{reason}"
+    );
+    assert!(!cluster.engines[joiner].is_active_member());
+    for engine in &cluster.engines[..4] {
+        assert!(
+            engine.refusals().joins_refused >= 1,
+            "{:?}",
+            engine.refusals()
+        );
+    }
+    // The same joiner with the section's domain would be admitted (admission is open here).
+    let twin = cluster.add_joiner(mode);
+    cluster.run_for(5_000);
+    assert!(cluster.engines[twin].is_active_member());
+}
+
+#[test]
+fn a_store_of_another_domain_is_refused_at_start_naming_both() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("events.redb");
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let map = SectionMap::with_members(1, &[key.verifying_key().to_bytes()]);
+    let mode = BlockMode::Supermajority;
+    let store = EventStore::open(&path).expect("store");
+    let first = Engine::new(
+        engine_config(mode, &|_| {}),
+        key.clone(),
+        map.clone(),
+        registry(),
+        store,
+        0,
+    )
+    .expect("engine");
+    let section = first.domain().clone();
+    drop(first);
+    let store = EventStore::open(&path).expect("store");
+    let refused = Engine::restore(
+        engine_config(mode, &other_domain),
+        key.clone(),
+        map.clone(),
+        registry(),
+        store,
+        Vec::new(),
+        0,
+    );
+    let Err(error) = refused else {
+        panic!("a node of another domain started on the section's store");
+    };
+    let message = error.to_string();
+    assert!(message.contains(&section.to_string()), "{message}");
+    assert!(message.contains("version \"2\""), "{message}");
+    // With the section's domain it starts.
+    let store = EventStore::open(&path).expect("store");
+    Engine::restore(
+        engine_config(mode, &|_| {}),
+        key,
+        map,
+        registry(),
+        store,
+        Vec::new(),
+        0,
+    )
+    .expect("the section's own domain starts");
 }

@@ -20,6 +20,7 @@ use super::budget::Budget;
 use super::command_path::CommandOutcome;
 use super::limits::{JOIN_REFUSALS_PER_SEC, JOIN_REQUEST_INTERVAL_MIN_MS, STRANGERS_TRACKED_MAX};
 use super::wire::Message;
+use crate::domain::DomainFingerprint;
 use crate::membership::{MemberChange, name_of};
 
 /// Whom this member votes to admit.
@@ -55,6 +56,11 @@ pub enum JoinRefusal {
     },
     /// This member is not an active member itself (joining, or fetching state).
     NotActive,
+    /// The node runs another domain than the member's section.
+    OtherDomain {
+        /// The domain the section runs.
+        section: DomainFingerprint,
+    },
 }
 
 impl std::fmt::Display for JoinRefusal {
@@ -69,6 +75,11 @@ impl std::fmt::Display for JoinRefusal {
                 "this node's name falls outside the member's section (prefix {prefix})"
             ),
             Self::NotActive => f.write_str("the member is not active itself; ask again later"),
+            Self::OtherDomain { section } => write!(
+                f,
+                "the section runs domain {section}, not this node's: run the section's \
+                 application"
+            ),
         }
     }
 }
@@ -86,6 +97,8 @@ pub struct Refusals {
     pub joins_refused: u64,
     /// Sync requests dropped because the member was over its byte budget.
     pub sync_over_budget: u64,
+    /// Sync requests dropped because they named another domain.
+    pub other_domain: u64,
 }
 
 /// The engine's record of strangers and refusals.
@@ -166,7 +179,7 @@ impl Engine {
     /// other messages are counted and dropped, and a forwarded command is answered with the
     /// reason (its sender may be a node that left, with a client waiting).
     pub(super) fn may_speak(&mut self, from: PeerId, message: &Message) -> bool {
-        if matches!(message, Message::JoinRequest) || self.is_known(&from) {
+        if matches!(message, Message::JoinRequest(_)) || self.is_known(&from) {
             return true;
         }
         self.speakers.refusals.stranger_messages += 1;
@@ -187,7 +200,7 @@ impl Engine {
     /// A node that is no member of our section asks to join: if it may (its name falls in
     /// our prefix, our policy approves it, we are active), we vote to admit it; otherwise we
     /// tell it why. Strangers are throttled, each and as a whole.
-    pub(super) fn on_stranger_join_request(&mut self, from: PeerId) {
+    pub(super) fn on_stranger_join_request(&mut self, from: PeerId, domain: &DomainFingerprint) {
         if !self.speakers.take_join_request(from, self.now_ms) {
             self.speakers.refusals.join_requests_throttled += 1;
             return;
@@ -198,6 +211,8 @@ impl Engine {
             JoinRefusal::WrongSection {
                 prefix: self.state.prefix,
             }
+        } else if let Some(refusal) = self.domain_refusal(domain) {
+            refusal
         } else if !self.config.admission.approves(&from) {
             JoinRefusal::NotApproved
         } else {
@@ -229,7 +244,10 @@ impl Engine {
         };
         if joining.refusals.get(&from) != Some(&refusal) {
             warn!(peer = %from, %refusal, "a member refused to admit this node");
-            joining.refusals.insert(from, refusal);
+            joining.refusals.insert(from, refusal.clone());
+        }
+        if let JoinRefusal::OtherDomain { section } = refusal {
+            self.on_domain_differs(from, section);
         }
     }
 }

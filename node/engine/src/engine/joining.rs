@@ -7,6 +7,7 @@ use chorus_consensus::{PeerId, faulty_max};
 use chorus_routing::SectionMap;
 use tracing::{debug, warn};
 
+use crate::domain::DomainFingerprint;
 use crate::membership::{
     Holding, MemberChange, SectionState, TransferTarget, Welcome, name_of, sort_members,
 };
@@ -125,7 +126,7 @@ impl Engine {
     /// A node asks to join. A member of ours asking again gets its welcome again (the first
     /// may have been lost) and is brought back if it lags; any other node is judged by
     /// `on_stranger_join_request` (admission).
-    pub(super) fn on_join_request(&mut self, from: PeerId) {
+    pub(super) fn on_join_request(&mut self, from: PeerId, domain: &DomainFingerprint) {
         if self.state.members.contains(&from) {
             self.send_welcome(from);
             // A member asking again lags: brought back if our own graph shows it, unless it
@@ -165,7 +166,7 @@ impl Engine {
             }
             return;
         }
-        self.on_stranger_join_request(from);
+        self.on_stranger_join_request(from, domain);
     }
 
     /// A member says we lag beyond its prune window: we ask to be welcomed again (each member
@@ -219,7 +220,7 @@ impl Engine {
         }
         for member in members {
             if member != self.our_id {
-                self.send(member, &Message::JoinRequest);
+                self.send(member, &Message::JoinRequest(self.domain.clone()));
             }
         }
         if let Some(joining) = self.joining.as_mut() {
@@ -291,7 +292,12 @@ impl Engine {
             start_head: 0,
             handovers: Vec::new(),
         };
-        if let Err(error) = state.save(&self.store) {
+        // Members vote only for joiners of their own domain: the section runs ours.
+        if let Err(error) = self
+            .domain
+            .save(&self.store)
+            .and_then(|()| state.save(&self.store))
+        {
             warn!(%error, "section state not saved; will ask to join again");
             return;
         }

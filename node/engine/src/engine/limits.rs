@@ -18,6 +18,9 @@ pub const STALE_RETRIES_MAX: u32 = 64;
 /// How often a member passes on again its evidence against a member that forked, while that
 /// member is still in the section.
 pub const EVIDENCE_REPEAT_MS: u64 = 1_000;
+/// A member tells one peer whose sync requests name another domain which domain its section
+/// runs at most once per this long (`domain_check`).
+pub const DOMAIN_NOTICE_INTERVAL_MS: u64 = 1_000;
 /// How often a node asks again a member that had recorded nothing yet for a command this node
 /// forwarded (to confirm its proposer's answer): the member applies it within a block or two.
 pub const CONFIRM_RETRY_MS: u64 = 20;

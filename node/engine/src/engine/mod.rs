@@ -50,6 +50,7 @@
 mod admission;
 mod budget;
 mod command_path;
+mod domain_check;
 mod forwarding;
 mod generation;
 mod gossip;
@@ -67,6 +68,7 @@ use admission::Speakers;
 pub use admission::{Admission, JoinRefusal, Refusals};
 pub use command_path::{ClientTicket, CommandOutcome};
 use command_path::{InFlight, StreamQueue, Waiter};
+use domain_check::DomainReports;
 use forwarding::Forwarded;
 use generation::{Generation, initial_state, network_of};
 use joining::Joining;
@@ -92,6 +94,7 @@ use rand::RngCore;
 use tracing::{debug, info, warn};
 
 use crate::apply::AgreedProposal;
+use crate::domain::DomainFingerprint;
 use crate::membership::{Holding, MemberChange, SectionState, name_of};
 
 /// Why the engine cannot start or take a command.
@@ -119,6 +122,20 @@ pub enum EngineError {
         /// The later generation the log holds.
         logged: u64,
     },
+    /// The store's section runs another domain than this node.
+    #[error(
+        "this node runs domain {this_node} but its store's section runs domain {section}: \
+         run the section's application (or another data directory)"
+    )]
+    OtherDomain {
+        /// This node's domain.
+        this_node: DomainFingerprint,
+        /// The section's, as the store saved it.
+        section: DomainFingerprint,
+    },
+    /// The configuration cannot be run.
+    #[error("engine configuration: {0}")]
+    Config(String),
 }
 
 /// Settings of an engine.
@@ -139,6 +156,9 @@ pub struct EngineConfig {
     /// into the generation) while the section went on for `SILENT_ROUNDS_MIN` rounds is
     /// voted out (`removal`); `None` turns the rule off.
     pub remove_silent_after_ms: Option<u64>,
+    /// The application's domain version: with the registry's aggregates, it makes the
+    /// domain fingerprint every member of a section must share.
+    pub domain_version: String,
 }
 
 impl EngineConfig {
@@ -152,6 +172,7 @@ impl EngineConfig {
             proposal_timeout_ms: 10_000,
             admission: Admission::AllowList(BTreeSet::new()),
             remove_silent_after_ms: Some(REMOVE_SILENT_AFTER_MS),
+            domain_version: "1".to_owned(),
         }
     }
 }
@@ -214,6 +235,10 @@ pub struct Engine {
     managers: Vec<ManagerRun>,
     /// Answers to managers' commands, for `run_managers` to handle.
     manager_answers: VecDeque<(usize, CommandId, CommandOutcome)>,
+    /// The domain this node runs (`domain_check`).
+    domain: DomainFingerprint,
+    /// What members said of other domains, and whether we halted.
+    domain_reports: DomainReports,
 }
 
 impl Engine {
@@ -233,6 +258,7 @@ impl Engine {
         let current = Generation::start(&config, &key, &state, now_ms)?;
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
         engine.current = current;
+        engine.adopt_domain()?;
         Ok(engine)
     }
 
@@ -260,6 +286,7 @@ impl Engine {
             handovers: Vec::new(),
         };
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
+        engine.check_domain_version()?;
         engine.joining = Some(Joining {
             refresh: None,
             also_ask: BTreeSet::new(),
@@ -332,6 +359,7 @@ impl Engine {
         };
         let mut engine = Self::assemble(config, key, state, map, registry, store, now_ms);
         engine.current = current;
+        engine.adopt_domain()?;
         if engine.state.transfer_target().is_some() {
             engine.start_transfer(0);
         }
@@ -349,6 +377,8 @@ impl Engine {
         now_ms: u64,
     ) -> Self {
         Self {
+            domain: DomainFingerprint::of_shapes(&config.domain_version, &registry.shapes()),
+            domain_reports: DomainReports::default(),
             config,
             our_id: PeerId(key.verifying_key().to_bytes()),
             key,
@@ -461,8 +491,13 @@ impl Engine {
         match message {
             Message::SyncRequest {
                 generation,
+                domain,
                 request,
-            } => self.on_sync_request(from, generation, &request),
+            } => {
+                if self.same_domain(from, &domain) {
+                    self.on_sync_request(from, generation, &request);
+                }
+            }
             Message::SyncResponse {
                 generation,
                 response,
@@ -486,7 +521,8 @@ impl Engine {
                 head_position,
                 members,
             } => self.on_behind(from, generation, (round, head_position), members),
-            Message::JoinRequest => self.on_join_request(from),
+            Message::JoinRequest(domain) => self.on_join_request(from, &domain),
+            Message::DomainDiffers(domain) => self.on_domain_differs(from, domain),
             Message::JoinRefused(refusal) => self.on_join_refused(from, refusal),
             Message::ForkEvidence(evidence) => self.on_fork_evidence(from, &evidence),
             Message::LeaveRequest => {
@@ -635,6 +671,7 @@ impl Engine {
                 transmit.to,
                 &Message::SyncRequest {
                     generation,
+                    domain: self.domain.digest,
                     request: transmit.request,
                 },
             );

@@ -7,6 +7,7 @@ use chorus_consensus::{ForkEvidence, PeerId, SyncRequest, SyncResponse};
 use chorus_routing::Prefix;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::DomainFingerprint;
 use crate::membership::{EventlessCommand, MemberChange, Welcome};
 
 use super::admission::JoinRefusal;
@@ -21,6 +22,9 @@ pub enum Message {
     SyncRequest {
         /// The generation (consensus instance) it is for.
         generation: u64,
+        /// The digest of the domain the sender runs: a member with another domain does not
+        /// take part (`domain_check`).
+        domain: [u8; 32],
         /// The request.
         request: SyncRequest,
     },
@@ -44,8 +48,8 @@ pub enum Message {
     /// store recorded for it (answered with an `Outcome`, `Failed` while nothing is), to
     /// confirm the proposer's answer; the member never proposes it.
     Confirm(CommandId),
-    /// A node asks the section covering its name to admit it.
-    JoinRequest,
+    /// A node asks the section covering its name to admit it, running this domain.
+    JoinRequest(DomainFingerprint),
     /// A member tells a node that asked to join why it does not vote to admit it.
     JoinRefused(JoinRefusal),
     /// A member passes on proof that another member forked its chain, so every member can
@@ -80,6 +84,9 @@ pub enum Message {
         /// missed a switch does not know who joined).
         members: Vec<PeerId>,
     },
+    /// A member tells a node whose sync request named another domain which domain the
+    /// member's section runs (the node stops once `f + 1` members of its section say so).
+    DomainDiffers(DomainFingerprint),
     /// A section tells other sections' nodes that its members changed (routing only; believed
     /// once `f + 1` of its members said the same).
     SectionUpdate {
@@ -122,6 +129,7 @@ pub(super) const TAG_BEHIND: u8 = 11;
 pub(super) const TAG_JOIN_REFUSED: u8 = 12;
 pub(super) const TAG_FORK_EVIDENCE: u8 = 13;
 pub(super) const TAG_CONFIRM: u8 = 14;
+pub(super) const TAG_DOMAIN_DIFFERS: u8 = 15;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct OutcomeMessage {
@@ -157,15 +165,20 @@ pub enum MessageError {
 }
 
 impl Message {
-    /// Encodes: a tag byte, then for gossip the generation (8 bytes, little-endian) and the
-    /// consensus wire codec, bincode for a transfer chunk, JSON otherwise (the `Behind` hint:
+    /// Encodes: a tag byte, then for gossip (a sync request first names its domain digest,
+    /// 32 bytes) the generation (8 bytes, little-endian) and the consensus wire codec, bincode for a transfer chunk, JSON otherwise (the `Behind` hint:
     /// three little-endian numbers, then JSON).
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
         let (tag, body) = match self {
             Self::SyncRequest {
                 generation,
+                domain,
                 request,
-            } => (TAG_SYNC_REQUEST, gossip_body(*generation, request)?),
+            } => {
+                let mut body = domain.to_vec();
+                body.extend(gossip_body(*generation, request)?);
+                (TAG_SYNC_REQUEST, body)
+            }
             Self::SyncResponse {
                 generation,
                 response,
@@ -193,7 +206,8 @@ impl Message {
                 body.extend(to_json(members)?);
                 (TAG_BEHIND, body)
             }
-            Self::JoinRequest => (TAG_JOIN_REQUEST, Vec::new()),
+            Self::JoinRequest(domain) => (TAG_JOIN_REQUEST, to_json(domain)?),
+            Self::DomainDiffers(domain) => (TAG_DOMAIN_DIFFERS, to_json(domain)?),
             Self::JoinRefused(refusal) => (TAG_JOIN_REFUSED, to_json(refusal)?),
             Self::ForkEvidence(evidence) => (TAG_FORK_EVIDENCE, to_json(evidence)?),
             Self::LeaveRequest => (TAG_LEAVE_REQUEST, Vec::new()),
@@ -235,9 +249,15 @@ impl Message {
         let (&tag, body) = bytes.split_first().ok_or(MessageError::UnknownTag(None))?;
         match tag {
             TAG_SYNC_REQUEST => {
+                let Some((domain, body)) = body.split_first_chunk::<32>() else {
+                    return Err(MessageError::Malformed(
+                        "a sync request without a domain".into(),
+                    ));
+                };
                 let (generation, rest) = leading_number(body)?;
                 Ok(Self::SyncRequest {
                     generation,
+                    domain: *domain,
                     request: decode_message(rest).map_err(malformed)?,
                 })
             }
@@ -259,11 +279,10 @@ impl Message {
                 })
             }
             TAG_BEHIND => decode_behind(body),
-            TAG_JOIN_REQUEST if body.is_empty() => Ok(Self::JoinRequest),
+            TAG_JOIN_REQUEST => Ok(Self::JoinRequest(from_json(body)?)),
+            TAG_DOMAIN_DIFFERS => Ok(Self::DomainDiffers(from_json(body)?)),
             TAG_LEAVE_REQUEST if body.is_empty() => Ok(Self::LeaveRequest),
-            TAG_JOIN_REQUEST | TAG_LEAVE_REQUEST => {
-                Err(MessageError::Malformed("a request with a body".into()))
-            }
+            TAG_LEAVE_REQUEST => Err(MessageError::Malformed("a request with a body".into())),
             TAG_JOIN_REFUSED => Ok(Self::JoinRefused(from_json(body)?)),
             TAG_FORK_EVIDENCE => Ok(Self::ForkEvidence(Box::new(from_json(body)?))),
             TAG_WELCOME => Ok(Self::Welcome(from_json(body)?)),
