@@ -85,7 +85,12 @@ pub struct Network {
 }
 
 /// The routes, over the engine thread's input channel; the admin routes need `admin_token`.
-pub fn router(engine: EngineInputs, admin_token: admin::AdminToken, network: Network) -> Router {
+pub fn router(
+    engine: EngineInputs,
+    feed: crate::feed::Feed,
+    admin_token: admin::AdminToken,
+    network: Network,
+) -> Router {
     Router::new()
         .merge(admin::routes(admin_token))
         .route("/health", get(health))
@@ -111,6 +116,7 @@ pub fn router(engine: EngineInputs, admin_token: admin::AdminToken, network: Net
         .layer(axum::middleware::from_fn(server::read_body))
         .layer(Extension(network.addresses))
         .layer(Extension(network.reads))
+        .layer(Extension(feed))
         .with_state(engine)
 }
 

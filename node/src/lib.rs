@@ -13,6 +13,7 @@ mod application;
 pub mod cli;
 pub mod client;
 mod config;
+mod feed;
 mod frames;
 mod http;
 mod joining;

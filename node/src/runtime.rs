@@ -364,8 +364,11 @@ pub const INPUTS_PER_DRAIN_MAX: usize = 256;
 /// checkpoints.
 pub fn run_engine(
     mut engine: Engine,
-    inputs: crate::queues::EngineReceiver,
-    outbound: crate::queues::Outbound,
+    (inputs, outbound, head): (
+        crate::queues::EngineReceiver,
+        crate::queues::Outbound,
+        crate::feed::HeadSender,
+    ),
     application: &Application,
     (tick_interval, policy): (Duration, Policy),
 ) -> Result<(), RuntimeError> {
@@ -381,6 +384,7 @@ pub fn run_engine(
     };
     let mut log_generation = engine.section().generation;
     serving.drain(&mut engine, &outbound)?;
+    head.publish(engine.store().head_position()?);
     let mut next_tick = Instant::now();
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -405,6 +409,8 @@ pub fn run_engine(
             next_tick = Instant::now() + tick_interval;
         }
         serving.drain(&mut engine, &outbound)?;
+        // Subscriptions that caught up wake only when the head moved.
+        head.publish(engine.store().head_position()?);
         if let Some(reason) = engine.halted() {
             return Err(RuntimeError::Halted(reason.to_owned()));
         }

@@ -35,7 +35,14 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
         let (inputs, input_receiver) = queues::EngineInputs::new(queues::ENGINE_INPUTS_MAX);
         let (outbound, outbound_receiver) =
             queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
-        let engine_thread = spawn_engine(application, &checked, &key, input_receiver, outbound)?;
+        // The engine thread publishes its store's head there; subscriptions wait on it.
+        let (head, feed) = crate::feed::Feed::new(0);
+        let engine_thread = spawn_engine(
+            application,
+            &checked,
+            &key,
+            (input_receiver, outbound, head),
+        )?;
         let (reads, reads_receiver) = peer_reads::PeerReads::new();
         tokio::spawn(transport::run(
             swarm,
@@ -53,6 +60,7 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             listener,
             http::router(
                 inputs,
+                feed,
                 http::admin::AdminToken(checked.config.admin_token.clone()),
                 http::Network { addresses, reads },
             ),
@@ -80,8 +88,11 @@ fn spawn_engine(
     application: &Application,
     checked: &config::Checked,
     key: &ed25519_dalek::SigningKey,
-    input_receiver: queues::EngineReceiver,
-    outbound: queues::Outbound,
+    ends: (
+        queues::EngineReceiver,
+        queues::Outbound,
+        crate::feed::HeadSender,
+    ),
 ) -> Result<std::thread::JoinHandle<()>, String> {
     // The engine lives on its own thread (its store blocks on fsync), built there: it
     // holds process managers, which need not be `Send`.
@@ -111,13 +122,9 @@ fn spawn_engine(
                         return;
                     }
                 };
-            if let Err(error) = runtime::run_engine(
-                engine,
-                input_receiver,
-                outbound,
-                &application,
-                (tick_interval, policy),
-            ) {
+            if let Err(error) =
+                runtime::run_engine(engine, ends, &application, (tick_interval, policy))
+            {
                 error!(%error, "the engine stopped");
                 std::process::exit(2);
             }

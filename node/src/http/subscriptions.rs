@@ -3,9 +3,10 @@
 //! `$all` and category subscriptions carry this node's section's events only.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chorus_aggregate::{Filter, RecordedEvent};
@@ -16,58 +17,103 @@ use super::reads::{
     CategoryQuery, ReadQuery, category_read, event_json, paging, read, stream_read,
 };
 use super::{Engine, bad};
+use crate::feed::{Feed, SUBSCRIPTIONS_MAX};
 use crate::queues::EngineInputs;
 use crate::runtime::{Read, ReadAnswer};
 
-/// How often a subscription looks for new events once it has caught up.
-pub const SUBSCRIPTION_POLL: Duration = Duration::from_millis(100);
+/// How often an idle subscription gets a keep-alive comment: a client that hears nothing for
+/// a few of these takes the node for dead and reconnects elsewhere.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+const _: () = assert!(KEEP_ALIVE.as_secs() * 2 < chorus_client::IDLE_LIMIT.as_secs());
 
 /// Server-sent events: the events from `from` on (catch-up), then each new one as the node
-/// applies it (live; the node is polled every `SUBSCRIPTION_POLL`). Each SSE event has the
-/// event's JSON as data and its cursor (sequence or position) as id, so a client that
-/// reconnects continues from the id after the last it saw.
+/// applies it (live: the subscription sleeps until the engine publishes a new head, `feed`).
+/// Each SSE event has the event's JSON as data and its cursor (sequence or position) as id,
+/// so a client that reconnects with `Last-Event-ID` continues after the last it saw. At most
+/// `SUBSCRIPTIONS_MAX` run at once; one more is answered 503.
 fn subscription(
     engine: EngineInputs,
+    feed: &Feed,
     from: u64,
     read_at: impl Fn(u64) -> Read + Send + 'static,
     cursor_of: fn(&RecordedEvent) -> u64,
 ) -> Response {
-    let events = futures::stream::unfold(
-        (engine, from.max(1), read_at),
-        move |(engine, cursor, read_at)| async move {
-            loop {
-                match read(&engine, read_at(cursor)).await {
-                    Ok(ReadAnswer::Events { events, .. }) if !events.is_empty() => {
-                        let next = events.last().map_or(cursor, |last| cursor_of(last) + 1);
-                        let batch: Vec<Result<Event, Infallible>> = events
-                            .iter()
-                            .map(|event| {
-                                Ok(Event::default()
-                                    .id(cursor_of(event).to_string())
-                                    .data(event_json(event).to_string()))
-                            })
-                            .collect();
-                        return Some((futures::stream::iter(batch), (engine, next, read_at)));
-                    }
-                    Ok(ReadAnswer::Events { .. }) => tokio::time::sleep(SUBSCRIPTION_POLL).await,
-                    // The node is stopping or its store failed: the subscription ends.
-                    Ok(_) | Err(_) => return None,
+    let Some(slot) = feed.slot() else {
+        let mut response = super::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this node serves {SUBSCRIPTIONS_MAX} subscriptions already; try again later or \
+                 another node"
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let state = (engine, from.max(1), read_at, feed.watch(), slot);
+    let events = futures::stream::unfold(state, move |state| async move {
+        let (engine, cursor, read_at, mut watch, slot) = state;
+        loop {
+            // Marked before the read: a head that moves during it wakes the wait below.
+            watch.mark_seen();
+            match read(&engine, read_at(cursor)).await {
+                Ok(ReadAnswer::Events { events, .. }) if !events.is_empty() => {
+                    let next = events.last().map_or(cursor, |last| cursor_of(last) + 1);
+                    let batch: Vec<Result<Event, Infallible>> = events
+                        .iter()
+                        .map(|event| {
+                            Ok(Event::default()
+                                .id(cursor_of(event).to_string())
+                                .data(event_json(event).to_string()))
+                        })
+                        .collect();
+                    let state = (engine, next, read_at, watch, slot);
+                    return Some((futures::stream::iter(batch), state));
                 }
+                Ok(ReadAnswer::Events { .. }) => {
+                    if !watch.changed().await {
+                        return None; // the engine stopped
+                    }
+                }
+                // The node is stopping or its store failed: the subscription ends.
+                Ok(_) | Err(_) => return None,
             }
-        },
-    )
+        }
+    })
     .flatten();
     Sse::new(events)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
+}
+
+/// Where a subscription starts: after the `Last-Event-ID` a reconnecting client sends (the
+/// id of the last event it saw), else at `from`.
+fn resume_from(headers: &HeaderMap, from: u64) -> Result<u64, String> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(from);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .and_then(|last| last.checked_add(1))
+        .ok_or_else(|| {
+            "Last-Event-ID must be the id of an event this subscription sent (a number)".to_owned()
+        })
 }
 
 pub async fn subscribe_stream(
     State(engine): Engine,
+    Extension(feed): Extension<Feed>,
+    headers: HeaderMap,
     PathParams(stream): PathParams<String>,
     QueryParams(query): QueryParams<ReadQuery>,
 ) -> Response {
-    match stream_read(&stream, &query) {
+    let start = stream_read(&stream, &query)
+        .and_then(|(stream, from, count)| Ok((stream, resume_from(&headers, from)?, count)));
+    match start {
         Ok((stream, from, count)) => {
             // A stream another section holds is refused at once (421), not followed in
             // silence.
@@ -81,6 +127,7 @@ pub async fn subscribe_stream(
             }
             subscription(
                 engine,
+                &feed,
                 from,
                 move |from| Read::Stream {
                     stream: stream.clone(),
@@ -94,10 +141,18 @@ pub async fn subscribe_stream(
     }
 }
 
-fn subscribe_log(engine: EngineInputs, log_read: Result<(Filter, u64, usize), String>) -> Response {
-    match log_read {
+fn subscribe_log(
+    engine: EngineInputs,
+    feed: &Feed,
+    headers: &HeaderMap,
+    log_read: Result<(Filter, u64, usize), String>,
+) -> Response {
+    let start =
+        log_read.and_then(|(filter, from, count)| Ok((filter, resume_from(headers, from)?, count)));
+    match start {
         Ok((filter, from, count)) => subscription(
             engine,
+            feed,
             from,
             move |from| Read::Log {
                 filter: filter.clone(),
@@ -112,16 +167,20 @@ fn subscribe_log(engine: EngineInputs, log_read: Result<(Filter, u64, usize), St
 
 pub async fn subscribe_all(
     State(engine): Engine,
+    Extension(feed): Extension<Feed>,
+    headers: HeaderMap,
     QueryParams(query): QueryParams<ReadQuery>,
 ) -> Response {
     let log_read = paging(query.from, query.count).map(|(from, count)| (Filter::All, from, count));
-    subscribe_log(engine, log_read)
+    subscribe_log(engine, &feed, &headers, log_read)
 }
 
 pub async fn subscribe_category(
     State(engine): Engine,
+    Extension(feed): Extension<Feed>,
+    headers: HeaderMap,
     PathParams(category): PathParams<String>,
     QueryParams(query): QueryParams<CategoryQuery>,
 ) -> Response {
-    subscribe_log(engine, category_read(category, query))
+    subscribe_log(engine, &feed, &headers, category_read(category, query))
 }

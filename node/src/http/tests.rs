@@ -5,6 +5,7 @@
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,12 +28,21 @@ const COMMAND: &str = r#"{"command": {"Deposit": {"amount": 1, "transfer": null}
 /// listing and drops every other input (a command then gets 503, "the node is stopping").
 /// The thread ends when the router (the last sender) is dropped.
 fn router_over_empty_store() -> Router {
+    router_with(crate::feed::Feed::new(0).1, Arc::default())
+}
+
+/// As `router_over_empty_store`, over `feed`, noting where each stream or log read starts
+/// in `reads_from`.
+fn router_with(feed: crate::feed::Feed, reads_from: Arc<Mutex<Vec<u64>>>) -> Router {
     let (engine, inputs) = crate::queues::EngineInputs::new(64);
     std::thread::spawn(move || {
         while let Some(input) = inputs.recv() {
             if let Input::Read(read, reply) = input {
                 let answer = match read {
-                    Read::Stream { .. } | Read::Log { .. } | Read::SectionLog { .. } => {
+                    Read::Stream { from, .. }
+                    | Read::Log { from, .. }
+                    | Read::SectionLog { from, .. } => {
+                        reads_from.lock().expect("not poisoned").push(from);
                         ReadAnswer::Events {
                             events: Vec::new(),
                             next: None,
@@ -51,6 +61,7 @@ fn router_over_empty_store() -> Router {
     });
     router(
         engine,
+        feed,
         AdminToken(Some(ADMIN_TOKEN.to_owned())),
         Network::default(),
     )
@@ -421,7 +432,12 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
     // without waiting for an answer.
     let (engine, inputs) = crate::queues::EngineInputs::new(0);
     let drops = std::sync::Arc::clone(&engine.drops);
-    let app = router(engine, AdminToken(None), Network::default());
+    let app = router(
+        engine,
+        crate::feed::Feed::new(0).1,
+        AdminToken(None),
+        Network::default(),
+    );
     let request = Request::builder()
         .method("POST")
         .uri(COMMANDS)
@@ -468,11 +484,78 @@ async fn the_admin_api_needs_the_token_and_is_off_without_one() {
     assert_error_shape(&text, "node", "a short key");
     // A node without a token has the admin API off, whatever the request carries.
     let (engine, inputs) = crate::queues::EngineInputs::new(1);
-    let response = router(engine, AdminToken(None), Network::default())
-        .oneshot(admit(Some(ADMIN_TOKEN), &body))
-        .await
-        .expect("the router is infallible");
+    let response = router(
+        engine,
+        crate::feed::Feed::new(0).1,
+        AdminToken(None),
+        Network::default(),
+    )
+    .oneshot(admit(Some(ADMIN_TOKEN), &body))
+    .await
+    .expect("the router is infallible");
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert_error_shape(&body_text(response).await, "admin_token", "admin API off");
     drop(inputs);
+}
+
+#[tokio::test]
+async fn a_subscription_resumes_after_its_last_event_id_and_refuses_a_bad_one() {
+    for uri in [
+        "/streams/BankAccount@alice/subscribe?from=2",
+        "/all/subscribe?from=2",
+        "/categories/BankAccount/subscribe?from=2",
+    ] {
+        let reads_from = Arc::default();
+        // The feed's sender is dropped: once caught up, the subscription ends (as when the
+        // node stops), so its body can be read to the end.
+        let app = router_with(crate::feed::Feed::new(0).1, Arc::clone(&reads_from));
+        let request = Request::builder()
+            .uri(uri)
+            .header("last-event-id", "7")
+            .body(Body::empty())
+            .expect("a request");
+        let response = app.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        body_text(response).await;
+        let starts = reads_from.lock().expect("not poisoned").clone();
+        assert!(
+            !starts.is_empty() && starts.iter().all(|from| *from == 8),
+            "{uri}: {starts:?}"
+        );
+
+        for bad in ["x", "-1", "18446744073709551615"] {
+            let request = Request::builder()
+                .uri(uri)
+                .header("last-event-id", bad)
+                .body(Body::empty())
+                .expect("a request");
+            let (status, text) = send(request).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {bad}: {text}");
+            assert_error_shape(&text, "Last-Event-ID", uri);
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_cap_are_answered_503_with_retry_after() {
+    let (_head, feed) = crate::feed::Feed::new(0);
+    let held: Vec<_> = (0..crate::feed::SUBSCRIPTIONS_MAX)
+        .map(|_| feed.slot().expect("a slot"))
+        .collect();
+    let app = router_with(feed.clone(), Arc::default());
+    let request = Request::builder()
+        .uri("/all/subscribe")
+        .body(Body::empty())
+        .expect("a request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_error_shape(&body_text(response).await, "subscriptions", "the cap");
+    drop(held);
+    let request = Request::builder()
+        .uri("/all/subscribe")
+        .body(Body::empty())
+        .expect("a request");
+    let response = app.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
 }
