@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use support::{Nodes, command_id, deposit, open_accounts, try_http};
+use support::{Nodes, command_id, deposit, try_http};
 
 /// Deposits the writer commits.
 const DEPOSITS: usize = 120;
@@ -19,7 +19,16 @@ fn a_subscriber_moved_between_dying_nodes_sees_every_event_once_in_order() {
     let directory = tempfile::tempdir().expect("temp dir");
     let mut nodes = Nodes::start(directory.path(), 4);
     let account = "BankAccount@subscribed".to_owned();
-    open_accounts(&nodes.addresses[0], std::slice::from_ref(&account));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    // The account is opened with the full envelope: a correlation id and metadata, which its
+    // event carries on every node.
+    let correlation = format!("{:032x}", 0xc0de);
+    let open = chorus_client::Command::new(&account, &json!({"OpenAccount": {"owner": "s"}}))
+        .expect("a command")
+        .correlated_with(&correlation)
+        .with_metadata(json!({"source": "node_subscriptions", "attempt": 1}));
+    let opener = chorus_client::Client::new(&[nodes.addresses[0].clone()]).expect("a client");
+    let receipt = runtime.block_on(opener.send(&open)).expect("opened");
 
     // The writer commits through node 0, which is never killed, one deposit every 50 ms,
     // each sent again under its id until it commits.
@@ -51,11 +60,11 @@ fn a_subscriber_moved_between_dying_nodes_sees_every_event_once_in_order() {
         .iter()
         .map(|node| nodes.addresses[*node].clone())
         .collect();
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let client = chorus_client::Client::new(&urls).expect("a client");
     let mut subscription = runtime.block_on(async { client.subscribe_stream(&account, 1) });
     let expected = DEPOSITS + 1; // the opening event, then the deposits
     let mut sequences = Vec::new();
+    let mut first = None;
     let mut kills = 0;
     let mut next_kill = Instant::now() + Duration::from_secs(2);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -69,7 +78,10 @@ fn a_subscriber_moved_between_dying_nodes_sees_every_event_once_in_order() {
             tokio::time::timeout(Duration::from_millis(500), subscription.next()).await
         });
         match event {
-            Ok(Some(Ok(event))) => sequences.push(event.sequence),
+            Ok(Some(Ok(event))) => {
+                sequences.push(event.sequence);
+                first.get_or_insert(event);
+            }
             Ok(Some(Err(error))) => panic!("the subscription failed: {error}"),
             Ok(None) => panic!("the subscription ended"),
             Err(_) => {} // nothing new for a moment
@@ -89,6 +101,16 @@ fn a_subscriber_moved_between_dying_nodes_sees_every_event_once_in_order() {
     assert_eq!(kills, 3, "the load ended before every kill");
     let in_order: Vec<u64> = (1..=expected as u64).collect();
     assert_eq!(sequences, in_order, "each event once, in order");
+    let first = first.expect("the opening event");
+    assert_eq!(first.correlation_id.as_deref(), Some(correlation.as_str()));
+    assert_eq!(
+        first.causation_id.as_deref(),
+        Some(receipt.command_id.as_str())
+    );
+    assert_eq!(
+        first.metadata,
+        Some(json!({"source": "node_subscriptions", "attempt": 1}))
+    );
     // And they are the stream's events as a read gives them.
     let read = runtime
         .block_on(client.read_stream(&account, 1, 1_000))

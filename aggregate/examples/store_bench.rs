@@ -229,6 +229,7 @@ impl Feed {
             correlation_id: cause,
             // The store reads no clock; any increasing agreed time will do.
             timestamp_ms: 1_800_000_000_000 + self.counter,
+            metadata: None,
             writes: vec![StreamWrite {
                 stream,
                 expected,

@@ -33,14 +33,19 @@ pub(crate) struct DiskEvent {
     pub correlation_id: [u8; 16],
     pub timestamp_ms: u64,
     pub supersedes: Option<u64>,
+    /// The command's free-form metadata (JSON), if it had any.
+    pub metadata: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
 
 /// Fixed part of an event record: version, id, stream, sequence, type, schema version, flags,
-/// command id, causation, correlation, timestamp, supersedes; the payload follows.
+/// command id, causation, correlation, timestamp, supersedes; then, when `FLAG_METADATA` is
+/// set, the metadata's length (4 bytes) and bytes; then the payload. Records written before
+/// metadata existed have no such flag and read as they did.
 const EVENT_HEADER_BYTES: usize = 1 + 16 + 8 + 8 + 8 + 2 + 1 + 16 + 16 + 16 + 8 + 8;
 const FLAG_COMMAND_ID: u8 = 1;
 const FLAG_SUPERSEDES: u8 = 2;
+const FLAG_METADATA: u8 = 4;
 
 impl DiskEvent {
     /// Writes the record: the fixed header, then the payload bytes.
@@ -61,6 +66,10 @@ impl DiskEvent {
             FLAG_SUPERSEDES
         } else {
             0
+        } | if self.metadata.is_some() {
+            FLAG_METADATA
+        } else {
+            0
         };
         bytes.push(flags);
         bytes.extend_from_slice(&self.command_id.unwrap_or_default());
@@ -68,8 +77,14 @@ impl DiskEvent {
         bytes.extend_from_slice(&self.correlation_id);
         bytes.extend_from_slice(&self.timestamp_ms.to_le_bytes());
         bytes.extend_from_slice(&self.supersedes.unwrap_or_default().to_le_bytes());
+        debug_assert_eq!(bytes.len(), EVENT_HEADER_BYTES);
+        if let Some(metadata) = &self.metadata {
+            // Callers bound metadata far below 4 GiB (`METADATA_BYTES_MAX`).
+            let length = u32::try_from(metadata.len()).unwrap_or(u32::MAX);
+            bytes.extend_from_slice(&length.to_le_bytes());
+            bytes.extend_from_slice(&metadata[..length as usize]);
+        }
         bytes.extend_from_slice(&self.payload);
-        debug_assert_eq!(bytes.len(), EVENT_HEADER_BYTES + self.payload.len());
     }
 
     /// Reads a record written by [`DiskEvent::encode_into`].
@@ -96,7 +111,7 @@ impl DiskEvent {
         let type_no = u64::from_le_bytes(reader.array());
         let event_version = u16::from_le_bytes(reader.array());
         let flags = reader.array::<1>()[0];
-        if flags & !(FLAG_COMMAND_ID | FLAG_SUPERSEDES) != 0 {
+        if flags & !(FLAG_COMMAND_ID | FLAG_SUPERSEDES | FLAG_METADATA) != 0 {
             return Err(corrupt(format!(
                 "event record has unknown flags {flags:#x}"
             )));
@@ -106,6 +121,25 @@ impl DiskEvent {
         let correlation_id = reader.array::<16>();
         let timestamp_ms = u64::from_le_bytes(reader.array());
         let supersedes = u64::from_le_bytes(reader.array());
+        let (metadata, payload) = if flags & FLAG_METADATA != 0 {
+            let rest = &bytes[EVENT_HEADER_BYTES..];
+            let Some((length, rest)) = rest.split_first_chunk::<4>() else {
+                return Err(corrupt(
+                    "event record cut in its metadata length".to_owned(),
+                ));
+            };
+            let length = u32::from_le_bytes(*length) as usize;
+            if length > rest.len() {
+                return Err(corrupt(format!(
+                    "event record promises {length} bytes of metadata; {} follow",
+                    rest.len()
+                )));
+            }
+            let (metadata, payload) = rest.split_at(length);
+            (Some(metadata.to_vec()), payload)
+        } else {
+            (None, &bytes[EVENT_HEADER_BYTES..])
+        };
         Ok(Self {
             event_id,
             stream_no,
@@ -117,7 +151,8 @@ impl DiskEvent {
             correlation_id,
             timestamp_ms,
             supersedes: (flags & FLAG_SUPERSEDES != 0).then_some(supersedes),
-            payload: bytes[EVENT_HEADER_BYTES..].to_vec(),
+            metadata,
+            payload: payload.to_vec(),
         })
     }
 }
@@ -187,6 +222,7 @@ mod tests {
             any::<([u8; 16], [u8; 16])>(),
             any::<Option<u64>>(),
             proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
         )
             .prop_map(
                 |(
@@ -196,6 +232,7 @@ mod tests {
                     (causation_id, correlation_id),
                     supersedes,
                     payload,
+                    metadata,
                 )| DiskEvent {
                     event_id,
                     stream_no,
@@ -207,6 +244,7 @@ mod tests {
                     correlation_id,
                     timestamp_ms,
                     supersedes,
+                    metadata,
                     payload,
                 },
             )

@@ -73,6 +73,10 @@ pub struct AppendBatch {
     pub correlation_id: MessageId,
     /// The agreed timestamp, in ms since the Unix epoch: from the block, never a local clock.
     pub timestamp_ms: u64,
+    /// The command's free-form metadata (a JSON object's bytes, at most
+    /// `METADATA_BYTES_MAX`), stored with each event of the batch.
+    #[serde(default)]
+    pub metadata: Option<Vec<u8>>,
     /// The streams written.
     pub writes: Vec<StreamWrite>,
 }
@@ -91,6 +95,7 @@ impl AppendBatch {
             causation_id: command_id.into(),
             correlation_id: command_id.into(),
             timestamp_ms,
+            metadata: None,
             writes: vec![StreamWrite {
                 stream,
                 expected,
@@ -132,6 +137,8 @@ pub struct RecordedEvent {
     pub timestamp_ms: u64,
     /// The earlier event of the same stream this one corrects, if it is a correction.
     pub supersedes: Option<u64>,
+    /// The free-form metadata of the command that wrote it (a JSON object's bytes), if any.
+    pub metadata: Option<Vec<u8>>,
 }
 
 /// Where one write of a batch landed.
@@ -258,6 +265,8 @@ pub struct CommandEnvelope<C> {
     pub causation_id: MessageId,
     /// The agreed timestamp it executes at (from the block), ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Free-form metadata (a JSON object's bytes), stored with its events.
+    pub metadata: Option<Vec<u8>>,
     /// The command.
     pub command: C,
 }
@@ -272,6 +281,7 @@ impl<C> CommandEnvelope<C> {
             correlation_id: command_id.into(),
             causation_id: command_id.into(),
             timestamp_ms: 0,
+            metadata: None,
             command,
         }
     }

@@ -28,6 +28,8 @@ pub const LIST_COUNT_MAX: usize = 10_000;
 /// Largest encoded record the store decodes from its own file (an event with its envelope, a
 /// snapshot or a projection state).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
+/// Largest free-form metadata of a command (JSON), in bytes; stored with each of its events.
+pub const METADATA_BYTES_MAX: usize = 4 << 10;
 /// Largest serialized command accepted by the type-erased command path, in bytes.
 pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 

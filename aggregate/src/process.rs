@@ -23,7 +23,7 @@ use crate::envelope::{
 };
 use crate::error::{CommandError, StoreError};
 use crate::ids::{CommandId, MessageId};
-use crate::limits::COMMAND_BYTES_MAX;
+use crate::limits::{COMMAND_BYTES_MAX, METADATA_BYTES_MAX};
 use crate::names::StreamKey;
 use crate::repository::{Repository, decide};
 use crate::shape::AggregateShape;
@@ -53,6 +53,9 @@ pub struct CommandRequest {
     pub correlation_id: MessageId,
     /// The agreed timestamp it executes at.
     pub timestamp_ms: u64,
+    /// Free-form metadata from the client (a JSON object), stored with its events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
     /// The command, as the aggregate's command type serialises it.
     pub command: Value,
 }
@@ -68,6 +71,7 @@ impl CommandRequest {
             causation_id: command_id.into(),
             correlation_id: command_id.into(),
             timestamp_ms: 0,
+            metadata: None,
             command,
         }
     }
@@ -92,6 +96,7 @@ impl CommandRequest {
             causation_id: event.event_id.into(),
             correlation_id: event.correlation_id,
             timestamp_ms: event.timestamp_ms,
+            metadata: None,
             command: serde_json::to_value(command)?,
         })
     }
@@ -180,6 +185,24 @@ impl<A: Aggregate> Typed<A> {
             serde_json::from_value(request.command.clone()).map_err(|error| {
                 DispatchError::Invalid(format!("not a {} command: {error}", A::CATEGORY))
             })?;
+        let metadata = match &request.metadata {
+            None => None,
+            Some(object @ Value::Object(_)) => {
+                let bytes = serde_json::to_vec(object).unwrap_or_default();
+                if bytes.len() > METADATA_BYTES_MAX {
+                    return Err(DispatchError::Invalid(format!(
+                        "the metadata is {} bytes; at most {METADATA_BYTES_MAX} are allowed",
+                        bytes.len()
+                    )));
+                }
+                Some(bytes)
+            }
+            Some(_) => {
+                return Err(DispatchError::Invalid(
+                    "the metadata must be a JSON object".to_owned(),
+                ));
+            }
+        };
         Ok(CommandEnvelope {
             command_id: request.command_id,
             stream: request.stream.clone(),
@@ -187,6 +210,7 @@ impl<A: Aggregate> Typed<A> {
             correlation_id: request.correlation_id,
             causation_id: request.causation_id,
             timestamp_ms: request.timestamp_ms,
+            metadata,
             command,
         })
     }

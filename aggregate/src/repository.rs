@@ -283,6 +283,7 @@ pub fn decide<A: Aggregate>(
         causation_id: envelope.causation_id,
         correlation_id: envelope.correlation_id,
         timestamp_ms: envelope.timestamp_ms,
+        metadata: envelope.metadata.clone(),
         writes: vec![StreamWrite {
             stream: envelope.stream.clone(),
             expected: ExpectedVersion::Exact(version),

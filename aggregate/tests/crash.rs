@@ -114,6 +114,7 @@ impl PlannedBatch {
             causation_id: self.command_id.into(),
             correlation_id: MessageId::derive(&[b"crash correlation", self.tag.as_bytes()]),
             timestamp_ms: self.timestamp_ms,
+            metadata: None,
             writes: self
                 .writes
                 .iter()

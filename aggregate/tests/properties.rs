@@ -139,6 +139,7 @@ fn make_batch(
         causation_id: CommandId::derive(&[b"cause"]).into(),
         correlation_id: CommandId::derive(&[b"correlation"]).into(),
         timestamp_ms: *serial,
+        metadata: None,
         writes: stream_writes,
     };
     (batch, seen)

@@ -25,6 +25,15 @@ pub struct Event {
     pub payload: Value,
     /// The command that produced it (hex), if any.
     pub command_id: Option<String>,
+    /// The request it belongs to (hex).
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// What caused it (hex).
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    /// The free-form metadata of the command that wrote it.
+    #[serde(default)]
+    pub metadata: Option<Value>,
     /// Its agreed timestamp, ms since the Unix epoch.
     pub timestamp_ms: u64,
 }
@@ -60,6 +69,12 @@ pub struct Command {
     pub command_id: String,
     /// The version the stream must be at.
     pub expected: ExpectedVersion,
+    /// The request it belongs to (32 hex digits); the command id when `None`.
+    pub correlation_id: Option<String>,
+    /// What caused it (32 hex digits); the command id when `None`.
+    pub causation_id: Option<String>,
+    /// Free-form metadata (a JSON object), kept with its events.
+    pub metadata: Option<Value>,
 }
 
 impl Command {
@@ -72,6 +87,9 @@ impl Command {
             command,
             command_id: new_command_id(),
             expected: ExpectedVersion::Any,
+            correlation_id: None,
+            causation_id: None,
+            metadata: None,
         })
     }
 
@@ -89,6 +107,28 @@ impl Command {
         self
     }
 
+    /// The same command, in the correlation of a request (32 hex digits).
+    #[must_use]
+    pub fn correlated_with(mut self, correlation_id: &str) -> Self {
+        self.correlation_id = Some(correlation_id.to_owned());
+        self
+    }
+
+    /// The same command, caused by an event or command (32 hex digits).
+    #[must_use]
+    pub fn caused_by(mut self, causation_id: &str) -> Self {
+        self.causation_id = Some(causation_id.to_owned());
+        self
+    }
+
+    /// The same command with free-form metadata (a JSON object; the node refuses anything
+    /// else, and more than 4 KiB).
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
     /// The request body the API takes.
     pub(crate) fn body(&self) -> Value {
         let mut body = serde_json::json!({
@@ -102,6 +142,15 @@ impl Command {
         };
         if let Some(expected) = expected {
             body["expected_version"] = expected;
+        }
+        if let Some(id) = &self.correlation_id {
+            body["correlation_id"] = Value::from(id.as_str());
+        }
+        if let Some(id) = &self.causation_id {
+            body["causation_id"] = Value::from(id.as_str());
+        }
+        if let Some(metadata) = &self.metadata {
+            body["metadata"] = metadata.clone();
         }
         body
     }

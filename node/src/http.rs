@@ -33,7 +33,8 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use chorus_aggregate::{CommandId, CommandRequest, ExpectedVersion, StreamKey};
+use chorus_aggregate::limits::METADATA_BYTES_MAX;
+use chorus_aggregate::{CommandId, CommandRequest, ExpectedVersion, MessageId, StreamKey};
 use chorus_engine::CommandOutcome;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -237,6 +238,53 @@ pub struct SubmitBody {
     /// `"any"` (the default), `"no_stream"`, or a version number.
     #[serde(default)]
     pub expected_version: Option<Value>,
+    /// The request the command belongs to (32 hex digits; the command id if absent), kept
+    /// with its events and passed on by process managers to the commands they send.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// What caused it (32 hex digits, an event's or a command's id; the command id if
+    /// absent), kept with its events.
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    /// Free-form metadata, a JSON object of at most `METADATA_BYTES_MAX` bytes, kept with
+    /// its events and returned on reads.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// The command a body asks for, or what is wrong with it (named).
+fn command_request(stream: &str, body: SubmitBody) -> Result<CommandRequest, String> {
+    let stream = StreamKey::parse(stream).map_err(|problem| problem.to_string())?;
+    let command_id = match &body.command_id {
+        Some(text) => {
+            CommandId::from_hex(text).map_err(|problem| format!("command_id: {problem}"))?
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            CommandId(bytes)
+        }
+    };
+    let message_id = |name: &str, text: &Option<String>| match text {
+        Some(text) => MessageId::from_hex(text).map_err(|problem| format!("{name}: {problem}")),
+        None => Ok(MessageId::from(command_id)),
+    };
+    let correlation_id = message_id("correlation_id", &body.correlation_id)?;
+    let causation_id = message_id("causation_id", &body.causation_id)?;
+    if let Some(metadata) = &body.metadata {
+        let size = serde_json::to_vec(metadata).map_or(usize::MAX, |bytes| bytes.len());
+        if !metadata.is_object() || size > METADATA_BYTES_MAX {
+            return Err(format!(
+                "metadata must be a JSON object of at most {METADATA_BYTES_MAX} bytes"
+            ));
+        }
+    }
+    let mut request = CommandRequest::new(command_id, stream, body.command);
+    request.expected = parse_expected(body.expected_version.as_ref())?;
+    request.correlation_id = correlation_id;
+    request.causation_id = causation_id;
+    request.metadata = body.metadata;
+    Ok(request)
 }
 
 fn parse_expected(value: Option<&Value>) -> Result<ExpectedVersion, String> {
@@ -260,29 +308,11 @@ async fn submit(
     QueryParams(NoQuery {}): QueryParams<NoQuery>,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Response {
-    let stream = match StreamKey::parse(&stream) {
-        Ok(stream) => stream,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, problem.to_string()),
-    };
-    let command_id = match &body.command_id {
-        Some(text) => match CommandId::from_hex(text) {
-            Ok(id) => id,
-            Err(problem) => {
-                return error(StatusCode::BAD_REQUEST, format!("command_id: {problem}"));
-            }
-        },
-        None => {
-            let mut bytes = [0u8; 16];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-            CommandId(bytes)
-        }
-    };
-    let expected = match parse_expected(body.expected_version.as_ref()) {
-        Ok(expected) => expected,
+    let request = match command_request(&stream, body) {
+        Ok(request) => request,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
-    let mut request = CommandRequest::new(command_id, stream, body.command);
-    request.expected = expected;
+    let command_id = request.command_id;
     let outcome = match ask(&engine, |reply| Input::Submit(request, reply)).await {
         Ok(outcome) => outcome,
         Err(response) => return response,

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 /// `Behind` hint carries the sender's round and head, `CommandOutcome::IdTaken`, and a
 /// transfer request's cursor is `position` (it was `from`). 3: `JoinRefused`, `ForkEvidence`.
 /// 4: `Confirm`, and a welcome's `numbering`. 5: the domain fingerprint in join and sync
-/// requests, `DomainDiffers`.
+/// requests, `DomainDiffers`, events' metadata in transfer chunks.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/engine/5");
 /// Largest frame: the largest engine message (a sync response) and its framing.
 pub const FRAME_BYTES_MAX: usize = SYNC_BYTES_MAX + 1024;

@@ -8,6 +8,7 @@ use crate::envelope::{
 use crate::error::StoreError;
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_EVENTS_MAX, BATCH_STREAMS_MAX, EVENT_PAYLOAD_BYTES_MAX,
+    METADATA_BYTES_MAX,
 };
 
 /// Checks a system event; returns its metadata (`None` for a soft delete).
@@ -58,6 +59,11 @@ pub(super) fn check_limits(batch: &AppendBatch) -> Result<(), StoreError> {
         }
     }
     limit("the batch's payload size in bytes", bytes, BATCH_BYTES_MAX)?;
+    limit(
+        "the batch's metadata size in bytes",
+        batch.metadata.as_ref().map_or(0, Vec::len),
+        METADATA_BYTES_MAX,
+    )?;
     let mut streams = BTreeSet::new();
     for write in &batch.writes {
         if !streams.insert(&write.stream) {

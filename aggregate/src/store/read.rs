@@ -328,6 +328,12 @@ impl ReadView {
                     hasher.update(&(field.len() as u64).to_le_bytes());
                     hasher.update(field);
                 }
+                // Only when present, so a store without metadata digests as it did.
+                if let Some(metadata) = &event.metadata {
+                    hasher.update(b"metadata");
+                    hasher.update(&(metadata.len() as u64).to_le_bytes());
+                    hasher.update(metadata);
+                }
             }
             match slice.next {
                 Some(next) => from = next,

@@ -183,6 +183,7 @@ impl Reader {
             correlation_id: MessageId(disk.correlation_id),
             timestamp_ms: disk.timestamp_ms,
             supersedes: disk.supersedes,
+            metadata: disk.metadata,
         }))
     }
 

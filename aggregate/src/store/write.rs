@@ -654,6 +654,7 @@ impl<'t> Writer<'t> {
             correlation_id: batch.correlation_id.0,
             timestamp_ms: batch.timestamp_ms,
             supersedes: event.supersedes,
+            metadata: batch.metadata.clone(),
             payload: Vec::new(),
         };
         encode_event(&disk, &event.payload, &mut self.scratch);

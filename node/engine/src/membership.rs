@@ -500,6 +500,11 @@ pub fn section_digest<'a>(
         field(&event.correlation_id.0);
         field(&event.timestamp_ms.to_le_bytes());
         field(&event.supersedes.unwrap_or(u64::MAX).to_le_bytes());
+        // Only when present: the digest of a state without metadata stays what it was.
+        if let Some(metadata) = &event.metadata {
+            field(b"metadata");
+            field(metadata);
+        }
     }
     for command in commands {
         field(b"command");

@@ -1320,3 +1320,50 @@ fn a_store_of_another_domain_is_refused_at_start_naming_both() {
     )
     .expect("the section's own domain starts");
 }
+
+#[test]
+fn a_commands_envelope_is_agreed_and_stored_alike_on_every_member() {
+    for mode in [BlockMode::Supermajority, BlockMode::Single] {
+        let mut cluster = Cluster::new(4, 4, mode, 33);
+        let open = bank(BankAccountCommand::OpenAccount { owner: "e".into() });
+        let mut request = request("enveloped", "BankAccount@e", open);
+        request.correlation_id = CommandId::derive(&[b"the request"]).into();
+        request.metadata = Some(serde_json::json!({"user": "ada", "trace": [1, 2]}));
+        cluster.submit(1, 0, request.clone());
+        cluster.run_until_answered(1, 30_000);
+        assert!(
+            matches!(cluster.replies[&0], CommandOutcome::Committed(_)),
+            "{mode:?}"
+        );
+        cluster.settle_and_assert_sections_agree();
+        let key = StreamKey::parse("BankAccount@e").expect("key");
+        for engine in &cluster.engines {
+            let events = engine
+                .store()
+                .read_stream(&key, 1, chorus_aggregate::Direction::Forward, 10)
+                .expect("read")
+                .events;
+            assert_eq!(events.len(), 1, "{mode:?}");
+            let event = &events[0];
+            assert_eq!(event.correlation_id, request.correlation_id);
+            assert_eq!(event.causation_id, request.command_id.into());
+            let metadata: serde_json::Value =
+                serde_json::from_slice(event.metadata.as_deref().expect("metadata")).expect("JSON");
+            assert_eq!(
+                metadata,
+                serde_json::json!({"user": "ada", "trace": [1, 2]})
+            );
+        }
+        // Metadata that is not an object never reaches the store.
+        let mut bad = request;
+        bad.command_id = CommandId::derive(&[b"bad envelope"]);
+        bad.metadata = Some(serde_json::json!([1]));
+        cluster.submit(2, 1, bad);
+        cluster.run_until_answered(2, 30_000);
+        assert!(
+            matches!(cluster.replies[&1], CommandOutcome::Invalid(_)),
+            "{:?}",
+            cluster.replies[&1]
+        );
+    }
+}

@@ -90,6 +90,12 @@ pub fn event_json(event: &RecordedEvent) -> Value {
         "version": event.event_version,
         "payload": payload,
         "command_id": event.command_id.map(|id| id.to_hex()),
+        "correlation_id": event.correlation_id.to_hex(),
+        "causation_id": event.causation_id.to_hex(),
+        "metadata": event
+            .metadata
+            .as_deref()
+            .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok()),
         "timestamp_ms": event.timestamp_ms,
     })
 }

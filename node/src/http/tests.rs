@@ -559,3 +559,33 @@ async fn subscriptions_beyond_the_cap_are_answered_503_with_retry_after() {
     let response = app.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_bad_envelope_is_refused_naming_the_field() {
+    let big = format!(
+        r#"{{"command": {{}}, "metadata": {{"x": "{}"}}}}"#,
+        "y".repeat(5_000)
+    );
+    let cases = [
+        (
+            r#"{"command": {}, "metadata": [1, 2]}"#.to_owned(),
+            "metadata",
+        ),
+        (
+            r#"{"command": {}, "metadata": "text"}"#.to_owned(),
+            "metadata",
+        ),
+        (big, "metadata"),
+        (
+            r#"{"command": {}, "correlation_id": "nothex"}"#.to_owned(),
+            "correlation_id",
+        ),
+        (
+            r#"{"command": {}, "causation_id": "12"}"#.to_owned(),
+            "causation_id",
+        ),
+    ];
+    for (body, needle) in cases {
+        check_error("POST", COMMANDS, Some(&body), 400, needle).await;
+    }
+}

@@ -208,6 +208,7 @@ impl Engine {
                 causation_id: command.command_id.into(),
                 correlation_id: command.command_id.into(),
                 timestamp_ms: 0,
+                metadata: None,
                 writes: vec![chorus_aggregate::StreamWrite {
                     stream: command.stream.clone(),
                     expected: ExpectedVersion::Any,
@@ -266,6 +267,7 @@ fn transferred_writes(events: &[RecordedEvent]) -> (Vec<AppendBatch>, Vec<u64>) 
             && batches.last().is_some_and(|batch| {
                 batch.command_id == event.command_id
                     && batch.timestamp_ms == event.timestamp_ms
+                    && batch.metadata == event.metadata
                     && batch
                         .writes
                         .first()
@@ -280,6 +282,7 @@ fn transferred_writes(events: &[RecordedEvent]) -> (Vec<AppendBatch>, Vec<u64>) 
                     causation_id: event.causation_id,
                     correlation_id: event.correlation_id,
                     timestamp_ms: event.timestamp_ms,
+                    metadata: event.metadata.clone(),
                     writes: vec![chorus_aggregate::StreamWrite {
                         stream: event.stream.clone(),
                         expected: if event.sequence <= 1 {
