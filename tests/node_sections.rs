@@ -103,12 +103,20 @@ fn eight_nodes_form_two_sections_and_any_node_answers_every_read() {
         for holder in &holders {
             assert_eq!(&events(holder, account), &expected, "{account} on {holder}");
         }
-        // Every other node reads it from the responsible section: the same events.
+        // Every other node reads it from the responsible section: the same events, and
+        // backward the same in reverse (newest first, in pages of three).
+        let mut reversed = expected.clone();
+        reversed.reverse();
         for address in &nodes.addresses {
             assert_eq!(
                 &events(address, account),
                 &expected,
                 "{account} on {address}"
+            );
+            assert_eq!(
+                backward(address, account),
+                reversed,
+                "{account} backward on {address}"
             );
         }
         // A subscription follows one node's store: the other section's nodes send the
@@ -130,8 +138,25 @@ fn eight_nodes_form_two_sections_and_any_node_answers_every_read() {
         }
     }
 
-    // `$all` and the category, gathered from both sections in small pages, are the same
-    // from every node and hold each account's events once.
+    // `$all`, the category and an event type, gathered from both sections in small pages,
+    // are the same from every node and hold each account's events once (the type: its
+    // deposits).
+    let deposits = gathered(&nodes.addresses[0], "/types/Deposited");
+    for account in &accounts {
+        let held = deposits
+            .iter()
+            .filter(|event| event["stream"] == account.as_str())
+            .count();
+        assert_eq!(held, nodes.addresses.len(), "/types/Deposited: {account}");
+    }
+    assert!(deposits.iter().all(|event| event["type"] == "Deposited"));
+    for address in &nodes.addresses[1..] {
+        assert_eq!(
+            gathered(address, "/types/Deposited"),
+            deposits,
+            "types on {address}"
+        );
+    }
     for path in ["/all", "/categories/BankAccount"] {
         let first = gathered(&nodes.addresses[0], path);
         for account in &accounts {
@@ -146,4 +171,22 @@ fn eight_nodes_form_two_sections_and_any_node_answers_every_read() {
         }
     }
     nodes.stop();
+}
+
+/// A stream's events newest first, three at a time, following each page's `next`.
+fn backward(address: &str, stream: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut path = format!("/streams/{stream}?direction=backward&count=3");
+    loop {
+        let (status, text) = http(address, "GET", &path, None);
+        assert_eq!(status, 200, "{path} on {address}: {text}");
+        let page = json_of(&text);
+        all.extend(page["events"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_u64() {
+            Some(next) => {
+                path = format!("/streams/{stream}?direction=backward&count=3&from={next}");
+            }
+            None => return all,
+        }
+    }
 }

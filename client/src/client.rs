@@ -174,34 +174,58 @@ impl Client {
         from: u64,
         count: usize,
     ) -> Result<Vec<Event>, ClientError> {
-        self.read_page(&format!("/streams/{stream}?from={from}&count={count}"))
-            .await
+        let path = format!("/streams/{stream}?from={from}&count={count}");
+        Ok(self.read_page(&path).await?.events)
     }
 
-    /// A category's events from `from` on (the answering node's positions), at most
-    /// `count`.
+    /// A stream's events newest first, from sequence `from` down (the newest when `None`),
+    /// at most `count`.
+    pub async fn read_stream_backward(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<Event>, ClientError> {
+        let from = from.map_or_else(String::new, |from| format!("&from={from}"));
+        let path = format!("/streams/{stream}?direction=backward&count={count}{from}");
+        Ok(self.read_page(&path).await?.events)
+    }
+
+    /// A page of a category's events (of the `default` database) from `from` (a page's
+    /// `next`; the start when `None`), at most `count`. Across sections the pages are
+    /// gathered from every section (README: the order of a gathered read).
     pub async fn read_category(
         &self,
         category: &str,
-        from: u64,
+        from: Option<&str>,
         count: usize,
-    ) -> Result<Vec<Event>, ClientError> {
-        self.read_page(&format!("/categories/{category}?from={from}&count={count}"))
+    ) -> Result<Page, ClientError> {
+        self.read_page(&log_path(&format!("/categories/{category}"), from, count))
             .await
     }
 
-    /// Every event of the cluster (`$all`) from `from` on, at most `count`.
-    pub async fn read_all(&self, from: u64, count: usize) -> Result<Vec<Event>, ClientError> {
-        self.read_page(&format!("/all?from={from}&count={count}"))
+    /// A page of the events of one type, as [`Client::read_category`].
+    pub async fn read_event_type(
+        &self,
+        event_type: &str,
+        from: Option<&str>,
+        count: usize,
+    ) -> Result<Page, ClientError> {
+        self.read_page(&log_path(&format!("/types/{event_type}"), from, count))
             .await
+    }
+
+    /// A page of every event of the cluster (`$all`), as [`Client::read_category`].
+    pub async fn read_all(&self, from: Option<&str>, count: usize) -> Result<Page, ClientError> {
+        self.read_page(&log_path("/all", from, count)).await
     }
 
     /// A read, from the current node or, if it cannot be reached, the next ones.
-    async fn read_page(&self, path: &str) -> Result<Vec<Event>, ClientError> {
+    async fn read_page(&self, path: &str) -> Result<Page, ClientError> {
         let mut last = String::new();
         for _ in 0..self.node_count() {
             match self.node().get(path).await {
-                Ok(answer) if answer.status == 200 => return events_of(&answer.body),
+                Ok(answer) if answer.status == 200 => return page_of(&answer.body),
                 Ok(answer) if answer.status == 503 => {
                     last = reason(&answer.body);
                 }
@@ -248,7 +272,29 @@ fn refusal(body: &Value) -> String {
         .map_or_else(|| reason(body), str::to_owned)
 }
 
-fn events_of(body: &Value) -> Result<Vec<Event>, ClientError> {
-    serde_json::from_value(body["events"].clone())
-        .map_err(|error| ClientError::Unexpected(format!("events: {error}")))
+/// A page of events and where the next one starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    /// The events.
+    pub events: Vec<Event>,
+    /// Pass it back as `from` for the next page; `None` at the end (for now).
+    pub next: Option<String>,
+}
+
+fn page_of(body: &Value) -> Result<Page, ClientError> {
+    let events = serde_json::from_value(body["events"].clone())
+        .map_err(|error| ClientError::Unexpected(format!("events: {error}")))?;
+    let next = match &body["next"] {
+        Value::Null => None,
+        Value::String(cursor) => Some(cursor.clone()),
+        other => Some(other.to_string()),
+    };
+    Ok(Page { events, next })
+}
+
+fn log_path(route: &str, from: Option<&str>, count: usize) -> String {
+    match from {
+        Some(from) => format!("{route}?from={from}&count={count}"),
+        None => format!("{route}?count={count}"),
+    }
 }

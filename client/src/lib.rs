@@ -26,7 +26,7 @@ mod event;
 pub mod raw;
 mod subscription;
 
-pub use client::{Client, Retry};
+pub use client::{Client, Page, Retry};
 pub use error::ClientError;
 pub use event::{Command, Event, ExpectedVersion, Receipt, new_command_id};
 pub use subscription::{IDLE_LIMIT, Subscription, Target};

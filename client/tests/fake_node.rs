@@ -236,3 +236,41 @@ async fn a_subscription_no_node_can_serve_ends_with_the_reason() {
     );
     assert!(subscription.next().await.is_none(), "and it ends");
 }
+
+#[tokio::test]
+async fn log_reads_page_on_with_the_nodes_cursor() {
+    let (node, seen) = fake_node(Arc::new(|count, _| {
+        let next = if count == 0 {
+            json!("0:3,1:2")
+        } else {
+            Value::Null
+        };
+        json_response(200, &json!({"events": [], "next": next}))
+    }))
+    .await;
+    let client = Client::new(&[node]).expect("client");
+    let first = client
+        .read_event_type("Deposited", None, 3)
+        .await
+        .expect("a page");
+    assert_eq!(first.next.as_deref(), Some("0:3,1:2"));
+    let last = client
+        .read_event_type("Deposited", first.next.as_deref(), 3)
+        .await
+        .expect("a page");
+    assert_eq!(last.next, None);
+    let heads: Vec<String> = seen
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|seen| seen.head.lines().next().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        heads[0].starts_with("GET /types/Deposited?count=3 "),
+        "{heads:?}"
+    );
+    assert!(
+        heads[1].starts_with("GET /types/Deposited?from=0:3,1:2&count=3 "),
+        "{heads:?}"
+    );
+}

@@ -43,15 +43,18 @@ use tokio::sync::oneshot;
 use crate::config::parse_hex32;
 use crate::http::extract::{JsonBody, PathParams, QueryParams};
 use crate::http::reads::{
-    list_categories, list_databases, list_streams, read_all, read_category, read_stream,
+    list_categories, list_databases, list_streams, read_all, read_category, read_event_type,
+    read_stream,
 };
-use crate::http::subscriptions::{subscribe_all, subscribe_category, subscribe_stream};
+use crate::http::subscriptions::{
+    subscribe_all, subscribe_category, subscribe_event_type, subscribe_stream,
+};
 use crate::peer_reads::PeerReads;
 use crate::queues::{Drops, EngineInputs, Refused};
 use crate::runtime::Input;
 use crate::transport::AddressBook;
 
-pub use crate::http::reads::{category_filter, event_json, page_count};
+pub use crate::http::reads::{category_filter, event_json, page_count, type_filter};
 pub use crate::http::server::serve;
 
 /// How long a handler waits for the engine (a command waits for agreement).
@@ -105,6 +108,8 @@ pub fn router(
         .route("/all/subscribe", get(subscribe_all))
         .route("/categories/{category}", get(read_category))
         .route("/categories/{category}/subscribe", get(subscribe_category))
+        .route("/types/{event_type}", get(read_event_type))
+        .route("/types/{event_type}/subscribe", get(subscribe_event_type))
         .route("/databases", get(list_databases))
         .route("/databases/{database}/categories", get(list_categories))
         .route(

@@ -1,6 +1,6 @@
 //! Reads between nodes: how a node serves a stream, a category or `$all` that another section
 //! holds. The HTTP handler asks a member of the responsible section over libp2p
-//! (`/chorus/read/1`, beside the engine protocol), and that member answers from its store
+//! (`/chorus/read/2`, beside the engine protocol), and that member answers from its store
 //! what it applied: a page of events as the HTTP API shows them.
 //!
 //! Who may ask: a node in the asked member's network map (a stranger is refused, named).
@@ -23,13 +23,13 @@ use libp2p::StreamProtocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http::{category_filter, event_json, page_count};
+use crate::http::{category_filter, event_json, page_count, type_filter};
 use crate::queues::EngineInputs;
 pub use crate::read_wire::{PeerPage, PeerRead, READ_REQUEST_BYTES_MAX};
 use crate::runtime::{Input, Read, ReadAnswer};
 
 /// The read protocol; its version changes with the request's or the answer's shape.
-pub const READ_PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/read/1");
+pub const READ_PROTOCOL: StreamProtocol = StreamProtocol::new("/chorus/read/2");
 /// How long a node waits for a member's answer before it asks the next.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads other nodes asked of this one that wait for its engine at once; beyond, a read is
@@ -47,23 +47,30 @@ impl PeerRead {
                 stream,
                 from,
                 count,
+                backward,
             } => Ok(Read::Stream {
                 stream: StreamKey::parse(stream).map_err(|problem| problem.to_string())?,
                 from: (*from).max(1),
                 count: page_count(Some(*count))?,
+                backward: *backward,
             }),
             Self::Log {
                 database,
                 category,
+                event_type,
                 from,
                 count,
             } => {
-                let filter = match (database, category) {
-                    (None, None) => Filter::All,
-                    (database, Some(category)) => {
+                let filter = match (database, category, event_type) {
+                    (None, None, None) => Filter::All,
+                    (database, Some(category), None) => {
                         category_filter(category.clone(), database.clone())?
                     }
-                    (Some(_), None) => return Err("a database without a category".into()),
+                    (None, None, Some(event_type)) => type_filter(event_type)?,
+                    (Some(_), None, _) => return Err("a database without a category".into()),
+                    (_, Some(_), Some(_)) => {
+                        return Err("a category and an event type together".into());
+                    }
                 };
                 Ok(Read::SectionLog {
                     filter,
@@ -221,6 +228,7 @@ mod tests {
         let read = PeerRead::Log {
             database: None,
             category: Some("BankAccount".into()),
+            event_type: None,
             from: 0,
             count: 10,
         };
@@ -239,17 +247,20 @@ mod tests {
             stream: "Notebook@a".into(),
             from: 1,
             count: READ_COUNT_MAX + 1,
+            backward: false,
         };
         assert!(too_many.to_read().expect_err("too many").contains("count"));
         let bad_stream = PeerRead::Stream {
             stream: "no-at-sign".into(),
             from: 1,
             count: 1,
+            backward: true,
         };
         assert!(bad_stream.to_read().is_err());
         let orphan = PeerRead::Log {
             database: Some("default".into()),
             category: None,
+            event_type: None,
             from: 1,
             count: 1,
         };
@@ -259,6 +270,51 @@ mod tests {
                 .expect_err("no category")
                 .contains("database")
         );
+        // By event type, and backward: carried and turned into the store's read.
+        let typed = PeerRead::Log {
+            database: None,
+            category: None,
+            event_type: Some("Deposited".into()),
+            from: 3,
+            count: 5,
+        };
+        assert!(matches!(
+            typed.to_read(),
+            Ok(Read::SectionLog { filter: Filter::EventType(name), from: 3, .. }) if name.as_str() == "Deposited"
+        ));
+        let both = PeerRead::Log {
+            database: None,
+            category: Some("BankAccount".into()),
+            event_type: Some("Deposited".into()),
+            from: 1,
+            count: 1,
+        };
+        assert!(both.to_read().expect_err("both").contains("together"));
+        let backward = PeerRead::Stream {
+            stream: "Notebook@a".into(),
+            from: u64::MAX,
+            count: 5,
+            backward: true,
+        };
+        let back = PeerRead::decode(&backward.encode().expect("encodes")).expect("decodes");
+        assert!(matches!(
+            back.to_read(),
+            Ok(Read::Stream {
+                backward: true,
+                from: u64::MAX,
+                ..
+            })
+        ));
+        // A read without the newer fields (as `/chorus/read/1` sent it) is forward and untyped.
+        let plain =
+            PeerRead::decode(br#"{"kind":"stream","stream":"Notebook@a","from":1,"count":1}"#);
+        assert!(matches!(
+            plain,
+            Ok(PeerRead::Stream {
+                backward: false,
+                ..
+            })
+        ));
         assert!(PeerRead::decode(br#"{"kind":"drop_tables"}"#).is_err());
         let long = format!(
             r#"{{"kind":"stream","stream":"{}","from":1,"count":1}}"#,

@@ -1,4 +1,4 @@
-//! What the read protocol (`/chorus/read/1`, `crate::peer_reads`) carries: a node's read and
+//! What the read protocol (`/chorus/read/2`, `crate::peer_reads`) carries: a node's read and
 //! a member's page, as JSON.
 //!
 //! Kept free of the rest of the node (only serde and serde_json) so the fuzz target
@@ -15,14 +15,17 @@ pub const READ_REQUEST_BYTES_MAX: usize = 4 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PeerRead {
-    /// One stream, forward from sequence `from`.
+    /// One stream from sequence `from`, forward or backward.
     Stream {
         /// `Category@id`, as in the HTTP path.
         stream: String,
-        /// First sequence number.
+        /// First sequence number (the highest, for a backward read).
         from: u64,
         /// Most events.
         count: usize,
+        /// Newest first.
+        #[serde(default)]
+        backward: bool,
     },
     /// The asked member's section's log (`$all` without a category), forward from a
     /// position of that member's store.
@@ -31,6 +34,9 @@ pub enum PeerRead {
         database: Option<String>,
         /// Only this category.
         category: Option<String>,
+        /// Only events of this type (not with a category).
+        #[serde(default)]
+        event_type: Option<String>,
         /// First position.
         from: u64,
         /// Most events.

@@ -66,14 +66,16 @@ pub struct AdminAnswer {
 /// A read of the node's store (what the node applied: its section's streams).
 #[derive(Clone, Debug)]
 pub enum Read {
-    /// One stream, forward from a sequence number.
+    /// One stream from a sequence number, forward or backward.
     Stream {
         /// The stream.
         stream: StreamKey,
-        /// First sequence number.
+        /// First sequence number (for a backward read, the highest; `u64::MAX`: the end).
         from: u64,
         /// At most this many events.
         count: usize,
+        /// Newest first.
+        backward: bool,
     },
     /// Events in the store's order (`$all`, a category, an event type), forward from a
     /// global position.
@@ -655,7 +657,8 @@ fn read_store(engine: &Engine, read: Read) -> Result<ReadAnswer, StoreError> {
             stream,
             from,
             count,
-        } => stream_page(store, &stream, from, count)?,
+            backward,
+        } => stream_page(store, &stream, from, count, backward)?,
         Read::Log {
             filter,
             from,
@@ -707,13 +710,25 @@ fn stream_page(
     stream: &StreamKey,
     from: u64,
     count: usize,
+    backward: bool,
 ) -> Result<ReadAnswer, StoreError> {
-    let slice = store.read_stream(stream, from, Direction::Forward, count)?;
+    let direction = if backward {
+        Direction::Backward
+    } else {
+        Direction::Forward
+    };
+    let slice = store.read_stream(stream, from, direction, count)?;
     let next = slice
         .events
         .last()
         .filter(|_| slice.events.len() == count)
-        .map(|event| event.sequence + 1);
+        .and_then(|event| {
+            if backward {
+                event.sequence.checked_sub(1).filter(|next| *next >= 1)
+            } else {
+                Some(event.sequence + 1)
+            }
+        });
     Ok(ReadAnswer::Events {
         events: slice.events,
         next,

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chorus_aggregate::{CategoryName, DatabaseName, Filter, RecordedEvent, StreamKey};
+use chorus_aggregate::{CategoryName, DatabaseName, Filter, RecordedEvent, StreamKey, TypeName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,6 +29,18 @@ pub struct ReadQuery {
     /// Most events (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`); a
     /// subscription's catch-up batch.
     pub count: Option<usize>,
+}
+
+/// The query of a stream read: as [`ReadQuery`], and a direction.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamReadQuery {
+    /// First sequence number (1 by default forward; the newest event by default backward).
+    pub from: Option<u64>,
+    /// Most events (`READ_COUNT_DEFAULT` by default, 1 to `READ_COUNT_MAX`).
+    pub count: Option<usize>,
+    /// `forward` (the default) or `backward` (newest first).
+    pub direction: Option<String>,
 }
 
 /// The query of a `$all` read: `from` is a position, or a cursor from a gathered page's
@@ -152,6 +164,24 @@ pub fn category_read(
     Ok((category_filter(category, query.database)?, from, count))
 }
 
+/// The filter of events of type `event_type`.
+pub fn type_filter(event_type: &str) -> Result<Filter, String> {
+    TypeName::new(event_type)
+        .map(Filter::EventType)
+        .map_err(|problem| problem.to_string())
+}
+
+/// A stream read's direction: backward or not.
+fn backward(direction: Option<&str>) -> Result<bool, String> {
+    match direction {
+        None | Some("forward") => Ok(false),
+        Some("backward") => Ok(true),
+        Some(other) => Err(format!(
+            "query parameter direction is {other:?}; it must be forward or backward"
+        )),
+    }
+}
+
 /// The filter of `category` in `database` (`default` if absent).
 pub fn category_filter(category: String, database: Option<String>) -> Result<Filter, String> {
     let database = match database {
@@ -167,9 +197,23 @@ pub async fn read_stream(
     State(engine): Engine,
     Extension(reads): Extension<PeerReads>,
     PathParams(stream): PathParams<String>,
-    QueryParams(query): QueryParams<ReadQuery>,
+    QueryParams(query): QueryParams<StreamReadQuery>,
 ) -> Response {
-    let (stream, from, count) = match stream_read(&stream, &query) {
+    let parsed = backward(query.direction.as_deref()).and_then(|backward| {
+        let forward = ReadQuery {
+            from: query.from,
+            count: query.count,
+        };
+        let (stream, from, count) = stream_read(&stream, &forward)?;
+        // Backward with no `from`: from the newest event.
+        let from = if backward && query.from.is_none() {
+            u64::MAX
+        } else {
+            from
+        };
+        Ok((stream, from, count, backward))
+    });
+    let (stream, from, count, backward) = match parsed {
         Ok(read) => read,
         Err(problem) => return bad(problem),
     };
@@ -177,11 +221,13 @@ pub async fn read_stream(
         stream: stream.to_string(),
         from,
         count,
+        backward,
     };
     let read = Read::Stream {
         stream,
         from,
         count,
+        backward,
     };
     match ask(&engine, |reply| Input::Read(read, reply)).await {
         Ok(Ok(ReadAnswer::Elsewhere { prefix, members })) => {
@@ -234,6 +280,22 @@ pub async fn read_category(
     }
 }
 
+pub async fn read_event_type(
+    State(engine): Engine,
+    Extension(reads): Extension<PeerReads>,
+    PathParams(event_type): PathParams<String>,
+    QueryParams(query): QueryParams<LogQuery>,
+) -> Response {
+    let filter = page_count(query.count)
+        .and_then(|count| type_filter(&event_type).map(|filter| (filter, count)));
+    match filter {
+        Ok((filter, count)) => {
+            read_log(&engine, &reads, filter, query.from.as_deref(), count).await
+        }
+        Err(problem) => bad(problem),
+    }
+}
+
 /// This node's section's part of a gathered read, as JSON events and where it goes on.
 async fn own_section_page(
     engine: &EngineInputs,
@@ -261,16 +323,19 @@ async fn own_section_page(
 
 /// The read another section's member is asked for its part of `$all` or a category.
 fn peer_log_read(filter: &Filter, from: u64, count: usize) -> PeerRead {
-    let (database, category) = match filter {
+    let (database, category, event_type) = match filter {
         Filter::Category(database, category) => (
             Some(database.as_str().to_owned()),
             Some(category.as_str().to_owned()),
+            None,
         ),
-        _ => (None, None),
+        Filter::EventType(event_type) => (None, None, Some(event_type.as_str().to_owned())),
+        Filter::All | Filter::Stream(_) => (None, None, None),
     };
     PeerRead::Log {
         database,
         category,
+        event_type,
         from,
         count,
     }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use super::extract::{PathParams, QueryParams};
 use super::reads::{
-    CategoryQuery, ReadQuery, category_read, event_json, paging, read, stream_read,
+    CategoryQuery, ReadQuery, category_read, event_json, paging, read, stream_read, type_filter,
 };
 use super::{Engine, bad};
 use crate::feed::{Feed, SUBSCRIPTIONS_MAX};
@@ -121,6 +121,7 @@ pub async fn subscribe_stream(
                 stream: stream.clone(),
                 from,
                 count: 1,
+                backward: false,
             };
             if let Err(response) = read(&engine, first).await {
                 return response;
@@ -133,6 +134,7 @@ pub async fn subscribe_stream(
                     stream: stream.clone(),
                     from,
                     count,
+                    backward: false,
                 },
                 |event| event.sequence,
             )
@@ -183,4 +185,16 @@ pub async fn subscribe_category(
     QueryParams(query): QueryParams<CategoryQuery>,
 ) -> Response {
     subscribe_log(engine, &feed, &headers, category_read(category, query))
+}
+
+pub async fn subscribe_event_type(
+    State(engine): Engine,
+    Extension(feed): Extension<Feed>,
+    headers: HeaderMap,
+    PathParams(event_type): PathParams<String>,
+    QueryParams(query): QueryParams<ReadQuery>,
+) -> Response {
+    let log_read = paging(query.from, query.count)
+        .and_then(|(from, count)| Ok((type_filter(&event_type)?, from, count)));
+    subscribe_log(engine, &feed, &headers, log_read)
 }

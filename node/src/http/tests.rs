@@ -589,3 +589,24 @@ async fn a_bad_envelope_is_refused_naming_the_field() {
         check_error("POST", COMMANDS, Some(&body), 400, needle).await;
     }
 }
+
+#[tokio::test]
+async fn a_read_direction_is_forward_or_backward_and_nothing_else() {
+    check_error(
+        "GET",
+        "/streams/BankAccount@alice?direction=sideways",
+        None,
+        400,
+        "direction",
+    )
+    .await;
+    check_error("GET", "/types/Bad%20Type", None, 400, "").await;
+    for uri in [
+        "/streams/BankAccount@alice?direction=backward",
+        "/streams/BankAccount@alice?direction=forward&from=3",
+        "/types/Deposited?from=2&count=5",
+    ] {
+        let (status, text) = exchange("GET", uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {text}");
+    }
+}
