@@ -113,6 +113,11 @@ impl<P: Projection> ProjectionRunner<P> {
         self.catch_up(store)
     }
 
+    /// The projection it runs.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
     /// The read model.
     pub fn state(&self) -> &P::State {
         &self.state

@@ -16,11 +16,19 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chorus_aggregate::{Aggregate, AggregateRegistry, ProcessManager};
+use chorus_aggregate::{
+    Aggregate, AggregateRegistry, EventStore, ProcessManager, Projection, StoreError,
+};
+
+use crate::projections::{HostedProjection, host};
 
 /// Builds the process managers of one kind, on the engine thread (a manager need not be
 /// `Send`).
 type ManagerFactory = Arc<dyn Fn() -> Box<dyn ProcessManager> + Send + Sync>;
+
+/// Starts one hosted projection over the node's store, from its checkpoint.
+type ProjectionFactory =
+    Arc<dyn Fn(&EventStore) -> Result<Box<dyn HostedProjection>, StoreError> + Send + Sync>;
 
 /// An event-sourced application to run on Chorus: its name, its domain version, its
 /// aggregates and its process managers. Every member of a section runs the same code on the
@@ -31,6 +39,7 @@ pub struct Application {
     version: String,
     registrations: Vec<fn(AggregateRegistry) -> AggregateRegistry>,
     managers: Vec<ManagerFactory>,
+    projections: Vec<ProjectionFactory>,
 }
 
 impl Application {
@@ -42,6 +51,7 @@ impl Application {
             version: "1".to_owned(),
             registrations: Vec::new(),
             managers: Vec::new(),
+            projections: Vec::new(),
         }
     }
 
@@ -70,6 +80,30 @@ impl Application {
     {
         self.managers.push(Arc::new(move || Box::new(make())));
         self
+    }
+
+    /// Hosts a projection, built by `make` when the node starts: it folds the node's events
+    /// from its checkpoint on a thread of its own and is served at `GET
+    /// /projections/{name}` (its state and position); `POST
+    /// /admin/projections/{name}/rebuild` folds everything again from position 0.
+    #[must_use]
+    pub fn projection<P, F>(mut self, make: F) -> Self
+    where
+        P: Projection + Send + 'static,
+        P::State: Send,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        self.projections
+            .push(Arc::new(move |store: &EventStore| host(store, make())));
+        self
+    }
+
+    /// Its hosted projections, started over `store`.
+    pub(crate) fn start_projections(
+        &self,
+        store: &EventStore,
+    ) -> Result<Vec<Box<dyn HostedProjection>>, StoreError> {
+        self.projections.iter().map(|start| start(store)).collect()
     }
 
     /// The application's name.
@@ -118,6 +152,7 @@ impl std::fmt::Debug for Application {
             .field("version", &self.version)
             .field("aggregates", &self.registrations.len())
             .field("process_managers", &self.managers.len())
+            .field("projections", &self.projections.len())
             .finish()
     }
 }

@@ -20,6 +20,7 @@
 mod across;
 pub mod admin;
 mod extract;
+mod projections;
 mod reads;
 mod server;
 mod subscriptions;
@@ -91,7 +92,7 @@ pub struct Network {
 /// The routes, over the engine thread's input channel; the admin routes need `admin_token`.
 pub fn router(
     engine: EngineInputs,
-    feed: crate::feed::Feed,
+    (feed, hosted): (crate::feed::Feed, crate::projections::Projections),
     admin_token: admin::AdminToken,
     network: Network,
 ) -> Router {
@@ -110,6 +111,8 @@ pub fn router(
         .route("/categories/{category}/subscribe", get(subscribe_category))
         .route("/types/{event_type}", get(read_event_type))
         .route("/types/{event_type}/subscribe", get(subscribe_event_type))
+        .route("/projections", get(projections::list))
+        .route("/projections/{name}", get(projections::show))
         .route("/databases", get(list_databases))
         .route("/databases/{database}/categories", get(list_categories))
         .route(
@@ -123,6 +126,7 @@ pub fn router(
         .layer(Extension(network.addresses))
         .layer(Extension(network.reads))
         .layer(Extension(feed))
+        .layer(Extension(hosted))
         .with_state(engine)
 }
 

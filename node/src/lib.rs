@@ -19,6 +19,7 @@ mod http;
 mod joining;
 pub mod local;
 mod peer_reads;
+mod projections;
 mod queues;
 mod read_wire;
 mod runtime;

@@ -2,8 +2,10 @@
 //! run until Ctrl-C or SIGTERM.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_aggregate::EventStore;
 use tracing::{error, info};
 
 use crate::application::Application;
@@ -37,12 +39,16 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
         // The engine thread publishes its store's head there; subscriptions wait on it.
         let (head, feed) = crate::feed::Feed::new(0);
-        let engine_thread = spawn_engine(
+        let (engine_thread, store) = spawn_engine(
             application,
             &checked,
             &key,
             (input_receiver, outbound, head),
         )?;
+        // The application's read models, on a thread of their own over the same store.
+        let starter = application.clone();
+        let hosted =
+            crate::projections::spawn(store, move |store| starter.start_projections(store))?;
         let (reads, reads_receiver) = peer_reads::PeerReads::new();
         tokio::spawn(transport::run(
             swarm,
@@ -60,7 +66,7 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             listener,
             http::router(
                 inputs,
-                feed,
+                (feed, hosted),
                 http::admin::AdminToken(checked.config.admin_token.clone()),
                 http::Network { addresses, reads },
             ),
@@ -93,7 +99,7 @@ fn spawn_engine(
         queues::Outbound,
         crate::feed::HeadSender,
     ),
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<(std::thread::JoinHandle<()>, Arc<EventStore>), String> {
     // The engine lives on its own thread (its store blocks on fsync), built there: it
     // holds process managers, which need not be `Send`.
     let (started, startup) = std::sync::mpsc::sync_channel(1);
@@ -114,7 +120,7 @@ fn spawn_engine(
             let engine =
                 match runtime::start_engine(&engine_checked, &engine_key, &application, &policy) {
                     Ok(engine) => {
-                        let _ = started.send(Ok(()));
+                        let _ = started.send(Ok(engine.shared_store()));
                         engine
                     }
                     Err(error) => {
@@ -130,10 +136,10 @@ fn spawn_engine(
             }
         })
         .map_err(|error| format!("cannot start the engine thread: {error}"))?;
-    startup
+    let store = startup
         .recv()
         .map_err(|_| "the engine thread died while starting".to_owned())??;
-    Ok(engine_thread)
+    Ok((engine_thread, store))
 }
 
 /// How long a stopping node lets open HTTP requests finish.

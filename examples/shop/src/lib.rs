@@ -5,7 +5,8 @@
 //! - [`stock`]: `Stock@<sku>` (restock, reserve, release; never below zero);
 //! - [`fulfilment`]: the saga that reserves stock for each order and confirms it, cancelling
 //!   the order when stock is short and releasing stock when a confirmation comes too late;
-//! - [`stock_levels`]: a projection of every article's levels.
+//! - [`stock_levels`]: a projection of every article's levels, hosted by each node at
+//!   `GET /projections/stock-levels`.
 //!
 //! [`application`] gathers them for `chorus-node`; `src/main.rs` is the whole program.
 
@@ -24,6 +25,7 @@ pub fn application() -> Application {
         .aggregate::<order::Order>()
         .aggregate::<stock::Stock>()
         .process_manager(|| fulfilment::Fulfilment)
+        .projection(|| stock_levels::StockLevels)
 }
 
 /// The stream of an article's stock.

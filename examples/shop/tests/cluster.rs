@@ -120,6 +120,27 @@ async fn four_processes_run_the_shop_and_agree() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each node hosts the stock-levels projection: one apple left, two reserved for o1.
+    for client in &clients {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = client
+                .get("/projections/stock-levels")
+                .await
+                .expect("answers");
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            if answer.body["state"]["apple"] == json!({"available": 1, "reserved": 2}) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {}",
+                client.base(),
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Every node answers the same events, whichever section holds the streams.
     for stream in ["Stock@apple", "Order@o1", "Order@o2"] {
         let first = clients[0].read(stream, 1, 100).await.expect("read");

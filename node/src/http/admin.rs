@@ -10,6 +10,8 @@
 //! - `POST /admin/remove` `{"node": "<key hex>"}`: withdraw the approval and, if the node is
 //!   a member, vote to remove it (`"removal": "voted"`); it is removed once more than two
 //!   thirds of the members voted so.
+//! - `POST /admin/projections/{name}/rebuild`: fold a hosted projection again from position
+//!   0.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -36,6 +38,10 @@ pub fn routes(token: AdminToken) -> Router<EngineInputs> {
         .route("/admin/admission", get(show))
         .route("/admin/admit", post(admit))
         .route("/admin/remove", post(remove))
+        .route(
+            "/admin/projections/{name}/rebuild",
+            post(super::projections::rebuild),
+        )
         .route_layer(axum::middleware::from_fn_with_state(token, authorize))
 }
 

@@ -61,7 +61,7 @@ fn router_with(feed: crate::feed::Feed, reads_from: Arc<Mutex<Vec<u64>>>) -> Rou
     });
     router(
         engine,
-        feed,
+        (feed, crate::projections::Projections::none()),
         AdminToken(Some(ADMIN_TOKEN.to_owned())),
         Network::default(),
     )
@@ -434,7 +434,10 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
     let drops = std::sync::Arc::clone(&engine.drops);
     let app = router(
         engine,
-        crate::feed::Feed::new(0).1,
+        (
+            crate::feed::Feed::new(0).1,
+            crate::projections::Projections::none(),
+        ),
         AdminToken(None),
         Network::default(),
     );
@@ -486,7 +489,10 @@ async fn the_admin_api_needs_the_token_and_is_off_without_one() {
     let (engine, inputs) = crate::queues::EngineInputs::new(1);
     let response = router(
         engine,
-        crate::feed::Feed::new(0).1,
+        (
+            crate::feed::Feed::new(0).1,
+            crate::projections::Projections::none(),
+        ),
         AdminToken(None),
         Network::default(),
     )

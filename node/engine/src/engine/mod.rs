@@ -85,6 +85,7 @@ use transfer::TransferRun;
 pub use wire::{Message, MessageError, TransferChunk};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use chorus_aggregate::{AggregateRegistry, CommandId, CommandRequest, EventStore, StoreError};
 use chorus_consensus::{Config, Consensus, LogRecord, PeerId, SignedEvent};
@@ -211,7 +212,9 @@ pub struct Engine {
     announcement: Option<(u64, Vec<PeerId>, Message)>,
     map: SectionMap,
     registry: AggregateRegistry,
-    store: EventStore,
+    /// Shared with the caller's readers (hosted projections), which only read it and save
+    /// their own checkpoints.
+    store: Arc<EventStore>,
     now_ms: u64,
     waiters: BTreeMap<CommandId, Vec<Waiter>>,
     /// Our own proposals not yet applied.
@@ -394,7 +397,7 @@ impl Engine {
             announcement: None,
             map,
             registry,
-            store,
+            store: Arc::new(store),
             now_ms,
             waiters: BTreeMap::new(),
             proposed: BTreeMap::new(),
@@ -418,6 +421,12 @@ impl Engine {
     /// The node's event store.
     pub fn store(&self) -> &EventStore {
         &self.store
+    }
+
+    /// The node's event store, to share with readers on other threads (hosted
+    /// projections).
+    pub fn shared_store(&self) -> Arc<EventStore> {
+        Arc::clone(&self.store)
     }
 
     /// The section map the node routes by.
