@@ -273,9 +273,11 @@ fn a_subscription_catches_up_then_goes_live(nodes: &[String]) {
     subscription
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    let token = support::token_for(&nodes[2]).expect("the cluster's token");
     write!(
         subscription,
-        "GET /streams/BankAccount@alice/subscribe?from=8 HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /streams/BankAccount@alice/subscribe?from=8 HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
     )
     .expect("writes");
     let (status, answer) = submit(

@@ -27,7 +27,10 @@ fn a_subscriber_moved_between_dying_nodes_sees_every_event_once_in_order() {
         .expect("a command")
         .correlated_with(&correlation)
         .with_metadata(json!({"source": "node_subscriptions", "attempt": 1}));
-    let opener = chorus_client::Client::new(&[nodes.addresses[0].clone()]).expect("a client");
+    let token = support::token_for(&nodes.addresses[0]).expect("the cluster's token");
+    let opener = chorus_client::Client::new(&[nodes.addresses[0].clone()])
+        .expect("a client")
+        .with_token(&token);
     let receipt = runtime.block_on(opener.send(&open)).expect("opened");
 
     // The writer commits through node 0, which is never killed, one deposit every 50 ms,
@@ -60,7 +63,9 @@ fn a_subscriber_moved_between_dying_nodes_sees_every_event_once_in_order() {
         .iter()
         .map(|node| nodes.addresses[*node].clone())
         .collect();
-    let client = chorus_client::Client::new(&urls).expect("a client");
+    let client = chorus_client::Client::new(&urls)
+        .expect("a client")
+        .with_token(&token);
     let mut subscription = runtime.block_on(async { client.subscribe_stream(&account, 1) });
     let expected = DEPOSITS + 1; // the opening event, then the deposits
     let mut sequences = Vec::new();

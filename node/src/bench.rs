@@ -24,6 +24,9 @@ pub struct BenchOptions {
     /// A running node's HTTP address (repeat for several); clients spread over them.
     #[arg(long = "target")]
     pub targets: Vec<String>,
+    /// The API token to send to `--target` nodes (a local cluster's own is used otherwise).
+    #[arg(long, env = "CHORUS_TOKEN")]
+    pub token: Option<String>,
     /// Client counts, one level each.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
     pub concurrency: Vec<usize>,
@@ -109,6 +112,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     check(&options)?;
     let mut started = None;
     let mut temporary = None;
+    let mut token = options.token.clone();
     let targets = if options.targets.is_empty() {
         let data_dir = match &options.data_dir {
             Some(directory) => directory.clone(),
@@ -120,7 +124,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
                 path
             }
         };
-        if let Some(addresses) = local::running(&data_dir).await {
+        let addresses = if let Some(addresses) = local::running(&data_dir).await {
             say(&format!(
                 "using the cluster running under {}",
                 data_dir.display()
@@ -137,13 +141,15 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
             let addresses = cluster.addresses.clone();
             started = Some(cluster);
             addresses
-        }
+        };
+        token = token.or_else(|| local::client_token(&data_dir));
+        addresses
     } else {
         options.targets.clone()
     };
     // Ctrl-C or SIGTERM stops the load and the cluster this benchmark started.
     let result = tokio::select! {
-        result = levels(&options, &targets) => result,
+        result = levels(&options, &targets, token.as_deref()) => result,
         () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
     };
     if let Some(cluster) = started {
@@ -166,10 +172,14 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     Ok(())
 }
 
-async fn levels(options: &BenchOptions, targets: &[String]) -> Result<Vec<Level>, String> {
+async fn levels(
+    options: &BenchOptions,
+    targets: &[String],
+    token: Option<&str>,
+) -> Result<Vec<Level>, String> {
     let clients: Vec<Client> = targets
         .iter()
-        .map(|target| Client::new(target))
+        .map(|target| Client::new(target).map(|client| with_token(client, token)))
         .collect::<Result<_, _>>()?;
     for client in &clients {
         if !client.healthy().await {
@@ -361,6 +371,14 @@ async fn send_notes(
     sent
 }
 
+/// The client, sending `token` if there is one.
+pub fn with_token(client: Client, token: Option<&str>) -> Client {
+    match token {
+        Some(token) => client.with_token(token.to_owned()),
+        None => client,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +398,7 @@ mod tests {
         let good = BenchOptions {
             nodes: 4,
             targets: Vec::new(),
+            token: None,
             concurrency: vec![1, 8],
             seconds: 1.0,
             payload_bytes: 256,

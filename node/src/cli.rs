@@ -82,6 +82,9 @@ pub enum Command {
         /// Where the local cluster's data lives (to find a node when `--node` is absent).
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+        /// The API token to send (default: the local cluster's, from its node 0).
+        #[arg(long, env = "CHORUS_TOKEN")]
+        token: Option<String>,
         #[command(subcommand)]
         action: client::ClientAction,
     },
@@ -182,9 +185,12 @@ pub fn run(command: Command, application: &Application) -> Result<(), String> {
         Command::Client {
             node,
             data_dir,
+            token,
             action,
-        } => tokio_runtime()
-            .and_then(|runtime| runtime.block_on(client::run_cli(node, &data_dir, action))),
+        } => tokio_runtime().and_then(|runtime| {
+            let token = token.or_else(|| local::client_token(&data_dir));
+            runtime.block_on(client::run_cli(node, &data_dir, token, action))
+        }),
     }
 }
 

@@ -95,10 +95,14 @@ fn pick_nodes(node: Option<String>, data_dir: &Path) -> Result<Vec<String>, Stri
 pub async fn run_cli(
     node: Option<String>,
     data_dir: &Path,
+    token: Option<String>,
     action: ClientAction,
 ) -> Result<(), String> {
     let nodes = pick_nodes(node, data_dir)?;
-    let client = chorus_client::Client::new(&nodes).map_err(|error| error.to_string())?;
+    let mut client = chorus_client::Client::new(&nodes).map_err(|error| error.to_string())?;
+    if let Some(token) = &token {
+        client = client.with_token(token);
+    }
     match action {
         ClientAction::Send {
             stream,

@@ -1,6 +1,7 @@
 //! A node's configuration: a TOML file, with every field checked on load. Bad input is an
 //! error that names the field; nothing starts on a bad configuration.
 
+use crate::access::{Access, TokenConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,13 @@ pub struct NodeConfig {
     /// rule off. A restart shorter than this does not remove a member.
     #[serde(default = "default_remove_silent_after_ms")]
     pub remove_silent_after_ms: u64,
+    /// `tokens` (the default: every read and write needs one of `tokens`) or `open` (anyone
+    /// who reaches the HTTP port reads and writes: local experiments only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The API tokens clients send as `Authorization: Bearer <secret>`, with their scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenConfig>,
 }
 
 /// Another node: its public key (hex) and libp2p address.
@@ -138,20 +146,26 @@ pub struct Checked {
     pub admit: Vec<PeerId>,
     /// The liveness rule's span; `None` if off.
     pub remove_silent_after_ms: Option<u64>,
+    /// Who may use the HTTP API.
+    pub access: Access,
 }
 
 impl NodeConfig {
     /// Reads and checks a TOML file.
     pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        Self::read(path)?.check()
+    }
+
+    /// Reads a TOML file without checking its values (to keep what an older file holds).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        let config: NodeConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             error: error.to_string(),
-        })?;
-        config.check()
+        })
     }
 
     /// Checks every field.
@@ -214,7 +228,14 @@ impl NodeConfig {
             }
             span => Some(span),
         };
+        let access = Access::new(
+            self.auth.as_deref(),
+            &self.tokens,
+            self.admin_token.as_deref(),
+        )
+        .map_err(|problem| field("auth", problem))?;
         Ok(Checked {
+            access,
             config: self,
             listen,
             http,
@@ -437,6 +458,8 @@ mod tests {
                 .to_bytes())],
             admin_token: Some("a-long-enough-admin-token".into()),
             remove_silent_after_ms: 60_000,
+            auth: Some("open".into()),
+            tokens: Vec::new(),
             join_from: None,
         }
     }

@@ -142,9 +142,12 @@ fn steps(count: usize) -> Vec<Step> {
 }
 
 async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), String> {
+    let token = local::client_token(&options.data_dir);
     let clients: Vec<Client> = addresses
         .iter()
-        .map(|address| Client::new(address))
+        .map(|address| {
+            Client::new(address).map(|client| crate::bench::with_token(client, token.as_deref()))
+        })
         .collect::<Result<_, _>>()?;
     set_up(&clients).await?;
     say(&format!(

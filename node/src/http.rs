@@ -19,6 +19,7 @@
 
 mod across;
 pub mod admin;
+mod auth;
 mod extract;
 mod projections;
 mod reads;
@@ -89,15 +90,15 @@ pub struct Network {
     pub reads: PeerReads,
 }
 
-/// The routes, over the engine thread's input channel; the admin routes need `admin_token`.
+/// The routes, over the engine thread's input channel, behind `access` (`http/auth.rs`).
 pub fn router(
     engine: EngineInputs,
     (feed, hosted): (crate::feed::Feed, crate::projections::Projections),
-    admin_token: admin::AdminToken,
+    access: crate::access::Access,
     network: Network,
 ) -> Router {
     Router::new()
-        .merge(admin::routes(admin_token))
+        .merge(admin::routes())
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/status", get(status))
@@ -119,7 +120,12 @@ pub fn router(
             "/databases/{database}/categories/{category}/streams",
             get(list_streams),
         )
-        // After the routes: it applies to the routes added before it.
+        // After the routes: it applies to the routes added before it (not to the
+        // fallbacks, which answer 404 and 405 to anyone).
+        .route_layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(access),
+            auth::authorize,
+        ))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(server::read_body))

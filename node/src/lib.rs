@@ -7,6 +7,7 @@
 //! The `chorus` binary is the demo domain built this way; `examples/shop` in the repository
 //! is a tutorial application.
 
+mod access;
 mod admin_client;
 mod admission;
 mod application;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::process::Child;
 
+use crate::access::TokenConfig;
 use crate::cli::say;
 use crate::client::Client;
 use crate::config::{NodeConfig, PeerConfig, hex, load_or_create_key, store_new_key};
@@ -76,6 +77,9 @@ pub fn init(
             }
         }
     }
+    // One API token for the whole local cluster (kept from an earlier run), so a client
+    // of it needs one; `chorus client`, `demo` and `bench` read it from node 0.
+    let tokens = cluster_tokens(&data_dir.join("node-0").join("node.toml"));
     // Keys and ports: kept from an earlier run (its configuration files), else new.
     let members = (0..nodes)
         .map(|index| LocalMember::find_or_make(data_dir.join(format!("node-{index}")), options))
@@ -91,7 +95,7 @@ pub fn init(
                 address: other.listen.clone(),
             })
             .collect();
-        configs.push(member.write_config(peers)?);
+        configs.push(member.write_config(peers, &tokens)?);
     }
     Ok(configs)
 }
@@ -111,17 +115,17 @@ struct LocalMember {
 impl LocalMember {
     fn find_or_make(directory: PathBuf, options: &LocalOptions) -> Result<Self, String> {
         let key = load_or_create_key(&directory).map_err(|error| error.to_string())?;
-        Ok(match NodeConfig::load(&directory.join("node.toml")).ok() {
+        Ok(match NodeConfig::read(&directory.join("node.toml")).ok() {
             // A cluster's settings stay what it was started with: its logs and saved
             // section states depend on them.
-            Some(checked) => Self {
+            Some(config) => Self {
                 directory,
                 key,
-                listen: checked.config.listen,
-                http: checked.config.http,
-                block_mode: checked.config.block_mode,
-                gossip_interval_ms: checked.config.gossip_interval_ms,
-                admin_token: checked.config.admin_token.unwrap_or_else(new_token),
+                listen: config.listen,
+                http: config.http,
+                block_mode: config.block_mode,
+                gossip_interval_ms: config.gossip_interval_ms,
+                admin_token: config.admin_token.unwrap_or_else(new_token),
             },
             None => Self {
                 directory,
@@ -137,7 +141,11 @@ impl LocalMember {
 
     /// Writes its configuration (readable by its owner only: it holds the admin token), with
     /// `peers` as the founding members.
-    fn write_config(&self, peers: Vec<PeerConfig>) -> Result<(PathBuf, NodeConfig), String> {
+    fn write_config(
+        &self,
+        peers: Vec<PeerConfig>,
+        tokens: &[TokenConfig],
+    ) -> Result<(PathBuf, NodeConfig), String> {
         let config = NodeConfig {
             data_dir: self.directory.clone(),
             listen: self.listen.clone(),
@@ -152,6 +160,8 @@ impl LocalMember {
             admin_token: Some(self.admin_token.clone()),
             remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
             join_from: None,
+            auth: None,
+            tokens: tokens.to_vec(),
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = self.directory.join("node.toml");
@@ -194,6 +204,8 @@ pub fn init_joiner(
         admit: Vec::new(),
         admin_token: Some(new_token()),
         remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
+        auth: None,
+        tokens: vec![local_token()],
     };
     config.clone().check().map_err(|error| error.to_string())?;
     let text = toml::to_string(&config).map_err(|error| error.to_string())?;
@@ -227,6 +239,36 @@ fn balanced_keys(nodes: usize) -> Vec<ed25519_dalek::SigningKey> {
         }
     }
     buckets.into_iter().flatten().collect()
+}
+
+/// A new local cluster's API token: reads and writes every database, and the admin API.
+fn local_token() -> TokenConfig {
+    TokenConfig {
+        name: "local".to_owned(),
+        secret: new_token(),
+        read: vec!["*".to_owned()],
+        write: vec!["*".to_owned()],
+        admin: true,
+    }
+}
+
+/// The API tokens of the local cluster whose node 0 is configured at `path`, or a new one.
+fn cluster_tokens(path: &Path) -> Vec<TokenConfig> {
+    match NodeConfig::read(path) {
+        Ok(config) if !config.tokens.is_empty() => config.tokens,
+        _ => vec![local_token()],
+    }
+}
+
+/// The secret a client of the local cluster under `data_dir` sends: node 0's first token
+/// that may write (`None`: no cluster there, or an open one).
+pub fn client_token(data_dir: &Path) -> Option<String> {
+    let config = NodeConfig::read(&data_dir.join("node-0").join("node.toml")).ok()?;
+    config
+        .tokens
+        .into_iter()
+        .find(|token| !token.write.is_empty())
+        .map(|token| token.secret)
 }
 
 /// A fresh admin token: 32 random bytes, hex.

@@ -771,6 +771,8 @@ mod tests {
             admin_token: None,
             remove_silent_after_ms: 0,
             join_from: None,
+            auth: Some("open".into()),
+            tokens: Vec::new(),
         }
         .check()
         .expect("a valid configuration")

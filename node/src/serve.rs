@@ -67,7 +67,7 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             http::router(
                 inputs,
                 (feed, hosted),
-                http::admin::AdminToken(checked.config.admin_token.clone()),
+                checked.access.clone(),
                 http::Network { addresses, reads },
             ),
             shutdown_signal(),

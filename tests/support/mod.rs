@@ -41,11 +41,48 @@ pub fn try_http_within(
 ) -> std::io::Result<(u16, String)> {
     let address = base.trim_start_matches("http://");
     let body = body.unwrap_or("");
+    let authorization = token_for(base)
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     try_raw(base, &request, timeout)
+}
+
+/// The API token each node under test takes, by HTTP address (each test's clusters have
+/// their own): `try_http` sends it.
+static TOKENS: std::sync::Mutex<BTreeMap<String, String>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Sends `token` with every request to `address` from now on.
+pub fn remember_token(address: &str, token: &str) {
+    TOKENS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(address.trim_end_matches('/').to_owned(), token.to_owned());
+}
+
+/// The token requests to `base` carry, if the test registered one.
+pub fn token_for(base: &str) -> Option<String> {
+    TOKENS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(base.trim_end_matches('/'))
+        .cloned()
+}
+
+/// The secret of the first API token in a node's configuration file.
+pub fn config_token(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    table
+        .get("tokens")?
+        .as_array()?
+        .first()?
+        .get("secret")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Sends `request` as it is (a whole HTTP/1.1 request, which should ask for `Connection:
@@ -255,6 +292,11 @@ impl Up {
                 addresses.push(format!("http://{address}"));
             }
         }
+        if let Some(token) = config_token(&data_dir.join("node-0").join("node.toml")) {
+            for address in &addresses {
+                remember_token(address, &token);
+            }
+        }
         // Keep reading what `up` prints, so it never writes to a closed pipe.
         std::thread::spawn(move || for _ in lines {});
         // Built before waiting, so a node that never answers still gets `up` stopped.
@@ -334,6 +376,9 @@ impl Nodes {
     /// Adds a node whose configuration the test wrote (not started); its stderr goes to
     /// `log`. Returns its index.
     pub fn add(&mut self, config: PathBuf, address: String, log: PathBuf, args: &[&str]) -> usize {
+        if let Some(token) = config_token(&config) {
+            remember_token(&address, &token);
+        }
         self.configs.push(config);
         self.addresses.push(address);
         self.children.push(None);
@@ -364,6 +409,14 @@ impl Nodes {
         );
         table.insert("http".into(), http_address.clone().into());
         table.insert("gossip_interval_ms".into(), 5.into());
+        // The cluster's API token, so a test reads the joiner as it reads the others.
+        if let Some(tokens) = std::fs::read_to_string(&self.configs[0])
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .and_then(|founder| founder.get("tokens").cloned())
+        {
+            table.insert("tokens".into(), tokens);
+        }
         table.extend(fields);
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let config = data_dir.join("node.toml");
@@ -390,6 +443,9 @@ impl Nodes {
         let mut addresses = Vec::new();
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let (config, address) = line.split_once(' ').expect("'<config> <address>' lines");
+            if let Some(token) = config_token(Path::new(config)) {
+                remember_token(address, &token);
+            }
             configs.push(PathBuf::from(config));
             addresses.push(address.to_owned());
         }

@@ -79,10 +79,17 @@ async fn types(client: &Client, stream: &str) -> Vec<String> {
 async fn four_processes_run_the_shop_and_agree() {
     let directory = tempfile::tempdir().expect("temp dir");
     let up = Up::start(&directory.path().join("shop"), 4);
+    // The local cluster's API token, as `shop client` finds it.
+    let token = chorus_node::local::client_token(&directory.path().join("shop"))
+        .expect("shop init wrote a token");
     let clients: Vec<Client> = up
         .addresses
         .iter()
-        .map(|address| Client::new(address).expect("client"))
+        .map(|address| {
+            Client::new(address)
+                .expect("client")
+                .with_token(token.clone())
+        })
         .collect();
     for client in &clients {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,6 +1,7 @@
 //! The admin API: an operator changes this member's admission policy and asks for removals.
-//! Every route needs `Authorization: Bearer <admin_token>` (the node's configuration); a
-//! node without a token has the admin API off. 401 without a valid token, 403 when off.
+//! Every route needs `Authorization: Bearer <admin_token>` (the node's configuration) or an
+//! API token with `admin = true`; a node with neither has the admin API off. 401 without a
+//! valid token, 403 when off (`http/auth.rs`).
 //!
 //! - `GET /admin/admission`: the policy (`open` or `allow-list`, the approved keys, the keys
 //!   removed at run time).
@@ -13,14 +14,12 @@
 //! - `POST /admin/projections/{name}/rebuild`: fold a hosted projection again from position
 //!   0.
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use super::extract::JsonBody;
 use super::{ask, error};
@@ -28,12 +27,9 @@ use crate::config::parse_public_key;
 use crate::queues::EngineInputs;
 use crate::runtime::{AdminRequest, Input};
 
-/// The admin token the routes compare against (`None`: the admin API is off).
-#[derive(Clone)]
-pub struct AdminToken(pub Option<String>);
-
-/// The admin routes, each behind the token check.
-pub fn routes(token: AdminToken) -> Router<EngineInputs> {
+/// The admin routes (the router's access check lets through only the admin token or an
+/// API token with `admin = true`).
+pub fn routes() -> Router<EngineInputs> {
     Router::new()
         .route("/admin/admission", get(show))
         .route("/admin/admit", post(admit))
@@ -42,38 +38,6 @@ pub fn routes(token: AdminToken) -> Router<EngineInputs> {
             "/admin/projections/{name}/rebuild",
             post(super::projections::rebuild),
         )
-        .route_layer(axum::middleware::from_fn_with_state(token, authorize))
-}
-
-/// Lets a request through only with the node's admin token (compared in constant time).
-async fn authorize(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
-    let Some(expected) = token.0 else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "the admin API is off: set admin_token in this node's configuration",
-        );
-    };
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
-            next.run(request).await
-        }
-        _ => {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "the admin API needs `Authorization: Bearer <admin_token>`",
-            );
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-            response
-        }
-    }
 }
 
 /// The body of `admit` and `remove`.

@@ -16,8 +16,8 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use super::admin::AdminToken;
 use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, Network, router, serve};
+use crate::access::{Access, TokenConfig};
 use crate::runtime::{Input, Read, ReadAnswer};
 
 const STREAM: &str = "/streams/BankAccount@alice";
@@ -62,12 +62,18 @@ fn router_with(feed: crate::feed::Feed, reads_from: Arc<Mutex<Vec<u64>>>) -> Rou
     router(
         engine,
         (feed, crate::projections::Projections::none()),
-        AdminToken(Some(ADMIN_TOKEN.to_owned())),
+        open_access(Some(ADMIN_TOKEN)),
         Network::default(),
     )
 }
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-tests";
+
+/// Reads and writes open to anyone (the edges under test are elsewhere), the admin API
+/// behind `admin_token`.
+fn open_access(admin_token: Option<&str>) -> Access {
+    Access::new(Some("open"), &[], admin_token).expect("valid")
+}
 
 /// One request through the router; a body is sent as JSON.
 async fn exchange(method: &str, uri: &str, body: Option<&str>) -> (StatusCode, String) {
@@ -438,7 +444,7 @@ async fn a_full_engine_queue_answers_503_at_once_and_counts_it() {
             crate::feed::Feed::new(0).1,
             crate::projections::Projections::none(),
         ),
-        AdminToken(None),
+        open_access(None),
         Network::default(),
     );
     let request = Request::builder()
@@ -493,7 +499,7 @@ async fn the_admin_api_needs_the_token_and_is_off_without_one() {
             crate::feed::Feed::new(0).1,
             crate::projections::Projections::none(),
         ),
-        AdminToken(None),
+        open_access(None),
         Network::default(),
     )
     .oneshot(admit(Some(ADMIN_TOKEN), &body))
@@ -615,4 +621,96 @@ async fn a_read_direction_is_forward_or_backward_and_nothing_else() {
         let (status, text) = exchange("GET", uri, None).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {text}");
     }
+}
+
+/// A router over an empty store whose API needs these tokens.
+fn router_with_tokens(tokens: &[TokenConfig]) -> Router {
+    let (engine, inputs) = crate::queues::EngineInputs::new(64);
+    std::thread::spawn(move || {
+        while let Some(input) = inputs.recv() {
+            if let Input::Read(_, reply) = input {
+                let answer = ReadAnswer::Events {
+                    events: Vec::new(),
+                    next: None,
+                };
+                let _ = reply.send(Ok(answer));
+            }
+        }
+    });
+    router(
+        engine,
+        (
+            crate::feed::Feed::new(0).1,
+            crate::projections::Projections::none(),
+        ),
+        Access::new(None, tokens, None).expect("valid"),
+        Network::default(),
+    )
+}
+
+#[tokio::test]
+async fn without_a_token_401_with_the_wrong_scope_403_both_as_json() {
+    let token = |name: &str, read: &[&str], write: &[&str]| TokenConfig {
+        name: name.to_owned(),
+        secret: format!("{name}-0123456789abcdef"),
+        read: read.iter().map(|name| (*name).to_owned()).collect(),
+        write: write.iter().map(|name| (*name).to_owned()).collect(),
+        admin: false,
+    };
+    let app = router_with_tokens(&[
+        token("reader", &["default"], &[]),
+        token("shopper", &[], &["shop"]),
+    ]);
+    let call = |method: &str, uri: &str, bearer: Option<&str>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
+        if let Some(name) = bearer {
+            request = request.header("authorization", format!("Bearer {name}-0123456789abcdef"));
+        }
+        let body = if method == "POST" {
+            Body::from(COMMAND)
+        } else {
+            Body::empty()
+        };
+        let app = app.clone();
+        let request = request.body(body).expect("a request");
+        async move {
+            let response = app.oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let challenge = response.headers().get("www-authenticate").cloned();
+            (status, challenge, body_text(response).await)
+        }
+    };
+    // No token, or an unknown one: 401 with a Bearer challenge, for reads and writes.
+    for (method, uri, bearer) in [
+        ("POST", COMMANDS, None),
+        ("GET", STREAM, None),
+        ("GET", "/all", Some("stranger")),
+    ] {
+        let (status, challenge, text) = call(method, uri, bearer).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {text}");
+        assert_eq!(
+            challenge.as_ref().map(|value| value.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+        assert_error_shape(&text, "Bearer", uri);
+    }
+    // A token without the scope: 403 naming what it may not do.
+    for (method, uri, bearer, needle) in [
+        ("POST", COMMANDS, Some("reader"), "write"),
+        ("GET", "/all", Some("reader"), "every database"),
+        ("GET", "/streams/shop%2FOrder@1", Some("shopper"), "read"),
+        ("POST", COMMANDS, Some("shopper"), "\"default\""),
+    ] {
+        let (status, _, text) = call(method, uri, bearer).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {text}");
+        assert_error_shape(&text, needle, uri);
+    }
+    // The right scope goes through to the route; health and status need no token.
+    let (status, _, text) = call("GET", STREAM, Some("reader")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, _, _) = call("GET", "/health/live", None).await;
+    assert_eq!(status, StatusCode::OK);
 }
