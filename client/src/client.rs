@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::{ClientError, reason};
 use crate::event::{Command, Event, Receipt};
 use crate::raw::{Answer, NodeClient};
-use crate::subscription::{Subscription, Target};
+use crate::subscription::{LogTarget, Subscription, Target};
 
 /// How a command is sent again when no node could carry it: after 503 (the node is busy or
 /// cannot reach agreement now), 504 (no answer in time) or a connection error, always under
@@ -110,6 +110,15 @@ impl Client {
     /// Leaves the current node for the next.
     pub(crate) fn next_node(&self) {
         self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client of the current node only.
+    pub(crate) fn pinned(&self) -> Self {
+        Self {
+            nodes: Arc::new(vec![self.node().clone()]),
+            current: Arc::new(AtomicUsize::new(0)),
+            retry: self.retry,
+        }
     }
 
     /// Sends `command` to `stream` under a new random command id (see [`Client::send`]).
@@ -250,6 +259,14 @@ impl Client {
     /// resumes after the last event it yielded, so it yields every event once, in order.
     pub fn subscribe_stream(&self, stream: &str, from: u64) -> Subscription {
         Subscription::new(self.clone(), Target::Stream(stream.to_owned()), from)
+    }
+
+    /// A log's events (`$all`, a category or an event type) from position `from` of the
+    /// current node's store, then each new one: as [`Client::subscribe_stream`], except that
+    /// it stays on that node (positions are a node's own), reconnecting there after a
+    /// failure.
+    pub fn subscribe_log(&self, log: LogTarget, from: u64) -> Subscription {
+        Subscription::new(self.clone(), Target::Log(log), from)
     }
 }
 

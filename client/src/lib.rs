@@ -29,4 +29,4 @@ mod subscription;
 pub use client::{Client, Page, Retry};
 pub use error::ClientError;
 pub use event::{Command, Event, ExpectedVersion, Receipt, new_command_id};
-pub use subscription::{IDLE_LIMIT, Subscription, Target};
+pub use subscription::{IDLE_LIMIT, LogTarget, Subscription, Target};

@@ -24,21 +24,50 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(15);
 /// What a subscription follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// One stream (`Category@id`), by sequence number.
+    /// One stream (`Category@id`), by sequence number: the same on every member of its
+    /// section, so the subscription may move to another node.
     Stream(String),
+    /// A node's log (`$all`, a category of the default database, or an event type), by
+    /// that node's store positions: the subscription stays on its first node (another
+    /// node's positions need not be the same), reconnecting there.
+    Log(LogTarget),
+}
+
+/// Which log a [`Target::Log`] follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Every event the node holds.
+    All,
+    /// One category.
+    Category(String),
+    /// One event type.
+    EventType(String),
 }
 
 impl Target {
     fn path(&self, from: u64) -> String {
         match self {
             Self::Stream(stream) => format!("/streams/{stream}/subscribe?from={from}"),
+            Self::Log(LogTarget::All) => format!("/all/subscribe?from={from}"),
+            Self::Log(LogTarget::Category(category)) => {
+                format!("/categories/{category}/subscribe?from={from}")
+            }
+            Self::Log(LogTarget::EventType(event_type)) => {
+                format!("/types/{event_type}/subscribe?from={from}")
+            }
         }
     }
 
     fn cursor(&self, event: &Event) -> u64 {
         match self {
             Self::Stream(_) => event.sequence,
+            Self::Log(_) => event.position,
         }
+    }
+
+    /// Whether the subscription may resume on another node.
+    fn moves(&self) -> bool {
+        matches!(self, Self::Stream(_))
     }
 }
 
@@ -52,6 +81,7 @@ pub struct Subscription {
 }
 
 struct State {
+    /// For a log target, a client of its first node only.
     client: Client,
     target: Target,
     /// The cursor of the next event to yield.
@@ -76,6 +106,11 @@ enum Opening {
 
 impl Subscription {
     pub(crate) fn new(client: Client, target: Target, from: u64) -> Self {
+        let client = if target.moves() {
+            client
+        } else {
+            client.pinned()
+        };
         let state = State {
             client,
             target,

@@ -274,3 +274,61 @@ async fn log_reads_page_on_with_the_nodes_cursor() {
         "{heads:?}"
     );
 }
+
+#[tokio::test]
+async fn a_log_subscription_stays_on_its_node_and_resumes_there_by_position() {
+    // The node serves positions 11 and 12, drops the connection, and serves 12 again and 13
+    // when asked to resume after 12. The second node is never asked.
+    let (a, a_seen) = fake_node(Arc::new(|_, request: &Seen| {
+        if request
+            .head
+            .to_ascii_lowercase()
+            .contains("last-event-id: 12")
+        {
+            sse_log_response(&[12, 13])
+        } else {
+            sse_log_response(&[11, 12])
+        }
+    }))
+    .await;
+    let (b, b_seen) = fake_node(Arc::new(|_, _| json_response(500, &json!({"error": "no"})))).await;
+    let client = Client::new(&[a, b]).expect("client");
+    let mut subscription =
+        client.subscribe_log(chorus_client::LogTarget::EventType("Restocked".into()), 11);
+    let mut positions = Vec::new();
+    while positions.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("events keep coming")
+            .expect("not ended")
+            .expect("an event");
+        positions.push(event.position);
+    }
+    assert_eq!(positions, [11, 12, 13]);
+    assert!(
+        a_seen.lock().expect("not poisoned")[0]
+            .head
+            .starts_with("GET /types/Restocked/subscribe?from=11 ")
+    );
+    assert!(
+        b_seen.lock().expect("not poisoned").is_empty(),
+        "the other node was asked"
+    );
+}
+
+fn sse_log_response(positions: &[u64]) -> String {
+    let events: String = positions
+        .iter()
+        .map(|position| {
+            let event = json!({
+                "stream": "Stock@apple", "sequence": 1, "position": position,
+                "event_id": format!("{position:032x}"), "type": "Restocked", "version": 1,
+                "payload": {}, "command_id": null, "timestamp_ms": 5,
+            });
+            format!("id: {position}\ndata: {event}\n\n")
+        })
+        .collect();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{events}"
+    )
+}
