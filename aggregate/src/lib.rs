@@ -30,6 +30,7 @@ pub mod repository;
 pub mod shape;
 pub mod store;
 pub mod subscription;
+mod system;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -29,6 +29,7 @@ use crate::repository::{Repository, decide};
 use crate::shape::AggregateShape;
 use crate::store::{CommandRecord, EventStore};
 use crate::subscription::Subscription;
+use crate::system::SystemCommands;
 
 /// Most commands one event may set off through a manager (its own and those of rejections),
 /// so a manager that keeps answering rejections with commands cannot loop forever.
@@ -142,7 +143,7 @@ impl DispatchError {
 }
 
 /// Executes a JSON command for one aggregate type.
-trait ErasedAggregate: Send + Sync {
+pub(crate) trait ErasedAggregate: Send + Sync {
     fn canonical(&self, command: &Value) -> Result<Value, DispatchError>;
 
     fn execute(
@@ -185,24 +186,7 @@ impl<A: Aggregate> Typed<A> {
             serde_json::from_value(request.command.clone()).map_err(|error| {
                 DispatchError::Invalid(format!("not a {} command: {error}", A::CATEGORY))
             })?;
-        let metadata = match &request.metadata {
-            None => None,
-            Some(object @ Value::Object(_)) => {
-                let bytes = serde_json::to_vec(object).unwrap_or_default();
-                if bytes.len() > METADATA_BYTES_MAX {
-                    return Err(DispatchError::Invalid(format!(
-                        "the metadata is {} bytes; at most {METADATA_BYTES_MAX} are allowed",
-                        bytes.len()
-                    )));
-                }
-                Some(bytes)
-            }
-            Some(_) => {
-                return Err(DispatchError::Invalid(
-                    "the metadata must be a JSON object".to_owned(),
-                ));
-            }
-        };
+        let metadata = metadata_bytes(request)?;
         Ok(CommandEnvelope {
             command_id: request.command_id,
             stream: request.stream.clone(),
@@ -213,6 +197,27 @@ impl<A: Aggregate> Typed<A> {
             metadata,
             command,
         })
+    }
+}
+
+/// A request's metadata as the store keeps it: a JSON object's bytes, at most
+/// `METADATA_BYTES_MAX`.
+pub(crate) fn metadata_bytes(request: &CommandRequest) -> Result<Option<Vec<u8>>, DispatchError> {
+    match &request.metadata {
+        None => Ok(None),
+        Some(object @ Value::Object(_)) => {
+            let bytes = serde_json::to_vec(object).unwrap_or_default();
+            if bytes.len() > METADATA_BYTES_MAX {
+                return Err(DispatchError::Invalid(format!(
+                    "the metadata is {} bytes; at most {METADATA_BYTES_MAX} are allowed",
+                    bytes.len()
+                )));
+            }
+            Ok(Some(bytes))
+        }
+        Some(_) => Err(DispatchError::Invalid(
+            "the metadata must be a JSON object".to_owned(),
+        )),
     }
 }
 
@@ -322,6 +327,9 @@ impl AggregateRegistry {
     }
 
     fn aggregate(&self, request: &CommandRequest) -> Result<&dyn ErasedAggregate, DispatchError> {
+        if SystemCommands::handles(&request.command) {
+            return Ok(&SystemCommands);
+        }
         let category = request.stream.category().as_str();
         self.aggregates
             .get(category)

@@ -130,6 +130,27 @@ impl Client {
         self.send(&Command::new(stream, command)?).await
     }
 
+    /// Sets a stream's retention rules (agreed like any command, so every member hides the
+    /// same events): reads show at most `max_count` of its newest events, none older than
+    /// `max_age_ms` before the newest agreed time.
+    pub async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        max_count: Option<u64>,
+        max_age_ms: Option<u64>,
+    ) -> Result<Receipt, ClientError> {
+        let command =
+            serde_json::json!({"$metadata": {"max_count": max_count, "max_age_ms": max_age_ms}});
+        self.submit(stream, &command).await
+    }
+
+    /// Soft-deletes a stream: reads no longer show its events; a later command starts it
+    /// again after them.
+    pub async fn delete_stream(&self, stream: &str) -> Result<Receipt, ClientError> {
+        self.submit(stream, &serde_json::json!({"$delete": {}}))
+            .await
+    }
+
     /// Sends a command and waits until it is agreed and durable on the answering node.
     /// Sent again under the same id after 503, 504 or a connection error (with backoff,
     /// moving to the next node), so it applies at most once. A refusal by the aggregate is

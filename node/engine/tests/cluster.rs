@@ -1367,3 +1367,80 @@ fn a_commands_envelope_is_agreed_and_stored_alike_on_every_member() {
         );
     }
 }
+
+#[test]
+fn stream_metadata_and_soft_delete_are_agreed_and_hide_the_same_events_on_every_member() {
+    let mut cluster = Cluster::new(4, 4, BlockMode::Supermajority, 34);
+    let open = bank(BankAccountCommand::OpenAccount { owner: "r".into() });
+    cluster.submit(0, 0, request("retained-open", "BankAccount@r", open));
+    for number in 1..=4u64 {
+        let deposit = bank(BankAccountCommand::Deposit {
+            amount: number,
+            transfer: None,
+        });
+        cluster.submit(
+            (number % 4) as usize,
+            number,
+            request(&format!("retained-{number}"), "BankAccount@r", deposit),
+        );
+    }
+    cluster.run_until_answered(5, 30_000);
+    let key = StreamKey::parse("BankAccount@r").expect("key");
+    let visible = |cluster: &Cluster| -> Vec<Vec<u64>> {
+        cluster
+            .engines
+            .iter()
+            .map(|engine| {
+                engine
+                    .store()
+                    .read_stream(&key, 1, chorus_aggregate::Direction::Forward, 100)
+                    .expect("read")
+                    .events
+                    .iter()
+                    .filter(|event| !event.event_type.is_system())
+                    .map(|event| event.sequence)
+                    .collect()
+            })
+            .collect()
+    };
+    // Keep the two newest: every member shows the same two.
+    let retain = serde_json::json!({"$metadata": {"max_count": 2}});
+    cluster.submit(2, 5, request("retain-two", "BankAccount@r", retain));
+    cluster.run_until_answered(6, 30_000);
+    assert!(
+        matches!(cluster.replies[&5], CommandOutcome::Committed(_)),
+        "{:?}",
+        cluster.replies[&5]
+    );
+    cluster.settle_and_assert_sections_agree();
+    let shown = visible(&cluster);
+    assert!(shown.iter().all(|events| *events == shown[0]), "{shown:?}");
+    assert!(
+        shown[0].len() <= 2 && shown[0].iter().all(|sequence| *sequence >= 4),
+        "{shown:?}"
+    );
+    // A misspelt rule is invalid and changes nothing.
+    let misspelt = serde_json::json!({"$metadata": {"max_cout": 2}});
+    cluster.submit(3, 6, request("misspelt", "BankAccount@r", misspelt));
+    cluster.run_until_answered(7, 30_000);
+    assert!(
+        matches!(cluster.replies[&6], CommandOutcome::Invalid(_)),
+        "{:?}",
+        cluster.replies[&6]
+    );
+    // Soft-deleted: no member shows any of its events.
+    let delete = serde_json::json!({"$delete": {}});
+    cluster.submit(1, 7, request("delete-r", "BankAccount@r", delete));
+    cluster.run_until_answered(8, 30_000);
+    assert!(
+        matches!(cluster.replies[&7], CommandOutcome::Committed(_)),
+        "{:?}",
+        cluster.replies[&7]
+    );
+    cluster.settle_and_assert_sections_agree();
+    assert!(
+        visible(&cluster).iter().all(Vec::is_empty),
+        "{:?}",
+        visible(&cluster)
+    );
+}
