@@ -91,6 +91,21 @@ impl Client {
         }
     }
 
+    /// The same client, trusting the certificates in `pem` for `https://` nodes (a local
+    /// cluster's `cluster.crt`).
+    pub fn trusting(self, pem: &[u8]) -> Result<Self, ClientError> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|node| node.clone().trusting(pem))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ClientError::Usage)?;
+        Ok(Self {
+            nodes: Arc::new(nodes),
+            ..self
+        })
+    }
+
     /// The same client, retrying commands as `retry` says.
     #[must_use]
     pub fn with_retry(self, retry: Retry) -> Self {

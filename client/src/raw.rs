@@ -2,11 +2,13 @@
 //! measures the cluster rather than TCP handshakes): JSON in and out, every failure a
 //! readable error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -35,29 +37,47 @@ pub struct Answer {
 /// shared).
 #[derive(Clone)]
 pub struct NodeClient {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
-    /// Sent as `Authorization: Bearer <token>` (the admin API).
+    /// Sent as `Authorization: Bearer <token>`.
     token: Option<String>,
 }
 
 impl NodeClient {
-    /// A client for the node at `base` (`http://127.0.0.1:PORT`).
+    /// A client for the node at `base` (`http://127.0.0.1:PORT`, or `https://...` for a node
+    /// serving TLS with a certificate from [`NodeClient::trusting`]).
     pub fn new(base: &str) -> Result<Self, String> {
         let base = base.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(format!("{base}: a node address starts with http://"));
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(format!(
+                "{base}: a node address starts with http:// or https://"
+            ));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Ok(Self {
-            http,
+            http: pooled(rustls::RootCertStore::empty())?,
             base,
             token: None,
         })
+    }
+
+    /// The same client, trusting the certificates in `pem` (a node's self-signed
+    /// certificate, or the authority that signed it) for `https://` nodes.
+    pub fn trusting(mut self, pem: &[u8]) -> Result<Self, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate =
+                certificate.map_err(|error| format!("a trusted certificate: {error}"))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("a trusted certificate: {error}"))?;
+        }
+        if roots.is_empty() {
+            return Err("no certificate in the PEM to trust".to_owned());
+        }
+        self.http = pooled(roots)?;
+        Ok(self)
     }
 
     /// The same client, sending `token` as a bearer token with every request.
@@ -177,6 +197,29 @@ impl NodeClient {
             Ok(Answer { status: 200, .. })
         )
     }
+}
+
+/// hyper's pooled client over plain TCP or TLS (trusting `roots` only).
+fn pooled(
+    roots: rustls::RootCertStore,
+) -> Result<HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS: {error}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector))
 }
 
 /// A `GET` whose body is read as it comes (a subscription): the status and, for 200, the

@@ -121,7 +121,11 @@ fn nodes(targets: &AdminTargets) -> Result<Vec<Client>, String> {
             let token = checked.config.admin_token.clone().ok_or_else(|| {
                 format!("{}: no admin_token: the admin API is off", path.display())
             })?;
-            Ok(Client::new(&format!("http://{}", checked.config.http))?.with_token(token))
+            let client = Client::new(&checked.config.base_url())?.with_token(token);
+            crate::local::trusted(
+                client,
+                crate::local::config_trust(&checked.config).as_deref(),
+            )
         })
         .collect()
 }

@@ -113,6 +113,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     let mut started = None;
     let mut temporary = None;
     let mut token = options.token.clone();
+    let mut trust = None;
     let targets = if options.targets.is_empty() {
         let data_dir = match &options.data_dir {
             Some(directory) => directory.clone(),
@@ -143,13 +144,14 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
             addresses
         };
         token = token.or_else(|| local::client_token(&data_dir));
+        trust = local::client_trust(&data_dir);
         addresses
     } else {
         options.targets.clone()
     };
     // Ctrl-C or SIGTERM stops the load and the cluster this benchmark started.
     let result = tokio::select! {
-        result = levels(&options, &targets, token.as_deref()) => result,
+        result = levels(&options, &targets, (token.as_deref(), trust.as_deref())) => result,
         () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
     };
     if let Some(cluster) = started {
@@ -175,11 +177,11 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
 async fn levels(
     options: &BenchOptions,
     targets: &[String],
-    token: Option<&str>,
+    (token, trust): (Option<&str>, Option<&[u8]>),
 ) -> Result<Vec<Level>, String> {
     let clients: Vec<Client> = targets
         .iter()
-        .map(|target| Client::new(target).map(|client| with_token(client, token)))
+        .map(|target| local::trusted(with_token(Client::new(target)?, token), trust))
         .collect::<Result<_, _>>()?;
     for client in &clients {
         if !client.healthy().await {

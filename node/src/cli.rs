@@ -170,7 +170,7 @@ pub fn run(command: Command, application: &Application) -> Result<(), String> {
             join: None,
         } => local::init(nodes, &data_dir, &local).map(|configs| {
             for (path, config) in configs {
-                say(&format!("{} http://{}", path.display(), config.http));
+                say(&format!("{} {}", path.display(), config.base_url()));
             }
         }),
         Command::Up {
@@ -198,7 +198,7 @@ pub fn run(command: Command, application: &Application) -> Result<(), String> {
 /// tells the operator what to approve.
 fn init_joiner(data_dir: &Path, url: &str, local: &local::LocalOptions) -> Result<(), String> {
     let (path, config, key) = local::init_joiner(data_dir, url, local)?;
-    say(&format!("{} http://{}", path.display(), config.http));
+    say(&format!("{} {}", path.display(), config.base_url()));
     eprintln!(
         "node {key} will join the network of {url}. Its section admits it once the \
          operators of more than two thirds of the members approve it, for a local \

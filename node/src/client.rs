@@ -79,7 +79,7 @@ fn pick_nodes(node: Option<String>, data_dir: &Path) -> Result<Vec<String>, Stri
     for path in crate::local::config_paths(data_dir) {
         let checked = crate::config::NodeConfig::load(&path)
             .map_err(|error| format!("{}: {error}", path.display()))?;
-        nodes.push(format!("http://{}", checked.config.http));
+        nodes.push(checked.config.base_url());
     }
     if nodes.is_empty() {
         return Err(format!(
@@ -102,6 +102,10 @@ pub async fn run_cli(
     let mut client = chorus_client::Client::new(&nodes).map_err(|error| error.to_string())?;
     if let Some(token) = &token {
         client = client.with_token(token);
+    }
+    let trust = crate::local::client_trust(data_dir);
+    if let Some(pem) = &trust {
+        client = client.trusting(pem).map_err(|error| error.to_string())?;
     }
     match action {
         ClientAction::Send {
@@ -126,7 +130,8 @@ pub async fn run_cli(
         }
         ClientAction::Tail { stream, from } => tail(&client, &stream, from).await,
         ClientAction::Status => {
-            let answer = Client::new(&nodes[0])?.get("/status").await?;
+            let status = crate::local::trusted(Client::new(&nodes[0])?, trust.as_deref())?;
+            let answer = status.get("/status").await?;
             crate::cli::say(&answer.body.to_string());
             if answer.status == 200 {
                 Ok(())

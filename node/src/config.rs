@@ -63,6 +63,24 @@ pub struct NodeConfig {
     /// The API tokens clients send as `Authorization: Bearer <secret>`, with their scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenConfig>,
+    /// Serve the HTTP API over TLS with this certificate chain (PEM), with `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `tls_certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// The node's HTTP API as a URL: `https://` when it serves TLS.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls_certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http)
+    }
 }
 
 /// Another node: its public key (hex) and libp2p address.
@@ -228,6 +246,12 @@ impl NodeConfig {
             }
             span => Some(span),
         };
+        if self.tls_certificate.is_some() != self.tls_key.is_some() {
+            return Err(field(
+                "tls_certificate",
+                "tls_certificate and tls_key go together".to_owned(),
+            ));
+        }
         let access = Access::new(
             self.auth.as_deref(),
             &self.tokens,
@@ -460,6 +484,8 @@ mod tests {
             remove_silent_after_ms: 60_000,
             auth: Some("open".into()),
             tokens: Vec::new(),
+            tls_certificate: None,
+            tls_key: None,
             join_from: None,
         }
     }

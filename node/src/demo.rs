@@ -143,10 +143,12 @@ fn steps(count: usize) -> Vec<Step> {
 
 async fn workload(options: &DemoOptions, addresses: &[String]) -> Result<(), String> {
     let token = local::client_token(&options.data_dir);
+    let trust = local::client_trust(&options.data_dir);
     let clients: Vec<Client> = addresses
         .iter()
         .map(|address| {
-            Client::new(address).map(|client| crate::bench::with_token(client, token.as_deref()))
+            let client = crate::bench::with_token(Client::new(address)?, token.as_deref());
+            local::trusted(client, trust.as_deref())
         })
         .collect::<Result<_, _>>()?;
     set_up(&clients).await?;

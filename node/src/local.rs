@@ -26,6 +26,11 @@ pub struct LocalOptions {
     /// so this sets the latency floor (and the idle traffic).
     #[arg(long, default_value_t = DEFAULT_GOSSIP_INTERVAL_MS)]
     pub gossip_interval_ms: u64,
+    /// Serve the HTTP API over TLS, with a self-signed certificate for 127.0.0.1 and
+    /// localhost written beside the nodes (`cluster.crt`), which `chorus client`, `demo` and
+    /// `bench` trust by themselves.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Local clusters gossip every 5 ms: on loopback a sync takes well under a millisecond, and
@@ -37,6 +42,7 @@ impl Default for LocalOptions {
         Self {
             block_mode: "supermajority".into(),
             gossip_interval_ms: DEFAULT_GOSSIP_INTERVAL_MS,
+            tls: false,
         }
     }
 }
@@ -80,6 +86,12 @@ pub fn init(
     // One API token for the whole local cluster (kept from an earlier run), so a client
     // of it needs one; `chorus client`, `demo` and `bench` read it from node 0.
     let tokens = cluster_tokens(&data_dir.join("node-0").join("node.toml"));
+    // TLS: asked for, or kept from an earlier run (its certificate is there).
+    let tls = if options.tls || data_dir.join(CLUSTER_CERTIFICATE).exists() {
+        Some(cluster_certificate(data_dir)?)
+    } else {
+        None
+    };
     // Keys and ports: kept from an earlier run (its configuration files), else new.
     let members = (0..nodes)
         .map(|index| LocalMember::find_or_make(data_dir.join(format!("node-{index}")), options))
@@ -95,7 +107,7 @@ pub fn init(
                 address: other.listen.clone(),
             })
             .collect();
-        configs.push(member.write_config(peers, &tokens)?);
+        configs.push(member.write_config(peers, &tokens, tls.as_ref())?);
     }
     Ok(configs)
 }
@@ -145,6 +157,7 @@ impl LocalMember {
         &self,
         peers: Vec<PeerConfig>,
         tokens: &[TokenConfig],
+        tls: Option<&(PathBuf, PathBuf)>,
     ) -> Result<(PathBuf, NodeConfig), String> {
         let config = NodeConfig {
             data_dir: self.directory.clone(),
@@ -162,6 +175,8 @@ impl LocalMember {
             join_from: None,
             auth: None,
             tokens: tokens.to_vec(),
+            tls_certificate: tls.map(|(certificate, _)| certificate.clone()),
+            tls_key: tls.map(|(_, key)| key.clone()),
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = self.directory.join("node.toml");
@@ -206,6 +221,8 @@ pub fn init_joiner(
         remove_silent_after_ms: chorus_engine::engine::limits::REMOVE_SILENT_AFTER_MS,
         auth: None,
         tokens: vec![local_token()],
+        tls_certificate: None,
+        tls_key: None,
     };
     config.clone().check().map_err(|error| error.to_string())?;
     let text = toml::to_string(&config).map_err(|error| error.to_string())?;
@@ -271,6 +288,47 @@ pub fn client_token(data_dir: &Path) -> Option<String> {
         .map(|token| token.secret)
 }
 
+/// The local cluster's certificate, beside its nodes' directories: self-signed, for
+/// 127.0.0.1 and localhost (its key is `cluster.key`, readable by its owner only).
+pub const CLUSTER_CERTIFICATE: &str = "cluster.crt";
+
+/// The local cluster's certificate and key under `data_dir`, made if missing.
+fn cluster_certificate(data_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let certificate = data_dir.join(CLUSTER_CERTIFICATE);
+    let key = data_dir.join("cluster.key");
+    if certificate.exists() && key.exists() {
+        return Ok((certificate, key));
+    }
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|error| format!("cannot make a certificate: {error}"))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|error| format!("{}: {error}", data_dir.display()))?;
+    crate::config::write_private(&key, made.signing_key.serialize_pem().as_bytes())
+        .map_err(|error| format!("{}: {error}", key.display()))?;
+    std::fs::write(&certificate, made.cert.pem())
+        .map_err(|error| format!("{}: {error}", certificate.display()))?;
+    Ok((certificate, key))
+}
+
+/// The certificate a client of the local cluster under `data_dir` trusts, if it serves TLS.
+pub fn client_trust(data_dir: &Path) -> Option<Vec<u8>> {
+    std::fs::read(data_dir.join(CLUSTER_CERTIFICATE)).ok()
+}
+
+/// `client`, trusting `pem` if there is one (a local cluster serving TLS).
+pub fn trusted(client: Client, pem: Option<&[u8]>) -> Result<Client, String> {
+    match pem {
+        Some(pem) => client.trusting(pem),
+        None => Ok(client),
+    }
+}
+
+/// The certificate a node's configuration serves, for a client of it to trust.
+pub fn config_trust(config: &NodeConfig) -> Option<Vec<u8>> {
+    std::fs::read(config.tls_certificate.as_ref()?).ok()
+}
+
 /// A fresh admin token: 32 random bytes, hex.
 fn new_token() -> String {
     hex(&rand::random::<[u8; 32]>())
@@ -291,13 +349,15 @@ pub async fn running(data_dir: &Path) -> Option<Vec<String>> {
     let mut addresses = Vec::new();
     for path in config_paths(data_dir) {
         let checked = NodeConfig::load(&path).ok()?;
-        addresses.push(format!("http://{}", checked.config.http));
+        addresses.push(checked.config.base_url());
     }
     if addresses.is_empty() {
         return None;
     }
+    let trust = client_trust(data_dir);
     for address in &addresses {
-        if !Client::new(address).ok()?.healthy().await {
+        let client = trusted(Client::new(address).ok()?, trust.as_deref()).ok()?;
+        if !client.healthy().await {
             return None;
         }
     }
@@ -338,11 +398,14 @@ impl LocalCluster {
                 .spawn()
                 .map_err(|error| format!("cannot start a node: {error}"))?;
             cluster.children.push(child);
-            cluster.addresses.push(format!("http://{}", config.http));
+            cluster.addresses.push(config.base_url());
         }
         let deadline = tokio::time::Instant::now() + ready_within;
         for (index, address) in cluster.addresses.clone().iter().enumerate() {
-            let client = Client::new(address)?;
+            let trust = configs
+                .get(index)
+                .and_then(|(_, config)| config_trust(config));
+            let client = trusted(Client::new(address)?, trust.as_deref())?;
             while !client.healthy().await {
                 if let Ok(Some(status)) = cluster.children[index].try_wait() {
                     cluster.stop().await;

@@ -773,6 +773,8 @@ mod tests {
             join_from: None,
             auth: Some("open".into()),
             tokens: Vec::new(),
+            tls_certificate: None,
+            tls_key: None,
         }
         .check()
         .expect("a valid configuration")

@@ -58,10 +58,16 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             inputs.clone(),
         ));
         say(&format!(
-            "node {} p2p {p2p} http http://{http}",
-            hex(&key.verifying_key().to_bytes())
+            "node {} p2p {p2p} http {}://{http}",
+            hex(&key.verifying_key().to_bytes()),
+            if checked.config.tls_certificate.is_some() {
+                "https"
+            } else {
+                "http"
+            }
         ));
         info!(%http, %p2p, "node running");
+        let tls = tls_acceptor(&checked.config)?;
         let served = http::serve(
             listener,
             http::router(
@@ -70,6 +76,7 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
                 checked.access.clone(),
                 http::Network { addresses, reads },
             ),
+            tls,
             shutdown_signal(),
         );
         // On a signal the server stops taking connections and finishes open requests, but
@@ -144,3 +151,23 @@ fn spawn_engine(
 
 /// How long a stopping node lets open HTTP requests finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The TLS acceptor of the HTTP API, if the configuration names a certificate and key.
+fn tls_acceptor(config: &NodeConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(certificate), Some(key)) = (&config.tls_certificate, &config.tls_key) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|error| format!("{}: {error}", certificate.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|error| format!("{}: {error}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|error| format!("{}: {error}", certificate.display()))?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+}

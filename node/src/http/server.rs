@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, error};
@@ -27,7 +28,12 @@ use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, error};
 /// Serves `router` on `listener` (HTTP/1.1) until `shutdown` completes, then takes no more
 /// connections and waits until the open ones have finished their requests; the caller bounds
 /// that wait (a subscription never finishes).
-pub async fn serve(mut listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    mut listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let connections = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
@@ -37,18 +43,37 @@ pub async fn serve(mut listener: TcpListener, router: Router, shutdown: impl Fut
             accepted = Listener::accept(&mut listener) => accepted,
             () = &mut shutdown => break,
         };
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router.clone()),
-            );
-        let connection = connections.watch(connection);
+        let service = TowerToHyperService::new(router.clone());
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let Some(acceptor) = &tls else {
+            let connection =
+                connections.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                // A client that was cut off or went away; nothing for the node to act on.
+                if let Err(problem) = connection.await {
+                    debug!(%remote, %problem, "http connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake has the header deadline too: a client that connects and says nothing
+        // holds a task only that long.
+        let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+        let watcher = connections.watcher();
         tokio::spawn(async move {
-            // A client that was cut off or went away; nothing for the node to act on.
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(problem)) => {
+                    debug!(%remote, %problem, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(problem) = connection.await {
-                debug!(%remote, %problem, "http connection ended with an error");
+                debug!(%remote, %problem, "https connection ended with an error");
             }
         });
     }

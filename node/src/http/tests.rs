@@ -298,6 +298,7 @@ impl Loopback {
         runtime.spawn(serve(
             listener,
             router_over_empty_store(),
+            None,
             std::future::pending(),
         ));
         Self {
