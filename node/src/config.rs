@@ -236,28 +236,8 @@ impl NodeConfig {
             }
         };
         let admit = self.checked_admission()?;
-        let remove_silent_after_ms = match self.remove_silent_after_ms {
-            0 => None,
-            span if span < 10 * self.gossip_interval_ms => {
-                return Err(field(
-                    "remove_silent_after_ms",
-                    format!("{span} is under ten gossip intervals; use 0 to turn the rule off"),
-                ));
-            }
-            span => Some(span),
-        };
-        if self.tls_certificate.is_some() != self.tls_key.is_some() {
-            return Err(field(
-                "tls_certificate",
-                "tls_certificate and tls_key go together".to_owned(),
-            ));
-        }
-        let access = Access::new(
-            self.auth.as_deref(),
-            &self.tokens,
-            self.admin_token.as_deref(),
-        )
-        .map_err(|problem| field("auth", problem))?;
+        let remove_silent_after_ms = self.checked_silence()?;
+        let access = self.checked_access()?;
         Ok(Checked {
             access,
             config: self,
@@ -269,6 +249,38 @@ impl NodeConfig {
             admit,
             remove_silent_after_ms,
         })
+    }
+
+    /// The liveness rule's span (`None`: off), at least ten gossip intervals.
+    fn checked_silence(&self) -> Result<Option<u64>, ConfigError> {
+        match self.remove_silent_after_ms {
+            0 => Ok(None),
+            span if span < 10 * self.gossip_interval_ms => Err(ConfigError::Field {
+                field: "remove_silent_after_ms".to_owned(),
+                error: format!("{span} is under ten gossip intervals; use 0 to turn the rule off"),
+            }),
+            span => Ok(Some(span)),
+        }
+    }
+
+    /// Who may use the HTTP API (`auth`, `tokens`, `admin_token`) and over what (`tls_*`).
+    fn checked_access(&self) -> Result<Access, ConfigError> {
+        let field = |field: &str, error: String| ConfigError::Field {
+            field: field.to_owned(),
+            error,
+        };
+        if self.tls_certificate.is_some() != self.tls_key.is_some() {
+            return Err(field(
+                "tls_certificate",
+                "tls_certificate and tls_key go together".to_owned(),
+            ));
+        }
+        Access::new(
+            self.auth.as_deref(),
+            &self.tokens,
+            self.admin_token.as_deref(),
+        )
+        .map_err(|problem| field("auth", problem))
     }
 
     /// The founding peers, each key and address checked.

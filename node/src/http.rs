@@ -21,6 +21,7 @@ mod across;
 pub mod admin;
 mod auth;
 mod extract;
+mod metrics;
 mod projections;
 mod reads;
 mod server;
@@ -52,7 +53,7 @@ use crate::http::subscriptions::{
     subscribe_all, subscribe_category, subscribe_event_type, subscribe_stream,
 };
 use crate::peer_reads::PeerReads;
-use crate::queues::{Drops, EngineInputs, Refused};
+use crate::queues::{EngineInputs, Refused};
 use crate::runtime::Input;
 use crate::transport::AddressBook;
 
@@ -102,7 +103,7 @@ pub fn router(
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/streams/{stream}/commands", post(submit))
         .route("/streams/{stream}", get(read_stream))
         .route("/streams/{stream}/subscribe", get(subscribe_stream))
@@ -352,160 +353,4 @@ type Engine = State<EngineInputs>;
 
 fn bad(problem: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, problem.to_string())
-}
-/// Prometheus text format: the node's section, store, consensus and command figures.
-async fn metrics(State(engine): Engine, QueryParams(NoQuery {}): QueryParams<NoQuery>) -> Response {
-    let status = match ask(&engine, Input::Status).await {
-        Ok(status) => status,
-        Err(response) => return response,
-    };
-    let mut text = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        text.push_str(&format!(
-            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}\n"
-        ));
-        for (labels, value) in samples {
-            text.push_str(&format!("chorus_{name}{labels} {value}\n"));
-        }
-    };
-    metric(
-        "generation",
-        "gauge",
-        "The node's section generation.",
-        &[("", status.generation)],
-    );
-    metric(
-        "section_members",
-        "gauge",
-        "Members of the node's section.",
-        &[("", status.members.len() as u64)],
-    );
-    metric(
-        "sections",
-        "gauge",
-        "Sections in the node's map.",
-        &[("", status.sections as u64)],
-    );
-    metric(
-        "active_member",
-        "gauge",
-        "1 if the node is an active member of its section.",
-        &[("", u64::from(status.active))],
-    );
-    metric(
-        "store_head_position",
-        "gauge",
-        "Global position of the last event in the node's store.",
-        &[("", status.head_position)],
-    );
-    let drops = &engine.drops;
-    metric(
-        "dropped_total",
-        "counter",
-        "Requests and messages the node's bounded queues refused or dropped, by queue.",
-        &[
-            (
-                "{queue=\"client_requests\"}",
-                Drops::read(&drops.client_requests),
-            ),
-            (
-                "{queue=\"peer_messages\"}",
-                Drops::read(&drops.peer_messages),
-            ),
-            (
-                "{queue=\"outbound_messages\"}",
-                Drops::read(&drops.outbound_messages),
-            ),
-            (
-                "{queue=\"unacknowledged_messages\"}",
-                Drops::read(&drops.unacknowledged_messages),
-            ),
-        ],
-    );
-    let refusals = &status.engine.refusals;
-    metric(
-        "peer_refusals_total",
-        "counter",
-        "Peer messages the engine refused or dropped, by reason: strangers' messages other \
-         than a join request, strangers' join requests over the throttle, joins this member \
-         did not vote for, members' sync requests over their byte budget, sync requests \
-         naming another domain.",
-        &[
-            ("{reason=\"stranger_message\"}", refusals.stranger_messages),
-            (
-                "{reason=\"join_request_throttled\"}",
-                refusals.join_requests_throttled,
-            ),
-            ("{reason=\"join_refused\"}", refusals.joins_refused),
-            ("{reason=\"sync_over_budget\"}", refusals.sync_over_budget),
-            ("{reason=\"other_domain\"}", refusals.other_domain),
-        ],
-    );
-    let answered = &status.answered;
-    metric(
-        "commands_answered_total",
-        "counter",
-        "Commands answered by this node since it started, by outcome.",
-        &[
-            ("{outcome=\"committed\"}", answered.committed),
-            (
-                "{outcome=\"already_committed\"}",
-                answered.already_committed,
-            ),
-            ("{outcome=\"refused\"}", answered.refused),
-            ("{outcome=\"invalid\"}", answered.invalid),
-            ("{outcome=\"failed\"}", answered.failed),
-        ],
-    );
-    if let Some(stats) = &status.consensus {
-        let figures: [(&str, &str, &str, u64); 6] = [
-            (
-                "consensus_events_held",
-                "gauge",
-                "Events in the gossip graph of the current generation.",
-                stats.events_held as u64,
-            ),
-            (
-                "consensus_events_created_total",
-                "counter",
-                "Events this node created in the current generation.",
-                stats.events_created,
-            ),
-            (
-                "consensus_events_rejected_total",
-                "counter",
-                "Events rejected in the current generation.",
-                stats.events_rejected,
-            ),
-            (
-                "consensus_blocks_total",
-                "counter",
-                "Blocks agreed in the current generation.",
-                stats.blocks,
-            ),
-            (
-                "consensus_max_round",
-                "gauge",
-                "Highest round seen in the current generation.",
-                stats.max_round,
-            ),
-            (
-                "consensus_undecided_round",
-                "gauge",
-                "First round whose fame is undecided.",
-                stats.undecided_round,
-            ),
-        ];
-        for (name, kind, help, value) in figures {
-            metric(name, kind, help, &[("", value)]);
-        }
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }

@@ -28,12 +28,8 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             chorus_consensus::PeerId(key.verifying_key().to_bytes()),
             p2p.clone(),
         );
-        let listener = tokio::net::TcpListener::bind(checked.http)
-            .await
-            .map_err(|error| format!("cannot listen on {}: {error}", checked.http))?;
-        let http = listener
-            .local_addr()
-            .map_err(|error| format!("http address: {error}"))?;
+        let (listener, http) = bind_http(checked.http).await?;
+        let tls = tls_acceptor(&checked.config)?;
         let (inputs, input_receiver) = queues::EngineInputs::new(queues::ENGINE_INPUTS_MAX);
         let (outbound, outbound_receiver) =
             queues::Outbound::new(queues::OUTBOUND_MAX, std::sync::Arc::clone(&inputs.drops));
@@ -57,43 +53,56 @@ pub fn run_node(application: &Application, path: &Path, join: Option<&str>) -> R
             reads_receiver,
             inputs.clone(),
         ));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         say(&format!(
-            "node {} p2p {p2p} http {}://{http}",
+            "node {} p2p {p2p} http {scheme}://{http}",
             hex(&key.verifying_key().to_bytes()),
-            if checked.config.tls_certificate.is_some() {
-                "https"
-            } else {
-                "http"
-            }
         ));
         info!(%http, %p2p, "node running");
-        let tls = tls_acceptor(&checked.config)?;
-        let served = http::serve(
-            listener,
-            http::router(
-                inputs,
-                (feed, hosted),
-                checked.access.clone(),
-                http::Network { addresses, reads },
-            ),
-            tls,
-            shutdown_signal(),
+        let router = http::router(
+            inputs,
+            (feed, hosted),
+            checked.access.clone(),
+            http::Network { addresses, reads },
         );
-        // On a signal the server stops taking connections and finishes open requests, but
-        // a command waiting for agreement can wait long: they get `SHUTDOWN_GRACE`.
-        let grace = async {
-            shutdown_signal().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        tokio::select! {
-            () = served => {}
-            () = grace => info!("open requests dropped at shutdown"),
-        }
+        serve_until_signal(listener, router, tls).await;
         // The engine thread ends when every input sender is gone (the tasks holding them stop
         // with the runtime); each input was made durable as it was handled.
         drop(engine_thread);
         Ok(())
     })
+}
+
+/// Binds the HTTP API's address (port 0 picks one); returns the listener and its address.
+async fn bind_http(
+    address: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| format!("http address: {error}"))?;
+    Ok((listener, bound))
+}
+
+/// Serves the HTTP API until Ctrl-C or SIGTERM. On a signal the server stops taking
+/// connections and finishes open requests, but a command waiting for agreement can wait
+/// long: they get `SHUTDOWN_GRACE`.
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let served = http::serve(listener, router, tls, shutdown_signal());
+    let grace = async {
+        shutdown_signal().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = served => {}
+        () = grace => info!("open requests dropped at shutdown"),
+    }
 }
 
 /// Starts the engine thread and waits until the engine is built there.

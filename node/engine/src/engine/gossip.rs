@@ -13,7 +13,16 @@ use super::wire::Message;
 
 impl Engine {
     /// A member's sync request for `generation`.
-    pub(super) fn on_sync_request(&mut self, from: PeerId, generation: u64, request: &SyncRequest) {
+    pub(super) fn on_sync_request(
+        &mut self,
+        from: PeerId,
+        (generation, domain): (u64, &[u8; 32]),
+        request: &SyncRequest,
+    ) {
+        // A request of another domain is dropped, and its sender told ours.
+        if !self.same_domain(from, domain) {
+            return;
+        }
         let now_ms = self.now_ms;
         let lags = self.lags_beyond_window(from, generation);
         if lags {

@@ -502,11 +502,7 @@ impl Engine {
                 generation,
                 domain,
                 request,
-            } => {
-                if self.same_domain(from, &domain) {
-                    self.on_sync_request(from, generation, &request);
-                }
-            }
+            } => self.on_sync_request(from, (generation, &domain), &request),
             Message::SyncResponse {
                 generation,
                 response,

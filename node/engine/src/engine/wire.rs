@@ -174,11 +174,10 @@ impl Message {
                 generation,
                 domain,
                 request,
-            } => {
-                let mut body = domain.to_vec();
-                body.extend(gossip_body(*generation, request)?);
-                (TAG_SYNC_REQUEST, body)
-            }
+            } => (
+                TAG_SYNC_REQUEST,
+                sync_request_body(domain, *generation, request)?,
+            ),
             Self::SyncResponse {
                 generation,
                 response,
@@ -200,12 +199,10 @@ impl Message {
                 round,
                 head_position,
                 members,
-            } => {
-                let numbers = [*generation, *round, *head_position];
-                let mut body: Vec<u8> = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
-                body.extend(to_json(members)?);
-                (TAG_BEHIND, body)
-            }
+            } => (
+                TAG_BEHIND,
+                behind_body([*generation, *round, *head_position], members)?,
+            ),
             Self::JoinRequest(domain) => (TAG_JOIN_REQUEST, to_json(domain)?),
             Self::DomainDiffers(domain) => (TAG_DOMAIN_DIFFERS, to_json(domain)?),
             Self::JoinRefused(refusal) => (TAG_JOIN_REFUSED, to_json(refusal)?),
@@ -334,6 +331,24 @@ fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, MessageEr
 fn gossip_body(generation: u64, message: &impl Serialize) -> Result<Vec<u8>, MessageError> {
     let mut body = generation.to_le_bytes().to_vec();
     body.extend(encode_message(message).map_err(malformed)?);
+    Ok(body)
+}
+
+/// A `Behind` hint's body: three little-endian numbers, then the members as JSON.
+fn behind_body(numbers: [u64; 3], members: &[PeerId]) -> Result<Vec<u8>, MessageError> {
+    let mut body: Vec<u8> = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
+    body.extend(to_json(&members)?);
+    Ok(body)
+}
+
+/// A sync request's body: the sender's domain digest, then the gossip body.
+fn sync_request_body(
+    domain: &[u8; 32],
+    generation: u64,
+    request: &SyncRequest,
+) -> Result<Vec<u8>, MessageError> {
+    let mut body = domain.to_vec();
+    body.extend(gossip_body(generation, request)?);
     Ok(body)
 }
 
