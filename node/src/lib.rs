@@ -25,6 +25,7 @@ mod queues;
 mod read_wire;
 mod runtime;
 mod serve;
+mod store_reads;
 mod transport;
 
 pub use application::Application;
