@@ -300,7 +300,7 @@ pub fn run_engine(
     };
     let mut log_generation = engine.section().generation;
     serving.drain(&mut engine, &outbound)?;
-    head.publish(engine.store().head_position()?);
+    head.publish(engine.store().committed_head());
     let mut next_tick = Instant::now();
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -325,8 +325,9 @@ pub fn run_engine(
             next_tick = Instant::now() + tick_interval;
         }
         serving.drain(&mut engine, &outbound)?;
-        // Subscriptions that caught up wake only when the head moved.
-        head.publish(engine.store().head_position()?);
+        // Subscriptions that caught up wake only when the head moved (the store keeps its
+        // committed head in memory: no read transaction per batch).
+        head.publish(engine.store().committed_head());
         if let Some(reason) = engine.halted() {
             return Err(RuntimeError::Halted(reason.to_owned()));
         }

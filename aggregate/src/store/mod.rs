@@ -182,6 +182,12 @@ impl EventStore {
         Ok(read_counter(&meta, counter::LATEST_TIMESTAMP_MS)?)
     }
 
+    /// The head as of the last commit through this handle, from memory (no read
+    /// transaction): what a waiter on new events compares against.
+    pub fn committed_head(&self) -> u64 {
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Blocks until the head moves past `position` or `timeout` passes; returns the head.
     /// Subscriptions use this to go from catch-up to live without polling.
     pub fn wait_for_head_after(&self, position: u64, timeout: Duration) -> u64 {
