@@ -50,8 +50,8 @@ pub trait Aggregate: Default + Clone + Debug + Serialize + DeserializeOwned {
     fn apply(self, event: &Self::Event) -> Self;
 }
 
-/// What a command knows besides its own fields: which stream, which command, and the agreed
-/// time it executes at.
+/// What a command knows besides its own fields: which stream, which command, the agreed
+/// time it executes at, and the domain version its section agreed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandContext {
     /// The stream the command addresses.
@@ -60,6 +60,11 @@ pub struct CommandContext {
     pub command_id: CommandId,
     /// The agreed timestamp, ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The domain version the section agreed on where the command executes. During a
+    /// rolling upgrade, a node running new code that stands in for the old version decides
+    /// here as the old code did until the section agrees on the new one (an empty string
+    /// outside a section: tests, a single-process repository).
+    pub domain_version: String,
 }
 
 /// A typed domain event: a serde enum whose variants are the event types.

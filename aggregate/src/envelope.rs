@@ -265,6 +265,8 @@ pub struct CommandEnvelope<C> {
     pub causation_id: MessageId,
     /// The agreed timestamp it executes at (from the block), ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The section's agreed domain version it executes under (`CommandContext`).
+    pub domain_version: String,
     /// Free-form metadata (a JSON object's bytes), stored with its events.
     pub metadata: Option<Vec<u8>>,
     /// The command.
@@ -281,6 +283,7 @@ impl<C> CommandEnvelope<C> {
             correlation_id: command_id.into(),
             causation_id: command_id.into(),
             timestamp_ms: 0,
+            domain_version: String::new(),
             metadata: None,
             command,
         }

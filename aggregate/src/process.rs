@@ -54,6 +54,10 @@ pub struct CommandRequest {
     pub correlation_id: MessageId,
     /// The agreed timestamp it executes at.
     pub timestamp_ms: u64,
+    /// The section's agreed domain version it executes under (set by the engine, like the
+    /// timestamp; empty outside a section).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain_version: String,
     /// Free-form metadata from the client (a JSON object), stored with its events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
@@ -72,6 +76,7 @@ impl CommandRequest {
             causation_id: command_id.into(),
             correlation_id: command_id.into(),
             timestamp_ms: 0,
+            domain_version: String::new(),
             metadata: None,
             command,
         }
@@ -97,6 +102,7 @@ impl CommandRequest {
             causation_id: event.event_id.into(),
             correlation_id: event.correlation_id,
             timestamp_ms: event.timestamp_ms,
+            domain_version: String::new(),
             metadata: None,
             command: serde_json::to_value(command)?,
         })
@@ -194,6 +200,7 @@ impl<A: Aggregate> Typed<A> {
             correlation_id: request.correlation_id,
             causation_id: request.causation_id,
             timestamp_ms: request.timestamp_ms,
+            domain_version: request.domain_version.clone(),
             metadata,
             command,
         })

@@ -256,6 +256,7 @@ pub fn decide<A: Aggregate>(
         stream: envelope.stream.clone(),
         command_id: envelope.command_id,
         timestamp_ms: envelope.timestamp_ms,
+        domain_version: envelope.domain_version.clone(),
     };
     let events = state
         .handle(&envelope.command, &context)

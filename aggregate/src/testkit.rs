@@ -42,6 +42,7 @@ impl<A: Aggregate> AggregateTest<A> {
                 stream,
                 command_id: CommandId::derive(&[b"testkit"]),
                 timestamp_ms: 0,
+                domain_version: String::new(),
             },
         }
     }
@@ -54,6 +55,13 @@ impl<A: Aggregate> AggregateTest<A> {
     /// Sets the agreed timestamp the command executes at.
     pub fn at(mut self, timestamp_ms: u64) -> Self {
         self.context.timestamp_ms = timestamp_ms;
+        self
+    }
+
+    /// Sets the domain version the section agreed on (what `CommandContext::domain_version`
+    /// says): to test behaviour that changes with a domain upgrade.
+    pub fn under_domain(mut self, version: &str) -> Self {
+        self.context.domain_version = version.to_owned();
         self
     }
 

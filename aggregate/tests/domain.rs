@@ -623,6 +623,7 @@ fn the_registry_refuses_unknown_categories_and_malformed_commands() {
         causation_id: CommandId::derive(&[b"c"]).into(),
         correlation_id: CommandId::derive(&[b"c"]).into(),
         timestamp_ms: 0,
+        domain_version: String::new(),
         metadata: None,
         command: body,
     };

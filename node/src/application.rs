@@ -37,6 +37,7 @@ type ProjectionFactory =
 pub struct Application {
     name: String,
     version: String,
+    upgrades_from: Vec<String>,
     registrations: Vec<fn(AggregateRegistry) -> AggregateRegistry>,
     managers: Vec<ManagerFactory>,
     projections: Vec<ProjectionFactory>,
@@ -49,6 +50,7 @@ impl Application {
         Self {
             name: name.to_owned(),
             version: "1".to_owned(),
+            upgrades_from: Vec::new(),
             registrations: Vec::new(),
             managers: Vec::new(),
             projections: Vec::new(),
@@ -60,6 +62,18 @@ impl Application {
     #[must_use]
     pub fn version(mut self, version: &str) -> Self {
         version.clone_into(&mut self.version);
+        self
+    }
+
+    /// Declares that this code stands in for domain version `version` during a rolling
+    /// upgrade: it decides every command exactly as that version's code did while the
+    /// section runs it (branch on `CommandContext::domain_version` for what is new). A node
+    /// of this program then starts and joins a section that runs `version`, votes to
+    /// upgrade it, and the section switches when more than two thirds of its members voted,
+    /// at one point of its order; members still on the old program halt there.
+    #[must_use]
+    pub fn upgrades_from(mut self, version: &str) -> Self {
+        self.upgrades_from.push(version.to_owned());
         self
     }
 
@@ -114,6 +128,11 @@ impl Application {
     /// Its domain version.
     pub fn domain_version(&self) -> &str {
         &self.version
+    }
+
+    /// The domain versions it stands in for ([`Application::upgrades_from`]).
+    pub fn upgrades_from_versions(&self) -> &[String] {
+        &self.upgrades_from
     }
 
     /// Its aggregates, registered for the engine.

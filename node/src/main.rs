@@ -50,11 +50,19 @@ enum Command {
 
 /// The application this binary runs: the demo domain. `CHORUS_DEMO_DOMAIN_VERSION` gives it
 /// another domain version, to see the domain check at work: a section refuses a node whose
-/// domain differs from its own, and such a node stops, naming both.
+/// domain differs from its own, and such a node stops, naming both. With
+/// `CHORUS_DEMO_UPGRADES_FROM` (versions, comma-separated) it stands in for those versions
+/// instead: a rolling upgrade (README, "Upgrading a running cluster").
 fn demo_application() -> Application {
     let version = std::env::var("CHORUS_DEMO_DOMAIN_VERSION")
         .unwrap_or_else(|_| chorus_demo::DOMAIN_VERSION.to_owned());
-    Application::new("chorus")
+    let upgrades_from = std::env::var("CHORUS_DEMO_UPGRADES_FROM").unwrap_or_default();
+    let application = upgrades_from
+        .split(',')
+        .map(str::trim)
+        .filter(|version| !version.is_empty())
+        .fold(Application::new("chorus"), Application::upgrades_from);
+    application
         .version(&version)
         .aggregate::<chorus_demo::bank_account::BankAccount>()
         .aggregate::<chorus_demo::notebook::Notebook>()

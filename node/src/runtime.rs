@@ -96,8 +96,11 @@ pub struct Status {
     /// The node's public key, hex.
     pub id: String,
     /// The domain it runs: the application's domain version and the fingerprint (first 8
-    /// bytes of the digest, hex) every member of its section shares.
+    /// bytes of the digest, hex).
     pub domain: DomainView,
+    /// The domain its section agreed on, as far as this node applied the order: its own,
+    /// or, during a rolling upgrade, one its code stands in for.
+    pub section_domain: DomainView,
     /// Its section's generation.
     pub generation: u64,
     /// Its section's prefix.
@@ -221,6 +224,7 @@ fn start_engine_from(
         admission: policy.admission(),
         remove_silent_after_ms: checked.remove_silent_after_ms,
         domain_version: application.domain_version().to_owned(),
+        upgrades_from: application.upgrades_from_versions().to_vec(),
         ..EngineConfig::new(Config {
             block_mode: checked.block_mode,
             gossip_interval_ms: checked.config.gossip_interval_ms,
@@ -427,6 +431,10 @@ fn status_of(engine: &Engine, answered: &Answered) -> Status {
         domain: DomainView {
             version: engine.domain().version.clone(),
             fingerprint: engine.domain().short(),
+        },
+        section_domain: DomainView {
+            version: engine.section_domain().agreed.version.clone(),
+            fingerprint: engine.section_domain().agreed.short(),
         },
         generation: section.generation,
         prefix: section.prefix.to_string(),

@@ -30,6 +30,7 @@ fn many_sections_under_a_lossy_network_agree_and_lose_nothing() {
             },
             spare_nodes: 0,
             remove_silent_after_ms: None,
+            binary: chorus_sim::cluster::Binary::default(),
         };
         let mut sim = ClusterSim::new(seed, setup).expect("cluster");
         assert!(
@@ -843,6 +844,7 @@ fn one_faulty_member_cannot_change_membership_or_routing_alone() {
             bytes: 0,
             digest: [0; 32],
             numbering: None,
+            domain: None,
         })
         .encode()
         .expect("encodes");

@@ -361,6 +361,8 @@ pub struct Nodes {
     logs: Vec<Option<PathBuf>>,
     /// Per node, more arguments for `chorus node` (`--join URL`).
     extra_args: Vec<Vec<String>>,
+    /// Per node, environment variables for `chorus node` (the demo's domain version).
+    envs: Vec<Vec<(String, String)>>,
 }
 
 impl Nodes {
@@ -385,6 +387,7 @@ impl Nodes {
         self.logs.push(Some(log));
         self.extra_args
             .push(args.iter().map(|arg| (*arg).to_owned()).collect());
+        self.envs.push(Vec::new());
         self.configs.len() - 1
     }
 
@@ -456,6 +459,7 @@ impl Nodes {
             children: (0..count).map(|_| None).collect(),
             logs: vec![None; count],
             extra_args: vec![Vec::new(); count],
+            envs: vec![Vec::new(); count],
         }
     }
 
@@ -478,12 +482,38 @@ impl Nodes {
             .arg("--config")
             .arg(&self.configs[index])
             .args(&self.extra_args[index])
+            .envs(self.envs[index].iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("chorus node starts");
         self.children[index] = Some(child);
         wait_healthy(&self.addresses[index]);
+    }
+
+    /// Sets an environment variable node `index` gets from its next start on.
+    pub fn set_env(&mut self, index: usize, key: &str, value: &str) {
+        self.envs[index].retain(|(set, _)| set != key);
+        self.envs[index].push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Sends node `index`'s stderr to `path` from its next start on.
+    pub fn log_to(&mut self, index: usize, path: PathBuf) {
+        self.logs[index] = Some(path);
+    }
+
+    /// Waits, up to `bound`, for node `index` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, index: usize, bound: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + bound;
+        let child = self.children[index].as_mut().expect("node is running");
+        loop {
+            if let Some(status) = child.try_wait().expect("waits") {
+                self.children[index] = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {index} kept running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `kill -9`: no chance to flush or say goodbye.

@@ -66,12 +66,15 @@ pub enum Applied {
     Forged(String),
 }
 
-/// Applies agreed proposals in order; returns what became of each, in the same order. The
-/// error is a storage failure: the caller applies the same proposals again after it (those
-/// already committed come back as `Duplicate`).
+/// Applies agreed proposals in order, under the section's agreed domain version
+/// (`CommandContext::domain_version`: an upgrade agreed between two blocks is applied
+/// between two calls); returns what became of each, in the same order. The error is a
+/// storage failure: the caller applies the same proposals again after it (those already
+/// committed come back as `Duplicate`).
 pub fn apply_agreed(
     registry: &AggregateRegistry,
     store: &EventStore,
+    domain_version: &str,
     agreed: &[AgreedProposal],
 ) -> Result<Vec<Applied>, StoreError> {
     let mut results: Vec<Option<Applied>> = vec![None; agreed.len()];
@@ -92,7 +95,7 @@ pub fn apply_agreed(
             }
             None => {}
         }
-        match judge(registry, store, agreed)? {
+        match judge(registry, store, domain_version, agreed)? {
             Verdict::Append(batch) => wave.add(index, request, batch),
             Verdict::Settled(outcome) => {
                 if let Applied::Refused(reason) | Applied::Invalid(reason) = &outcome {
@@ -122,13 +125,15 @@ enum Verdict {
 fn judge(
     registry: &AggregateRegistry,
     store: &EventStore,
+    domain_version: &str,
     agreed: &AgreedProposal,
 ) -> Result<Verdict, StoreError> {
     let (request, proposed) = match &agreed.proposal {
         Proposal::Command(request) => {
-            // Single mode executes at the block's agreed time.
+            // Single mode executes at the block's agreed time, under the agreed domain.
             let mut request = request.clone();
             request.timestamp_ms = agreed.timestamp_ms;
+            request.domain_version = domain_version.to_owned();
             (request, None)
         }
         Proposal::Decided {
@@ -147,6 +152,12 @@ fn judge(
             .stream_info(&request.stream)?
             .map_or(0, |info| info.version);
         if actual != decided_at {
+            return Ok(Verdict::Settled(Applied::Stale { decided_at, actual }));
+        }
+        // Decided under a domain the section left (an upgrade came between): stale too,
+        // decided again under the agreed one. Upgrades only move forward, so this too holds
+        // whenever the block is applied again.
+        if request.domain_version != domain_version {
             return Ok(Verdict::Settled(Applied::Stale { decided_at, actual }));
         }
     }

@@ -1,10 +1,18 @@
 //! The domain fingerprint: what members must share to run the same application. A member
 //! lacking a category or an event type would record `Invalid` where the others append, and
-//! the stores would diverge silently; so a section's members all run one fingerprint, kept
-//! in the store, checked at start, carried by join requests and by every sync request.
+//! the stores would diverge silently; so a section agrees on one fingerprint, kept in the
+//! store, checked at start, carried by join requests and by every sync request.
+//!
+//! A domain upgrade is agreed like a membership change: code that stands in for the agreed
+//! domain (`NodeDomain::upgrades_from`) may take part, votes for its own domain
+//! (`UpgradeProposal`), and the section switches at the block where more than two thirds
+//! of its members voted for the same one (`docs/design-notes.md`, "Domain upgrades").
 
 use chorus_aggregate::{AggregateRegistry, AggregateShape, EventStore, StoreError};
+use chorus_consensus::PeerId;
 use serde::{Deserialize, Serialize};
+
+use crate::proposal::ProposalError;
 
 /// Longest domain version string (bytes).
 pub const DOMAIN_VERSION_BYTES_MAX: usize = 64;
@@ -15,7 +23,7 @@ pub const DOMAIN_CHECKPOINT: &str = "$engine/domain";
 /// An application's domain, as members compare it: its version string (set by the
 /// application) and a digest of that version and of every aggregate's category, state
 /// version, event types and their schema versions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "UncheckedFingerprint")]
 pub struct DomainFingerprint {
     /// The application's domain version.
@@ -81,8 +89,71 @@ impl DomainFingerprint {
             .map(|byte| format!("{byte:02x}"))
             .collect()
     }
+}
 
-    /// The fingerprint the store holds for its section, if any.
+/// The domain a node runs, and the agreed domains its code stands in for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDomain {
+    /// What this node's code is.
+    pub runs: DomainFingerprint,
+    /// Domain versions this code decides exactly as their own code did (new behaviour only
+    /// from the agreed upgrade on, through `CommandContext::domain_version`). A section
+    /// whose agreed domain has one of these versions takes this node in.
+    #[serde(default)]
+    pub upgrades_from: Vec<String>,
+}
+
+impl NodeDomain {
+    /// Whether this node can take part in a section that agreed on `section`.
+    pub fn can_run(&self, section: &DomainFingerprint) -> bool {
+        *section == self.runs || self.upgrades_from.contains(&section.version)
+    }
+}
+
+/// Most earlier agreed domains a section remembers (members still on one of them are caught
+/// up to the upgrade, not turned away).
+pub const EARLIER_DOMAINS_MAX: usize = 8;
+
+/// The domain a section agreed on, and the digests of those it agreed on before (latest
+/// last). Saved in the store; the same on every member at the same point of the order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SectionDomain {
+    /// The agreed domain.
+    #[serde(flatten)]
+    pub agreed: DomainFingerprint,
+    /// Earlier agreed domains, at most `EARLIER_DOMAINS_MAX`, oldest first.
+    #[serde(default)]
+    pub earlier: Vec<[u8; 32]>,
+}
+
+impl SectionDomain {
+    /// A section that agreed on `agreed` and nothing before.
+    pub fn new(agreed: DomainFingerprint) -> Self {
+        Self {
+            agreed,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// Whether `digest` is the agreed domain's or an earlier one's.
+    pub fn knows(&self, digest: &[u8; 32]) -> bool {
+        self.agreed.digest == *digest || self.earlier.contains(digest)
+    }
+
+    /// The section after it agreed on `next`.
+    pub fn upgraded(&self, next: DomainFingerprint) -> Self {
+        let mut earlier = self.earlier.clone();
+        earlier.push(self.agreed.digest);
+        let excess = earlier.len().saturating_sub(EARLIER_DOMAINS_MAX);
+        earlier.drain(..excess);
+        Self {
+            agreed: next,
+            earlier,
+        }
+    }
+
+    /// What the store holds for its section, if anything (a fingerprint saved alone, as
+    /// before upgrades, reads as a section with no earlier domain).
     pub fn load(store: &EventStore) -> Result<Option<Self>, StoreError> {
         let Some(bytes) = store.load_checkpoint(DOMAIN_CHECKPOINT)? else {
             return Ok(None);
@@ -90,18 +161,72 @@ impl DomainFingerprint {
         Self::decode(&bytes).map(Some)
     }
 
-    /// Decodes a saved fingerprint from untrusted bytes (a damaged file is an error, never a
-    /// panic).
+    /// Decodes saved bytes, untrusted (a damaged file is an error, never a panic).
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(bytes)
-            .map_err(|error| StoreError::Corrupt(format!("engine domain fingerprint: {error}")))
+        let section: Self = serde_json::from_slice(bytes)
+            .map_err(|error| StoreError::Corrupt(format!("engine domain: {error}")))?;
+        if section.earlier.len() > EARLIER_DOMAINS_MAX {
+            return Err(StoreError::Corrupt(format!(
+                "engine domain: {} earlier domains; at most {EARLIER_DOMAINS_MAX}",
+                section.earlier.len()
+            )));
+        }
+        Ok(section)
     }
 
     /// Saves it durably as the section's.
     pub fn save(&self, store: &EventStore) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(self)
-            .map_err(|error| StoreError::Corrupt(format!("engine domain fingerprint: {error}")))?;
+            .map_err(|error| StoreError::Corrupt(format!("engine domain: {error}")))?;
         store.save_checkpoint_durable(DOMAIN_CHECKPOINT, &bytes)
+    }
+}
+
+/// First byte of an encoded domain upgrade vote (command proposals start with their
+/// version byte, 1; membership proposals with `M`).
+pub const UPGRADE_TAG: u8 = b'D';
+/// Encoding version of upgrade votes, after the tag.
+pub const UPGRADE_VERSION: u8 = 1;
+
+/// A member's vote, in one generation, that its section run `domain` from now on. Counted
+/// like a membership change: in Supermajority mode every voter proposes the same bytes
+/// (`voter` is `None`) and one block proves more than two thirds; in Single mode each
+/// member proposes its own (`voter` is itself) and the engine counts the blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeProposal {
+    /// The generation it was proposed in (a late block of another one does nothing).
+    pub generation: u64,
+    /// The domain to run.
+    pub domain: DomainFingerprint,
+    /// Single mode: the member whose vote this is.
+    pub voter: Option<PeerId>,
+}
+
+impl UpgradeProposal {
+    /// The observation bytes: tag, version, JSON (deterministic).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![UPGRADE_TAG, UPGRADE_VERSION];
+        // Integers, a short string and fixed arrays always serialise.
+        serde_json::to_writer(&mut bytes, self).unwrap_or_else(|_| unreachable!());
+        bytes
+    }
+
+    /// Decodes untrusted observation bytes; `None` if they are not tagged as an upgrade vote.
+    pub fn decode(bytes: &[u8]) -> Option<Result<Self, ProposalError>> {
+        let (&tag, rest) = bytes.split_first()?;
+        if tag != UPGRADE_TAG {
+            return None;
+        }
+        let Some((&version, body)) = rest.split_first() else {
+            return Some(Err(ProposalError::Empty));
+        };
+        if version != UPGRADE_VERSION {
+            return Some(Err(ProposalError::UnknownVersion(version)));
+        }
+        Some(
+            serde_json::from_slice(body)
+                .map_err(|error| ProposalError::Malformed(error.to_string())),
+        )
     }
 }
 
@@ -151,6 +276,61 @@ mod tests {
         for other in others {
             assert_ne!(other.digest, reference.digest, "{other}");
         }
+    }
+
+    #[test]
+    fn a_section_domain_remembers_earlier_ones_within_its_bound_and_reads_old_saves() {
+        let first = DomainFingerprint::of_shapes("1", &[]);
+        let old_save = serde_json::to_vec(&first).expect("encodes");
+        let loaded = SectionDomain::decode(&old_save).expect("a saved fingerprint reads");
+        assert_eq!(loaded, SectionDomain::new(first.clone()));
+        let mut section = loaded;
+        for version in 2..20 {
+            section = section.upgraded(DomainFingerprint::of_shapes(&version.to_string(), &[]));
+        }
+        assert_eq!(section.agreed.version, "19");
+        assert_eq!(section.earlier.len(), EARLIER_DOMAINS_MAX);
+        assert!(section.knows(&DomainFingerprint::of_shapes("18", &[]).digest));
+        assert!(!section.knows(&first.digest));
+        let bytes = serde_json::to_vec(&section).expect("encodes");
+        assert_eq!(SectionDomain::decode(&bytes).expect("decodes"), section);
+        assert!(SectionDomain::decode(b"{\"version\":1}").is_err());
+    }
+
+    #[test]
+    fn upgrade_votes_round_trip_and_other_bytes_are_not_taken_for_one() {
+        let vote = UpgradeProposal {
+            generation: 3,
+            domain: DomainFingerprint::of_shapes("2", &[]),
+            voter: None,
+        };
+        let bytes = vote.encode();
+        assert_eq!(UpgradeProposal::decode(&bytes), Some(Ok(vote)));
+        assert_eq!(UpgradeProposal::decode(b"M\x01{}"), None);
+        assert_eq!(UpgradeProposal::decode(&[]), None);
+        assert!(matches!(
+            UpgradeProposal::decode(&[UPGRADE_TAG, 9]),
+            Some(Err(ProposalError::UnknownVersion(9)))
+        ));
+        assert!(matches!(
+            UpgradeProposal::decode(&[UPGRADE_TAG, UPGRADE_VERSION, b'x']),
+            Some(Err(ProposalError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn a_node_runs_its_own_domain_and_those_it_stands_in_for_only() {
+        let node = NodeDomain {
+            runs: DomainFingerprint::of_shapes("2", &[]),
+            upgrades_from: vec!["1".to_owned()],
+        };
+        assert!(node.can_run(&DomainFingerprint::of_shapes("2", &[])));
+        assert!(node.can_run(&DomainFingerprint::of_shapes("1", &[])));
+        assert!(!node.can_run(&DomainFingerprint::of_shapes("0", &[])));
+        assert!(!node.can_run(&DomainFingerprint::of_shapes(
+            "2",
+            &[shape("Order", &[("Placed", 1)])]
+        )));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod membership;
 pub mod proposal;
 
 pub use apply::{AgreedProposal, Applied, apply_agreed};
-pub use domain::DomainFingerprint;
+pub use domain::{DomainFingerprint, NodeDomain, SectionDomain, UpgradeProposal};
 pub use engine::{
     Admission, ClientTicket, CommandOutcome, Engine, EngineConfig, EngineError, EngineStats,
     JoinRefusal, Lag, Message, Readiness, Refusals, RemovalRequest,

@@ -28,6 +28,7 @@ use chorus_consensus::PeerId;
 use chorus_routing::{Prefix, XorName};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::SectionDomain;
 use crate::proposal::ProposalError;
 
 /// First byte of an encoded membership proposal (command proposals start with their version
@@ -147,6 +148,10 @@ pub struct Handover {
     /// How this member numbers that state (absent in handovers saved by earlier releases).
     #[serde(default)]
     pub numbering: Option<Numbering>,
+    /// The domain the section had agreed on when the generation started (absent in
+    /// handovers saved by earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<SectionDomain>,
 }
 
 /// How a member numbers the state it hands over: its store's head when the generation
@@ -202,6 +207,10 @@ pub struct Welcome {
     /// merge honest members differ); kept only when `f + 1` of them agree on it.
     #[serde(default)]
     pub numbering: Option<Numbering>,
+    /// The domain the section had agreed on when the generation started: the joiner applies
+    /// the generation's blocks from there, upgrades included. Part of what `f + 1` agree on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<SectionDomain>,
 }
 
 impl Welcome {
@@ -233,7 +242,7 @@ pub enum Holding {
     Complete,
     /// Admitted: fetching the state the believed welcome promises, from the members that
     /// vouched for it.
-    Fetching(TransferTarget),
+    Fetching(Box<TransferTarget>),
     /// Nothing yet: a joiner not welcomed.
     Nothing,
 }
@@ -295,7 +304,7 @@ impl From<SectionState> for SavedSectionState {
     fn from(state: SectionState) -> Self {
         let (transferred, transfer) = match state.holding {
             Holding::Complete => (true, None),
-            Holding::Fetching(target) => (false, Some(target)),
+            Holding::Fetching(target) => (false, Some(*target)),
             Holding::Nothing => (false, None),
         };
         Self {
@@ -317,7 +326,7 @@ impl TryFrom<SavedSectionState> for SectionState {
     fn try_from(saved: SavedSectionState) -> Result<Self, Self::Error> {
         let holding = match (saved.transferred, saved.transfer) {
             (true, None) => Holding::Complete,
-            (false, Some(target)) => Holding::Fetching(target),
+            (false, Some(target)) => Holding::Fetching(Box::new(target)),
             (false, None) => Holding::Nothing,
             (true, Some(_)) => return Err("transferred, yet with a transfer to fetch".into()),
         };
@@ -567,6 +576,7 @@ mod tests {
             bytes: 40,
             digest: [7; 32],
             numbering: None,
+            domain: None,
         };
         let target = TransferTarget {
             welcome,
@@ -576,7 +586,7 @@ mod tests {
             (Holding::Complete, true, None),
             (Holding::Nothing, false, None),
             (
-                Holding::Fetching(target.clone()),
+                Holding::Fetching(Box::new(target.clone())),
                 false,
                 Some(target.clone()),
             ),
@@ -606,7 +616,7 @@ mod tests {
             prefix: Prefix::ROOT,
             members: Vec::new(),
             network: Vec::new(),
-            holding: Holding::Fetching(target),
+            holding: Holding::Fetching(Box::new(target)),
             start_head: 0,
             handovers: Vec::new(),
         })

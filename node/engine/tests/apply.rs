@@ -101,7 +101,7 @@ fn commands_on_one_stream_in_one_block_apply_in_order_exactly_once() {
         withdraw("w2", "a", 12), // only 3 left: refused
         deposit("d1", "a", 10),  // a repeat of d1: applied once
     ];
-    let results = apply_agreed(&registry(), &store, &sequence).expect("apply");
+    let results = apply_agreed(&registry(), &store, "", &sequence).expect("apply");
     let versions: Vec<Option<u64>> = results
         .iter()
         .map(|result| match result {
@@ -116,7 +116,7 @@ fn commands_on_one_stream_in_one_block_apply_in_order_exactly_once() {
     assert!(matches!(&results[5], Applied::Duplicate(outcome) if outcome.streams[0].version == 2));
     assert_eq!(balance(&store, "a"), 3);
     // The same again (a member re-applying after a crash): every fate is the same.
-    let again = apply_agreed(&registry(), &store, &sequence).expect("apply");
+    let again = apply_agreed(&registry(), &store, "", &sequence).expect("apply");
     assert!(
         again
             .iter()
@@ -134,7 +134,7 @@ fn agreed_time_comes_from_the_block() {
         serde_json::to_value(NotebookCommand::InitiateNotebook { title: "t".into() })
             .expect("json"),
     );
-    let results = apply_agreed(&registry(), &store, &[agreed(777, initiate)]).expect("apply");
+    let results = apply_agreed(&registry(), &store, "", &[agreed(777, initiate)]).expect("apply");
     assert!(matches!(results[0], Applied::Appended(_)));
     let notebook = Repository::<Notebook>::new(&store)
         .load(&StreamKey::parse("Notebook@1").expect("key"))
@@ -150,10 +150,10 @@ fn a_pinned_version_that_passed_is_refused_the_same_way_everywhere() {
         request.expected = ExpectedVersion::Exact(0);
     }
     let results =
-        apply_agreed(&registry(), &store, &[open("o", "a"), late.clone()]).expect("apply");
+        apply_agreed(&registry(), &store, "", &[open("o", "a"), late.clone()]).expect("apply");
     assert!(matches!(&results[1], Applied::Invalid(reason) if reason.contains("expected")));
     // Recorded: the id keeps that fate.
-    let again = apply_agreed(&registry(), &store, &[late]).expect("apply");
+    let again = apply_agreed(&registry(), &store, "", &[late]).expect("apply");
     assert!(matches!(&again[0], Applied::Refused(_)));
 }
 
@@ -176,6 +176,7 @@ fn forged_and_stale_decisions_are_never_applied() {
     apply_agreed(
         &registry(),
         &store,
+        "",
         &[open("o", "a"), deposit("d", "a", 10)],
     )
     .expect("apply");
@@ -214,6 +215,7 @@ fn forged_and_stale_decisions_are_never_applied() {
     let results = apply_agreed(
         &registry(),
         &store,
+        "",
         &[
             AgreedProposal {
                 timestamp_ms: 9,
@@ -338,7 +340,7 @@ proptest! {
     ) {
         let sequence = sequence(&ops);
         let (_one, all_at_once) = store();
-        let whole = apply_agreed(&registry(), &all_at_once, &sequence).expect("apply");
+        let whole = apply_agreed(&registry(), &all_at_once, "", &sequence).expect("apply");
         let (_two, piecemeal) = store();
         let mut pieces = Vec::new();
         let mut rest = sequence.as_slice();
@@ -347,7 +349,7 @@ proptest! {
                 break;
             }
             let (head, tail) = rest.split_at((*cut).min(rest.len()));
-            pieces.extend(apply_agreed(&registry(), &piecemeal, head).expect("apply"));
+            pieces.extend(apply_agreed(&registry(), &piecemeal, "", head).expect("apply"));
             rest = tail;
         }
         prop_assert_eq!(&whole, &pieces);
@@ -384,7 +386,7 @@ fn applying_the_same_blocks_again_gives_every_proposal_the_same_fate() {
     // first, and the store already holds their effects.
     let (_directory, store) = store();
     let setup = [open("o", "a"), deposit("d", "a", 10)];
-    apply_agreed(&registry(), &store, &setup).expect("apply");
+    apply_agreed(&registry(), &store, "", &setup).expect("apply");
     // Decided at version 1, agreed at version 2: stale. Then another withdrawal lands.
     let stale = Proposal::Decided {
         request: request(
@@ -407,7 +409,7 @@ fn applying_the_same_blocks_again_gives_every_proposal_the_same_fate() {
         },
         withdraw("w5", "a", 5),
     ];
-    let first = apply_agreed(&registry(), &store, &sequence[2..]).expect("apply");
+    let first = apply_agreed(&registry(), &store, "", &sequence[2..]).expect("apply");
     assert!(
         matches!(
             first[0],
@@ -423,7 +425,7 @@ fn applying_the_same_blocks_again_gives_every_proposal_the_same_fate() {
     // Replayed from the start on a balance of 5, the stale withdrawal of 8 would be refused
     // if it were decided: it must stay stale, and record nothing.
     let digest = store.digest().expect("digest");
-    let again = apply_agreed(&registry(), &store, &sequence).expect("apply");
+    let again = apply_agreed(&registry(), &store, "", &sequence).expect("apply");
     assert!(matches!(again[2], Applied::Stale { .. }), "{:?}", again[2]);
     assert!(matches!(again[3], Applied::Duplicate(_)));
     assert_eq!(

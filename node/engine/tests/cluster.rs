@@ -618,7 +618,10 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
     let domain = chorus_engine::DomainFingerprint::of("1", &chorus_demo::registry())
         .expect("a short version");
     let messages = vec![
-        Message::JoinRequest(domain.clone()),
+        Message::JoinRequest(chorus_engine::domain::NodeDomain {
+            runs: domain.clone(),
+            upgrades_from: vec!["0".to_owned()],
+        }),
         Message::DomainDiffers(domain.clone()),
         Message::LeaveRequest,
         Message::Confirm(CommandId::derive(&[b"confirm"])),
@@ -634,6 +637,7 @@ fn every_engine_message_round_trips_and_damaged_bytes_are_errors() {
                 head: 12,
                 digest: [8; 32],
             }),
+            domain: Some(chorus_engine::domain::SectionDomain::new(domain.clone())),
         }),
         Message::TransferRequest {
             generation: 2,
@@ -1238,12 +1242,14 @@ fn a_founder_running_another_domain_halts_naming_both_and_the_others_go_on() {
     }
     for engine in &cluster.engines[..3] {
         assert_eq!(engine.halted(), None);
-        assert!(
-            engine.refusals().other_domain >= 1,
-            "{:?}",
-            engine.refusals()
-        );
     }
+    // It halted on f + 1 = 2 members' word: each refused its sync requests (a halted engine
+    // sends nothing more, so the third may never have heard from it).
+    let refusing = cluster.engines[..3]
+        .iter()
+        .filter(|engine| engine.refusals().other_domain >= 1)
+        .count();
+    assert!(refusing >= 2, "{refusing} members refused its requests");
 }
 
 #[test]

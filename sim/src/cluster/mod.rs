@@ -22,11 +22,13 @@
 //! - no bank account was ever overdrawn: replaying each account's events, no withdrawal takes
 //!   the balance below zero and every event's balance is the running sum.
 
+mod binary;
 mod byzantine;
 mod checks;
 mod plan;
 mod seed;
 
+pub use binary::Binary;
 pub use plan::{ClusterPlan, Step};
 pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, SETTLE_BOUND_MS, run_cluster_seed, run_plan};
 
@@ -67,6 +69,8 @@ pub struct ClusterSetup {
     pub spare_nodes: usize,
     /// The liveness rule of every engine (`EngineConfig::remove_silent_after_ms`).
     pub remove_silent_after_ms: Option<u64>,
+    /// What every node runs until another binary is installed on it.
+    pub binary: Binary,
 }
 
 impl Default for ClusterSetup {
@@ -80,6 +84,7 @@ impl Default for ClusterSetup {
             network: NetworkConfig::default(),
             spare_nodes: 0,
             remove_silent_after_ms: None,
+            binary: Binary::default(),
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct ClusterSim {
     members_seen: Vec<Vec<PeerId>>,
     /// Nodes some member saw leave its section (by their own request or voted out).
     departed: BTreeSet<PeerId>,
+    /// Per node, what it runs from its next (re)start on.
+    binaries: Vec<Binary>,
     _directory: tempfile::TempDir,
 }
 
@@ -170,6 +177,7 @@ impl ClusterSim {
             })
             .collect();
         let capacity = setup.nodes + setup.spare_nodes;
+        let setup_binary = setup.binary.clone();
         let mut sim = Self {
             network: Network::new(setup.network.clone(), capacity, &mut network_rng),
             setup,
@@ -193,6 +201,7 @@ impl ClusterSim {
             paused: vec![None; capacity],
             members_seen: vec![Vec::new(); capacity],
             departed: BTreeSet::new(),
+            binaries: vec![setup_binary; capacity],
             approved,
             _directory: directory,
         };
@@ -267,11 +276,12 @@ impl ClusterSim {
             ));
         }
         let store = open_store(self._directory.path(), node)?;
+        let binary = &self.binaries[node];
         let engine = Engine::join(
-            engine_config(&self.setup, &self.approved),
+            engine_config(&self.setup, &self.approved, binary),
             key.clone(),
             self.map.clone(),
-            chorus_demo::registry(),
+            (binary.registry)(),
             store,
             self.now_ms,
         )
@@ -430,17 +440,25 @@ impl ClusterSim {
             .collect()
     }
 
+    /// Installs `binary` on `node`: it runs it from its next start (a restart after
+    /// [`ClusterSim::crash`], or its join). A rolling upgrade is a crash, an install and a
+    /// restart per node.
+    pub fn install(&mut self, node: usize, binary: Binary) {
+        self.binaries[node] = binary;
+    }
+
     /// Restarts a crashed node from its store and replay log (`Engine::restore`).
     pub fn restart(&mut self, node: usize) -> Result<(), String> {
         if self.engines[node].is_some() {
             return Ok(());
         }
         let store = open_store(self._directory.path(), node)?;
+        let binary = &self.binaries[node];
         let engine = Engine::restore(
-            engine_config(&self.setup, &self.approved),
+            engine_config(&self.setup, &self.approved, binary),
             self.keys[node].clone(),
             self.map.clone(),
-            chorus_demo::registry(),
+            (binary.registry)(),
             store,
             self.logs[node].clone(),
             self.now_ms,
@@ -628,10 +646,16 @@ impl ClusterSim {
     }
 }
 
-fn engine_config(setup: &ClusterSetup, approved: &BTreeSet<PeerId>) -> EngineConfig {
+fn engine_config(
+    setup: &ClusterSetup,
+    approved: &BTreeSet<PeerId>,
+    binary: &Binary,
+) -> EngineConfig {
     EngineConfig {
         admission: Admission::AllowList(approved.clone()),
         remove_silent_after_ms: setup.remove_silent_after_ms,
+        domain_version: binary.domain_version.clone(),
+        upgrades_from: binary.upgrades_from.clone(),
         ..EngineConfig::new(Config {
             block_mode: setup.block_mode,
             gossip_interval_ms: setup.gossip_interval_ms,
@@ -654,10 +678,10 @@ fn start_engines(
         .enumerate()
         .map(|(index, key)| {
             let engine = Engine::new(
-                engine_config(setup, approved),
+                engine_config(setup, approved, &setup.binary),
                 key.clone(),
                 map.clone(),
-                chorus_demo::registry(),
+                (setup.binary.registry)(),
                 open_store(directory, index)?,
                 0,
             )

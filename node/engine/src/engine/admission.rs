@@ -20,7 +20,7 @@ use super::budget::Budget;
 use super::command_path::CommandOutcome;
 use super::limits::{JOIN_REFUSALS_PER_SEC, JOIN_REQUEST_INTERVAL_MIN_MS, STRANGERS_TRACKED_MAX};
 use super::wire::Message;
-use crate::domain::DomainFingerprint;
+use crate::domain::{DomainFingerprint, NodeDomain};
 use crate::membership::{MemberChange, name_of};
 
 /// Whom this member votes to admit.
@@ -200,7 +200,7 @@ impl Engine {
     /// A node that is no member of our section asks to join: if it may (its name falls in
     /// our prefix, our policy approves it, we are active), we vote to admit it; otherwise we
     /// tell it why. Strangers are throttled, each and as a whole.
-    pub(super) fn on_stranger_join_request(&mut self, from: PeerId, domain: &DomainFingerprint) {
+    pub(super) fn on_stranger_join_request(&mut self, from: PeerId, domain: &NodeDomain) {
         if !self.speakers.take_join_request(from, self.now_ms) {
             self.speakers.refusals.join_requests_throttled += 1;
             return;

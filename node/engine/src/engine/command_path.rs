@@ -287,6 +287,7 @@ impl Engine {
             .map_err(|error| CommandOutcome::Failed(error.to_string()))?;
         let mut request = request.clone();
         request.timestamp_ms = info.map_or(0, |info| info.last_timestamp_ms);
+        request.domain_version = self.section_domain.agreed.version.clone();
         let decision = self
             .registry
             .decide(&self.store, &request)

@@ -23,6 +23,7 @@ use super::joining::Lag;
 use super::removal::Progress;
 use super::wire::Message;
 use super::{Engine, EngineConfig, EngineError};
+use crate::domain::DomainFingerprint;
 use crate::proposal::Proposal;
 
 /// What lives for one generation of the section and means nothing in the next: its
@@ -36,6 +37,12 @@ pub(super) struct Generation {
     pub(super) pending_change: Option<MembershipProposal>,
     /// Membership changes we voted for (once each).
     pub(super) voted_changes: BTreeSet<MembershipProposal>,
+    /// A domain upgrade agreed and waiting for the blocks before it to apply (`upgrade`).
+    pub(super) pending_upgrade: Option<DomainFingerprint>,
+    /// Whether we voted to upgrade the section to our domain.
+    pub(super) voted_upgrade: bool,
+    /// Agreed upgrade votes: the members whose votes the blocks prove, per domain.
+    pub(super) upgrade_votes: BTreeMap<DomainFingerprint, BTreeSet<PeerId>>,
     /// Agreed votes for membership changes: the members whose votes the blocks prove, per
     /// change (rebuilt by replaying the generation's blocks).
     pub(super) membership_votes: BTreeMap<MemberChange, BTreeSet<PeerId>>,
@@ -61,6 +68,9 @@ impl Generation {
             consensus: None,
             pending_change: None,
             voted_changes: BTreeSet::new(),
+            pending_upgrade: None,
+            voted_upgrade: false,
+            upgrade_votes: BTreeMap::new(),
             membership_votes: BTreeMap::new(),
             deferred_seconds: Vec::new(),
             behind_told: BTreeMap::new(),
@@ -143,6 +153,7 @@ pub(super) fn welcome_for(handover: &Handover) -> Welcome {
         commands: handover.commands.len() as u64,
         digest: handover.digest,
         numbering: handover.numbering,
+        domain: handover.domain.clone(),
     }
 }
 
@@ -406,6 +417,8 @@ impl Engine {
             digest: section_digest(&events, &commands),
             numbering: Some(numbering_of(&events, head)),
             commands,
+            // Upgrades are applied in order before a switch: this is the generation's start.
+            domain: Some(self.section_domain.clone()),
         })
     }
 }

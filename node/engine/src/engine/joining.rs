@@ -7,7 +7,7 @@ use chorus_consensus::{PeerId, faulty_max};
 use chorus_routing::SectionMap;
 use tracing::{debug, warn};
 
-use crate::domain::DomainFingerprint;
+use crate::domain::{NodeDomain, SectionDomain};
 use crate::membership::{
     Holding, MemberChange, SectionState, TransferTarget, Welcome, name_of, sort_members,
 };
@@ -126,7 +126,7 @@ impl Engine {
     /// A node asks to join. A member of ours asking again gets its welcome again (the first
     /// may have been lost) and is brought back if it lags; any other node is judged by
     /// `on_stranger_join_request` (admission).
-    pub(super) fn on_join_request(&mut self, from: PeerId, domain: &DomainFingerprint) {
+    pub(super) fn on_join_request(&mut self, from: PeerId, domain: &NodeDomain) {
         if self.state.members.contains(&from) {
             self.send_welcome(from);
             // A member asking again lags: brought back if our own graph shows it, unless it
@@ -283,24 +283,37 @@ impl Engine {
             .collect();
         network.extend(welcome.members.iter().map(|member| member.0));
         let map = SectionMap::with_members(self.map.section_size_min(), &network);
+        // The domain the generation starts from (a welcome of an earlier release names none:
+        // its members admitted joiners of their own domain only).
+        let section_domain = welcome
+            .domain
+            .clone()
+            .unwrap_or_else(|| SectionDomain::new(self.domain.runs.clone()));
+        if !self.domain.can_run(&section_domain.agreed) {
+            self.halt(format!(
+                "this node runs domain {} but was welcomed into a section that runs domain {}: \
+                 run the section's application",
+                self.domain.runs, section_domain.agreed
+            ));
+            return;
+        }
         let state = SectionState {
             generation: welcome.generation,
             prefix: welcome.prefix,
             members: welcome.members.clone(),
             network: network_of(&map),
-            holding: Holding::Fetching(TransferTarget { welcome, sources }),
+            holding: Holding::Fetching(Box::new(TransferTarget { welcome, sources })),
             start_head: 0,
             handovers: Vec::new(),
         };
-        // Members vote only for joiners of their own domain: the section runs ours.
-        if let Err(error) = self
-            .domain
+        if let Err(error) = section_domain
             .save(&self.store)
             .and_then(|()| state.save(&self.store))
         {
             warn!(%error, "section state not saved; will ask to join again");
             return;
         }
+        self.section_domain = section_domain;
         self.enter_welcomed(map, state);
     }
 

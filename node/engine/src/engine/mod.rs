@@ -62,6 +62,7 @@ mod seconding;
 mod section_updates;
 mod stats;
 mod transfer;
+mod upgrade;
 pub mod wire;
 
 use admission::Speakers;
@@ -95,7 +96,7 @@ use rand::RngCore;
 use tracing::{debug, info, warn};
 
 use crate::apply::AgreedProposal;
-use crate::domain::DomainFingerprint;
+use crate::domain::{DomainFingerprint, NodeDomain, SectionDomain};
 use crate::membership::{Holding, MemberChange, SectionState, name_of};
 
 /// Why the engine cannot start or take a command.
@@ -137,6 +138,9 @@ pub enum EngineError {
     /// The configuration cannot be run.
     #[error("engine configuration: {0}")]
     Config(String),
+    /// The node stopped taking part (`Engine::halted` says why).
+    #[error("this node halted: {0}")]
+    Halted(String),
 }
 
 /// Settings of an engine.
@@ -160,6 +164,10 @@ pub struct EngineConfig {
     /// The application's domain version: with the registry's aggregates, it makes the
     /// domain fingerprint every member of a section must share.
     pub domain_version: String,
+    /// Domain versions this application's code stands in for during a rolling upgrade
+    /// (`NodeDomain::upgrades_from`): it may take part in a section that agreed on one of
+    /// them, and votes to upgrade the section to its own.
+    pub upgrades_from: Vec<String>,
 }
 
 impl EngineConfig {
@@ -174,6 +182,7 @@ impl EngineConfig {
             admission: Admission::AllowList(BTreeSet::new()),
             remove_silent_after_ms: Some(REMOVE_SILENT_AFTER_MS),
             domain_version: "1".to_owned(),
+            upgrades_from: Vec::new(),
         }
     }
 }
@@ -238,8 +247,10 @@ pub struct Engine {
     managers: Vec<ManagerRun>,
     /// Answers to managers' commands, for `run_managers` to handle.
     manager_answers: VecDeque<(usize, CommandId, CommandOutcome)>,
-    /// The domain this node runs (`domain_check`).
-    domain: DomainFingerprint,
+    /// The domain this node runs, and those it stands in for (`domain_check`).
+    domain: NodeDomain,
+    /// The domain our section agreed on, as far as we applied the order (`upgrade`).
+    section_domain: SectionDomain,
     /// What members said of other domains, and whether we halted.
     domain_reports: DomainReports,
 }
@@ -380,7 +391,15 @@ impl Engine {
         now_ms: u64,
     ) -> Self {
         Self {
-            domain: DomainFingerprint::of_shapes(&config.domain_version, &registry.shapes()),
+            domain: NodeDomain {
+                runs: DomainFingerprint::of_shapes(&config.domain_version, &registry.shapes()),
+                upgrades_from: config.upgrades_from.clone(),
+            },
+            // Until the store or a welcome says what the section agreed on.
+            section_domain: SectionDomain::new(DomainFingerprint::of_shapes(
+                &config.domain_version,
+                &registry.shapes(),
+            )),
             domain_reports: DomainReports::default(),
             config,
             our_id: PeerId(key.verifying_key().to_bytes()),
@@ -474,6 +493,9 @@ impl Engine {
         request: CommandRequest,
     ) -> Result<(), EngineError> {
         self.now_ms = self.now_ms.max(now_ms);
+        if let Some(reason) = self.halted() {
+            return Err(EngineError::Halted(reason.to_owned()));
+        }
         if self.waiters.len() >= COMMANDS_IN_FLIGHT_MAX {
             return Err(EngineError::Busy);
         }
@@ -485,6 +507,9 @@ impl Engine {
     /// A message from a peer. Bad input is logged and dropped; it never stops the engine.
     pub fn handle_message(&mut self, now_ms: u64, from: PeerId, bytes: &[u8]) {
         self.now_ms = self.now_ms.max(now_ms);
+        if self.halted().is_some() {
+            return;
+        }
         let message = match Message::decode(bytes) {
             Ok(message) => message,
             Err(error) => {
@@ -555,6 +580,9 @@ impl Engine {
     /// Time passed: gossip as the consensus schedule says, retry what waited too long.
     pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
         self.now_ms = self.now_ms.max(now_ms);
+        if self.halted().is_some() {
+            return;
+        }
         if let Some(consensus) = self.current.consensus.as_mut() {
             consensus.tick(now_ms, rng);
         }
@@ -676,7 +704,7 @@ impl Engine {
                 transmit.to,
                 &Message::SyncRequest {
                     generation,
-                    domain: self.domain.digest,
+                    domain: self.section_domain.agreed.digest,
                     request: transmit.request,
                 },
             );
@@ -685,6 +713,19 @@ impl Engine {
         // from.
         if !self.unapplied.is_empty() && self.state.holds_state() {
             self.apply();
+        }
+        // An agreed upgrade, once the blocks before it are applied; then the blocks after it.
+        while self.unapplied.is_empty()
+            && self.state.holds_state()
+            && self.current.pending_upgrade.is_some()
+        {
+            if !self.upgrade() || self.halted().is_some() {
+                return;
+            }
+            self.take_blocks();
+            if !self.unapplied.is_empty() {
+                self.apply();
+            }
         }
         // After the blocks, so proposals are judged on the freshest store; before a switch,
         // so a second goes to the instance that carries the observation.
@@ -700,6 +741,7 @@ impl Engine {
                 }
             }
         }
+        self.vote_upgrade();
         self.run_managers();
     }
 

@@ -7,6 +7,7 @@ use chorus_routing::XorName;
 use tracing::{debug, warn};
 
 use crate::apply::{AgreedProposal, Applied, apply_agreed};
+use crate::domain::UpgradeProposal;
 use crate::membership::MembershipProposal;
 use crate::proposal::Proposal;
 
@@ -18,6 +19,7 @@ use super::limits::{DEFER_AHEAD_MAX, DEFERRED_SECONDS_MAX};
 pub(super) enum Agreed {
     Proposal(AgreedProposal),
     Membership(MembershipProposal),
+    Upgrade(UpgradeProposal),
 }
 
 /// A block's proposal or membership change, if it carries one (accusations and undecodable
@@ -30,6 +32,14 @@ pub(super) fn agreed_item(block: &Block) -> Option<Agreed> {
         Some(Ok(change)) => return Some(Agreed::Membership(change)),
         Some(Err(error)) => {
             debug!(block = block.sequence, %error, "agreed membership change does not decode");
+            return None;
+        }
+        None => {}
+    }
+    match UpgradeProposal::decode(bytes) {
+        Some(Ok(upgrade)) => return Some(Agreed::Upgrade(upgrade)),
+        Some(Err(error)) => {
+            debug!(block = block.sequence, %error, "agreed upgrade vote does not decode");
             return None;
         }
         None => {}
@@ -48,11 +58,12 @@ pub(super) fn agreed_item(block: &Block) -> Option<Agreed> {
 
 impl Engine {
     /// Takes the agreed blocks out of consensus: proposals for our streams wait to be
-    /// applied; membership votes are counted.
+    /// applied; membership and upgrade votes are counted.
     pub(super) fn take_blocks(&mut self) {
         // Blocks after a membership change belong to a generation that has ended: they are
         // never taken out, on any member (the next generation's blocks follow the change).
-        while self.current.pending_change.is_none() {
+        // Blocks after an upgrade wait until it is made: they execute under the new domain.
+        while self.current.pending_change.is_none() && self.current.pending_upgrade.is_none() {
             let Some(block) = self
                 .current
                 .consensus
@@ -86,6 +97,7 @@ impl Engine {
                     }
                 }
                 Some(Agreed::Membership(change)) => self.count_change(&block, change),
+                Some(Agreed::Upgrade(upgrade)) => self.count_upgrade(&block, upgrade),
                 None => {}
             }
         }
@@ -104,8 +116,9 @@ impl Engine {
         let Observation::Payload(bytes) = observation else {
             return;
         };
-        // Membership changes are voted only by members that heard the request themselves.
-        if MembershipProposal::decode(bytes).is_some() {
+        // Membership changes are voted only by members that heard the request themselves;
+        // upgrades only by members that run the new domain.
+        if MembershipProposal::decode(bytes).is_some() || UpgradeProposal::decode(bytes).is_some() {
             return;
         }
         let proposal = Proposal::decode(bytes);
@@ -177,7 +190,12 @@ impl Engine {
     /// first next time: a member never applies a later block over a gap.
     pub(super) fn apply(&mut self) {
         let agreed = std::mem::take(&mut self.unapplied);
-        let results = match apply_agreed(&self.registry, &self.store, &agreed) {
+        let results = match apply_agreed(
+            &self.registry,
+            &self.store,
+            &self.section_domain.agreed.version,
+            &agreed,
+        ) {
             Ok(results) => results,
             Err(error) => {
                 warn!(%error, blocks = agreed.len(), "applying agreed blocks failed; will retry");

@@ -7,7 +7,7 @@ use chorus_consensus::{ForkEvidence, PeerId, SyncRequest, SyncResponse};
 use chorus_routing::Prefix;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::DomainFingerprint;
+use crate::domain::{DomainFingerprint, NodeDomain};
 use crate::membership::{EventlessCommand, MemberChange, Welcome};
 
 use super::admission::JoinRefusal;
@@ -49,7 +49,7 @@ pub enum Message {
     /// confirm the proposer's answer; the member never proposes it.
     Confirm(CommandId),
     /// A node asks the section covering its name to admit it, running this domain.
-    JoinRequest(DomainFingerprint),
+    JoinRequest(NodeDomain),
     /// A member tells a node that asked to join why it does not vote to admit it.
     JoinRefused(JoinRefusal),
     /// A member passes on proof that another member forked its chain, so every member can

@@ -1,0 +1,115 @@
+//! Domain upgrades, agreed like membership changes (`docs/design-notes.md`, "Domain
+//! upgrades"). The trust model is the section's: a domain is the section's once more than two
+//! thirds of its members voted for it, so `f` faulty members can neither force an upgrade
+//! nor stop one that the others vote for.
+//!
+//! - A member whose code is not the section's agreed domain but stands in for it
+//!   (`NodeDomain::upgrades_from`) votes once per generation for its own
+//!   (`UpgradeProposal`).
+//! - The votes are counted in block order; the upgrade takes effect after every block before
+//!   the one that completes the supermajority is applied, the same point on every member.
+//!   From there on commands execute under the new version (`CommandContext::domain_version`);
+//!   a member whose code cannot run it halts, and its operator upgrades it.
+//! - Only forward: a domain the section agreed on before is never agreed again (a rollback
+//!   is a new version), so replaying a generation's blocks after a restart changes nothing.
+
+use chorus_consensus::{Block, BlockMode, Observation, is_supermajority};
+use tracing::{debug, info, warn};
+
+use super::Engine;
+use crate::domain::UpgradeProposal;
+
+impl Engine {
+    /// Votes, once per generation, that the section run our domain, when it agreed on
+    /// another that our code stands in for and we take part.
+    pub(super) fn vote_upgrade(&mut self) {
+        if self.section_domain.agreed == self.domain.runs
+            || self.current.voted_upgrade
+            || !self.is_active_member()
+            || self.halted().is_some()
+        {
+            return;
+        }
+        let voter = (self.config.consensus.block_mode == BlockMode::Single).then_some(self.our_id);
+        let proposal = UpgradeProposal {
+            generation: self.state.generation,
+            domain: self.domain.runs.clone(),
+            voter,
+        };
+        let Some(consensus) = self.current.consensus.as_mut() else {
+            return;
+        };
+        match consensus.vote_for(Observation::Payload(proposal.encode().into())) {
+            Ok(_) => {
+                self.current.voted_upgrade = true;
+                info!(section = %self.section_domain.agreed, ours = %self.domain.runs, "voted to upgrade the section's domain");
+            }
+            Err(error) => debug!(%error, "upgrade vote not taken"),
+        }
+    }
+
+    /// An agreed upgrade vote: counts the votes its block proves; once more than two thirds
+    /// of the members voted for the same domain, it is the one to run (after the blocks
+    /// before it). Every member counts the same blocks in the same order.
+    pub(super) fn count_upgrade(&mut self, block: &Block, proposal: UpgradeProposal) {
+        if proposal.generation != self.state.generation
+            || self.section_domain.knows(&proposal.domain.digest)
+        {
+            debug!(domain = %proposal.domain, "agreed upgrade vote does not apply");
+            return;
+        }
+        let members = &self.state.members;
+        let voters = self
+            .current
+            .upgrade_votes
+            .entry(proposal.domain.clone())
+            .or_default();
+        for vote in &block.proof {
+            let voter = vote.event.header.creator;
+            if members.contains(&voter) && proposal.voter.is_none_or(|named| named == voter) {
+                voters.insert(voter);
+            }
+        }
+        if is_supermajority(voters.len(), members.len()) {
+            self.current.pending_upgrade = Some(proposal.domain);
+        }
+    }
+
+    /// Makes the agreed upgrade, every block before it applied: saves the section's new
+    /// domain; the next blocks execute under it. Our proposals decided under the old one are
+    /// decided again (they would be stale). A member that cannot run the new domain halts.
+    /// Returns false, changing nothing, if the store fails (tried again after the next
+    /// message).
+    pub(super) fn upgrade(&mut self) -> bool {
+        let Some(next) = self.current.pending_upgrade.clone() else {
+            return true;
+        };
+        let section = self.section_domain.upgraded(next);
+        if let Err(error) = section.save(&self.store) {
+            warn!(%error, "section domain not saved; the upgrade waits");
+            return false;
+        }
+        self.section_domain = section;
+        self.current.pending_upgrade = None;
+        self.current.upgrade_votes.clear();
+        info!(domain = %self.section_domain.agreed, generation = self.state.generation, "the section upgraded its domain");
+        if !self.domain.can_run(&self.section_domain.agreed) {
+            self.halt(format!(
+                "the section upgraded to domain {} and this node runs domain {}: upgrade this \
+                 node's application, then start it again on the same data directory",
+                self.section_domain.agreed, self.domain.runs
+            ));
+            return true;
+        }
+        let decided: Vec<_> = self
+            .proposed
+            .iter()
+            .filter(|(_, in_flight)| in_flight.decided_at.is_some())
+            .map(|(command_id, _)| *command_id)
+            .collect();
+        for command_id in decided {
+            self.retry(command_id);
+        }
+        true
+    }
+}

@@ -1,0 +1,205 @@
+//! A rolling domain upgrade in the simulator: members switch binaries one by one under
+//! load; the section agrees on the new domain at one block, the same on every member; a
+//! member left on the old binary halts, and catches up once it is upgraded.
+//!
+//! The application's `Stamp` aggregate writes the domain version its command executed
+//! under (`CommandContext::domain_version`), so each member's store shows where the switch
+//! happened: every stamp before it says "1", every stamp after it "2".
+
+mod common;
+
+use chorus_aggregate::{Aggregate, AggregateRegistry, CommandContext, DomainEvent, StreamKey};
+use chorus_consensus::BlockMode;
+use chorus_sim::cluster::{Binary, ClusterSetup, ClusterSim, command};
+use chorus_sim::{millis, secs};
+use common::{assert_clean, run_until};
+
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Stamp;
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum StampCommand {
+    Stamp,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum StampEvent {
+    Stamped { under: String },
+}
+
+impl DomainEvent for StampEvent {}
+
+impl Aggregate for Stamp {
+    const CATEGORY: &'static str = "Stamp";
+    const SCHEMA_VERSION: u32 = 1;
+    type Command = StampCommand;
+    type Event = StampEvent;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &self,
+        _command: &StampCommand,
+        context: &CommandContext,
+    ) -> Result<Vec<StampEvent>, Self::Error> {
+        Ok(vec![StampEvent::Stamped {
+            under: context.domain_version.clone(),
+        }])
+    }
+
+    fn apply(self, _event: &StampEvent) -> Self {
+        self
+    }
+}
+
+fn registry() -> AggregateRegistry {
+    chorus_demo::registry().register::<Stamp>()
+}
+
+fn old_binary() -> Binary {
+    Binary {
+        domain_version: "1".to_owned(),
+        upgrades_from: Vec::new(),
+        registry,
+    }
+}
+
+/// The new release: its own version, standing in for the old one until the section agrees.
+fn new_binary() -> Binary {
+    Binary {
+        domain_version: "2".to_owned(),
+        upgrades_from: vec!["1".to_owned()],
+        registry,
+    }
+}
+
+fn stamp_stream(index: usize) -> StreamKey {
+    StreamKey::new("Stamp", &format!("s{index}")).expect("key")
+}
+
+/// Sends `count` stamps, one per 50 ms, to the running, not halted members in turn.
+fn stamps(sim: &mut ClusterSim, count: usize, tag: &str) {
+    let body = serde_json::to_value(StampCommand::Stamp).expect("json");
+    for index in 0..count {
+        let live: Vec<usize> = (0..sim.node_count())
+            .filter(|node| sim.is_running(*node) && sim.engine(*node).halted().is_none())
+            .collect();
+        let node = live[index % live.len()];
+        sim.submit(
+            node,
+            command(
+                &format!("{tag}{index}"),
+                &stamp_stream(index % 3),
+                body.clone(),
+            ),
+        );
+        sim.run_for(millis(50));
+    }
+}
+
+/// Each stamp's version on `node`, in the store's order.
+fn versions_on(sim: &ClusterSim, node: usize) -> Vec<String> {
+    let store = sim.engine(node).store();
+    let log = store
+        .read_log(&chorus_aggregate::Filter::All, 0, 100_000)
+        .expect("read");
+    log.events
+        .iter()
+        .filter(|event| event.stream.category().as_str() == "Stamp")
+        .map(|event| {
+            // The payload is the variant's fields (the type is the event's type name).
+            let fields: serde_json::Value =
+                serde_json::from_slice(&event.payload).expect("a stamp");
+            fields["under"].as_str().expect("a version").to_owned()
+        })
+        .collect()
+}
+
+fn agreed_version(sim: &ClusterSim, node: usize) -> String {
+    sim.engine(node).section_domain().agreed.version.clone()
+}
+
+#[test]
+fn a_rolling_upgrade_switches_every_member_at_one_block_and_a_member_left_behind_halts() {
+    for (seed, block_mode) in [(61, BlockMode::Single), (62, BlockMode::Supermajority)] {
+        let setup = ClusterSetup {
+            nodes: 4,
+            block_mode,
+            binary: old_binary(),
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        stamps(&mut sim, 10, "before");
+        // Members 0 and 1 take the new binary: two of four cannot upgrade the section, and
+        // the new code decides as the old did meanwhile.
+        let mut stamped_before_third = 0;
+        for node in 0..3 {
+            sim.crash(node);
+            stamps(&mut sim, 4, &format!("down{node}"));
+            stamped_before_third = versions_on(&sim, 3).len();
+            sim.install(node, new_binary());
+            sim.restart(node)
+                .expect("the new binary stands in for the old domain");
+            stamps(&mut sim, 10, &format!("up{node}"));
+            if node < 2 {
+                sim.run_for(secs(1));
+                for member in 0..4 {
+                    assert_eq!(agreed_version(&sim, member), "1", "seed {seed}");
+                }
+            }
+        }
+        // The third: more than two thirds vote for the new domain.
+        assert!(
+            run_until(&mut sim, 30_000, |sim| (0..3)
+                .all(|node| agreed_version(sim, node) == "2")),
+            "seed {seed}: the section never upgraded"
+        );
+        assert!(
+            run_until(&mut sim, 30_000, |sim| sim.engine(3).halted().is_some()),
+            "seed {seed}: the member on the old binary did not halt"
+        );
+        let reason = sim.engine(3).halted().expect("halted").to_owned();
+        assert!(
+            reason.contains(&sim.engine(0).domain().to_string()),
+            "seed {seed}: {reason}"
+        );
+        stamps(&mut sim, 10, "upgraded");
+        // Started again on the old binary, it refuses: its store's section runs the new
+        // domain. The operator upgrades it: it restarts on the same store and takes part.
+        sim.crash(3);
+        let refusal = sim.restart(3).expect_err("the old binary cannot restart");
+        assert!(refusal.contains("\"2\""), "seed {seed}: {refusal}");
+        sim.install(3, new_binary());
+        sim.restart(3).expect("restart");
+        stamps(&mut sim, 10, "all");
+        assert!(
+            sim.run_until_answered(60_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        assert_clean(&sim);
+        let reference = versions_on(&sim, 0);
+        let switch = reference
+            .iter()
+            .position(|version| version == "2")
+            .expect("stamps after the upgrade");
+        // Everything stamped before the third member came back was decided under the old
+        // domain, by old and new binaries alike.
+        assert!(
+            switch >= stamped_before_third,
+            "seed {seed}: switched after {switch} stamps, {stamped_before_third} were old"
+        );
+        assert!(
+            reference[..switch].iter().all(|version| version == "1")
+                && reference[switch..].iter().all(|version| version == "2"),
+            "seed {seed}: {reference:?}"
+        );
+        for node in 1..4 {
+            assert_eq!(agreed_version(&sim, node), "2", "seed {seed}");
+            assert_eq!(
+                versions_on(&sim, node),
+                reference,
+                "seed {seed}: node {node}"
+            );
+        }
+    }
+}
