@@ -61,6 +61,11 @@ pub struct CommandRequest {
     /// Free-form metadata from the client (a JSON object), stored with its events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// A scheduled command (a deadline, a timeout): it executes only in a block whose agreed
+    /// time is at or after this, ms since the Unix epoch. A process manager's scheduled
+    /// command waits for that time; one agreed earlier is not applied (and not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
     /// The command, as the aggregate's command type serialises it.
     pub command: Value,
 }
@@ -78,8 +83,17 @@ impl CommandRequest {
             timestamp_ms: 0,
             domain_version: String::new(),
             metadata: None,
+            not_before_ms: None,
             command,
         }
+    }
+
+    /// The same command, scheduled: the section executes it only once its agreed time reaches
+    /// `at_ms` (for a timeout, the causing event's `timestamp_ms` plus the delay).
+    #[must_use]
+    pub fn not_before(mut self, at_ms: u64) -> Self {
+        self.not_before_ms = Some(at_ms);
+        self
     }
 
     /// The `index`-th command a manager named `manager` emits for `event`: caused by the event,
@@ -104,6 +118,7 @@ impl CommandRequest {
             timestamp_ms: event.timestamp_ms,
             domain_version: String::new(),
             metadata: None,
+            not_before_ms: None,
             command: serde_json::to_value(command)?,
         })
     }
@@ -423,7 +438,7 @@ pub trait ProcessManager {
 }
 
 /// What one run of the router did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouterReport {
     /// Events delivered to managers.
     pub events_delivered: u64,
@@ -437,6 +452,10 @@ pub struct RouterReport {
     /// False when the run stopped at [`ROUTER_ROUNDS_MAX`] with work left (managers that keep
     /// reacting to each other's commands); the next run goes on from the checkpoints.
     pub quiet: bool,
+    /// Scheduled commands (`not_before_ms`) the managers emitted: this in-process router has
+    /// no agreed time, so it hands them back for the caller to execute when due (in a
+    /// cluster, the engine holds them and the section fires them at its agreed time).
+    pub scheduled: Vec<CommandRequest>,
 }
 
 /// A manager the router could not take past an event in this run.
@@ -569,6 +588,10 @@ fn deliver(
     let mut pending: VecDeque<CommandRequest> = manager.handle(event).into();
     let mut sent = 0;
     while let Some(request) = pending.pop_front() {
+        if request.not_before_ms.is_some() {
+            report.scheduled.push(request);
+            continue;
+        }
         sent += 1;
         if sent > COMMANDS_PER_EVENT_MAX {
             warn!(

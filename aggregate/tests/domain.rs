@@ -625,6 +625,7 @@ fn the_registry_refuses_unknown_categories_and_malformed_commands() {
         timestamp_ms: 0,
         domain_version: String::new(),
         metadata: None,
+        not_before_ms: None,
         command: body,
     };
     let unknown = registry.execute(&store, &request("Order@1", serde_json::json!({})));

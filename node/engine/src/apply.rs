@@ -64,6 +64,15 @@ pub enum Applied {
     /// lying proposer). Not recorded (an honest proposal of the same command may follow) and
     /// never applied.
     Forged(String),
+    /// A scheduled command agreed before its time (the block's agreed time is earlier than
+    /// its `not_before_ms`). Not recorded: it is proposed again, and applies in the first
+    /// block at or after its time.
+    Early {
+        /// When it may execute.
+        not_before_ms: u64,
+        /// The block's agreed time.
+        agreed_ms: u64,
+    },
 }
 
 /// Applies agreed proposals in order, under the section's agreed domain version
@@ -142,6 +151,16 @@ fn judge(
             events,
         } => (request.clone(), Some((*version, events))),
     };
+    // A scheduled command executes from its agreed time on, never earlier, whoever proposed
+    // it (the block's time is the same on every member, so every member skips it alike).
+    if let Some(not_before_ms) = request.not_before_ms {
+        if agreed.timestamp_ms < not_before_ms {
+            return Ok(Verdict::Settled(Applied::Early {
+                not_before_ms,
+                agreed_ms: agreed.timestamp_ms,
+            }));
+        }
+    }
     // A decision made at another version is stale before anything else is asked of it: the
     // aggregate must not run on a state the proposal was not decided on, or a refusal it
     // gives there would be recorded. Versions only grow, so a block stale once is stale

@@ -89,3 +89,62 @@ impl Proposal {
         serde_json::from_slice(body).map_err(|error| ProposalError::Malformed(error.to_string()))
     }
 }
+
+/// First byte of an encoded tick (command proposals start with their version byte, 1).
+pub const TICK_TAG: u8 = b'T';
+/// Encoding version of ticks, after the tag.
+pub const TICK_VERSION: u8 = 1;
+
+/// A tick: a block that carries nothing but moves the section's agreed time on, so that a
+/// command scheduled in an idle section comes due (`engine::schedule`). Members whose clocks
+/// read the same period propose the same bytes, so their votes add up in Supermajority
+/// mode; a later period is another observation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickProposal {
+    /// The generation it was proposed in.
+    pub generation: u64,
+    /// The proposer's clock, in periods since the Unix epoch.
+    pub period: u64,
+}
+
+impl TickProposal {
+    /// Tag, version, generation and period (little-endian): 18 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![TICK_TAG, TICK_VERSION];
+        bytes.extend_from_slice(&self.generation.to_le_bytes());
+        bytes.extend_from_slice(&self.period.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes untrusted observation bytes; `None` unless they are exactly a tick.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let [TICK_TAG, TICK_VERSION, rest @ ..] = bytes else {
+            return None;
+        };
+        let generation = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let period = u64::from_le_bytes(rest.get(8..)?.try_into().ok()?);
+        Some(Self { generation, period })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_round_trips_and_nothing_else_is_one() {
+        let tick = TickProposal {
+            generation: 3,
+            period: 1_770_000_000,
+        };
+        assert_eq!(TickProposal::decode(&tick.encode()), Some(tick));
+        let bytes = tick.encode();
+        assert_eq!(TickProposal::decode(&bytes[..17]), None);
+        assert_eq!(
+            TickProposal::decode(&[bytes.as_slice(), &[0]].concat()),
+            None
+        );
+        assert_eq!(TickProposal::decode(&[PROPOSAL_VERSION, b'{']), None);
+        assert_eq!(TickProposal::decode(&[TICK_TAG, 9, 0, 0]), None);
+    }
+}

@@ -1450,3 +1450,90 @@ fn stream_metadata_and_soft_delete_are_agreed_and_hide_the_same_events_on_every_
         visible(&cluster)
     );
 }
+
+/// How long after an account opens its welcome deposit is scheduled.
+const WELCOME_DELAY_MS: u64 = 2_000;
+
+/// A process manager with a timeout: each opened account gets a deposit of 1, scheduled
+/// `WELCOME_DELAY_MS` after the opening's agreed time.
+struct WelcomeDeposit;
+
+impl chorus_aggregate::ProcessManager for WelcomeDeposit {
+    fn name(&self) -> &str {
+        "welcome-deposit"
+    }
+
+    fn filter(&self) -> chorus_aggregate::Filter {
+        chorus_aggregate::Filter::EventType(
+            chorus_aggregate::TypeName::new("AccountOpened").expect("type"),
+        )
+    }
+
+    fn handle(&mut self, event: &chorus_aggregate::RecordedEvent) -> Vec<CommandRequest> {
+        let deposit = BankAccountCommand::Deposit {
+            amount: 1,
+            transfer: None,
+        };
+        CommandRequest::caused_by(self.name(), event, 0, event.stream.clone(), &deposit)
+            .map(|request| request.not_before(event.timestamp_ms + WELCOME_DELAY_MS))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The events of `account` on every engine: (type, agreed time).
+fn account_events(cluster: &Cluster, account: &str) -> Vec<Vec<(String, u64)>> {
+    let stream = StreamKey::new("BankAccount", account).expect("key");
+    cluster
+        .engines
+        .iter()
+        .map(|engine| {
+            engine
+                .store()
+                .read_stream(&stream, 1, chorus_aggregate::Direction::Forward, 100)
+                .expect("read")
+                .events
+                .iter()
+                .map(|event| (event.event_type.as_str().to_owned(), event.timestamp_ms))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_scheduled_command_executes_once_at_the_agreed_time_and_not_before() {
+    for (seed, mode) in [(41, BlockMode::Single), (42, BlockMode::Supermajority)] {
+        let mut cluster = Cluster::new(4, 4, mode, seed);
+        for engine in &mut cluster.engines {
+            engine
+                .add_process_manager(Box::new(WelcomeDeposit))
+                .expect("manager");
+        }
+        let open = bank(BankAccountCommand::OpenAccount {
+            owner: "o".to_owned(),
+        });
+        cluster.submit(0, 1, request("open-w", "BankAccount@w", open));
+        cluster.run_until_answered(1, 10_000);
+        cluster.run_for(WELCOME_DELAY_MS / 2);
+        assert_eq!(cluster.balance("w"), 0, "seed {seed}: deposited early");
+        cluster.run_for(WELCOME_DELAY_MS * 2);
+        let histories = account_events(&cluster, "w");
+        for history in &histories {
+            assert_eq!(history, &histories[0], "seed {seed}: members differ");
+        }
+        let [(opened, opened_at), (deposited, deposited_at)] = histories[0].as_slice() else {
+            panic!(
+                "seed {seed}: not one opening and one deposit: {:?}",
+                histories[0]
+            );
+        };
+        assert_eq!(
+            (opened.as_str(), deposited.as_str()),
+            ("AccountOpened", "Deposited")
+        );
+        assert!(
+            *deposited_at >= opened_at + WELCOME_DELAY_MS,
+            "seed {seed}: deposited at {deposited_at}, opened at {opened_at}"
+        );
+    }
+}

@@ -199,8 +199,18 @@ impl Engine {
             Ok(None) => {}
             Err(error) => return Err(CommandOutcome::Failed(error.to_string())),
         }
+        self.hold_until_due(&request)?;
         let (proposal, decided_at) = match self.config.consensus.block_mode {
-            BlockMode::Single => (Proposal::Command(request.clone()), None),
+            BlockMode::Single => {
+                let mut request = request.clone();
+                // A decided observation is never decided again, so a scheduled command must
+                // not share its bytes with an early proposal of it (skipped, `schedule`):
+                // its time field, which Single mode sets at apply, carries our clock.
+                if request.not_before_ms.is_some() {
+                    request.timestamp_ms = self.current.clock_ms;
+                }
+                (Proposal::Command(request), None)
+            }
             BlockMode::Supermajority => match self.decide_proposal(&request) {
                 Ok(proposal @ Proposal::Decided { version, .. }) => (proposal, Some(version)),
                 Ok(proposal) => (proposal, None),

@@ -41,6 +41,11 @@ pub(super) struct Generation {
     pub(super) pending_upgrade: Option<DomainFingerprint>,
     /// Whether we voted to upgrade the section to our domain.
     pub(super) voted_upgrade: bool,
+    /// The section's clock: the latest agreed time of this generation's blocks (ms since
+    /// the Unix epoch), which never goes back (`schedule`).
+    pub(super) clock_ms: u64,
+    /// The last tick we proposed (`schedule::TICK_MS` periods since the epoch).
+    pub(super) ticked: u64,
     /// Agreed upgrade votes: the members whose votes the blocks prove, per domain.
     pub(super) upgrade_votes: BTreeMap<DomainFingerprint, BTreeSet<PeerId>>,
     /// Agreed votes for membership changes: the members whose votes the blocks prove, per
@@ -70,6 +75,8 @@ impl Generation {
             voted_changes: BTreeSet::new(),
             pending_upgrade: None,
             voted_upgrade: false,
+            clock_ms: 0,
+            ticked: 0,
             upgrade_votes: BTreeMap::new(),
             membership_votes: BTreeMap::new(),
             deferred_seconds: Vec::new(),

@@ -1,5 +1,13 @@
 //! Process managers run on the section's agreed events, one event at a time from a
 //! checkpoint; their commands go through the command path.
+//!
+//! Scheduled commands (`CommandRequest::not_before_ms`: deadlines, timeouts) do not hold the
+//! manager at their event: they wait among the run's timers until the section's agreed time
+//! (the latest block's) or this node's clock reaches them, and are then proposed like any
+//! command. The clock only prompts: a block whose agreed time is still earlier does not
+//! apply them (`Applied::Early`), so the section executes each once, at its agreed time,
+//! whichever members proposed it. The checkpoint never passes the event of a timer not yet
+//! answered, so a restart schedules it again (its id dedupes a second firing).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +16,9 @@ use chorus_routing::XorName;
 use tracing::{debug, warn};
 
 use super::command_path::{CommandOutcome, Waiter};
-use super::limits::{MANAGER_CHECKPOINT_EVERY, MANAGER_EVENTS_PER_RUN, MANAGER_RETRY_MS};
+use super::limits::{
+    MANAGER_CHECKPOINT_EVERY, MANAGER_EVENTS_PER_RUN, MANAGER_RETRY_MS, TIMERS_PER_MANAGER_MAX,
+};
 use super::{Engine, EngineError};
 
 /// A process manager the engine runs: one event at a time, from its checkpoint.
@@ -20,6 +30,50 @@ pub(super) struct ManagerRun {
     pub(super) current: Option<ManagerEvent>,
     /// Events handled since the checkpoint was last saved.
     pub(super) unsaved: u32,
+    /// Scheduled commands of events already handled, not answered yet (at most
+    /// `TIMERS_PER_MANAGER_MAX`: a manager with that many takes no new event).
+    pub(super) timers: BTreeMap<CommandId, Timer>,
+}
+
+/// A scheduled command and the event that set it off (for `on_rejected`).
+pub(super) struct Timer {
+    pub(super) event: RecordedEvent,
+    pub(super) outstanding: Outstanding,
+}
+
+impl ManagerRun {
+    /// Where the manager must start again after a restart: its next event, or the event of
+    /// its oldest timer not answered yet.
+    fn checkpoint(&self) -> u64 {
+        self.timers
+            .values()
+            .map(|timer| timer.event.position)
+            .fold(self.next_position, u64::min)
+    }
+
+    /// The outstanding command `command_id` of the current event or of a timer, with the
+    /// event that set it off.
+    fn outstanding_mut(
+        &mut self,
+        command_id: &CommandId,
+    ) -> Option<(&RecordedEvent, &mut Outstanding)> {
+        if let Some(current) = self.current.as_mut() {
+            if let Some(outstanding) = current.outstanding.get_mut(command_id) {
+                return Some((&current.event, outstanding));
+            }
+        }
+        self.timers
+            .get_mut(command_id)
+            .map(|timer| (&timer.event, &mut timer.outstanding))
+    }
+
+    /// Forgets an answered command.
+    fn answered(&mut self, command_id: &CommandId) {
+        if let Some(current) = self.current.as_mut() {
+            current.outstanding.remove(command_id);
+        }
+        self.timers.remove(command_id);
+    }
 }
 
 /// The event a process manager is handling.
@@ -40,11 +94,12 @@ pub(super) struct Outstanding {
 }
 
 impl Outstanding {
-    /// A command to send at `now`.
+    /// A command to send at `now`, or at its scheduled time if later.
     fn due(request: CommandRequest, now: u64) -> Self {
+        let send_at = request.not_before_ms.map_or(now, |at| at.max(now));
         Self {
             request,
-            send_at: Some(now),
+            send_at: Some(send_at),
             sends: 0,
         }
     }
@@ -82,6 +137,7 @@ impl Engine {
             next_position,
             current: None,
             unsaved: 0,
+            timers: BTreeMap::new(),
         });
         self.run_managers();
         Ok(())
@@ -103,44 +159,8 @@ impl Engine {
             let mut progressed = false;
             while let Some((index, command_id, outcome)) = self.manager_answers.pop_front() {
                 progressed = true;
-                let Some(run) = self.managers.get_mut(index) else {
-                    continue;
-                };
-                let Some(current) = run.current.as_mut() else {
-                    continue;
-                };
-                let Some(request) = current
-                    .outstanding
-                    .get(&command_id)
-                    .map(|outstanding| outstanding.request.clone())
-                else {
-                    continue;
-                };
-                match outcome {
-                    CommandOutcome::Committed(_) | CommandOutcome::AlreadyCommitted(_) => {
-                        current.outstanding.remove(&command_id);
-                    }
-                    CommandOutcome::IdTaken => {
-                        warn!(%command_id, "a process manager's command id was taken by another command; not compensated");
-                        current.outstanding.remove(&command_id);
-                    }
-                    CommandOutcome::Refused(reason) | CommandOutcome::Invalid(reason) => {
-                        current.outstanding.remove(&command_id);
-                        for compensation in
-                            run.manager.on_rejected(&current.event, &request, &reason)
-                        {
-                            current.outstanding.insert(
-                                compensation.command_id,
-                                Outstanding::due(compensation, now),
-                            );
-                        }
-                    }
-                    CommandOutcome::Failed(reason) => {
-                        debug!(%command_id, %reason, "a process manager's command failed; will retry");
-                        if let Some(entry) = current.outstanding.get_mut(&command_id) {
-                            entry.send_at = Some(now + MANAGER_RETRY_MS);
-                        }
-                    }
+                if let Some(run) = self.managers.get_mut(index) {
+                    handle_answer(run, command_id, outcome, now);
                 }
             }
             for index in 0..self.managers.len() {
@@ -152,18 +172,19 @@ impl Engine {
         }
     }
 
-    /// One step of one manager: send its due commands, or finish its event and take the next
-    /// one of our section. True if anything moved.
+    /// One step of one manager: send its due timers and commands, or finish its event and
+    /// take the next one of our section. True if anything moved.
     pub(super) fn step_manager(&mut self, index: usize, now: u64, head: u64) -> bool {
         let prefix = self.state.prefix;
+        let fired = self.fire_timers(index, now);
         let Some(run) = self.managers.get_mut(index) else {
-            return false;
+            return fired;
         };
         if run.current.is_some() {
-            return self.step_current_event(index, now, head);
+            return self.step_current_event(index, now, head) || fired;
         }
-        if run.next_position > head {
-            return false; // nothing new in the store
+        if run.next_position > head || run.timers.len() >= TIMERS_PER_MANAGER_MAX {
+            return fired; // nothing new in the store, or no room for its timers
         }
         let filter = run.manager.filter();
         let slice = match self.store.read_log(&filter, run.next_position, 1) {
@@ -187,7 +208,20 @@ impl Engine {
             run.next_position = event.position + 1;
             return true;
         }
-        let commands = run.manager.handle(&event);
+        let (scheduled, commands): (Vec<_>, Vec<_>) = run
+            .manager
+            .handle(&event)
+            .into_iter()
+            .partition(|request| request.not_before_ms.is_some_and(|at| at > now));
+        for request in scheduled {
+            run.timers.insert(
+                request.command_id,
+                Timer {
+                    event: event.clone(),
+                    outstanding: Outstanding::due(request, now),
+                },
+            );
+        }
         run.current = Some(ManagerEvent {
             event,
             outstanding: commands
@@ -196,6 +230,31 @@ impl Engine {
                 .collect(),
         });
         true
+    }
+
+    /// Sends a manager's timers that are due by the section's agreed time or by our clock
+    /// (the block decides: `Applied::Early`). True if any was sent.
+    fn fire_timers(&mut self, index: usize, now: u64) -> bool {
+        let time = now.max(self.current.clock_ms);
+        let Some(run) = self.managers.get_mut(index) else {
+            return false;
+        };
+        let due: Vec<(CommandRequest, u32)> = run
+            .timers
+            .values_mut()
+            .map(|timer| &mut timer.outstanding)
+            .filter(|outstanding| outstanding.send_at.is_some_and(|at| at <= time))
+            .map(|outstanding| {
+                outstanding.send_at = None;
+                outstanding.sends += 1;
+                (outstanding.request.clone(), outstanding.sends - 1)
+            })
+            .collect();
+        let fired = !due.is_empty();
+        for (request, attempt) in due {
+            self.route(Waiter::Manager(index), request, attempt);
+        }
+        fired
     }
 
     /// A manager's event in hand: sends its commands that are due, or, once all are
@@ -232,12 +291,56 @@ impl Engine {
         // transaction, and a lost one only replays events whose commands the ids absorb.
         if run.next_position > head || run.unsaved >= MANAGER_CHECKPOINT_EVERY {
             run.unsaved = 0;
-            let checkpoint = run.next_position.to_le_bytes();
+            let checkpoint = run.checkpoint().to_le_bytes();
             let name = manager_checkpoint(run.manager.name());
             if let Err(error) = self.store.save_checkpoint(&name, &checkpoint) {
                 debug!(%error, "process manager checkpoint not saved");
             }
         }
         true
+    }
+}
+
+/// Handles the answer to one of a manager's commands: done, compensated (`on_rejected`; a
+/// compensation is sent at once), or sent again after `MANAGER_RETRY_MS`.
+fn handle_answer(run: &mut ManagerRun, command_id: CommandId, outcome: CommandOutcome, now: u64) {
+    let Some((event, outstanding)) = run.outstanding_mut(&command_id) else {
+        return;
+    };
+    let (event, request) = (event.clone(), outstanding.request.clone());
+    match outcome {
+        CommandOutcome::Committed(_) | CommandOutcome::AlreadyCommitted(_) => {
+            run.answered(&command_id);
+        }
+        CommandOutcome::IdTaken => {
+            warn!(%command_id, "a process manager's command id was taken by another command; not compensated");
+            run.answered(&command_id);
+        }
+        CommandOutcome::Refused(reason) | CommandOutcome::Invalid(reason) => {
+            run.answered(&command_id);
+            for compensation in run.manager.on_rejected(&event, &request, &reason) {
+                let outstanding = Outstanding::due(compensation, now);
+                let compensation_id = outstanding.request.command_id;
+                match run.current.as_mut() {
+                    Some(current) if current.event.event_id == event.event_id => {
+                        current.outstanding.insert(compensation_id, outstanding);
+                    }
+                    // A timer's compensation is a timer too (due now, or when scheduled).
+                    _ => {
+                        run.timers.insert(
+                            compensation_id,
+                            Timer {
+                                event: event.clone(),
+                                outstanding,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        CommandOutcome::Failed(reason) => {
+            debug!(%command_id, %reason, "a process manager's command failed; will retry");
+            outstanding.send_at = Some(now + MANAGER_RETRY_MS);
+        }
     }
 }

@@ -58,6 +58,7 @@ mod joining;
 pub mod limits;
 mod managers;
 mod removal;
+mod schedule;
 mod seconding;
 mod section_updates;
 mod stats;

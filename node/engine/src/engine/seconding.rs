@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 use crate::apply::{AgreedProposal, Applied, apply_agreed};
 use crate::domain::UpgradeProposal;
 use crate::membership::MembershipProposal;
-use crate::proposal::Proposal;
+use crate::proposal::{Proposal, TickProposal};
 
 use super::Engine;
 use super::command_path::{CommandOutcome, same_command};
@@ -24,10 +24,14 @@ pub(super) enum Agreed {
 
 /// A block's proposal or membership change, if it carries one (accusations and undecodable
 /// payloads carry none).
-pub(super) fn agreed_item(block: &Block) -> Option<Agreed> {
+pub(super) fn agreed_item(block: &Block, clock_ms: u64) -> Option<Agreed> {
     let Observation::Payload(bytes) = &block.observation else {
         return None;
     };
+    // A tick only moves the clock.
+    if TickProposal::decode(bytes).is_some() {
+        return None;
+    }
     match MembershipProposal::decode(bytes) {
         Some(Ok(change)) => return Some(Agreed::Membership(change)),
         Some(Err(error)) => {
@@ -46,7 +50,7 @@ pub(super) fn agreed_item(block: &Block) -> Option<Agreed> {
     }
     match Proposal::decode(bytes) {
         Ok(proposal) => Some(Agreed::Proposal(AgreedProposal {
-            timestamp_ms: block.timestamp_ms,
+            timestamp_ms: clock_ms,
             proposal,
         })),
         Err(error) => {
@@ -72,7 +76,11 @@ impl Engine {
             else {
                 break;
             };
-            match agreed_item(&block) {
+            // The section's clock: the latest agreed time, never going back within the
+            // generation (so a command agreed after another never executes earlier).
+            self.current.clock_ms = self.current.clock_ms.max(block.timestamp_ms);
+            let clock_ms = self.current.clock_ms;
+            match agreed_item(&block, clock_ms) {
                 Some(Agreed::Proposal(proposal)) => {
                     let stream = proposal.proposal.request().stream.qualified();
                     if self
@@ -117,8 +125,13 @@ impl Engine {
             return;
         };
         // Membership changes are voted only by members that heard the request themselves;
-        // upgrades only by members that run the new domain.
+        // upgrades only by members that run the new domain; ticks by members whose clock
+        // reached them.
         if MembershipProposal::decode(bytes).is_some() || UpgradeProposal::decode(bytes).is_some() {
+            return;
+        }
+        if let Some(tick) = TickProposal::decode(bytes) {
+            self.second_tick(hash, tick);
             return;
         }
         let proposal = Proposal::decode(bytes);
@@ -130,6 +143,16 @@ impl Engine {
                 .matches(&XorName::from_stream_key(&stream))
             {
                 return; // another section's stream: never applied here
+            }
+        }
+        // A scheduled command is seconded only once the section's time reached it.
+        if let Ok(proposal) = &proposal {
+            if proposal
+                .request()
+                .not_before_ms
+                .is_some_and(|due| due > self.current.clock_ms)
+            {
+                return;
             }
         }
         match proposal {
@@ -220,6 +243,25 @@ impl Engine {
                         if current == decided_at {
                             self.retry(command_id);
                         }
+                    }
+                    continue;
+                }
+                // Agreed before its time: proposed again (ours), or its waiters told to send it
+                // again.
+                Applied::Early {
+                    not_before_ms,
+                    agreed_ms,
+                } => {
+                    debug!(%command_id, not_before_ms, agreed_ms, "scheduled command agreed early; not applied");
+                    if let Some((true, _)) = ours {
+                        self.retry(command_id);
+                    } else {
+                        self.answer(
+                            command_id,
+                            &CommandOutcome::Failed(format!(
+                                "scheduled for {not_before_ms}, agreed at {agreed_ms}: not due yet"
+                            )),
+                        );
                     }
                     continue;
                 }
