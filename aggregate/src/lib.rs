@@ -17,6 +17,7 @@
 
 pub mod codec;
 pub mod domain;
+pub mod emit;
 pub mod envelope;
 pub mod error;
 #[cfg(feature = "fuzzing")]
@@ -35,6 +36,7 @@ mod system;
 pub mod testkit;
 
 pub use domain::{Aggregate, CommandContext, DomainEvent, Upcaster};
+pub use emit::{Emit, Emitted, Emitter, StreamProjection};
 pub use envelope::{
     AppendBatch, AppendOutcome, CommandEnvelope, ExpectedVersion, Filter, NewEvent, RecordedEvent,
     StreamInfo, StreamMetadata, StreamOutcome, StreamWrite,

@@ -180,6 +180,11 @@ pub(crate) trait ErasedAggregate: Send + Sync {
     ) -> Result<Decision, DispatchError>;
 
     fn shape(&self) -> AggregateShape;
+
+    /// Whether this is a stream projection's output category (`emit`).
+    fn is_emitted(&self) -> bool {
+        false
+    }
 }
 
 /// What executing a command on the current state would append, without appending it.
@@ -336,6 +341,21 @@ impl AggregateRegistry {
         self.aggregates
             .insert(A::CATEGORY, Box::new(Typed::<A>(std::marker::PhantomData)));
         self
+    }
+
+    /// Registers `category` as the output of a stream projection (`emit`): its streams take
+    /// only `Emit` commands, which append the event they carry.
+    pub fn emitted_category(mut self, category: &'static str) -> Self {
+        self.aggregates
+            .insert(category, Box::new(crate::emit::EmittedStreams { category }));
+        self
+    }
+
+    /// Whether `category` is a stream projection's output (clients do not write there).
+    pub fn is_emitted_category(&self, category: &str) -> bool {
+        self.aggregates
+            .get(category)
+            .is_some_and(|aggregate| aggregate.is_emitted())
     }
 
     /// Decides a command on the current state of its stream without appending: the pure step

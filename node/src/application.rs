@@ -17,7 +17,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use chorus_aggregate::{
-    Aggregate, AggregateRegistry, EventStore, ProcessManager, Projection, StoreError,
+    Aggregate, AggregateRegistry, Emitter, EventStore, ProcessManager, Projection, StoreError,
+    StreamProjection,
 };
 
 use crate::projections::{HostedProjection, host};
@@ -93,6 +94,24 @@ impl Application {
         F: Fn() -> M + Send + Sync + 'static,
     {
         self.managers.push(Arc::new(move || Box::new(make())));
+        self
+    }
+
+    /// Runs a projection whose output is streams of its own category (`P::CATEGORY`): what
+    /// it emits for each event is agreed by the section like a process manager's commands,
+    /// so every member holds the same output streams, which clients read and subscribe to
+    /// like any stream (and cannot write). Built by `make` when the node starts; it resumes
+    /// from its checkpoint.
+    #[must_use]
+    pub fn stream_projection<P, F>(mut self, make: F) -> Self
+    where
+        P: StreamProjection + 'static,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        self.registrations
+            .push(|registry| registry.emitted_category(P::CATEGORY));
+        self.managers
+            .push(Arc::new(move || Box::new(Emitter(make()))));
         self
     }
 

@@ -6,7 +6,13 @@
 //!
 //! Compensation: a refused reservation (out of stock) cancels the order; a refused
 //! confirmation (the customer cancelled while the stock was being reserved) releases the
-//! reservation. The saga keeps no state of its own: each event carries what the next step
+//! reservation.
+//!
+//! Deadline: placing an order also schedules its cancellation `CONFIRM_DEADLINE_MS` after
+//! the placing's agreed time (`CommandRequest::not_before`). The section executes it then,
+//! from its agreed time: an order confirmed by then refuses it (and the saga lets that be);
+//! one still waiting (its stock's section unreachable, say) is cancelled, and a reservation
+//! that arrives later is released by the compensation above. The saga keeps no state of its own: each event carries what the next step
 //! needs, so it resumes anywhere after a crash, and every command id derives from the event
 //! that caused it, so a replay changes nothing.
 
@@ -23,13 +29,21 @@ use crate::stock::{Stock, StockCommand, StockEvent};
 /// running shop.
 pub const FULFILMENT: &str = "fulfilment";
 
+/// How long an order may wait for its stock before the saga cancels it (ms of agreed time).
+pub const CONFIRM_DEADLINE_MS: u64 = 60_000;
+
+/// Command indexes per event: a command id is used once, so each must differ.
+const NEXT_STEP: usize = 0;
+const COMPENSATION: usize = 1;
+const DEADLINE: usize = 2;
+
 /// The fulfilment saga.
 #[derive(Debug, Default)]
 pub struct Fulfilment;
 
 impl Fulfilment {
-    /// The command `event` sets off: `step` 0 for the next step, 1 for a compensation (a
-    /// command id is used once, so the two must differ).
+    /// The command `event` sets off: `step` says which (`NEXT_STEP`, `COMPENSATION` or
+    /// `DEADLINE`).
     fn send(
         event: &RecordedEvent,
         step: usize,
@@ -69,14 +83,28 @@ impl ProcessManager for Fulfilment {
                         order: event.stream.id().to_owned(),
                         quantity,
                     };
-                    Self::send(event, 0, crate::stock_key(&sku), &reserve)
+                    let cancel = OrderCommand::Cancel {
+                        reason: format!("not confirmed within {} s", CONFIRM_DEADLINE_MS / 1_000),
+                    };
+                    let deadline = event.timestamp_ms + CONFIRM_DEADLINE_MS;
+                    let mut commands =
+                        Self::send(event, NEXT_STEP, crate::stock_key(&sku), &reserve);
+                    commands.extend(
+                        Self::send(event, DEADLINE, Ok(event.stream.clone()), &cancel)
+                            .into_iter()
+                            .map(|request| request.not_before(deadline)),
+                    );
+                    commands
                 }
                 _ => Vec::new(),
             },
             Stock::CATEGORY => match decode_event::<StockEvent>(kind, version, payload) {
-                Ok(StockEvent::Reserved { order, .. }) => {
-                    Self::send(event, 0, crate::order_key(&order), &OrderCommand::Confirm)
-                }
+                Ok(StockEvent::Reserved { order, .. }) => Self::send(
+                    event,
+                    NEXT_STEP,
+                    crate::order_key(&order),
+                    &OrderCommand::Confirm,
+                ),
                 _ => Vec::new(),
             },
             _ => Vec::new(),
@@ -100,13 +128,13 @@ impl ProcessManager for Fulfilment {
                 let cancel = OrderCommand::Cancel {
                     reason: format!("no stock: {reason}"),
                 };
-                Self::send(event, 1, crate::order_key(&order), &cancel)
+                Self::send(event, COMPENSATION, crate::order_key(&order), &cancel)
             }
             (Order::CATEGORY, _, Ok(OrderCommand::Confirm)) => {
                 let release = StockCommand::Release {
                     order: request.stream.id().to_owned(),
                 };
-                Self::send(event, 1, Ok(event.stream.clone()), &release)
+                Self::send(event, COMPENSATION, Ok(event.stream.clone()), &release)
             }
             _ => Vec::new(),
         }

@@ -6,12 +6,14 @@
 //! - [`fulfilment`]: the saga that reserves stock for each order and confirms it, cancelling
 //!   the order when stock is short and releasing stock when a confirmation comes too late;
 //! - [`stock_levels`]: a projection of every article's levels, hosted by each node at
-//!   `GET /projections/stock-levels`.
+//!   `GET /projections/stock-levels`;
+//! - [`orders_by_sku`]: a projection whose output is streams, `OrdersBySku@<sku>`.
 //!
 //! [`application`] gathers them for `chorus-node`; `src/main.rs` is the whole program.
 
 pub mod fulfilment;
 pub mod order;
+pub mod orders_by_sku;
 pub mod stock;
 pub mod stock_levels;
 
@@ -26,6 +28,7 @@ pub fn application() -> Application {
         .aggregate::<stock::Stock>()
         .process_manager(|| fulfilment::Fulfilment)
         .projection(|| stock_levels::StockLevels)
+        .stream_projection(|| orders_by_sku::OrdersBySku)
 }
 
 /// The stream of an article's stock.

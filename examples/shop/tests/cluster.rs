@@ -148,8 +148,24 @@ async fn four_processes_run_the_shop_and_agree() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The orders-by-article projection wrote its stream, agreed by its section.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while types(&clients[0], "OrdersBySku@apple").await != ["Ordered", "Ordered"] {
+        assert!(
+            Instant::now() < deadline,
+            "OrdersBySku@apple was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Clients read it and cannot write it.
+    let forged = json!({"event_type": "Ordered", "data": {"order": "x", "quantity": 9}});
+    let answer = clients[1]
+        .submit("OrdersBySku@apple", forged, Some(&format!("{:032x}", 4)))
+        .await
+        .expect("the node answers");
+    assert_eq!(answer.status, 400, "{}", answer.body);
     // Every node answers the same events, whichever section holds the streams.
-    for stream in ["Stock@apple", "Order@o1", "Order@o2"] {
+    for stream in ["Stock@apple", "Order@o1", "Order@o2", "OrdersBySku@apple"] {
         let first = clients[0].read(stream, 1, 100).await.expect("read");
         for client in &clients[1..] {
             assert_eq!(

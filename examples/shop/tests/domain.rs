@@ -6,8 +6,10 @@ use chorus_aggregate::{
     AggregateRegistry, CommandEnvelope, CommandId, EventRouter, EventStore, ProjectionRunner,
     Repository, StreamKey,
 };
-use chorus_shop::fulfilment::Fulfilment;
+use chorus_aggregate::{Emitter, StreamProjection};
+use chorus_shop::fulfilment::{self, Fulfilment};
 use chorus_shop::order::{Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
+use chorus_shop::orders_by_sku::OrdersBySku;
 use chorus_shop::stock::{Stock, StockCommand, StockError, StockEvent};
 use chorus_shop::stock_levels::{Levels, StockLevels};
 
@@ -103,6 +105,56 @@ fn customer<C>(tag: &str, stream: &str, command: C) -> CommandEnvelope<C> {
     CommandEnvelope::new(CommandId::derive(&[tag.as_bytes()]), key(stream), command).at(1_000)
 }
 
+#[test]
+fn orders_by_article_are_written_as_streams_once_and_clients_cannot_write_them() {
+    let (_directory, store) = store();
+    place(&store, "a1", "apple", 2);
+    place(&store, "p1", "pear", 1);
+    place(&store, "a2", "apple", 1);
+    let registry = || shop().emitted_category(OrdersBySku::CATEGORY);
+    let route = |from| {
+        let mut router = EventRouter::new(registry());
+        router.add_from(Box::new(Emitter(OrdersBySku)), from);
+        router.run_until_quiet(&store).expect("routed")
+    };
+    route(1);
+    let ordered = |sku: &str| -> Vec<serde_json::Value> {
+        store
+            .read_stream(
+                &key(&format!("OrdersBySku@{sku}")),
+                1,
+                chorus_aggregate::Direction::Forward,
+                10,
+            )
+            .expect("read")
+            .events
+            .iter()
+            .map(|event| serde_json::from_slice(&event.payload).expect("json"))
+            .collect()
+    };
+    assert_eq!(
+        ordered("apple"),
+        [
+            serde_json::json!({"order": "a1", "quantity": 2}),
+            serde_json::json!({"order": "a2", "quantity": 1})
+        ]
+    );
+    assert_eq!(ordered("pear").len(), 1);
+    // A replay from the first event emits under the same ids: nothing new.
+    let head = store.head_position().expect("head");
+    route(1);
+    assert_eq!(store.head_position().expect("head"), head);
+    // What is not an emitted event is refused.
+    let forged = chorus_aggregate::CommandRequest::new(
+        CommandId::derive(&[b"forged"]),
+        key("OrdersBySku@apple"),
+        serde_json::json!({"event_type": "Ordered", "data": {}, "extra": 1}),
+    );
+    assert!(registry().execute(&store, &forged).is_err());
+    assert!(registry().is_emitted_category("OrdersBySku"));
+    assert!(!registry().is_emitted_category("Order"));
+}
+
 fn shop() -> AggregateRegistry {
     AggregateRegistry::new()
         .register::<Order>()
@@ -128,6 +180,48 @@ fn status(store: &EventStore, order: &str) -> OrderStatus {
         .expect("load")
         .state
         .status
+}
+
+#[test]
+fn an_order_still_waiting_at_its_deadline_is_cancelled_and_a_settled_one_is_left() {
+    let (_directory, store) = store();
+    place(&store, "late", "pear", 1); // no pear stock stream yet: nothing answers
+    place(&store, "done", "pear", 1);
+    Repository::<Order>::new(&store)
+        .execute(&customer(
+            "done-confirm",
+            "Order@done",
+            OrderCommand::Confirm,
+        ))
+        .expect("confirmed");
+    let mut saga = Fulfilment;
+    let registry = shop();
+    for order in ["late", "done"] {
+        let placed = store
+            .read_stream(
+                &key(&format!("Order@{order}")),
+                1,
+                chorus_aggregate::Direction::Forward,
+                1,
+            )
+            .expect("read")
+            .events
+            .remove(0);
+        let commands = chorus_aggregate::ProcessManager::handle(&mut saga, &placed);
+        let deadline = commands
+            .into_iter()
+            .find(|command| command.not_before_ms.is_some())
+            .expect("a deadline");
+        // Executed when due, as the section would: a waiting order is cancelled, a
+        // confirmed one refuses.
+        let outcome = registry.execute(&store, &deadline);
+        assert_eq!(outcome.is_ok(), order == "late", "{order}: {outcome:?}");
+    }
+    assert!(matches!(
+        status(&store, "late"),
+        OrderStatus::Cancelled { reason } if reason.contains("not confirmed")
+    ));
+    assert_eq!(status(&store, "done"), OrderStatus::Confirmed);
 }
 
 #[test]
@@ -173,6 +267,20 @@ fn the_saga_confirms_what_is_in_stock_and_compensates_the_rest() {
     assert_eq!(apple.reserved.keys().collect::<Vec<_>>(), ["o1"]);
     // Rejected: o2's reservation, o3's confirmation.
     assert_eq!(report.commands_rejected, 2);
+    // Each order's deadline is handed back, scheduled a minute after its placing (the
+    // in-process router has no agreed time; in a cluster the section fires them).
+    assert_eq!(report.scheduled.len(), 3);
+    for deadline in &report.scheduled {
+        let placed = store
+            .read_stream(&deadline.stream, 1, chorus_aggregate::Direction::Forward, 1)
+            .expect("read")
+            .events[0]
+            .timestamp_ms;
+        assert_eq!(
+            deadline.not_before_ms,
+            Some(placed + fulfilment::CONFIRM_DEADLINE_MS)
+        );
+    }
 
     // A replay from the first event sends the same command ids: nothing changes.
     let head = store.head_position().expect("head");

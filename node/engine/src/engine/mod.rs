@@ -497,6 +497,14 @@ impl Engine {
         if let Some(reason) = self.halted() {
             return Err(EngineError::Halted(reason.to_owned()));
         }
+        let category = request.stream.category().as_str();
+        if self.registry.is_emitted_category(category) {
+            let outcome = CommandOutcome::Invalid(format!(
+                "{category} streams are written by a projection: clients read them"
+            ));
+            self.replies.push_back((ticket, outcome));
+            return Ok(());
+        }
         if self.waiters.len() >= COMMANDS_IN_FLIGHT_MAX {
             return Err(EngineError::Busy);
         }
