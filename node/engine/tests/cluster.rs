@@ -306,6 +306,7 @@ fn registry() -> AggregateRegistry {
         .register::<BankAccount>()
         .register::<Notebook>()
         .register::<Gauge>()
+        .emitted_category(<AccountsByOwner as chorus_aggregate::StreamProjection>::CATEGORY)
 }
 
 fn engine_config(block_mode: BlockMode, adjust: &impl Fn(&mut EngineConfig)) -> EngineConfig {
@@ -1534,6 +1535,108 @@ fn a_scheduled_command_executes_once_at_the_agreed_time_and_not_before() {
         assert!(
             *deposited_at >= opened_at + WELCOME_DELAY_MS,
             "seed {seed}: deposited at {deposited_at}, opened at {opened_at}"
+        );
+    }
+}
+
+/// A stream projection: each opened account is listed in its owner's `Owners@<owner>`.
+struct AccountsByOwner;
+
+impl chorus_aggregate::StreamProjection for AccountsByOwner {
+    const CATEGORY: &'static str = "Owners";
+
+    fn name(&self) -> &str {
+        "accounts-by-owner"
+    }
+
+    fn filter(&self) -> chorus_aggregate::Filter {
+        chorus_aggregate::Filter::EventType(
+            chorus_aggregate::TypeName::new("AccountOpened").expect("type"),
+        )
+    }
+
+    fn emit(&self, event: &chorus_aggregate::RecordedEvent) -> Vec<chorus_aggregate::Emitted> {
+        let opened: serde_json::Value = serde_json::from_slice(&event.payload).expect("json");
+        vec![chorus_aggregate::Emitted {
+            stream_id: opened["owner"].as_str().unwrap_or("nobody").to_owned(),
+            event_type: "Listed".to_owned(),
+            data: serde_json::json!({"account": event.stream.id()}),
+        }]
+    }
+}
+
+#[test]
+fn a_stream_projection_writes_the_same_streams_on_every_member_once() {
+    use chorus_aggregate::StreamProjection;
+    for (seed, mode) in [(44, BlockMode::Single), (45, BlockMode::Supermajority)] {
+        // Two sections: outputs may belong to another section than their sources.
+        let mut cluster = Cluster::new(8, 3, mode, seed);
+        assert!(
+            cluster.member_counts().iter().all(|members| *members < 8),
+            "one section"
+        );
+        for engine in &mut cluster.engines {
+            engine
+                .add_process_manager(Box::new(chorus_aggregate::Emitter(AccountsByOwner)))
+                .expect("projection");
+        }
+        for index in 0..6u64 {
+            let open = bank(BankAccountCommand::OpenAccount {
+                owner: format!("owner{}", index % 2),
+            });
+            let node = (index % 8) as usize;
+            cluster.submit(
+                node,
+                index + 1,
+                request(
+                    &format!("open{index}"),
+                    &format!("BankAccount@acc{index}"),
+                    open,
+                ),
+            );
+        }
+        cluster.run_until_answered(6, 30_000);
+        cluster.run_for(3_000);
+        for owner in ["owner0", "owner1"] {
+            let stream = StreamKey::new(AccountsByOwner::CATEGORY, owner).expect("key");
+            let section = cluster.engines[0]
+                .map()
+                .section_for_stream(&stream.qualified());
+            let listed: Vec<Vec<String>> = cluster
+                .engines
+                .iter()
+                .filter(|engine| {
+                    section.contains(&chorus_routing::XorName::from_public_key(&engine.id().0))
+                })
+                .map(|engine| {
+                    engine
+                        .store()
+                        .read_stream(&stream, 1, chorus_aggregate::Direction::Forward, 100)
+                        .expect("read")
+                        .events
+                        .iter()
+                        .map(|event| String::from_utf8_lossy(&event.payload).into_owned())
+                        .collect()
+                })
+                .collect();
+            assert!(listed.len() >= 3, "seed {seed}: {} members", listed.len());
+            assert_eq!(listed[0].len(), 3, "seed {seed}: {owner}: {:?}", listed[0]);
+            for member in &listed {
+                assert_eq!(member, &listed[0], "seed {seed}: members differ");
+            }
+        }
+        // A client cannot write there.
+        let forged = request(
+            "forged",
+            "Owners@owner0",
+            serde_json::json!({"event_type": "Listed", "data": {}}),
+        );
+        cluster.submit(0, 100, forged);
+        cluster.run_until_answered(7, 10_000);
+        assert!(
+            matches!(&cluster.replies[&100], CommandOutcome::Invalid(reason) if reason.contains("projection")),
+            "{:?}",
+            cluster.replies[&100]
         );
     }
 }
