@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{CHORUS, config_token, try_raw};
+use support::{
+    CHORUS, config_token, hex, set_config_field, status_of, try_raw, wait_for, wait_healthy,
+};
 
 /// `chorus up --tls` as a child, stopped with SIGTERM.
 struct Up(Child);
@@ -102,5 +104,48 @@ fn a_tls_cluster_serves_https_to_clients_that_trust_its_certificate() {
         Duration::from_secs(10),
     );
     assert!(!matches!(answer, Ok((200, _))), "{answer:?}");
+
+    // A node joins through a node's HTTPS address, trusting the cluster's certificate
+    // (`join_trust`); approved by the members' operators, it is admitted.
+    let joiner_dir = directory.path().join("joiner");
+    std::fs::create_dir_all(&joiner_dir).expect("joiner dir");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[77; 32]);
+    std::fs::write(joiner_dir.join("node.key"), hex(&key.to_bytes())).expect("key written");
+    let joiner_id = hex(&key.verifying_key().to_bytes());
+    let admitted = Command::new(CHORUS)
+        .args(["admin", "admit", &joiner_id, "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("chorus admin runs");
+    assert!(
+        admitted.status.success(),
+        "chorus admin over TLS: {admitted:?}"
+    );
+    let init = Command::new(CHORUS)
+        .args(["init", "--join", &addresses[0], "--data-dir"])
+        .arg(&joiner_dir)
+        .output()
+        .expect("chorus init runs");
+    assert!(init.status.success(), "chorus init --join: {init:?}");
+    let stdout = String::from_utf8_lossy(&init.stdout).into_owned();
+    let (config, joiner_address) = stdout.trim().split_once(' ').expect("'<config> <address>'");
+    set_config_field(
+        std::path::Path::new(config),
+        "join_trust",
+        data_dir.join("cluster.crt").display().to_string().into(),
+    );
+    let joiner = Up(Command::new(CHORUS)
+        .args(["node", "--config", config])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the joiner starts"));
+    wait_healthy(joiner_address);
+    wait_for("the joiner to be admitted over TLS", || {
+        status_of(joiner_address)["members"]
+            .as_array()
+            .is_some_and(|members| members.len() == 5)
+    });
+    drop(joiner);
     drop(up);
 }

@@ -69,6 +69,11 @@ pub struct NodeConfig {
     /// The private key (PEM) of `tls_certificate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Certificates (PEM) to trust when a joining node reads the nodes it joins through
+    /// over HTTPS (a cluster's self-signed certificate). Without it, a node trusts its own
+    /// `tls_certificate` (the members of a local TLS cluster share one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_trust: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -498,6 +503,7 @@ mod tests {
             tokens: Vec::new(),
             tls_certificate: None,
             tls_key: None,
+            join_trust: None,
             join_from: None,
         }
     }

@@ -40,7 +40,8 @@ pub async fn learn_peers(checked: &mut Checked, join: Option<&str>) -> Result<()
     let first_start = !data_dir.join("node.redb").exists();
     match join {
         Some(urls) if first_start => {
-            let peers = agreed_peers(urls).await?;
+            let trust = join_trust(checked)?;
+            let peers = agreed_peers(urls, trust.as_deref()).await?;
             save(&kept, &peers)?;
             checked.peers = peers;
             checked.config.join = true;
@@ -61,12 +62,15 @@ pub async fn learn_peers(checked: &mut Checked, join: Option<&str>) -> Result<()
 /// The members every node of `urls` (one, or several separated by commas) knows, with
 /// the addresses known; an error if one does not answer, if they disagree on the members,
 /// or if no member's address is known.
-async fn agreed_peers(urls: &str) -> Result<Vec<(PeerId, Multiaddr)>, String> {
+async fn agreed_peers(
+    urls: &str,
+    trust: Option<&[u8]>,
+) -> Result<Vec<(PeerId, Multiaddr)>, String> {
     let mut attempt = 1;
     let agreed = loop {
         let mut answers = Vec::new();
         for url in crate::config::join_urls(urls)? {
-            answers.push((url, members_at(url).await?));
+            answers.push((url, members_at(url, trust).await?));
         }
         match agree(&answers) {
             Ok(agreed) => break agreed,
@@ -126,9 +130,30 @@ fn agree(answers: &[(&str, Vec<Listed>)]) -> Result<Vec<Listed>, String> {
     Ok(agreed)
 }
 
+/// The certificates a joining node trusts over HTTPS: `join_trust`, else its own
+/// `tls_certificate`, else none (the system's roots are not used: nodes of a cluster
+/// present its own certificate).
+fn join_trust(checked: &Checked) -> Result<Option<Vec<u8>>, String> {
+    let config = &checked.config;
+    let Some(path) = config
+        .join_trust
+        .as_ref()
+        .or(config.tls_certificate.as_ref())
+    else {
+        return Ok(None);
+    };
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|error| format!("join_trust {}: {error}", path.display()))
+}
+
 /// The members `url`'s node knows, with their addresses where it knows them.
-async fn members_at(url: &str) -> Result<Vec<Listed>, String> {
-    let answer = Client::new(url)?.get("/status").await?;
+async fn members_at(url: &str, trust: Option<&[u8]>) -> Result<Vec<Listed>, String> {
+    let mut client = Client::new(url)?;
+    if let Some(pem) = trust {
+        client = client.trusting(pem)?;
+    }
+    let answer = client.get("/status").await?;
     if answer.status != 200 {
         return Err(format!(
             "{url}/status answered {}: {}",

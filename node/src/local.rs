@@ -177,6 +177,7 @@ impl LocalMember {
             tokens: tokens.to_vec(),
             tls_certificate: tls.map(|(certificate, _)| certificate.clone()),
             tls_key: tls.map(|(_, key)| key.clone()),
+            join_trust: None,
         };
         config.clone().check().map_err(|error| error.to_string())?;
         let path = self.directory.join("node.toml");
@@ -223,6 +224,7 @@ pub fn init_joiner(
         tokens: vec![local_token()],
         tls_certificate: None,
         tls_key: None,
+        join_trust: None,
     };
     config.clone().check().map_err(|error| error.to_string())?;
     let text = toml::to_string(&config).map_err(|error| error.to_string())?;

@@ -542,6 +542,7 @@ mod tests {
             tokens: Vec::new(),
             tls_certificate: None,
             tls_key: None,
+            join_trust: None,
         }
         .check()
         .expect("a valid configuration")
