@@ -25,3 +25,15 @@ impl Default for Binary {
         }
     }
 }
+
+impl Binary {
+    /// The demo domain's next release: version 2, standing in for 1 (the same aggregates:
+    /// the new code decides as the old did).
+    pub fn upgraded() -> Self {
+        Self {
+            domain_version: "2".to_owned(),
+            upgrades_from: vec!["1".to_owned()],
+            registry: chorus_demo::registry,
+        }
+    }
+}

@@ -160,14 +160,29 @@ impl ClusterSim {
                     format!("listed in section {prefix} but not active in it"),
                 ));
             }
+            if let Some(reason) = engine.halted() {
+                violations.push(self.found(
+                    ViolationKind::Membership,
+                    *node,
+                    format!("listed in section {prefix} but halted: {reason}"),
+                ));
+            }
             let state = engine.section();
-            views.insert((state.generation, state.prefix, state.members.clone()));
+            views.insert((
+                state.generation,
+                state.prefix,
+                state.members.clone(),
+                engine.section_domain().agreed.clone(),
+            ));
         }
         if views.len() > 1 {
             violations.push(self.found(
                 ViolationKind::Membership,
                 first,
-                format!("the members of section {prefix} disagree on its generation or members"),
+                format!(
+                    "the members of section {prefix} disagree on its generation, members or \
+                     agreed domain"
+                ),
             ));
         }
         let digests: Vec<Option<[u8; 32]>> = members

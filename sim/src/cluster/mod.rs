@@ -447,6 +447,19 @@ impl ClusterSim {
         self.binaries[node] = binary;
     }
 
+    /// Installs `binary` on every node not started yet (joiners to come).
+    pub fn install_for_new_nodes(&mut self, binary: &Binary) {
+        let started = self.engines.len();
+        for slot in self.binaries.iter_mut().skip(started) {
+            *slot = binary.clone();
+        }
+    }
+
+    /// What `node` runs from its next start on.
+    pub fn binary(&self, node: usize) -> &Binary {
+        &self.binaries[node]
+    }
+
     /// Restarts a crashed node from its store and replay log (`Engine::restore`).
     pub fn restart(&mut self, node: usize) -> Result<(), String> {
         if self.engines[node].is_some() {

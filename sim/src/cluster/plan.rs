@@ -62,6 +62,14 @@ pub enum Step {
     /// The (Byzantine) member signs a second event with the index of its latest and sends
     /// it to its section, several times: its section must see the fork and vote it out.
     Fork(usize),
+    /// A rolling upgrade's next step: the lowest-numbered approved node still on the old
+    /// binary restarts on the new one (domain version 2, standing in for 1; a node that is
+    /// down gets it for its next start), and nodes that join from now on run it. Nodes in
+    /// `skip` (vanishing or forking ones) get it without a restart.
+    Upgrade {
+        /// Nodes not restarted for it.
+        skip: Vec<usize>,
+    },
 }
 
 impl Step {
@@ -82,6 +90,7 @@ impl Step {
             Step::Stranger => "stranger",
             Step::Vanish(_) => "vanish",
             Step::Fork(_) => "fork",
+            Step::Upgrade { .. } => "upgrade",
         })
     }
 }
@@ -128,6 +137,8 @@ impl ClusterPlan {
             .filter(|(_, step)| matches!(step, Step::Stranger))
             .count();
         schedule.extend(membership);
+        let upgrade = draw_upgrade(seed, nodes, &schedule);
+        schedule.extend(upgrade);
         // Stable: at one time, faults (drawn first) come before that step's commands.
         schedule.sort_by_key(|(at, _)| *at);
         Ok(ClusterPlan {
@@ -224,6 +235,26 @@ fn draw_membership_faults(seed: u64, nodes: usize, schedule: &[(u64, Step)]) -> 
         faults.extend([1_200, 1_400, 1_600].map(|at| (at, Step::Fork(node))));
     }
     faults
+}
+
+/// A rolling upgrade in a quarter of the runs (from a generator of its own, so the rest of
+/// the plan is what it was before): from 1,800 ms, one node every 60 ms, one step more
+/// than there are nodes (for a joiner), while the load and the other faults go on.
+fn draw_upgrade(seed: u64, nodes: usize, schedule: &[(u64, Step)]) -> Vec<(u64, Step)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7570_6772_6164_6521);
+    if !rng.gen_bool(0.25) {
+        return Vec::new();
+    }
+    let skip: Vec<usize> = schedule
+        .iter()
+        .filter_map(|(_, step)| match step {
+            Step::Vanish(node) | Step::Fork(node) => Some(*node),
+            _ => None,
+        })
+        .collect();
+    (0..=nodes as u64)
+        .map(|index| (1_800 + index * 60, Step::Upgrade { skip: skip.clone() }))
+        .collect()
 }
 
 /// The fault schedule, at fixed times of the load phase: a node cut off (500 to 2,000 ms), a
@@ -360,7 +391,11 @@ mod tests {
                         assert_eq!(a.len() + b.len(), nodes, "seed {seed}");
                         a[0]
                     }
-                    Step::Heal | Step::CrashAll | Step::Join | Step::Stranger => 0,
+                    Step::Heal
+                    | Step::CrashAll
+                    | Step::Join
+                    | Step::Stranger
+                    | Step::Upgrade { .. } => 0,
                 };
                 assert!(node < nodes, "seed {seed}: {step:?}");
             }

@@ -93,7 +93,35 @@ pub fn run_plan(seed: u64, plan: &ClusterPlan) -> Result<ClusterOutcome, String>
     outcome
         .violations
         .extend(check_membership_faults(&sim, plan));
+    outcome.violations.extend(check_upgrade(&sim, plan));
     Ok(outcome)
+}
+
+/// After a rolling upgrade, every section agreed on the new domain: every member of every
+/// section (of the map as it is at the end) runs under version 2.
+fn check_upgrade(sim: &ClusterSim, plan: &ClusterPlan) -> Vec<Violation> {
+    let upgraded = plan
+        .schedule
+        .iter()
+        .any(|(_, step)| matches!(step, Step::Upgrade { .. }));
+    if !upgraded {
+        return Vec::new();
+    }
+    let new = super::Binary::upgraded().domain_version;
+    let map = sim.map();
+    map.sections()
+        .flat_map(|section| sim.listed_members(section))
+        .filter(|node| sim.is_running(*node))
+        .filter_map(|node| {
+            let agreed = &sim.engine(node).section_domain().agreed;
+            (agreed.version != new).then(|| Violation {
+                kind: ViolationKind::Liveness,
+                at_ms: sim.now_ms(),
+                node,
+                detail: format!("after the rolling upgrade its section still runs domain {agreed}"),
+            })
+        })
+        .collect()
 }
 
 /// Virtual time the probe phase lasts at most.
@@ -266,8 +294,30 @@ fn play(sim: &mut ClusterSim, step: &Step, plan: &ClusterPlan) -> Result<Option<
             let forked = sim.fork(*node);
             format!("node {node} forks its chain (an event to fork: {forked})")
         }
+        Step::Upgrade { skip } => upgrade_next(sim, skip)?,
     };
     Ok(Some(line))
+}
+
+/// One step of a rolling upgrade (`Step::Upgrade`).
+fn upgrade_next(sim: &mut ClusterSim, skip: &[usize]) -> Result<String, String> {
+    let new = super::Binary::upgraded();
+    sim.install_for_new_nodes(&new);
+    let Some(node) = (0..sim.node_count()).find(|node| {
+        sim.is_approved(*node) && sim.binary(*node).domain_version != new.domain_version
+    }) else {
+        return Ok("every node runs the new binary".to_owned());
+    };
+    let restart = sim.is_running(node) && !skip.contains(&node) && !sim.departed(node);
+    sim.install(node, new);
+    if !restart {
+        return Ok(format!(
+            "node {node} gets the new binary for its next start"
+        ));
+    }
+    sim.crash(node);
+    sim.restart(node)?;
+    Ok(format!("node {node} restarted on the new binary"))
 }
 
 /// A forged deposit on the first account of the forger's own section, so that the forgery
