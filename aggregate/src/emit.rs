@@ -15,18 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
-use crate::envelope::{
-    AppendBatch, AppendOutcome, ExpectedVersion, Filter, NewEvent, RecordedEvent, StreamWrite,
-};
-use crate::error::StoreError;
+use crate::envelope::{AppendOutcome, Filter, NewEvent, RecordedEvent};
 use crate::ids::EventId;
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::names::{StreamKey, TypeName};
-use crate::process::{
-    CommandRequest, Decision, DispatchError, ErasedAggregate, ProcessManager, metadata_bytes,
-};
+use crate::process::{CommandRequest, Decision, DispatchError, ErasedAggregate, ProcessManager};
 use crate::shape::{AggregateShape, EventShape};
 use crate::store::EventStore;
+use crate::system::{append_decided, decide_one_event};
 
 /// A projection whose output is streams of its own category.
 pub trait StreamProjection: Send {
@@ -142,15 +138,7 @@ impl ErasedAggregate for EmittedStreams {
         request: &CommandRequest,
     ) -> Result<AppendOutcome, DispatchError> {
         let decision = self.decide(store, request)?;
-        store.append(&decision.batch).map_err(|error| match error {
-            error @ (StoreError::Storage(_) | StoreError::Corrupt(_)) => {
-                DispatchError::Store(error)
-            }
-            error @ StoreError::WrongExpectedVersion { .. } => {
-                DispatchError::Conflict(error.to_string())
-            }
-            error => DispatchError::Invalid(error.to_string()),
-        })
+        append_decided(store, &decision.batch)
     }
 
     fn decide(
@@ -159,14 +147,6 @@ impl ErasedAggregate for EmittedStreams {
         request: &CommandRequest,
     ) -> Result<Decision, DispatchError> {
         let (_, event_type, payload) = Self::parse(&request.command)?;
-        let info = store.stream_info(&request.stream)?;
-        let version = info.as_ref().map_or(0, |info| info.version);
-        if !request.expected.admits(version) {
-            return Err(DispatchError::Invalid(format!(
-                "the stream is at version {version}, not {:?}",
-                request.expected
-            )));
-        }
         let event = NewEvent {
             event_id: EventId::for_command(request.command_id, 0),
             event_type,
@@ -174,23 +154,7 @@ impl ErasedAggregate for EmittedStreams {
             payload,
             supersedes: None,
         };
-        let batch = AppendBatch {
-            command_id: Some(request.command_id),
-            causation_id: request.causation_id,
-            correlation_id: request.correlation_id,
-            timestamp_ms: request.timestamp_ms,
-            metadata: metadata_bytes(request)?,
-            writes: vec![StreamWrite {
-                stream: request.stream.clone(),
-                expected: ExpectedVersion::Exact(version),
-                events: vec![event],
-            }],
-        };
-        Ok(Decision {
-            batch,
-            version,
-            stream_timestamp_ms: info.map_or(0, |info| info.last_timestamp_ms),
-        })
+        decide_one_event(store, request, event)
     }
 
     fn is_emitted(&self) -> bool {

@@ -53,40 +53,62 @@ impl SystemCommands {
         }
     }
 
-    /// The batch that carries the command out on the stream as it is now.
-    fn batch(
-        store: &EventStore,
-        request: &CommandRequest,
-    ) -> Result<(AppendBatch, u64, u64), DispatchError> {
-        let command = Self::parse(&request.command)?;
-        let info = store.stream_info(&request.stream)?;
-        let version = info.as_ref().map_or(0, |info| info.version);
-        if !request.expected.admits(version) {
-            return Err(DispatchError::Invalid(format!(
-                "the stream is at version {version}, not {:?}",
-                request.expected
-            )));
-        }
+    /// The system event that carries the command out.
+    fn event(request: &CommandRequest) -> Result<NewEvent, DispatchError> {
         let event_id = EventId::for_command(request.command_id, 0);
-        let event = match &command {
-            SystemCommand::SetMetadata(metadata) => NewEvent::set_metadata(event_id, metadata),
+        Ok(match Self::parse(&request.command)? {
+            SystemCommand::SetMetadata(metadata) => NewEvent::set_metadata(event_id, &metadata),
             SystemCommand::Delete => NewEvent::soft_delete(event_id),
-        };
-        let batch = AppendBatch {
-            command_id: Some(request.command_id),
-            causation_id: request.causation_id,
-            correlation_id: request.correlation_id,
-            timestamp_ms: request.timestamp_ms,
-            metadata: metadata_bytes(request)?,
-            writes: vec![StreamWrite {
-                stream: request.stream.clone(),
-                expected: ExpectedVersion::Exact(version),
-                events: vec![event],
-            }],
-        };
-        let stream_timestamp_ms = info.map_or(0, |info| info.last_timestamp_ms);
-        Ok((batch, version, stream_timestamp_ms))
+        })
     }
+}
+
+/// The decision of a command whose one event is known without an aggregate (a system
+/// command, an emitted event): appended at the stream's version as it is now.
+pub(crate) fn decide_one_event(
+    store: &EventStore,
+    request: &CommandRequest,
+    event: NewEvent,
+) -> Result<Decision, DispatchError> {
+    let info = store.stream_info(&request.stream)?;
+    let version = info.as_ref().map_or(0, |info| info.version);
+    if !request.expected.admits(version) {
+        return Err(DispatchError::Invalid(format!(
+            "the stream is at version {version}, not {:?}",
+            request.expected
+        )));
+    }
+    let batch = AppendBatch {
+        command_id: Some(request.command_id),
+        causation_id: request.causation_id,
+        correlation_id: request.correlation_id,
+        timestamp_ms: request.timestamp_ms,
+        metadata: metadata_bytes(request)?,
+        writes: vec![StreamWrite {
+            stream: request.stream.clone(),
+            expected: ExpectedVersion::Exact(version),
+            events: vec![event],
+        }],
+    };
+    Ok(Decision {
+        batch,
+        version,
+        stream_timestamp_ms: info.map_or(0, |info| info.last_timestamp_ms),
+    })
+}
+
+/// Appends a decided batch, sorting the store's refusals into what they mean for the caller.
+pub(crate) fn append_decided(
+    store: &EventStore,
+    batch: &AppendBatch,
+) -> Result<AppendOutcome, DispatchError> {
+    store.append(batch).map_err(|error| match error {
+        error @ (StoreError::Storage(_) | StoreError::Corrupt(_)) => DispatchError::Store(error),
+        error @ StoreError::WrongExpectedVersion { .. } => {
+            DispatchError::Conflict(error.to_string())
+        }
+        error => DispatchError::Invalid(error.to_string()),
+    })
 }
 
 impl ErasedAggregate for SystemCommands {
@@ -102,16 +124,8 @@ impl ErasedAggregate for SystemCommands {
         store: &EventStore,
         request: &CommandRequest,
     ) -> Result<AppendOutcome, DispatchError> {
-        let (batch, _, _) = Self::batch(store, request)?;
-        store.append(&batch).map_err(|error| match error {
-            error @ (StoreError::Storage(_) | StoreError::Corrupt(_)) => {
-                DispatchError::Store(error)
-            }
-            error @ StoreError::WrongExpectedVersion { .. } => {
-                DispatchError::Conflict(error.to_string())
-            }
-            error => DispatchError::Invalid(error.to_string()),
-        })
+        let decision = self.decide(store, request)?;
+        append_decided(store, &decision.batch)
     }
 
     fn decide(
@@ -119,12 +133,7 @@ impl ErasedAggregate for SystemCommands {
         store: &EventStore,
         request: &CommandRequest,
     ) -> Result<Decision, DispatchError> {
-        let (batch, version, stream_timestamp_ms) = Self::batch(store, request)?;
-        Ok(Decision {
-            batch,
-            version,
-            stream_timestamp_ms,
-        })
+        decide_one_event(store, request, Self::event(request)?)
     }
 
     fn shape(&self) -> AggregateShape {

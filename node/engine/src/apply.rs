@@ -152,7 +152,9 @@ fn judge(
         } => (request.clone(), Some((*version, events))),
     };
     // A scheduled command executes from its agreed time on, never earlier, whoever proposed
-    // it (the block's time is the same on every member, so every member skips it alike).
+    // it, as proposed (the block's time is the same on every member, so every member skips
+    // it alike; one proposed without its schedule under its id is another command, which
+    // its sender learns as `IdTaken`).
     if let Some(not_before_ms) = request.not_before_ms {
         if agreed.timestamp_ms < not_before_ms {
             return Ok(Verdict::Settled(Applied::Early {

@@ -12,7 +12,7 @@ use chorus_aggregate::{AggregateRegistry, AggregateShape, EventStore, StoreError
 use chorus_consensus::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::proposal::ProposalError;
+use crate::proposal::{ProposalError, decode_tagged, encode_tagged};
 
 /// Longest domain version string (bytes).
 pub const DOMAIN_VERSION_BYTES_MAX: usize = 64;
@@ -191,7 +191,10 @@ pub const UPGRADE_VERSION: u8 = 1;
 /// A member's vote, in one generation, that its section run `domain` from now on. Counted
 /// like a membership change: in Supermajority mode every voter proposes the same bytes
 /// (`voter` is `None`) and one block proves more than two thirds; in Single mode each
-/// member proposes its own (`voter` is itself) and the engine counts the blocks.
+/// member proposes its own (`voter` is itself) and the engine counts the blocks. A member
+/// votes again every `UPGRADE_VOTE_PERIOD_MS` until the section agrees (`period`): consensus
+/// forgets a tally that gathered too few votes within its window, and members upgraded
+/// minutes apart must still add up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeProposal {
     /// The generation it was proposed in (a late block of another one does nothing).
@@ -200,33 +203,24 @@ pub struct UpgradeProposal {
     pub domain: DomainFingerprint,
     /// Single mode: the member whose vote this is.
     pub voter: Option<PeerId>,
+    /// The voter's clock in `UPGRADE_VOTE_PERIOD_MS` periods: members voting in one period
+    /// propose the same bytes.
+    pub period: u64,
 }
+
+/// How often a member votes again for an upgrade not agreed yet (ms).
+pub const UPGRADE_VOTE_PERIOD_MS: u64 = 10_000;
 
 impl UpgradeProposal {
     /// The observation bytes: tag, version, JSON (deterministic).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = vec![UPGRADE_TAG, UPGRADE_VERSION];
         // Integers, a short string and fixed arrays always serialise.
-        serde_json::to_writer(&mut bytes, self).unwrap_or_else(|_| unreachable!());
-        bytes
+        encode_tagged(UPGRADE_TAG, UPGRADE_VERSION, self)
     }
 
     /// Decodes untrusted observation bytes; `None` if they are not tagged as an upgrade vote.
     pub fn decode(bytes: &[u8]) -> Option<Result<Self, ProposalError>> {
-        let (&tag, rest) = bytes.split_first()?;
-        if tag != UPGRADE_TAG {
-            return None;
-        }
-        let Some((&version, body)) = rest.split_first() else {
-            return Some(Err(ProposalError::Empty));
-        };
-        if version != UPGRADE_VERSION {
-            return Some(Err(ProposalError::UnknownVersion(version)));
-        }
-        Some(
-            serde_json::from_slice(body)
-                .map_err(|error| ProposalError::Malformed(error.to_string())),
-        )
+        decode_tagged(bytes, UPGRADE_TAG, UPGRADE_VERSION)
     }
 }
 
@@ -303,6 +297,7 @@ mod tests {
             generation: 3,
             domain: DomainFingerprint::of_shapes("2", &[]),
             voter: None,
+            period: 177_000_000,
         };
         let bytes = vote.encode();
         assert_eq!(UpgradeProposal::decode(&bytes), Some(Ok(vote)));

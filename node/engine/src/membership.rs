@@ -29,7 +29,7 @@ use chorus_routing::{Prefix, XorName};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::SectionDomain;
-use crate::proposal::ProposalError;
+use crate::proposal::{ProposalError, decode_tagged, encode_tagged};
 
 /// First byte of an encoded membership proposal (command proposals start with their version
 /// byte, 1).
@@ -84,29 +84,14 @@ impl MembershipProposal {
     /// The observation bytes: tag, version, JSON (deterministic, so every member proposing
     /// the same change produces the same bytes and their votes add up).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = vec![MEMBERSHIP_TAG, MEMBERSHIP_VERSION];
         // A struct of integers and fixed arrays always serialises.
-        serde_json::to_writer(&mut bytes, self).unwrap_or_else(|_| unreachable!());
-        bytes
+        encode_tagged(MEMBERSHIP_TAG, MEMBERSHIP_VERSION, self)
     }
 
     /// Decodes untrusted observation bytes; `None` if they are not tagged as a membership
     /// proposal (they may be a command proposal).
     pub fn decode(bytes: &[u8]) -> Option<Result<Self, ProposalError>> {
-        let (&tag, rest) = bytes.split_first()?;
-        if tag != MEMBERSHIP_TAG {
-            return None;
-        }
-        let Some((&version, body)) = rest.split_first() else {
-            return Some(Err(ProposalError::Empty));
-        };
-        if version != MEMBERSHIP_VERSION {
-            return Some(Err(ProposalError::UnknownVersion(version)));
-        }
-        Some(
-            serde_json::from_slice(body)
-                .map_err(|error| ProposalError::Malformed(error.to_string())),
-        )
+        decode_tagged(bytes, MEMBERSHIP_TAG, MEMBERSHIP_VERSION)
     }
 }
 

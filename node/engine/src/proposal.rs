@@ -90,6 +90,35 @@ impl Proposal {
     }
 }
 
+/// The observation bytes of a tagged proposal (membership change, upgrade vote): tag,
+/// encoding version, JSON (deterministic, so members proposing the same thing produce the
+/// same bytes and their votes add up). `value` must always serialise (plain structs).
+pub(crate) fn encode_tagged(tag: u8, version: u8, value: &impl Serialize) -> Vec<u8> {
+    let mut bytes = vec![tag, version];
+    serde_json::to_writer(&mut bytes, value).unwrap_or_else(|_| unreachable!());
+    bytes
+}
+
+/// Decodes untrusted observation bytes as a tagged proposal; `None` if they do not start
+/// with `tag` (they may be another kind of proposal).
+pub(crate) fn decode_tagged<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    tag: u8,
+    version: u8,
+) -> Option<Result<T, ProposalError>> {
+    let (&first, rest) = bytes.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let Some((&found, body)) = rest.split_first() else {
+        return Some(Err(ProposalError::Empty));
+    };
+    if found != version {
+        return Some(Err(ProposalError::UnknownVersion(found)));
+    }
+    Some(serde_json::from_slice(body).map_err(|error| ProposalError::Malformed(error.to_string())))
+}
+
 /// First byte of an encoded tick (command proposals start with their version byte, 1).
 pub const TICK_TAG: u8 = b'T';
 /// Encoding version of ticks, after the tag.

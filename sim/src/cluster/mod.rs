@@ -148,6 +148,8 @@ pub struct ClusterSim {
     departed: BTreeSet<PeerId>,
     /// Per node, what it runs from its next (re)start on.
     binaries: Vec<Binary>,
+    /// Per node, why its engine halted last (the node then stopped, as its process exits).
+    halts: Vec<Option<String>>,
     _directory: tempfile::TempDir,
 }
 
@@ -202,6 +204,7 @@ impl ClusterSim {
             members_seen: vec![Vec::new(); capacity],
             departed: BTreeSet::new(),
             binaries: vec![setup_binary; capacity],
+            halts: vec![None; capacity],
             approved,
             _directory: directory,
         };
@@ -460,6 +463,12 @@ impl ClusterSim {
         &self.binaries[node]
     }
 
+    /// Why `node`'s engine last halted, if it did (the node is then down, as a real node's
+    /// process exits: `restart` starts it again).
+    pub fn halted(&self, node: usize) -> Option<&str> {
+        self.halts[node].as_deref()
+    }
+
     /// Restarts a crashed node from its store and replay log (`Engine::restore`).
     pub fn restart(&mut self, node: usize) -> Result<(), String> {
         if self.engines[node].is_some() {
@@ -635,6 +644,11 @@ impl ClusterSim {
                     submitted.answer = Some((outcome, self.now_ms));
                 }
             }
+        }
+        // A halted engine's process exits (what it sent last still goes out).
+        if let Some(reason) = engine.halted() {
+            self.halts[node] = Some(reason.to_owned());
+            self.crash(node);
         }
         for (to, bytes) in sends {
             let Some(to) = self.ids.iter().position(|id| *id == to) else {

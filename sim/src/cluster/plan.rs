@@ -65,7 +65,8 @@ pub enum Step {
     /// A rolling upgrade's next step: the lowest-numbered approved node still on the old
     /// binary restarts on the new one (domain version 2, standing in for 1; a node that is
     /// down gets it for its next start), and nodes that join from now on run it. Nodes in
-    /// `skip` (vanishing or forking ones) get it without a restart.
+    /// `skip` (vanishing or forking ones) get it without a restart: a forker left on the old
+    /// binary halts at the upgrade if it is still a member, and stops.
     Upgrade {
         /// Nodes not restarted for it.
         skip: Vec<usize>,

@@ -81,6 +81,9 @@ pub fn run_plan(seed: u64, plan: &ClusterPlan) -> Result<ClusterOutcome, String>
         }
     }
     sim.run_until(LOAD_MS);
+    if let Some(line) = restart_halted(&mut sim, plan)? {
+        story.push(line);
+    }
     sim.heal();
     let mut answered = sim.run_until_answered(LIVENESS_BOUND_MS);
     sim.settle(SETTLE_BOUND_MS);
@@ -299,6 +302,34 @@ fn play(sim: &mut ClusterSim, step: &Step, plan: &ClusterPlan) -> Result<Option<
     Ok(Some(line))
 }
 
+/// After a rolling upgrade, the operators start again the nodes that halted on the old
+/// binary (a node that joined just before the upgrade, or one that left and came back), now
+/// on the new one; forkers and vanished nodes stay down.
+fn restart_halted(sim: &mut ClusterSim, plan: &ClusterPlan) -> Result<Option<String>, String> {
+    let Some(skip) = plan.schedule.iter().find_map(|(_, step)| match step {
+        Step::Upgrade { skip } => Some(skip.clone()),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let new = super::Binary::upgraded();
+    let halted: Vec<usize> = (0..sim.node_count())
+        .filter(|node| {
+            sim.halted(*node).is_some() && !sim.is_running(*node) && !skip.contains(node)
+        })
+        .collect();
+    if halted.is_empty() {
+        return Ok(None);
+    }
+    for node in &halted {
+        sim.install(*node, new.clone());
+        sim.restart(*node)?;
+    }
+    Ok(Some(format!(
+        "{LOAD_MS} ms: nodes {halted:?}, halted on the old binary, restarted on the new one"
+    )))
+}
+
 /// One step of a rolling upgrade (`Step::Upgrade`).
 fn upgrade_next(sim: &mut ClusterSim, skip: &[usize]) -> Result<String, String> {
     let new = super::Binary::upgraded();
@@ -308,7 +339,8 @@ fn upgrade_next(sim: &mut ClusterSim, skip: &[usize]) -> Result<String, String> 
     }) else {
         return Ok("every node runs the new binary".to_owned());
     };
-    let restart = sim.is_running(node) && !skip.contains(&node) && !sim.departed(node);
+    // A node that left is upgraded too: still approved, it may come back.
+    let restart = sim.is_running(node) && !skip.contains(&node);
     sim.install(node, new);
     if !restart {
         return Ok(format!(

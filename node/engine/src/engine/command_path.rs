@@ -69,6 +69,7 @@ pub(super) struct StreamQueue {
 pub(super) fn same_command(ours: &CommandRequest, agreed: &CommandRequest) -> bool {
     ours.stream == agreed.stream
         && ours.command == agreed.command
+        && ours.not_before_ms == agreed.not_before_ms
         && ours.expected == agreed.expected
         && ours.causation_id == agreed.causation_id
         && ours.correlation_id == agreed.correlation_id

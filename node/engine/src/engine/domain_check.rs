@@ -167,11 +167,18 @@ impl Engine {
         }
     }
 
-    /// Stops taking part, for `reason` (said once; the first reason stays).
+    /// Stops taking part, for `reason` (said once; the first reason stays). Every command
+    /// waiting here is answered `Failed` (sent again elsewhere, it applies at most once).
     pub(super) fn halt(&mut self, reason: String) {
-        if self.domain_reports.halted.is_none() {
-            tracing::error!(%reason, "halted");
-            self.domain_reports.halted = Some(reason);
+        if self.domain_reports.halted.is_some() {
+            return;
         }
+        tracing::error!(%reason, "halted");
+        let outcome = super::CommandOutcome::Failed(format!("this node halted: {reason}"));
+        let waiting: Vec<_> = self.waiters.keys().copied().collect();
+        for command_id in waiting {
+            self.answer(command_id, &outcome);
+        }
+        self.domain_reports.halted = Some(reason);
     }
 }

@@ -39,15 +39,15 @@ pub(super) struct Generation {
     pub(super) voted_changes: BTreeSet<MembershipProposal>,
     /// A domain upgrade agreed and waiting for the blocks before it to apply (`upgrade`).
     pub(super) pending_upgrade: Option<DomainFingerprint>,
-    /// Whether we voted to upgrade the section to our domain.
-    pub(super) voted_upgrade: bool,
+    /// The vote period we last voted to upgrade the section to our domain in.
+    pub(super) voted_upgrade: Option<u64>,
     /// The section's clock: the latest agreed time of this generation's blocks (ms since
     /// the Unix epoch), which never goes back (`schedule`).
     pub(super) clock_ms: u64,
     /// The last tick we proposed (`schedule::TICK_MS` periods since the epoch).
     pub(super) ticked: u64,
-    /// Agreed upgrade votes: the members whose votes the blocks prove, per domain.
-    pub(super) upgrade_votes: BTreeMap<DomainFingerprint, BTreeSet<PeerId>>,
+    /// Agreed upgrade votes: per member, the domain of its latest vote the blocks prove.
+    pub(super) upgrade_votes: BTreeMap<PeerId, DomainFingerprint>,
     /// Agreed votes for membership changes: the members whose votes the blocks prove, per
     /// change (rebuilt by replaying the generation's blocks).
     pub(super) membership_votes: BTreeMap<MemberChange, BTreeSet<PeerId>>,
@@ -74,7 +74,7 @@ impl Generation {
             pending_change: None,
             voted_changes: BTreeSet::new(),
             pending_upgrade: None,
-            voted_upgrade: false,
+            voted_upgrade: None,
             clock_ms: 0,
             ticked: 0,
             upgrade_votes: BTreeMap::new(),
@@ -145,6 +145,22 @@ impl Engine {
                 Generation::without_consensus(self.now_ms)
             },
         )
+    }
+}
+
+/// Adds to `voters` the members whose votes `block` proves (only `named`, if the proposal
+/// names its voter: in Single mode a block carries one member's vote).
+pub(super) fn count_votes(
+    voters: &mut BTreeSet<PeerId>,
+    block: &Block,
+    members: &[PeerId],
+    named: Option<PeerId>,
+) {
+    for vote in &block.proof {
+        let voter = vote.event.header.creator;
+        if members.contains(&voter) && named.is_none_or(|named| named == voter) {
+            voters.insert(voter);
+        }
     }
 }
 
@@ -251,12 +267,7 @@ impl Engine {
             .membership_votes
             .entry(proposal.change)
             .or_default();
-        for vote in &block.proof {
-            let voter = vote.event.header.creator;
-            if members.contains(&voter) && proposal.voter.is_none_or(|named| named == voter) {
-                voters.insert(voter);
-            }
-        }
+        count_votes(voters, block, members, proposal.voter);
         if is_supermajority(voters.len(), members.len()) {
             self.current.pending_change = Some(proposal);
         }

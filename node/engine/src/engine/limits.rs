@@ -65,8 +65,10 @@ pub const SYNC_BYTES_PER_MEMBER_PER_SEC: u64 = 16 << 20;
 pub const MANAGER_RETRY_MS: u64 = 1_000;
 /// Scheduled commands a process manager may have waiting (`managers`): one with this many
 /// takes no new event until some are answered, so a manager scheduling without bound cannot
-/// grow the engine's memory.
-pub const TIMERS_PER_MANAGER_MAX: usize = 4_096;
+/// grow the engine's memory. Timers live in memory (a restart schedules them again from the
+/// checkpoint), so this bounds the rate of scheduling times the delay: 65,536 timers of 60 s
+/// let about 1,000 scheduling events a second through.
+pub const TIMERS_PER_MANAGER_MAX: usize = 65_536;
 /// A process manager's checkpoint is saved at least every this many events.
 pub const MANAGER_CHECKPOINT_EVERY: u32 = 64;
 /// Events each manager takes on per call, so one call stays short.

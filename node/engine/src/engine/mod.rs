@@ -685,6 +685,11 @@ impl Engine {
     /// Drains consensus: gossip to send, proposals to second, blocks to apply, and a
     /// membership change to make once the blocks before it are applied.
     fn drain(&mut self) {
+        // A halted engine takes nothing more out of consensus: it cannot run the section's
+        // domain, and applying a block under it would diverge.
+        if self.halted().is_some() {
+            return;
+        }
         let generation = self.state.generation;
         let Some(consensus) = self.current.consensus.as_mut() else {
             self.run_managers();
@@ -728,7 +733,12 @@ impl Engine {
             && self.state.holds_state()
             && self.current.pending_upgrade.is_some()
         {
-            if !self.upgrade() || self.halted().is_some() {
+            // The store failed: the upgrade waits (and the blocks after it); the rest of
+            // this drain goes on, so that no observation taken out is lost.
+            if !self.upgrade() {
+                break;
+            }
+            if self.halted().is_some() {
                 return;
             }
             self.take_blocks();

@@ -64,6 +64,7 @@ impl Engine {
     /// Takes the agreed blocks out of consensus: proposals for our streams wait to be
     /// applied; membership and upgrade votes are counted.
     pub(super) fn take_blocks(&mut self) {
+        let clock_before = self.current.clock_ms;
         // Blocks after a membership change belong to a generation that has ended: they are
         // never taken out, on any member (the next generation's blocks follow the change).
         // Blocks after an upgrade wait until it is made: they execute under the new domain.
@@ -109,6 +110,14 @@ impl Engine {
                 None => {}
             }
         }
+        // Blocks that moved only the clock (ticks) apply nothing, and so do not reach
+        // `after_blocks`: scheduled commands kept for a second may be due now.
+        if self.current.clock_ms > clock_before
+            && self.unapplied.is_empty()
+            && !self.current.deferred_seconds.is_empty()
+        {
+            self.reconsider_deferred();
+        }
     }
 
     /// Votes for another member's observation when we agree with it (Supermajority mode; a
@@ -145,16 +154,6 @@ impl Engine {
                 return; // another section's stream: never applied here
             }
         }
-        // A scheduled command is seconded only once the section's time reached it.
-        if let Ok(proposal) = &proposal {
-            if proposal
-                .request()
-                .not_before_ms
-                .is_some_and(|due| due > self.current.clock_ms)
-            {
-                return;
-            }
-        }
         match proposal {
             Ok(Proposal::Command(_)) => {
                 if let Some(consensus) = self.current.consensus.as_mut() {
@@ -180,6 +179,18 @@ impl Engine {
         let Proposal::Decided { version, .. } = &proposal else {
             return;
         };
+        // A scheduled command is seconded only once the section's clock reached it: kept
+        // until then (consensus announces an observation once).
+        if proposal
+            .request()
+            .not_before_ms
+            .is_some_and(|due| due > self.current.clock_ms)
+        {
+            if self.current.deferred_seconds.len() < DEFERRED_SECONDS_MAX {
+                self.current.deferred_seconds.push((hash, proposal));
+            }
+            return;
+        }
         let ours = self
             .store
             .stream_info(&proposal.request().stream)
@@ -325,6 +336,11 @@ impl Engine {
         for command_id in doomed {
             self.retry(command_id);
         }
+        self.reconsider_deferred();
+    }
+
+    /// Judges the deferred seconds again (after blocks, or when the clock moved).
+    pub(super) fn reconsider_deferred(&mut self) {
         for (hash, proposal) in std::mem::take(&mut self.current.deferred_seconds) {
             self.second_if_agreed(hash, proposal);
         }

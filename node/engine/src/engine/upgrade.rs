@@ -17,14 +17,21 @@ use chorus_consensus::{Block, BlockMode, Observation, is_supermajority};
 use tracing::{debug, info, warn};
 
 use super::Engine;
-use crate::domain::UpgradeProposal;
+use super::generation::count_votes;
+use std::collections::BTreeSet;
+
+use crate::domain::{UPGRADE_VOTE_PERIOD_MS, UpgradeProposal};
 
 impl Engine {
-    /// Votes, once per generation, that the section run our domain, when it agreed on
-    /// another that our code stands in for and we take part.
+    /// Votes that the section run our domain, when it agreed on another that our code
+    /// stands in for and we take part: once per `UPGRADE_VOTE_PERIOD_MS` until it agrees.
     pub(super) fn vote_upgrade(&mut self) {
+        let period = self.now_ms / UPGRADE_VOTE_PERIOD_MS;
         if self.section_domain.agreed == self.domain.runs
-            || self.current.voted_upgrade
+            || self
+                .current
+                .voted_upgrade
+                .is_some_and(|voted| voted >= period)
             || !self.is_active_member()
             || self.halted().is_some()
         {
@@ -35,13 +42,14 @@ impl Engine {
             generation: self.state.generation,
             domain: self.domain.runs.clone(),
             voter,
+            period,
         };
         let Some(consensus) = self.current.consensus.as_mut() else {
             return;
         };
         match consensus.vote_for(Observation::Payload(proposal.encode().into())) {
             Ok(_) => {
-                self.current.voted_upgrade = true;
+                self.current.voted_upgrade = Some(period);
                 info!(section = %self.section_domain.agreed, ours = %self.domain.runs, "voted to upgrade the section's domain");
             }
             Err(error) => debug!(%error, "upgrade vote not taken"),
@@ -59,18 +67,19 @@ impl Engine {
             return;
         }
         let members = &self.state.members;
-        let voters = self
-            .current
-            .upgrade_votes
-            .entry(proposal.domain.clone())
-            .or_default();
-        for vote in &block.proof {
-            let voter = vote.event.header.creator;
-            if members.contains(&voter) && proposal.voter.is_none_or(|named| named == voter) {
-                voters.insert(voter);
-            }
+        let mut voters = BTreeSet::new();
+        count_votes(&mut voters, block, members, proposal.voter);
+        // One vote per member, its latest (a faulty member voting for ever new domains
+        // holds one entry, not one per domain).
+        let votes = &mut self.current.upgrade_votes;
+        for voter in voters {
+            votes.insert(voter, proposal.domain.clone());
         }
-        if is_supermajority(voters.len(), members.len()) {
+        let agreeing = votes
+            .values()
+            .filter(|domain| **domain == proposal.domain)
+            .count();
+        if is_supermajority(agreeing, members.len()) {
             self.current.pending_upgrade = Some(proposal.domain);
         }
     }
@@ -90,8 +99,10 @@ impl Engine {
             return false;
         }
         self.section_domain = section;
+        // The votes stay: a member restarted after this point replays the generation's
+        // blocks and must count what we count (votes for a domain the section already ran
+        // are skipped alike, by `knows`).
         self.current.pending_upgrade = None;
-        self.current.upgrade_votes.clear();
         info!(domain = %self.section_domain.agreed, generation = self.state.generation, "the section upgraded its domain");
         if !self.domain.can_run(&self.section_domain.agreed) {
             self.halt(format!(
