@@ -151,36 +151,8 @@ fn judge(
             events,
         } => (request.clone(), Some((*version, events))),
     };
-    // A scheduled command executes from its agreed time on, never earlier, whoever proposed
-    // it, as proposed (the block's time is the same on every member, so every member skips
-    // it alike; one proposed without its schedule under its id is another command, which
-    // its sender learns as `IdTaken`).
-    if let Some(not_before_ms) = request.not_before_ms {
-        if agreed.timestamp_ms < not_before_ms {
-            return Ok(Verdict::Settled(Applied::Early {
-                not_before_ms,
-                agreed_ms: agreed.timestamp_ms,
-            }));
-        }
-    }
-    // A decision made at another version is stale before anything else is asked of it: the
-    // aggregate must not run on a state the proposal was not decided on, or a refusal it
-    // gives there would be recorded. Versions only grow, so a block stale once is stale
-    // whenever it is applied again (after a restore, or after a storage failure), and its
-    // fate does not depend on when it is applied.
-    if let Some((decided_at, _)) = proposed {
-        let actual = store
-            .stream_info(&request.stream)?
-            .map_or(0, |info| info.version);
-        if actual != decided_at {
-            return Ok(Verdict::Settled(Applied::Stale { decided_at, actual }));
-        }
-        // Decided under a domain the section left (an upgrade came between): stale too,
-        // decided again under the agreed one. Upgrades only move forward, so this too holds
-        // whenever the block is applied again.
-        if request.domain_version != domain_version {
-            return Ok(Verdict::Settled(Applied::Stale { decided_at, actual }));
-        }
+    if let Some(settled) = not_yet(store, domain_version, agreed, &request, proposed)? {
+        return Ok(Verdict::Settled(settled));
     }
     let decision = match registry.decide(store, &request) {
         Ok(decision) => decision,
@@ -218,6 +190,48 @@ fn judge(
     // fixed): time moves on in Supermajority mode as in Single mode.
     batch.timestamp_ms = agreed.timestamp_ms;
     Ok(Verdict::Append(batch))
+}
+
+/// What settles an agreed proposal before anything is decided: too early, or decided on
+/// another state or domain than the agreed one (`proposed`: the version and events a
+/// Supermajority proposal was decided at). The error is a storage failure.
+fn not_yet(
+    store: &EventStore,
+    domain_version: &str,
+    agreed: &AgreedProposal,
+    request: &CommandRequest,
+    proposed: Option<(u64, &Vec<chorus_aggregate::NewEvent>)>,
+) -> Result<Option<Applied>, StoreError> {
+    // A scheduled command executes from its agreed time on, never earlier, whoever proposed
+    // it, as proposed (the block's time is the same on every member, so every member skips
+    // it alike; one proposed without its schedule under its id is another command, which
+    // its sender learns as `IdTaken`).
+    if let Some(not_before_ms) = request.not_before_ms {
+        if agreed.timestamp_ms < not_before_ms {
+            return Ok(Some(Applied::Early {
+                not_before_ms,
+                agreed_ms: agreed.timestamp_ms,
+            }));
+        }
+    }
+    // A decision made at another version is stale before anything else is asked of it: the
+    // aggregate must not run on a state the proposal was not decided on, or a refusal it
+    // gives there would be recorded. Versions only grow, so a block stale once is stale
+    // whenever it is applied again (after a restore, or after a storage failure), and its
+    // fate does not depend on when it is applied.
+    let Some((decided_at, _)) = proposed else {
+        return Ok(None);
+    };
+    let actual = store
+        .stream_info(&request.stream)?
+        .map_or(0, |info| info.version);
+    // Decided under a domain the section left (an upgrade came between): stale too, decided
+    // again under the agreed one. Upgrades only move forward, so this too holds whenever the
+    // block is applied again.
+    if actual != decided_at || request.domain_version != domain_version {
+        return Ok(Some(Applied::Stale { decided_at, actual }));
+    }
+    Ok(None)
 }
 
 /// Sorts a failed decision: final answers become results, storage failures stop the apply.

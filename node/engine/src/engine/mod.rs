@@ -573,9 +573,7 @@ impl Engine {
             Message::TransferRequest {
                 generation,
                 position,
-            } => {
-                self.on_transfer_request(from, generation, position);
-            }
+            } => self.on_transfer_request(from, generation, position),
             Message::TransferChunk(chunk) => self.on_transfer_chunk(from, chunk),
             Message::SectionUpdate {
                 prefix,
@@ -728,23 +726,8 @@ impl Engine {
         if !self.unapplied.is_empty() && self.state.holds_state() {
             self.apply();
         }
-        // An agreed upgrade, once the blocks before it are applied; then the blocks after it.
-        while self.unapplied.is_empty()
-            && self.state.holds_state()
-            && self.current.pending_upgrade.is_some()
-        {
-            // The store failed: the upgrade waits (and the blocks after it); the rest of
-            // this drain goes on, so that no observation taken out is lost.
-            if !self.upgrade() {
-                break;
-            }
-            if self.halted().is_some() {
-                return;
-            }
-            self.take_blocks();
-            if !self.unapplied.is_empty() {
-                self.apply();
-            }
+        if !self.make_upgrades() {
+            return;
         }
         // After the blocks, so proposals are judged on the freshest store; before a switch,
         // so a second goes to the instance that carries the observation.
@@ -762,6 +745,29 @@ impl Engine {
         }
         self.vote_upgrade();
         self.run_managers();
+    }
+
+    /// An agreed upgrade, once the blocks before it are applied; then the blocks after it,
+    /// and so on. False if this node halted (it can run nothing more).
+    fn make_upgrades(&mut self) -> bool {
+        while self.unapplied.is_empty()
+            && self.state.holds_state()
+            && self.current.pending_upgrade.is_some()
+        {
+            // The store failed: the upgrade waits (and the blocks after it); the rest of
+            // the drain goes on, so that no observation taken out is lost.
+            if !self.upgrade() {
+                break;
+            }
+            if self.halted().is_some() {
+                return false;
+            }
+            self.take_blocks();
+            if !self.unapplied.is_empty() {
+                self.apply();
+            }
+        }
+        true
     }
 
     fn send(&mut self, to: PeerId, message: &Message) {

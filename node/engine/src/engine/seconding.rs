@@ -246,49 +246,8 @@ impl Engine {
                     in_flight.decided_at,
                 )
             });
-            let outcome = match result {
-                // Lost a race: its originator decides again, unless this block is an older
-                // attempt than the one in agreement now.
-                Applied::Stale { decided_at, .. } => {
-                    if let Some((true, Some(current))) = ours {
-                        if current == decided_at {
-                            self.retry(command_id);
-                        }
-                    }
-                    continue;
-                }
-                // Agreed before its time: proposed again (ours), or its waiters told to send it
-                // again.
-                Applied::Early {
-                    not_before_ms,
-                    agreed_ms,
-                } => {
-                    debug!(%command_id, not_before_ms, agreed_ms, "scheduled command agreed early; not applied");
-                    if let Some((true, _)) = ours {
-                        self.retry(command_id);
-                    } else {
-                        self.answer(
-                            command_id,
-                            &CommandOutcome::Failed(format!(
-                                "scheduled for {not_before_ms}, agreed at {agreed_ms}: not due yet"
-                            )),
-                        );
-                    }
-                    continue;
-                }
-                // Events the command does not decide were proposed under its id; never
-                // applied. If it was our command, we propose it again honestly.
-                Applied::Forged(reason) => {
-                    debug!(%command_id, %reason, "forged proposal not applied");
-                    if let Some((true, _)) = ours {
-                        self.retry(command_id);
-                    }
-                    continue;
-                }
-                Applied::Appended(outcome) => CommandOutcome::Committed(outcome),
-                Applied::Duplicate(outcome) => CommandOutcome::AlreadyCommitted(outcome),
-                Applied::Refused(reason) => CommandOutcome::Refused(reason),
-                Applied::Invalid(reason) => CommandOutcome::Invalid(reason),
+            let Some(outcome) = self.outcome_of(command_id, ours, result) else {
+                continue;
             };
             match (ours, self.proposed.get(&command_id)) {
                 (Some((true, _)), Some(in_flight)) => {
@@ -305,6 +264,60 @@ impl Engine {
             }
         }
         self.after_blocks();
+    }
+
+    /// What an applied proposal means for its waiters, or `None` when it applied nothing
+    /// that settles the command (then it is proposed again, if it was ours). `ours`: whether
+    /// the agreed command is the one we proposed under its id, and the version we decided it
+    /// at.
+    fn outcome_of(
+        &mut self,
+        command_id: CommandId,
+        ours: Option<(bool, Option<u64>)>,
+        result: Applied,
+    ) -> Option<CommandOutcome> {
+        match result {
+            // Lost a race: its originator decides again, unless this block is an older
+            // attempt than the one in agreement now.
+            Applied::Stale { decided_at, .. } => {
+                if let Some((true, Some(current))) = ours {
+                    if current == decided_at {
+                        self.retry(command_id);
+                    }
+                }
+                None
+            }
+            // Agreed before its time: proposed again (ours), or its waiters told to send it
+            // again.
+            Applied::Early {
+                not_before_ms,
+                agreed_ms,
+            } => {
+                debug!(%command_id, not_before_ms, agreed_ms, "scheduled command agreed early; not applied");
+                if let Some((true, _)) = ours {
+                    self.retry(command_id);
+                } else {
+                    let reason = format!(
+                        "scheduled for {not_before_ms}, agreed at {agreed_ms}: not due yet"
+                    );
+                    self.answer(command_id, &CommandOutcome::Failed(reason));
+                }
+                None
+            }
+            // Events the command does not decide were proposed under its id; never applied.
+            // If it was our command, we propose it again honestly.
+            Applied::Forged(reason) => {
+                debug!(%command_id, %reason, "forged proposal not applied");
+                if let Some((true, _)) = ours {
+                    self.retry(command_id);
+                }
+                None
+            }
+            Applied::Appended(outcome) => Some(CommandOutcome::Committed(outcome)),
+            Applied::Duplicate(outcome) => Some(CommandOutcome::AlreadyCommitted(outcome)),
+            Applied::Refused(reason) => Some(CommandOutcome::Refused(reason)),
+            Applied::Invalid(reason) => Some(CommandOutcome::Invalid(reason)),
+        }
     }
 
     /// Supermajority mode, after blocks moved streams on: our proposals decided at a version
