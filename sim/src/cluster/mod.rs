@@ -28,7 +28,7 @@ mod checks;
 mod plan;
 mod seed;
 
-pub use binary::Binary;
+pub use binary::{Binary, Stamp, StampCommand, StampEvent};
 pub use plan::{ClusterPlan, Step};
 pub use seed::{ClusterOutcome, LIVENESS_BOUND_MS, SETTLE_BOUND_MS, run_cluster_seed, run_plan};
 

@@ -138,7 +138,10 @@ impl ClusterPlan {
             .filter(|(_, step)| matches!(step, Step::Stranger))
             .count();
         schedule.extend(membership);
-        let upgrade = draw_upgrade(seed, nodes, &schedule);
+        let upgrade = draw_upgrade(seed, nodes, &schedule)?;
+        if !upgrade.is_empty() {
+            setup.binary = super::Binary::stamped();
+        }
         schedule.extend(upgrade);
         // Stable: at one time, faults (drawn first) come before that step's commands.
         schedule.sort_by_key(|(at, _)| *at);
@@ -240,11 +243,27 @@ fn draw_membership_faults(seed: u64, nodes: usize, schedule: &[(u64, Step)]) -> 
 
 /// A rolling upgrade in a quarter of the runs (from a generator of its own, so the rest of
 /// the plan is what it was before): from 1,800 ms, one node every 60 ms, one step more
-/// than there are nodes (for a joiner), while the load and the other faults go on.
-fn draw_upgrade(seed: u64, nodes: usize, schedule: &[(u64, Step)]) -> Vec<(u64, Step)> {
+/// than there are nodes (for a joiner), while the load and the other faults go on; and
+/// `Stamp` commands (`Binary::stamped`) from 1,500 ms to 2,900 ms, whose events say which
+/// release decided under which agreed version, so a member that applied the new domain's
+/// blocks with the old code would hold another store.
+fn draw_upgrade(
+    seed: u64,
+    nodes: usize,
+    schedule: &[(u64, Step)],
+) -> Result<Vec<(u64, Step)>, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7570_6772_6164_6521);
     if !rng.gen_bool(0.25) {
-        return Vec::new();
+        return Ok(Vec::new());
+    }
+    let mut steps = Vec::new();
+    for index in 0..15u64 {
+        let stream = StreamKey::new("Stamp", &format!("s{}", index % 3))
+            .map_err(|error| error.to_string())?;
+        let stamp = to_json(super::binary::StampCommand::Stamp)?;
+        let request = command(&format!("stamp{index}"), &stream, stamp);
+        let node = rng.gen_range(0..nodes);
+        steps.push((1_500 + index * 100, Step::Submit { node, request }));
     }
     let skip: Vec<usize> = schedule
         .iter()
@@ -253,9 +272,10 @@ fn draw_upgrade(seed: u64, nodes: usize, schedule: &[(u64, Step)]) -> Vec<(u64, 
             _ => None,
         })
         .collect();
-    (0..=nodes as u64)
-        .map(|index| (1_800 + index * 60, Step::Upgrade { skip: skip.clone() }))
-        .collect()
+    steps.extend(
+        (0..=nodes as u64).map(|index| (1_800 + index * 60, Step::Upgrade { skip: skip.clone() })),
+    );
+    Ok(steps)
 }
 
 /// The fault schedule, at fixed times of the load phase: a node cut off (500 to 2,000 ms), a
