@@ -4,8 +4,8 @@
 //! nor stop one that the others vote for.
 //!
 //! - A member whose code is not the section's agreed domain but stands in for it
-//!   (`NodeDomain::upgrades_from`) votes once per generation for its own
-//!   (`UpgradeProposal`).
+//!   (`NodeDomain::upgrades_from`) votes for its own (`UpgradeProposal`), again every
+//!   `UPGRADE_VOTE_PERIOD_MS` until the section agrees.
 //! - The votes are counted in block order; the upgrade takes effect after every block before
 //!   the one that completes the supermajority is applied, the same point on every member.
 //!   From there on commands execute under the new version (`CommandContext::domain_version`);
@@ -13,13 +13,13 @@
 //! - Only forward: a domain the section agreed on before is never agreed again (a rollback
 //!   is a new version), so replaying a generation's blocks after a restart changes nothing.
 
+use std::collections::BTreeSet;
+
 use chorus_consensus::{Block, BlockMode, Observation, is_supermajority};
 use tracing::{debug, info, warn};
 
 use super::Engine;
 use super::generation::count_votes;
-use std::collections::BTreeSet;
-
 use crate::domain::{UPGRADE_VOTE_PERIOD_MS, UpgradeProposal};
 
 impl Engine {
