@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
-use crate::envelope::{AppendOutcome, Filter, NewEvent, RecordedEvent};
+use crate::envelope::{Filter, NewEvent, RecordedEvent};
 use crate::ids::EventId;
 use crate::limits::COMMAND_BYTES_MAX;
 use crate::names::{StreamKey, TypeName};
 use crate::process::{CommandRequest, Decision, DispatchError, ErasedAggregate, ProcessManager};
 use crate::shape::{AggregateShape, EventShape};
 use crate::store::EventStore;
-use crate::system::{append_decided, decide_one_event};
+use crate::system::decide_one_event;
 
 /// A projection whose output is streams of its own category.
 pub trait StreamProjection: Send {
@@ -130,15 +130,6 @@ impl ErasedAggregate for EmittedStreams {
     fn canonical(&self, command: &Value) -> Result<Value, DispatchError> {
         let (emit, _, _) = Self::parse(command)?;
         serde_json::to_value(emit).map_err(|error| DispatchError::Invalid(error.to_string()))
-    }
-
-    fn execute(
-        &self,
-        store: &EventStore,
-        request: &CommandRequest,
-    ) -> Result<AppendOutcome, DispatchError> {
-        let decision = self.decide(store, request)?;
-        append_decided(store, &decision.batch)
     }
 
     fn decide(

@@ -167,11 +167,17 @@ impl DispatchError {
 pub(crate) trait ErasedAggregate: Send + Sync {
     fn canonical(&self, command: &Value) -> Result<Value, DispatchError>;
 
+    /// Decides and appends. By default the decision's batch as it is (what an aggregate
+    /// with no state of its own needs: system commands, emitted events); `Typed` executes
+    /// through its repository (snapshots, contention retries).
     fn execute(
         &self,
         store: &EventStore,
         request: &CommandRequest,
-    ) -> Result<AppendOutcome, DispatchError>;
+    ) -> Result<AppendOutcome, DispatchError> {
+        let decision = self.decide(store, request)?;
+        crate::system::append_decided(store, &decision.batch)
+    }
 
     fn decide(
         &self,

@@ -119,15 +119,6 @@ impl ErasedAggregate for SystemCommands {
         })
     }
 
-    fn execute(
-        &self,
-        store: &EventStore,
-        request: &CommandRequest,
-    ) -> Result<AppendOutcome, DispatchError> {
-        let decision = self.decide(store, request)?;
-        append_decided(store, &decision.batch)
-    }
-
     fn decide(
         &self,
         store: &EventStore,

@@ -10,7 +10,8 @@ use chorus_sim::{NetworkConfig, ViolationKind, millis, secs};
 
 mod common;
 use common::{
-    account, assert_clean, assert_numbering_alike, bank, load, open_accounts, run_until, workload,
+    account, assert_clean, assert_numbering_alike, bank, load, membership_settled, open_accounts,
+    run_until, workload,
 };
 
 #[test]
@@ -316,21 +317,6 @@ fn a_member_down_while_its_section_changes_generation_is_brought_back_too() {
         sim.settle(30_000);
         assert_clean(&sim);
     }
-}
-
-/// Whether every running engine that counts itself a member of its section is active and
-/// agrees with its section's other members.
-fn membership_settled(sim: &ClusterSim) -> bool {
-    let map = sim.map();
-    (0..sim.node_count()).all(|node| {
-        let engine = sim.engine(node);
-        let state = engine.section();
-        state.members.is_empty()
-            || (engine.is_active_member()
-                && map
-                    .section(&state.prefix)
-                    .is_some_and(|section| section.len() == state.members.len()))
-    })
 }
 
 #[test]

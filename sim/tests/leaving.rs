@@ -7,57 +7,62 @@
 mod common;
 
 use chorus_consensus::BlockMode;
-use chorus_sim::cluster::{ClusterSetup, ClusterSim};
+use chorus_sim::cluster::{Binary, ClusterSetup, ClusterSim};
 use chorus_sim::millis;
-use common::{assert_clean, load, open_accounts, run_until};
+use common::{assert_clean, load, membership_settled, open_accounts, run_until};
 
-/// Every node that counts itself a member is active, and its section's members agree.
-fn settled(sim: &ClusterSim) -> bool {
-    let map = sim.map();
-    (0..sim.node_count()).all(|node| {
-        if !sim.is_running(node) {
-            return true;
+/// Node 4 of a five-member section asks to leave; `delay_ms` later it restarts (on the new
+/// binary, then the others after it, if `upgrade`); then load, and the section must settle
+/// with nothing the checkers object to.
+fn leave_then_restart(
+    seed: u64,
+    block_mode: BlockMode,
+    delay_ms: u64,
+    upgrade: bool,
+) -> ClusterSim {
+    let setup = ClusterSetup {
+        nodes: 5,
+        sections: None,
+        section_size_min: 4,
+        block_mode,
+        ..ClusterSetup::default()
+    };
+    let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+    open_accounts(&mut sim, 4);
+    load(&mut sim, 4, 2, "before");
+    sim.leave(4);
+    sim.run_for(millis(delay_ms));
+    let restarted: &[usize] = if upgrade { &[4, 0, 1, 2, 3] } else { &[4] };
+    for node in restarted {
+        sim.crash(*node);
+        if upgrade {
+            sim.install(*node, Binary::upgraded());
         }
-        let engine = sim.engine(node);
-        let state = engine.section();
-        state.members.is_empty()
-            || (engine.is_active_member()
-                && map
-                    .section(&state.prefix)
-                    .is_some_and(|section| section.len() == state.members.len()))
-    })
+        sim.restart(*node).expect("restart");
+        if upgrade {
+            load(&mut sim, 4, 1, &format!("up{node}"));
+        }
+    }
+    load(&mut sim, 4, if upgrade { 3 } else { 4 }, "after");
+    assert!(
+        sim.run_until_answered(120_000),
+        "seed {seed}, {delay_ms} ms: commands left unanswered"
+    );
+    sim.settle(30_000);
+    assert!(
+        run_until(&mut sim, 60_000, membership_settled),
+        "seed {seed}, {delay_ms} ms: the section never settled: node 4 {:?}, node 0 {:?}",
+        sim.engine(4).stats(),
+        sim.engine(0).stats()
+    );
+    sim
 }
 
 #[test]
 fn a_member_restarted_while_its_leave_is_under_way_settles_in_or_out() {
     for (seed, block_mode) in [(81, BlockMode::Supermajority), (82, BlockMode::Single)] {
         for delay_ms in [0, 50, 200, 600] {
-            let setup = ClusterSetup {
-                nodes: 5,
-                sections: None,
-                section_size_min: 4,
-                block_mode,
-                ..ClusterSetup::default()
-            };
-            let mut sim = ClusterSim::new(seed, setup).expect("cluster");
-            open_accounts(&mut sim, 4);
-            load(&mut sim, 4, 2, "before");
-            sim.leave(4);
-            sim.run_for(millis(delay_ms));
-            sim.crash(4);
-            sim.restart(4).expect("restart");
-            load(&mut sim, 4, 4, "after");
-            assert!(
-                sim.run_until_answered(120_000),
-                "seed {seed}, {delay_ms} ms: commands left unanswered"
-            );
-            sim.settle(30_000);
-            assert!(
-                run_until(&mut sim, 60_000, settled),
-                "seed {seed}, {delay_ms} ms: the section never settled: node 4 {:?}, node 0 {:?}",
-                sim.engine(4).stats(),
-                sim.engine(0).stats()
-            );
+            let sim = leave_then_restart(seed, block_mode, delay_ms, false);
             assert_clean(&sim);
         }
     }
@@ -67,39 +72,9 @@ fn a_member_restarted_while_its_leave_is_under_way_settles_in_or_out() {
 // others follow it one by one.
 #[test]
 fn a_member_restarted_on_a_new_binary_while_its_leave_is_under_way_settles_and_upgrades() {
-    use chorus_sim::cluster::Binary;
     for (seed, block_mode) in [(83, BlockMode::Supermajority), (84, BlockMode::Single)] {
         for delay_ms in [0, 50, 200, 600] {
-            let setup = ClusterSetup {
-                nodes: 5,
-                sections: None,
-                section_size_min: 4,
-                block_mode,
-                ..ClusterSetup::default()
-            };
-            let mut sim = ClusterSim::new(seed, setup).expect("cluster");
-            open_accounts(&mut sim, 4);
-            load(&mut sim, 4, 2, "before");
-            sim.leave(4);
-            sim.run_for(millis(delay_ms));
-            for node in [4, 0, 1, 2, 3] {
-                sim.crash(node);
-                sim.install(node, Binary::upgraded());
-                sim.restart(node).expect("restart");
-                load(&mut sim, 4, 1, &format!("up{node}"));
-            }
-            load(&mut sim, 4, 3, "after");
-            assert!(
-                sim.run_until_answered(120_000),
-                "seed {seed}, {delay_ms} ms: commands left unanswered"
-            );
-            sim.settle(30_000);
-            assert!(
-                run_until(&mut sim, 60_000, settled),
-                "seed {seed}, {delay_ms} ms: the section never settled: node 4 {:?}, node 0 {:?}",
-                sim.engine(4).stats(),
-                sim.engine(0).stats()
-            );
+            let sim = leave_then_restart(seed, block_mode, delay_ms, true);
             sim.assert_no_violations();
             for node in 0..4 {
                 assert_eq!(

@@ -2,74 +2,27 @@
 //! load; the section agrees on the new domain at one block, the same on every member; a
 //! member left on the old binary halts, and catches up once it is upgraded.
 //!
-//! The application's `Stamp` aggregate writes the domain version its command executed
-//! under (`CommandContext::domain_version`), so each member's store shows where the switch
-//! happened: every stamp before it says "1", every stamp after it "2".
+//! The simulator's `Stamp` aggregate (`Binary::stamped`, `Binary::upgraded`) writes the
+//! domain version its command executed under (`CommandContext::domain_version`), so each
+//! member's store shows where the switch happened: every stamp before it says "1", every
+//! stamp after it "2".
 
 mod common;
 
-use chorus_aggregate::{Aggregate, AggregateRegistry, CommandContext, DomainEvent, StreamKey};
+use chorus_aggregate::StreamKey;
 use chorus_consensus::BlockMode;
-use chorus_sim::cluster::{Binary, ClusterSetup, ClusterSim, command};
+use chorus_sim::cluster::{Binary, ClusterSetup, ClusterSim, StampCommand, command};
 use chorus_sim::{millis, secs};
 use common::{assert_clean, run_until};
 
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Stamp;
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-enum StampCommand {
-    Stamp,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-enum StampEvent {
-    Stamped { under: String },
-}
-
-impl DomainEvent for StampEvent {}
-
-impl Aggregate for Stamp {
-    const CATEGORY: &'static str = "Stamp";
-    const SCHEMA_VERSION: u32 = 1;
-    type Command = StampCommand;
-    type Event = StampEvent;
-    type Error = std::convert::Infallible;
-
-    fn handle(
-        &self,
-        _command: &StampCommand,
-        context: &CommandContext,
-    ) -> Result<Vec<StampEvent>, Self::Error> {
-        Ok(vec![StampEvent::Stamped {
-            under: context.domain_version.clone(),
-        }])
-    }
-
-    fn apply(self, _event: &StampEvent) -> Self {
-        self
-    }
-}
-
-fn registry() -> AggregateRegistry {
-    chorus_demo::registry().register::<Stamp>()
-}
-
+/// The old release: the demo domain with `Stamp`, version 1.
 fn old_binary() -> Binary {
-    Binary {
-        domain_version: "1".to_owned(),
-        upgrades_from: Vec::new(),
-        registry,
-    }
+    Binary::stamped()
 }
 
 /// The new release: its own version, standing in for the old one until the section agrees.
 fn new_binary() -> Binary {
-    Binary {
-        domain_version: "2".to_owned(),
-        upgrades_from: vec!["1".to_owned()],
-        registry,
-    }
+    Binary::upgraded()
 }
 
 fn stamp_stream(index: usize) -> StreamKey {
@@ -206,5 +159,47 @@ fn a_rolling_upgrade_switches_every_member_at_one_block_and_a_member_left_behind
                 "seed {seed}: node {node}"
             );
         }
+    }
+}
+
+// The adversary: one faulty member of four (f = 1) votes, in blocks of its own, to upgrade
+// the section to a domain nobody runs, naming itself and each honest member as the voter.
+// Only a block's own signers count, so its votes never reach more than two thirds: no
+// member switches, none halts, and the section goes on committing.
+#[test]
+fn one_faulty_member_cannot_upgrade_the_section() {
+    use chorus_engine::{DomainFingerprint, UpgradeProposal};
+    for (seed, block_mode) in [(63, BlockMode::Single), (64, BlockMode::Supermajority)] {
+        let setup = ClusterSetup {
+            nodes: 4,
+            block_mode,
+            binary: old_binary(),
+            ..ClusterSetup::default()
+        };
+        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        stamps(&mut sim, 5, "before");
+        let forged = DomainFingerprint::of_shapes("9", &[]);
+        let generation = sim.engine(0).section().generation;
+        let named: Vec<_> = (0..4).map(|node| Some(sim.engine(node).id())).collect();
+        for (period, voter) in named.into_iter().chain([None]).enumerate() {
+            let vote = UpgradeProposal {
+                generation,
+                domain: forged.clone(),
+                voter,
+                period: period as u64,
+            };
+            assert!(sim.propose_raw(1, vote.encode()), "seed {seed}: vote taken");
+        }
+        stamps(&mut sim, 20, "after");
+        assert!(
+            sim.run_until_answered(60_000),
+            "seed {seed}: commands left unanswered"
+        );
+        sim.settle(30_000);
+        for node in 0..4 {
+            assert!(sim.is_running(node), "seed {seed}: node {node} stopped");
+            assert_eq!(agreed_version(&sim, node), "1", "seed {seed}: node {node}");
+        }
+        assert_clean(&sim);
     }
 }

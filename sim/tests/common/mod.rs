@@ -135,3 +135,21 @@ pub fn run_until(sim: &mut ClusterSim, limit_ms: u64, done: impl Fn(&ClusterSim)
     }
     done(sim)
 }
+
+/// Every running node that counts itself a member is active, and its section's size agrees
+/// with its section's other members.
+pub fn membership_settled(sim: &ClusterSim) -> bool {
+    let map = sim.map();
+    (0..sim.node_count()).all(|node| {
+        if !sim.is_running(node) {
+            return true;
+        }
+        let engine = sim.engine(node);
+        let state = engine.section();
+        state.members.is_empty()
+            || (engine.is_active_member()
+                && map
+                    .section(&state.prefix)
+                    .is_some_and(|section| section.len() == state.members.len()))
+    })
+}
