@@ -24,8 +24,9 @@ use crate::names::{StreamKey, TypeName};
 ///
 /// Both functions must be deterministic: every member of a group executes the same command on
 /// the same state and must produce byte-identical events. Time and ids come from the
-/// [`CommandContext`], never from the machine.
-pub trait Aggregate: Default + Clone + Debug + Serialize + DeserializeOwned {
+/// [`CommandContext`], never from the machine. States are plain data (`Send`): the node keeps
+/// them between decisions.
+pub trait Aggregate: Default + Clone + Debug + Serialize + DeserializeOwned + Send {
     /// The category of this aggregate's streams (`Category@id`).
     const CATEGORY: &'static str;
     /// Version of the state's encoding. Snapshots taken under another version are ignored and

@@ -29,6 +29,7 @@ pub mod process;
 pub mod projection;
 pub mod repository;
 pub mod shape;
+mod state_cache;
 pub mod store;
 pub mod subscription;
 mod system;

@@ -36,3 +36,6 @@ pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 const _: () = assert!(EVENT_PAYLOAD_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < RECORD_BYTES_MAX);
 const _: () = assert!(BATCH_STREAMS_MAX <= BATCH_EVENTS_MAX);
+/// Most streams per aggregate type whose state the command path keeps in memory between
+/// decisions (`state_cache`); the least recently used goes first.
+pub const STATE_CACHE_STREAMS_MAX: usize = 4_096;

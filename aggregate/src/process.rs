@@ -25,8 +25,9 @@ use crate::error::{CommandError, StoreError};
 use crate::ids::{CommandId, MessageId};
 use crate::limits::{COMMAND_BYTES_MAX, METADATA_BYTES_MAX};
 use crate::names::StreamKey;
-use crate::repository::{Repository, decide};
+use crate::repository::{Base, Repository, decide};
 use crate::shape::AggregateShape;
+use crate::state_cache::StateCache;
 use crate::store::{CommandRecord, EventStore};
 use crate::subscription::Subscription;
 use crate::system::SystemCommands;
@@ -204,7 +205,10 @@ pub struct Decision {
     pub stream_timestamp_ms: u64,
 }
 
-struct Typed<A>(std::marker::PhantomData<fn() -> A>);
+/// One aggregate type, with the states its decisions built (`state_cache`).
+struct Typed<A> {
+    cache: StateCache<A>,
+}
 
 impl<A: Aggregate> Typed<A> {
     fn envelope(request: &CommandRequest) -> Result<CommandEnvelope<A::Command>, DispatchError> {
@@ -313,18 +317,25 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
         request: &CommandRequest,
     ) -> Result<Decision, DispatchError> {
         let envelope = Self::envelope(request)?;
-        let loaded = Repository::<A>::new(store)
-            .load(&envelope.stream)
+        // The state this type built for the stream last time, brought up to date (only the
+        // events since are read), and kept again for the next decision.
+        let key = envelope.stream.qualified();
+        let base = self.cache.take(store.instance(), &key);
+        let (loaded, stream_timestamp_ms) = Repository::<A>::new(store)
+            .load_over(&envelope.stream, base)
             .map_err(dispatch_error)?;
-        let stream_timestamp_ms = store
-            .stream_info(&envelope.stream)?
-            .filter(|info| info.version == loaded.version)
-            .map_or(0, |info| info.last_timestamp_ms);
-        let (batch, _) =
-            decide(&loaded.state, loaded.version, &envelope).map_err(dispatch_error)?;
+        let decided = decide(&loaded.state, loaded.version, &envelope);
+        let version = loaded.version;
+        let base = Base {
+            state: loaded.state,
+            version,
+            epoch: loaded.epoch,
+        };
+        self.cache.put(store.instance(), key, base);
+        let (batch, _) = decided.map_err(dispatch_error)?;
         Ok(Decision {
             batch,
-            version: loaded.version,
+            version,
             stream_timestamp_ms,
         })
     }
@@ -344,8 +355,12 @@ impl AggregateRegistry {
 
     /// Registers aggregate type `A` for its category.
     pub fn register<A: Aggregate + 'static>(mut self) -> Self {
-        self.aggregates
-            .insert(A::CATEGORY, Box::new(Typed::<A>(std::marker::PhantomData)));
+        self.aggregates.insert(
+            A::CATEGORY,
+            Box::new(Typed::<A> {
+                cache: StateCache::new(),
+            }),
+        );
         self
     }
 

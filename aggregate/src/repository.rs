@@ -39,6 +39,15 @@ pub struct Loaded<A> {
     pub events_applied: u64,
 }
 
+/// A state of a stream built earlier (kept in memory: `state_cache`), at `version` in
+/// `epoch`; usable as a load's starting point while the stream is in that epoch.
+#[derive(Clone, Debug)]
+pub(crate) struct Base<A> {
+    pub(crate) state: A,
+    pub(crate) version: u64,
+    pub(crate) epoch: u64,
+}
+
 /// Loads and executes aggregates of type `A` against one store.
 pub struct Repository<'s, A> {
     store: &'s EventStore,
@@ -70,24 +79,45 @@ impl<'s, A: Aggregate> Repository<'s, A> {
     /// does not). System events (`$metadata`, `$deleted`) are not the aggregate's and are
     /// skipped.
     pub fn load(&self, stream: &StreamKey) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_over(stream, None).map(|(loaded, _)| loaded)
+    }
+
+    /// `load`, starting from `base` when it is still valid (the stream's epoch, a version it
+    /// has), as from a snapshot: only the events after it are read. Also returns the agreed
+    /// timestamp of the stream's last event (0 for a new stream).
+    pub(crate) fn load_over(
+        &self,
+        stream: &StreamKey,
+        base: Option<Base<A>>,
+    ) -> Result<(Loaded<A>, u64), CommandError<A::Error>> {
         check_category::<A>(stream)?;
         let view = self.store.view()?;
+        let info = view.stream_info(stream)?;
         let mut loaded = Loaded {
             state: A::default(),
             version: 0,
-            epoch: view.stream_info(stream)?.map_or(0, |info| info.epoch),
+            epoch: info.as_ref().map_or(0, |info| info.epoch),
             snapshot_version: None,
             events_applied: 0,
         };
-        if self.snapshot_every.is_some() {
+        let base = base.filter(|base| {
+            info.as_ref().map_or(base.version == 0, |info| {
+                base.epoch == info.epoch && base.version <= info.version
+            })
+        });
+        if let Some(base) = base {
+            loaded.state = base.state;
+            loaded.version = base.version;
+        } else if self.snapshot_every.is_some() {
             if let Some((state, version)) = usable_snapshot::<A>(&view, stream)? {
                 loaded.state = state;
                 loaded.version = version;
                 loaded.snapshot_version = Some(version);
             }
         }
+        let head = info.as_ref().map_or(0, |info| info.version);
         let mut from = loaded.version + 1;
-        loop {
+        while loaded.version < head {
             let slice = view.read_history(stream, from, READ_COUNT_MAX)?;
             for event in slice
                 .events
@@ -114,7 +144,8 @@ impl<'s, A: Aggregate> Repository<'s, A> {
                 None => break,
             }
         }
-        Ok(loaded)
+        let timestamp_ms = info.map_or(0, |info| info.last_timestamp_ms);
+        Ok((loaded, timestamp_ms))
     }
 
     /// Executes a command: returns the outcome of its append (marked `duplicate` when the

@@ -322,7 +322,7 @@ fn sync_once(
     };
     let response = read(&shared.members[responder])
         .consensus
-        .handle_sync_request(&shared.ids[requester], &request)
+        .answer_sync_request(&shared.ids[requester], &request)
         .map_err(|error| error.to_string())?;
     let now_ms = start.elapsed().as_millis() as u64;
     let mut member = write(&shared.members[requester]);

@@ -40,8 +40,13 @@ pub struct Config {
     pub votes_per_event_max: usize,
     /// Most own votes waiting for an event; `vote_for` refuses more (back-pressure).
     pub votes_pending_max: usize,
-    /// Interval between the sync requests `tick` emits, in milliseconds.
+    /// Interval between the sync requests `tick` emits while anything moves, in
+    /// milliseconds (work syncs at once besides: see `Consensus::tick`).
     pub gossip_interval_ms: u64,
+    /// The longest interval between `tick`'s sync requests when nothing moves (they slow
+    /// down, doubling, from `gossip_interval_ms`); the first new vote brings the pace back.
+    #[serde(default = "idle_gossip_interval_ms_default")]
+    pub idle_gossip_interval_ms: u64,
     /// Events of rounds older than `decided round - prune_window_rounds` are dropped from
     /// memory. Larger windows tolerate members that lag further behind.
     pub prune_window_rounds: u64,
@@ -78,6 +83,7 @@ impl Default for Config {
             votes_per_event_max: 1_024,
             votes_pending_max: 1_000_000,
             gossip_interval_ms: 5,
+            idle_gossip_interval_ms: idle_gossip_interval_ms_default(),
             prune_window_rounds: 16,
             observation_window_rounds: 64,
             coin_round_period: 10,
@@ -87,6 +93,12 @@ impl Default for Config {
             group: [0; 32],
         }
     }
+}
+
+/// An idle group's members sync about once a second each: nearly free, and still enough to
+/// notice a peer that came back.
+fn idle_gossip_interval_ms_default() -> u64 {
+    1_000
 }
 
 impl Config {
@@ -102,6 +114,9 @@ impl Config {
         }
         if self.votes_pending_max < self.votes_per_event_max {
             return Err("votes_pending_max must be at least votes_per_event_max".into());
+        }
+        if self.idle_gossip_interval_ms < self.gossip_interval_ms {
+            return Err("idle_gossip_interval_ms must be at least gossip_interval_ms".into());
         }
         if self.coin_round_period < 3 {
             return Err("coin_round_period must be at least 3".into());

@@ -844,7 +844,7 @@ fn sync_level_errors_are_typed() {
     let good = node.sync_request();
 
     assert_eq!(
-        node.handle_sync_request(&outsider, &good),
+        node.answer_sync_request(&outsider, &good),
         Err(SyncError::NotAMember(outsider))
     );
     for len in [0usize, MEMBERS - 1, MEMBERS + 1, 1_000] {
@@ -853,7 +853,7 @@ fn sync_level_errors_are_typed() {
             wanted: Vec::new(),
         };
         assert_eq!(
-            node.handle_sync_request(&member, &request),
+            node.answer_sync_request(&member, &request),
             Err(SyncError::WrongClockLength {
                 got: len,
                 expected: MEMBERS,
@@ -867,14 +867,14 @@ fn sync_level_errors_are_typed() {
             .collect(),
     };
     assert_eq!(
-        node.handle_sync_request(&member, &wanted(WANTED_PER_SYNC_MAX + 1)),
+        node.answer_sync_request(&member, &wanted(WANTED_PER_SYNC_MAX + 1)),
         Err(SyncError::TooManyWanted {
             got: WANTED_PER_SYNC_MAX + 1,
             max: WANTED_PER_SYNC_MAX,
         })
     );
     assert!(
-        node.handle_sync_request(&member, &wanted(WANTED_PER_SYNC_MAX))
+        node.answer_sync_request(&member, &wanted(WANTED_PER_SYNC_MAX))
             .is_ok(),
         "exactly WANTED_PER_SYNC_MAX is allowed"
     );

@@ -137,9 +137,20 @@ pub struct EventStore {
     /// The head position as of the last commit, for waking subscribers.
     head: Mutex<u64>,
     head_changed: Condvar,
+    /// This open store among those of the process (`instance`).
+    instance: u64,
 }
 
+/// The next `EventStore::instance`.
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl EventStore {
+    /// A number no other store opened by this process has: what keeps in-memory state
+    /// caches (`state_cache`) of different stores apart.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
     /// Opens the store at `path`, creating the file and its tables if it does not exist.
     ///
     /// A new store is built in a temporary file beside `path` and linked into place once
@@ -157,6 +168,7 @@ impl EventStore {
             path,
             head: Mutex::new(0),
             head_changed: Condvar::new(),
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let head = store.head_position()?;
         *store.head.lock().unwrap_or_else(PoisonError::into_inner) = head;

@@ -9,6 +9,7 @@
 
 mod create;
 mod decide;
+mod pace;
 mod receive;
 mod restore;
 
@@ -38,8 +39,11 @@ use crate::sync::{SyncRequest, Transmit};
 /// 1. `Consensus::new(config, key, members, now_ms)` creates the member's first event.
 /// 2. Drive it with inputs, in any order:
 ///    - `vote_for(observation)` queues a vote; it rides in our next event.
-///    - `tick(now_ms, rng)` emits a sync request every `gossip_interval_ms`.
-///    - `handle_sync_request(from, request)` answers a peer (a pure read).
+///    - `tick(now_ms, rng)` emits the timer's sync requests: every `gossip_interval_ms`
+///      while anything moves, slowing to `idle_gossip_interval_ms` when nothing does. Work
+///      (a vote, new events, a peer ahead of us) queues a sync request at once, from any
+///      input (`pace.rs`): drain `poll_transmit` after every input, not only after ticks.
+///    - `handle_sync_request(from, request)` answers a peer (the graph does not change).
 ///    - `handle_sync_response(now_ms, from, response)` inserts what a peer sent, runs the
 ///      virtual voting and may create a new event of ours.
 /// 3. After every input, drain the outputs:
@@ -97,7 +101,7 @@ pub struct Consensus {
     /// True while `restore` replays the log: observations are announced once, at the end.
     replaying: bool,
     accused: HashSet<usize>,
-    next_gossip_ms: u64,
+    pace: pace::Pace,
     stats: Stats,
 }
 
@@ -220,6 +224,7 @@ impl Consensus {
         if self.pending_vote_hashes.insert(hash) {
             self.pending_votes
                 .push_back(PendingVote::Full(hash, observation));
+            self.pace_new_vote();
         }
         Ok(hash)
     }
@@ -239,6 +244,7 @@ impl Consensus {
         }
         if self.pending_vote_hashes.insert(hash) {
             self.pending_votes.push_back(PendingVote::Known(hash));
+            self.pace_new_vote();
         }
         Ok(())
     }
@@ -255,21 +261,6 @@ impl Consensus {
         SyncRequest {
             known,
             wanted: self.wanted.iter().copied().collect(),
-        }
-    }
-
-    /// Time has passed: every `gossip_interval_ms`, queue a sync request to a random peer.
-    pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
-        if now_ms < self.next_gossip_ms || self.members.len() < 2 {
-            return;
-        }
-        self.next_gossip_ms = now_ms.saturating_add(self.config.gossip_interval_ms);
-        let peer = self.random_peer(rng);
-        if self.transmits.len() < self.config.output_queue_max {
-            self.transmits.push_back(Transmit {
-                to: self.members[peer],
-                request: self.sync_request(),
-            });
         }
     }
 

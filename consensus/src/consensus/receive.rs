@@ -14,6 +14,7 @@ use crate::ids::{EventHash, HashSetPrehashed, ObservationHash, PeerId};
 use crate::log::LogRecord;
 use crate::sync::{SyncReport, SyncRequest, SyncResponse};
 
+use super::pace::Answer;
 use super::{Consensus, PendingVote};
 
 /// Encoded size of a sync response without its events: the version byte and the length of
@@ -25,8 +26,23 @@ const WANTED_CHAIN_DEPTH_MAX: usize = 64;
 
 impl Consensus {
     /// Answers a peer's sync request with the events it lacks, parents first, at most
-    /// `events_per_sync_max`. A pure read: nothing changes.
+    /// `events_per_sync_max`. The graph does not change; if the request shows the peer holds
+    /// events we lack, we queue a sync to pull them (`pace`).
     pub fn handle_sync_request(
+        &mut self,
+        from: &PeerId,
+        request: &SyncRequest,
+    ) -> Result<SyncResponse, SyncError> {
+        let response = self.answer_sync_request(from, request)?;
+        if let Some(&index) = self.member_index.get(from) {
+            self.pace_after_request(index, request);
+        }
+        Ok(response)
+    }
+
+    /// `handle_sync_request` without the pace: a pure read (the answer alone; nothing is
+    /// queued).
+    pub fn answer_sync_request(
         &self,
         from: &PeerId,
         request: &SyncRequest,
@@ -109,6 +125,7 @@ impl Consensus {
 
     /// Inserts the events a peer sent (checking each), runs the virtual voting, and, if there
     /// is anything to agree on, creates our next event with the peer's latest as other-parent.
+    /// Then paces the next sync (`pace`): at once while work remains.
     pub fn handle_sync_response(
         &mut self,
         now_ms: u64,
@@ -118,6 +135,25 @@ impl Consensus {
         let Some(&from_index) = self.member_index.get(from) else {
             return Err(SyncError::NotAMember(*from));
         };
+        let round_before = self.stats.max_round;
+        let report = self.insert_response(now_ms, from, from_index, response)?;
+        let answer = Answer {
+            inserted: report.inserted,
+            created: report.created_event,
+            advanced: self.stats.max_round > round_before,
+        };
+        self.pace_after_response(now_ms, from_index, answer);
+        Ok(report)
+    }
+
+    /// `handle_sync_response` without the pace.
+    fn insert_response(
+        &mut self,
+        now_ms: u64,
+        from: &PeerId,
+        from_index: usize,
+        response: SyncResponse,
+    ) -> Result<SyncReport, SyncError> {
         if response.events.len() > self.config.events_per_sync_max {
             warn!(peer = %from, events = response.events.len(), "sync response exceeds events_per_sync_max");
             return Err(SyncError::TooManyEvents {

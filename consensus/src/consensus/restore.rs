@@ -199,6 +199,7 @@ impl Consensus {
             .map(|(index, member)| (*member, index))
             .collect();
         let member_count = members.len();
+        let pace = super::pace::Pace::new(now_ms, config.gossip_interval_ms);
         Ok(Self {
             graph: Graph::new(member_count),
             fame: Fame::new(config.coin_round_period),
@@ -230,7 +231,7 @@ impl Consensus {
             log_records: VecDeque::new(),
             replaying: false,
             accused: HashSet::new(),
-            next_gossip_ms: now_ms,
+            pace,
             stats: Stats::default(),
         })
     }

@@ -1380,6 +1380,8 @@ fn stream_metadata_and_soft_delete_are_agreed_and_hide_the_same_events_on_every_
     let mut cluster = Cluster::new(4, 4, BlockMode::Supermajority, 34);
     let open = bank(BankAccountCommand::OpenAccount { owner: "r".into() });
     cluster.submit(0, 0, request("retained-open", "BankAccount@r", open));
+    // Deposits only once the account is open (one agreed before the opening is refused).
+    cluster.run_until_answered(1, 30_000);
     for number in 1..=4u64 {
         let deposit = bank(BankAccountCommand::Deposit {
             amount: number,

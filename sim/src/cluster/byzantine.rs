@@ -184,7 +184,7 @@ impl ClusterSim {
         request.wanted.clear();
         let max = ours.config().events_per_sync_max.saturating_sub(1);
         let forker = self.ids[node];
-        ours.handle_sync_request(&self.ids[to], &request)
+        ours.answer_sync_request(&self.ids[to], &request)
             .map(|response| {
                 response
                     .events

@@ -271,7 +271,7 @@ impl World {
         };
         let from_id = self.ids[from];
         let node = &mut self.nodes[to];
-        let Some(consensus) = node.consensus.as_ref() else {
+        let Some(consensus) = node.consensus.as_mut() else {
             return;
         };
         let Ok(response) = consensus.handle_sync_request(&from_id, &request) else {
@@ -309,6 +309,8 @@ impl World {
         };
         let extra = (self.nodes[to].slow_factor - 1) * 10;
         self.send(to, from, MessageKind::Response, bytes, extra);
+        // The request may have shown that the peer holds what we lack: we pull at once.
+        self.drain(to);
     }
 
     pub(super) fn on_response(&mut self, from: usize, to: usize, bytes: &[u8]) {
@@ -349,9 +351,6 @@ impl World {
                 // Acknowledged at the next group commit (`on_log_sync`).
                 sim_node.unsynced_own.push(event);
             }
-            while let Some(transmit) = consensus.poll_transmit() {
-                requests.push(transmit);
-            }
             while let Some(block) = consensus.poll_block() {
                 blocks.push(block);
             }
@@ -366,6 +365,10 @@ impl World {
             for hash in seconds {
                 // Back-pressure only drops a second; the proposer's own vote stands.
                 let _ = consensus.vote_for_hash(hash);
+            }
+            // After the seconds: a vote syncs at once.
+            while let Some(transmit) = consensus.poll_transmit() {
+                requests.push(transmit);
             }
         }
         for block in blocks {

@@ -20,6 +20,7 @@ use crate::membership::{
 
 use super::budget::Budget;
 use super::joining::Lag;
+use super::limits::IDLE_SYNCS_PER_SILENCE_SPAN;
 use super::removal::Progress;
 use super::wire::Message;
 use super::{Engine, EngineConfig, EngineError};
@@ -209,11 +210,22 @@ pub(super) fn network_of(map: &SectionMap) -> Vec<PeerId> {
 }
 
 /// The consensus configuration of a section's generation: the node's, with the group id of
-/// that generation.
+/// that generation, and an idle gossip pace that still hears from the other members several
+/// times per silence span (an idle member that asked a down peer twice in a row must not
+/// think itself cut off: `removal`).
 pub(super) fn consensus_config(config: &EngineConfig, state: &SectionState) -> Config {
+    let consensus = &config.consensus;
+    let idle_gossip_interval_ms = match config.remove_silent_after_ms {
+        Some(span) => consensus
+            .idle_gossip_interval_ms
+            .min(span / IDLE_SYNCS_PER_SILENCE_SPAN)
+            .max(consensus.gossip_interval_ms),
+        None => consensus.idle_gossip_interval_ms,
+    };
     Config {
         group: group_id(&state.prefix, state.generation),
-        ..config.consensus.clone()
+        idle_gossip_interval_ms,
+        ..consensus.clone()
     }
 }
 

@@ -12,6 +12,28 @@ use super::limits::{JOIN_RETRY_MS, SYNC_BYTES_PER_MEMBER_PER_SEC};
 use super::wire::Message;
 
 impl Engine {
+    /// Sends the sync requests our consensus instance queued (by its timer, or at once on
+    /// work).
+    pub(super) fn send_sync_requests(&mut self) {
+        let generation = self.state.generation;
+        let domain = self.section_domain.agreed.digest;
+        let Some(consensus) = self.current.consensus.as_mut() else {
+            return;
+        };
+        let mut requests = Vec::new();
+        while let Some(transmit) = consensus.poll_transmit() {
+            requests.push(transmit);
+        }
+        for transmit in requests {
+            let message = Message::SyncRequest {
+                generation,
+                domain,
+                request: transmit.request,
+            };
+            self.send(transmit.to, &message);
+        }
+    }
+
     /// A member's sync request for `generation`.
     pub(super) fn on_sync_request(
         &mut self,

@@ -97,6 +97,11 @@ pub const NEW_MEMBER_GRACE_MS: u64 = 10_000;
 /// out. Long against a restart (seconds), short against a section that waits on a dead
 /// member for good.
 pub const REMOVE_SILENT_AFTER_MS: u64 = 60_000;
+
+/// An idle member syncs at least this many times per `remove_silent_after_ms` (its idle
+/// gossip interval is cut to fit): with a peer down, a few of its syncs go unanswered, and
+/// it must still hear from someone within the span, or it would think itself cut off.
+pub const IDLE_SYNCS_PER_SILENCE_SPAN: u64 = 16;
 /// Rounds our graph must go on without a member's events before it counts as silent:
 /// several decisions' worth (a block takes about a dozen rounds), so a section that is
 /// merely slow or idle removes nobody.

@@ -688,15 +688,11 @@ impl Engine {
         if self.halted().is_some() {
             return;
         }
-        let generation = self.state.generation;
+        self.send_sync_requests();
         let Some(consensus) = self.current.consensus.as_mut() else {
             self.run_managers();
             return;
         };
-        let mut requests = Vec::new();
-        while let Some(transmit) = consensus.poll_transmit() {
-            requests.push(transmit);
-        }
         // Fork evidence: consensus votes the accusation itself; the engine votes the
         // offender out (`removal`).
         let mut evidence = Vec::new();
@@ -711,16 +707,6 @@ impl Engine {
             self.accuse(&fork);
         }
         self.take_blocks();
-        for transmit in requests {
-            self.send(
-                transmit.to,
-                &Message::SyncRequest {
-                    generation,
-                    domain: self.section_domain.agreed.digest,
-                    request: transmit.request,
-                },
-            );
-        }
         // A joiner applies nothing before its store holds the state the generation starts
         // from.
         if !self.unapplied.is_empty() && self.state.holds_state() {
@@ -745,6 +731,8 @@ impl Engine {
         }
         self.vote_upgrade();
         self.run_managers();
+        // Seconds and proposals made above sync at once (`Consensus::tick`).
+        self.send_sync_requests();
     }
 
     /// An agreed upgrade, once the blocks before it are applied; then the blocks after it,

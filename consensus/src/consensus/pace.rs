@@ -1,0 +1,234 @@
+//! When we ask a peer for what we lack. Two ways:
+//!
+//! - **On work**: a new vote of ours, a response after which votes still wait to be ordered,
+//!   or a peer's request showing it holds events we lack: we sync at once, without waiting
+//!   for the timer, one such sync awaiting its answer at a time (so a busy member syncs back
+//!   to back, at the pace its peers answer, and a round takes a round trip, not an interval).
+//!   A request is what tells a peer we have something new, so news spreads as each member
+//!   pulls from the one that just asked it.
+//! - **By the timer**: every `gossip_interval_ms` while anything moves, and, while syncs
+//!   bring nothing and nothing waits, ever more slowly, up to `idle_gossip_interval_ms`, so
+//!   an idle group costs almost nothing and wakes on the first new vote.
+//!
+//! Everything here is driven by the caller's time and randomness, like the rest of the
+//! state machine.
+
+use rand::RngCore;
+
+use crate::sync::{SyncRequest, Transmit};
+
+use super::Consensus;
+
+/// Events of ours in a row that may leave the round where it was before we stop syncing
+/// back to back: a round usually takes a member a few events, more in a larger group.
+fn stalled_events_max(members: usize) -> usize {
+    2 * members + 4
+}
+
+/// Syncs on work awaited at once, to different members (two measured no faster than one
+/// at n = 4: BENCHMARKS.md).
+const SYNCS_AWAITED_MAX: usize = 1;
+
+/// What one sync answer did, for the pace.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Answer {
+    /// Events inserted.
+    pub(super) inserted: usize,
+    /// Whether we created an event.
+    pub(super) created: bool,
+    /// Whether the highest round rose.
+    pub(super) advanced: bool,
+}
+
+/// The gossip pace of one member.
+#[derive(Clone, Debug)]
+pub(super) struct Pace {
+    /// When the timer sends its next sync.
+    next_timer_ms: u64,
+    /// The timer's interval now: `gossip_interval_ms` while anything moves, doubled after
+    /// each sync that brought nothing while nothing waits, up to `idle_gossip_interval_ms`.
+    interval_ms: u64,
+    /// A sync sent on work, not answered yet: to whom (member index), and when.
+    awaiting: Vec<(usize, u64)>,
+    /// Work came while a sync was awaited: sync again once it is answered.
+    again: bool,
+    /// A member whose request showed events we lack: the next sync on work goes to it.
+    ahead: Option<usize>,
+    /// Events of ours created in a row without the round advancing (since our last new vote
+    /// or the last time nothing waited). Syncing back to back pays only while rounds
+    /// advance: a group that cannot order (too few members answer) would otherwise grow its
+    /// graph at the speed of round trips. Past `stalled_events_max`, only new votes of ours
+    /// and the timer make us sync.
+    stalled: usize,
+    /// The next member to ask on work (round robin, so work syncs spread over the group).
+    next_peer: usize,
+    /// The latest time the caller gave us.
+    now_ms: u64,
+}
+
+impl Pace {
+    pub(super) fn new(now_ms: u64, interval_ms: u64) -> Self {
+        Self {
+            next_timer_ms: now_ms,
+            interval_ms,
+            awaiting: Vec::new(),
+            again: false,
+            ahead: None,
+            stalled: 0,
+            next_peer: 0,
+            now_ms,
+        }
+    }
+}
+
+impl Consensus {
+    /// Time has passed: sends the timer's sync when it is due, and a sync on work that waited
+    /// for an answer that never came (lost: it is not awaited longer than an interval).
+    pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
+        self.pace.now_ms = self.pace.now_ms.max(now_ms);
+        if self.members.len() < 2 {
+            return;
+        }
+        let timeout = self.config.gossip_interval_ms;
+        let before = self.pace.awaiting.len();
+        self.pace
+            .awaiting
+            .retain(|(_, sent)| now_ms < sent.saturating_add(timeout));
+        if self.pace.awaiting.len() < before && std::mem::take(&mut self.pace.again) {
+            self.sync_on_work();
+        }
+        if now_ms < self.pace.next_timer_ms {
+            return;
+        }
+        self.pace.next_timer_ms = now_ms.saturating_add(self.pace.interval_ms);
+        let peer = self.random_peer(rng);
+        self.queue_sync(peer);
+    }
+
+    /// Something moved (a new vote, new events, a peer ahead of us): the timer goes back to
+    /// its fast interval.
+    pub(super) fn pace_busy(&mut self) {
+        let fast = self.config.gossip_interval_ms;
+        if self.pace.interval_ms > fast {
+            self.pace.interval_ms = fast;
+            self.pace.next_timer_ms = self
+                .pace
+                .next_timer_ms
+                .min(self.pace.now_ms.saturating_add(fast));
+        }
+    }
+
+    /// A sync brought nothing and nothing waits: the timer slows down.
+    fn pace_idle(&mut self) {
+        let idle = self
+            .config
+            .idle_gossip_interval_ms
+            .max(self.config.gossip_interval_ms);
+        self.pace.interval_ms = self.pace.interval_ms.saturating_mul(2).min(idle);
+    }
+
+    /// A new vote of ours: new work, which may take the rounds further again.
+    pub(super) fn pace_new_vote(&mut self) {
+        self.pace.stalled = 0;
+        self.sync_on_work();
+    }
+
+    /// We have work for the group (votes to send or to order): sync now, unless a sync on
+    /// work is awaited (then once it is answered).
+    pub(super) fn sync_on_work(&mut self) {
+        self.pace_busy();
+        if self.members.len() < 2 {
+            return;
+        }
+        let fanout = SYNCS_AWAITED_MAX.min(self.members.len() - 1);
+        if self.pace.awaiting.len() >= fanout {
+            self.pace.again = true;
+            return;
+        }
+        while self.pace.awaiting.len() < fanout {
+            let peer = match self.pace.ahead.take() {
+                Some(peer) if !self.pace.awaiting.iter().any(|(p, _)| *p == peer) => peer,
+                _ => self.next_round_robin_peer(),
+            };
+            if self.pace.awaiting.iter().any(|(p, _)| *p == peer) {
+                break;
+            }
+            self.pace.awaiting.push((peer, self.pace.now_ms));
+            self.queue_sync(peer);
+        }
+    }
+
+    /// A peer answered (`inserted` new events; we `created` one; the round `advanced`): the
+    /// awaited sync is done if it was this one; the timer speeds up or slows down by what the
+    /// answer brought; and if work remains, the next sync goes now.
+    pub(super) fn pace_after_response(&mut self, now_ms: u64, from: usize, answer: Answer) {
+        self.pace.now_ms = self.pace.now_ms.max(now_ms);
+        self.pace.awaiting.retain(|(peer, _)| *peer != from);
+        let work = self.wants_new_event();
+        if answer.advanced || !work {
+            self.pace.stalled = 0;
+        } else if answer.created {
+            self.pace.stalled = self.pace.stalled.saturating_add(1);
+        }
+        if work || answer.inserted > 0 {
+            self.pace_busy();
+        } else {
+            self.pace_idle();
+        }
+        let again = std::mem::take(&mut self.pace.again);
+        if again || !self.pending_votes.is_empty() || (work && !self.stalled()) {
+            self.sync_on_work();
+        }
+    }
+
+    /// A peer's request shows what it holds: if that is more than we hold of some creator,
+    /// we pull from it now (unless our rounds stalled).
+    pub(super) fn pace_after_request(&mut self, from: usize, request: &SyncRequest) {
+        let ahead = request.known.iter().enumerate().any(|(creator, &known)| {
+            let ours = self
+                .graph
+                .head(creator)
+                .map_or(0, |slot| self.graph.get(slot).index + 1);
+            known > ours
+        });
+        if ahead && from != self.me && !self.stalled() {
+            self.pace.ahead = Some(from);
+            self.sync_on_work();
+        }
+    }
+
+    /// Whether our events stopped advancing the rounds (see `Pace::stalled`).
+    fn stalled(&self) -> bool {
+        self.pace.stalled >= stalled_events_max(self.members.len())
+    }
+
+    fn queue_sync(&mut self, peer: usize) {
+        if self.transmits.len() < self.config.output_queue_max {
+            self.transmits.push_back(Transmit {
+                to: self.members[peer],
+                request: self.sync_request(),
+            });
+        }
+    }
+
+    /// The next other member in turn, skipping those that lag beyond the window (unless all
+    /// do).
+    fn next_round_robin_peer(&mut self) -> usize {
+        let count = self.members.len();
+        let mut fallback = None;
+        for step in 0..count {
+            let index = (self.pace.next_peer + step) % count;
+            if index == self.me {
+                continue;
+            }
+            fallback.get_or_insert(index);
+            if !self.index_lags_beyond_window(index) {
+                self.pace.next_peer = (index + 1) % count;
+                return index;
+            }
+        }
+        let index = fallback.unwrap_or_else(|| unreachable!("a group of two or more"));
+        self.pace.next_peer = (index + 1) % count;
+        index
+    }
+}

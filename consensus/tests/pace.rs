@@ -1,0 +1,202 @@
+//! The gossip pace (`consensus/pace.rs`): an idle group slows its timer syncs to
+//! `idle_gossip_interval_ms`; a vote syncs at once and wakes the others, so agreement does
+//! not wait for the idle timer; a member whose rounds stall stops syncing back to back.
+//!
+//! A small network on virtual time: messages arrive in the next millisecond, at most
+//! `DELIVERIES_PER_MS` per millisecond (so a member that syncs without end still lets the
+//! test finish, and shows up in the counts).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use chorus_consensus::harness::member_key;
+use chorus_consensus::{Config, Consensus, Observation, PeerId, SyncRequest, SyncResponse};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const DELIVERIES_PER_MS: usize = 50;
+
+enum Body {
+    Request(SyncRequest),
+    Response(SyncResponse),
+}
+
+struct Net {
+    members: Vec<Consensus>,
+    ids: Vec<PeerId>,
+    /// Members that neither send nor receive.
+    down: BTreeSet<usize>,
+    queue: VecDeque<(usize, usize, Body)>,
+    now_ms: u64,
+    rng: StdRng,
+    /// Sync requests each member sent.
+    requests_sent: Vec<u64>,
+    /// Blocks each member output.
+    blocks: Vec<u64>,
+}
+
+impl Net {
+    fn new(count: usize, config: &Config) -> Self {
+        let keys: Vec<_> = (0..count).map(|index| member_key(41, index)).collect();
+        let ids: Vec<PeerId> = keys
+            .iter()
+            .map(|key| PeerId(key.verifying_key().to_bytes()))
+            .collect();
+        let members = keys
+            .iter()
+            .map(|key| Consensus::new(config.clone(), key.clone(), &ids, 0).expect("member"))
+            .collect();
+        let mut net = Self {
+            members,
+            ids,
+            down: BTreeSet::new(),
+            queue: VecDeque::new(),
+            now_ms: 0,
+            rng: StdRng::seed_from_u64(7),
+            requests_sent: vec![0; count],
+            blocks: vec![0; count],
+        };
+        for member in 0..count {
+            net.drain(member);
+        }
+        net
+    }
+
+    fn index_of(&self, id: &PeerId) -> usize {
+        self.ids
+            .iter()
+            .position(|other| other == id)
+            .expect("a member")
+    }
+
+    /// Outputs of `member`: own events durable at once, requests to the queue, seconds for
+    /// every observation it sees, blocks counted.
+    fn drain(&mut self, member: usize) {
+        let consensus = &mut self.members[member];
+        while let Some(event) = consensus.poll_unpersisted() {
+            consensus.handle_persisted(event.header.index);
+        }
+        while let Some((hash, _)) = consensus.poll_observation() {
+            let _ = consensus.vote_for_hash(hash);
+        }
+        while consensus.poll_block().is_some() {
+            self.blocks[member] += 1;
+        }
+        let mut sends = Vec::new();
+        while let Some(transmit) = consensus.poll_transmit() {
+            sends.push(transmit);
+        }
+        for transmit in sends {
+            let to = self.index_of(&transmit.to);
+            self.requests_sent[member] += 1;
+            self.queue
+                .push_back((member, to, Body::Request(transmit.request)));
+        }
+    }
+
+    /// Runs `ms` virtual milliseconds: deliveries, then every member ticks.
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.now_ms += 1;
+            for _ in 0..DELIVERIES_PER_MS.min(self.queue.len()) {
+                let Some((from, to, body)) = self.queue.pop_front() else {
+                    break;
+                };
+                if self.down.contains(&from) || self.down.contains(&to) {
+                    continue;
+                }
+                self.deliver(from, to, body);
+            }
+            for member in 0..self.members.len() {
+                if self.down.contains(&member) {
+                    continue;
+                }
+                self.members[member].tick(self.now_ms, &mut self.rng);
+                self.drain(member);
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, body: Body) {
+        let from_id = self.ids[from];
+        match body {
+            Body::Request(request) => {
+                if let Ok(response) = self.members[to].handle_sync_request(&from_id, &request) {
+                    self.queue.push_back((to, from, Body::Response(response)));
+                }
+            }
+            Body::Response(response) => {
+                let now_ms = self.now_ms;
+                let _ = self.members[to].handle_sync_response(now_ms, &from_id, response);
+            }
+        }
+        self.drain(to);
+    }
+
+    fn vote(&mut self, member: usize, payload: &[u8]) {
+        self.members[member]
+            .vote_for(Observation::Payload(payload.to_vec().into()))
+            .expect("vote");
+        self.drain(member);
+    }
+}
+
+fn config() -> Config {
+    Config {
+        gossip_interval_ms: 5,
+        idle_gossip_interval_ms: 1_000,
+        ..Config::default()
+    }
+}
+
+// Proves: with nothing to agree on, a member's timer syncs slow down to about one per
+// `idle_gossip_interval_ms` (not one per `gossip_interval_ms`); a vote then syncs at once,
+// and the group agrees on it long before an idle interval has passed.
+#[test]
+fn an_idle_group_slows_down_and_a_vote_wakes_it() {
+    let mut net = Net::new(4, &config());
+    net.run(5_000);
+    let before = net.requests_sent.clone();
+    net.run(5_000);
+    let idle: Vec<u64> = net
+        .requests_sent
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after - before)
+        .collect();
+    // Five idle seconds: about five syncs each (a thousand at the fast interval).
+    assert!(idle.iter().all(|&sent| sent <= 8), "{idle:?}");
+
+    net.vote(0, b"wake up");
+    assert!(
+        !net.queue.is_empty(),
+        "a vote syncs at once, without waiting for a tick"
+    );
+    let voted_at = net.now_ms;
+    while net.blocks.contains(&0) {
+        net.run(1);
+        assert!(
+            net.now_ms < voted_at + 500,
+            "no block on every member half an idle interval after the vote: {:?}",
+            net.blocks
+        );
+    }
+}
+
+// Proves: a member whose events cannot advance the rounds (only two of four members answer,
+// so nothing can be ordered) stops syncing back to back after a few events, and goes on at
+// the timer's pace: its graph grows by the interval, not by the speed of the network.
+#[test]
+fn a_member_stops_syncing_back_to_back_when_rounds_stall() {
+    let mut net = Net::new(4, &config());
+    net.down.insert(2);
+    net.down.insert(3);
+    net.run(100);
+    let before = net.requests_sent[0] + net.requests_sent[1];
+    net.vote(0, b"cannot be agreed by two of four");
+    net.run(1_000);
+    let sent = net.requests_sent[0] + net.requests_sent[1] - before;
+    // One second at the 5 ms timer is 200 syncs each; back to back, up to
+    // `DELIVERIES_PER_MS` per millisecond.
+    assert!(sent <= 2 * 200 + 40, "{sent} syncs in one second");
+    assert_eq!(net.blocks[0], 0, "two of four agreed on something");
+}
