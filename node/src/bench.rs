@@ -43,6 +43,16 @@ pub struct BenchOptions {
     /// removed at the end).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Measure the idle cluster instead of loading it: rounds of a quiet period (each node's
+    /// CPU measured over its last 30 s, local clusters only) followed by one timed command.
+    #[arg(long)]
+    pub idle: bool,
+    /// With `--idle`: seconds of quiet before each timed command.
+    #[arg(long, default_value_t = 60.0)]
+    pub quiet_seconds: f64,
+    /// With `--idle`: how many rounds.
+    #[arg(long, default_value_t = 3)]
+    pub idle_rounds: usize,
 }
 
 /// One level's figures.
@@ -104,6 +114,12 @@ pub fn check(options: &BenchOptions) -> Result<(), String> {
     if options.payload_bytes == 0 || options.payload_bytes > 64 * 1024 {
         return Err("--payload-bytes must be between 1 and 65536".into());
     }
+    if !(options.quiet_seconds >= 1.0 && options.quiet_seconds <= 3600.0) {
+        return Err("--quiet-seconds must be between 1 and 3600".into());
+    }
+    if !(1..=100).contains(&options.idle_rounds) {
+        return Err("--idle-rounds must be between 1 and 100".into());
+    }
     Ok(())
 }
 
@@ -149,9 +165,27 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     } else {
         options.targets.clone()
     };
+    let auth = (token.as_deref(), trust.as_deref());
+    if options.idle {
+        let pids = started.as_ref().map_or_else(Vec::new, LocalCluster::pids);
+        let idle = crate::bench_idle::IdleOptions {
+            quiet: Duration::from_secs_f64(options.quiet_seconds),
+            rounds: options.idle_rounds,
+        };
+        let result = tokio::select! {
+            result = idle_run(&idle, &targets, auth, &pids) => result,
+            () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
+        };
+        if let Some(cluster) = started {
+            cluster.stop().await;
+        }
+        drop(temporary);
+        say(&result?.to_string());
+        return Ok(());
+    }
     // Ctrl-C or SIGTERM stops the load and the cluster this benchmark started.
     let result = tokio::select! {
-        result = levels(&options, &targets, (token.as_deref(), trust.as_deref())) => result,
+        result = levels(&options, &targets, auth) => result,
         () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
     };
     if let Some(cluster) = started {
@@ -172,6 +206,20 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     });
     say(&summary.to_string());
     Ok(())
+}
+
+/// `--idle`: the clients, then the rounds.
+async fn idle_run(
+    options: &crate::bench_idle::IdleOptions,
+    targets: &[String],
+    (token, trust): (Option<&str>, Option<&[u8]>),
+    pids: &[u32],
+) -> Result<Value, String> {
+    let clients: Vec<Client> = targets
+        .iter()
+        .map(|target| local::trusted(with_token(Client::new(target)?, token), trust))
+        .collect::<Result<_, _>>()?;
+    crate::bench_idle::run(options, &clients, pids).await
 }
 
 async fn levels(
@@ -406,6 +454,9 @@ mod tests {
             payload_bytes: 256,
             local: local::LocalOptions::default(),
             data_dir: None,
+            idle: false,
+            quiet_seconds: 60.0,
+            idle_rounds: 3,
         };
         assert!(check(&good).is_ok());
         for bad in [
@@ -427,6 +478,14 @@ mod tests {
             },
             BenchOptions {
                 payload_bytes: 0,
+                ..good.clone()
+            },
+            BenchOptions {
+                quiet_seconds: 0.5,
+                ..good.clone()
+            },
+            BenchOptions {
+                idle_rounds: 0,
                 ..good.clone()
             },
         ] {

@@ -423,6 +423,11 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// The node processes' ids (those still running).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
     /// Waits until a node exits on its own; its index and exit status.
     pub async fn first_exit(&mut self) -> (usize, String) {
         let exits = self.children.iter_mut().map(|child| Box::pin(child.wait()));

@@ -5,6 +5,7 @@
 //! client (`chorus client ...`) or the simulator (`chorus sim ...`).
 
 mod bench;
+mod bench_idle;
 mod demo;
 
 use std::process::ExitCode;
