@@ -115,9 +115,12 @@ impl<'s, A: Aggregate> Repository<'s, A> {
                 loaded.snapshot_version = Some(version);
             }
         }
+        // Nothing to read when the starting state is at the stream's head (the usual case
+        // with a cached state); otherwise every page after it (`slice.version` is the
+        // stream's version: the pages end on `slice.next`).
         let head = info.as_ref().map_or(0, |info| info.version);
         let mut from = loaded.version + 1;
-        while loaded.version < head {
+        while from <= head {
             let slice = view.read_history(stream, from, READ_COUNT_MAX)?;
             for event in slice
                 .events

@@ -182,3 +182,61 @@ fn one_registry_over_two_stores_keeps_their_states_apart() {
         "the balances differ, and so do the decided events"
     );
 }
+
+// Proves: a stream longer than one read page (`READ_COUNT_MAX`) is loaded whole, from
+// nothing and from a cached state (a first version of the cache stopped after one page).
+#[test]
+fn a_stream_longer_than_a_read_page_is_loaded_whole() {
+    use chorus_aggregate::limits::READ_COUNT_MAX;
+    use chorus_aggregate::repository::Repository;
+
+    let directory = tempfile::tempdir().expect("tempdir");
+    let store = EventStore::open(directory.path().join("events.redb")).expect("open");
+    let cached = registry();
+    play(&cached, &store, 0, &Step::Open(0));
+    let key = StreamKey::parse(STREAMS[0]).expect("key");
+    let deposits = READ_COUNT_MAX as u64 + 50;
+    let mut written = 0;
+    while written < deposits {
+        let events: Vec<NewEvent> = (written..deposits.min(written + 1_000))
+            .map(|index| {
+                let encoded = encode_event(&BankAccountEvent::Deposited {
+                    amount: 1,
+                    balance: index + 1,
+                    transfer: None,
+                })
+                .expect("encodes");
+                NewEvent {
+                    event_id: EventId::derive(&[b"long", &index.to_le_bytes()]),
+                    event_type: encoded.event_type,
+                    event_version: encoded.event_version,
+                    payload: encoded.payload,
+                    supersedes: None,
+                }
+            })
+            .collect();
+        let count = events.len() as u64;
+        store
+            .append(&AppendBatch::single(
+                CommandId::derive(&[b"long-batch", &written.to_le_bytes()]),
+                key.clone(),
+                ExpectedVersion::Exact(written + 1),
+                events,
+                3_000,
+            ))
+            .expect("append");
+        written += count;
+        // A decision between the batches leaves a cached state behind.
+        let _ = decisions(&cached, &store, written as usize);
+    }
+    let loaded = Repository::<BankAccount>::new(&store)
+        .with_snapshots_every(None)
+        .load(&key)
+        .expect("load");
+    assert_eq!(loaded.state.balance, deposits);
+    assert_eq!(loaded.version, deposits + 1);
+    assert_eq!(
+        decisions(&cached, &store, 0),
+        decisions(&registry(), &store, 0)
+    );
+}
