@@ -25,7 +25,7 @@ use crate::error::{CommandError, StoreError};
 use crate::ids::{CommandId, MessageId};
 use crate::limits::{COMMAND_BYTES_MAX, METADATA_BYTES_MAX};
 use crate::names::StreamKey;
-use crate::repository::{Base, Repository, decide};
+use crate::repository::{Base, Repository, decide_batch};
 use crate::shape::AggregateShape;
 use crate::state_cache::StateCache;
 use crate::store::{CommandRecord, EventStore};
@@ -319,19 +319,19 @@ impl<A: Aggregate> ErasedAggregate for Typed<A> {
         let envelope = Self::envelope(request)?;
         // The state this type built for the stream last time, brought up to date (only the
         // events since are read), and kept again for the next decision.
-        let key = envelope.stream.qualified();
-        let base = self.cache.take(store.instance(), &key);
+        let key = (store.instance(), envelope.stream.qualified());
+        let base = self.cache.take(&key);
         let (loaded, stream_timestamp_ms) = Repository::<A>::new(store)
             .load_over(&envelope.stream, base)
             .map_err(dispatch_error)?;
-        let decided = decide(&loaded.state, loaded.version, &envelope);
+        let decided = decide_batch(&loaded.state, loaded.version, &envelope);
         let version = loaded.version;
         let base = Base {
             state: loaded.state,
             version,
             epoch: loaded.epoch,
         };
-        self.cache.put(store.instance(), key, base);
+        self.cache.put(key, base);
         let (batch, _) = decided.map_err(dispatch_error)?;
         Ok(Decision {
             batch,

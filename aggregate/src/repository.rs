@@ -278,6 +278,24 @@ pub fn decide<A: Aggregate>(
     version: u64,
     envelope: &CommandEnvelope<A::Command>,
 ) -> Result<(AppendBatch, A), CommandError<A::Error>> {
+    let (batch, events) = decide_batch(state, version, envelope)?;
+    let next_state = events
+        .iter()
+        .fold(state.clone(), |state, event| state.apply(event));
+    Ok((batch, next_state))
+}
+
+/// A decided batch and the domain events it encodes.
+pub(crate) type Decided<A> = (AppendBatch, Vec<<A as Aggregate>::Event>);
+
+/// `decide` without the state after: the batch, and the domain events it encodes. The
+/// engine's path needs only the batch (it never keeps a state that is not stored), so it
+/// does not pay for a copy of the state.
+pub(crate) fn decide_batch<A: Aggregate>(
+    state: &A,
+    version: u64,
+    envelope: &CommandEnvelope<A::Command>,
+) -> Result<Decided<A>, CommandError<A::Error>> {
     check_category::<A>(&envelope.stream)?;
     if !envelope.expected.admits(version) {
         return Err(CommandError::WrongExpectedVersion {
@@ -310,9 +328,6 @@ pub fn decide<A: Aggregate>(
             supersedes: None,
         });
     }
-    let next_state = events
-        .iter()
-        .fold(state.clone(), |state, event| state.apply(event));
     let batch = AppendBatch {
         command_id: Some(envelope.command_id),
         causation_id: envelope.causation_id,
@@ -325,7 +340,7 @@ pub fn decide<A: Aggregate>(
             events: new_events,
         }],
     };
-    Ok((batch, next_state))
+    Ok((batch, events))
 }
 
 fn check_category<A: Aggregate>(stream: &StreamKey) -> Result<(), CommandError<A::Error>> {

@@ -26,22 +26,22 @@ impl<A> StateCache<A> {
         }
     }
 
-    /// Takes the entry of `stream` in store `instance` out (the caller puts back the state it
-    /// builds from it).
-    pub(crate) fn take(&self, instance: u64, stream: &str) -> Option<Base<A>> {
+    /// Takes the entry of a stream (store instance, qualified name) out; the caller puts
+    /// back the state it builds from it.
+    pub(crate) fn take(&self, key: &(u64, String)) -> Option<Base<A>> {
         let mut entries = self
             .entries
             .lock()
             .unwrap_or_else(|error| error.into_inner());
-        entries.remove(&(instance, stream.to_owned()))
+        entries.remove(key)
     }
 
-    /// Keeps a state built from store `instance`.
-    pub(crate) fn put(&self, instance: u64, stream: String, base: Base<A>) {
+    /// Keeps a state built from the store and stream of `key`.
+    pub(crate) fn put(&self, key: (u64, String), base: Base<A>) {
         let mut entries = self
             .entries
             .lock()
             .unwrap_or_else(|error| error.into_inner());
-        entries.insert((instance, stream), base);
+        entries.insert(key, base);
     }
 }

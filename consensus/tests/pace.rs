@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use chorus_consensus::harness::member_key;
+use chorus_consensus::harness::Cluster;
 use chorus_consensus::{Config, Consensus, Observation, PeerId, SyncRequest, SyncResponse};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -36,17 +36,9 @@ struct Net {
 
 impl Net {
     fn new(count: usize, config: &Config) -> Self {
-        let keys: Vec<_> = (0..count).map(|index| member_key(41, index)).collect();
-        let ids: Vec<PeerId> = keys
-            .iter()
-            .map(|key| PeerId(key.verifying_key().to_bytes()))
-            .collect();
-        let members = keys
-            .iter()
-            .map(|key| Consensus::new(config.clone(), key.clone(), &ids, 0).expect("member"))
-            .collect();
+        let Cluster { nodes, ids, .. } = Cluster::new(count, config, 41, 0).expect("members");
         let mut net = Self {
-            members,
+            members: nodes,
             ids,
             down: BTreeSet::new(),
             queue: VecDeque::new(),
@@ -199,4 +191,29 @@ fn a_member_stops_syncing_back_to_back_when_rounds_stall() {
     // `DELIVERIES_PER_MS` per millisecond.
     assert!(sent <= 2 * 200 + 40, "{sent} syncs in one second");
     assert_eq!(net.blocks[0], 0, "two of four agreed on something");
+}
+
+// The adversary: one faulty member (of four) sends request after request whose clock claims
+// events nobody holds. Proves: each honest member it asks has at most one sync awaiting it at
+// a time (the pull it prompts is bounded by our own pace, not by its request rate), and
+// sends no more once that one is answered with nothing new and the lie goes on.
+#[test]
+fn a_member_claiming_events_it_lacks_prompts_one_awaited_pull_at_a_time() {
+    let mut net = Net::new(4, &config());
+    net.run(3_000);
+    let liar = net.ids[3];
+    let mut lie = net.members[3].sync_request();
+    for known in &mut lie.known {
+        *known += 1_000;
+    }
+    let mut pulls = 0;
+    for _ in 0..100 {
+        let _ = net.members[0].handle_sync_request(&liar, &lie);
+        while let Some(transmit) = net.members[0].poll_transmit() {
+            if transmit.to == liar {
+                pulls += 1;
+            }
+        }
+    }
+    assert_eq!(pulls, 1, "a hundred lying requests, {pulls} pulls");
 }

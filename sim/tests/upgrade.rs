@@ -20,6 +20,17 @@ fn old_binary() -> Binary {
     Binary::stamped()
 }
 
+/// A section of four members, all on the old release.
+fn four_on_the_old_binary(seed: u64, block_mode: BlockMode) -> ClusterSim {
+    let setup = ClusterSetup {
+        nodes: 4,
+        block_mode,
+        binary: old_binary(),
+        ..ClusterSetup::default()
+    };
+    ClusterSim::new(seed, setup).expect("cluster")
+}
+
 /// The new release: its own version, standing in for the old one until the section agrees.
 fn new_binary() -> Binary {
     Binary::upgraded()
@@ -74,13 +85,7 @@ fn agreed_version(sim: &ClusterSim, node: usize) -> String {
 #[test]
 fn a_rolling_upgrade_switches_every_member_at_one_block_and_a_member_left_behind_halts() {
     for (seed, block_mode) in [(61, BlockMode::Single), (62, BlockMode::Supermajority)] {
-        let setup = ClusterSetup {
-            nodes: 4,
-            block_mode,
-            binary: old_binary(),
-            ..ClusterSetup::default()
-        };
-        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        let mut sim = four_on_the_old_binary(seed, block_mode);
         stamps(&mut sim, 10, "before");
         // Members 0 and 1 take the new binary: two of four cannot upgrade the section, and
         // the new code decides as the old did meanwhile.
@@ -170,13 +175,7 @@ fn a_rolling_upgrade_switches_every_member_at_one_block_and_a_member_left_behind
 fn one_faulty_member_cannot_upgrade_the_section() {
     use chorus_engine::{DomainFingerprint, UpgradeProposal};
     for (seed, block_mode) in [(63, BlockMode::Single), (64, BlockMode::Supermajority)] {
-        let setup = ClusterSetup {
-            nodes: 4,
-            block_mode,
-            binary: old_binary(),
-            ..ClusterSetup::default()
-        };
-        let mut sim = ClusterSim::new(seed, setup).expect("cluster");
+        let mut sim = four_on_the_old_binary(seed, block_mode);
         stamps(&mut sim, 5, "before");
         let forged = DomainFingerprint::of_shapes("9", &[]);
         let generation = sim.engine(0).section().generation;

@@ -25,10 +25,6 @@ fn stalled_events_max(members: usize) -> usize {
     2 * members + 4
 }
 
-/// Syncs on work awaited at once, to different members (two measured no faster than one
-/// at n = 4: BENCHMARKS.md).
-const SYNCS_AWAITED_MAX: usize = 1;
-
 /// What one sync answer did, for the pace.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Answer {
@@ -49,7 +45,8 @@ pub(super) struct Pace {
     /// each sync that brought nothing while nothing waits, up to `idle_gossip_interval_ms`.
     interval_ms: u64,
     /// A sync sent on work, not answered yet: to whom (member index), and when.
-    awaiting: Vec<(usize, u64)>,
+    /// (One at a time: two or three measured no faster at n = 4, BENCHMARKS.md.)
+    awaiting: Option<(usize, u64)>,
     /// Work came while a sync was awaited: sync again once it is answered.
     again: bool,
     /// A member whose request showed events we lack: the next sync on work goes to it.
@@ -71,7 +68,7 @@ impl Pace {
         Self {
             next_timer_ms: now_ms,
             interval_ms,
-            awaiting: Vec::new(),
+            awaiting: None,
             again: false,
             ahead: None,
             stalled: 0,
@@ -90,12 +87,15 @@ impl Consensus {
             return;
         }
         let timeout = self.config.gossip_interval_ms;
-        let before = self.pace.awaiting.len();
-        self.pace
+        if self
+            .pace
             .awaiting
-            .retain(|(_, sent)| now_ms < sent.saturating_add(timeout));
-        if self.pace.awaiting.len() < before && std::mem::take(&mut self.pace.again) {
-            self.sync_on_work();
+            .is_some_and(|(_, sent)| now_ms >= sent.saturating_add(timeout))
+        {
+            self.pace.awaiting = None;
+            if std::mem::take(&mut self.pace.again) {
+                self.sync_on_work();
+            }
         }
         if now_ms < self.pace.next_timer_ms {
             return;
@@ -140,22 +140,16 @@ impl Consensus {
         if self.members.len() < 2 {
             return;
         }
-        let fanout = SYNCS_AWAITED_MAX.min(self.members.len() - 1);
-        if self.pace.awaiting.len() >= fanout {
+        if self.pace.awaiting.is_some() {
             self.pace.again = true;
             return;
         }
-        while self.pace.awaiting.len() < fanout {
-            let peer = match self.pace.ahead.take() {
-                Some(peer) if !self.pace.awaiting.iter().any(|(p, _)| *p == peer) => peer,
-                _ => self.next_round_robin_peer(),
-            };
-            if self.pace.awaiting.iter().any(|(p, _)| *p == peer) {
-                break;
-            }
-            self.pace.awaiting.push((peer, self.pace.now_ms));
-            self.queue_sync(peer);
-        }
+        let peer = match self.pace.ahead.take() {
+            Some(peer) => peer,
+            None => self.next_round_robin_peer(),
+        };
+        self.pace.awaiting = Some((peer, self.pace.now_ms));
+        self.queue_sync(peer);
     }
 
     /// A peer answered (`inserted` new events; we `created` one; the round `advanced`): the
@@ -163,7 +157,9 @@ impl Consensus {
     /// answer brought; and if work remains, the next sync goes now.
     pub(super) fn pace_after_response(&mut self, now_ms: u64, from: usize, answer: Answer) {
         self.pace.now_ms = self.pace.now_ms.max(now_ms);
-        self.pace.awaiting.retain(|(peer, _)| *peer != from);
+        if self.pace.awaiting.is_some_and(|(peer, _)| peer == from) {
+            self.pace.awaiting = None;
+        }
         let work = self.wants_new_event();
         if answer.advanced || !work {
             self.pace.stalled = 0;
