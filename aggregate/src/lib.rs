@@ -52,6 +52,6 @@ pub use projection::{Projection, ProjectionRunner};
 pub use repository::{Loaded, Repository, decide};
 pub use shape::{AggregateShape, EventShape};
 pub use store::{
-    CommandRecord, Direction, EventStore, ReadSlice, ReadView, SnapshotRecord, StreamSlice,
+    CommandRecord, Commit, Direction, EventStore, ReadSlice, ReadView, SnapshotRecord, StreamSlice,
 };
 pub use subscription::Subscription;

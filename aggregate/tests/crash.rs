@@ -1,6 +1,9 @@
 //! Crash safety of the event store: a child process appending batches is killed (SIGKILL on
 //! Unix) at random points, many times over one store file. After each kill the store reopens,
-//! every batch the child acknowledged is there whole, and no partial batch is visible.
+//! every batch the child acknowledged is there whole, and no partial batch is visible. Some
+//! runs of units are committed deferred (`Commit::Deferred`) and acknowledged only after the
+//! commit that makes them durable (`make_durable`, or a replay-log append): the store then
+//! holds a prefix of the units begun, every acknowledged one among them.
 //!
 //! The test binary runs itself again as the child (`child_appender`, switched on by
 //! environment variables). The child's batches are a pure function of its seed, so the parent
@@ -19,8 +22,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chorus_aggregate::{
-    AppendBatch, AppendOutcome, CommandId, Direction, EventId, EventStore, ExpectedVersion, Filter,
-    MessageId, NewEvent, RecordedEvent, StreamKey, StreamWrite, TypeName,
+    AppendBatch, AppendOutcome, CommandId, Commit, Direction, EventId, EventStore, ExpectedVersion,
+    Filter, MessageId, NewEvent, RecordedEvent, StreamKey, StreamWrite, TypeName,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -142,7 +145,19 @@ impl PlannedBatch {
 struct PlannedUnit {
     number: usize,
     grouped: bool,
+    /// Committed deferred, through `append_group_with` (acknowledged after a barrier).
+    deferred: bool,
+    /// After this deferred unit, the child makes it and those before it durable.
+    barrier: Option<Barrier>,
     batches: Vec<PlannedBatch>,
+}
+
+/// How a child makes its deferred units durable.
+#[derive(Clone, Copy)]
+enum Barrier {
+    MakeDurable,
+    /// A replay-log append, which makes every earlier write durable too.
+    LogAppend,
 }
 
 impl PlannedUnit {
@@ -171,7 +186,14 @@ impl Planner {
     }
 
     fn next_unit(&mut self) -> PlannedUnit {
-        let grouped = self.rng.gen_bool(0.2);
+        let deferred = self.rng.gen_bool(0.3);
+        let barrier = match self.rng.gen_range(0..10) {
+            _ if !deferred => None,
+            0..3 => Some(Barrier::MakeDurable),
+            3..5 => Some(Barrier::LogAppend),
+            _ => None,
+        };
+        let grouped = deferred || self.rng.gen_bool(0.2);
         let batches = if grouped {
             self.rng.gen_range(2..=4)
         } else {
@@ -182,6 +204,8 @@ impl Planner {
         PlannedUnit {
             number,
             grouped,
+            deferred,
+            barrier,
             batches: (0..batches).map(|_| self.next_batch()).collect(),
         }
     }
@@ -363,8 +387,9 @@ fn create_until_killed(directory: &Path, run: u64) -> String {
 }
 
 /// Appends the planned units forever, printing `BEGIN <unit>` before each store call and
-/// `ACK <tag> <events>` for each batch once the call returned (the batch is durable then).
-/// Returns only on failure, with the reason.
+/// `ACK <tag> <events>` for each batch once it is durable: when the call returned, or for
+/// deferred units after the barrier that follows them. Returns only on failure, with the
+/// reason.
 fn append_until_killed(path: &Path, run: u64, seed: u64) -> String {
     let store = match EventStore::open(path) {
         Ok(store) => store,
@@ -377,8 +402,18 @@ fn append_until_killed(path: &Path, run: u64, seed: u64) -> String {
     if out.write_all(b"\n").and_then(|()| out.flush()).is_err() {
         return "cannot write to stdout".to_owned();
     }
+    // Acknowledgements of deferred units, waiting for a barrier.
+    let mut undurable = String::new();
     loop {
         let unit = planner.next_unit();
+        if !unit.deferred && !undurable.is_empty() {
+            if let Err(error) = store.make_durable() {
+                return format!("make_durable: {error}");
+            }
+            if !acknowledge(&mut out, &std::mem::take(&mut undurable)) {
+                return "cannot write to stdout".to_owned();
+            }
+        }
         let mut appends = Vec::with_capacity(unit.batches.len());
         let mut after = Vec::with_capacity(unit.batches.len());
         for batch in &unit.batches {
@@ -420,8 +455,13 @@ fn append_until_killed(path: &Path, run: u64, seed: u64) -> String {
         {
             return "cannot write to stdout".to_owned();
         }
+        let commit = if unit.deferred {
+            Commit::Deferred
+        } else {
+            Commit::Durable
+        };
         let outcomes: Vec<AppendOutcome> = if unit.grouped {
-            match store.append_group(&appends) {
+            match store.append_group_with(&appends, commit) {
                 Ok(outcomes) => match outcomes.into_iter().collect::<Result<Vec<_>, _>>() {
                     Ok(outcomes) => outcomes,
                     Err(error) => return format!("a batch of group {tags:?} failed: {error}"),
@@ -452,14 +492,40 @@ fn append_until_killed(path: &Path, run: u64, seed: u64) -> String {
             }
             acks.push_str(&format!("ACK {} {}\n", batch.tag, batch.event_count()));
         }
-        if out
-            .write_all(acks.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
+        if unit.deferred {
+            undurable.push_str(&acks);
+            let made_durable = match unit.barrier {
+                None => Ok(()),
+                Some(Barrier::MakeDurable) => store.make_durable(),
+                Some(Barrier::LogAppend) => {
+                    store.append_log_records(&[(run, unit.number.to_le_bytes().to_vec())])
+                }
+            };
+            if let Err(error) = made_durable {
+                return format!("barrier after unit {}: {error}", unit.number);
+            }
+            if unit.barrier.is_none() {
+                continue;
+            }
+            if store.has_deferred_writes() {
+                return format!(
+                    "deferred writes left after the barrier of unit {}",
+                    unit.number
+                );
+            }
+            acks = std::mem::take(&mut undurable);
+        }
+        if !acknowledge(&mut out, &acks) {
             return "cannot write to stdout".to_owned();
         }
     }
+}
+
+/// Prints acknowledgement lines; false if stdout is gone.
+fn acknowledge(out: &mut std::io::Stdout, acks: &str) -> bool {
+    out.write_all(acks.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +546,8 @@ struct ChildRun {
 enum KillPoint {
     /// Before the child began its first append (while starting or opening the store).
     BeforeFirstAppend,
-    /// Inside an append that then did not commit: the store rolled it back.
+    /// Units begun were rolled back: the append in flight, which did not commit, or deferred
+    /// units not made durable yet.
     MidAppendRolledBack,
     /// After an append committed, before the child acknowledged all of it.
     CommittedNotAcknowledged,
@@ -710,7 +777,8 @@ fn killed(status: ExitStatus) -> bool {
 
 /// Reopens the store after a kill and checks it: against the store's own invariants, and
 /// exactly against the batches committed before (`history`) followed by the units this child
-/// began, of which it must hold every acknowledged one and at most the one in flight besides.
+/// began, of which it must hold every acknowledged one and may hold those in flight besides
+/// (one unit, or a run of deferred units not yet made durable), in order.
 /// Adds what this child committed to `history`.
 fn verify(
     path: &Path,
@@ -774,7 +842,9 @@ fn verify(
     }
     let partly_acked = covered < acks.len();
     let least = acked_units + usize::from(partly_acked);
-    let most = (acked_units + 1).min(begun);
+    // A prefix of the units begun: a durable unit is begun only after every earlier one was
+    // acknowledged, so at most one is in flight, unless a run of deferred units is.
+    let most = begun;
 
     let opening = Instant::now();
     let store =

@@ -3,7 +3,7 @@
 
 use chorus_aggregate::limits::{BATCH_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX};
 use chorus_aggregate::{
-    AppendBatch, CategoryName, CommandId, DatabaseName, Direction, EventId, EventStore,
+    AppendBatch, CategoryName, CommandId, Commit, DatabaseName, Direction, EventId, EventStore,
     ExpectedVersion, Filter, NewEvent, StoreError, StreamKey, StreamMetadata, StreamWrite,
     TypeName,
 };
@@ -231,6 +231,52 @@ fn group_commit_keeps_each_batch_independent() {
         .read_stream(&key("Notebook@1"), 1, Direction::Forward, 10)
         .expect("read");
     assert_eq!(payloads(&slice.events), ["a-0", "a-1", "c-0"]);
+}
+
+#[test]
+fn deferred_commits_read_at_once_and_wait_for_the_next_durable_commit() {
+    let (_directory, store) = store();
+    assert!(!store.has_deferred_writes());
+    store.make_durable().expect("nothing to make durable");
+    let first = [batch("a", "Notebook@1", ExpectedVersion::NoStream, 2)];
+    let outcomes = store
+        .append_group_with(&first, Commit::Deferred)
+        .expect("deferred group");
+    assert!(outcomes[0].is_ok());
+    assert!(store.has_deferred_writes());
+    // Visible at once, to reads and to the next append's checks.
+    let slice = store
+        .read_stream(&key("Notebook@1"), 1, Direction::Forward, 10)
+        .expect("read");
+    assert_eq!(payloads(&slice.events), ["a-0", "a-1"]);
+    store.make_durable().expect("make durable");
+    assert!(!store.has_deferred_writes());
+
+    // A refusal recorded deferred is the same record; a replay-log append (durable) makes it
+    // durable, an empty one commits nothing and leaves it deferred.
+    let refused = CommandId::derive(&[b"refused"]);
+    store
+        .record_refusal_with(refused, &key("Notebook@2"), "no", Commit::Deferred)
+        .expect("refusal");
+    assert!(store.has_deferred_writes());
+    store.append_log_records(&[]).expect("empty log append");
+    assert!(store.has_deferred_writes());
+    store
+        .append_log_records(&[(0, b"record".to_vec())])
+        .expect("log append");
+    assert!(!store.has_deferred_writes());
+    assert!(matches!(
+        store.command_record(refused).expect("command record"),
+        Some(chorus_aggregate::CommandRecord::Refused { .. })
+    ));
+    // A durable group commit makes the earlier deferred ones durable with it.
+    let second = [batch("b", "Notebook@1", ExpectedVersion::Exact(2), 1)];
+    store
+        .append_group_with(&second, Commit::Deferred)
+        .expect("deferred group");
+    let third = [batch("c", "Notebook@1", ExpectedVersion::Exact(3), 1)];
+    store.append_group(&third).expect("durable group");
+    assert!(!store.has_deferred_writes());
 }
 
 #[test]

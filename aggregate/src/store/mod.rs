@@ -23,6 +23,10 @@
 //!
 //! Architecture invariant: one write transaction per call that writes, so a batch (or a group
 //! of batches) is durable whole or not at all, with one fsync however many events it holds.
+//! A group may be committed [`Commit::Deferred`]: visible at once, durable at the next durable
+//! commit of this store ([`EventStore::make_durable`]), so that a caller committing several
+//! groups in a row pays one fsync for all of them. A crash before that commit loses the
+//! deferred groups whole (redb keeps the last durable state), never part of one.
 //! Architecture invariant: the store reads no clock; "now" for `max_age_ms` is the newest
 //! agreed timestamp it holds.
 
@@ -33,7 +37,7 @@ mod reader;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -139,6 +143,19 @@ pub struct EventStore {
     head_changed: Condvar,
     /// This open store among those of the process (`instance`).
     instance: u64,
+    /// Set by a [`Commit::Deferred`] commit, cleared by a commit that made it durable.
+    deferred: AtomicBool,
+}
+
+/// When a write becomes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Durable when the call returns (one fsync).
+    Durable,
+    /// Visible when the call returns, durable at the next durable commit of the store
+    /// ([`EventStore::make_durable`], or any call that says it makes earlier writes durable).
+    /// Whoever acknowledges the write must make it durable first.
+    Deferred,
 }
 
 /// The next `EventStore::instance`.
@@ -169,6 +186,7 @@ impl EventStore {
             head: Mutex::new(0),
             head_changed: Condvar::new(),
             instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            deferred: AtomicBool::new(false),
         };
         let head = store.head_position()?;
         *store.head.lock().unwrap_or_else(PoisonError::into_inner) = head;
@@ -221,6 +239,52 @@ impl EventStore {
                 .0;
         }
         *head
+    }
+
+    /// Whether a [`Commit::Deferred`] write is not durable yet.
+    pub fn has_deferred_writes(&self) -> bool {
+        self.deferred.load(Ordering::Acquire)
+    }
+
+    /// Makes every write committed so far durable, with one fsync, if any was deferred;
+    /// otherwise does nothing.
+    pub fn make_durable(&self) -> Result<(), StoreError> {
+        if !self.has_deferred_writes() {
+            return Ok(());
+        }
+        let transaction = self.database.begin_write()?;
+        self.commit_durably(transaction)
+    }
+
+    /// Commits `transaction` durably, which makes every earlier commit durable too (redb
+    /// persists its whole state), so the deferred flag is cleared. It is cleared before the
+    /// commit: a deferred commit by another thread lands either before this transaction began
+    /// (and is made durable by it) or after it (and sets the flag again).
+    fn commit_durably(&self, transaction: redb::WriteTransaction) -> Result<(), StoreError> {
+        let was_deferred = self.deferred.swap(false, Ordering::AcqRel);
+        transaction.commit().inspect_err(|_| {
+            if was_deferred {
+                self.deferred.store(true, Ordering::Release);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Commits `transaction` as `commit` says.
+    fn commit_as(
+        &self,
+        mut transaction: redb::WriteTransaction,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        match commit {
+            Commit::Durable => self.commit_durably(transaction),
+            Commit::Deferred => {
+                transaction.set_durability(redb::Durability::None)?;
+                transaction.commit()?;
+                self.deferred.store(true, Ordering::Release);
+                Ok(())
+            }
+        }
     }
 
     /// Records a new head after a commit and wakes waiting subscribers.

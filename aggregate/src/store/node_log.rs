@@ -11,7 +11,8 @@ use crate::error::StoreError;
 pub(crate) const LOG_RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("log_records");
 
 impl EventStore {
-    /// Appends replay-log records (generation, bytes) in order, durably, in one transaction.
+    /// Appends replay-log records (generation, bytes) in order, durably, in one transaction,
+    /// which makes every deferred write before it durable too ([`crate::Commit::Deferred`]).
     pub fn append_log_records(&self, records: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
@@ -30,8 +31,7 @@ impl EventStore {
                 table.insert(key, row.as_slice())?;
             }
         }
-        transaction.commit()?;
-        Ok(())
+        self.commit_durably(transaction)
     }
 
     /// Every replay-log record (generation, bytes), in the order appended.

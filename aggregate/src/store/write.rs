@@ -9,9 +9,10 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::checks::{check_limits, check_system_event};
 use super::{
-    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, CommandRecord, DATABASES,
-    EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS, SUPERSEDED,
-    SnapshotRecord, StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, WRITE_IDS, counter, read_counter,
+    CATEGORIES, CATEGORY_EVENTS, CATEGORY_STREAMS, CHECKPOINTS, COMMANDS, CommandRecord, Commit,
+    DATABASES, EVENTS, EventStore, META, SNAPSHOTS, STREAM_EVENTS, STREAM_NAMES, STREAMS,
+    SUPERSEDED, SnapshotRecord, StreamRecord, TYPE_EVENTS, TYPE_NAMES, TYPES, WRITE_IDS, counter,
+    read_counter,
 };
 use crate::codec::{DiskEvent, decode_record, encode_record};
 use crate::envelope::{
@@ -48,7 +49,17 @@ impl EventStore {
     /// is a storage failure or a group over [`GROUP_BATCHES_MAX`], in which case nothing at all
     /// was written.
     pub fn append_group(&self, batches: &[AppendBatch]) -> Result<GroupOutcome, StoreError> {
-        self.group(batches, &[], 0)
+        self.group(batches, &[], 0, Commit::Durable)
+    }
+
+    /// [`EventStore::append_group`], committed as `commit` says: a caller that commits several
+    /// groups before it acknowledges any defers them and makes them durable together.
+    pub fn append_group_with(
+        &self,
+        batches: &[AppendBatch],
+        commit: Commit,
+    ) -> Result<GroupOutcome, StoreError> {
+        self.group(batches, &[], 0, commit)
     }
 
     /// A group commit of transferred state, numbered as its source numbered it: each batch's
@@ -62,7 +73,7 @@ impl EventStore {
         positions: &[u64],
         head: u64,
     ) -> Result<GroupOutcome, StoreError> {
-        self.group(batches, positions, head)
+        self.group(batches, positions, head, Commit::Durable)
     }
 
     fn group(
@@ -70,6 +81,7 @@ impl EventStore {
         batches: &[AppendBatch],
         positions: &[u64],
         head: u64,
+        commit: Commit,
     ) -> Result<GroupOutcome, StoreError> {
         if batches.len() > GROUP_BATCHES_MAX {
             return Err(StoreError::LimitExceeded {
@@ -97,7 +109,7 @@ impl EventStore {
             writer.finish()?;
             (outcomes, head)
         };
-        transaction.commit()?;
+        self.commit_as(transaction, commit)?;
         self.publish_head(head);
         Ok(outcomes)
     }
@@ -137,6 +149,17 @@ impl EventStore {
         stream: &StreamKey,
         reason: &str,
     ) -> Result<Option<CommandRecord>, StoreError> {
+        self.record_refusal_with(command_id, stream, reason, Commit::Durable)
+    }
+
+    /// [`EventStore::record_refusal`], committed as `commit` says.
+    pub fn record_refusal_with(
+        &self,
+        command_id: CommandId,
+        stream: &StreamKey,
+        reason: &str,
+        commit: Commit,
+    ) -> Result<Option<CommandRecord>, StoreError> {
         let transaction = self.database.begin_write()?;
         let existing = {
             let mut commands = transaction.open_table(COMMANDS)?;
@@ -153,7 +176,7 @@ impl EventStore {
             }
             existing
         };
-        transaction.commit()?;
+        self.commit_as(transaction, commit)?;
         Ok(existing)
     }
 

@@ -12,20 +12,26 @@
 //!    they are never applied);
 //! 3. a refusal (the aggregate's, or a command that can never execute) is recorded against the
 //!    command id, so every later attempt gets the same answer;
-//! 4. decided batches are appended by group commit: one durable transaction per *wave*, a run
+//! 4. decided batches are appended by group commit: one transaction per *wave*, a run
 //!    of proposals with distinct streams and distinct command ids, within `GROUP_BATCHES_MAX`
 //!    batches and `WAVE_BYTES_MAX` payload bytes. A proposal whose stream or command id is
 //!    already in the wave closes the wave first, so that it is decided on the state the
 //!    earlier one produced. The waves depend only on the sequence, so every member cuts the
 //!    same ones; and since each proposal is decided on the state all earlier ones produced,
 //!    the results do not depend on the cuts either (property test).
+//!
+//! Every write here is committed deferred ([`Commit::Deferred`]): durable at the store's next
+//! durable commit, which the engine makes before any answer or message leaves
+//! (`Engine::poll_send`, `Engine::poll_reply`), usually the node's replay-log append. A crash
+//! before it loses whole waves, which the restarted member applies again from its replay log,
+//! on the same state, to the same result.
 
 use std::collections::BTreeSet;
 
 use chorus_aggregate::limits::GROUP_BATCHES_MAX;
 use chorus_aggregate::{
-    AggregateRegistry, AppendBatch, AppendOutcome, CommandRecord, CommandRequest, DispatchError,
-    EventStore, StoreError,
+    AggregateRegistry, AppendBatch, AppendOutcome, CommandRecord, CommandRequest, Commit,
+    DispatchError, EventStore, StoreError,
 };
 
 use crate::proposal::Proposal;
@@ -79,7 +85,8 @@ pub enum Applied {
 /// (`CommandContext::domain_version`: an upgrade agreed between two blocks is applied
 /// between two calls); returns what became of each, in the same order. The error is a
 /// storage failure: the caller applies the same proposals again after it (those already
-/// committed come back as `Duplicate`).
+/// committed come back as `Duplicate`). The writes are deferred: make the store durable
+/// ([`EventStore::make_durable`]) before acknowledging any of them.
 pub fn apply_agreed(
     registry: &AggregateRegistry,
     store: &EventStore,
@@ -108,7 +115,12 @@ pub fn apply_agreed(
             Verdict::Append(batch) => wave.add(index, request, batch),
             Verdict::Settled(outcome) => {
                 if let Applied::Refused(reason) | Applied::Invalid(reason) = &outcome {
-                    store.record_refusal(request.command_id, &request.stream, reason)?;
+                    store.record_refusal_with(
+                        request.command_id,
+                        &request.stream,
+                        reason,
+                        Commit::Deferred,
+                    )?;
                 }
                 results[index] = Some(outcome);
             }
@@ -285,7 +297,7 @@ impl Wave {
         self.batches.push(batch);
     }
 
-    /// Appends the wave in one durable transaction and fills in the results.
+    /// Appends the wave in one (deferred) transaction and fills in the results.
     fn commit(
         &mut self,
         store: &EventStore,
@@ -294,7 +306,7 @@ impl Wave {
         if self.batches.is_empty() {
             return Ok(());
         }
-        let outcomes = store.append_group(&self.batches)?;
+        let outcomes = store.append_group_with(&self.batches, Commit::Deferred)?;
         for ((index, batch), outcome) in self.indexes.iter().zip(&self.batches).zip(outcomes) {
             results[*index] = Some(match outcome {
                 Ok(outcome) if outcome.duplicate => Applied::Duplicate(outcome),
@@ -307,7 +319,12 @@ impl Wave {
                     if let (Some(command_id), Some(write)) =
                         (batch.command_id, batch.writes.first())
                     {
-                        store.record_refusal(command_id, &write.stream, &reason)?;
+                        store.record_refusal_with(
+                            command_id,
+                            &write.stream,
+                            &reason,
+                            Commit::Deferred,
+                        )?;
                     }
                     Applied::Invalid(reason)
                 }

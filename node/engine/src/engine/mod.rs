@@ -670,14 +670,36 @@ impl Engine {
         self.drain();
     }
 
-    /// The next message to send: (peer, bytes).
+    /// The next message to send: (peer, bytes). Nothing leaves before the store's deferred
+    /// writes are durable (see [`Engine::poll_reply`]).
     pub fn poll_send(&mut self) -> Option<(PeerId, Vec<u8>)> {
+        if self.sends.is_empty() || !self.store_durable() {
+            return None;
+        }
         self.sends.pop_front()
     }
 
-    /// The next answer for a client.
+    /// The next answer for a client. Agreed blocks are applied with deferred commits (one
+    /// fsync for all the waves of a step, not one per wave); before an answer or a message
+    /// leaves, they are made durable here, unless a durable commit since (the replay-log
+    /// append a node makes first) did it already. An answer is never ahead of the disk.
     pub fn poll_reply(&mut self) -> Option<(ClientTicket, CommandOutcome)> {
+        if self.replies.is_empty() || !self.store_durable() {
+            return None;
+        }
         self.replies.pop_front()
+    }
+
+    /// Makes the store's deferred writes durable; false (outputs wait, the next poll tries
+    /// again) if the store fails to.
+    fn store_durable(&self) -> bool {
+        match self.store.make_durable() {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(%error, "making applied blocks durable failed; outputs wait");
+                false
+            }
+        }
     }
 
     /// Drains consensus: gossip to send, proposals to second, blocks to apply, and a
