@@ -15,6 +15,8 @@ use chorus_node::cli::say;
 use chorus_node::client::{Client, outcome_name};
 use chorus_node::local::{self, LocalCluster};
 
+use crate::bench_transfers::TransferLevel;
+
 /// What `chorus bench` was asked.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
@@ -53,6 +55,11 @@ pub struct BenchOptions {
     /// With `--idle`: how many rounds.
     #[arg(long, default_value_t = 3)]
     pub idle_rounds: usize,
+    /// Load the demo's transfer saga instead of notes: clients start transfers between
+    /// accounts; the figures are transfers finished per second (each one four commands on
+    /// three streams) and how long the last ones took after the load stopped.
+    #[arg(long, conflicts_with = "idle")]
+    pub transfers: bool,
 }
 
 /// One level's figures.
@@ -183,6 +190,26 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
         say(&result?.to_string());
         return Ok(());
     }
+    if options.transfers {
+        let result = tokio::select! {
+            result = transfer_levels(&options, &targets, auth) => result,
+            () = chorus_node::cli::shutdown_signal() => Err("interrupted".to_owned()),
+        };
+        if let Some(cluster) = started {
+            cluster.stop().await;
+        }
+        drop(temporary);
+        let levels = result?;
+        let summary = json!({
+            "bench": "chorus_transfers",
+            "nodes": targets.len(),
+            "seconds_per_level": options.seconds,
+            "block_mode": options.local.block_mode,
+            "levels": levels.iter().map(TransferLevel::json).collect::<Vec<_>>(),
+        });
+        say(&summary.to_string());
+        return Ok(());
+    }
     // Ctrl-C or SIGTERM stops the load and the cluster this benchmark started.
     let result = tokio::select! {
         result = levels(&options, &targets, auth) => result,
@@ -220,6 +247,29 @@ async fn idle_run(
         .map(|target| local::trusted(with_token(Client::new(target)?, token), trust))
         .collect::<Result<_, _>>()?;
     crate::bench_idle::run(options, &clients, pids).await
+}
+
+/// `--transfers`: one level per client count.
+async fn transfer_levels(
+    options: &BenchOptions,
+    targets: &[String],
+    (token, trust): (Option<&str>, Option<&[u8]>),
+) -> Result<Vec<TransferLevel>, String> {
+    let clients: Vec<Client> = targets
+        .iter()
+        .map(|target| local::trusted(with_token(Client::new(target)?, token), trust))
+        .collect::<Result<_, _>>()?;
+    let run: u32 = rand::random();
+    say(&TransferLevel::header());
+    let mut results = Vec::new();
+    for (index, &concurrency) in options.concurrency.iter().enumerate() {
+        let level =
+            crate::bench_transfers::level(&clients, run, index, concurrency, options.seconds)
+                .await?;
+        say(&level.row());
+        results.push(level);
+    }
+    Ok(results)
 }
 
 async fn levels(
@@ -457,6 +507,7 @@ mod tests {
             idle: false,
             quiet_seconds: 60.0,
             idle_rounds: 3,
+            transfers: false,
         };
         assert!(check(&good).is_ok());
         for bad in [

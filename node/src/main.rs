@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_idle;
+mod bench_transfers;
 mod demo;
 
 use std::process::ExitCode;

@@ -168,6 +168,11 @@ impl Cluster {
             self.in_flight.push_back((self.ids[node], to, bytes));
         }
         while let Some((ticket, outcome)) = engine.poll_reply() {
+            // Blocks are applied with deferred commits; nothing may answer ahead of the disk.
+            assert!(
+                !engine.store().has_deferred_writes(),
+                "ticket {ticket} answered before the applied blocks were durable"
+            );
             assert!(
                 self.replies.insert(ticket, outcome).is_none(),
                 "ticket {ticket} answered twice"
@@ -1641,4 +1646,117 @@ fn a_stream_projection_writes_the_same_streams_on_every_member_once() {
             cluster.replies[&100]
         );
     }
+}
+
+/// A process manager that answers each opened account (but the pool) with two deposits: one
+/// into the account itself, one into the shared `BankAccount@pool`.
+struct DepositTwice;
+
+impl chorus_aggregate::ProcessManager for DepositTwice {
+    fn name(&self) -> &str {
+        "deposit-twice"
+    }
+
+    fn filter(&self) -> chorus_aggregate::Filter {
+        chorus_aggregate::Filter::EventType(
+            chorus_aggregate::TypeName::new("AccountOpened").expect("type"),
+        )
+    }
+
+    fn handle(&mut self, event: &chorus_aggregate::RecordedEvent) -> Vec<CommandRequest> {
+        if event.stream.id() == "pool" {
+            return Vec::new();
+        }
+        let deposit = BankAccountCommand::Deposit {
+            amount: 1,
+            transfer: None,
+        };
+        let pool = StreamKey::new("BankAccount", "pool").expect("key");
+        [(0, event.stream.clone()), (1, pool)]
+            .into_iter()
+            .map(|(index, stream)| {
+                CommandRequest::caused_by(self.name(), event, index, stream, &deposit)
+                    .expect("command")
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_process_manager_moves_many_events_at_once_and_keeps_each_streams_commands_in_order() {
+    const ACCOUNTS: usize = 20;
+    let mut cluster = Cluster::new(4, 4, BlockMode::Supermajority, 43);
+    let open = |owner: &str| {
+        bank(BankAccountCommand::OpenAccount {
+            owner: owner.to_owned(),
+        })
+    };
+    cluster.submit(0, 0, request("open-pool", "BankAccount@pool", open("pool")));
+    for account in 1..=ACCOUNTS {
+        let stream = format!("BankAccount@m{account}");
+        let id = format!("open-m{account}");
+        cluster.submit(
+            account % 4,
+            account as u64,
+            request(&id, &stream, open("m")),
+        );
+    }
+    cluster.run_until_answered(ACCOUNTS + 1, 30_000);
+    // The managers start over a store holding every opening: each takes them all at once.
+    let waiting_before = cluster.engines[0].stats().waiting;
+    for engine in &mut cluster.engines {
+        engine
+            .add_process_manager(Box::new(DepositTwice))
+            .expect("manager");
+    }
+    // Every account's own deposit is on its way, and only the first of the pool's: the
+    // others wait for the one before them to be answered.
+    assert_eq!(
+        cluster.engines[0].stats().waiting - waiting_before,
+        ACCOUNTS + 1
+    );
+    for node in 0..4 {
+        cluster.collect(node);
+    }
+    let deadline = cluster.now_ms + 60_000;
+    while cluster.balance("pool") < ACCOUNTS as u64 {
+        assert!(
+            cluster.now_ms < deadline,
+            "the pool has {}",
+            cluster.balance("pool")
+        );
+        cluster.step();
+    }
+    cluster.settle_and_assert_sections_agree();
+    for account in 1..=ACCOUNTS {
+        assert_eq!(
+            cluster.balance(&format!("m{account}")),
+            1,
+            "account m{account}"
+        );
+    }
+    assert_eq!(cluster.balance("pool"), ACCOUNTS as u64);
+    // The pool's deposits came in the order of the openings that set them off.
+    let store = cluster.engines[0].store();
+    let openings = chorus_aggregate::Filter::EventType(
+        chorus_aggregate::TypeName::new("AccountOpened").expect("type"),
+    );
+    let opened: Vec<chorus_aggregate::MessageId> = store
+        .read_log(&openings, 1, 100)
+        .expect("read")
+        .events
+        .iter()
+        .filter(|event| event.stream.id() != "pool")
+        .map(|event| event.event_id.into())
+        .collect();
+    let pool = StreamKey::new("BankAccount", "pool").expect("key");
+    let deposits: Vec<chorus_aggregate::MessageId> = store
+        .read_stream(&pool, 1, chorus_aggregate::Direction::Forward, 100)
+        .expect("read")
+        .events
+        .iter()
+        .filter(|event| event.event_type.as_str() == "Deposited")
+        .map(|event| event.causation_id)
+        .collect();
+    assert_eq!(deposits, opened);
 }

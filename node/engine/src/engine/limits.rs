@@ -71,8 +71,14 @@ pub const MANAGER_RETRY_MS: u64 = 1_000;
 pub const TIMERS_PER_MANAGER_MAX: usize = 65_536;
 /// A process manager's checkpoint is saved at least every this many events.
 pub const MANAGER_CHECKPOINT_EVERY: u32 = 64;
-/// Events each manager takes on per call, so one call stays short.
+/// Rounds of a manager's step per call (each takes up to `MANAGER_READ_PAGE` events), so
+/// one call stays short.
 pub const MANAGER_EVENTS_PER_RUN: usize = 256;
+/// Events a process manager may have in flight (handled, commands not all answered): how
+/// many saga instances move at once. Bounds its memory and a scan per step.
+pub const MANAGER_EVENTS_IN_FLIGHT: usize = 256;
+/// Events a process manager reads from the store at once.
+pub const MANAGER_READ_PAGE: usize = 64;
 
 // ---- joining, refresh and readiness ----
 

@@ -38,7 +38,7 @@ pub struct EngineStats {
     pub joining: bool,
     /// Fetching the section's state.
     pub transferring: bool,
-    /// Process managers with an event in hand.
+    /// Process managers with events in flight (commands not all answered).
     pub managers_busy: usize,
     /// The proposal of ours that has waited longest.
     pub oldest_proposal: Option<OldestProposal>,
@@ -86,7 +86,7 @@ impl Engine {
             managers_busy: self
                 .managers
                 .iter()
-                .filter(|run| run.current.is_some())
+                .filter(|run| !run.in_flight.is_empty())
                 .count(),
             oldest_proposal: oldest.map(|in_flight| OldestProposal {
                 command_id: in_flight.request.command_id.to_hex(),
