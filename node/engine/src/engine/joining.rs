@@ -166,6 +166,22 @@ impl Engine {
             }
             return;
         }
+        // A joiner whose join split our section, and that landed in the other half: it counts
+        // the welcomes of the members it knew before the split, so we still vouch for the
+        // handover we hold (without it, a joiner restarted before it had enough welcomes
+        // could gather them from its own half only, never two thirds: it stayed joining).
+        // Only while the map still has it: a node that left since asks as a stranger.
+        let in_the_network = self.map.section_of_member(&name_of(&from)).is_some();
+        if in_the_network
+            && self
+                .state
+                .handovers
+                .iter()
+                .any(|handover| handover.joiner == from)
+        {
+            self.send_welcome(from);
+            return;
+        }
         self.on_stranger_join_request(from, domain);
     }
 
