@@ -47,8 +47,24 @@ impl Default for LocalOptions {
     }
 }
 
-/// A free TCP port on loopback (bound, then released for the node to take).
-fn free_port() -> Result<u16, String> {
+/// Ports a local cluster's nodes listen on are drawn from here: below the ephemeral range
+/// (Linux: 32768 and up), where the kernel also picks the source port of every outgoing
+/// connection. A port picked there by binding port 0 was free when picked, but until its node
+/// binds it, a connection of an earlier node could take it as its source port, and the node
+/// then failed to start ("Address already in use"; seen in CI).
+pub const LOCAL_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on loopback (bound, then released for the node to take), from
+/// `LOCAL_PORTS` if one of a few random tries is free, else any.
+pub fn free_port() -> Result<u16, String> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..64 {
+        let port = rng.gen_range(LOCAL_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -500,6 +516,16 @@ pub async fn up(nodes: usize, data_dir: &Path, options: &LocalOptions) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_ports_are_free_and_below_the_ephemeral_range() {
+        for _ in 0..20 {
+            let port = free_port().expect("a free port");
+            assert!(LOCAL_PORTS.contains(&port), "port {port}");
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port));
+            assert!(listener.is_ok(), "port {port} is taken");
+        }
+    }
 
     #[test]
     fn a_new_local_cluster_forms_balanced_sections() {

@@ -396,12 +396,7 @@ impl Nodes {
     /// with `fields` added, and adds it to the nodes, not started. Its stderr goes to
     /// `directory/name.log`. Returns its index.
     pub fn add_joiner(&mut self, directory: &Path, name: &str, fields: toml::Table) -> usize {
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-                .port()
-        };
+        let port = || chorus_node::local::free_port().expect("a free port");
         let http_address = format!("127.0.0.1:{}", port());
         let data_dir = directory.join(name);
         let mut table = toml::Table::new();
