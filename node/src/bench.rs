@@ -421,11 +421,43 @@ async fn create_notebooks(
     Ok(())
 }
 
-/// What one client's notes came to.
-struct Sent {
-    latencies_ms: Vec<f64>,
-    errors: usize,
-    first_error: Option<String>,
+/// What one client's commands came to.
+#[derive(Default)]
+pub struct Sent {
+    /// Latencies of the committed ones.
+    pub latencies_ms: Vec<f64>,
+    /// Commands not committed.
+    pub errors: usize,
+    /// The first of those, in a word.
+    pub first_error: Option<String>,
+}
+
+impl Sent {
+    /// Sends one command and tallies it; true if it was committed. A busy or failing node is
+    /// not hammered by a client in a tight loop: a failure waits a moment.
+    pub async fn submit(&mut self, node: &Client, stream: &str, command: Value) -> bool {
+        let started = Instant::now();
+        match node.submit(stream, command, None).await {
+            Ok(answer) if answer.status == 201 => {
+                self.latencies_ms
+                    .push(started.elapsed().as_secs_f64() * 1_000.0);
+                true
+            }
+            Ok(answer) => {
+                self.errors += 1;
+                self.first_error
+                    .get_or_insert_with(|| outcome_name(&answer));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                false
+            }
+            Err(error) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(error);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                false
+            }
+        }
+    }
 }
 
 /// One client: a note at a time, round its notebooks, until `deadline`.
@@ -437,35 +469,14 @@ async fn send_notes(
     deadline: Instant,
     progress: ProgressBar,
 ) -> Sent {
-    let mut sent = Sent {
-        latencies_ms: Vec::new(),
-        errors: 0,
-        first_error: None,
-    };
+    let mut sent = Sent::default();
     let mut next = 0usize;
     while Instant::now() < deadline {
         let stream = streams.of(client, next % STREAMS_PER_CLIENT);
         next += 1;
         let command = json!({"AddNote": {"text": text, "author": "bench"}});
-        let started = Instant::now();
-        match node.submit(&stream, command, None).await {
-            Ok(answer) if answer.status == 201 => {
-                sent.latencies_ms
-                    .push(started.elapsed().as_secs_f64() * 1_000.0);
-                progress.inc(1);
-            }
-            Ok(answer) => {
-                sent.errors += 1;
-                sent.first_error
-                    .get_or_insert_with(|| outcome_name(&answer));
-                // A busy or failing node is not hammered by a client in a tight loop.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => {
-                sent.errors += 1;
-                sent.first_error.get_or_insert(error);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        if sent.submit(&node, &stream, command).await {
+            progress.inc(1);
         }
     }
     sent

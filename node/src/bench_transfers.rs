@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use chorus_node::cli::say;
 use chorus_node::client::{Client, outcome_name};
 
-use crate::bench::percentile;
+use crate::bench::{Sent, percentile};
 
 /// How long the watcher waits for the last transfers after the load stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -220,13 +220,6 @@ async fn open_accounts(nodes: &[Client], prefix: &str, accounts: usize) -> Resul
     Ok(())
 }
 
-/// What one client's starts came to.
-struct Started {
-    latencies_ms: Vec<f64>,
-    errors: usize,
-    first_error: Option<String>,
-}
-
 /// One client: a transfer at a time, from one account to the next (so each account sees
 /// transfers from a few clients), until `deadline`.
 async fn start_transfers(
@@ -236,12 +229,8 @@ async fn start_transfers(
     accounts: usize,
     deadline: Instant,
     started: Arc<AtomicUsize>,
-) -> Started {
-    let mut sent = Started {
-        latencies_ms: Vec::new(),
-        errors: 0,
-        first_error: None,
-    };
+) -> Sent {
+    let mut sent = Sent::default();
     let mut number = 0usize;
     while Instant::now() < deadline {
         let from = (client * 3 + number) % accounts;
@@ -253,24 +242,8 @@ async fn start_transfers(
             "to": format!("{prefix}-a{to}"),
             "amount": 1,
         }});
-        let begin = Instant::now();
-        match node.submit(&stream, command, None).await {
-            Ok(answer) if answer.status == 201 => {
-                sent.latencies_ms
-                    .push(begin.elapsed().as_secs_f64() * 1_000.0);
-                started.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(answer) => {
-                sent.errors += 1;
-                sent.first_error
-                    .get_or_insert_with(|| outcome_name(&answer));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => {
-                sent.errors += 1;
-                sent.first_error.get_or_insert(error);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        if sent.submit(&node, &stream, command).await {
+            started.fetch_add(1, Ordering::Relaxed);
         }
     }
     sent

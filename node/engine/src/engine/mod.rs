@@ -690,18 +690,6 @@ impl Engine {
         self.replies.pop_front()
     }
 
-    /// Makes the store's deferred writes durable; false (outputs wait, the next poll tries
-    /// again) if the store fails to.
-    fn store_durable(&self) -> bool {
-        match self.store.make_durable() {
-            Ok(()) => true,
-            Err(error) => {
-                warn!(%error, "making applied blocks durable failed; outputs wait");
-                false
-            }
-        }
-    }
-
     /// Drains consensus: gossip to send, proposals to second, blocks to apply, and a
     /// membership change to make once the blocks before it are applied.
     fn drain(&mut self) {

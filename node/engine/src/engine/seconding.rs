@@ -220,6 +220,18 @@ impl Engine {
         }
     }
 
+    /// Makes the store's deferred writes (the blocks `apply` committed) durable; false
+    /// (outputs wait, the next poll tries again) if the store fails to.
+    pub(super) fn store_durable(&self) -> bool {
+        match self.store.make_durable() {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(%error, "making applied blocks durable failed; outputs wait");
+                false
+            }
+        }
+    }
+
     /// Applies the agreed proposals not applied yet. On a storage failure they stay, and go
     /// first next time: a member never applies a later block over a gap.
     pub(super) fn apply(&mut self) {
