@@ -1,11 +1,19 @@
 //! Proposals: what a member asks its section to agree on, encoded as a consensus observation.
 
-use chorus_aggregate::{CommandRequest, NewEvent};
+use chorus_aggregate::{
+    CommandId, CommandRequest, EventId, ExpectedVersion, MessageId, NewEvent, StreamKey, TypeName,
+};
 use chorus_consensus::OBSERVATION_BYTES_MAX;
 use serde::{Deserialize, Serialize};
 
 /// Version byte in front of every encoded proposal; bump it when the encoding changes.
-pub const PROPOSAL_VERSION: u8 = 1;
+/// Version 2: bincode over the wire structs below.
+pub const PROPOSAL_VERSION: u8 = 2;
+
+/// The first encoding, JSON: still read (replay logs written by earlier releases hold it),
+/// never written. JSON wrote the events' payload bytes as arrays of decimal numbers, about
+/// three times their size, and decoding it was a tenth of a loaded node's engine thread.
+pub const PROPOSAL_VERSION_JSON: u8 = 1;
 
 /// What a member proposes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,14 +65,16 @@ impl Proposal {
         }
     }
 
-    /// The observation bytes: a version byte, then JSON (deterministic: serde_json writes
-    /// struct fields in declaration order and maps in key order), at most
-    /// `OBSERVATION_BYTES_MAX` bytes. Members that propose the same thing produce the same
+    /// The observation bytes: a version byte, then bincode (standard configuration) of
+    /// [`WireProposal`], at most `OBSERVATION_BYTES_MAX` bytes. Deterministic (the command
+    /// and metadata inside are JSON text, and serde_json writes struct fields in declaration
+    /// order and maps in key order): members that propose the same thing produce the same
     /// bytes, which is what lets their votes add up.
     pub fn encode(&self) -> Result<Vec<u8>, ProposalError> {
+        let wire = WireProposal::from_proposal(self)?;
         let mut bytes = vec![PROPOSAL_VERSION];
-        serde_json::to_writer(&mut bytes, self)
-            .map_err(|error| ProposalError::Malformed(error.to_string()))?;
+        bincode::serde::encode_into_std_write(&wire, &mut bytes, bincode::config::standard())
+            .map_err(malformed)?;
         if bytes.len() > OBSERVATION_BYTES_MAX {
             return Err(ProposalError::TooLarge {
                 bytes: bytes.len(),
@@ -83,10 +93,160 @@ impl Proposal {
             });
         }
         let (&version, body) = bytes.split_first().ok_or(ProposalError::Empty)?;
-        if version != PROPOSAL_VERSION {
-            return Err(ProposalError::UnknownVersion(version));
+        match version {
+            PROPOSAL_VERSION => {
+                let config = bincode::config::standard().with_limit::<OBSERVATION_BYTES_MAX>();
+                let (wire, read): (WireProposal, usize) =
+                    bincode::serde::decode_from_slice(body, config).map_err(malformed)?;
+                if read != body.len() {
+                    return Err(ProposalError::Malformed(format!(
+                        "{} bytes after the proposal",
+                        body.len() - read
+                    )));
+                }
+                wire.into_proposal()
+            }
+            PROPOSAL_VERSION_JSON => serde_json::from_slice(body).map_err(malformed),
+            other => Err(ProposalError::UnknownVersion(other)),
         }
-        serde_json::from_slice(body).map_err(|error| ProposalError::Malformed(error.to_string()))
+    }
+}
+
+fn malformed(error: impl std::fmt::Display) -> ProposalError {
+    ProposalError::Malformed(error.to_string())
+}
+
+/// A proposal as version 2 encodes it: ids as their 16 bytes, names as text, the command and
+/// metadata (free-form JSON values, which bincode cannot carry) as JSON text, payloads as
+/// bytes. Field and variant order is the encoding: append, never reorder.
+#[derive(Serialize, Deserialize)]
+enum WireProposal {
+    Command(WireRequest),
+    Decided {
+        request: WireRequest,
+        version: u64,
+        events: Vec<WireEvent>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRequest {
+    command_id: [u8; 16],
+    stream: String,
+    expected: ExpectedVersion,
+    causation_id: [u8; 16],
+    correlation_id: [u8; 16],
+    timestamp_ms: u64,
+    domain_version: String,
+    metadata: Option<String>,
+    not_before_ms: Option<u64>,
+    command: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    event_id: [u8; 16],
+    event_type: String,
+    event_version: u16,
+    payload: Vec<u8>,
+    supersedes: Option<u64>,
+}
+
+impl WireProposal {
+    fn from_proposal(proposal: &Proposal) -> Result<Self, ProposalError> {
+        Ok(match proposal {
+            Proposal::Command(request) => Self::Command(WireRequest::from_request(request)?),
+            Proposal::Decided {
+                request,
+                version,
+                events,
+            } => Self::Decided {
+                request: WireRequest::from_request(request)?,
+                version: *version,
+                events: events.iter().map(WireEvent::from_event).collect(),
+            },
+        })
+    }
+
+    fn into_proposal(self) -> Result<Proposal, ProposalError> {
+        Ok(match self {
+            Self::Command(request) => Proposal::Command(request.into_request()?),
+            Self::Decided {
+                request,
+                version,
+                events,
+            } => Proposal::Decided {
+                request: request.into_request()?,
+                version,
+                events: events
+                    .into_iter()
+                    .map(WireEvent::into_event)
+                    .collect::<Result<_, _>>()?,
+            },
+        })
+    }
+}
+
+impl WireRequest {
+    fn from_request(request: &CommandRequest) -> Result<Self, ProposalError> {
+        Ok(Self {
+            command_id: request.command_id.0,
+            stream: request.stream.to_string(),
+            expected: request.expected,
+            causation_id: request.causation_id.0,
+            correlation_id: request.correlation_id.0,
+            timestamp_ms: request.timestamp_ms,
+            domain_version: request.domain_version.clone(),
+            metadata: request
+                .metadata
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(malformed)?,
+            not_before_ms: request.not_before_ms,
+            command: serde_json::to_string(&request.command).map_err(malformed)?,
+        })
+    }
+
+    fn into_request(self) -> Result<CommandRequest, ProposalError> {
+        Ok(CommandRequest {
+            command_id: CommandId(self.command_id),
+            stream: StreamKey::parse(&self.stream).map_err(malformed)?,
+            expected: self.expected,
+            causation_id: MessageId(self.causation_id),
+            correlation_id: MessageId(self.correlation_id),
+            timestamp_ms: self.timestamp_ms,
+            domain_version: self.domain_version,
+            metadata: self
+                .metadata
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(malformed)?,
+            not_before_ms: self.not_before_ms,
+            command: serde_json::from_str(&self.command).map_err(malformed)?,
+        })
+    }
+}
+
+impl WireEvent {
+    fn from_event(event: &NewEvent) -> Self {
+        Self {
+            event_id: event.event_id.0,
+            event_type: event.event_type.as_str().to_owned(),
+            event_version: event.event_version,
+            payload: event.payload.clone(),
+            supersedes: event.supersedes,
+        }
+    }
+
+    fn into_event(self) -> Result<NewEvent, ProposalError> {
+        Ok(NewEvent {
+            event_id: EventId(self.event_id),
+            event_type: TypeName::new(self.event_type).map_err(malformed)?,
+            event_version: self.event_version,
+            payload: self.payload,
+            supersedes: self.supersedes,
+        })
     }
 }
 
