@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::codec::{decode_record, encode_record};
-use crate::domain::Aggregate;
+use crate::domain::{Aggregate, decode_event};
 use crate::envelope::{
     AppendBatch, AppendOutcome, CommandEnvelope, ExpectedVersion, Filter, RecordedEvent,
 };
@@ -188,6 +188,10 @@ pub(crate) trait ErasedAggregate: Send + Sync {
 
     fn shape(&self) -> AggregateShape;
 
+    /// A batch this type decided was appended (`AggregateRegistry::appended`). Nothing to do
+    /// by default: only `Typed` keeps states.
+    fn appended(&self, _store: &EventStore, _batch: &AppendBatch) {}
+
     /// Whether this is a stream projection's output category (`emit`).
     fn is_emitted(&self) -> bool {
         false
@@ -279,6 +283,37 @@ fn dispatch_error<E: std::error::Error>(error: CommandError<E>) -> DispatchError
 impl<A: Aggregate> ErasedAggregate for Typed<A> {
     fn shape(&self) -> AggregateShape {
         AggregateShape::of::<A>()
+    }
+
+    fn appended(&self, store: &EventStore, batch: &AppendBatch) {
+        let [write] = batch.writes.as_slice() else {
+            return;
+        };
+        let ExpectedVersion::Exact(at) = write.expected else {
+            return;
+        };
+        if write.events.iter().any(|event| event.supersedes.is_some()) {
+            return; // a correction starts a new epoch: the cached state is left behind
+        }
+        let key = (store.instance(), write.stream.qualified());
+        self.cache
+            .advance(&key, at, write.events.len() as u64, |state| {
+                // As `Repository::load_over` builds it: system events count in the version
+                // but do not change the state.
+                write
+                    .events
+                    .iter()
+                    .filter(|event| !event.event_type.is_system())
+                    .try_fold(state, |state, event| {
+                        decode_event::<A::Event>(
+                            event.event_type.as_str(),
+                            event.event_version,
+                            &event.payload,
+                        )
+                        .ok()
+                        .map(|typed| state.apply(&typed))
+                    })
+            });
     }
 
     fn canonical(&self, command: &Value) -> Result<Value, DispatchError> {
@@ -387,6 +422,16 @@ impl AggregateRegistry {
         request: &CommandRequest,
     ) -> Result<Decision, DispatchError> {
         self.aggregate(request)?.decide(store, request)
+    }
+
+    /// Tells the aggregate that `batch`, decided for `request` on its stream's current
+    /// state, was appended: the state its decision cached moves on over the batch's events,
+    /// so the stream's next decision reads nothing back from the store. The engine calls it
+    /// after each group commit of agreed batches.
+    pub fn appended(&self, store: &EventStore, request: &CommandRequest, batch: &AppendBatch) {
+        if let Ok(aggregate) = self.aggregate(request) {
+            aggregate.appended(store, batch);
+        }
     }
 
     fn aggregate(&self, request: &CommandRequest) -> Result<&dyn ErasedAggregate, DispatchError> {

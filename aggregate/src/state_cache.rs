@@ -45,3 +45,75 @@ impl<A> StateCache<A> {
         entries.insert(key, base);
     }
 }
+
+impl<A: Default> StateCache<A> {
+    /// Moves the entry of `key` over a batch of `appended` events just appended to its stream
+    /// at version `at` (without a correction: the epoch stays): `apply` builds the state after
+    /// them, so the next decision reads nothing back. An entry at another version is left as
+    /// it is (still valid, as any older state); one `apply` cannot build is dropped.
+    pub(crate) fn advance(
+        &self,
+        key: &(u64, String),
+        at: u64,
+        appended: u64,
+        apply: impl FnOnce(A) -> Option<A>,
+    ) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|error| error.into_inner());
+        let Some(base) = entries.get_mut(key) else {
+            return;
+        };
+        if base.version != at {
+            return;
+        }
+        match apply(std::mem::take(&mut base.state)) {
+            Some(state) => {
+                base.state = state;
+                base.version += appended;
+            }
+            None => {
+                entries.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache_at(version: u64, state: u64) -> (StateCache<u64>, (u64, String)) {
+        let cache = StateCache::new();
+        let key = (1, "default/Counter@a".to_owned());
+        let base = Base {
+            state,
+            version,
+            epoch: 0,
+        };
+        cache.put(key.clone(), base);
+        (cache, key)
+    }
+
+    #[test]
+    fn advance_moves_only_an_entry_at_the_batch_version() {
+        // At the batch's version: the state after its events, at the version after them.
+        let (cache, key) = cache_at(5, 50);
+        cache.advance(&key, 5, 2, |state| Some(state + 7));
+        let base = cache.take(&key).expect("kept");
+        assert_eq!((base.version, base.state), (7, 57));
+        // Behind it (events between the entry and the batch it never saw) or past it (the
+        // same batch announced again): left as it is.
+        for at in [4, 6] {
+            let (cache, key) = cache_at(5, 50);
+            cache.advance(&key, at, 2, |state| Some(state + 7));
+            let base = cache.take(&key).expect("kept");
+            assert_eq!((base.version, base.state), (5, 50), "batch at {at}");
+        }
+        // A batch whose events do not build (an event that does not decode): dropped.
+        let (cache, key) = cache_at(5, 50);
+        cache.advance(&key, 5, 2, |_| None);
+        assert!(cache.take(&key).is_none());
+    }
+}

@@ -1,7 +1,9 @@
 //! The aggregate state cache (`state_cache.rs`): a registry that keeps the states its
 //! decisions built decides exactly as a fresh one that loads every stream from the store,
 //! whatever happened to the streams in between (appends, refusals, corrections, soft
-//! deletes, metadata), and a registry shared by two stores keeps their states apart.
+//! deletes, metadata, batches appended the engine's way and announced with
+//! `AggregateRegistry::appended`), and a registry shared by two stores keeps their states
+//! apart.
 
 use chorus_aggregate::domain::encode_event;
 use chorus_aggregate::{
@@ -42,6 +44,14 @@ enum Step {
     Correct(usize, u64),
     SoftDelete(usize),
     Retain(usize, u64),
+    /// A deposit the engine's way: decided, appended, then announced (`appended`, twice),
+    /// which moves the cached state over it once.
+    Agreed(usize, u64),
+    /// A batch announced to a registry whose state for the stream is behind it: a deposit
+    /// executed elsewhere, then another decided elsewhere, appended and announced. (Bank
+    /// events carry the balance after them, so this one cannot tell a state moved over the
+    /// wrong events; the unit test beside `StateCache::advance` does.)
+    AnnouncedBehind(usize, u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -52,7 +62,9 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (stream.clone(), 1..80u64).prop_map(|(s, n)| Step::Withdraw(s, n)),
         2 => (stream.clone(), 1..6u64).prop_map(|(s, n)| Step::Correct(s, n)),
         1 => stream.clone().prop_map(Step::SoftDelete),
-        1 => (stream, 1..4u64).prop_map(|(s, n)| Step::Retain(s, n)),
+        1 => (stream.clone(), 1..4u64).prop_map(|(s, n)| Step::Retain(s, n)),
+        6 => (stream.clone(), 1..50u64).prop_map(|(s, n)| Step::Agreed(s, n)),
+        2 => (stream, 1..50u64).prop_map(|(s, n)| Step::AnnouncedBehind(s, n)),
     ]
 }
 
@@ -83,6 +95,44 @@ fn play(registry: &AggregateRegistry, store: &EventStore, index: usize, step: &S
         Step::Retain(stream, count) => Some((*stream, json!({"$metadata": {"max_count": count}}))),
         Step::Correct(stream, sequence) => {
             correct(store, STREAMS[*stream], *sequence, &tag);
+            None
+        }
+        Step::Agreed(stream, amount) => {
+            let deposit = bank(BankAccountCommand::Deposit {
+                amount: *amount,
+                transfer: None,
+            });
+            let request = request(&tag, STREAMS[*stream], deposit);
+            if let Ok(decision) = registry.decide(store, &request) {
+                if store.append(&decision.batch).is_ok() {
+                    registry.appended(store, &request, &decision.batch);
+                    // Announced again (a member applying the same blocks once more): the
+                    // cached state has left the batch's version, and stays as it is.
+                    registry.appended(store, &request, &decision.batch);
+                }
+            }
+            None
+        }
+        Step::AnnouncedBehind(stream, amount) => {
+            let deposit = |amount| {
+                bank(BankAccountCommand::Deposit {
+                    amount,
+                    transfer: None,
+                })
+            };
+            let elsewhere = AggregateRegistry::new().register::<BankAccount>();
+            let first = request(&tag, STREAMS[*stream], deposit(*amount));
+            let _ = elsewhere.execute(store, &first);
+            let request = request(
+                &format!("{tag}-next"),
+                STREAMS[*stream],
+                deposit(amount + 1),
+            );
+            if let Ok(decision) = elsewhere.decide(store, &request) {
+                if store.append(&decision.batch).is_ok() {
+                    registry.appended(store, &request, &decision.batch);
+                }
+            }
             None
         }
     };

@@ -95,10 +95,10 @@ pub fn apply_agreed(
 ) -> Result<Vec<Applied>, StoreError> {
     let mut results: Vec<Option<Applied>> = vec![None; agreed.len()];
     let mut wave = Wave::default();
-    for (index, agreed) in agreed.iter().enumerate() {
-        let request = agreed.proposal.request();
+    for (index, proposal) in agreed.iter().enumerate() {
+        let request = proposal.proposal.request();
         if wave.holds(request) || wave.is_full() {
-            wave.commit(store, &mut results)?;
+            wave.commit(registry, store, agreed, &mut results)?;
         }
         match store.command_record(request.command_id)? {
             Some(CommandRecord::Appended(outcome)) => {
@@ -111,7 +111,7 @@ pub fn apply_agreed(
             }
             None => {}
         }
-        match judge(registry, store, domain_version, agreed)? {
+        match judge(registry, store, domain_version, proposal)? {
             Verdict::Append(batch) => wave.add(index, request, batch),
             Verdict::Settled(outcome) => {
                 if let Applied::Refused(reason) | Applied::Invalid(reason) = &outcome {
@@ -126,7 +126,7 @@ pub fn apply_agreed(
             }
         }
     }
-    wave.commit(store, &mut results)?;
+    wave.commit(registry, store, agreed, &mut results)?;
     Ok(results
         .into_iter()
         .map(|result| result.unwrap_or_else(|| unreachable!("every proposal gets a result")))
@@ -297,10 +297,13 @@ impl Wave {
         self.batches.push(batch);
     }
 
-    /// Appends the wave in one (deferred) transaction and fills in the results.
+    /// Appends the wave in one (deferred) transaction and fills in the results; the
+    /// aggregates' cached states move on over what was appended (`AggregateRegistry::appended`).
     fn commit(
         &mut self,
+        registry: &AggregateRegistry,
         store: &EventStore,
+        agreed: &[AgreedProposal],
         results: &mut [Option<Applied>],
     ) -> Result<(), StoreError> {
         if self.batches.is_empty() {
@@ -310,7 +313,10 @@ impl Wave {
         for ((index, batch), outcome) in self.indexes.iter().zip(&self.batches).zip(outcomes) {
             results[*index] = Some(match outcome {
                 Ok(outcome) if outcome.duplicate => Applied::Duplicate(outcome),
-                Ok(outcome) => Applied::Appended(outcome),
+                Ok(outcome) => {
+                    registry.appended(store, agreed[*index].proposal.request(), batch);
+                    Applied::Appended(outcome)
+                }
                 Err(StoreError::CommandRefused { reason, .. }) => Applied::Refused(reason),
                 // The batch was decided on the state it is appended to, so only a store rule
                 // can refuse it (a limit, an event id): final, and recorded as such.
