@@ -670,21 +670,24 @@ impl Engine {
         self.drain();
     }
 
-    /// The next message to send: (peer, bytes). Nothing leaves before the store's deferred
-    /// writes are durable (see [`Engine::poll_reply`]).
+    /// The next message to send: (peer, bytes). Nothing leaves ahead of the disk (see
+    /// [`Engine::poll_reply`]).
     pub fn poll_send(&mut self) -> Option<(PeerId, Vec<u8>)> {
-        if self.sends.is_empty() || !self.store_durable() {
+        if self.sends.is_empty() || !self.outputs_may_leave() {
             return None;
         }
         self.sends.pop_front()
     }
 
-    /// The next answer for a client. Agreed blocks are applied with deferred commits (one
-    /// fsync for all the waves of a step, not one per wave); before an answer or a message
-    /// leaves, they are made durable here, unless a durable commit since (the replay-log
-    /// append a node makes first) did it already. An answer is never ahead of the disk.
+    /// The next answer for a client. Nothing leaves ahead of the disk: agreed blocks are
+    /// applied with deferred commits (no fsync of their own), and an answer or a message
+    /// leaves only once they can no longer be lost. With a replay log
+    /// (`Config::log_records`), the caller has made every record it polled durable before it
+    /// polls outputs (the call order above); the applied blocks rest only on those records,
+    /// and a restart applies them again from the log (`Engine::restore`), so they need no
+    /// fsync before anything leaves. Without a log, the store is made durable here.
     pub fn poll_reply(&mut self) -> Option<(ClientTicket, CommandOutcome)> {
-        if self.replies.is_empty() || !self.store_durable() {
+        if self.replies.is_empty() || !self.outputs_may_leave() {
             return None;
         }
         self.replies.pop_front()

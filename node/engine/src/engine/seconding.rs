@@ -220,9 +220,17 @@ impl Engine {
         }
     }
 
-    /// Makes the store's deferred writes (the blocks `apply` committed) durable; false
-    /// (outputs wait, the next poll tries again) if the store fails to.
-    pub(super) fn store_durable(&self) -> bool {
+    /// Whether answers and messages may leave (`Engine::poll_reply`): at once with a replay
+    /// log, whose records the caller made durable first and from which a restart applies the
+    /// blocks again; otherwise once the store's deferred writes (the blocks `apply` committed)
+    /// are durable.
+    pub(super) fn outputs_may_leave(&self) -> bool {
+        self.config.consensus.log_records || self.store_durable()
+    }
+
+    /// Makes the store's deferred writes durable; false (outputs wait, the next poll tries
+    /// again) if the store fails to.
+    fn store_durable(&self) -> bool {
         match self.store.make_durable() {
             Ok(()) => true,
             Err(error) => {
