@@ -177,6 +177,12 @@ pub struct Stats {
     pub votes_pending: usize,
     /// Fame votes held by open elections.
     pub fame_votes_held: usize,
+    /// Syncs on work answered since start (`pace.rs`: one awaited at a time).
+    pub work_syncs_answered: u64,
+    /// Their round trips in total, ms by the caller's clock, from the request's creation to
+    /// the answer's insertion: over `work_syncs_answered`, the mean round trip as this
+    /// member sees it (thread hops, transport and the peer's engine included).
+    pub work_sync_ms_total: u64,
 }
 
 impl Consensus {

@@ -157,8 +157,10 @@ impl Consensus {
     /// answer brought; and if work remains, the next sync goes now.
     pub(super) fn pace_after_response(&mut self, now_ms: u64, from: usize, answer: Answer) {
         self.pace.now_ms = self.pace.now_ms.max(now_ms);
-        if self.pace.awaiting.is_some_and(|(peer, _)| peer == from) {
+        if let Some((_, sent)) = self.pace.awaiting.filter(|(peer, _)| *peer == from) {
             self.pace.awaiting = None;
+            self.stats.work_syncs_answered += 1;
+            self.stats.work_sync_ms_total += self.pace.now_ms.saturating_sub(sent);
         }
         let work = self.wants_new_event();
         if answer.advanced || !work {
