@@ -118,7 +118,8 @@ fn malformed(error: impl std::fmt::Display) -> ProposalError {
 
 /// A proposal as version 2 encodes it: ids as their 16 bytes, names as text, the command and
 /// metadata (free-form JSON values, which bincode cannot carry) as JSON text, payloads as
-/// bytes. Field and variant order is the encoding: append, never reorder.
+/// bytes. bincode writes no field names or tags: any change to these types is a new
+/// `PROPOSAL_VERSION`, with the old one still decoded.
 #[derive(Serialize, Deserialize)]
 enum WireProposal {
     Command(WireRequest),
