@@ -217,3 +217,29 @@ fn a_member_claiming_events_it_lacks_prompts_one_awaited_pull_at_a_time() {
     }
     assert_eq!(pulls, 1, "a hundred lying requests, {pulls} pulls");
 }
+
+// Proves: the round-trip counters count each awaited sync on work once, with the time from
+// its request to its answer: in this network a round trip takes at least a millisecond, and
+// an answer later than an interval is no longer awaited, so the mean lies between the two.
+#[test]
+fn work_sync_round_trips_are_counted_between_one_ms_and_an_interval() {
+    let config = config();
+    let mut net = Net::new(4, &config);
+    for index in 0..20u8 {
+        net.vote(usize::from(index % 4), &[index]);
+        net.run(20);
+    }
+    net.run(500);
+    for (member, consensus) in net.members.iter().enumerate() {
+        let stats = consensus.stats();
+        assert!(stats.work_syncs_answered > 0, "member {member}: {stats:?}");
+        assert!(
+            stats.work_sync_ms_total >= stats.work_syncs_answered,
+            "member {member}: {stats:?}"
+        );
+        assert!(
+            stats.work_sync_ms_total <= stats.work_syncs_answered * config.gossip_interval_ms,
+            "member {member}: {stats:?}"
+        );
+    }
+}

@@ -21,10 +21,10 @@
 //!    the results do not depend on the cuts either (property test).
 //!
 //! Every write here is committed deferred ([`Commit::Deferred`]): durable at the store's next
-//! durable commit, which the engine makes before any answer or message leaves
-//! (`Engine::poll_send`, `Engine::poll_reply`), usually the node's replay-log append. A crash
-//! before it loses whole waves, which the restarted member applies again from its replay log,
-//! on the same state, to the same result.
+//! durable commit, usually the node's next replay-log append. A crash before it loses whole
+//! waves, which the restarted member applies again from its replay log, on the same state, to
+//! the same result; so with a replay log answers need not wait for it, and without one the
+//! engine makes the store durable before any answer or message leaves (`Engine::poll_reply`).
 
 use std::collections::BTreeSet;
 

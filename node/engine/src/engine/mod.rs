@@ -20,8 +20,9 @@
 //!    and votes for the proposal only if it decided the very same events.
 //! 4. Blocks are applied in order ([`crate::apply::apply_agreed`]); a proposal that lost a race (`Stale`) is
 //!    decided again and re-proposed by its originator, a bounded number of times.
-//! 5. Once a block's batch is durable, the node answers the clients and forwarding members
-//!    that wait for its commands.
+//! 5. Once a block's batch cannot be lost (durable in the store, or resting on durable
+//!    replay-log records a restart applies again: `poll_reply`), the node answers the
+//!    clients and forwarding members that wait for its commands.
 //!
 //! Around it: membership changes end a *generation* of the section's consensus instance and
 //! start the next (or two, on a split) at the change's block (`switch`, and the
