@@ -50,8 +50,9 @@ pub enum EventError {
         /// The parent that is missing.
         parent: EventHash,
     },
-    /// A parent was pruned: the event builds on history older than the kept window.
-    #[error("event {event} builds on pruned parent {parent}")]
+    /// The self-parent was pruned here: an honest creator builds on its latest event, which
+    /// pruning keeps, so this is a fork or a replay. (A pruned other-parent is fine.)
+    #[error("event {event} builds on pruned self-parent {parent}")]
     StaleParent {
         /// The rejected event.
         event: EventHash,
@@ -68,6 +69,20 @@ pub enum EventError {
         index: u64,
         /// The creator's highest pruned index.
         floor: u64,
+    },
+    /// The parents are all of rounds whose witnesses we forgot, so the event's round cannot
+    /// be told here: its creator lags more than two prune windows behind (`Graph`, "exact
+    /// or refused").
+    #[error(
+        "event {event} builds on round {round} only; rounds below {kept_from} are forgotten here"
+    )]
+    BeyondHorizon {
+        /// The refused event.
+        event: EventHash,
+        /// Its highest parent round.
+        round: u64,
+        /// The lowest round we still hold.
+        kept_from: u64,
     },
     /// The index is not the self-parent's index plus one.
     #[error("event {event} has index {index}, expected {expected}")]
@@ -123,7 +138,10 @@ impl EventError {
     pub fn is_misbehaviour(&self) -> bool {
         !matches!(
             self,
-            Self::UnknownParent { .. } | Self::StaleParent { .. } | Self::Ancient { .. }
+            Self::UnknownParent { .. }
+                | Self::StaleParent { .. }
+                | Self::Ancient { .. }
+                | Self::BeyondHorizon { .. }
         )
     }
 }

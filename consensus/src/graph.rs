@@ -49,6 +49,9 @@ pub(crate) struct EventNode {
     pub votes_tree: Option<Tree>,
     /// Set once the event has its place in the consensus order.
     pub round_received: Option<u64>,
+    /// Pruned but kept one more window for what later events derive from it (`Graph`,
+    /// "retired"): not served, not a carrier, never a self-parent.
+    pub retired: bool,
 }
 
 impl EventNode {
@@ -67,18 +70,36 @@ pub(crate) struct Inserted {
     pub slot: Slot,
     /// Set when this event and an earlier one by the same creator share an index.
     pub fork: Option<ForkEvidence>,
+    /// Set when its other-parent was retired here.
+    pub on_retired_parent: bool,
 }
 
 /// The graph of one group.
+///
+/// Pruning has two steps. Events of rounds below the prune horizon are *retired*: no longer
+/// held as events (not served, not counted, refused if sent again), but kept in their slots,
+/// with the witness lists of their rounds, for one more window. Retired events are *forgotten*
+/// one window later.
+///
+/// Why keep them: members prune at different times. A member that comes back from behind
+/// builds on the last event it holds of a peer, which others pruned; a member that has not
+/// pruned it yet inserts the event and builds on it, and every later event of that member
+/// names it as an ancestor. Refusing such an event split the section for good
+/// (RELIABILITY.md, "A late event on a pruned parent"). With the retired events at hand,
+/// such an event is derived exactly as where its parent is still held. The rule is *exact
+/// or refused*: an event is refused only when deriving it needs what we forgot (a forgotten
+/// parent, or parents all of rounds whose witnesses we forgot), never derived from partial
+/// ancestry.
 pub(crate) struct Graph {
     member_count: usize,
     /// Slot `base + i` lives at `nodes[i]`; pruned slots are `None`.
     nodes: VecDeque<Option<EventNode>>,
     base: Slot,
     by_hash: HashMapPrehashed<EventHash, Slot>,
-    /// Hashes of pruned events with the round they had, so that an event building on them is
-    /// recognised as stale instead of "unknown parent"; forgotten one window later.
-    pruned: HashMapPrehashed<EventHash, u64>,
+    /// Retired events by hash: an other-parent may be one of them.
+    retired: HashMapPrehashed<EventHash, Slot>,
+    /// Round -> retired events of that round (to forget them).
+    retired_by_round: BTreeMap<u64, Vec<Slot>>,
     /// Per creator: index -> slot of the first event seen at that index.
     chains: Vec<BTreeMap<u64, Slot>>,
     /// Extra events at an index already taken (forks), per (creator, index).
@@ -98,8 +119,10 @@ pub(crate) struct Graph {
     witnesses: BTreeMap<u64, Vec<Slot>>,
     /// Round -> all events of that round (for pruning).
     events_by_round: BTreeMap<u64, Vec<Slot>>,
-    /// Rounds below this were pruned (their witnesses are gone).
+    /// Rounds below this were pruned: their events are retired or forgotten.
     pub pruned_below_round: u64,
+    /// Rounds below this were forgotten (their witnesses are gone).
+    forgotten_below_round: u64,
     max_round: u64,
 }
 
@@ -110,7 +133,8 @@ impl Graph {
             nodes: VecDeque::new(),
             base: 0,
             by_hash: HashMapPrehashed::default(),
-            pruned: HashMapPrehashed::default(),
+            retired: HashMapPrehashed::default(),
+            retired_by_round: BTreeMap::new(),
             chains: vec![BTreeMap::new(); member_count],
             fork_slots: BTreeMap::new(),
             forked: vec![false; member_count],
@@ -120,6 +144,7 @@ impl Graph {
             witnesses: BTreeMap::new(),
             events_by_round: BTreeMap::new(),
             pruned_below_round: 0,
+            forgotten_below_round: 0,
             max_round: 0,
         }
     }
@@ -128,9 +153,15 @@ impl Graph {
         self.member_count
     }
 
+    /// The event at `slot`, retired ones included.
     pub fn node(&self, slot: Slot) -> Option<&EventNode> {
         let offset = slot.checked_sub(self.base)?;
         self.nodes.get(usize::try_from(offset).ok()?)?.as_ref()
+    }
+
+    /// Whether `slot` holds an event that is not retired.
+    pub fn is_held(&self, slot: Slot) -> bool {
+        self.node(slot).is_some_and(|node| !node.retired)
     }
 
     pub fn node_mut(&mut self, slot: Slot) -> Option<&mut EventNode> {
@@ -158,6 +189,11 @@ impl Graph {
         self.by_hash.len()
     }
 
+    /// Events retired and not forgotten yet.
+    pub fn retired_count(&self) -> usize {
+        self.retired.len()
+    }
+
     pub fn is_forked(&self, creator: usize) -> bool {
         self.forked[creator]
     }
@@ -183,12 +219,12 @@ impl Graph {
             .unwrap_or_default()
     }
 
-    /// Live slots in insertion (topological) order.
+    /// Held (not retired) slots in insertion (topological) order.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(_, node)| node.is_some())
+            .filter(|(_, node)| node.as_ref().is_some_and(|node| !node.retired))
             .map(|(offset, _)| self.base + offset as u64)
     }
 
@@ -236,8 +272,9 @@ impl Graph {
                 });
             }
         }
-        let self_parent = self.parent_slot(hash, header.self_parent.as_ref())?;
-        let other_parent = self.parent_slot(hash, header.other_parent.as_ref())?;
+        let self_parent = self.self_parent_slot(hash, header.self_parent.as_ref())?;
+        let other_parent = self.other_parent_slot(hash, header.other_parent.as_ref())?;
+        self.check_derivable(hash, [self_parent, other_parent])?;
         let expected_index = match self_parent {
             None => 0,
             Some(parent) => {
@@ -289,10 +326,32 @@ impl Graph {
         }
         self.nodes.push_back(Some(node));
         self.by_hash.insert(hash, slot);
-        Ok(Inserted { slot, fork })
+        let on_retired_parent = other_parent.is_some_and(|slot| self.get(slot).retired);
+        Ok(Inserted {
+            slot,
+            fork,
+            on_retired_parent,
+        })
     }
 
-    fn parent_slot(
+    /// The self-parent must be held: an honest creator builds on its latest event, which
+    /// pruning keeps, so a retired self-parent means a fork or a replay.
+    fn self_parent_slot(
+        &self,
+        event: EventHash,
+        parent: Option<&EventHash>,
+    ) -> Result<Option<Slot>, EventError> {
+        let slot = self.other_parent_slot(event, parent)?;
+        match (slot, parent) {
+            (Some(slot), Some(&parent)) if self.get(slot).retired => {
+                Err(EventError::StaleParent { event, parent })
+            }
+            _ => Ok(slot),
+        }
+    }
+
+    /// The other-parent may be held or retired.
+    fn other_parent_slot(
         &self,
         event: EventHash,
         parent: Option<&EventHash>,
@@ -300,19 +359,49 @@ impl Graph {
         let Some(parent) = parent else {
             return Ok(None);
         };
-        if let Some(slot) = self.slot_of(parent) {
-            return Ok(Some(slot));
-        }
-        if self.pruned.contains_key(parent) {
-            return Err(EventError::StaleParent {
+        match self
+            .slot_of(parent)
+            .or_else(|| self.retired.get(parent).copied())
+        {
+            Some(slot) => Ok(Some(slot)),
+            None => Err(EventError::UnknownParent {
                 event,
                 parent: *parent,
-            });
+            }),
         }
-        Err(EventError::UnknownParent {
+    }
+
+    /// Exact or refused: an event whose parents are all of forgotten rounds would need those
+    /// rounds' witnesses to tell its round (a creator's latest event is kept however old).
+    fn check_derivable(
+        &self,
+        event: EventHash,
+        parents: [Option<Slot>; 2],
+    ) -> Result<(), EventError> {
+        if self.can_derive_from(parents) {
+            return Ok(());
+        }
+        let round = parents
+            .into_iter()
+            .flatten()
+            .map(|slot| self.get(slot).round)
+            .max()
+            .unwrap_or_default();
+        Err(EventError::BeyondHorizon {
             event,
-            parent: *parent,
+            round,
+            kept_from: self.forgotten_below_round,
         })
+    }
+
+    /// Whether an event on these (held or retired) parents can be derived here.
+    pub fn can_derive_from(&self, parents: [Option<Slot>; 2]) -> bool {
+        parents
+            .into_iter()
+            .flatten()
+            .map(|slot| self.get(slot).round)
+            .max()
+            .is_none_or(|round| round >= self.forgotten_below_round)
     }
 
     /// Adds the event to its creator's chain; returns fork evidence if the index was taken.
@@ -442,6 +531,7 @@ impl Graph {
             famous: None,
             votes_tree,
             round_received: None,
+            retired: false,
         };
         let parent_round = [sp, op].into_iter().flatten().map(|node| node.round).max();
         node.round = match parent_round {
@@ -585,13 +675,20 @@ impl Graph {
         false
     }
 
-    /// Drops every event of rounds below `round`, except each creator's head (a lagging
+    /// Prunes every event of rounds below `round`, except each creator's head (a lagging
     /// member can always build on the last event of its own we hold) and the events of
-    /// creators with a fork in the graph (until they are removed from the group). Forgets the
-    /// hashes of
-    /// events pruned long ago. Returns the number of events dropped.
+    /// creators with a fork in the graph (until they are removed from the group): they are
+    /// retired, and those retired below `forget_below_round` are forgotten. Returns the
+    /// number of events retired.
     pub fn prune_below(&mut self, round: u64, forget_below_round: u64) -> usize {
-        let mut dropped = 0;
+        let retired = self.retire_below(round);
+        self.forget_below(forget_below_round.min(round));
+        self.pruned_below_round = self.pruned_below_round.max(round);
+        retired
+    }
+
+    fn retire_below(&mut self, round: u64) -> usize {
+        let mut retired = 0;
         let rounds: Vec<u64> = self
             .events_by_round
             .range(..round)
@@ -612,22 +709,54 @@ impl Graph {
                 }
                 let (hash, creator, index) = (node.hash, node.creator, node.index);
                 self.by_hash.remove(&hash);
-                self.pruned.insert(hash, old_round);
+                self.retired.insert(hash, slot);
                 if self.chains[creator].get(&index) == Some(&slot) {
                     self.chains[creator].remove(&index);
                 }
                 let floor = &mut self.pruned_floor[creator];
                 *floor = Some(floor.map_or(index, |floor| floor.max(index)));
-                if let Some(offset) = slot.checked_sub(self.base) {
-                    if let Some(entry) = self.nodes.get_mut(offset as usize) {
-                        *entry = None;
-                    }
+                if let Some(node) = self.node_mut(slot) {
+                    node.retired = true;
+                    node.votes_tree = None;
                 }
-                dropped += 1;
+                self.retired_by_round
+                    .entry(old_round)
+                    .or_default()
+                    .push(slot);
+                retired += 1;
             }
             if !kept.is_empty() {
                 self.events_by_round.insert(old_round, kept);
             }
+        }
+        retired
+    }
+
+    /// Drops the retired events of rounds below `round`, and those rounds' witness lists.
+    fn forget_below(&mut self, round: u64) {
+        let rounds: Vec<u64> = self
+            .retired_by_round
+            .range(..round)
+            .map(|(&round, _)| round)
+            .collect();
+        for old_round in rounds {
+            for slot in self.retired_by_round.remove(&old_round).unwrap_or_default() {
+                let Some(offset) = slot.checked_sub(self.base) else {
+                    continue;
+                };
+                if let Some(entry) = self.nodes.get_mut(offset as usize) {
+                    if let Some(node) = entry.take() {
+                        self.retired.remove(&node.hash);
+                    }
+                }
+            }
+        }
+        let stale_witness_rounds: Vec<u64> = self
+            .witnesses
+            .range(..round)
+            .map(|(&round, _)| round)
+            .collect();
+        for old_round in stale_witness_rounds {
             self.witnesses.remove(&old_round);
         }
         self.fork_slots.retain(|_, slots| {
@@ -642,9 +771,6 @@ impl Graph {
             self.nodes.pop_front();
             self.base += 1;
         }
-        self.pruned
-            .retain(|_, pruned_round| *pruned_round >= forget_below_round);
-        self.pruned_below_round = self.pruned_below_round.max(round);
-        dropped
+        self.forgotten_below_round = self.forgotten_below_round.max(round);
     }
 }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tracing::debug;
+
 use crate::config::EVENT_BYTES_MAX;
 use crate::event::{SignedEvent, Vote};
 use crate::graph::{EventNode, Slot};
@@ -19,13 +21,20 @@ impl Consensus {
     }
 
     /// Creates, signs and inserts our next event; logs it after the peer's events `received`.
+    /// Returns false (and logs only `received`) when the parents are both of rounds we forgot:
+    /// nobody could derive such an event (`Graph`, "exact or refused").
     pub(super) fn create_event(
         &mut self,
         now_ms: u64,
         other_parent: Option<Slot>,
         received: Vec<Arc<SignedEvent>>,
-    ) {
+    ) -> bool {
         let self_parent = self.graph.head(self.me);
+        if !self.graph.can_derive_from([self_parent, other_parent]) {
+            debug!("no event of ours: both parents are of forgotten rounds");
+            self.log_received(received);
+            return false;
+        }
         let (index, created_at_ms, self_parent_hash) =
             match self_parent.map(|slot| self.graph.get(slot)) {
                 Some(parent) => (
@@ -65,18 +74,25 @@ impl Consensus {
                 if is_witness {
                     self.advance_consensus();
                 }
+                true
             }
             // Our own event built on our own graph cannot fail the graph checks; if it did,
             // dropping it is the safe answer (nothing was sent).
             Err(error) => {
                 debug_assert!(false, "own event rejected: {error}");
-                if !received.is_empty() {
-                    self.log_records.push_back(LogRecord {
-                        received,
-                        created: None,
-                    });
-                }
+                self.log_received(received);
+                false
             }
+        }
+    }
+
+    /// Logs peers' events inserted in a step that made no event of ours.
+    pub(super) fn log_received(&mut self, received: Vec<Arc<SignedEvent>>) {
+        if !received.is_empty() {
+            self.log_records.push_back(LogRecord {
+                received,
+                created: None,
+            });
         }
     }
 

@@ -80,7 +80,7 @@ impl Consensus {
                     .spare_carriers
                     .remove(&hash)
                     .filter(|&spare| spare != slot);
-                if let Some(spare) = spare.filter(|&spare| self.graph.node(spare).is_some()) {
+                if let Some(spare) = spare.filter(|&spare| self.graph.is_held(spare)) {
                     self.carriers.insert(hash, spare);
                     let spare_creator = self.graph.get(spare).creator;
                     if let (true, Some(observation)) = (
@@ -117,10 +117,9 @@ impl Consensus {
         let dropped = self.graph.prune_below(cutoff, forget_below);
         self.stats.events_pruned += dropped as u64;
         let graph = &self.graph;
-        self.carriers.retain(|_, slot| graph.node(*slot).is_some());
-        self.spare_carriers
-            .retain(|_, slot| graph.node(*slot).is_some());
+        self.carriers.retain(|_, slot| graph.is_held(*slot));
+        self.spare_carriers.retain(|_, slot| graph.is_held(*slot));
         self.unordered_vote_events
-            .retain(|slot| graph.node(*slot).is_some());
+            .retain(|slot| graph.is_held(*slot));
     }
 }

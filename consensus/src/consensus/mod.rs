@@ -151,6 +151,9 @@ pub struct EventInfo {
 pub struct Stats {
     /// Events currently held in memory.
     pub events_held: usize,
+    /// Pruned events kept one more window for what later events derive from them (`Graph`,
+    /// "retired"): in memory too.
+    pub events_retired: usize,
     /// Events inserted since start (ours included).
     pub events_inserted: u64,
     /// Events of ours created since start.
@@ -161,6 +164,9 @@ pub struct Stats {
     pub events_rejected: u64,
     /// Events declared stale (never ordered) since start.
     pub events_stale: u64,
+    /// Events inserted whose other-parent we had already pruned (retired, `Graph`): a
+    /// member that had not pruned it yet built on it.
+    pub events_on_pruned_parents: u64,
     /// Blocks produced since start.
     pub blocks: u64,
     /// Highest round seen.
@@ -396,6 +402,7 @@ impl Consensus {
     pub fn stats(&self) -> Stats {
         Stats {
             events_held: self.graph.event_count(),
+            events_retired: self.graph.retired_count(),
             max_round: self.graph.max_round(),
             undecided_round: self.fame.next_round,
             events_unordered: self.order.pending_count(),
@@ -438,7 +445,7 @@ impl Consensus {
         while node.index > index {
             node = self.graph.node(node.self_parent?)?;
         }
-        (node.index == index).then(|| Arc::clone(&node.event))
+        (node.index == index && !node.retired).then(|| Arc::clone(&node.event))
     }
 
     /// The graph in Graphviz dot, for the last `rounds` rounds (all held rounds if `None`).

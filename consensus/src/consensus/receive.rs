@@ -11,7 +11,6 @@ use crate::event::{CheckedBody, Observation, SignedEvent, Vote, verify_signature
 use crate::evidence::ForkEvidence;
 use crate::graph::Slot;
 use crate::ids::{EventHash, HashSetPrehashed, ObservationHash, PeerId};
-use crate::log::LogRecord;
 use crate::sync::{SyncReport, SyncRequest, SyncResponse};
 
 use super::pace::Answer;
@@ -69,12 +68,13 @@ impl Consensus {
         // missing fork branch is usually more than one level deep). An ancestor below both
         // the requester's next index for its creator and the creator's first fork is on the
         // one chain the requester holds: the walk stops there, so held ancestors never crowd
-        // out missing events. (A pruned ancestor also ends the walk.)
+        // out missing events. (A pruned ancestor, retired or forgotten, also ends the walk.)
         for hash in &request.wanted {
             let mut next = self.graph.slot_of(hash);
             let mut depth = 0;
             while let Some((slot, node)) = next
                 .filter(|_| depth < WANTED_CHAIN_DEPTH_MAX)
+                .filter(|&slot| self.graph.is_held(slot))
                 .and_then(|slot| Some((slot, self.graph.node(slot)?)))
             {
                 let held = node.index < request.known[node.creator]
@@ -225,17 +225,11 @@ impl Consensus {
         }
         if self.wants_new_event() {
             if let Some(other_parent) = self.graph.head(from_index) {
-                self.create_event(now_ms, Some(other_parent), inserted);
-                report.created_event = true;
+                report.created_event = self.create_event(now_ms, Some(other_parent), inserted);
                 return Ok(report);
             }
         }
-        if !inserted.is_empty() {
-            self.log_records.push_back(LogRecord {
-                received: inserted,
-                created: None,
-            });
-        }
+        self.log_received(inserted);
         Ok(report)
     }
 
@@ -300,6 +294,7 @@ impl Consensus {
         let inserted = self.graph.insert(Arc::clone(&event), hash, creator, tree)?;
         let slot = inserted.slot;
         self.stats.events_inserted += 1;
+        self.stats.events_on_pruned_parents += u64::from(inserted.on_retired_parent);
         if !self.wanted.is_empty() {
             self.wanted.retain(|wanted| *wanted != hash);
         }

@@ -153,12 +153,24 @@ fn answer_metrics(text: &mut Text, status: &Status) {
 
 fn consensus_metrics(text: &mut Text, status: &Status) {
     if let Some(stats) = &status.consensus {
-        let figures: [(&str, &str, &str, u64); 6] = [
+        let figures: [(&str, &str, &str, u64); 8] = [
             (
                 "consensus_events_held",
                 "gauge",
                 "Events in the gossip graph of the current generation.",
                 stats.events_held as u64,
+            ),
+            (
+                "consensus_events_retired",
+                "gauge",
+                "Pruned events kept one more window for late events built on them.",
+                stats.events_retired as u64,
+            ),
+            (
+                "consensus_events_on_pruned_parents_total",
+                "counter",
+                "Events inserted whose other-parent this node had pruned.",
+                stats.events_on_pruned_parents,
             ),
             (
                 "consensus_events_created_total",
