@@ -468,8 +468,10 @@ fn status_of(engine: &Engine, answered: &Answered) -> Status {
     }
 }
 
-/// Drains the engine: log records durable first, then own events acknowledged (which may
-/// produce more records), then messages and answers.
+/// Drains the engine: consensus gossip at once (it never waits for the log:
+/// `Engine::poll_gossip`, so the next sync on work does not wait for an fsync), log records
+/// durable, then own events acknowledged (which may produce more records), then the other
+/// messages and the answers.
 fn drain(
     engine: &mut Engine,
     outbound: &crate::queues::Outbound,
@@ -477,6 +479,11 @@ fn drain(
     answered: &mut Answered,
 ) -> Result<(), RuntimeError> {
     loop {
+        while let Some((peer, bytes)) = engine.poll_gossip() {
+            if outbound.send(peer, bytes).is_err() {
+                break; // the transport stopped; the node is shutting down
+            }
+        }
         let mut records = Vec::new();
         while let Some((generation, record)) = engine.poll_log_record() {
             match encode_log_record(&record) {

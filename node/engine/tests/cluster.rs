@@ -11,7 +11,7 @@ use chorus_aggregate::{
 use chorus_consensus::{BlockMode, Config, PeerId};
 use chorus_demo::bank_account::{BankAccount, BankAccountCommand};
 use chorus_demo::notebook::{Notebook, NotebookCommand};
-use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig};
+use chorus_engine::{Admission, CommandOutcome, Engine, EngineConfig, Message};
 use chorus_routing::SectionMap;
 use ed25519_dalek::SigningKey;
 use rand::{RngCore, SeedableRng};
@@ -153,9 +153,21 @@ impl Cluster {
         self.collect(node);
     }
 
-    /// Drains a node: persists its own events at once, queues its messages, keeps replies.
+    /// Drains a node: queues its gossip (which may leave before its events are durable:
+    /// only sync requests and responses may), persists its own events at once, queues its
+    /// other messages, keeps replies.
     fn collect(&mut self, node: usize) {
         let engine = &mut self.engines[node];
+        while let Some((to, bytes)) = engine.poll_gossip() {
+            assert!(
+                matches!(
+                    Message::decode(&bytes),
+                    Ok(Message::SyncRequest { .. } | Message::SyncResponse { .. })
+                ),
+                "poll_gossip gave a message that must wait for the disk"
+            );
+            self.in_flight.push_back((self.ids[node], to, bytes));
+        }
         let mut latest = None;
         while let Some((generation, event)) = engine.poll_unpersisted() {
             latest = Some((generation, event.header.index));

@@ -98,7 +98,7 @@ impl Engine {
                 if let Some(budget) = self.current.sync_budgets.get_mut(&from) {
                     budget.spend(bytes.len() as u64, now_ms);
                 }
-                self.send_bytes(from, bytes);
+                self.send_gossip_bytes(from, bytes);
             }
             Err(error) => debug!(peer = %from, %error, "sync response not encoded"),
         }

@@ -58,6 +58,7 @@ mod gossip;
 mod joining;
 pub mod limits;
 mod managers;
+mod outbox;
 mod removal;
 mod schedule;
 mod seconding;
@@ -77,7 +78,7 @@ use generation::{Generation, initial_state, network_of};
 use joining::Joining;
 pub use joining::{Lag, Readiness};
 use limits::{
-    ANNOUNCE_REPEAT_MS, COMMANDS_IN_FLIGHT_MAX, JOIN_RETRY_MS, OUTBOX_MAX, REFRESH_GIVE_UP_MS,
+    ANNOUNCE_REPEAT_MS, COMMANDS_IN_FLIGHT_MAX, JOIN_RETRY_MS, REFRESH_GIVE_UP_MS,
     REMOVE_SILENT_AFTER_MS, TRANSFER_TIMEOUT_MS,
 };
 use managers::ManagerRun;
@@ -239,7 +240,8 @@ pub struct Engine {
     /// Agreed proposals not applied yet: consensus hands each block out once, so a batch
     /// whose apply failed is kept and applied again, before anything later, until it goes.
     unapplied: Vec<AgreedProposal>,
-    sends: VecDeque<(PeerId, Vec<u8>)>,
+    /// Messages for peers: consensus gossip (which may leave at once) and the rest.
+    outbox: outbox::Outbox,
     replies: VecDeque<(ClientTicket, CommandOutcome)>,
     /// Strangers we heard from, and what we refused.
     speakers: Speakers,
@@ -425,7 +427,7 @@ impl Engine {
             forwarded: BTreeMap::new(),
             streams: BTreeMap::new(),
             unapplied: Vec::new(),
-            sends: VecDeque::new(),
+            outbox: outbox::Outbox::default(),
             replies: VecDeque::new(),
             speakers: Speakers::new(now_ms),
             removals: Removals::default(),
@@ -671,29 +673,6 @@ impl Engine {
         self.drain();
     }
 
-    /// The next message to send: (peer, bytes). Nothing leaves ahead of the disk (see
-    /// [`Engine::poll_reply`]).
-    pub fn poll_send(&mut self) -> Option<(PeerId, Vec<u8>)> {
-        if self.sends.is_empty() || !self.outputs_may_leave() {
-            return None;
-        }
-        self.sends.pop_front()
-    }
-
-    /// The next answer for a client. Nothing leaves ahead of the disk: agreed blocks are
-    /// applied with deferred commits (no fsync of their own), and an answer or a message
-    /// leaves only once they can no longer be lost. With a replay log
-    /// (`Config::log_records`), the caller has made every record it polled durable before it
-    /// polls outputs (the call order above); the applied blocks rest only on those records,
-    /// and a restart applies them again from the log (`Engine::restore`), so they need no
-    /// fsync before anything leaves. Without a log, the store is made durable here.
-    pub fn poll_reply(&mut self) -> Option<(ClientTicket, CommandOutcome)> {
-        if self.replies.is_empty() || !self.outputs_may_leave() {
-            return None;
-        }
-        self.replies.pop_front()
-    }
-
     /// Drains consensus: gossip to send, proposals to second, blocks to apply, and a
     /// membership change to make once the blocks before it are applied.
     fn drain(&mut self) {
@@ -770,25 +749,5 @@ impl Engine {
             }
         }
         true
-    }
-
-    fn send(&mut self, to: PeerId, message: &Message) {
-        if self.sends.len() >= OUTBOX_MAX {
-            debug!(peer = %to, "outbox full; message dropped (gossip and timeouts repair it)");
-            return;
-        }
-        match message.encode() {
-            Ok(bytes) => self.send_bytes(to, bytes),
-            Err(error) => debug!(peer = %to, %error, "message not encoded"),
-        }
-    }
-
-    /// Queues an encoded message (the outbox bound as in `send`).
-    fn send_bytes(&mut self, to: PeerId, bytes: Vec<u8>) {
-        if self.sends.len() >= OUTBOX_MAX {
-            debug!(peer = %to, "outbox full; message dropped (gossip and timeouts repair it)");
-            return;
-        }
-        self.sends.push_back((to, bytes));
     }
 }

@@ -220,26 +220,6 @@ impl Engine {
         }
     }
 
-    /// Whether answers and messages may leave (`Engine::poll_reply`): at once with a replay
-    /// log, whose records the caller made durable first and from which a restart applies the
-    /// blocks again; otherwise once the store's deferred writes (the blocks `apply` committed)
-    /// are durable.
-    pub(super) fn outputs_may_leave(&self) -> bool {
-        self.config.consensus.log_records || self.store_durable()
-    }
-
-    /// Makes the store's deferred writes durable; false (outputs wait, the next poll tries
-    /// again) if the store fails to.
-    fn store_durable(&self) -> bool {
-        match self.store.make_durable() {
-            Ok(()) => true,
-            Err(error) => {
-                warn!(%error, "making applied blocks durable failed; outputs wait");
-                false
-            }
-        }
-    }
-
     /// Applies the agreed proposals not applied yet. On a storage failure they stay, and go
     /// first next time: a member never applies a later block over a gap.
     pub(super) fn apply(&mut self) {
