@@ -97,6 +97,7 @@ impl Cluster {
         }
         // The harness syncs by its own script (`sync`): requests the pace queued are dropped.
         while node.poll_transmit().is_some() {}
+        while node.poll_push().is_some() {}
     }
 
     /// Member `index` votes for `observation`.

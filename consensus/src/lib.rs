@@ -45,4 +45,4 @@ pub use evidence::{EvidenceError, ForkEvidence};
 pub use ids::{EventHash, ObservationHash, PeerId};
 pub use log::LogRecord;
 pub use order::STALE_ROUNDS;
-pub use sync::{SyncReport, SyncRequest, SyncResponse, Transmit};
+pub use sync::{Push, SyncReport, SyncRequest, SyncResponse, Transmit};

@@ -43,6 +43,16 @@ pub struct Transmit {
     pub request: SyncRequest,
 }
 
+/// Events pushed to a peer without its asking (`Config::push_new_events`): deliver like a
+/// sync response; the peer hands it to `Consensus::handle_sync_response`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    /// The member to send to.
+    pub to: PeerId,
+    /// What it lacks by our estimate, parents first.
+    pub response: SyncResponse,
+}
+
 /// What handling a sync response did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {

@@ -1,6 +1,8 @@
 //! The gossip pace (`consensus/pace.rs`): an idle group slows its timer syncs to
 //! `idle_gossip_interval_ms`; a vote syncs at once and wakes the others, so agreement does
 //! not wait for the idle timer; a member whose rounds stall stops syncing back to back.
+//! And pushes (`consensus/push.rs`): one member at a time, at most one per interval, only
+//! with work and at light load.
 //!
 //! A small network on virtual time: messages arrive in the next millisecond, at most
 //! `DELIVERIES_PER_MS` per millisecond (so a member that syncs without end still lets the
@@ -30,6 +32,8 @@ struct Net {
     rng: StdRng,
     /// Sync requests each member sent.
     requests_sent: Vec<u64>,
+    /// Pushes each member sent: (virtual ms, receiver).
+    pushes_sent: Vec<Vec<(u64, usize)>>,
     /// Blocks each member output.
     blocks: Vec<u64>,
 }
@@ -45,6 +49,7 @@ impl Net {
             now_ms: 0,
             rng: StdRng::seed_from_u64(7),
             requests_sent: vec![0; count],
+            pushes_sent: vec![Vec::new(); count],
             blocks: vec![0; count],
         };
         for member in 0..count {
@@ -77,11 +82,21 @@ impl Net {
         while let Some(transmit) = consensus.poll_transmit() {
             sends.push(transmit);
         }
+        let mut pushes = Vec::new();
+        while let Some(push) = consensus.poll_push() {
+            pushes.push(push);
+        }
         for transmit in sends {
             let to = self.index_of(&transmit.to);
             self.requests_sent[member] += 1;
             self.queue
                 .push_back((member, to, Body::Request(transmit.request)));
+        }
+        for push in pushes {
+            let to = self.index_of(&push.to);
+            self.pushes_sent[member].push((self.now_ms, to));
+            self.queue
+                .push_back((member, to, Body::Response(push.response)));
         }
     }
 
@@ -242,4 +257,99 @@ fn work_sync_round_trips_are_counted_between_one_ms_and_an_interval() {
             "member {member}: {stats:?}"
         );
     }
+}
+
+fn pushing() -> Config {
+    Config {
+        push_new_events: true,
+        ..config()
+    }
+}
+
+fn pushes(net: &Net) -> usize {
+    net.pushes_sent.iter().map(Vec::len).sum()
+}
+
+// Proves: with pushing on, a member pushes only while it has work, to one member at a time
+// in turn, at most once per gossip interval; an idle group pushes nothing; and a vote is
+// agreed by every member.
+#[test]
+fn pushes_go_one_member_at_a_time_at_most_once_per_interval_and_only_with_work() {
+    let config = pushing();
+    let mut net = Net::new(4, &config);
+    net.run(2_000);
+    let idle_before = pushes(&net);
+    net.run(3_000);
+    assert_eq!(pushes(&net), idle_before, "an idle group pushed");
+
+    for round in 0..20u8 {
+        net.vote(usize::from(round % 4), &[round]);
+        net.run(50);
+    }
+    net.run(500);
+    assert!(pushes(&net) > idle_before, "nobody pushed with work to do");
+    for (member, sent) in net.pushes_sent.iter().enumerate() {
+        for pair in sent.windows(2) {
+            let ((earlier, first_to), (later, second_to)) = (pair[0], pair[1]);
+            assert!(
+                later >= earlier + config.gossip_interval_ms,
+                "member {member} pushed at {earlier} and {later} ms"
+            );
+            assert_ne!(
+                first_to, second_to,
+                "member {member} pushed twice in a row to one"
+            );
+        }
+        assert!(sent.iter().all(|&(_, to)| to != member));
+    }
+    assert!(
+        net.blocks.iter().all(|&blocks| blocks == 20),
+        "{:?}",
+        net.blocks
+    );
+}
+
+// Proves: pushing is held back under load: with many commands in flight (far more events
+// with votes waiting to be ordered than twice the members), no member pushes.
+#[test]
+fn no_pushes_under_load() {
+    let mut net = Net::new(4, &pushing());
+    net.run(500);
+    let before = pushes(&net);
+    for index in 0..200u16 {
+        net.vote(usize::from(index % 4), &index.to_le_bytes());
+    }
+    for member in 0..4 {
+        let stats = net.members[member].stats();
+        assert!(stats.votes_pending > 0, "member {member}: {stats:?}");
+    }
+    net.run(3);
+    let busy = pushes(&net) - before;
+    net.run(2_000);
+    assert!(
+        net.blocks.iter().all(|&blocks| blocks == 200),
+        "{:?}",
+        net.blocks
+    );
+    assert!(busy <= 4, "{busy} pushes while 200 commands were in flight");
+}
+
+// Proves: pushing is off by default, and off means pulls alone (no push is ever queued);
+// agreement still comes.
+#[test]
+fn with_pushing_off_nothing_is_pushed() {
+    let config = config();
+    assert!(!config.push_new_events, "pushing is off by default");
+    let mut net = Net::new(4, &config);
+    for round in 0..10u8 {
+        net.vote(usize::from(round % 4), &[round]);
+        net.run(50);
+    }
+    net.run(500);
+    assert_eq!(pushes(&net), 0);
+    assert!(
+        net.blocks.iter().all(|&blocks| blocks == 10),
+        "{:?}",
+        net.blocks
+    );
 }

@@ -10,6 +10,7 @@
 mod create;
 mod decide;
 mod pace;
+mod push;
 mod receive;
 mod restore;
 
@@ -29,7 +30,7 @@ use crate::graph::{EventNode, Graph, Slot};
 use crate::ids::{EventHash, HashMapPrehashed, HashSetPrehashed, ObservationHash, PeerId};
 use crate::log::LogRecord;
 use crate::order::Order;
-use crate::sync::{SyncRequest, Transmit};
+use crate::sync::{Push, SyncRequest, Transmit};
 
 /// One member's consensus on one group: a gossip graph, virtual voting on it, and the blocks
 /// it yields. It does no IO, reads no clock and draws no randomness of its own.
@@ -53,6 +54,8 @@ use crate::sync::{SyncRequest, Transmit};
 ///      means: its log record, and every record before it, is durable.)
 ///    - `poll_transmit()`: sync requests to send. Deliver the answer to
 ///      `handle_sync_response`; a lost one is simply forgotten.
+///    - `poll_push()`: our new events for a peer that did not ask (`push.rs`); deliver like
+///      a sync response.
 ///    - `poll_block()`: agreed blocks, in order, each once the events of ours it may rest on
 ///      are durable. Never dropped: drain them (also after `handle_persisted`).
 ///    - `poll_evidence()`: proofs that a member forked (we also vote to accuse it).
@@ -92,6 +95,7 @@ pub struct Consensus {
     durable_index: Option<u64>,
     unpersisted: VecDeque<Arc<SignedEvent>>,
     transmits: VecDeque<Transmit>,
+    pushes: VecDeque<Push>,
     /// Agreed blocks, each with the index of our latest event when it was decided: it is
     /// output only once that event is durable (see `poll_block`).
     blocks: VecDeque<(Block, Option<u64>)>,
@@ -102,6 +106,7 @@ pub struct Consensus {
     replaying: bool,
     accused: HashSet<usize>,
     pace: pace::Pace,
+    push: push::PushState,
     stats: Stats,
 }
 
@@ -189,6 +194,8 @@ pub struct Stats {
     /// the answer's insertion: over `work_syncs_answered`, the mean round trip as this
     /// member sees it (thread hops, transport and the peer's engine included).
     pub work_sync_ms_total: u64,
+    /// Pushes of our new events sent since start (`Config::push_new_events`).
+    pub pushes_sent: u64,
 }
 
 impl Consensus {
@@ -337,10 +344,14 @@ impl Consensus {
 
     /// Marks our own events up to `index` durable: from now on they may be sent to peers.
     pub fn handle_persisted(&mut self, index: u64) {
+        let before = self.durable_index;
         self.durable_index = Some(
             self.durable_index
                 .map_or(index, |durable| durable.max(index)),
         );
+        if self.durable_index != before {
+            self.push_new_events();
+        }
     }
 
     /// Our next own event to make durable (then call `handle_persisted`).
@@ -351,6 +362,11 @@ impl Consensus {
     /// The next sync request to deliver.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// The next push of our new events to deliver (`Config::push_new_events`).
+    pub fn poll_push(&mut self) -> Option<Push> {
+        self.pushes.pop_front()
     }
 
     /// The next record for the replay log (only with `Config::log_records`).

@@ -25,6 +25,9 @@ fn stalled_events_max(members: usize) -> usize {
     2 * members + 4
 }
 
+/// Requests to one member counted as unanswered at most (`Pace::asked`).
+const ASKED_MAX: u8 = 8;
+
 /// What one sync answer did, for the pace.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Answer {
@@ -59,12 +62,20 @@ pub(super) struct Pace {
     stalled: usize,
     /// The next member to ask on work (round robin, so work syncs spread over the group).
     next_peer: usize,
+    /// Per member: our requests to it not answered yet (capped). A response from a member
+    /// we did not ask is a push (`push.rs`): news, not an answer.
+    asked: Vec<u8>,
     /// The latest time the caller gave us.
     now_ms: u64,
 }
 
 impl Pace {
-    pub(super) fn new(now_ms: u64, interval_ms: u64) -> Self {
+    /// The latest time the caller gave us.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub(super) fn new(now_ms: u64, interval_ms: u64, members: usize) -> Self {
         Self {
             next_timer_ms: now_ms,
             interval_ms,
@@ -73,6 +84,7 @@ impl Pace {
             ahead: None,
             stalled: 0,
             next_peer: 0,
+            asked: vec![0; members],
             now_ms,
         }
     }
@@ -157,6 +169,14 @@ impl Consensus {
     /// answer brought; and if work remains, the next sync goes now.
     pub(super) fn pace_after_response(&mut self, now_ms: u64, from: usize, answer: Answer) {
         self.pace.now_ms = self.pace.now_ms.max(now_ms);
+        let Some(asked) = self.pace.asked.get_mut(from).filter(|asked| **asked > 0) else {
+            // A push: it answers no sync of ours and says nothing about stalled rounds.
+            if answer.inserted > 0 {
+                self.pace_busy();
+            }
+            return;
+        };
+        *asked -= 1;
         if let Some((_, sent)) = self.pace.awaiting.filter(|(peer, _)| *peer == from) {
             self.pace.awaiting = None;
             self.stats.work_syncs_answered += 1;
@@ -202,6 +222,8 @@ impl Consensus {
 
     fn queue_sync(&mut self, peer: usize) {
         if self.transmits.len() < self.config.output_queue_max {
+            // A lost request stays counted: at the cap, a later push passes for an answer.
+            self.pace.asked[peer] = self.pace.asked[peer].saturating_add(1).min(ASKED_MAX);
             self.transmits.push_back(Transmit {
                 to: self.members[peer],
                 request: self.sync_request(),

@@ -35,6 +35,7 @@ impl Consensus {
         let response = self.answer_sync_request(from, request)?;
         if let Some(&index) = self.member_index.get(from) {
             self.pace_after_request(index, request);
+            self.push_note_request(index, request);
         }
         Ok(response)
     }

@@ -199,7 +199,7 @@ impl Consensus {
             .map(|(index, member)| (*member, index))
             .collect();
         let member_count = members.len();
-        let pace = super::pace::Pace::new(now_ms, config.gossip_interval_ms);
+        let pace = super::pace::Pace::new(now_ms, config.gossip_interval_ms, member_count);
         Ok(Self {
             graph: Graph::new(member_count),
             fame: Fame::new(config.coin_round_period),
@@ -225,6 +225,7 @@ impl Consensus {
             durable_index: None,
             unpersisted: VecDeque::new(),
             transmits: VecDeque::new(),
+            pushes: VecDeque::new(),
             blocks: VecDeque::new(),
             evidence: VecDeque::new(),
             observations: VecDeque::new(),
@@ -232,6 +233,7 @@ impl Consensus {
             replaying: false,
             accused: HashSet::new(),
             pace,
+            push: super::push::PushState::new(member_count),
             stats: Stats::default(),
         })
     }

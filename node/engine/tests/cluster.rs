@@ -806,6 +806,9 @@ fn assert_answer_matches_store(cluster: &mut Cluster, stream: &str, command: ser
     let command_id = request.command_id;
     cluster.submit(first as usize % 4, first, request.clone());
     cluster.run_until_answered(first as usize + 1, 30_000);
+    // The answering member applied the block; the others (the one the resend goes to, the
+    // one read below) may follow later.
+    cluster.settle_and_assert_sections_agree();
     cluster.submit((first as usize + 1) % 4, first + 1, request);
     cluster.run_until_answered(first as usize + 2, 30_000);
     let (answer, again) = (&cluster.replies[&first], &cluster.replies[&(first + 1)]);

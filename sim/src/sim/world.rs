@@ -333,9 +333,10 @@ impl World {
     }
 
     /// Drains `node`'s outputs: log records (synced before an own event is acknowledged),
-    /// requests to send, blocks (checked), evidence, and observations to second.
+    /// requests and pushes to send, blocks (checked), evidence, and observations to second.
     pub(super) fn drain(&mut self, node: usize) {
         let mut requests = Vec::new();
+        let mut pushes = Vec::new();
         let mut blocks = Vec::new();
         let mut seconds = Vec::new();
         let mut evidence_found = Vec::new();
@@ -370,6 +371,9 @@ impl World {
             while let Some(transmit) = consensus.poll_transmit() {
                 requests.push(transmit);
             }
+            while let Some(push) = consensus.poll_push() {
+                pushes.push(push);
+            }
         }
         for block in blocks {
             self.on_block(node, &block);
@@ -392,6 +396,17 @@ impl World {
                 }
             };
             self.send(node, to, MessageKind::Request, bytes, 0);
+        }
+        // A push travels as a sync response nobody asked for (`consensus/push.rs`). Byzantine
+        // members' pushes are honest ones: their lies ride on their answers.
+        for push in pushes {
+            let Some(to) = self.ids.iter().position(|id| *id == push.to) else {
+                continue;
+            };
+            match encode_message(&push.response) {
+                Ok(bytes) => self.send(node, to, MessageKind::Response, bytes, 0),
+                Err(error) => panic!("node {node} cannot encode its push: {error}"),
+            }
         }
     }
 

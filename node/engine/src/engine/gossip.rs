@@ -13,7 +13,7 @@ use super::wire::Message;
 
 impl Engine {
     /// Sends the sync requests our consensus instance queued (by its timer, or at once on
-    /// work).
+    /// work), and its pushes.
     pub(super) fn send_sync_requests(&mut self) {
         let generation = self.state.generation;
         let domain = self.section_domain.agreed.digest;
@@ -24,6 +24,10 @@ impl Engine {
         while let Some(transmit) = consensus.poll_transmit() {
             requests.push(transmit);
         }
+        let mut pushes = Vec::new();
+        while let Some(push) = consensus.poll_push() {
+            pushes.push(push);
+        }
         for transmit in requests {
             let message = Message::SyncRequest {
                 generation,
@@ -31,6 +35,17 @@ impl Engine {
                 request: transmit.request,
             };
             self.send(transmit.to, &message);
+        }
+        // A push travels as a sync response nobody asked for (`consensus/push.rs`).
+        for push in pushes {
+            let message = Message::SyncResponse {
+                generation,
+                response: push.response,
+            };
+            match message.encode() {
+                Ok(bytes) => self.send_gossip_bytes(push.to, bytes),
+                Err(error) => debug!(peer = %push.to, %error, "push not encoded"),
+            }
         }
     }
 
