@@ -65,6 +65,17 @@ impl EventNode {
     }
 }
 
+/// Whether `Graph::insert` refuses an event it cannot derive exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Derivation {
+    /// Exact or refused (peer input, our own events).
+    Exact,
+    /// A replay-log record: inserted as when it was written, which a log of an older version
+    /// may have done on parents of rounds now forgotten (its round is then computed without
+    /// those rounds' witnesses, as that version did).
+    AsLogged,
+}
+
 /// The result of inserting an event.
 pub(crate) struct Inserted {
     pub slot: Slot,
@@ -260,6 +271,7 @@ impl Graph {
         hash: EventHash,
         creator: usize,
         votes_tree: Option<Tree>,
+        derivation: Derivation,
     ) -> Result<Inserted, EventError> {
         debug_assert!(!self.contains(&hash));
         let header = &event.header;
@@ -274,7 +286,9 @@ impl Graph {
         }
         let self_parent = self.self_parent_slot(hash, header.self_parent.as_ref())?;
         let other_parent = self.other_parent_slot(hash, header.other_parent.as_ref())?;
-        self.check_derivable(hash, [self_parent, other_parent])?;
+        if derivation == Derivation::Exact {
+            self.check_derivable(hash, [self_parent, other_parent])?;
+        }
         let expected_index = match self_parent {
             None => 0,
             Some(parent) => {

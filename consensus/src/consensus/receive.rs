@@ -9,7 +9,7 @@ use crate::config::{SYNC_BYTES_MAX, WANTED_PER_SYNC_MAX};
 use crate::error::{EventError, SyncError};
 use crate::event::{CheckedBody, Observation, SignedEvent, Vote, verify_signatures};
 use crate::evidence::ForkEvidence;
-use crate::graph::Slot;
+use crate::graph::{Derivation, Slot};
 use crate::ids::{EventHash, HashSetPrehashed, ObservationHash, PeerId};
 use crate::sync::{SyncReport, SyncRequest, SyncResponse};
 
@@ -292,7 +292,16 @@ impl Consensus {
             }
         }
         let tree = has_votes.then_some(votes_tree);
-        let inserted = self.graph.insert(Arc::clone(&event), hash, creator, tree)?;
+        // A replayed log inserts what was inserted when it was written: a log written before
+        // "exact or refused" may hold an event on parents of rounds now forgotten.
+        let check = if self.replaying {
+            Derivation::AsLogged
+        } else {
+            Derivation::Exact
+        };
+        let inserted = self
+            .graph
+            .insert(Arc::clone(&event), hash, creator, tree, check)?;
         let slot = inserted.slot;
         self.stats.events_inserted += 1;
         self.stats.events_on_pruned_parents += u64::from(inserted.on_retired_parent);
