@@ -703,13 +703,9 @@ impl Graph {
 
     fn retire_below(&mut self, round: u64) -> usize {
         let mut retired = 0;
-        let rounds: Vec<u64> = self
-            .events_by_round
-            .range(..round)
-            .map(|(&round, _)| round)
-            .collect();
-        for old_round in rounds {
-            let slots = self.events_by_round.remove(&old_round).unwrap_or_default();
+        let above = self.events_by_round.split_off(&round);
+        let below = std::mem::replace(&mut self.events_by_round, above);
+        for (old_round, slots) in below {
             let mut kept = Vec::new();
             for slot in slots {
                 let Some(node) = self.node(slot) else {
@@ -748,31 +744,18 @@ impl Graph {
 
     /// Drops the retired events of rounds below `round`, and those rounds' witness lists.
     fn forget_below(&mut self, round: u64) {
-        let rounds: Vec<u64> = self
-            .retired_by_round
-            .range(..round)
-            .map(|(&round, _)| round)
-            .collect();
-        for old_round in rounds {
-            for slot in self.retired_by_round.remove(&old_round).unwrap_or_default() {
-                let Some(offset) = slot.checked_sub(self.base) else {
-                    continue;
-                };
-                if let Some(entry) = self.nodes.get_mut(offset as usize) {
-                    if let Some(node) = entry.take() {
-                        self.retired.remove(&node.hash);
-                    }
-                }
+        let above = self.retired_by_round.split_off(&round);
+        let below = std::mem::replace(&mut self.retired_by_round, above);
+        for slot in below.into_values().flatten() {
+            let taken = slot
+                .checked_sub(self.base)
+                .and_then(|offset| self.nodes.get_mut(offset as usize))
+                .and_then(Option::take);
+            if let Some(node) = taken {
+                self.retired.remove(&node.hash);
             }
         }
-        let stale_witness_rounds: Vec<u64> = self
-            .witnesses
-            .range(..round)
-            .map(|(&round, _)| round)
-            .collect();
-        for old_round in stale_witness_rounds {
-            self.witnesses.remove(&old_round);
-        }
+        self.witnesses = self.witnesses.split_off(&round);
         self.fork_slots.retain(|_, slots| {
             slots.retain(|slot| {
                 self.nodes

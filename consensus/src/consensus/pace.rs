@@ -231,24 +231,28 @@ impl Consensus {
         }
     }
 
-    /// The next other member in turn, skipping those that lag beyond the window (unless all
-    /// do).
+    /// The next other member in turn for work syncs.
     fn next_round_robin_peer(&mut self) -> usize {
+        let index = self.next_member_from(self.pace.next_peer);
+        self.pace.next_peer = (index + 1) % self.members.len();
+        index
+    }
+
+    /// The first other member from `cursor` on (cyclically) that does not lag beyond the
+    /// window; the first other member if all do. Callers keep their own cursor (work syncs,
+    /// pushes) and move it past the member returned.
+    pub(super) fn next_member_from(&self, cursor: usize) -> usize {
         let count = self.members.len();
+        let others = (0..count)
+            .map(|step| (cursor + step) % count)
+            .filter(|&index| index != self.me);
         let mut fallback = None;
-        for step in 0..count {
-            let index = (self.pace.next_peer + step) % count;
-            if index == self.me {
-                continue;
-            }
+        for index in others {
             fallback.get_or_insert(index);
             if !self.index_lags_beyond_window(index) {
-                self.pace.next_peer = (index + 1) % count;
                 return index;
             }
         }
-        let index = fallback.unwrap_or_else(|| unreachable!("a group of two or more"));
-        self.pace.next_peer = (index + 1) % count;
-        index
+        fallback.unwrap_or_else(|| unreachable!("a group of two or more"))
     }
 }

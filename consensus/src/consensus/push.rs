@@ -102,23 +102,10 @@ impl Consensus {
         self.unordered_vote_events.len() > 2 * self.members.len()
     }
 
-    /// The next other member in turn that does not lag beyond the window (any, if all do).
+    /// The next other member in turn for pushes.
     fn next_push_peer(&mut self) -> usize {
-        let count = self.members.len();
-        let mut fallback = None;
-        for step in 0..count {
-            let index = (self.push.next_peer + step) % count;
-            if index == self.me {
-                continue;
-            }
-            fallback.get_or_insert(index);
-            if !self.index_lags_beyond_window(index) {
-                self.push.next_peer = (index + 1) % count;
-                return index;
-            }
-        }
-        let index = fallback.unwrap_or_else(|| unreachable!("a group of two or more"));
-        self.push.next_peer = (index + 1) % count;
+        let index = self.next_member_from(self.push.next_peer);
+        self.push.next_peer = (index + 1) % self.members.len();
         index
     }
 }
