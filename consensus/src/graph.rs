@@ -50,7 +50,7 @@ pub(crate) struct EventNode {
     /// Set once the event has its place in the consensus order.
     pub round_received: Option<u64>,
     /// Pruned but kept one more window for what later events derive from it (`Graph`,
-    /// "retired"): not served, not a carrier, never a self-parent.
+    /// "retired"): still served, but not counted, not a carrier, never a self-parent.
     pub retired: bool,
 }
 
@@ -88,16 +88,19 @@ pub(crate) struct Inserted {
 /// The graph of one group.
 ///
 /// Pruning has two steps. Events of rounds below the prune horizon are *retired*: no longer
-/// held as events (not served, not counted, refused if sent again), but kept in their slots,
-/// with the witness lists of their rounds, for one more window. Retired events are *forgotten*
-/// one window later.
+/// held as events (not counted, refused if sent again), but kept in their slots, with the
+/// witness lists of their rounds, for one more window, and still served to peers that lack
+/// them. Retired events are *forgotten* one window later.
 ///
 /// Why keep them: members prune at different times. A member that comes back from behind
 /// builds on the last event it holds of a peer, which others pruned; a member that has not
 /// pruned it yet inserts the event and builds on it, and every later event of that member
 /// names it as an ancestor. Refusing such an event split the section for good
 /// (RELIABILITY.md, "A late event on a pruned parent"). With the retired events at hand,
-/// such an event is derived exactly as where its parent is still held. The rule is *exact
+/// such an event is derived exactly as where its parent is still held. They are served for
+/// the same reason: a late event can be retired by the member that inserted it right away
+/// (its round is already below the horizon), while another member that lacks it but holds
+/// its parents must get it to insert that member's later events. The rule is *exact
 /// or refused*: an event is refused only when deriving it needs what we forgot (a forgotten
 /// parent, or parents all of rounds whose witnesses we forgot), never derived from partial
 /// ancestry.
@@ -111,7 +114,8 @@ pub(crate) struct Graph {
     retired: HashMapPrehashed<EventHash, Slot>,
     /// Round -> retired events of that round (to forget them).
     retired_by_round: BTreeMap<u64, Vec<Slot>>,
-    /// Per creator: index -> slot of the first event seen at that index.
+    /// Per creator: index -> slot of the first event seen at that index (retired events
+    /// included, so they are served; forgotten ones removed).
     chains: Vec<BTreeMap<u64, Slot>>,
     /// Extra events at an index already taken (forks), per (creator, index).
     fork_slots: BTreeMap<(usize, u64), Vec<Slot>>,
@@ -190,6 +194,12 @@ impl Graph {
 
     pub fn slot_of(&self, hash: &EventHash) -> Option<Slot> {
         self.by_hash.get(hash).copied()
+    }
+
+    /// The slot of an event we can serve: held or retired.
+    pub fn servable_slot(&self, hash: &EventHash) -> Option<Slot> {
+        self.slot_of(hash)
+            .or_else(|| self.retired.get(hash).copied())
     }
 
     pub fn contains(&self, hash: &EventHash) -> bool {
@@ -720,9 +730,6 @@ impl Graph {
                 let (hash, creator, index) = (node.hash, node.creator, node.index);
                 self.by_hash.remove(&hash);
                 self.retired.insert(hash, slot);
-                if self.chains[creator].get(&index) == Some(&slot) {
-                    self.chains[creator].remove(&index);
-                }
                 let floor = &mut self.pruned_floor[creator];
                 *floor = Some(floor.map_or(index, |floor| floor.max(index)));
                 if let Some(node) = self.node_mut(slot) {
@@ -753,6 +760,10 @@ impl Graph {
                 .and_then(Option::take);
             if let Some(node) = taken {
                 self.retired.remove(&node.hash);
+                let chain = &mut self.chains[node.creator];
+                if chain.get(&node.index) == Some(&slot) {
+                    chain.remove(&node.index);
+                }
             }
         }
         self.witnesses = self.witnesses.split_off(&round);

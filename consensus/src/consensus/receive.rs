@@ -69,13 +69,13 @@ impl Consensus {
         // missing fork branch is usually more than one level deep). An ancestor below both
         // the requester's next index for its creator and the creator's first fork is on the
         // one chain the requester holds: the walk stops there, so held ancestors never crowd
-        // out missing events. (A pruned ancestor, retired or forgotten, also ends the walk.)
+        // out missing events. (A forgotten ancestor also ends the walk; a retired one is
+        // served, see `Graph`.)
         for hash in &request.wanted {
-            let mut next = self.graph.slot_of(hash);
+            let mut next = self.graph.servable_slot(hash);
             let mut depth = 0;
             while let Some((slot, node)) = next
                 .filter(|_| depth < WANTED_CHAIN_DEPTH_MAX)
-                .filter(|&slot| self.graph.is_held(slot))
                 .and_then(|slot| Some((slot, self.graph.node(slot)?)))
             {
                 let held = node.index < request.known[node.creator]
