@@ -334,12 +334,13 @@ fn no_pushes_under_load() {
     assert!(busy <= 4, "{busy} pushes while 200 commands were in flight");
 }
 
-// Proves: pushing is off by default, and off means pulls alone (no push is ever queued);
-// agreement still comes.
+// Proves: off means pulls alone (no push is ever queued); agreement still comes.
 #[test]
 fn with_pushing_off_nothing_is_pushed() {
-    let config = config();
-    assert!(!config.push_new_events, "pushing is off by default");
+    let config = Config {
+        push_new_events: false,
+        ..config()
+    };
     let mut net = Net::new(4, &config);
     for round in 0..10u8 {
         net.vote(usize::from(round % 4), &[round]);
