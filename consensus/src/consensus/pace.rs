@@ -256,3 +256,73 @@ impl Consensus {
         fallback.unwrap_or_else(|| unreachable!("a group of two or more"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::{Answer, stalled_events_max};
+    use crate::consensus::Consensus;
+    use crate::{Config, Observation, PeerId};
+
+    const MEMBERS: usize = 4;
+
+    /// Member 0 of four, with a vote of its own waiting (work), and the sync on work that
+    /// the vote sent: returns the member and the peer it awaits.
+    fn member_with_work() -> (Consensus, usize) {
+        let keys: Vec<SigningKey> = (0..MEMBERS)
+            .map(|index| SigningKey::from_bytes(&[index as u8 + 1; 32]))
+            .collect();
+        let ids: Vec<PeerId> = keys
+            .iter()
+            .map(|key| PeerId(key.verifying_key().to_bytes()))
+            .collect();
+        let mut member =
+            Consensus::new(Config::default(), keys[0].clone(), &ids, 0).expect("member");
+        member
+            .vote_for(Observation::payload(b"work".to_vec()))
+            .expect("vote");
+        let (awaited, _) = member.pace.awaiting.expect("the vote sent a sync on work");
+        (member, awaited)
+    }
+
+    const CREATED_NO_NEW_ROUND: Answer = Answer {
+        inserted: 1,
+        created: true,
+        advanced: false,
+    };
+
+    // Proves: a push (a response from a member we did not ask) is news, not an answer: any
+    // number of pushes on which we made an event without a new round neither count toward a
+    // stall (the first version of pushes counted them, members stopped syncing on work and
+    // fell behind) nor free the sync we await; the awaited answer then does.
+    #[test]
+    fn a_push_neither_counts_toward_a_stall_nor_frees_an_awaited_sync() {
+        let (mut member, awaited) = member_with_work();
+        let pusher = (1..MEMBERS)
+            .find(|&peer| peer != awaited)
+            .expect("another peer");
+        for step in 0..3 * stalled_events_max(MEMBERS) as u64 {
+            member.pace_after_response(step, pusher, CREATED_NO_NEW_ROUND);
+        }
+        assert!(!member.stalled(), "pushes counted toward a stall");
+        assert_eq!(member.pace.awaiting.map(|(peer, _)| peer), Some(awaited));
+        assert_eq!(member.stats.work_syncs_answered, 0);
+
+        member.pace_after_response(100, awaited, CREATED_NO_NEW_ROUND);
+        assert_eq!(member.stats.work_syncs_answered, 1);
+    }
+
+    // Proves the other side, so the test above can fail: answers to our own requests on which
+    // we made an event without a new round do count, and stop back-to-back syncs.
+    #[test]
+    fn answers_without_a_new_round_count_toward_a_stall() {
+        let (mut member, _) = member_with_work();
+        let peer = 1;
+        for step in 0..stalled_events_max(MEMBERS) as u64 + 1 {
+            member.queue_sync(peer);
+            member.pace_after_response(step, peer, CREATED_NO_NEW_ROUND);
+        }
+        assert!(member.stalled());
+    }
+}
