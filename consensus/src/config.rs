@@ -69,7 +69,9 @@ pub struct Config {
     pub log_records: bool,
     /// Push our new events to one member in turn when they become durable while a command
     /// or two is in flight, at most once per `gossip_interval_ms` (`consensus/push.rs`).
-    /// On by default; off, news spreads by pulls alone.
+    /// Off by default: with it on, a member stalled at the end of the kill -9 run took 47 s
+    /// to be back in step instead of a second (RELIABILITY.md, "Pushes and a late start");
+    /// news then spreads by pulls alone.
     #[serde(default = "push_new_events_default")]
     pub push_new_events: bool,
     /// The consensus instance this member takes part in, signed into every event header
@@ -101,9 +103,10 @@ impl Default for Config {
     }
 }
 
-/// Pushing pays at light load (BENCHMARKS.md: p50 at one client 48 -> 42 ms).
+/// Pushing pays at light load (BENCHMARKS.md: p50 at one client 43 -> 38 ms), but slows a
+/// member's way back after a refresh (see `Config::push_new_events`).
 fn push_new_events_default() -> bool {
-    true
+    false
 }
 
 /// An idle group's members sync about once a second each: nearly free, and still enough to
