@@ -5,7 +5,8 @@
 //! Adversary: none needed. An honest member that comes back from behind builds on the last
 //! event it holds of a peer, which others pruned; a member that still holds that parent
 //! inserts the event and builds on it; every later event of that member then names it as
-//! an ancestor.
+//! an ancestor. And a member that inserts such a late event may retire it at once: the
+//! others must still be able to get it from that member (retired events are served).
 
 use std::ops::Range;
 
@@ -33,7 +34,7 @@ fn run_among(cluster: &mut Cluster, members: &[usize], rng: &mut StdRng, steps: 
     }
 }
 
-/// The laggard's latest event.
+/// A member's latest event.
 fn latest_of(cluster: &Cluster, member: usize) -> EventHash {
     let id = cluster.ids[member];
     let index = cluster.nodes[member]
@@ -46,10 +47,10 @@ fn latest_of(cluster: &Cluster, member: usize) -> EventHash {
         .hash()
 }
 
-/// Runs the `active` members without the laggard until `observer` has pruned past everything the
-/// laggard holds: two decided rounds past the point where `observer` sees it beyond its
-/// window, well within the window after that (the pruned events are still retired there).
-/// Returns the next step.
+/// Runs the `active` members without the laggard until `observer` has pruned past
+/// everything the laggard holds: two decided rounds past the point where `observer` sees it
+/// beyond its window, well within the window after that (the pruned events are still
+/// retired there). Returns the next step.
 fn drop_out_until_pruned_past(
     cluster: &mut Cluster,
     (observer, active): (usize, &[usize]),
