@@ -5,7 +5,7 @@
 use chorus_aggregate::StreamKey;
 use chorus_consensus::BlockMode;
 use chorus_demo::bank_account::BankAccountCommand;
-use chorus_engine::CommandOutcome;
+use chorus_engine::{CommandOutcome, Readiness};
 use chorus_sim::cluster::{ClusterSetup, ClusterSim, command};
 use chorus_sim::millis;
 
@@ -186,5 +186,29 @@ fn a_member_refreshed_then_killed_and_stalled_catches_up() {
         load(&mut sim, ACCOUNTS, 2, "between2");
         stall(&mut sim, 0, 8_000, "stall2");
         assert_caught_up(&mut sim, 0, &format!("seed {seed}: stall, kill, stall"));
+    }
+}
+
+/// A member brought back by a refresh whose state transfer ends only after the others have
+/// gone on for a while (here: it stops for 3 s mid-transfer, under load), so that its
+/// instance of the new generation starts after they pruned. Today it needs a second refresh
+/// and catches up about 7 s after the fault, against 0.4 s in the stories above
+/// (RELIABILITY.md, "A lagging member not brought back"): the bound still holds, and the
+/// figure is printed so a fix shows.
+#[test]
+fn a_member_whose_transfer_ends_late_catches_up() {
+    for (seed, mode) in MODES {
+        let mut sim = four_nodes(seed + 50, mode);
+        stall(&mut sim, 0, 8_000, "stall");
+        let deadline = sim.now_ms() + 20_000;
+        while !matches!(sim.engine(0).readiness(), Readiness::Transferring { .. }) {
+            assert!(
+                sim.now_ms() < deadline,
+                "seed {seed}: node 0 never fetched a state"
+            );
+            sim.run_for(millis(1));
+        }
+        stall(&mut sim, 0, 3_000, "mid-transfer");
+        assert_caught_up(&mut sim, 0, &format!("seed {seed}: stall mid-transfer"));
     }
 }
