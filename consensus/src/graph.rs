@@ -196,8 +196,8 @@ impl Graph {
         self.by_hash.get(hash).copied()
     }
 
-    /// The slot of an event we can serve: held or retired.
-    pub fn servable_slot(&self, hash: &EventHash) -> Option<Slot> {
+    /// The slot of an event held or retired: one we serve, and may take as an other-parent.
+    pub fn held_or_retired_slot(&self, hash: &EventHash) -> Option<Slot> {
         self.slot_of(hash)
             .or_else(|| self.retired.get(hash).copied())
     }
@@ -383,10 +383,7 @@ impl Graph {
         let Some(parent) = parent else {
             return Ok(None);
         };
-        match self
-            .slot_of(parent)
-            .or_else(|| self.retired.get(parent).copied())
-        {
+        match self.held_or_retired_slot(parent) {
             Some(slot) => Ok(Some(slot)),
             None => Err(EventError::UnknownParent {
                 event,

@@ -72,7 +72,7 @@ impl Consensus {
         // out missing events. (A forgotten ancestor also ends the walk; a retired one is
         // served, see `Graph`.)
         for hash in &request.wanted {
-            let mut next = self.graph.servable_slot(hash);
+            let mut next = self.graph.held_or_retired_slot(hash);
             let mut depth = 0;
             while let Some((slot, node)) = next
                 .filter(|_| depth < WANTED_CHAIN_DEPTH_MAX)
