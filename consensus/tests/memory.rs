@@ -39,7 +39,12 @@ fn long_run(members: usize, syncs: usize, config: &Config, seed: u64) -> (Vec<Bl
 // Proves that events, tallies and fame votes held stay flat while history keeps growing.
 #[test]
 fn memory_stays_flat_over_a_long_run() {
-    let config = Config::default();
+    // A second of the harness's clock (a sync per millisecond), a thirtieth of the run, so
+    // the bound below tests the rounds window and the age together.
+    let config = Config {
+        prune_min_age_ms: 1_000,
+        ..Config::default()
+    };
     let (blocks, samples) = long_run(4, 30_000, &config, 11);
     let last = samples.last().expect("samples");
     assert!(

@@ -34,6 +34,8 @@ fn replayed_pruned_history_is_refused() {
         let config = Config {
             block_mode: mode,
             prune_window_rounds: 10,
+            // Pruning by rounds alone: the run is shorter than the default age.
+            prune_min_age_ms: 0,
             observation_window_rounds: 10,
             ..Config::default()
         };
@@ -95,6 +97,8 @@ fn replayed_pruned_history_is_refused() {
 fn a_new_first_event_after_pruning_is_refused() {
     let config = Config {
         prune_window_rounds: 10,
+        // Pruning by rounds alone: the run is shorter than the default age.
+        prune_min_age_ms: 0,
         ..Config::default()
     };
     let mut cluster = Cluster::new(4, &config, 32, 0).expect("cluster");
@@ -528,6 +532,8 @@ fn a_wanted_event_behind_large_ancestors_arrives() {
 fn a_wanted_event_whose_self_parent_is_pruned_is_served() {
     let config = Config {
         prune_window_rounds: 10,
+        // Pruning by rounds alone: the run is shorter than the default age.
+        prune_min_age_ms: 0,
         observation_window_rounds: 10,
         ..Config::default()
     };

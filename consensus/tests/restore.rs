@@ -12,9 +12,13 @@ use rand::rngs::StdRng;
 const MEMBERS: usize = 4;
 const CRASHED: usize = 2;
 
+/// Pruning by rounds alone, so a replay rebuilds exactly the graph the member held (with
+/// `prune_min_age_ms`, the replay goes by our events' creation times, which trail the
+/// live clock a little: `a_restored_member_prunes_by_age_about_as_before`).
 fn config() -> Config {
     Config {
         log_records: true,
+        prune_min_age_ms: 0,
         ..Config::default()
     }
 }
@@ -103,6 +107,41 @@ fn restored_member_resumes_without_forking() {
         "nobody saw a fork"
     );
     assert!(cluster.blocks[CRASHED].len() > old_blocks.len() + 20);
+}
+
+// With the age, the replay prunes by the creation times of our own logged events: the
+// restored member neither holds the whole log nor prunes what it held before the crash.
+#[test]
+fn a_restored_member_prunes_by_age_about_as_before() {
+    let config = Config {
+        prune_min_age_ms: 500,
+        ..config()
+    };
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut now = 1_000;
+    let mut cluster = Cluster::new(MEMBERS, &config, 9, now).expect("cluster");
+    let mut log = Vec::new();
+    drain_log(&mut cluster, &mut log);
+    run(&mut cluster, &mut rng, &mut log, 3_000, &mut now, true);
+    let before = cluster.nodes[CRASHED].stats();
+    assert!(before.events_pruned > 0, "the run must prune: {before:?}");
+    let ids = cluster.ids.clone();
+    let restored =
+        Consensus::restore(config, member_key(9, CRASHED), &ids, log, now).expect("restore");
+    let after = restored.stats();
+    eprintln!(
+        "held {} -> {}, pruned {} -> {}",
+        before.events_held, after.events_held, before.events_pruned, after.events_pruned
+    );
+    assert!(
+        after.events_pruned > 0,
+        "the replay pruned nothing: {after:?}"
+    );
+    assert!(
+        after.events_held >= before.events_held,
+        "the replay pruned more than the member did: {after:?} against {before:?}"
+    );
+    assert_eq!(after.blocks, before.blocks);
 }
 
 // A crash loses the records after the last durable one; the member restores from the

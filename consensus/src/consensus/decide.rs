@@ -56,7 +56,26 @@ impl Consensus {
             self.tallies.expire(decided.round);
         }
         let last_decided = self.fame.next_round.saturating_sub(1);
-        self.prune(last_decided);
+        let prune_by = self.decided_at.round_to_prune_by(
+            last_decided,
+            self.prune_clock_ms(),
+            self.config.prune_min_age_ms,
+        );
+        self.prune(prune_by);
+    }
+
+    /// The time pruning goes by: the caller's latest; during a replay, the creation time of
+    /// our latest event (our own clock when we made it: the log keeps no other), so a
+    /// restored member prunes about as it did before the crash, neither holding the whole
+    /// log nor pruning what it held.
+    fn prune_clock_ms(&self) -> u64 {
+        if self.replaying {
+            return self
+                .graph
+                .head(self.me)
+                .map_or(0, |slot| self.graph.get(slot).event.header.created_at_ms);
+        }
+        self.pace.now_ms()
     }
 
     /// An event no round will ever receive: its votes never count. If it is ours, vote again.

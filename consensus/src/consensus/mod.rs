@@ -7,6 +7,7 @@
 //! - `decide`: fame, order and blocks as events arrive, stale slots, pruning;
 //! - `restore`: restarting from the replay log.
 
+mod aging;
 mod create;
 mod decide;
 mod pace;
@@ -107,6 +108,8 @@ pub struct Consensus {
     accused: HashSet<usize>,
     pace: pace::Pace,
     push: push::PushState,
+    /// When recent rounds were decided: pruning waits until they are old enough.
+    decided_at: aging::DecidedAt,
     stats: Stats,
 }
 

@@ -75,6 +75,11 @@ impl Pace {
         self.now_ms
     }
 
+    /// Time has passed (the clock never goes back here).
+    pub(super) fn observe_now(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
     pub(super) fn new(now_ms: u64, interval_ms: u64, members: usize) -> Self {
         Self {
             next_timer_ms: now_ms,
@@ -94,7 +99,7 @@ impl Consensus {
     /// Time has passed: sends the timer's sync when it is due, and a sync on work that waited
     /// for an answer that never came (lost: it is not awaited longer than an interval).
     pub fn tick(&mut self, now_ms: u64, rng: &mut impl RngCore) {
-        self.pace.now_ms = self.pace.now_ms.max(now_ms);
+        self.pace.observe_now(now_ms);
         if self.members.len() < 2 {
             return;
         }
@@ -168,7 +173,7 @@ impl Consensus {
     /// awaited sync is done if it was this one; the timer speeds up or slows down by what the
     /// answer brought; and if work remains, the next sync goes now.
     pub(super) fn pace_after_response(&mut self, now_ms: u64, from: usize, answer: Answer) {
-        self.pace.now_ms = self.pace.now_ms.max(now_ms);
+        self.pace.observe_now(now_ms);
         let Some(asked) = self.pace.asked.get_mut(from).filter(|asked| **asked > 0) else {
             // A push: it answers no sync of ours and says nothing about stalled rounds.
             if answer.inserted > 0 {

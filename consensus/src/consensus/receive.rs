@@ -136,6 +136,7 @@ impl Consensus {
         let Some(&from_index) = self.member_index.get(from) else {
             return Err(SyncError::NotAMember(*from));
         };
+        self.pace.observe_now(now_ms);
         let round_before = self.stats.max_round;
         let report = self.insert_response(now_ms, from, from_index, response)?;
         let answer = Answer {

@@ -234,6 +234,7 @@ impl Consensus {
             accused: HashSet::new(),
             pace,
             push: super::push::PushState::new(member_count),
+            decided_at: super::aging::DecidedAt::default(),
             stats: Stats::default(),
         })
     }

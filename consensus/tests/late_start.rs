@@ -1,0 +1,109 @@
+//! A member that starts late in an instance gets in by gossip, as long as the others decided
+//! its missed rounds less than `Config::prune_min_age_ms` ago: pruning waits for that age, so
+//! they still hold the whole instance and it is not beyond anybody's window.
+//!
+//! Adversary: none. The case is an honest member whose instance of a new section generation
+//! starts after the others went 16 decided rounds on (a fraction of a second under load): a
+//! refreshed member that fetches its state slowly, or one restarted at that moment. With
+//! pruning by rounds alone the others saw it beyond their window, answered it with `Behind`
+//! only, and it waited seconds for a second refresh; with two such members of four, the
+//! section could not vote one (RELIABILITY.md, "A lagging member not brought back").
+
+use chorus_consensus::harness::{Cluster, random_pair};
+use chorus_consensus::{Config, Observation};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const LATE: usize = 3;
+const ON_TIME: [usize; 3] = [0, 1, 2];
+const ALL: [usize; 4] = [0, 1, 2, 3];
+/// The harness's clock: one sync per millisecond. The others run this long without the
+/// late member, under the age below.
+const ALONE_MS: u64 = 2_500;
+const AGE_MS: u64 = 3_000;
+
+/// Random syncs among `members` for the steps (milliseconds) of `steps`, the requester
+/// voting on every third.
+fn run_among(
+    cluster: &mut Cluster,
+    members: &[usize],
+    rng: &mut StdRng,
+    steps: std::ops::Range<u64>,
+) {
+    for step in steps {
+        let (requester, responder) = random_pair(rng, members);
+        if step % 3 == 0 {
+            cluster.vote(
+                requester,
+                Observation::payload(format!("payload {step}").into_bytes()),
+            );
+        }
+        cluster.sync(requester, responder, step).expect("sync");
+    }
+}
+
+/// The others go on without the late member for `ALONE_MS`; returns the cluster and whether
+/// any of them sees it beyond its window then. Checks that they decided enough rounds for
+/// pruning by rounds to have dropped the start of the instance.
+fn others_go_on_alone(prune_min_age_ms: u64, seed: u64) -> (Cluster, StdRng, bool) {
+    let config = Config {
+        prune_min_age_ms,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(ALL.len(), &config, seed, 0).expect("cluster");
+    let mut rng = StdRng::seed_from_u64(seed);
+    run_among(&mut cluster, &ON_TIME, &mut rng, 0..ALONE_MS);
+    let decided = cluster.nodes[0].stats().undecided_round;
+    assert!(
+        decided > 2 * config.prune_window_rounds,
+        "seed {seed}: only {decided} rounds decided: too few for pruning by rounds"
+    );
+    let lags = ON_TIME
+        .iter()
+        .any(|&member| cluster.nodes[member].lags_beyond_window(&cluster.ids[LATE]));
+    (cluster, rng, lags)
+}
+
+#[test]
+fn a_member_that_starts_late_within_the_age_gets_in_by_gossip() {
+    for seed in [1, 2, 3] {
+        let (mut cluster, mut rng, lags) = others_go_on_alone(AGE_MS, seed);
+        assert!(!lags, "seed {seed}: the late member is beyond a window");
+        assert!(
+            cluster.blocks[LATE].is_empty(),
+            "seed {seed}: it was not late"
+        );
+        let others_had = cluster.blocks[0].len();
+        run_among(&mut cluster, &ALL, &mut rng, ALONE_MS..ALONE_MS + 3_000);
+        cluster
+            .check_prefix_agreement(&ALL)
+            .unwrap_or_else(|error| panic!("seed {seed}: {error}"));
+        // It ordered everything the others had before it came, and what came after.
+        let late_has = cluster.blocks[LATE].len();
+        assert!(
+            late_has > others_had,
+            "seed {seed}: the late member has {late_has} blocks, the others had {others_had}"
+        );
+        // And it takes part: the others hold its recent events, and pruning went on.
+        let stats = cluster.nodes[0].stats();
+        assert!(
+            stats.events_pruned > 0,
+            "seed {seed}: nothing pruned: {stats:?}"
+        );
+        assert!(
+            !cluster.nodes[0].lags_beyond_window(&cluster.ids[LATE]),
+            "seed {seed}: the late member fell behind again"
+        );
+    }
+}
+
+// The same start with pruning by rounds alone: the others see the late member beyond their
+// window (what the age above prevents).
+#[test]
+fn without_the_age_a_late_member_is_beyond_the_window() {
+    for seed in [1, 2, 3] {
+        let (cluster, _, lags) = others_go_on_alone(0, seed);
+        assert!(lags, "seed {seed}: nobody pruned past the late member");
+        assert!(cluster.blocks[LATE].is_empty());
+    }
+}
