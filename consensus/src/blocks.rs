@@ -315,8 +315,10 @@ impl Tallies {
     }
 
     /// Forgets pending tallies first voted, and decided observations decided, more than the
-    /// window before `round`. Deterministic: it depends on rounds received only.
-    pub fn expire(&mut self, round: u64) {
+    /// window before `round`. Deterministic: it depends on rounds received only. Returns the
+    /// observations whose pending tally was forgotten (a vote by hash cannot open them again).
+    pub fn expire(&mut self, round: u64) -> Vec<ObservationHash> {
+        let mut forgotten = Vec::new();
         let horizon = round.saturating_sub(self.window_rounds);
         while let Some(&(since, hash)) = self.since.front() {
             if since.round() >= horizon {
@@ -335,8 +337,11 @@ impl Tallies {
                 _ => false,
             };
             if expired {
-                self.entries.remove(&hash);
+                if let Some(Entry::Pending(_)) = self.entries.remove(&hash) {
+                    forgotten.push(hash);
+                }
             }
         }
+        forgotten
     }
 }

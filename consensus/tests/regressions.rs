@@ -608,3 +608,57 @@ fn blocks_wait_for_our_events_to_be_durable() {
     }
     panic!("no step decided a block while an event of member 0 waited");
 }
+
+// Proves that a vote made again after its tally was forgotten is counted. Only a full vote
+// opens a tally, and the order forgets a pending one `observation_window_rounds` after its
+// first vote (well under a second under load), while pruning keeps its carrier for
+// `prune_min_age_ms`: votes made again then went by hash (the carrier was an ancestor), were
+// ignored, and the observation was never agreed. The engine votes membership changes this
+// way (each member when it sees the need, again while the need lasts): a laggard's refresh
+// was never agreed, and it waited until the silence rule removed it.
+#[test]
+fn a_vote_made_again_after_its_tally_was_forgotten_is_counted() {
+    let config = Config {
+        observation_window_rounds: 20,
+        prune_window_rounds: 10,
+        // Carriers held far longer than the window lasts.
+        prune_min_age_ms: 1_000_000,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(4, &config, 63, 0).expect("cluster");
+    cluster.echo_votes = false;
+    let mut rng = StdRng::seed_from_u64(63);
+    let change = Observation::payload(b"refresh member 3".to_vec());
+    let everyone: Vec<usize> = (0..4).collect();
+    // Two members vote; the section goes on far past the window without a third.
+    cluster.vote(0, change.clone());
+    cluster.vote(1, change.clone());
+    let mut step = 0;
+    while cluster.nodes[0].stats().undecided_round < 3 * config.observation_window_rounds {
+        let (requester, responder) = random_pair(&mut rng, &everyone);
+        if step % 3 == 0 {
+            cluster.vote(
+                requester,
+                Observation::payload(format!("payload {step}").into_bytes()),
+            );
+        }
+        cluster.sync(requester, responder, step).expect("sync");
+        step += 1;
+        assert!(step < 200_000, "the section stopped deciding");
+    }
+    assert!(
+        !cluster.block_hashes(0).contains(&change.hash()),
+        "two votes of four made a block"
+    );
+    // Three members vote again, together: it is agreed.
+    for member in 0..3 {
+        cluster.vote(member, change.clone());
+    }
+    run(&mut cluster, &mut rng, step..step + 3_000);
+    for member in 0..4 {
+        assert!(
+            cluster.block_hashes(member).contains(&change.hash()),
+            "member {member}: the votes made again were not counted"
+        );
+    }
+}

@@ -218,6 +218,14 @@ fn a_member_that_crashes_under_load_restores_and_loses_nothing() {
     }
 }
 
+/// Rounds of `load` (100 ms each) that keep a member down long enough under load for the
+/// others to prune past everything it holds: 4 s, plus the prune age (the nodes run the
+/// default consensus configuration; pruning waits that long after a round is decided, and
+/// only a decision prunes, so the load must go on through it).
+fn rounds_past_the_window() -> usize {
+    40 + (chorus_consensus::Config::default().prune_min_age_ms / 100) as usize
+}
+
 #[test]
 fn a_member_down_longer_than_the_prune_window_is_brought_back_by_state_transfer() {
     for (seed, block_mode) in [(21, BlockMode::Supermajority), (22, BlockMode::Single)] {
@@ -231,8 +239,7 @@ fn a_member_down_longer_than_the_prune_window_is_brought_back_by_state_transfer(
         load(&mut sim, 4, 2, "before");
         let down = sim.engine(1).id();
         sim.crash(1);
-        // Long enough under load for the others to prune past everything node 1 holds.
-        load(&mut sim, 4, 40, "during");
+        load(&mut sim, 4, rounds_past_the_window(), "during");
         sim.run_for(secs(2));
         let lagging = (0..4)
             .filter(|node| *node != 1)
@@ -282,7 +289,7 @@ fn a_member_down_while_its_section_changes_generation_is_brought_back_too() {
         load(&mut sim, 4, 2, "before");
         let down = sim.engine(1).id();
         sim.crash(1);
-        load(&mut sim, 4, 40, "down");
+        load(&mut sim, 4, rounds_past_the_window(), "down");
         sim.run_for(secs(2));
         assert!(
             sim.engine(0)

@@ -113,6 +113,14 @@ impl Consensus {
         let mut hashes = Vec::with_capacity(count);
         let mut bytes = SignedEvent::ENCODED_OVERHEAD_MAX;
         let graph = &self.graph;
+        // A vote by hash counts only while the tally it names is open, which the order
+        // forgets `observation_window_rounds` after its first vote; so one goes by hash only
+        // when its carrier is of a round pruning by rounds alone would still keep (carriers
+        // older than that are held only for the prune age: a vote on them goes in full).
+        let by_hash_floor = self
+            .fame
+            .next_round
+            .saturating_sub(1 + self.config.prune_window_rounds);
         let parents: Vec<&EventNode> = [self_parent, other_parent]
             .into_iter()
             .flatten()
@@ -128,7 +136,8 @@ impl Consensus {
                 .get(&hash)
                 .and_then(|&carrier| graph.node(carrier));
             let carried_by_ancestor = carrier.is_some_and(|carrier| {
-                !graph.is_forked(carrier.creator)
+                carrier.round >= by_hash_floor
+                    && !graph.is_forked(carrier.creator)
                     && parents
                         .iter()
                         .any(|parent| graph.is_ancestor(parent, carrier))

@@ -53,7 +53,14 @@ impl Consensus {
                     self.blocks.push_back((block, own_head));
                 }
             }
-            self.tallies.expire(decided.round);
+            // An observation whose tally was forgotten is no longer carried: a vote for it
+            // again must go in full, since only a full vote opens a tally. (Its carrier can
+            // outlive the tally: pruning waits `prune_min_age_ms`, and 64 rounds under load
+            // are well under that.)
+            for hash in self.tallies.expire(decided.round) {
+                self.carriers.remove(&hash);
+                self.spare_carriers.remove(&hash);
+            }
         }
         let last_decided = self.fame.next_round.saturating_sub(1);
         let prune_by = self.decided_at.round_to_prune_by(

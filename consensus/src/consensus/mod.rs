@@ -5,6 +5,7 @@
 //! - `receive`: answering sync requests, inserting and checking what peers send, forks;
 //! - `create`: our own events and the votes they carry;
 //! - `decide`: fame, order and blocks as events arrive, stale slots, pruning;
+//! - `aging`: when rounds were decided, so pruning waits `Config::prune_min_age_ms`;
 //! - `restore`: restarting from the replay log.
 
 mod aging;

@@ -1077,6 +1077,39 @@ fn an_operator_removal_takes_more_than_two_thirds_of_the_members() {
     );
 }
 
+// Members that vote for a change rounds apart still get it agreed. A vote not agreed within
+// the consensus's observation window (64 rounds: well under a second under load) is
+// forgotten; each member voted once per generation, so a laggard's refresh that one member
+// saw a second later than the others was never agreed (tests/node_lagging.rs, double stall).
+// Now each votes again while its cause lasts.
+#[test]
+fn votes_for_a_change_made_many_rounds_apart_are_agreed() {
+    let mode = BlockMode::Supermajority;
+    let mut cluster = Cluster::new(4, 4, mode, 25);
+    let target = cluster.ids[3];
+    for node in 0..2 {
+        let now = cluster.now_ms;
+        cluster.engines[node].request_removal(now, target);
+    }
+    let round = |cluster: &Cluster| {
+        cluster.engines[0]
+            .consensus()
+            .map_or(0, |consensus| consensus.stats().undecided_round)
+    };
+    let voted_at = round(&cluster);
+    let window = chorus_consensus::Config::default().observation_window_rounds;
+    let mut opened = 0;
+    while round(&cluster) < voted_at + 2 * window {
+        run_with_load(&mut cluster, &mut opened, 500);
+        assert!(cluster.now_ms < 600_000, "the section stopped deciding");
+    }
+    assert_eq!(cluster.member_counts(), [4, 4, 4, 4], "two votes of four");
+    let now = cluster.now_ms;
+    cluster.engines[2].request_removal(now, target);
+    run_with_load(&mut cluster, &mut opened, 3_000);
+    assert_eq!(cluster.member_counts()[..3], [3, 3, 3]);
+}
+
 /// Two events one key signed at one index: a fork.
 fn fork_evidence() -> chorus_consensus::ForkEvidence {
     use chorus_consensus::SignedEvent;

@@ -20,7 +20,7 @@ use crate::membership::{
 
 use super::budget::Budget;
 use super::joining::Lag;
-use super::limits::IDLE_SYNCS_PER_SILENCE_SPAN;
+use super::limits::{CHANGE_REVOTE_MS, IDLE_SYNCS_PER_SILENCE_SPAN};
 use super::removal::Progress;
 use super::wire::Message;
 use super::{Engine, EngineConfig, EngineError};
@@ -36,8 +36,9 @@ pub(super) struct Generation {
     pub(super) consensus: Option<Consensus>,
     /// A membership change agreed and waiting for the blocks before it to apply.
     pub(super) pending_change: Option<MembershipProposal>,
-    /// Membership changes we voted for (once each).
-    pub(super) voted_changes: BTreeSet<MembershipProposal>,
+    /// Membership changes we voted for, with when we last did (`vote_change` votes again
+    /// at most every `CHANGE_REVOTE_MS` while what moved us to vote lasts).
+    pub(super) voted_changes: BTreeMap<MembershipProposal, u64>,
     /// A domain upgrade agreed and waiting for the blocks before it to apply (`upgrade`).
     pub(super) pending_upgrade: Option<DomainFingerprint>,
     /// The vote period we last voted to upgrade the section to our domain in.
@@ -73,7 +74,7 @@ impl Generation {
         Self {
             consensus: None,
             pending_change: None,
-            voted_changes: BTreeSet::new(),
+            voted_changes: BTreeMap::new(),
             pending_upgrade: None,
             voted_upgrade: None,
             clock_ms: 0,
@@ -238,12 +239,23 @@ impl Engine {
             change,
             voter,
         };
-        if !change_allowed(
-            &self.state.prefix,
-            &self.state.members,
-            &change,
-            self.map.section_size_min(),
-        ) || self.current.voted_changes.contains(&proposal)
+        // A vote stays pending for `observation_window_rounds` only: under load that is a
+        // fraction of a second, and members that see the need at different moments (each on
+        // its own evidence: a laggard's request each `JOIN_RETRY_MS`, a silence, a wish)
+        // would each vote alone and never together. So a vote is made again when its cause
+        // comes again, at most every `CHANGE_REVOTE_MS` (votes still pending count once).
+        let voted_lately = self
+            .current
+            .voted_changes
+            .get(&proposal)
+            .is_some_and(|at| self.now_ms < at + CHANGE_REVOTE_MS);
+        if voted_lately
+            || !change_allowed(
+                &self.state.prefix,
+                &self.state.members,
+                &change,
+                self.map.section_size_min(),
+            )
         {
             return;
         }
@@ -252,7 +264,7 @@ impl Engine {
         };
         match consensus.vote_for(Observation::Payload(proposal.encode().into())) {
             Ok(_) => {
-                self.current.voted_changes.insert(proposal);
+                self.current.voted_changes.insert(proposal, self.now_ms);
             }
             Err(error) => debug!(%error, "membership vote not taken"),
         }

@@ -92,6 +92,11 @@ pub const REFRESH_GIVE_UP_MS: u64 = 10_000;
 /// A member is voted a refresh at most this often (each refresh is a generation switch with
 /// a handover, which a faulty member could otherwise provoke at will).
 pub const REFRESH_INTERVAL_MIN_MS: u64 = 10_000;
+/// A membership vote is made again, while its cause lasts, at most this often: a vote not
+/// agreed within the consensus's observation window (64 rounds, well under a second under
+/// load) is forgotten. Below `JOIN_RETRY_MS`, so members that voted at a laggard's earlier
+/// request vote again at its next one, together with those that vote first then.
+pub const CHANGE_REVOTE_MS: u64 = JOIN_RETRY_MS / 2;
 /// How long a member welcomed into the current generation counts as new (not behind) while
 /// we hold none of its events: a lost welcome is sent again within `JOIN_RETRY_MS`, so a
 /// member still silent after this is refreshed like any laggard.
