@@ -195,7 +195,7 @@ impl Engine {
         }
     }
 
-    /// Votes (once per generation: `vote_change` skips repeats) for every removal wished,
+    /// Votes (again at most every `CHANGE_REVOTE_MS`: `vote_change`) for every removal wished,
     /// and forgets the wishes for nodes that are no members any more.
     pub(super) fn vote_removals(&mut self) {
         let members = self.state.members.clone();
