@@ -76,9 +76,9 @@ pub struct Config {
     pub log_records: bool,
     /// Push our new events to one member in turn when they become durable while a command
     /// or two is in flight, at most once per `gossip_interval_ms` (`consensus/push.rs`).
-    /// Off by default: with it on, a member stalled at the end of the kill -9 run took 47 s
-    /// to be back in step instead of a second (RELIABILITY.md, "Pushes and a late start");
-    /// news then spreads by pulls alone.
+    /// Off by default: with it on, members of the kill -9 run came back from stalls more
+    /// slowly (median 1.9 s against 0.7 s; RELIABILITY.md, "Pushes and a late start"); news
+    /// then spreads by pulls alone.
     #[serde(default = "push_new_events_default")]
     pub push_new_events: bool,
     /// The consensus instance this member takes part in, signed into every event header
