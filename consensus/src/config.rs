@@ -50,8 +50,10 @@ pub struct Config {
     /// Events of rounds older than `decided round - prune_window_rounds` are dropped from
     /// memory. Larger windows tolerate members that lag further behind.
     pub prune_window_rounds: u64,
-    /// Events are pruned only by rounds decided at least this long ago (by the caller's
-    /// clock, in milliseconds), so the window is a span of time too: rounds take a few
+    /// Events are pruned only by rounds decided at least this long ago (in milliseconds of
+    /// consensus time, the agreed timestamps of ordered events: every member prunes alike at
+    /// the same point of the order, and a replay exactly as the live run did), so the window
+    /// is a span of time too: rounds take a few
     /// milliseconds under load, and a member away for less than this (a restart, a stall, a
     /// late start in a new instance) still catches up by gossip. 0: by rounds alone. Memory
     /// grows with it: the events of this span stay held.

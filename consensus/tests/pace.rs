@@ -309,6 +309,41 @@ fn pushes_go_one_member_at_a_time_at_most_once_per_interval_and_only_with_work()
     );
 }
 
+// Proves: a member we have not heard from for 20 gossip intervals (stopped, cut off) gets
+// no pushes: they would queue for it and reach it stale (with pushes on, members of the kill
+// -9 run came back from stalls more slowly), while the others still get theirs.
+#[test]
+fn a_silent_member_gets_no_pushes() {
+    let config = pushing();
+    let mut net = Net::new(4, &config);
+    net.run(500);
+    net.down.insert(3);
+    net.run(20 * config.gossip_interval_ms + 1);
+    let since = net.now_ms;
+    for round in 0..20u8 {
+        net.vote(usize::from(round % 3), &[round]);
+        net.run(50);
+    }
+    let after: Vec<usize> = net
+        .pushes_sent
+        .iter()
+        .flatten()
+        .filter(|&&(at, _)| at > since)
+        .map(|&(_, to)| to)
+        .collect();
+    assert!(!after.is_empty(), "nobody pushed with work to do");
+    assert!(
+        !after.contains(&3),
+        "pushed to a member silent for {} ms: {after:?}",
+        net.now_ms - since
+    );
+    assert!(
+        net.blocks[..3].iter().all(|&blocks| blocks == 20),
+        "{:?}",
+        net.blocks
+    );
+}
+
 // Proves: pushing is held back under load: with many commands in flight (far more events
 // with votes waiting to be ordered than twice the members), no member pushes.
 #[test]

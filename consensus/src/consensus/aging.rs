@@ -1,4 +1,4 @@
-//! When recent rounds were decided, by the caller's clock, so that pruning waits until a
+//! When recent rounds were decided, in consensus time, so that pruning waits until a
 //! round's decision is `Config::prune_min_age_ms` old: the prune window is a span of time as
 //! well as of rounds. Under load and with the gossip pace a round takes a few milliseconds,
 //! so `prune_window_rounds` alone can be a fraction of a second, and a member away for

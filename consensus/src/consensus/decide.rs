@@ -30,6 +30,7 @@ impl Consensus {
                 self.on_stale(slot);
             }
             for ordered_event in ordered {
+                self.consensus_time_ms = self.consensus_time_ms.max(ordered_event.timestamp_ms);
                 self.unordered_vote_events.remove(&ordered_event.slot);
                 let node = self.graph.get(ordered_event.slot);
                 let blocks = self.tallies.tally_event(
@@ -63,26 +64,18 @@ impl Consensus {
             }
         }
         let last_decided = self.fame.next_round.saturating_sub(1);
+        // Pruning goes by consensus time (the latest consensus timestamp ordered): every
+        // member prunes alike at the same point of the order, and a replay exactly as the
+        // live run did. (With the caller's clock, a replay pruned otherwise and once forgot a
+        // parent a later logged event named: the node could not restart. With our own
+        // events' clock, a member catching up stamped many decisions with its stale clock
+        // and pruned what the next batch built on.)
         let prune_by = self.decided_at.round_to_prune_by(
             last_decided,
-            self.prune_clock_ms(),
+            self.consensus_time_ms,
             self.config.prune_min_age_ms,
         );
         self.prune(prune_by);
-    }
-
-    /// The time pruning goes by: the caller's latest; during a replay, the creation time of
-    /// our latest event (our own clock when we made it: the log keeps no other), so a
-    /// restored member prunes about as it did before the crash, neither holding the whole
-    /// log nor pruning what it held.
-    fn prune_clock_ms(&self) -> u64 {
-        if self.replaying {
-            return self
-                .graph
-                .head(self.me)
-                .map_or(0, |slot| self.graph.get(slot).event.header.created_at_ms);
-        }
-        self.pace.now_ms()
     }
 
     /// An event no round will ever receive: its votes never count. If it is ours, vote again.

@@ -111,6 +111,8 @@ pub struct Consensus {
     push: push::PushState,
     /// When recent rounds were decided: pruning waits until they are old enough.
     decided_at: aging::DecidedAt,
+    /// The latest consensus timestamp of an ordered event: the clock pruning goes by.
+    consensus_time_ms: u64,
     stats: Stats,
 }
 

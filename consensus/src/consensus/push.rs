@@ -11,16 +11,24 @@
 //!
 //! The estimate of a peer's clock is the clock of its latest request to us, raised by what
 //! we pushed to it since: what it lacks by that estimate is sent, the rest it has or pulls.
+//! A member we have not heard from lately is skipped (`PUSH_SILENCE_INTERVALS`).
 
 use crate::sync::{Push, SyncRequest};
 
 use super::Consensus;
+
+/// A member we have not heard from (a request or an answer) for this many gossip intervals
+/// gets no pushes: it is stopped, cut off or slow, and pushes would queue for it and reach
+/// it stale.
+const PUSH_SILENCE_INTERVALS: u64 = 20;
 
 /// What we believe each peer holds, and when we last pushed.
 #[derive(Clone, Debug)]
 pub(super) struct PushState {
     /// Per member: per creator, the next index we believe it expects.
     peer_known: Vec<Vec<u64>>,
+    /// Per member: when we last heard from it (our clock, ms).
+    heard_ms: Vec<Option<u64>>,
     /// When we last pushed (the caller's clock, ms).
     last_push_ms: Option<u64>,
     /// The next member to push to (round robin).
@@ -31,6 +39,7 @@ impl PushState {
     pub(super) fn new(members: usize) -> Self {
         Self {
             peer_known: vec![vec![0; members]; members],
+            heard_ms: vec![None; members],
             last_push_ms: None,
             next_peer: 0,
         }
@@ -40,10 +49,16 @@ impl PushState {
 impl Consensus {
     /// A peer's request tells us what it holds.
     pub(super) fn push_note_request(&mut self, from: usize, request: &SyncRequest) {
+        self.push_note_heard(from);
         let known = &mut self.push.peer_known[from];
         for (ours, &theirs) in known.iter_mut().zip(&request.known) {
             *ours = (*ours).max(theirs);
         }
+    }
+
+    /// A request or an answer came from member `from`.
+    pub(super) fn push_note_heard(&mut self, from: usize) {
+        self.push.heard_ms[from] = Some(self.pace.now_ms());
     }
 
     /// Events of ours just became durable: push them if there is work and the interval
@@ -66,7 +81,9 @@ impl Consensus {
         };
         // One member per push: pushing to every member at once measured slower on real
         // nodes (each receiver makes an event of its own on what it got).
-        let peer = self.next_push_peer();
+        let Some(peer) = self.next_push_peer() else {
+            return;
+        };
         if self.push.peer_known[peer][self.me] > durable {
             return;
         }
@@ -102,10 +119,20 @@ impl Consensus {
         self.unordered_vote_events.len() > 2 * self.members.len()
     }
 
-    /// The next other member in turn for pushes.
-    fn next_push_peer(&mut self) -> usize {
-        let index = self.next_member_from(self.push.next_peer);
-        self.push.next_peer = (index + 1) % self.members.len();
-        index
+    /// The next other member in turn for pushes that we heard from lately (see
+    /// `PUSH_SILENCE_INTERVALS`); `None` if none.
+    fn next_push_peer(&mut self) -> Option<usize> {
+        let silence_ms = PUSH_SILENCE_INTERVALS * self.config.gossip_interval_ms;
+        let now_ms = self.pace.now_ms();
+        for _ in 1..self.members.len() {
+            let index = self.next_member_from(self.push.next_peer);
+            self.push.next_peer = (index + 1) % self.members.len();
+            let heard_lately = self.push.heard_ms[index]
+                .is_some_and(|heard| now_ms <= heard.saturating_add(silence_ms));
+            if heard_lately {
+                return Some(index);
+            }
+        }
+        None
     }
 }

@@ -137,6 +137,7 @@ impl Consensus {
             return Err(SyncError::NotAMember(*from));
         };
         self.pace.observe_now(now_ms);
+        self.push_note_heard(from_index);
         let round_before = self.stats.max_round;
         let report = self.insert_response(now_ms, from, from_index, response)?;
         let answer = Answer {

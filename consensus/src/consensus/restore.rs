@@ -235,6 +235,7 @@ impl Consensus {
             pace,
             push: super::push::PushState::new(member_count),
             decided_at: super::aging::DecidedAt::default(),
+            consensus_time_ms: 0,
             stats: Stats::default(),
         })
     }

@@ -231,7 +231,8 @@ pub(super) fn consensus_config(config: &EngineConfig, state: &SectionState) -> C
 }
 
 impl Engine {
-    /// Votes for a membership change of the current generation, once.
+    /// Votes for a membership change of the current generation (again, in Supermajority
+    /// mode, each time its cause comes back after `CHANGE_REVOTE_MS`).
     pub(super) fn vote_change(&mut self, change: MemberChange) {
         let voter = (self.config.consensus.block_mode == BlockMode::Single).then_some(self.our_id);
         let proposal = MembershipProposal {
@@ -239,16 +240,18 @@ impl Engine {
             change,
             voter,
         };
-        // A vote stays pending for `observation_window_rounds` only: under load that is a
-        // fraction of a second, and members that see the need at different moments (each on
-        // its own evidence: a laggard's request each `JOIN_RETRY_MS`, a silence, a wish)
-        // would each vote alone and never together. So a vote is made again when its cause
-        // comes again, at most every `CHANGE_REVOTE_MS` (votes still pending count once).
+        // In Supermajority mode a vote stays pending for `observation_window_rounds` only:
+        // under load that is a fraction of a second, and members that see the need at
+        // different moments (each on its own evidence: a laggard's request each
+        // `JOIN_RETRY_MS`, a silence, a wish) would each vote alone and never together. So a
+        // vote is made again when its cause comes again, at most every `CHANGE_REVOTE_MS`
+        // (votes still pending count once). In Single mode each vote is a block of its own,
+        // counted for the whole generation: once is enough.
         let voted_lately = self
             .current
             .voted_changes
             .get(&proposal)
-            .is_some_and(|at| self.now_ms < at + CHANGE_REVOTE_MS);
+            .is_some_and(|at| voter.is_some() || self.now_ms < at + CHANGE_REVOTE_MS);
         if voted_lately
             || !change_allowed(
                 &self.state.prefix,
