@@ -9,8 +9,11 @@
 //! only, and it waited seconds for a second refresh; with two such members of four, the
 //! section could not vote one (RELIABILITY.md, "A lagging member not brought back").
 
-use chorus_consensus::harness::{Cluster, random_pair};
-use chorus_consensus::{Config, Observation};
+mod common;
+
+use chorus_consensus::Config;
+use chorus_consensus::harness::Cluster;
+use common::run_among;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -21,26 +24,6 @@ const ALL: [usize; 4] = [0, 1, 2, 3];
 /// late member, under the age below.
 const ALONE_MS: u64 = 2_500;
 const AGE_MS: u64 = 3_000;
-
-/// Random syncs among `members` for the steps (milliseconds) of `steps`, the requester
-/// voting on every third.
-fn run_among(
-    cluster: &mut Cluster,
-    members: &[usize],
-    rng: &mut StdRng,
-    steps: std::ops::Range<u64>,
-) {
-    for step in steps {
-        let (requester, responder) = random_pair(rng, members);
-        if step % 3 == 0 {
-            cluster.vote(
-                requester,
-                Observation::payload(format!("payload {step}").into_bytes()),
-            );
-        }
-        cluster.sync(requester, responder, step).expect("sync");
-    }
-}
 
 /// The others go on without the late member for `ALONE_MS`; returns the cluster and whether
 /// any of them sees it beyond its window then. Checks that they decided enough rounds for

@@ -8,10 +8,11 @@
 //! an ancestor. And a member that inserts such a late event may retire it at once: the
 //! others must still be able to get it from that member (retired events are served).
 
-use std::ops::Range;
+mod common;
 
-use chorus_consensus::harness::{Cluster, member_key, random_pair};
+use chorus_consensus::harness::{Cluster, member_key};
 use chorus_consensus::{Config, Consensus, EventHash, Observation, SyncResponse};
+use common::run_among;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -19,20 +20,6 @@ const A: usize = 0;
 const B: usize = 1;
 const C: usize = 2;
 const LAGGARD: usize = 3;
-
-/// Random syncs among `members`, each requester voting on every third step.
-fn run_among(cluster: &mut Cluster, members: &[usize], rng: &mut StdRng, steps: Range<u64>) {
-    for step in steps {
-        let (requester, responder) = random_pair(rng, members);
-        if step % 3 == 0 {
-            cluster.vote(
-                requester,
-                Observation::payload(format!("payload {step}").into_bytes()),
-            );
-        }
-        cluster.sync(requester, responder, step).expect("sync");
-    }
-}
 
 /// A member's latest event.
 fn latest_of(cluster: &Cluster, member: usize) -> EventHash {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chorus_consensus::harness::{Cluster, member_key};
+use chorus_consensus::harness::{Cluster, member_key, random_pair};
 use chorus_consensus::{
     Block, BlockMode, Config, Observation, ObservationHash, SignedEvent, SyncResponse, Vote,
 };
@@ -224,5 +224,25 @@ pub fn block_hashes(blocks: &[Block]) -> Vec<ObservationHash> {
 pub fn assert_prefix_agreement(outcome: &Outcome) {
     if let Err(disagreement) = outcome.cluster.check_prefix_agreement(&outcome.honest) {
         panic!("{disagreement}");
+    }
+}
+
+/// Random syncs among `members` for the steps of `steps` (one per harness millisecond), the
+/// requester voting on every third step.
+pub fn run_among(
+    cluster: &mut Cluster,
+    members: &[usize],
+    rng: &mut StdRng,
+    steps: std::ops::Range<u64>,
+) {
+    for step in steps {
+        let (requester, responder) = random_pair(rng, members);
+        if step % 3 == 0 {
+            cluster.vote(
+                requester,
+                Observation::payload(format!("payload {step}").into_bytes()),
+            );
+        }
+        cluster.sync(requester, responder, step).expect("sync");
     }
 }
