@@ -59,6 +59,13 @@ pub struct Config {
     /// grows with it: the events of this span stay held.
     #[serde(default = "prune_min_age_ms_default")]
     pub prune_min_age_ms: u64,
+    /// The prune age while some member has no event in the order of this instance yet (the
+    /// larger of the two counts): a member whose instance starts late, after a slow state
+    /// transfer or with a whole section restarting on a loaded machine, still gets in by
+    /// gossip. A member absent from the start (crashed, Byzantine and silent) costs this
+    /// span of events held, once per instance. 0: `prune_min_age_ms` always.
+    #[serde(default = "prune_min_age_absent_ms_default")]
+    pub prune_min_age_absent_ms: u64,
     /// How long an observation stays remembered (pending or decided), in rounds: votes for an
     /// observation decided within this window are never turned into a second block, and
     /// pending observations that gather no supermajority within it are forgotten.
@@ -102,6 +109,7 @@ impl Default for Config {
             idle_gossip_interval_ms: idle_gossip_interval_ms_default(),
             prune_window_rounds: 16,
             prune_min_age_ms: prune_min_age_ms_default(),
+            prune_min_age_absent_ms: prune_min_age_absent_ms_default(),
             observation_window_rounds: 64,
             coin_round_period: 10,
             pending_observations_per_member_max: 200_000,
@@ -123,6 +131,12 @@ fn push_new_events_default() -> bool {
 /// `chorus bench` drives, three seconds of events are a few megabytes.
 fn prune_min_age_ms_default() -> u64 {
     3_000
+}
+
+/// Twenty seconds: a whole section of four restarted at once on two cores replays its logs
+/// for several seconds, and a refreshed member fetches its state meanwhile.
+fn prune_min_age_absent_ms_default() -> u64 {
+    20_000
 }
 
 /// An idle group's members sync about once a second each: nearly free, and still enough to

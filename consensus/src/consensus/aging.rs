@@ -5,8 +5,46 @@
 //! less (a restart, a stall, its instance of a new generation started late) would land
 //! beyond every other member's window and wait seconds for a state transfer; within the age
 //! it catches up by gossip.
+//!
+//! While some member has no event in the order yet, the age is at least
+//! `Config::prune_min_age_absent_ms` instead: a member that has not started its instance
+//! (a refreshed one still fetching its state, or one restarted with the whole section and
+//! replaying on a loaded machine) can take longer than the age to start, and two such
+//! members of four would both be beyond every window with no third to vote them back
+//! (RELIABILITY.md, "Two members behind after a whole-section restart"). Which members have
+//! an event in the order is a function of the order, like the clock: every member and a
+//! replay prune alike.
 
 use std::collections::VecDeque;
+
+/// Which members have an event in the order of this instance.
+#[derive(Debug)]
+pub(super) struct OrderedCreators {
+    seen: Vec<bool>,
+    missing: usize,
+}
+
+impl OrderedCreators {
+    pub(super) fn new(member_count: usize) -> Self {
+        Self {
+            seen: vec![false; member_count],
+            missing: member_count,
+        }
+    }
+
+    /// Notes that an event of member `creator` was ordered.
+    pub(super) fn note(&mut self, creator: usize) {
+        if let Some(seen) = self.seen.get_mut(creator).filter(|seen| !**seen) {
+            *seen = true;
+            self.missing -= 1;
+        }
+    }
+
+    /// Whether some member has no event in the order yet.
+    pub(super) fn any_missing(&self) -> bool {
+        self.missing > 0
+    }
+}
 
 /// Recent decisions, oldest first, until they are old enough to prune by.
 #[derive(Debug, Default)]
@@ -45,7 +83,31 @@ impl DecidedAt {
 
 #[cfg(test)]
 mod tests {
-    use super::DecidedAt;
+    use super::{DecidedAt, OrderedCreators};
+
+    #[test]
+    fn a_member_counts_as_ordered_once() {
+        let mut creators = OrderedCreators::new(3);
+        creators.note(0);
+        creators.note(0);
+        creators.note(2);
+        assert!(creators.any_missing());
+        creators.note(1);
+        assert!(!creators.any_missing());
+        // Out of range (no such member) changes nothing.
+        creators.note(7);
+        assert!(!creators.any_missing());
+    }
+
+    #[test]
+    fn a_lower_age_later_prunes_what_it_allows_at_once() {
+        let mut decided = DecidedAt::default();
+        assert_eq!(decided.round_to_prune_by(10, 1_000, 20_000), 0);
+        assert_eq!(decided.round_to_prune_by(20, 5_000, 20_000), 0);
+        assert_eq!(decided.round_to_prune_by(30, 9_000, 20_000), 0);
+        // The age drops (the last member's event was ordered): both older decisions count.
+        assert_eq!(decided.round_to_prune_by(31, 9_000, 3_000), 20);
+    }
 
     #[test]
     fn no_age_prunes_by_the_latest_decided_round() {

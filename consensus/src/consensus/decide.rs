@@ -33,6 +33,7 @@ impl Consensus {
                 self.consensus_time_ms = self.consensus_time_ms.max(ordered_event.timestamp_ms);
                 self.unordered_vote_events.remove(&ordered_event.slot);
                 let node = self.graph.get(ordered_event.slot);
+                self.ordered_creators.note(node.creator);
                 let blocks = self.tallies.tally_event(
                     node,
                     ordered_event.round_received,
@@ -69,12 +70,18 @@ impl Consensus {
         // live run did. (With the caller's clock, a replay pruned otherwise and once forgot a
         // parent a later logged event named: the node could not restart. With our own
         // events' clock, a member catching up stamped many decisions with its stale clock
-        // and pruned what the next batch built on.)
-        let prune_by = self.decided_at.round_to_prune_by(
-            last_decided,
-            self.consensus_time_ms,
-            self.config.prune_min_age_ms,
-        );
+        // and pruned what the next batch built on.) While a member has no event in the
+        // order, a longer age lets it start late and still get in (`aging.rs`).
+        let min_age_ms = if self.ordered_creators.any_missing() {
+            self.config
+                .prune_min_age_ms
+                .max(self.config.prune_min_age_absent_ms)
+        } else {
+            self.config.prune_min_age_ms
+        };
+        let prune_by =
+            self.decided_at
+                .round_to_prune_by(last_decided, self.consensus_time_ms, min_age_ms);
         self.prune(prune_by);
     }
 

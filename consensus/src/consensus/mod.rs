@@ -113,6 +113,8 @@ pub struct Consensus {
     decided_at: aging::DecidedAt,
     /// The latest consensus timestamp of an ordered event: the clock pruning goes by.
     consensus_time_ms: u64,
+    /// Members with an event in the order: pruning waits longer while one has none.
+    ordered_creators: aging::OrderedCreators,
     stats: Stats,
 }
 

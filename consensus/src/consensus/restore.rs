@@ -236,6 +236,7 @@ impl Consensus {
             push: super::push::PushState::new(member_count),
             decided_at: super::aging::DecidedAt::default(),
             consensus_time_ms: 0,
+            ordered_creators: super::aging::OrderedCreators::new(member_count),
             stats: Stats::default(),
         })
     }
