@@ -11,6 +11,12 @@ mod demo;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: under load, allocation and free were about a sixth of
+/// a node's CPU (engine thread, tokio workers), mostly small short-lived buffers
+/// (BENCHMARKS.md, fifth sitting).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use chorus_node::Application;
 use chorus_node::cli::{self, GlobalOptions, tokio_runtime};
 use clap::{Parser, Subcommand};
