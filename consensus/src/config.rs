@@ -84,10 +84,9 @@ pub struct Config {
     /// after a crash. Off by default: it keeps a reference to every event until drained.
     pub log_records: bool,
     /// Push our new events to one member in turn when they become durable while a command
-    /// or two is in flight, at most once per `gossip_interval_ms` (`consensus/push.rs`).
-    /// Off by default: with it on, members of the kill -9 run came back from stalls more
-    /// slowly (median 1.9 s against 0.7 s; RELIABILITY.md, "Pushes and a late start"); news
-    /// then spreads by pulls alone.
+    /// or two is in flight, at most once per `gossip_interval_ms`, skipping members not
+    /// heard from lately (`consensus/push.rs`). Off: news spreads by pulls alone (half a
+    /// round trip later per hop).
     #[serde(default = "push_new_events_default")]
     pub push_new_events: bool,
     /// The consensus instance this member takes part in, signed into every event header
@@ -121,10 +120,12 @@ impl Default for Config {
     }
 }
 
-/// Pushing pays at light load (BENCHMARKS.md: p50 at one client 43 -> 38 ms), but slows a
-/// member's way back after a refresh (see `Config::push_new_events`).
+/// On: pushing pays at light load (BENCHMARKS.md: p50 at one client 50 -> 44 ms, seventh
+/// sitting), and since members not heard from get none and a late starter gets in without
+/// a refresh, members came back from faults about as fast as without them in the kill -9
+/// runs (RELIABILITY.md, "Pushes and a late start").
 fn push_new_events_default() -> bool {
-    false
+    true
 }
 
 /// Three seconds: a node restarted after a kill -9 is back in about one, and at the load

@@ -6,8 +6,8 @@
 //! its creator, a round trip and a half after the event exists (the peer learns of it from
 //! our next request, then pulls). A push takes half a round trip. The cost is events: the
 //! receiver usually makes one of its own on what it got. So we push at most once per
-//! `gossip_interval_ms`, and only at light load (`busy_for_push`). Off unless
-//! `Config::push_new_events` (RELIABILITY.md, "Pushes and a late start").
+//! `gossip_interval_ms`, and only at light load (`busy_for_push`). On by default;
+//! `Config::push_new_events` turns it off (RELIABILITY.md, "Pushes and a late start").
 //!
 //! The estimate of a peer's clock is the clock of its latest request to us, raised by what
 //! we pushed to it since: what it lacks by that estimate is sent, the rest it has or pulls.
